@@ -1,0 +1,51 @@
+# vlmtest - the two commands: `make demo` and `make test`.
+# Everything else here is what they are made of.
+
+BUILD      ?= build
+BUILD_ASAN ?= build-asan
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+CMAKE_ARGS ?=
+
+.PHONY: all deps build asan test test-fast demo fuzz format format-check clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+build:
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_ARGS) >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+asan:
+	@cmake -S . -B $(BUILD_ASAN) -DCMAKE_BUILD_TYPE=Debug -DVLM_SANITIZE=ON $(CMAKE_ARGS) >/dev/null
+	@cmake --build $(BUILD_ASAN) -j $(JOBS)
+
+# Every test in the optimised build, then the unit tests (and the fuzz corpus
+# replays) again under AddressSanitizer + UBSan.
+test: deps build asan
+	@scripts/format-check.sh
+	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  ctest --test-dir $(BUILD_ASAN) -L unit --output-on-failure -j $(JOBS)
+
+# The optimised build's tests only (for iterating).
+test-fast: build
+	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+
+demo: deps build
+	@scripts/demo.sh $(BUILD)
+
+# libFuzzer programs (clang); see docs/testing.md for how long each is run.
+fuzz:
+	@CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVLM_FUZZ=ON >/dev/null
+	@cmake --build build-fuzz -j $(JOBS)
+
+format:
+	@git ls-files '*.c' '*.h' | xargs clang-format -i
+
+format-check:
+	@scripts/format-check.sh
+
+clean:
+	rm -rf $(BUILD) $(BUILD_ASAN) build-fuzz

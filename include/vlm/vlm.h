@@ -1,0 +1,108 @@
+/* vlm/vlm.h - the public API of libvlm: load a model, open a session, add
+ * images and text, generate, unload.
+ *
+ * All functions that can fail return a vlm_status and fill the vlm_err the
+ * caller passes (it may be NULL). Handles are opaque. Nothing here aborts. */
+#ifndef VLM_VLM_H
+#define VLM_VLM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vlm/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct vlm_model vlm_model;
+typedef struct vlm_session vlm_session;
+typedef struct vlm_image vlm_image;
+
+/* --- loading ---------------------------------------------------------------- */
+
+typedef struct vlm_load_options {
+    const char *device;    /* "cpu", "cuda", "auto" (default "auto": the plan decides) */
+    const char *precision; /* NULL: as stored; "f32", "bf16", "f16", "q8_0", "q4_0", "q4_K" */
+    int num_crops;         /* 0: preprocessor_config's value */
+    int max_context;       /* tokens of KV cache; 0: the default (4096, capped by the model) */
+    uint64_t mem_budget;   /* host bytes the model may use; 0: derived from the machine */
+    uint64_t gpu_mem_budget;
+    int n_threads;         /* 0: VLM_THREADS, else the CPUs this process may use */
+    bool allow_degrade;    /* the planner may drop crops or context to fit */
+} vlm_load_options;
+
+void vlm_load_options_init(vlm_load_options *o);
+
+/* ref: a model folder (config.json + safetensors + tokenizer files), a .gguf
+ * file, or "org/name[@revision]" resolved in the Hugging Face cache. */
+vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_model **out,
+                          vlm_err *err);
+void vlm_model_free(vlm_model *m);
+
+/* --- images ----------------------------------------------------------------- */
+
+/* Decode a JPEG, PNG or WebP file to 8-bit RGB. max_pixels 0: the default
+ * limit (89,478,485, as PIL) against decompression bombs. */
+vlm_status vlm_image_load(const char *path, uint64_t max_pixels, vlm_image **out, vlm_err *err);
+vlm_status vlm_image_from_rgb(const uint8_t *rgb, int width, int height, vlm_image **out,
+                              vlm_err *err);
+int vlm_image_width(const vlm_image *img);
+int vlm_image_height(const vlm_image *img);
+void vlm_image_free(vlm_image *img);
+
+/* --- sessions and generation ------------------------------------------------- */
+
+typedef struct vlm_gen_params {
+    int max_tokens;           /* new tokens at most (default 256) */
+    float temperature;        /* 0: greedy (default) */
+    int top_k;                /* 0: off */
+    float top_p;              /* 1: off */
+    float min_p;              /* 0: off */
+    float repetition_penalty; /* 1: off */
+    uint64_t seed;
+    const char *const *stop;  /* extra stop strings */
+    int n_stop;
+    /* Called with each piece of text as it becomes complete UTF-8; return
+     * false to stop early. May be NULL. */
+    bool (*on_text)(void *user, const char *piece, size_t len);
+    void *user;
+} vlm_gen_params;
+
+void vlm_gen_params_init(vlm_gen_params *p);
+
+typedef struct vlm_gen_stats {
+    int tokens_in;         /* tokens prefilled for this turn (image tokens included) */
+    int tokens_out;        /* new tokens generated */
+    int image_tokens;
+    double image_ms;       /* preprocessing + vision tower + projector */
+    double prefill_ms;
+    double first_token_ms; /* from the call until the first new token */
+    double decode_ms;
+    double decode_tps;     /* tokens/s over the decode steps after the first token */
+    char stop_reason[16];  /* "eos", "stop_string", "max_tokens", "callback", "context" */
+} vlm_gen_stats;
+
+vlm_status vlm_session_new(vlm_model *m, vlm_session **out, vlm_err *err);
+void vlm_session_free(vlm_session *s);
+/* Forget the conversation (and its KV cache). */
+void vlm_session_reset(vlm_session *s);
+/* Set the system message; only before the first turn. */
+vlm_status vlm_session_set_system(vlm_session *s, const char *text, vlm_err *err);
+
+/* One user turn: the text, with images attached to this turn (rendered as
+ * <|image_N|> tags in front of the text, numbered across the conversation),
+ * then the assistant's answer is generated and kept in the history. Only the
+ * new tokens are prefilled. *answer is allocated by libvlm: free it with
+ * vlm_string_free. */
+vlm_status vlm_session_chat(vlm_session *s, const char *text, vlm_image *const *images,
+                            int n_images, const vlm_gen_params *p, char **answer,
+                            vlm_gen_stats *stats, vlm_err *err);
+
+void vlm_string_free(char *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
