@@ -10,6 +10,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -48,6 +49,12 @@ struct worker_arg {
 /* Index of this thread inside a running parallel_for, or -1 outside one:
  * a nested call runs serially instead of waiting on itself. */
 static _Thread_local int tl_index = -1;
+
+static _Atomic int fail_spawn_after = -1;
+
+void vlm_threadpool_fail_spawn_after(int started) {
+    atomic_store(&fail_spawn_after, started);
+}
 
 /* Chunk c of [0, n) in `chunks` near-equal parts: the first n % chunks
  * chunks get one extra element. */
@@ -108,7 +115,9 @@ vlm_status vlm_threadpool_create(vlm_threadpool **out, int n_threads, vlm_err *e
     int started = 0;
     for (int i = 0; i < want; i++) {
         pool->args[i] = (struct worker_arg){pool, i + 1};
-        if (pthread_create(&pool->threads[i], NULL, worker_main, &pool->args[i]) != 0) {
+        int limit = atomic_load(&fail_spawn_after);
+        if ((limit >= 0 && started >= limit) ||
+            pthread_create(&pool->threads[i], NULL, worker_main, &pool->args[i]) != 0) {
             VLM_WARN("thread pool: started %d of %d worker threads; going on with %d threads",
                      started, want, started + 1);
             break;

@@ -50,6 +50,10 @@ void vlm_threadpool_default_shutdown(void);
 /* The default pool's size if it exists, else what it would get. */
 int vlm_threadpool_default_size(void);
 
+/* Fault injection for tests: starting a worker fails once `started` workers
+ * are running (the pool must shrink, not fail); -1 turns it off. */
+void vlm_threadpool_fail_spawn_after(int started);
+
 /* Threads to use: VLM_THREADS, else vlm_cpus_available(NULL). */
 int vlm_threads_wanted(void);
 /* CPUs this process may use: the affinity mask capped by the cgroup quota
