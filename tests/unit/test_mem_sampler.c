@@ -6,6 +6,7 @@
 #include "base/alloc.h"
 #include "mem/monitor.h"
 
+#include <stdatomic.h>
 #include <string.h>
 #include <time.h>
 
@@ -99,7 +100,7 @@ static void test_sampler_ring_wraps(void **state) {
 }
 
 typedef struct alarm_seen {
-    int calls;
+    _Atomic int calls; /* read by the test while the sampler runs */
     uint64_t rss;
     uint64_t threshold;
     bool cleanup_ran;
@@ -108,10 +109,10 @@ typedef struct alarm_seen {
 static void on_alarm(void *ctx, const vlm_mem_sample *x, uint64_t threshold,
                      const vlm_mem_cleanup_result *c) {
     alarm_seen *a = ctx;
-    a->calls++;
     a->rss = x->rss_bytes;
     a->threshold = threshold;
     a->cleanup_ran = c->rss_before > 0;
+    atomic_fetch_add(&a->calls, 1);
 }
 
 static void test_sampler_alarm(void **state) {
@@ -125,7 +126,7 @@ static void test_sampler_alarm(void **state) {
     vlm_mem_sampler *s;
     assert_int_equal(vlm_mem_sampler_start(&cfg, &s, NULL), VLM_OK);
     sleep_ms(30);
-    assert_int_equal(seen.calls, 0);
+    assert_int_equal(atomic_load(&seen.calls), 0);
     char *p = vlm_alloc(64 * MiB, VLM_MEM_ACTIVATIONS);
     assert_non_null(p);
     memset(p, 1, 64 * MiB);
@@ -134,7 +135,7 @@ static void test_sampler_alarm(void **state) {
     sleep_ms(30);
     vlm_mem_sampler_stop(s);
     /* one crossing, one alarm, with the sample that crossed */
-    assert_int_equal(seen.calls, 1);
+    assert_int_equal(atomic_load(&seen.calls), 1);
     assert_int_equal(vlm_mem_sampler_alarms(s), 1);
     assert_true(seen.rss > cfg.threshold_bytes);
     assert_int_equal(seen.threshold, cfg.threshold_bytes);
