@@ -57,7 +57,7 @@ static void print_table(const vlm_mem_snapshot *s) {
         printf("container (no memory cgroup found)\n");
     row("limit", s->cgroup.version && s->cgroup.limit_bytes != VLM_MEM_NO_LIMIT,
         s->cgroup.limit_bytes);
-    row("current", s->cgroup.version != 0, s->cgroup.current_bytes);
+    row("current", s->cgroup.have_current, s->cgroup.current_bytes);
     printf("  %-22s %14llu\n", "oom kills", (unsigned long long)s->cgroup.oom_kills);
     row("headroom", true, s->headroom_bytes);
     printf("pressure\n");

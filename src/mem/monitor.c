@@ -192,8 +192,10 @@ bool vlm_mem_read_cgroup(const char *root, vlm_cgroup_mem *out) {
     char buf[4096];
     uint64_t v;
     if (read_in_dir(cg.dir, v2 ? "memory.current" : "memory.usage_in_bytes", buf, sizeof buf) &&
-        vlm_mem_parse_cgroup_value(buf, &v) && v != VLM_MEM_NO_LIMIT)
+        vlm_mem_parse_cgroup_value(buf, &v) && v != VLM_MEM_NO_LIMIT) {
         out->current_bytes = v;
+        out->have_current = true;
+    }
     /* Both v2's memory.events and v1's memory.oom_control have a line
      * "oom_kill N" (v2 counts the subtree, v1 the group). */
     if (read_in_dir(cg.dir, v2 ? "memory.events" : "memory.oom_control", buf, sizeof buf)) {
@@ -402,7 +404,7 @@ cJSON *vlm_mem_snapshot_to_json(const vlm_mem_snapshot *s) {
               json_num(o, "swap_used_bytes", s->sys.have, (double)s->sys.swap_used_bytes) &&
               json_num(o, "cgroup_version", true, cg->version) &&
               json_num(o, "cgroup_limit_bytes", limited, (double)cg->limit_bytes) &&
-              json_num(o, "cgroup_current_bytes", cg->version != 0, (double)cg->current_bytes) &&
+              json_num(o, "cgroup_current_bytes", cg->have_current, (double)cg->current_bytes) &&
               json_num(o, "oom_kills", true, (double)cg->oom_kills) &&
               json_num(o, "headroom_bytes", true, (double)s->headroom_bytes) &&
               json_num(o, "threshold_bytes", s->threshold_bytes != 0, (double)s->threshold_bytes) &&

@@ -40,6 +40,7 @@ static void test_v2(void **state) {
     assert_int_equal(c.version, 2);
     /* the group says 16 GiB, its parent user.slice 8 GiB: the parent binds */
     assert_int_equal(c.limit_bytes, 8589934592ULL);
+    assert_true(c.have_current);
     assert_int_equal(c.current_bytes, 1073741824ULL);
     assert_int_equal(c.oom_kills, 3);
     const char *tail = "/sys/fs/cgroup/user.slice/app.scope";
@@ -148,11 +149,16 @@ static void test_garbage(void **state) {
     assert_true(vlm_mem_read_cgroup(root, &c));
     assert_int_equal(c.version, 2);
     assert_int_equal(c.limit_bytes, VLM_MEM_NO_LIMIT);
-    assert_int_equal(c.current_bytes, 0);
+    assert_false(c.have_current);
     assert_int_equal(c.oom_kills, 0);
     vlm_mem_snapshot s;
     vlm_mem_snapshot_take(root, &s);
     assert_int_equal(s.level, VLM_PRESSURE_UNKNOWN);
+    cJSON *j = vlm_mem_snapshot_to_json(&s);
+    assert_non_null(j);
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "cgroup_current_bytes")));
+    assert_int_equal(cJSON_GetObjectItem(j, "cgroup_version")->valuedouble, 2);
+    cJSON_Delete(j);
     assert_int_equal(s.headroom_bytes, 0);
 }
 
