@@ -76,11 +76,12 @@ typedef struct vlm_sys_mem {
 } vlm_sys_mem;
 
 typedef struct vlm_cgroup_mem {
-    int version;            /* 1, 2; 0 when there is no memory cgroup */
-    uint64_t limit_bytes;   /* VLM_MEM_NO_LIMIT when none */
-    uint64_t current_bytes; /* 0 when unreadable */
-    uint64_t oom_kills;     /* OOM kills in the group so far */
-    char dir[1024];         /* the group's directory (with the root prefix) */
+    int version;          /* 1, 2; 0 when there is no memory cgroup */
+    uint64_t limit_bytes; /* VLM_MEM_NO_LIMIT when none */
+    bool have_current;    /* current_bytes was read (v2's root group has none) */
+    uint64_t current_bytes;
+    uint64_t oom_kills; /* OOM kills in the group so far */
+    char dir[1024];     /* the group's directory (with the root prefix) */
 } vlm_cgroup_mem;
 
 typedef struct vlm_psi {
