@@ -29,8 +29,8 @@ typedef struct vlm_load_options {
     int max_context;       /* tokens of KV cache; 0: the default (4096, capped by the model) */
     uint64_t mem_budget;   /* host bytes the model may use; 0: derived from the machine */
     uint64_t gpu_mem_budget;
-    int n_threads;         /* 0: VLM_THREADS, else the CPUs this process may use */
-    bool allow_degrade;    /* the planner may drop crops or context to fit */
+    int n_threads;      /* 0: VLM_THREADS, else the CPUs this process may use */
+    bool allow_degrade; /* the planner may drop crops or context to fit */
 } vlm_load_options;
 
 void vlm_load_options_init(vlm_load_options *o);
@@ -62,7 +62,7 @@ typedef struct vlm_gen_params {
     float min_p;              /* 0: off */
     float repetition_penalty; /* 1: off */
     uint64_t seed;
-    const char *const *stop;  /* extra stop strings */
+    const char *const *stop; /* extra stop strings */
     int n_stop;
     /* Called with each piece of text as it becomes complete UTF-8; return
      * false to stop early. May be NULL. */
@@ -73,15 +73,15 @@ typedef struct vlm_gen_params {
 void vlm_gen_params_init(vlm_gen_params *p);
 
 typedef struct vlm_gen_stats {
-    int tokens_in;         /* tokens prefilled for this turn (image tokens included) */
-    int tokens_out;        /* new tokens generated */
+    int tokens_in;  /* tokens prefilled for this turn (image tokens included) */
+    int tokens_out; /* new tokens generated */
     int image_tokens;
-    double image_ms;       /* preprocessing + vision tower + projector */
+    double image_ms; /* preprocessing + vision tower + projector */
     double prefill_ms;
     double first_token_ms; /* from the call until the first new token */
     double decode_ms;
-    double decode_tps;     /* tokens/s over the decode steps after the first token */
-    char stop_reason[16];  /* "eos", "stop_string", "max_tokens", "callback", "context" */
+    double decode_tps;    /* tokens/s over the decode steps after the first token */
+    char stop_reason[16]; /* "eos", "stop_string", "max_tokens", "callback", "context" */
 } vlm_gen_stats;
 
 vlm_status vlm_session_new(vlm_model *m, vlm_session **out, vlm_err *err);

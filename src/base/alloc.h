@@ -54,13 +54,13 @@ char *vlm_strdup_(const char *s, vlm_mem_cat cat, const char *file, int line);
 char *vlm_strndup_(const char *s, size_t n, vlm_mem_cat cat, const char *file, int line);
 void vlm_free(void *p);
 
-#define vlm_alloc(size, cat)       vlm_alloc_((size), (cat), __FILE__, __LINE__)
-#define vlm_calloc(n, size, cat)   vlm_calloc_((n), (size), (cat), __FILE__, __LINE__)
-#define vlm_realloc(p, size, cat)  vlm_realloc_((p), (size), (cat), __FILE__, __LINE__)
-#define vlm_strdup(s, cat)         vlm_strdup_((s), (cat), __FILE__, __LINE__)
-#define vlm_strndup(s, n, cat)     vlm_strndup_((s), (n), (cat), __FILE__, __LINE__)
+#define vlm_alloc(size, cat)      vlm_alloc_((size), (cat), __FILE__, __LINE__)
+#define vlm_calloc(n, size, cat)  vlm_calloc_((n), (size), (cat), __FILE__, __LINE__)
+#define vlm_realloc(p, size, cat) vlm_realloc_((p), (size), (cat), __FILE__, __LINE__)
+#define vlm_strdup(s, cat)        vlm_strdup_((s), (cat), __FILE__, __LINE__)
+#define vlm_strndup(s, n, cat)    vlm_strndup_((s), (n), (cat), __FILE__, __LINE__)
 /* Allocate an array of n elements of type T, overflow-checked, zeroed. */
-#define VLM_NEW_ARRAY(T, n, cat)   ((T *)vlm_calloc((n), sizeof(T), (cat)))
+#define VLM_NEW_ARRAY(T, n, cat) ((T *)vlm_calloc((n), sizeof(T), (cat)))
 
 /* Size of the user part of a block from vlm_alloc (0 for NULL). */
 size_t vlm_alloc_size(const void *p);

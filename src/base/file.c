@@ -35,8 +35,8 @@ vlm_status vlm_file_read_all(const char *path, size_t max_bytes, vlm_mem_cat cat
     size_t size = (size_t)st.st_size;
     if (max_bytes && size > max_bytes) {
         close(fd);
-        return vlm_err_set(err, VLM_ERR_LIMIT, "%s: file is %zu bytes, over the limit of %zu",
-                           path, size, max_bytes);
+        return vlm_err_set(err, VLM_ERR_LIMIT, "%s: file is %zu bytes, over the limit of %zu", path,
+                           size, max_bytes);
     }
     char *buf = vlm_alloc(size + 1, cat);
     if (!buf) {
@@ -51,8 +51,8 @@ vlm_status vlm_file_read_all(const char *path, size_t max_bytes, vlm_mem_cat cat
             int e = errno;
             vlm_free(buf);
             close(fd);
-            return vlm_err_set(err, VLM_ERR_IO, "%s: read failed after %zu of %zu bytes: %s",
-                               path, got, size, r == 0 ? "file shrank" : strerror(e));
+            return vlm_err_set(err, VLM_ERR_IO, "%s: read failed after %zu of %zu bytes: %s", path,
+                               got, size, r == 0 ? "file shrank" : strerror(e));
         }
         got += (size_t)r;
     }

@@ -12,9 +12,9 @@
 
 struct cli_command {
     const char *name;
-    const char *summary;                /* one line for `vlmtest --help` */
-    int (*run)(int argc, char **argv);  /* argv[0] is the command name */
-    const char *usage;                  /* full help text for `vlmtest NAME --help` */
+    const char *summary;               /* one line for `vlmtest --help` */
+    int (*run)(int argc, char **argv); /* argv[0] is the command name */
+    const char *usage;                 /* full help text for `vlmtest NAME --help` */
 };
 
 /* Exit codes shared by every subcommand. */

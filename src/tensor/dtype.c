@@ -1,14 +1,14 @@
 #include "tensor/dtype.h"
 
 static const vlm_dtype_info infos[VLM_DTYPE_COUNT] = {
-    [VLM_DTYPE_F32] = {"F32", 1, 4, true},      [VLM_DTYPE_F16] = {"F16", 1, 2, true},
-    [VLM_DTYPE_BF16] = {"BF16", 1, 2, true},    [VLM_DTYPE_F64] = {"F64", 1, 8, true},
-    [VLM_DTYPE_I64] = {"I64", 1, 8, false},     [VLM_DTYPE_I32] = {"I32", 1, 4, false},
-    [VLM_DTYPE_I16] = {"I16", 1, 2, false},     [VLM_DTYPE_I8] = {"I8", 1, 1, false},
-    [VLM_DTYPE_U8] = {"U8", 1, 1, false},       [VLM_DTYPE_BOOL] = {"BOOL", 1, 1, false},
-    [VLM_DTYPE_Q4_0] = {"Q4_0", 32, 18, true},  [VLM_DTYPE_Q4_1] = {"Q4_1", 32, 20, true},
-    [VLM_DTYPE_Q5_0] = {"Q5_0", 32, 22, true},  [VLM_DTYPE_Q5_1] = {"Q5_1", 32, 24, true},
-    [VLM_DTYPE_Q8_0] = {"Q8_0", 32, 34, true},  [VLM_DTYPE_Q2_K] = {"Q2_K", 256, 84, true},
+    [VLM_DTYPE_F32] = {"F32", 1, 4, true},       [VLM_DTYPE_F16] = {"F16", 1, 2, true},
+    [VLM_DTYPE_BF16] = {"BF16", 1, 2, true},     [VLM_DTYPE_F64] = {"F64", 1, 8, true},
+    [VLM_DTYPE_I64] = {"I64", 1, 8, false},      [VLM_DTYPE_I32] = {"I32", 1, 4, false},
+    [VLM_DTYPE_I16] = {"I16", 1, 2, false},      [VLM_DTYPE_I8] = {"I8", 1, 1, false},
+    [VLM_DTYPE_U8] = {"U8", 1, 1, false},        [VLM_DTYPE_BOOL] = {"BOOL", 1, 1, false},
+    [VLM_DTYPE_Q4_0] = {"Q4_0", 32, 18, true},   [VLM_DTYPE_Q4_1] = {"Q4_1", 32, 20, true},
+    [VLM_DTYPE_Q5_0] = {"Q5_0", 32, 22, true},   [VLM_DTYPE_Q5_1] = {"Q5_1", 32, 24, true},
+    [VLM_DTYPE_Q8_0] = {"Q8_0", 32, 34, true},   [VLM_DTYPE_Q2_K] = {"Q2_K", 256, 84, true},
     [VLM_DTYPE_Q3_K] = {"Q3_K", 256, 110, true}, [VLM_DTYPE_Q4_K] = {"Q4_K", 256, 144, true},
     [VLM_DTYPE_Q5_K] = {"Q5_K", 256, 176, true}, [VLM_DTYPE_Q6_K] = {"Q6_K", 256, 210, true},
 };
@@ -61,9 +61,9 @@ uint16_t vlm_f32_to_f16(float f) {
     memcpy(&u, &f, 4);
     uint32_t sign = (u >> 16) & 0x8000u;
     uint32_t a = u & 0x7fffffffu;
-    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u); /* NaN */
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);  /* NaN */
     if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* overflow -> inf */
-    if (a < 0x38800000u) {                                  /* subnormal or zero */
+    if (a < 0x38800000u) {                                   /* subnormal or zero */
         if (a < 0x33000000u) return (uint16_t)sign;          /* < half the smallest subnormal */
         uint32_t man = (a & 0x7fffffu) | 0x800000u;
         int shift = 113 - (int)(a >> 23) + 13; /* 126 - exp + 1 ... */

@@ -37,7 +37,7 @@ typedef enum vlm_dtype {
 } vlm_dtype;
 
 typedef struct vlm_dtype_info {
-    const char *name;    /* "F32", "BF16", "Q4_K", ... (safetensors / GGUF spelling) */
+    const char *name;     /* "F32", "BF16", "Q4_K", ... (safetensors / GGUF spelling) */
     uint32_t block_elems; /* 1 for plain types */
     uint32_t block_bytes; /* bytes per block (= element size for plain types) */
     bool is_float;        /* usable as weights by widening to f32 */
