@@ -97,7 +97,7 @@ static void test_quantize_exact_grid(void **state) {
 
     /* All zeros stay zeros, for every quantizable type. */
     static float z[256], zy[256];
-    uint8_t zb[256];
+    uint8_t zb[512]; /* 8 Q8_0 blocks of 34 bytes */
     for (vlm_dtype t = VLM_DTYPE_Q4_0; t <= VLM_DTYPE_Q6_K; t++) {
         if (!vlm_quant_can_quantize(t)) {
             assert_false(vlm_quantize(t, z, zb, 256));
@@ -267,7 +267,7 @@ static void test_quantize_gaussian_rms(void **state) {
 static void test_quantize_nonfinite(void **state) {
     (void)state;
     float x[256];
-    uint8_t b[256];
+    uint8_t b[8 * 34]; /* the largest: 8 Q8_0 blocks */
     float y[256];
     for (int i = 0; i < 256; i++) x[i] = (float)i;
     x[7] = NAN;
