@@ -302,6 +302,19 @@ static inline int clamp_round(float v, int lo, int hi) {
     return (int)floorf(v + 0.5f);
 }
 
+/* Sum of 8 partial sums, in a fixed order. */
+static inline float sum8(const float *p) {
+    return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+}
+
+/* round(v) clamped to 0..15, written as compares (maxss/minss) so the
+ * loops vectorise, where fminf/fmaxf would be library calls; NaN gives 0. */
+static inline int nibble_round(float v) {
+    v = v > 0.0f ? v : 0.0f;
+    v = v < 15.0f ? v : 15.0f;
+    return (int)(v + 0.5f);
+}
+
 static inline float f16_round(float f, uint16_t *h) {
     *h = vlm_f32_to_f16(f);
     return vlm_f16_to_f32(*h);
@@ -354,8 +367,8 @@ static void q_q4_0(const float *x, uint8_t *b) {
 static void q4k_fit(const float *x, float *s_out, float *m_out) {
     float mn = x[0], mx = x[0];
     for (int l = 1; l < Q4K_SUB; l++) {
-        mn = fminf(mn, x[l]);
-        mx = fmaxf(mx, x[l]);
+        mn = x[l] < mn ? x[l] : mn;
+        mx = x[l] > mx ? x[l] : mx;
     }
     if (mn > 0.0f) mn = 0.0f;
     if (!(mx > mn) || !isfinite(mx - mn)) {
@@ -364,41 +377,47 @@ static void q4k_fit(const float *x, float *s_out, float *m_out) {
         return;
     }
     float best_s = (mx - mn) / 15.0f, best_m = -mn;
-    float best_err = 0.0f;
+    float best_err = 0.0f, sx = 0.0f;
     for (int l = 0; l < Q4K_SUB; l++) {
-        int q = clamp_round((x[l] - mn) / best_s, 0, 15);
-        float e = best_s * (float)q - best_m - x[l];
+        float e = best_s * (float)nibble_round((x[l] - mn) / best_s) - best_m - x[l];
         best_err += e * e;
+        sx += x[l];
     }
     for (int k = -10; k <= 10; k++) {
         const float iscale = (15.0f + 0.1f * (float)k) / (mx - mn);
-        int q[Q4K_SUB];
-        double sq = 0, sqq = 0, sx = 0, sqx = 0;
-        for (int l = 0; l < Q4K_SUB; l++) {
-            q[l] = clamp_round(iscale * (x[l] - mn), 0, 15);
-            sq += q[l];
-            sqq += (double)q[l] * q[l];
-            sx += x[l];
-            sqx += (double)q[l] * x[l];
+        /* Sums in 8 lanes so the loops vectorise; q <= 15 keeps sq and sqq
+         * exact. */
+        float q[Q4K_SUB], psq[8] = {0}, psqq[8] = {0}, psqx[8] = {0};
+        for (int l = 0; l < Q4K_SUB; l += 8) {
+            for (int j = 0; j < 8; j++) {
+                q[l + j] = (float)nibble_round(iscale * (x[l + j] - mn));
+                psq[j] += q[l + j];
+                psqq[j] += q[l + j] * q[l + j];
+                psqx[j] += q[l + j] * x[l + j];
+            }
         }
-        const double det = Q4K_SUB * sqq - sq * sq;
+        const float sq = sum8(psq), sqq = sum8(psqq), sqx = sum8(psqx);
+        const float det = Q4K_SUB * sqq - sq * sq;
         if (det <= 0) continue;
-        double a = (Q4K_SUB * sqx - sq * sx) / det;
-        double off = (sqq * sx - sq * sqx) / det; /* x ~= a q + off */
+        float a = (Q4K_SUB * sqx - sq * sx) / det;
+        float off = (sqq * sx - sq * sqx) / det; /* x ~= a q + off */
         if (off > 0) {
             off = 0;
             a = sqx / sqq;
         }
         if (!(a > 0)) continue;
-        float err = 0.0f;
-        for (int l = 0; l < Q4K_SUB; l++) {
-            float e = (float)a * (float)q[l] + (float)off - x[l];
-            err += e * e;
+        float perr[8] = {0};
+        for (int l = 0; l < Q4K_SUB; l += 8) {
+            for (int j = 0; j < 8; j++) {
+                float e = a * q[l + j] + off - x[l + j];
+                perr[j] += e * e;
+            }
         }
+        const float err = sum8(perr);
         if (err < best_err) {
             best_err = err;
-            best_s = (float)a;
-            best_m = (float)-off;
+            best_s = a;
+            best_m = -off;
         }
     }
     *s_out = best_s;
@@ -488,10 +507,6 @@ bool vlm_quantize(vlm_dtype t, const float *src, void *dst, size_t n) {
  * is scaled once (d * sum q x rather than sum (d q) x). The portable code
  * keeps 8 independent partial sums so the compiler can vectorise it.
  * ======================================================================== */
-
-static inline float sum8(const float *p) {
-    return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
-}
 
 float vlm_dot_q8_0_f32_portable(const void *w, const float *x, size_t n) {
     const uint8_t *b = w;
