@@ -1251,7 +1251,8 @@ vlm_status vlm_gguf_writer_write(vlm_gguf_writer *w, const char *path, vlm_err *
         return vlm_err_set(err, VLM_ERR_IO, "%s: cannot create a temporary file: %s", path,
                            strerror(e));
     }
-    FILE *f = fdopen(fd, "wb");
+    /* mkstemp creates the file 0600; a model file is meant to be shared. */
+    FILE *f = fchmod(fd, 0644) == 0 ? fdopen(fd, "wb") : NULL;
     if (!f) {
         int e = errno;
         close(fd);
