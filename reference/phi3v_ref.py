@@ -79,7 +79,7 @@ def make_config():
         "num_hidden_layers": LM["num_hidden_layers"],
         "num_key_value_heads": LM["num_key_value_heads"],
         "original_max_position_embeddings": LM["original_max_position_embeddings"],
-        "pad_token_id": 32000,
+        "pad_token_id": LM.get("pad_token_id", 32000),
         "resid_pdrop": 0.0,
         "rms_norm_eps": LM["rms_norm_eps"],
         "rope_scaling": {"long_factor": LONG_FACTOR, "short_factor": SHORT_FACTOR, "type": "su"},
@@ -171,7 +171,8 @@ def build_modules(cfg_dtype):
               num_key_value_heads=LM["num_key_value_heads"], rms_norm_eps=LM["rms_norm_eps"],
               max_position_embeddings=LM["max_position_embeddings"],
               original_max_position_embeddings=LM["original_max_position_embeddings"],
-              bos_token_id=1, eos_token_id=2, pad_token_id=32000, tie_word_embeddings=False,
+              bos_token_id=1, eos_token_id=2, pad_token_id=LM.get("pad_token_id", 32000),
+              tie_word_embeddings=False,
               sliding_window=None, attention_dropout=0.0, resid_pdrop=0.0, embd_pdrop=0.0)
     try:
         lcfg = Phi3Config(rope_scaling=rope, rope_theta=LM["rope_theta"], **kw)

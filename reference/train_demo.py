@@ -108,14 +108,25 @@ def conversation_ids(tok, turns, ntoks, end_id, answers=True):
     return ids, mask
 
 
+def turn_images(sample):
+    """The images each turn attaches: scenes.py gives the running count of
+    images shown up to and including a turn."""
+    out, prev = [], 0
+    for turn in sample["turns"]:
+        n = turn["n_images_before"]
+        out.append(sample["images"][prev:n])
+        prev = n
+    return out
+
+
 def render_turns(sample):
     """Number the images across the conversation and put their tags in front
     of the turn's text, as the C session does."""
     out = []
     n = 0
-    for turn in sample["turns"]:
+    for turn, imgs in zip(sample["turns"], turn_images(sample)):
         tags = ""
-        for _ in range(len(turn["images"])):
+        for _ in range(len(imgs)):
             n += 1
             tags += f"<|image_{n}|>\n"
         out.append((tags + turn["prompt"], turn.get("answer", "")))
@@ -123,6 +134,37 @@ def render_turns(sample):
 
 
 # --- data ------------------------------------------------------------------------
+SHAPE_QUESTIONS = ["colour", "shape", "count", "count_kind", "position", "extreme", "size",
+                   "yesno"]
+
+
+def packed_sample(rng):
+    """Several questions about one shape scene, asked as consecutive turns:
+    one image, many supervised answers (the image tokens dominate the cost)."""
+    for _ in range(100):
+        sc = scenes.make_shape_scene(rng, n=rng.randint(1, 4))
+        if sc is None:
+            continue
+        turns = []
+        for q in rng.sample(SHAPE_QUESTIONS, len(SHAPE_QUESTIONS)):
+            qa = scenes.QUESTION_TYPES[q][0](rng, sc)
+            if qa is not None:
+                turns.append({"n_images_before": 1, "prompt": qa[0], "answer": qa[1]})
+            if len(turns) == 5:
+                break
+        if turns:
+            return {"images": [scenes.render(sc)], "turns": turns, "tag": "packed"}
+    return scenes.sample(rng)
+
+
+def training_sample(rng):
+    r = rng.random()
+    if r < 0.4:
+        return packed_sample(rng)
+    return scenes.sample(rng, p_dialogue=0.45, weights={"number": 2.5, "word": 2.0})
+
+
+
 class SceneStream(torch.utils.data.IterableDataset):
     def __init__(self, seed, tok_json):
         self.seed = seed
@@ -136,10 +178,10 @@ class SceneStream(torch.utils.data.IterableDataset):
         tok = Tokenizer.from_str(self.tok_json)
         end_id = tok.token_to_id("<|end|>")
         while True:
-            s = scenes.sample(rng)
+            s = training_sample(rng)
             hds, ntoks = [], []
-            for turn in s["turns"]:
-                for img in turn["images"]:
+            for imgs in turn_images(s):
+                for img in imgs:
                     hd = R.hd_transform(img.convert("RGB"), NUM_CROPS)
                     arr = torch.from_numpy(np.asarray(hd, dtype=np.uint8).copy()).permute(2, 0, 1)
                     hds.append(arr)
@@ -198,8 +240,25 @@ def build(vocab_size):
     return clip, lm, Glue(VISION["hidden_size"], LMCFG["hidden_size"])
 
 
+PHASES = {}
+
+
+def phase(name, t0):
+    """Accumulate the time since t0 under name (only with --profile)."""
+    if PROFILE[0]:
+        torch.cuda.synchronize()
+        t = time.time()
+        PHASES[name] = PHASES.get(name, 0.0) + t - t0
+        return t
+    return t0
+
+
+PROFILE = [False]
+
+
 def embed_batch(clip, lm, glue, batch, dev):
     """Embeddings for a batch of samples, image features spliced in."""
+    t0 = phase("_", time.time())
     pix, sizes, owner = [], [], []
     for bi, s in enumerate(batch):
         for hd in s["hd"]:
@@ -208,9 +267,11 @@ def embed_batch(clip, lm, glue, batch, dev):
             sizes.append(size)
             owner.append(bi)
     feats_per_sample = [[] for _ in batch]
+    t0 = phase("pixels", t0)
     if pix:
         allpv = torch.cat(pix, 0)
         f = R.clip_features(clip, allpv)
+        t0 = phase("clip", t0)
         off = 0
         g = glue.as_dict()
         for pv, size, bi in zip(pix, sizes, owner):
@@ -231,7 +292,9 @@ def embed_batch(clip, lm, glue, batch, dev):
         am.append(torch.tensor([1] * len(s["ids"]) + [0] * pad, device=dev))
         lab = [i if m else -100 for i, m in zip(s["ids"], s["mask"])] + [-100] * pad
         labels.append(torch.tensor(lab, device=dev))
-    return torch.stack(xs), torch.stack(am), torch.stack(labels)
+    out = torch.stack(xs), torch.stack(am), torch.stack(labels)
+    phase("glue+embed", t0)
+    return out
 
 
 # --- scoring (the suite scorers used by the held-out evaluation) -------------------
@@ -372,6 +435,10 @@ def main():
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--time-limit", type=float, default=1e9, help="stop training after S seconds")
     ap.add_argument("--suites", default="suites")
+    ap.add_argument("--print-every", type=int, default=100)
+    ap.add_argument("--attn", default="sdpa", help="attention kernel for training")
+    ap.add_argument("--no-eval", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="time each phase (synchronising)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     random.seed(args.seed)
@@ -380,12 +447,13 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     dev = torch.device("cuda")
+    PROFILE[0] = args.profile
     os.makedirs(args.out, exist_ok=True)
     here = os.path.dirname(os.path.abspath(__file__))
     phi3_tok = os.path.join(here, "..", "tests", "data", "tokenizer", "phi3", "tokenizer.json")
 
     t0 = time.time()
-    texts = scenes.corpus_text(60000, random.Random(args.seed))
+    texts = scenes.corpus_text(60000, args.seed)
     tok_obj = train_tokenizer(texts, args.vocab, phi3_tok)
     tok_json = json.dumps(tok_obj, ensure_ascii=False)
     from tokenizers import Tokenizer
@@ -395,7 +463,12 @@ def main():
     print(f"tokenizer: {vocab_size} tokens ({vocab_rows} rows), {time.time() - t0:.1f}s",
           flush=True)
 
+    R.LM["pad_token_id"] = tok.token_to_id("<|endoftext|>")
     clip, lm, glue = build(vocab_rows)
+    # Training may use a fused attention kernel; the evaluation below uses the
+    # eager (reference) path in float32.
+    clip.config._attn_implementation = args.attn
+    lm.config._attn_implementation = args.attn
     clip.to(dev).train()
     lm.to(dev).train()
     glue.to(dev).train()
@@ -417,27 +490,40 @@ def main():
     it = iter(dl)
     t_train = time.time()
     step = 0
+    t_data = t_comp = 0.0
     for step in range(args.steps):
+        ta = time.time()
         batch = next(it)
+        tb = time.time()
+        t_data += tb - ta
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             x, am, labels = embed_batch(clip, lm, glue, batch, dev)
+            tp = time.time()
             out = lm(inputs_embeds=x, attention_mask=am, use_cache=False)
             logits = out.logits[:, :-1].float()
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                    labels[:, 1:].reshape(-1), ignore_index=-100)
+            tp = phase("lm fwd", tp)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        tp = phase("backward", tp)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        log.append({"step": step, "loss": float(loss), "t": time.time() - t_train})
-        if step % 100 == 0:
-            print(f"step {step} loss {float(loss):.4f} t {time.time() - t_train:.0f}s", flush=True)
+        phase("optim", tp)
+        lv = float(loss.detach())
+        t_comp += time.time() - tb
+        log.append({"step": step, "loss": lv, "t": time.time() - t_train})
+        if step % args.print_every == 0:
+            print(f"step {step} loss {lv:.4f} t {time.time() - t_train:.0f}s "
+                  f"(waiting for data {t_data:.0f}s, compute {t_comp:.0f}s)", flush=True)
         if time.time() - t_train > args.time_limit:
             print(f"time limit reached at step {step}", flush=True)
             break
     train_s = time.time() - t_train
+    if PHASES:
+        print("phases:", {k: round(v, 1) for k, v in PHASES.items()}, flush=True)
     print(f"trained {step + 1} steps in {train_s:.0f}s", flush=True)
     json.dump({"steps": step + 1, "train_seconds": train_s, "log": log, "args": vars(args)},
               open(os.path.join(args.out, "train_log.json"), "w"))
@@ -464,6 +550,10 @@ def main():
     demo_dir = os.path.join(args.out, "demo")
     export(clip, lm, glue, tok_json, demo_dir)
     # Evaluate what ships: bf16 weights widened to f32.
+    if args.no_eval:
+        return
+    clip.config._attn_implementation = "eager"
+    lm.config._attn_implementation = "eager"
     clip.float().eval()
     lm.float().eval()
     glue.float().eval()
