@@ -6,8 +6,22 @@
 #include "base/alloc.h"
 #include "base/file.h"
 
+/* cJSON reports a failed allocation as a syntax error; this per-thread flag
+ * tells the two apart. */
+static _Thread_local bool json_alloc_failed;
+
 static void *json_malloc(size_t n) {
-    return vlm_alloc(n, VLM_MEM_OTHER);
+    void *p = vlm_alloc(n, VLM_MEM_OTHER);
+    if (!p) json_alloc_failed = true;
+    return p;
+}
+
+void vlm_json_alloc_reset(void) {
+    json_alloc_failed = false;
+}
+
+bool vlm_json_alloc_failed(void) {
+    return json_alloc_failed;
 }
 
 static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
@@ -26,7 +40,10 @@ vlm_status vlm_json_parse(const char *text, size_t len, const char *what, cJSON 
     vlm_json_init();
     *out = NULL;
     const char *end = NULL;
+    vlm_json_alloc_reset();
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (!root && vlm_json_alloc_failed())
+        return vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory parsing JSON", what);
     if (!root) {
         /* cJSON reports no distinction between a syntax error and a failed
          * allocation; a syntax error leaves end inside the text. */
@@ -34,8 +51,8 @@ vlm_status vlm_json_parse(const char *text, size_t len, const char *what, cJSON 
             size_t off = (size_t)(end - text), line = 1;
             for (size_t i = 0; i < off; i++)
                 if (text[i] == '\n') line++;
-            return vlm_err_set(err, VLM_ERR_FORMAT, "%s: invalid JSON at line %zu (byte %zu)",
-                               what, line, off);
+            return vlm_err_set(err, VLM_ERR_FORMAT, "%s: invalid JSON at line %zu (byte %zu)", what,
+                               line, off);
         }
         return vlm_err_set(err, VLM_ERR_FORMAT, "%s: invalid JSON (or out of memory)", what);
     }
@@ -87,16 +104,16 @@ vlm_status vlm_json_get_int(const cJSON *obj, const char *key, const char *what,
                             vlm_err *err) {
     return get_int(obj, key, what, out, false, err);
 }
-vlm_status vlm_json_get_int_opt(const cJSON *obj, const char *key, const char *what,
-                                int64_t *out, vlm_err *err) {
+vlm_status vlm_json_get_int_opt(const cJSON *obj, const char *key, const char *what, int64_t *out,
+                                vlm_err *err) {
     return get_int(obj, key, what, out, true, err);
 }
 vlm_status vlm_json_get_double(const cJSON *obj, const char *key, const char *what, double *out,
                                vlm_err *err) {
     return get_number(obj, key, what, out, false, err);
 }
-vlm_status vlm_json_get_double_opt(const cJSON *obj, const char *key, const char *what,
-                                   double *out, vlm_err *err) {
+vlm_status vlm_json_get_double_opt(const cJSON *obj, const char *key, const char *what, double *out,
+                                   vlm_err *err) {
     return get_number(obj, key, what, out, true, err);
 }
 
@@ -110,8 +127,8 @@ vlm_status vlm_json_get_bool_opt(const cJSON *obj, const char *key, const char *
     return VLM_OK;
 }
 
-static vlm_status get_string(const cJSON *obj, const char *key, const char *what,
-                             const char **out, bool optional, vlm_err *err) {
+static vlm_status get_string(const cJSON *obj, const char *key, const char *what, const char **out,
+                             bool optional, vlm_err *err) {
     const cJSON *it = get_item(obj, key);
     if (!it || cJSON_IsNull(it)) {
         if (optional) return VLM_OK;

@@ -15,6 +15,12 @@
  * calls it; call it yourself before using cJSON_* directly. */
 void vlm_json_init(void);
 
+/* For callers of cJSON_Parse* directly: reset before parsing; true after if
+ * an allocation on this thread failed meanwhile (cJSON reports that as a
+ * syntax error). vlm_json_parse does this itself and returns VLM_ERR_NOMEM. */
+void vlm_json_alloc_reset(void);
+bool vlm_json_alloc_failed(void);
+
 /* Parse len bytes (need not be NUL-terminated). `what` names the source in
  * messages (a path, "tokenizer.json", ...). Reports the byte offset of a
  * syntax error. Free the result with cJSON_Delete. */
@@ -28,12 +34,12 @@ vlm_status vlm_json_parse_file(const char *path, cJSON **out, vlm_err *err);
  * leave *out untouched and return VLM_OK when the key is absent or null. */
 vlm_status vlm_json_get_int(const cJSON *obj, const char *key, const char *what, int64_t *out,
                             vlm_err *err);
-vlm_status vlm_json_get_int_opt(const cJSON *obj, const char *key, const char *what,
-                                int64_t *out, vlm_err *err);
+vlm_status vlm_json_get_int_opt(const cJSON *obj, const char *key, const char *what, int64_t *out,
+                                vlm_err *err);
 vlm_status vlm_json_get_double(const cJSON *obj, const char *key, const char *what, double *out,
                                vlm_err *err);
-vlm_status vlm_json_get_double_opt(const cJSON *obj, const char *key, const char *what,
-                                   double *out, vlm_err *err);
+vlm_status vlm_json_get_double_opt(const cJSON *obj, const char *key, const char *what, double *out,
+                                   vlm_err *err);
 vlm_status vlm_json_get_bool_opt(const cJSON *obj, const char *key, const char *what, bool *out,
                                  vlm_err *err);
 /* The returned string points into obj. */

@@ -280,7 +280,10 @@ static vlm_status parse_file(vlm_st_file *f, vlm_err *err) {
 
     vlm_json_init();
     const char *end = NULL;
+    vlm_json_alloc_reset();
     cJSON *root = cJSON_ParseWithLengthOpts(hdr, (size_t)hlen, &end, 0);
+    if (!root && vlm_json_alloc_failed())
+        return vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory parsing the header", path);
     if (!root) {
         if (end && end >= hdr && end <= hdr + hlen)
             return vlm_err_set(err, VLM_ERR_FORMAT, "%s: header is not valid JSON (byte %zu)", path,
