@@ -20,8 +20,9 @@
 static vlm_status get_int(const cJSON *obj, const char *key, const char *what, int64_t lo,
                           int64_t hi, bool required, int64_t *out, vlm_err *err) {
     int64_t v = *out;
-    vlm_status st = required ? vlm_json_get_int(obj, key, what, &v, err)
-                             : vlm_json_get_int_opt(obj, key, what, &v, err);
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!required && (!it || cJSON_IsNull(it))) return VLM_OK; /* the default stands */
+    vlm_status st = vlm_json_get_int(obj, key, what, &v, err);
     if (st != VLM_OK) return st;
     if (v < lo || v > hi)
         return vlm_err_set(err, VLM_ERR_FORMAT, "%s: \"%s\" = %lld is out of range [%lld, %lld]",
