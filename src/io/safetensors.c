@@ -192,6 +192,13 @@ static vlm_status parse_tensor(const char *path, const cJSON *it, uint64_t data_
         return vlm_err_set(err, VLM_ERR_FORMAT, "%s: tensor \"%s\": missing or non-string dtype",
                            path, nm);
     int d = vlm_dtype_parse(dt->valuestring);
+    /* Spellings the format defines that we do not compute with. */
+    static const char *const later[] = {"U16",     "U32",     "U64",     "F8_E4M3", "F8_E5M2",
+                                        "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4"};
+    for (size_t i = 0; !is_st_dtype(d) && i < sizeof later / sizeof *later; i++)
+        if (strcmp(dt->valuestring, later[i]) == 0)
+            return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                               "%s: tensor \"%s\": dtype %s is not supported", path, nm, later[i]);
     if (!is_st_dtype(d)) {
         char db[64];
         return vlm_err_set(err, VLM_ERR_FORMAT, "%s: tensor \"%s\": unknown dtype \"%s\"", path, nm,
