@@ -94,7 +94,8 @@ static vlm_status get_int(const cJSON *obj, const char *key, const char *what, i
     if (!it || cJSON_IsNull(it)) return get_number(obj, key, what, &v, optional, err);
     vlm_status st = get_number(obj, key, what, &v, optional, err);
     if (st != VLM_OK) return st;
-    if (v != (double)(int64_t)v || v > 9007199254740992.0 || v < -9007199254740992.0)
+    /* Range first: converting an out-of-range double to int64 is undefined. */
+    if (!(v <= 9007199254740992.0 && v >= -9007199254740992.0) || v != (double)(int64_t)v)
         return vlm_err_set(err, VLM_ERR_FORMAT, "%s: \"%s\" must be an integer", what, key);
     *out = (int64_t)v;
     return VLM_OK;
