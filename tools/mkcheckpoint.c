@@ -331,7 +331,7 @@ int main(int argc, char **argv) {
     if (phi3v_tensor_specs(&cfg, &specs, &n, &err)) die_err(&err);
 
     /* Shards as published; names the index lacks go to the last shard. */
-    char path[4096];
+    char path[8192];
     snprintf(path, sizeof path, "%s/models/phi-3-vision-128k-instruct/model.safetensors.index.json",
              shared);
     shard_map map = {0};
