@@ -28,4 +28,9 @@ echo "# warm (page cache holds the files)"
 echo "# cold (shards evicted before each open)"
 "$BUILD/stbench" "$DIR" --runs 3 --cold
 echo "# vlmtest info (whole command, headers only)"
-/usr/bin/time -f "info_wall_s=%e info_max_rss_mb=%M(KB)" "$BUILD/vlmtest" info "$DIR" >/dev/null
+/usr/bin/time -f "info_wall_s=%e info_max_rss_kb=%M" "$BUILD/vlmtest" info "$DIR" --json >"$DIR.info.json"
+python3 -c "
+import json,sys; j=json.load(open(sys.argv[1])); p=j['parameters']
+print('parameters:', p)
+assert abs(p['total'] / 1e9 - 4.15) <= 0.01, 'expected 4.15 B parameters'" "$DIR.info.json"
+rm -f "$DIR.info.json"

@@ -46,7 +46,7 @@ static _Atomic int64_t mapped_peak;
 static _Atomic uint64_t n_alloc;
 static _Atomic uint64_t n_free;
 static _Atomic uint64_t n_failed;
-static _Atomic uint64_t fail_at; /* 0: off */
+static _Atomic uint64_t fail_at;        /* 0: off */
 static _Atomic bool fail_sticky;
 static _Atomic bool tracking;
 
@@ -106,8 +106,10 @@ static inline void ensure_init(void) {
 
 static void raise_peak(_Atomic uint64_t *peak, uint64_t value) {
     uint64_t p = atomic_load_explicit(peak, memory_order_relaxed);
-    while (value > p && !atomic_compare_exchange_weak_explicit(
-                            peak, &p, value, memory_order_relaxed, memory_order_relaxed)) {}
+    while (value > p &&
+           !atomic_compare_exchange_weak_explicit(peak, &p, value, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+    }
 }
 
 static void account_add(vlm_mem_cat cat, uint64_t size) {
@@ -141,10 +143,8 @@ static void live_insert(block_hdr *h) {
 
 static void live_remove(block_hdr *h) {
     pthread_mutex_lock(&live_lock);
-    if (h->prev)
-        h->prev->next = h->next;
-    else
-        live_head = h->next;
+    if (h->prev) h->prev->next = h->next;
+    else live_head = h->next;
     if (h->next) h->next->prev = h->prev;
     pthread_mutex_unlock(&live_lock);
 }
@@ -294,8 +294,10 @@ void vlm_alloc_note_mapped(int64_t delta) {
     ensure_init();
     int64_t m = atomic_fetch_add_explicit(&mapped_cur, delta, memory_order_relaxed) + delta;
     int64_t p = atomic_load_explicit(&mapped_peak, memory_order_relaxed);
-    while (m > p && !atomic_compare_exchange_weak_explicit(
-                        &mapped_peak, &p, m, memory_order_relaxed, memory_order_relaxed)) {}
+    while (m > p && !atomic_compare_exchange_weak_explicit(&mapped_peak, &p, m,
+                                                           memory_order_relaxed,
+                                                           memory_order_relaxed)) {
+    }
 }
 
 void vlm_alloc_set_tracking(bool on) {

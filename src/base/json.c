@@ -51,8 +51,8 @@ vlm_status vlm_json_parse(const char *text, size_t len, const char *what, cJSON 
             size_t off = (size_t)(end - text), line = 1;
             for (size_t i = 0; i < off; i++)
                 if (text[i] == '\n') line++;
-            return vlm_err_set(err, VLM_ERR_FORMAT, "%s: invalid JSON at line %zu (byte %zu)", what,
-                               line, off);
+            return vlm_err_set(err, VLM_ERR_FORMAT, "%s: invalid JSON at line %zu (byte %zu)",
+                               what, line, off);
         }
         return vlm_err_set(err, VLM_ERR_FORMAT, "%s: invalid JSON (or out of memory)", what);
     }
@@ -105,16 +105,16 @@ vlm_status vlm_json_get_int(const cJSON *obj, const char *key, const char *what,
                             vlm_err *err) {
     return get_int(obj, key, what, out, false, err);
 }
-vlm_status vlm_json_get_int_opt(const cJSON *obj, const char *key, const char *what, int64_t *out,
-                                vlm_err *err) {
+vlm_status vlm_json_get_int_opt(const cJSON *obj, const char *key, const char *what,
+                                int64_t *out, vlm_err *err) {
     return get_int(obj, key, what, out, true, err);
 }
 vlm_status vlm_json_get_double(const cJSON *obj, const char *key, const char *what, double *out,
                                vlm_err *err) {
     return get_number(obj, key, what, out, false, err);
 }
-vlm_status vlm_json_get_double_opt(const cJSON *obj, const char *key, const char *what, double *out,
-                                   vlm_err *err) {
+vlm_status vlm_json_get_double_opt(const cJSON *obj, const char *key, const char *what,
+                                   double *out, vlm_err *err) {
     return get_number(obj, key, what, out, true, err);
 }
 
@@ -128,8 +128,8 @@ vlm_status vlm_json_get_bool_opt(const cJSON *obj, const char *key, const char *
     return VLM_OK;
 }
 
-static vlm_status get_string(const cJSON *obj, const char *key, const char *what, const char **out,
-                             bool optional, vlm_err *err) {
+static vlm_status get_string(const cJSON *obj, const char *key, const char *what,
+                             const char **out, bool optional, vlm_err *err) {
     const cJSON *it = get_item(obj, key);
     if (!it || cJSON_IsNull(it)) {
         if (optional) return VLM_OK;

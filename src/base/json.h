@@ -34,12 +34,12 @@ vlm_status vlm_json_parse_file(const char *path, cJSON **out, vlm_err *err);
  * leave *out untouched and return VLM_OK when the key is absent or null. */
 vlm_status vlm_json_get_int(const cJSON *obj, const char *key, const char *what, int64_t *out,
                             vlm_err *err);
-vlm_status vlm_json_get_int_opt(const cJSON *obj, const char *key, const char *what, int64_t *out,
-                                vlm_err *err);
+vlm_status vlm_json_get_int_opt(const cJSON *obj, const char *key, const char *what,
+                                int64_t *out, vlm_err *err);
 vlm_status vlm_json_get_double(const cJSON *obj, const char *key, const char *what, double *out,
                                vlm_err *err);
-vlm_status vlm_json_get_double_opt(const cJSON *obj, const char *key, const char *what, double *out,
-                                   vlm_err *err);
+vlm_status vlm_json_get_double_opt(const cJSON *obj, const char *key, const char *what,
+                                   double *out, vlm_err *err);
 vlm_status vlm_json_get_bool_opt(const cJSON *obj, const char *key, const char *what, bool *out,
                                  vlm_err *err);
 /* The returned string points into obj. */

@@ -377,8 +377,7 @@ vlm_status vlm_config_parse(const char *text, size_t len, const char *what, vlm_
     return st;
 }
 
-/* Read a JSON file of a model folder; `missing_ok` turns a missing file
- * into VLM_ERR_NOT_FOUND without a message change. */
+/* Read a JSON file of a model folder (a missing one is VLM_ERR_NOT_FOUND). */
 static vlm_status load_text(const char *path, char **text, size_t *len, vlm_err *err) {
     return vlm_file_read_all(path, CONFIG_MAX_BYTES, VLM_MEM_OTHER, text, len, err);
 }

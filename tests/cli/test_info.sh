@@ -73,4 +73,12 @@ python3 -c "import json,sys; j=json.load(open(sys.argv[1])); assert j['valid'] a
 if HF_HUB_CACHE=$tmp/hub "$VLM_BIN" info acme/missing 2>"$tmp/err"; then exit 1; fi
 grep -q "looked at" "$tmp/err"
 grep -q "models--acme--missing/refs/main (missing)" "$tmp/err"
+# --dtype f32 --single: one file, every tensor F32, 4 bytes a parameter.
+"$MK" --out "$tmp/f32" --tiny --dtype f32 --single --zero >/dev/null
+[ -f "$tmp/f32/model.safetensors" ] && [ ! -e "$tmp/f32/model.safetensors.index.json" ]
+"$VLM_BIN" info "$tmp/f32" --json >"$tmp/f32.json"
+python3 -c "
+import json,sys; j=json.load(open(sys.argv[1]))
+assert list(j['dtypes']) == ['F32'] and j['tensor_bytes'] == 4 * j['parameters']['total'], j
+assert j['valid']" "$tmp/f32.json"
 echo "test_info: ok"
