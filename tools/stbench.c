@@ -87,6 +87,7 @@ int main(int argc, char **argv) {
                 const unsigned char *p = t->data;
                 for (uint64_t o = 0; o < t->nbytes; o += 4096) sum += p[o];
             }
+            (void)sum;
             printf("touch_ms=%.1f rss_after_touch_mb=%.1f\n", now_ms() - t2,
                    (rss_bytes() - rss0) / 1048576.0);
         }
