@@ -55,6 +55,16 @@ assert j["bytes_on_disk"] > j["tensor_bytes"]
 assert j["files"] == 2
 PY
 
+# The shard of every tensor is the published one (index of the 128k model).
+python3 - "$tmp/m/model.safetensors.index.json" "$VLM_SHARED_DIR/models/phi-3-vision-128k-instruct/model.safetensors.index.json" <<'PY'
+import json, sys
+ours = json.load(open(sys.argv[1]))["weight_map"]
+real = json.load(open(sys.argv[2]))["weight_map"]
+for name, f in ours.items():
+    assert real[name] == f, (name, f, real[name])
+assert len(ours) > 50
+PY
+
 # A config implying a fourth layer the shards lack: exit 1, the tensor named.
 sed -i 's/"num_hidden_layers":\s*3/"num_hidden_layers": 4/' "$tmp/m/config.json"
 grep -q '"num_hidden_layers": 4' "$tmp/m/config.json"
