@@ -6,8 +6,22 @@
 #include "base/alloc.h"
 #include "base/file.h"
 
+/* cJSON reports a failed allocation as a syntax error; this per-thread flag
+ * tells the two apart. */
+static _Thread_local bool json_alloc_failed;
+
 static void *json_malloc(size_t n) {
-    return vlm_alloc(n, VLM_MEM_OTHER);
+    void *p = vlm_alloc(n, VLM_MEM_OTHER);
+    if (!p) json_alloc_failed = true;
+    return p;
+}
+
+void vlm_json_alloc_reset(void) {
+    json_alloc_failed = false;
+}
+
+bool vlm_json_alloc_failed(void) {
+    return json_alloc_failed;
 }
 
 static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
@@ -26,7 +40,10 @@ vlm_status vlm_json_parse(const char *text, size_t len, const char *what, cJSON 
     vlm_json_init();
     *out = NULL;
     const char *end = NULL;
+    vlm_json_alloc_reset();
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (!root && vlm_json_alloc_failed())
+        return vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory parsing JSON", what);
     if (!root) {
         /* cJSON reports no distinction between a syntax error and a failed
          * allocation; a syntax error leaves end inside the text. */
@@ -77,7 +94,8 @@ static vlm_status get_int(const cJSON *obj, const char *key, const char *what, i
     if (!it || cJSON_IsNull(it)) return get_number(obj, key, what, &v, optional, err);
     vlm_status st = get_number(obj, key, what, &v, optional, err);
     if (st != VLM_OK) return st;
-    if (v != (double)(int64_t)v || v > 9007199254740992.0 || v < -9007199254740992.0)
+    /* Range first: converting an out-of-range double to int64 is undefined. */
+    if (!(v <= 9007199254740992.0 && v >= -9007199254740992.0) || v != (double)(int64_t)v)
         return vlm_err_set(err, VLM_ERR_FORMAT, "%s: \"%s\" must be an integer", what, key);
     *out = (int64_t)v;
     return VLM_OK;

@@ -15,6 +15,12 @@
  * calls it; call it yourself before using cJSON_* directly. */
 void vlm_json_init(void);
 
+/* For callers of cJSON_Parse* directly: reset before parsing; true after if
+ * an allocation on this thread failed meanwhile (cJSON reports that as a
+ * syntax error). vlm_json_parse does this itself and returns VLM_ERR_NOMEM. */
+void vlm_json_alloc_reset(void);
+bool vlm_json_alloc_failed(void);
+
 /* Parse len bytes (need not be NUL-terminated). `what` names the source in
  * messages (a path, "tokenizer.json", ...). Reports the byte offset of a
  * syntax error. Free the result with cJSON_Delete. */
