@@ -91,7 +91,7 @@ static void check_case(const cJSON *c) {
          i < (size_t)px.n_entries * PHI3V_CROP_FLOATS; i++)
         assert_true(px.values[i] == 0.0f);
 
-    /* Global image: a tolerance target (1-ulp differences from torch). */
+    /* Global image: the spec makes it a tolerance target; we match exactly. */
     const float *glb = px.values;
     const cJSON *gf = cJSON_GetObjectItemCaseSensitive(c, "global_file");
     if (cJSON_IsString(gf)) {
@@ -111,7 +111,9 @@ static void check_case(const cJSON *c) {
         print_message("%s: global max |diff| %.3g, %d of %d differ\n", name, md, n_diff,
                       PHI3V_CROP_FLOATS);
         if (md > g_max_global_diff) g_max_global_diff = md;
-        assert_true(md < 2e-6);
+        /* Bit-exact with torch 1.13 (the spec's acceptance is 2e-6; we
+         * reproduce torch's FMA pattern, see phi3v_image.c). */
+        assert_int_equal(n_diff, 0);
         free(ref);
     }
     const cJSON *samples = cJSON_GetObjectItemCaseSensitive(c, "samples");
