@@ -65,6 +65,10 @@ vlm_status phi3v_preprocess(const vlm_image *img, int num_crops, bool pad_entrie
                             phi3v_pixels *out, vlm_err *err);
 void phi3v_pixels_free(phi3v_pixels *p);
 
+/* num_crops from MODEL_DIR/preprocessor_config.json (VLM_ERR_NOT_FOUND when
+ * the file or the key is missing, VLM_ERR_FORMAT when out of range). */
+vlm_status phi3v_read_num_crops(const char *model_dir, int *out, vlm_err *err);
+
 /* Steps, exposed for tests. ------------------------------------------------ */
 
 /* Normalisation of one uint8 value of channel c (0..2), float32 without FMA:
