@@ -272,6 +272,7 @@ struct png_ctx {
     size_t len, pos;
     char msg[256];
     int nomem;      /* an allocation inside libpng failed */
+    int rows_done;  /* every pixel is decoded; only trailing chunks remain */
     vlm_image *img; /* freed after a jump */
     uint8_t *raw;   /* decoded rows (one, or all for interlaced files) */
     png_structp png;
@@ -359,6 +360,12 @@ static void png_row_to_rgb(const uint8_t *src, uint8_t *dst, int w, int ctype, i
 static vlm_status png_run(struct png_ctx *ctx, uint64_t max_pixels, vlm_err *err) {
     const char *name = ctx->name;
     if (setjmp(ctx->jmp)) {
+        /* Pillow stops at the end of the image data and ignores what
+         * follows (a missing IEND, a broken trailing chunk); so do we. */
+        if (ctx->rows_done) {
+            VLM_DEBUG("%s: ignoring an error after the image data: %s", name, ctx->msg);
+            return VLM_OK;
+        }
         if (ctx->nomem) return vlm_err_set(err, VLM_ERR_NOMEM, "%s: PNG: out of memory", name);
         return vlm_err_set(err, VLM_ERR_FORMAT, "%s: corrupt PNG: %s", name, ctx->msg);
     }
@@ -369,7 +376,7 @@ static vlm_status png_run(struct png_ctx *ctx, uint64_t max_pixels, vlm_err *err
      * ancillary ones); Pillow also rejects them. */
     png_set_crc_action(png, PNG_CRC_ERROR_QUIT, PNG_CRC_ERROR_QUIT);
     /* Let our own limit, not libpng's 1,000,000 default, decide. */
-    png_set_user_limits(png, PNG_USER_WIDTH_MAX, PNG_USER_HEIGHT_MAX);
+    png_set_user_limits(png, PNG_UINT_31_MAX, PNG_UINT_31_MAX);
     png_read_info(png, info);
 
     png_uint_32 w32, h32;
@@ -421,6 +428,7 @@ static vlm_status png_run(struct png_ctx *ctx, uint64_t max_pixels, vlm_err *err
             png_row_to_rgb(ctx->raw, ctx->img->rgb + (size_t)y * w * 3, w, ctype, depth, cpal);
         }
     }
+    ctx->rows_done = 1;
     png_read_end(png, NULL);
     return VLM_OK;
 }
