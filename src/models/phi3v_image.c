@@ -361,6 +361,40 @@ void phi3v_global_image(const uint8_t *hd, int h, int w, float *out) {
 /* ---------------------------------------------------------------------------
  * crops and the whole pipeline (§3.7) */
 
+vlm_status phi3v_pixels_from_hd(const uint8_t *hd, const phi3v_geometry *g, bool pad_entries,
+                                phi3v_pixels *out, vlm_err *err) {
+    memset(out, 0, sizeof *out);
+    int n_real = 1 + g->hc * g->wc;
+    int n_entries = pad_entries ? g->num_crops + 1 : n_real;
+    float *vals = vlm_calloc((size_t)n_entries * PHI3V_CROP_FLOATS, sizeof(float), VLM_MEM_IMAGE);
+    if (!vals)
+        return vlm_err_set(err, VLM_ERR_NOMEM, "out of memory for %d crops of pixel values",
+                           n_entries);
+    phi3v_global_image(hd, g->hd_h, g->hd_w, vals);
+
+    float lut[3][256];
+    phi3v_norm_lut(lut);
+    const int n = PHI3V_CROP_SIZE;
+    for (int r = 0; r < g->hc; r++) {
+        for (int cc = 0; cc < g->wc; cc++) {
+            float *tile = vals + (size_t)(1 + r * g->wc + cc) * PHI3V_CROP_FLOATS;
+            for (int c = 0; c < 3; c++) {
+                for (int y = 0; y < n; y++) {
+                    const uint8_t *p =
+                        hd + ((size_t)(r * n + y) * g->hd_w + (size_t)cc * n) * 3 + c;
+                    float *o = tile + ((size_t)c * n + y) * n;
+                    for (int x = 0; x < n; x++) o[x] = lut[c][p[3 * x]];
+                }
+            }
+        }
+    }
+    out->geo = *g;
+    out->n_real = n_real;
+    out->n_entries = n_entries;
+    out->values = vals;
+    return VLM_OK;
+}
+
 vlm_status phi3v_preprocess(const vlm_image *img, int num_crops, bool pad_entries,
                             phi3v_pixels *out, vlm_err *err) {
     memset(out, 0, sizeof *out);
@@ -371,38 +405,9 @@ vlm_status phi3v_preprocess(const vlm_image *img, int num_crops, bool pad_entrie
     uint8_t *hd;
     s = phi3v_hd_image(img, &g, &hd, err);
     if (s) return s;
-
-    int n_real = 1 + g.hc * g.wc;
-    int n_entries = pad_entries ? num_crops + 1 : n_real;
-    float *vals = vlm_calloc((size_t)n_entries * PHI3V_CROP_FLOATS, sizeof(float), VLM_MEM_IMAGE);
-    if (!vals) {
-        vlm_free(hd);
-        return vlm_err_set(err, VLM_ERR_NOMEM, "out of memory for %d crops of pixel values",
-                           n_entries);
-    }
-    phi3v_global_image(hd, g.hd_h, g.hd_w, vals);
-
-    float lut[3][256];
-    phi3v_norm_lut(lut);
-    const int n = PHI3V_CROP_SIZE;
-    for (int r = 0; r < g.hc; r++) {
-        for (int cc = 0; cc < g.wc; cc++) {
-            float *tile = vals + (size_t)(1 + r * g.wc + cc) * PHI3V_CROP_FLOATS;
-            for (int c = 0; c < 3; c++) {
-                for (int y = 0; y < n; y++) {
-                    const uint8_t *p = hd + ((size_t)(r * n + y) * g.hd_w + (size_t)cc * n) * 3 + c;
-                    float *o = tile + ((size_t)c * n + y) * n;
-                    for (int x = 0; x < n; x++) o[x] = lut[c][p[3 * x]];
-                }
-            }
-        }
-    }
+    s = phi3v_pixels_from_hd(hd, &g, pad_entries, out, err);
     vlm_free(hd);
-    out->geo = g;
-    out->n_real = n_real;
-    out->n_entries = n_entries;
-    out->values = vals;
-    return VLM_OK;
+    return s;
 }
 
 void phi3v_pixels_free(phi3v_pixels *p) {

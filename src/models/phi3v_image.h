@@ -65,6 +65,11 @@ vlm_status phi3v_preprocess(const vlm_image *img, int num_crops, bool pad_entrie
                             phi3v_pixels *out, vlm_err *err);
 void phi3v_pixels_free(phi3v_pixels *p);
 
+/* The second half of phi3v_preprocess: pixel values from the padded HD image
+ * of phi3v_hd_image (normalise, global bicubic, crops). */
+vlm_status phi3v_pixels_from_hd(const uint8_t *hd, const phi3v_geometry *g, bool pad_entries,
+                                phi3v_pixels *out, vlm_err *err);
+
 /* num_crops from MODEL_DIR/preprocessor_config.json (VLM_ERR_NOT_FOUND when
  * the file or the key is missing, VLM_ERR_FORMAT when out of range). */
 vlm_status phi3v_read_num_crops(const char *model_dir, int *out, vlm_err *err);
