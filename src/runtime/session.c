@@ -77,13 +77,13 @@ const float *session_logits(const session *s) {
  * model in chunks. rows: the image row of the first placeholder in the
  * range. logits_all: NULL or [to-from][vocab]; want_last: leave the last
  * position's logits in s->logits. */
-static vlm_status run_range(session *s, int64_t from, int64_t to, const float *rows,
+static vlm_status run_range(session *s, int64_t from, int64_t to, const float *rows, bool rope_long,
                             float *logits_all, bool want_last, vlm_err *err) {
     const vlm_model_info *info = &s->m->info;
     for (int64_t pos = from; pos < to; pos += s->chunk) {
         int64_t n = to - pos < s->chunk ? to - pos : s->chunk;
         bool last = pos + n == to;
-        vlm_forward_args a = {s->ids + pos, n, rows, pos, s->rope_long, VLM_LOGITS_NONE, NULL};
+        vlm_forward_args a = {s->ids + pos, n, rows, pos, rope_long, VLM_LOGITS_NONE, NULL};
         if (logits_all) {
             a.logits_mode = VLM_LOGITS_ALL;
             a.logits = logits_all + (pos - from) * (int64_t)info->vocab;
@@ -163,24 +163,26 @@ vlm_status session_append(session *s, const int32_t *ids, int64_t n, const float
     vlm_status st = VLM_OK;
     bool want_long = info->rope_switch_len > 0 && end > info->rope_switch_len;
     if (want_long && !s->rope_long) {
-        s->rope_long = true;
         if (start > 0) {
-            /* Keys made with the short factors: run the sequence again. */
-            s->n_rebuilds++;
-            st = run_range(s, 0, start, s->img_rows, NULL, false, err);
+            /* Keys made with the short factors: run the sequence again. The
+             * flag flips only once every key is redone, so a failure here
+             * leaves a cache that the next call rebuilds again. */
+            st = run_range(s, 0, start, s->img_rows, true, NULL, false, err);
             if (st != VLM_OK) goto fail;
+            s->n_rebuilds++;
         }
+        s->rope_long = true;
     }
 
     const float *rows = s->keep_images ? s->img_rows + rows_before * hidden : img_rows;
     if (first_caller > start) {
         /* The pending token: alone, so logits_all lines up with the caller's
          * tokens (results do not depend on how tokens are grouped). */
-        st = run_range(s, start, first_caller, NULL, NULL, n == 0, err);
+        st = run_range(s, start, first_caller, NULL, s->rope_long, NULL, n == 0, err);
         if (st != VLM_OK) goto fail;
     }
     if (n > 0) {
-        st = run_range(s, first_caller, end, rows, logits_all, true, err);
+        st = run_range(s, first_caller, end, rows, s->rope_long, logits_all, true, err);
         if (st != VLM_OK) goto fail;
     }
     s->n_past = end;

@@ -81,38 +81,108 @@ typedef struct mm_args {
     cpu_weight w, b;
 } mm_args;
 
-/* acc[t][r] += x[t] . wt[r] over kn values, 4 tokens x 4 rows. Each (t, r)
- * sum is eight lanes over k in steps of 8, reduced in a fixed order, then the
- * scalar tail. Missing tokens or rows (at the edges) are filled by repeating
- * a valid one and their results dropped, so every output element goes
- * through exactly the same instructions whatever the batch. */
-static inline void mm_tile(float acc[4][MM_MR], const float *const xr[4],
-                           const float *const wr[MM_MR], int kn) {
-    int k8 = kn & ~7;
-    v8f a[4][4] = {{{0}}};
-    for (int k = 0; k < k8; k += 8) {
-        v8f w0 = v8_load(wr[0] + k), w1 = v8_load(wr[1] + k), w2 = v8_load(wr[2] + k),
-            w3 = v8_load(wr[3] + k);
-        for (int t = 0; t < 4; t++) {
-            v8f xv = v8_load(xr[t] + k);
-            a[t][0] += xv * w0;
-            a[t][1] += xv * w1;
-            a[t][2] += xv * w2;
-            a[t][3] += xv * w3;
-        }
-    }
-    for (int t = 0; t < 4; t++)
-        for (int r = 0; r < 4; r++) {
-            float s = v8_sum(a[t][r]);
-            for (int k = k8; k < kn; k++) s += xr[t][k] * wr[r][k];
-            acc[t][r] = s;
-        }
+typedef uint16_t v8h __attribute__((vector_size(16)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
+
+/* Eight bf16 values widened in registers (bf16 is the top half of an f32). */
+static inline v8f v8_load_bf16(const uint16_t *p) {
+    v8h h;
+    memcpy(&h, p, sizeof h);
+    v8u u = __builtin_convertvector(h, v8u) << 16;
+    v8f f;
+    memcpy(&f, &u, sizeof f);
+    return f;
 }
+
+static inline float f32_at(const float *p) {
+    return *p;
+}
+
+static inline float vlm_bf16_to_f32_p(const uint16_t *p) {
+    return vlm_bf16_to_f32(*p);
+}
+
+/* The micro-kernels, for f32 rows and for bf16 rows read in place:
+ *   tile4: acc[t][r] = x[t] . w[r] for 4 tokens x 4 rows,
+ *   tile1: acc[r]    = x . w[r]    for 1 token  x 4 rows.
+ * Each (t, r) sum is eight lanes over k in steps of 8, reduced in a fixed
+ * order, then the scalar tail. Both kernels do exactly this per element, and
+ * widening is exact, so a token's outputs are the same bits whichever kernel
+ * and whichever batch computed them (the tests check it). */
+#define MM_KERNELS(SFX, WT, LOADV, LOADS)                                                          \
+    static inline void mm_tile4_##SFX(float acc[4][MM_MR], const float *const xr[4],               \
+                                      const WT *const wr[MM_MR], int kn) {                         \
+        int k8 = kn & ~7;                                                                          \
+        v8f a[4][4] = {{{0}}};                                                                     \
+        for (int k = 0; k < k8; k += 8) {                                                          \
+            v8f w0 = LOADV(wr[0] + k), w1 = LOADV(wr[1] + k), w2 = LOADV(wr[2] + k),               \
+                w3 = LOADV(wr[3] + k);                                                             \
+            for (int t = 0; t < 4; t++) {                                                          \
+                v8f xv = v8_load(xr[t] + k);                                                       \
+                a[t][0] += xv * w0;                                                                \
+                a[t][1] += xv * w1;                                                                \
+                a[t][2] += xv * w2;                                                                \
+                a[t][3] += xv * w3;                                                                \
+            }                                                                                      \
+        }                                                                                          \
+        for (int t = 0; t < 4; t++)                                                                \
+            for (int r = 0; r < 4; r++) {                                                          \
+                float s = v8_sum(a[t][r]);                                                         \
+                for (int k = k8; k < kn; k++) s += xr[t][k] * LOADS(wr[r] + k);                    \
+                acc[t][r] = s;                                                                     \
+            }                                                                                      \
+    }                                                                                              \
+    static inline void mm_tile1_##SFX(float acc[MM_MR], const float *xr,                           \
+                                      const WT *const wr[MM_MR], int kn) {                         \
+        int k8 = kn & ~7;                                                                          \
+        v8f a[4] = {{0}};                                                                          \
+        for (int k = 0; k < k8; k += 8) {                                                          \
+            v8f w0 = LOADV(wr[0] + k), w1 = LOADV(wr[1] + k), w2 = LOADV(wr[2] + k),               \
+                w3 = LOADV(wr[3] + k);                                                             \
+            v8f xv = v8_load(xr + k);                                                              \
+            a[0] += xv * w0;                                                                       \
+            a[1] += xv * w1;                                                                       \
+            a[2] += xv * w2;                                                                       \
+            a[3] += xv * w3;                                                                       \
+        }                                                                                          \
+        for (int r = 0; r < 4; r++) {                                                              \
+            float s = v8_sum(a[r]);                                                                \
+            for (int k = k8; k < kn; k++) s += xr[k] * LOADS(wr[r] + k);                           \
+            acc[r] = s;                                                                            \
+        }                                                                                          \
+    }
+
+MM_KERNELS(f32, float, v8_load, f32_at)
+MM_KERNELS(bf16, uint16_t, v8_load_bf16, vlm_bf16_to_f32_p)
+
+/* One block: tokens [tb, tb+tn) x rows [o, o+nr) x k [k0, k0+kn); adds to y. */
+#define MM_BLOCK(SFX, WT, WBASE)                                                                   \
+    do {                                                                                           \
+        const WT *wr[MM_MR];                                                                       \
+        for (int r = 0; r < MM_MR; r++) wr[r] = (WBASE) + (int64_t)(r < nr ? r : 0) * wstride;     \
+        int64_t t = tb;                                                                            \
+        for (; t + 4 <= tb + tn; t += 4) {                                                         \
+            const float *xr[4];                                                                    \
+            float acc[4][MM_MR];                                                                   \
+            for (int i = 0; i < 4; i++) xr[i] = a->x + (t + i) * in + k0;                          \
+            mm_tile4_##SFX(acc, xr, wr, kn);                                                       \
+            for (int i = 0; i < 4; i++) {                                                          \
+                float *yr = a->y + (t + i) * a->out + o;                                           \
+                for (int r = 0; r < nr; r++) yr[r] += acc[i][r];                                   \
+            }                                                                                      \
+        }                                                                                          \
+        for (; t < tb + tn; t++) {                                                                 \
+            float acc[MM_MR];                                                                      \
+            mm_tile1_##SFX(acc, a->x + t * in + k0, wr, kn);                                       \
+            float *yr = a->y + t * a->out + o;                                                     \
+            for (int r = 0; r < nr; r++) yr[r] += acc[r];                                          \
+        }                                                                                          \
+    } while (0)
 
 static void mm_range(void *ctx, int64_t q0, int64_t q1, int thread_idx) {
     (void)thread_idx;
     const mm_args *a = ctx;
-    _Alignas(64) float wt[MM_MR][MM_KT];
+    _Alignas(64) float wt[MM_MR][MM_KT]; /* widened f16 rows */
     const int64_t in = a->in;
     for (int64_t tb = 0; tb < a->n; tb += MM_TB) {
         int64_t tn = a->n - tb < MM_TB ? a->n - tb : MM_TB;
@@ -129,18 +199,15 @@ static void mm_range(void *ctx, int64_t q0, int64_t q1, int thread_idx) {
             }
             for (int64_t k0 = 0; k0 < in; k0 += MM_KT) {
                 int kn = (int)(in - k0 < MM_KT ? in - k0 : MM_KT);
-                for (int r = 0; r < nr; r++) cpu_widen(a->w, (o + r) * in + k0, wt[r], kn);
-                for (int64_t t = tb; t < tb + tn; t += 4) {
-                    int nt = (int)(tb + tn - t < 4 ? tb + tn - t : 4);
-                    const float *xr[4], *wr[MM_MR];
-                    float acc[4][MM_MR];
-                    for (int i = 0; i < 4; i++) xr[i] = a->x + (t + (i < nt ? i : 0)) * in + k0;
-                    for (int r = 0; r < MM_MR; r++) wr[r] = wt[r < nr ? r : 0];
-                    mm_tile(acc, xr, wr, kn);
-                    for (int i = 0; i < nt; i++) {
-                        float *yr = a->y + (t + i) * a->out + o;
-                        for (int r = 0; r < nr; r++) yr[r] += acc[i][r];
-                    }
+                int64_t wstride = in;
+                if (a->w.dtype == VLM_DTYPE_F32) {
+                    MM_BLOCK(f32, float, (const float *)a->w.data + o * in + k0);
+                } else if (a->w.dtype == VLM_DTYPE_BF16) {
+                    MM_BLOCK(bf16, uint16_t, (const uint16_t *)a->w.data + o * in + k0);
+                } else {
+                    for (int r = 0; r < nr; r++) cpu_widen(a->w, (o + r) * in + k0, wt[r], kn);
+                    wstride = MM_KT;
+                    MM_BLOCK(f32, float, &wt[0][0]);
                 }
             }
         }
