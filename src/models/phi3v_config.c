@@ -201,6 +201,14 @@ vlm_status phi3v_config_from_json(const cJSON *j, const char *what, phi3v_config
     c->has_vision = ip && cJSON_IsObject(ip);
     if (c->has_vision) {
         TRY(opt_int(ip, "image_dim_out", what, &c->image_dim_out, err));
+        /* The model code reads these two from img_processor with defaults
+         * -2 and "patch" (CLS dropped). */
+        TRY(opt_int(ip, "layer_idx", what, &c->vision.layer_idx, err));
+        const char *tf = NULL;
+        TRY(vlm_json_get_string_opt(ip, "type_feature", what, &tf, err));
+        if (tf && strcmp(tf, "patch"))
+            return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                               "%s: img_processor.type_feature \"%s\" (only patch)", what, tf);
         if (embd && cJSON_IsObject(embd)) {
             const char *order = NULL;
             TRY(vlm_json_get_string_opt(embd, "hd_transform_order", what, &order, err));
@@ -227,6 +235,14 @@ vlm_status phi3v_config_from_json(const cJSON *j, const char *what, phi3v_config
                                    "%s: vision_config.hidden_act \"%s\" (only quick_gelu)", what,
                                    act);
         }
+        int nit = -1;
+        TRY(opt_int(ip, "num_img_tokens", what, &nit, err));
+        int grid = c->vision.patch_size > 0 ? c->vision.image_size / c->vision.patch_size : 0;
+        if (nit != -1 && nit != (grid / 2) * (grid / 2))
+            return vlm_err_set(err, VLM_ERR_FORMAT,
+                               "%s: img_processor.num_img_tokens %d, but a %dx%d patch grid "
+                               "merges to %d",
+                               what, nit, grid, grid, (grid / 2) * (grid / 2));
         if (c->vision.hidden != c->image_dim_out)
             return vlm_err_set(err, VLM_ERR_FORMAT,
                                "%s: vision_config.hidden_size %d differs from "

@@ -201,6 +201,13 @@ vlm_status session_generate(session *s, sampler *smp, const gen_options *g, int3
     *reason = SESSION_STOP_MAX;
     if (s->n_past == 0 && !s->has_pending)
         return vlm_err_set(err, VLM_ERR_INVALID_ARG, "generate: the session is empty");
+    if (smp->vocab != s->m->info.vocab)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                           "generate: the sampler's vocab %d differs from the model's %d",
+                           smp->vocab, s->m->info.vocab);
+    if (g->max_new < 0 || (g->n_stop_ids > 0 && !g->stop_ids))
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "generate: max_new %d, %d stop ids",
+                           g->max_new, g->n_stop_ids);
     vlm_status st;
     if (s->has_pending && (st = session_append(s, NULL, 0, NULL, 0, NULL, err)) != VLM_OK)
         return st;

@@ -76,6 +76,13 @@ static void test_bad(void **state) {
     assert_int_equal(phi3v_config_from_json(j, "x.json", &c, &err), VLM_ERR_FORMAT);
     assert_non_null(strstr(err.msg, "odd"));
     cJSON_Delete(j);
+    j = cJSON_Parse("{\"img_processor\": {\"num_img_tokens\": 100}}");
+    assert_int_equal(phi3v_config_from_json(j, "x.json", &c, &err), VLM_ERR_FORMAT);
+    assert_non_null(strstr(err.msg, "num_img_tokens"));
+    cJSON_Delete(j);
+    j = cJSON_Parse("{\"img_processor\": {\"type_feature\": \"cls_patch\"}}");
+    assert_int_equal(phi3v_config_from_json(j, "x.json", &c, &err), VLM_ERR_UNSUPPORTED);
+    cJSON_Delete(j);
     j = cJSON_Parse("{\"hidden_size\": \"big\"}");
     assert_int_not_equal(phi3v_config_from_json(j, "x.json", &c, &err), VLM_OK);
     assert_non_null(strstr(err.msg, "hidden_size"));

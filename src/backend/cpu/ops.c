@@ -71,7 +71,7 @@ void cpu_widen(cpu_weight w, int64_t offset, float *dst, int64_t n) {
  * matmul: y = x . W^T + b */
 
 #define MM_KT 256 /* k tile: 4 rows x 256 f32 = 4 KiB of widened weights */
-#define MM_TB 64  /* tokens per block sharing a widened tile */
+#define MM_TB 32  /* tokens per block: 32 x 256 f32 of x = 32 KiB */
 #define MM_MR 4   /* weight rows per micro-kernel */
 
 typedef struct mm_args {
@@ -94,8 +94,11 @@ static inline v8f v8_load_bf16(const uint16_t *p) {
     return f;
 }
 
+/* Scalar loads through memcpy: stored f32 weights need not be aligned. */
 static inline float f32_at(const float *p) {
-    return *p;
+    float f;
+    memcpy(&f, p, sizeof f);
+    return f;
 }
 
 static inline float vlm_bf16_to_f32_p(const uint16_t *p) {
@@ -155,7 +158,8 @@ static inline float vlm_bf16_to_f32_p(const uint16_t *p) {
 MM_KERNELS(f32, float, v8_load, f32_at)
 MM_KERNELS(bf16, uint16_t, v8_load_bf16, vlm_bf16_to_f32_p)
 
-/* One block: tokens [tb, tb+tn) x rows [o, o+nr) x k [k0, k0+kn); adds to y. */
+/* Tokens [tb, tb+tn) x rows [o, o+nr) x k [k0, k0+kn); adds to y. Uses a,
+ * o, nr, kn, tb, tn, wstride from the caller. */
 #define MM_BLOCK(SFX, WT, WBASE)                                                                   \
     do {                                                                                           \
         const WT *wr[MM_MR];                                                                       \
@@ -179,37 +183,50 @@ MM_KERNELS(bf16, uint16_t, v8_load_bf16, vlm_bf16_to_f32_p)
         }                                                                                          \
     } while (0)
 
+/* One (row quad, k tile) step for tokens [tb, tb+tn): adds to y. */
+static inline void mm_step(const mm_args *a, int64_t q, int64_t k0, int64_t tb, int64_t tn,
+                           float (*wt)[MM_KT]) {
+    const int64_t in = a->in, o = q * MM_MR;
+    const int nr = (int)(a->out - o < MM_MR ? a->out - o : MM_MR);
+    const int kn = (int)(in - k0 < MM_KT ? in - k0 : MM_KT);
+    int64_t wstride = in;
+    if (a->w.dtype == VLM_DTYPE_F32) {
+        MM_BLOCK(f32, float, (const float *)a->w.data + o * in + k0);
+    } else if (a->w.dtype == VLM_DTYPE_BF16) {
+        MM_BLOCK(bf16, uint16_t, (const uint16_t *)a->w.data + o * in + k0);
+    } else {
+        for (int r = 0; r < nr; r++) cpu_widen(a->w, (o + r) * in + k0, wt[r], kn);
+        wstride = MM_KT;
+        MM_BLOCK(f32, float, &wt[0][0]);
+    }
+}
+
+/* Row quads [q0, q1) of the output. Few tokens (decode): each quad walks k,
+ * so W streams row by row. Many tokens: the k tile is the outer loop, so a
+ * block of MM_TB tokens x MM_KT values of x (32 KiB) stays in L1 while the
+ * quads stream past it; W is read once per token block. Either order gives
+ * every output the same k-tile sequence, hence the same bits. */
 static void mm_range(void *ctx, int64_t q0, int64_t q1, int thread_idx) {
     (void)thread_idx;
     const mm_args *a = ctx;
     _Alignas(64) float wt[MM_MR][MM_KT]; /* widened f16 rows */
-    const int64_t in = a->in;
     for (int64_t tb = 0; tb < a->n; tb += MM_TB) {
         int64_t tn = a->n - tb < MM_TB ? a->n - tb : MM_TB;
-        for (int64_t q = q0; q < q1; q++) {
-            int64_t o = q * MM_MR;
-            int nr = (int)(a->out - o < MM_MR ? a->out - o : MM_MR);
-            /* Initialise the outputs with the bias, then add each k tile. */
-            for (int64_t t = tb; t < tb + tn; t++) {
-                float *yr = a->y + t * a->out + o;
-                if (a->b.data)
-                    cpu_widen(a->b, o, yr, nr);
-                else
-                    for (int r = 0; r < nr; r++) yr[r] = 0.0f;
-            }
-            for (int64_t k0 = 0; k0 < in; k0 += MM_KT) {
-                int kn = (int)(in - k0 < MM_KT ? in - k0 : MM_KT);
-                int64_t wstride = in;
-                if (a->w.dtype == VLM_DTYPE_F32) {
-                    MM_BLOCK(f32, float, (const float *)a->w.data + o * in + k0);
-                } else if (a->w.dtype == VLM_DTYPE_BF16) {
-                    MM_BLOCK(bf16, uint16_t, (const uint16_t *)a->w.data + o * in + k0);
-                } else {
-                    for (int r = 0; r < nr; r++) cpu_widen(a->w, (o + r) * in + k0, wt[r], kn);
-                    wstride = MM_KT;
-                    MM_BLOCK(f32, float, &wt[0][0]);
-                }
-            }
+        /* Start from the bias, then add each k tile. */
+        int64_t o0 = q0 * MM_MR, o1 = q1 * MM_MR < a->out ? q1 * MM_MR : a->out;
+        for (int64_t t = tb; t < tb + tn; t++) {
+            float *yr = a->y + t * a->out;
+            if (a->b.data)
+                cpu_widen(a->b, o0, yr + o0, o1 - o0);
+            else
+                memset(yr + o0, 0, (size_t)(o1 - o0) * sizeof *yr);
+        }
+        if (tn < 4) {
+            for (int64_t q = q0; q < q1; q++)
+                for (int64_t k0 = 0; k0 < a->in; k0 += MM_KT) mm_step(a, q, k0, tb, tn, wt);
+        } else {
+            for (int64_t k0 = 0; k0 < a->in; k0 += MM_KT)
+                for (int64_t q = q0; q < q1; q++) mm_step(a, q, k0, tb, tn, wt);
         }
     }
 }
@@ -224,23 +241,27 @@ void cpu_matmul(cpu_pool *pool, float *y, const float *x, int64_t n, int64_t in,
 /* ---------------------------------------------------------------------------
  * norms */
 
+#define NORM_CHUNK 256 /* weights widened this many at a time */
+
 void cpu_rmsnorm(float *out, const float *x, int64_t n, int64_t dim, cpu_weight w, float eps) {
+    float wc[NORM_CHUNK];
     for (int64_t r = 0; r < n; r++) {
         const float *xr = x + r * dim;
         float *o = out + r * dim;
         double ss = 0.0; /* mean of squares in double: exact enough for any dim */
         for (int64_t i = 0; i < dim; i++) ss += (double)xr[i] * xr[i];
         float inv = (float)(1.0 / sqrt(ss / (double)dim + (double)eps));
-        for (int64_t i = 0; i < dim; i++) {
-            float wi;
-            cpu_widen(w, i, &wi, 1);
-            o[i] = xr[i] * inv * wi;
+        for (int64_t i0 = 0; i0 < dim; i0 += NORM_CHUNK) {
+            int64_t m = dim - i0 < NORM_CHUNK ? dim - i0 : NORM_CHUNK;
+            cpu_widen(w, i0, wc, m);
+            for (int64_t i = 0; i < m; i++) o[i0 + i] = xr[i0 + i] * inv * wc[i];
         }
     }
 }
 
 void cpu_layernorm(float *out, const float *x, int64_t n, int64_t dim, cpu_weight w, cpu_weight b,
                    float eps) {
+    float wc[NORM_CHUNK], bc[NORM_CHUNK];
     for (int64_t r = 0; r < n; r++) {
         const float *xr = x + r * dim;
         float *o = out + r * dim;
@@ -251,11 +272,11 @@ void cpu_layernorm(float *out, const float *x, int64_t n, int64_t dim, cpu_weigh
         var /= (double)dim;
         float rstd = (float)(1.0 / sqrt(var + (double)eps));
         float m = (float)mean;
-        for (int64_t i = 0; i < dim; i++) {
-            float wi, bi;
-            cpu_widen(w, i, &wi, 1);
-            cpu_widen(b, i, &bi, 1);
-            o[i] = (xr[i] - m) * rstd * wi + bi;
+        for (int64_t i0 = 0; i0 < dim; i0 += NORM_CHUNK) {
+            int64_t k = dim - i0 < NORM_CHUNK ? dim - i0 : NORM_CHUNK;
+            cpu_widen(w, i0, wc, k);
+            cpu_widen(b, i0, bc, k);
+            for (int64_t i = 0; i < k; i++) o[i0 + i] = (xr[i0 + i] - m) * rstd * wc[i] + bc[i];
         }
     }
 }
