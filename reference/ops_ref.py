@@ -323,9 +323,10 @@ def mscale():
     return 1.0 if s <= 1 else math.sqrt(1 + math.log(s) / math.log(c["original_max_position_embeddings"]))
 
 
-def lm_logits(W, ids, img_feats):
+def lm_logits(W, ids, img_feats, plain_rope=False):
     """Full-sequence forward (no cache) of ids with image features spliced at
-    the negative ids; LongRoPE factors by the total length (eager rule)."""
+    the negative ids; LongRoPE factors by the total length (eager rule), or
+    plain RoPE (no rope_scaling: factors 1, no mscale)."""
     c = CFG
     d, H, KV = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
     hd, eps, L = d // H, c["rms_norm_eps"], len(ids)
@@ -335,7 +336,10 @@ def lm_logits(W, ids, img_feats):
     if len(neg):
         x[neg] = img_feats
     factors = c["rope_scaling"]["long_factor" if L > c["original_max_position_embeddings"] else "short_factor"]
-    cos, sin = rope_cos_sin(torch.arange(L), rope_inv_freq(factors, hd, c["rope_theta"]), mscale())
+    if plain_rope:
+        cos, sin = rope_cos_sin(torch.arange(L), rope_inv_freq([1.0] * (hd // 2), hd, c["rope_theta"]), 1.0)
+    else:
+        cos, sin = rope_cos_sin(torch.arange(L), rope_inv_freq(factors, hd, c["rope_theta"]), mscale())
     for l in range(c["num_hidden_layers"]):
         p = f"model.layers.{l}."
         w = lambda n: W[p + n][0]
@@ -495,6 +499,8 @@ def main():
     feats_p1 = feats["a"]
     E.add("p1.ids", np.array(p1, dtype=np.int32), "I32")
     E.add("p1.logits", lm_logits(W, p1, feats_p1).numpy())
+    # The same with the config's rope_scaling removed (plain RoPE).
+    E.add("p1.logits_plain_rope", lm_logits(W, p1, feats_p1, plain_rope=True).numpy())
     steps = []
     g1, m1 = greedy(W, p1, feats_p1, 40, steps)  # 40 + 40 tokens: crosses 64 while decoding
     E.add("p1.greedy", np.array(g1, dtype=np.int32), "I32")

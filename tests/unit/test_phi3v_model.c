@@ -218,6 +218,33 @@ static void test_prefill_logits(void **state) {
     arch_model_free(m);
 }
 
+/* Without rope_scaling the decoder uses plain RoPE and never switches. */
+static void test_plain_rope(void **state) {
+    (void)state;
+    cJSON *c = cJSON_Duplicate(config, 1);
+    cJSON_DeleteItemFromObject(c, "rope_scaling");
+    arch_model *m = NULL;
+    vlm_err err;
+    assert_int_equal(arch_model_create(c, "cfg", &src, pool, &m, &err), VLM_OK);
+    assert_int_equal(m->info.rope_switch_len, 0);
+    int nr;
+    float *rows = encode(m, "a", 2, &nr);
+    size_t n;
+    int32_t *ids = fx_i32(E, "p1.ids", &n);
+    float *want = fx_f32(E, "p1.logits_plain_rope", NULL);
+    session *s = open_session(m, 128, 16);
+    float *lg = malloc(n * 300 * sizeof *lg);
+    assert_int_equal(session_append(s, ids, (int64_t)n, rows, nr, lg, &err), VLM_OK);
+    expect_close("plain RoPE logits", lg, want, n * 300, 1e-4);
+    session_free(s);
+    free(lg);
+    free(rows);
+    free(ids);
+    free(want);
+    arch_model_free(m);
+    cJSON_Delete(c);
+}
+
 static void test_greedy(void **state) {
     (void)state;
     arch_model *m = load();
@@ -598,6 +625,7 @@ int main(void) {
         cmocka_unit_test(test_image_features),
         cmocka_unit_test(test_crop_groups),
         cmocka_unit_test(test_prefill_logits),
+        cmocka_unit_test(test_plain_rope),
         cmocka_unit_test(test_greedy),
         cmocka_unit_test(test_decode_equals_recompute),
         cmocka_unit_test(test_multiturn_images),
