@@ -158,8 +158,9 @@ static void clip_encode_group(const clip_model *m, cpu_pool *pool, const float *
         cpu_matmul(pool, v, h, T, D, D, L->v_w, L->v_b);
         for (int i = 0; i < g; i++) {
             int64_t o = (int64_t)i * NP * D;
-            cpu_attention(pool, att + o, q + o, D, k + o, v + o, D, NP, NP, c->n_heads, c->n_heads,
-                          hd, false, 0, scale, sc);
+            cpu_weight kw = {VLM_DTYPE_F32, k + o}, vw = {VLM_DTYPE_F32, v + o};
+            cpu_attention(pool, att + o, q + o, D, kw, vw, D, NP, NP, c->n_heads, c->n_heads, hd,
+                          false, 0, scale, sc);
         }
         cpu_matmul(pool, h, att, T, D, D, L->o_w, L->o_b);
         cpu_add(x, h, T * D);

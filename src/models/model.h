@@ -17,16 +17,19 @@
 #include "backend/cpu/parallel.h"
 #include "base/status.h"
 #include "models/weights.h"
+#include "tensor/dtype.h"
 
 /* The KV cache as the decoder sees it: for each layer, max_ctx rows of
- * kv_dim f32 keys and values. k[l * max_ctx * kv_dim + pos * kv_dim + i].
+ * kv_dim keys and values, element [l * max_ctx * kv_dim + pos * kv_dim + i].
+ * F32, or BF16 (half the bytes; the bf16 reference keeps K/V in bf16 too).
  * Owned by runtime/kv_cache. */
 typedef struct vlm_kv {
     int n_layers;
     int64_t max_ctx; /* rows per layer */
     int64_t kv_dim;  /* n_kv_heads * head_dim */
-    float *k;        /* [n_layers][max_ctx][kv_dim] */
-    float *v;        /* [n_layers][max_ctx][kv_dim] */
+    vlm_dtype dtype; /* F32 or BF16 */
+    void *k;         /* [n_layers][max_ctx][kv_dim] */
+    void *v;         /* [n_layers][max_ctx][kv_dim] */
 } vlm_kv;
 
 /* What the runtime needs to know about a loaded model. */

@@ -119,18 +119,23 @@ void phi3_forward(const phi3_model *m, cpu_pool *pool, vlm_kv *kv, float *x, int
 
     for (int l = 0; l < c->n_layers; l++) {
         const phi3_layer *L = &m->layers[l];
-        float *kc = kv->k + (int64_t)l * kv->max_ctx * kv->kv_dim;
-        float *vc = kv->v + (int64_t)l * kv->max_ctx * kv->kv_dim;
+        const int64_t lo = (int64_t)l * kv->max_ctx * kv->kv_dim; /* layer l, element offset */
 
         /* x = x + o_proj(attention(rope(qkv_proj(rmsnorm(x))))) */
         cpu_rmsnorm(xb, x, n, d, L->in_norm, c->rms_eps);
         cpu_matmul(pool, qkv, xb, n, d, qkvd, L->qkv, nob);
         cpu_rope_apply(qkv, n, qkvd, H, (int)hd, cos_t, sin_t);       /* Q */
         cpu_rope_apply(qkv + qd, n, qkvd, KV, (int)hd, cos_t, sin_t); /* K */
+        /* K/V enter the cache first (rounded if it is bf16), and attention
+         * reads every key from there, the new ones included: so a token sees
+         * the same keys whether it came in a chunk or alone. */
         for (int64_t t = 0; t < n; t++) {
-            memcpy(kc + (pos0 + t) * kvd, qkv + t * qkvd + qd, (size_t)kvd * sizeof(float));
-            memcpy(vc + (pos0 + t) * kvd, qkv + t * qkvd + qd + kvd, (size_t)kvd * sizeof(float));
+            cpu_store_rows(kv->k, kv->dtype, lo + (pos0 + t) * kvd, qkv + t * qkvd + qd, kvd);
+            cpu_store_rows(kv->v, kv->dtype, lo + (pos0 + t) * kvd, qkv + t * qkvd + qd + kvd, kvd);
         }
+        size_t esz = kv->dtype == VLM_DTYPE_BF16 ? 2 : 4;
+        cpu_weight kc = {kv->dtype, (const char *)kv->k + (size_t)lo * esz};
+        cpu_weight vc = {kv->dtype, (const char *)kv->v + (size_t)lo * esz};
         cpu_attention(pool, att, qkv, qkvd, kc, vc, kvd, n, pos0 + n, H, KV, (int)hd, true, pos0,
                       scale, sc);
         cpu_matmul(pool, xb, att, n, qd, d, L->o, nob);

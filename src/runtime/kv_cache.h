@@ -1,8 +1,8 @@
-/* runtime/kv_cache - the decoder's key/value cache, f32, sized once for the
- * session's maximum context and accounted as kv_cache.
+/* runtime/kv_cache - the decoder's key/value cache, f32 or bf16, sized once
+ * for the session's maximum context and accounted as kv_cache.
  *
- * Bytes: 2 * n_layers * max_ctx * kv_dim * 4 (Phi-3.5-vision at 4096 tokens:
- * 2 * 32 * 4096 * 3072 * 4 = 3 GiB). */
+ * Bytes: 2 * n_layers * max_ctx * kv_dim * (4 or 2). Phi-3.5-vision at 4096
+ * tokens: 3 GiB in f32, 1.5 GiB in bf16. */
 #ifndef VLM_RUNTIME_KV_CACHE_H
 #define VLM_RUNTIME_KV_CACHE_H
 
@@ -16,10 +16,11 @@ typedef struct kv_cache {
 } kv_cache;
 
 /* Bytes a cache of max_ctx tokens takes (0 on overflow). */
-uint64_t kv_cache_bytes(const vlm_model_info *info, int64_t max_ctx);
+uint64_t kv_cache_bytes(const vlm_model_info *info, int64_t max_ctx, vlm_dtype dtype);
 
-vlm_status kv_cache_create(const vlm_model_info *info, int64_t max_ctx, kv_cache **out,
-                           vlm_err *err);
+/* dtype: VLM_DTYPE_F32 or VLM_DTYPE_BF16. */
+vlm_status kv_cache_create(const vlm_model_info *info, int64_t max_ctx, vlm_dtype dtype,
+                           kv_cache **out, vlm_err *err);
 void kv_cache_free(kv_cache *c);
 
 #endif

@@ -33,7 +33,7 @@ vlm_status session_create(arch_model *m, const session_options *o, session **out
     s->max_ctx = max_ctx;
     s->chunk = chunk;
     s->keep_images = info->rope_switch_len > 0 && max_ctx > info->rope_switch_len;
-    vlm_status st = kv_cache_create(info, max_ctx, &s->kv, err);
+    vlm_status st = kv_cache_create(info, max_ctx, o->kv_dtype, &s->kv, err);
     if (st != VLM_OK) goto fail;
     size_t ws = m->arch->workspace_floats(m->impl, chunk, max_ctx);
     s->ws = VLM_NEW_ARRAY(float, ws, VLM_MEM_ACTIVATIONS);

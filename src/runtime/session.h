@@ -26,8 +26,9 @@
 #include "runtime/sampler.h"
 
 typedef struct session_options {
-    int64_t max_ctx; /* tokens the cache holds; 0: min(4096, max_positions) */
-    int64_t chunk;   /* prefill tokens per forward call; 0: 128 */
+    int64_t max_ctx;    /* tokens the cache holds; 0: min(4096, max_positions) */
+    int64_t chunk;      /* prefill tokens per forward call; 0: 128 */
+    vlm_dtype kv_dtype; /* VLM_DTYPE_F32 (default, 0) or VLM_DTYPE_BF16 (half the bytes) */
 } session_options;
 
 void session_options_init(session_options *o);

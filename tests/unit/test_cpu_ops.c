@@ -166,9 +166,33 @@ static void run_att(const char *name, int H, int KVH, int hd, bool causal, int64
     float *want = fx_f32(F, k, NULL);
     float *out = malloc((size_t)(nq * H * hd) * sizeof *out);
     float *sc = malloc((size_t)(cpu_pool_threads(pool) * nkv) * sizeof *sc);
-    cpu_attention(pool, out, q, H * hd, kk, v, (int64_t)KVH * hd, nq, nkv, H, KVH, hd, causal, pos0,
+    const int64_t kvd = (int64_t)KVH * hd, nkvv = nkv * kvd;
+    cpu_attention(pool, out, q, H * hd, (cpu_weight){VLM_DTYPE_F32, kk},
+                  (cpu_weight){VLM_DTYPE_F32, v}, kvd, nq, nkv, H, KVH, hd, causal, pos0,
                   1.0f / sqrtf((float)hd), sc);
     check(name, out, want, (size_t)(nq * H * hd), 2e-6);
+
+    /* A bf16 cache: the same bits as f32 attention over the rounded K/V. */
+    uint16_t *kb = malloc((size_t)nkvv * 2), *vb = malloc((size_t)nkvv * 2);
+    cpu_store_rows(kb, VLM_DTYPE_BF16, 0, kk, nkvv);
+    cpu_store_rows(vb, VLM_DTYPE_BF16, 0, v, nkvv);
+    for (int64_t i = 0; i < nkvv; i++) {
+        assert_true(kb[i] == vlm_f32_to_bf16(kk[i]));
+        kk[i] = vlm_bf16_to_f32(kb[i]);
+        v[i] = vlm_bf16_to_f32(vb[i]);
+    }
+    float *ob = malloc((size_t)(nq * H * hd) * sizeof *ob);
+    cpu_attention(pool, ob, q, H * hd, (cpu_weight){VLM_DTYPE_BF16, kb},
+                  (cpu_weight){VLM_DTYPE_BF16, vb}, kvd, nq, nkv, H, KVH, hd, causal, pos0,
+                  1.0f / sqrtf((float)hd), sc);
+    cpu_attention(pool, out, q, H * hd, (cpu_weight){VLM_DTYPE_F32, kk},
+                  (cpu_weight){VLM_DTYPE_F32, v}, kvd, nq, nkv, H, KVH, hd, causal, pos0,
+                  1.0f / sqrtf((float)hd), sc);
+    assert_memory_equal(ob, out, (size_t)(nq * H * hd) * sizeof *ob);
+    check("bf16 cache vs reference", ob, want, (size_t)(nq * H * hd), 0.05);
+    free(kb);
+    free(vb);
+    free(ob);
     free(q);
     free(kk);
     free(v);

@@ -329,13 +329,44 @@ void cpu_rope_apply(float *x, int64_t n, int64_t row_stride, int n_heads, int he
 
 typedef struct att_args {
     float *out;
-    const float *q, *k, *v;
+    const float *q;
+    cpu_weight k, v; /* F32 or BF16 rows */
     int64_t q_stride, kv_stride, n_q, n_kv, q_pos0;
     int n_heads, group, head_dim;
     bool causal;
     float scale;
     float *scratch;
 } att_args;
+
+/* q . k over hd values: eight lanes, fixed reduction, scalar tail. */
+static inline float att_dot(const float *q, cpu_weight k, int64_t off, int hd) {
+    v8f acc = {0};
+    int d8 = hd & ~7;
+    float s;
+    if (k.dtype == VLM_DTYPE_BF16) {
+        const uint16_t *kr = (const uint16_t *)k.data + off;
+        for (int d = 0; d < d8; d += 8) acc += v8_load(q + d) * v8_load_bf16(kr + d);
+        s = v8_sum(acc);
+        for (int d = d8; d < hd; d++) s += q[d] * vlm_bf16_to_f32(kr[d]);
+    } else {
+        const float *kr = (const float *)k.data + off;
+        for (int d = 0; d < d8; d += 8) acc += v8_load(q + d) * v8_load(kr + d);
+        s = v8_sum(acc);
+        for (int d = d8; d < hd; d++) s += q[d] * kr[d];
+    }
+    return s;
+}
+
+/* o += p * v over hd values. */
+static inline void att_axpy(float *o, float p, cpu_weight v, int64_t off, int hd) {
+    if (v.dtype == VLM_DTYPE_BF16) {
+        const uint16_t *vr = (const uint16_t *)v.data + off;
+        for (int d = 0; d < hd; d++) o[d] += p * vlm_bf16_to_f32(vr[d]);
+    } else {
+        const float *vr = (const float *)v.data + off;
+        for (int d = 0; d < hd; d++) o[d] += p * vr[d];
+    }
+}
 
 /* Items are (head, query) pairs: item = h * n_q + i. */
 static void att_range(void *ctx, int64_t it0, int64_t it1, int thread_idx) {
@@ -345,19 +376,13 @@ static void att_range(void *ctx, int64_t it0, int64_t it1, int thread_idx) {
     for (int64_t it = it0; it < it1; it++) {
         int h = (int)(it / a->n_q);
         int64_t i = it % a->n_q;
-        int kvh = h / a->group;
+        int64_t kv_off = (int64_t)(h / a->group) * hd;
         const float *qv = a->q + i * a->q_stride + (int64_t)h * hd;
         int64_t nk = a->causal ? a->q_pos0 + i + 1 : a->n_kv;
         if (nk > a->n_kv) nk = a->n_kv;
         float mx = -INFINITY;
         for (int64_t j = 0; j < nk; j++) {
-            const float *kv = a->k + j * a->kv_stride + (int64_t)kvh * hd;
-            v8f acc = {0};
-            int d8 = hd & ~7;
-            for (int d = 0; d < d8; d += 8) acc += v8_load(qv + d) * v8_load(kv + d);
-            float s = v8_sum(acc);
-            for (int d = d8; d < hd; d++) s += qv[d] * kv[d];
-            s *= a->scale;
+            float s = att_dot(qv, a->k, j * a->kv_stride + kv_off, hd) * a->scale;
             sc[j] = s;
             if (s > mx) mx = s;
         }
@@ -369,16 +394,13 @@ static void att_range(void *ctx, int64_t it0, int64_t it1, int thread_idx) {
         float inv = 1.0f / sum;
         float *o = a->out + i * (int64_t)a->n_heads * hd + (int64_t)h * hd;
         for (int d = 0; d < hd; d++) o[d] = 0.0f;
-        for (int64_t j = 0; j < nk; j++) {
-            float p = sc[j] * inv;
-            const float *vv = a->v + j * a->kv_stride + (int64_t)kvh * hd;
-            for (int d = 0; d < hd; d++) o[d] += p * vv[d];
-        }
+        for (int64_t j = 0; j < nk; j++)
+            att_axpy(o, sc[j] * inv, a->v, j * a->kv_stride + kv_off, hd);
     }
 }
 
-void cpu_attention(cpu_pool *pool, float *out, const float *q, int64_t q_stride, const float *k,
-                   const float *v, int64_t kv_stride, int64_t n_q, int64_t n_kv, int n_heads,
+void cpu_attention(cpu_pool *pool, float *out, const float *q, int64_t q_stride, cpu_weight k,
+                   cpu_weight v, int64_t kv_stride, int64_t n_q, int64_t n_kv, int n_heads,
                    int n_kv_heads, int head_dim, bool causal, int64_t q_pos0, float scale,
                    float *scratch) {
     if (n_q <= 0) return;
@@ -398,6 +420,15 @@ void cpu_attention(cpu_pool *pool, float *out, const float *q, int64_t q_stride,
                   scale,
                   scratch};
     parallel_for(pool, (int64_t)n_heads * n_q, att_range, &a);
+}
+
+void cpu_store_rows(void *dst, vlm_dtype dtype, int64_t offset, const float *src, int64_t n) {
+    if (dtype == VLM_DTYPE_BF16) {
+        uint16_t *d = (uint16_t *)dst + offset;
+        for (int64_t i = 0; i < n; i++) d[i] = vlm_f32_to_bf16(src[i]);
+    } else {
+        memcpy((float *)dst + offset, src, (size_t)n * sizeof *src);
+    }
 }
 
 /* ---------------------------------------------------------------------------

@@ -65,16 +65,20 @@ void cpu_rope_apply(float *x, int64_t n, int64_t row_stride, int n_heads, int he
 
 /* Scaled dot-product attention, softmax in f32.
  * q: [n_q] rows (row stride q_stride) of n_heads*head_dim;
- * k, v: [n_kv] rows (stride kv_stride) of n_kv_heads*head_dim (query head h
- * reads kv head h / (n_heads/n_kv_heads));
+ * k, v: F32 or BF16, [n_kv] rows (stride kv_stride elements) of
+ * n_kv_heads*head_dim (query head h reads kv head h / (n_heads/n_kv_heads));
  * out: [n_q][n_heads*head_dim].
  * causal: query i sits at position q_pos0 + i and sees keys 0..q_pos0+i
  * (the KV rows are positions 0..n_kv-1); otherwise every key.
  * scratch: n_threads(pool) * n_kv floats. */
-void cpu_attention(cpu_pool *pool, float *out, const float *q, int64_t q_stride, const float *k,
-                   const float *v, int64_t kv_stride, int64_t n_q, int64_t n_kv, int n_heads,
+void cpu_attention(cpu_pool *pool, float *out, const float *q, int64_t q_stride, cpu_weight k,
+                   cpu_weight v, int64_t kv_stride, int64_t n_q, int64_t n_kv, int n_heads,
                    int n_kv_heads, int head_dim, bool causal, int64_t q_pos0, float scale,
                    float *scratch);
+
+/* Store n f32 values at element `offset` of dst as dtype (F32, or BF16
+ * rounded to nearest even): how K/V rows enter the cache. */
+void cpu_store_rows(void *dst, vlm_dtype dtype, int64_t offset, const float *src, int64_t n);
 
 /* Elementwise, in place over n values. */
 void cpu_quick_gelu(float *x, int64_t n);          /* x * sigmoid(1.702 x) (CLIP) */
