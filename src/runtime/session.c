@@ -175,16 +175,18 @@ vlm_status session_append(session *s, const int32_t *ids, int64_t n, const float
     }
 
     const float *rows = s->keep_images ? s->img_rows + rows_before * hidden : img_rows;
-    if (first_caller > start) {
-        /* The pending token: alone, so logits_all lines up with the caller's
+    if (first_caller > start && logits_all) {
+        /* The pending token alone, so logits_all lines up with the caller's
          * tokens (results do not depend on how tokens are grouped). */
         st = run_range(s, start, first_caller, NULL, s->rope_long, NULL, n == 0, err);
         if (st != VLM_OK) goto fail;
+        if (n > 0) st = run_range(s, first_caller, end, rows, s->rope_long, logits_all, true, err);
+    } else {
+        /* The pending token (if any, then without logits_all) leads the new
+         * tokens in one pass. */
+        st = run_range(s, start, end, rows, s->rope_long, logits_all, true, err);
     }
-    if (n > 0) {
-        st = run_range(s, first_caller, end, rows, s->rope_long, logits_all, true, err);
-        if (st != VLM_OK) goto fail;
-    }
+    if (st != VLM_OK) goto fail;
     s->n_past = end;
     s->has_pending = false;
     return VLM_OK;

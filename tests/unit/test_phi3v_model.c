@@ -418,6 +418,18 @@ static void multiturn(const char *t1_name, const char *t2_name, const char *want
     assert_int_equal(session_append(f, conv, (int64_t)nc, rows, nr1 + nr2, all, &err), VLM_OK);
     expect_close("turn 2 vs fresh prefill", lg, all + (n1 + n_ans) * 300, nw, 1e-5);
 
+    /* The same turns with turn 2 prefilled together with the pending answer
+     * token (no logits_all): the same last logits. */
+    session *s2 = open_session(m, max_ctx, 8);
+    assert_int_equal(session_append(s2, t1, (int64_t)n1, r1, nr1, NULL, &err), VLM_OK);
+    assert_int_equal(session_generate(s2, smp, &g, ans, &n_ans, &why, &err), VLM_OK);
+    assert_true(s2->has_pending);
+    assert_int_equal(session_append(s2, t2, (int64_t)n2, r2, nr2, NULL, &err), VLM_OK);
+    assert_int_equal(s2->n_past, (int64_t)nc);
+    expect_close("turn 2 with the pending token", session_logits(s2), lg + (n2 - 1) * 300, 300,
+                 1e-5);
+    session_free(s2);
+
     session_free(f);
     session_free(s);
     sampler_free(smp);
