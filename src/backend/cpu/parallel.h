@@ -1,0 +1,34 @@
+/* backend/cpu/parallel - the parallel-for the CPU kernels run on.
+ *
+ * parallel_for(pool, n, fn, ctx) splits [0, n) into at most pool->n_threads
+ * contiguous ranges and calls fn(ctx, begin, end, thread_idx) once per range;
+ * it returns when every range is done. thread_idx is in [0, n_threads), so a
+ * kernel can index per-thread scratch with it. A NULL pool or one thread runs
+ * fn(ctx, 0, n, 0) on the caller.
+ *
+ * This is a small stand-in (threads started per call) with the signature of
+ * base/threadpool, which replaces it. Results never depend on the split: each
+ * output element is computed by one thread in a fixed order. */
+#ifndef VLM_BACKEND_CPU_PARALLEL_H
+#define VLM_BACKEND_CPU_PARALLEL_H
+
+#include <stdint.h>
+
+#include "base/status.h"
+
+typedef void (*parallel_fn)(void *ctx, int64_t begin, int64_t end, int thread_idx);
+
+typedef struct cpu_pool {
+    int n_threads; /* >= 1 */
+} cpu_pool;
+
+#define CPU_POOL_MAX_THREADS 256
+
+/* n_threads <= 0: the CPUs this process may use. */
+vlm_status cpu_pool_create(int n_threads, cpu_pool **out, vlm_err *err);
+void cpu_pool_free(cpu_pool *p);
+int cpu_pool_threads(const cpu_pool *p);
+
+void parallel_for(cpu_pool *pool, int64_t n, parallel_fn fn, void *ctx);
+
+#endif

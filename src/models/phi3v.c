@@ -1,0 +1,247 @@
+/* models/phi3v - see phi3v.h. */
+#include "models/phi3v.h"
+
+#include <string.h>
+
+#include "base/alloc.h"
+
+static cpu_weight cw(const vlm_tensor_view *v) {
+    return (cpu_weight){v->dtype, v->data};
+}
+
+/* ---------------------------------------------------------------------------
+ * loading */
+
+vlm_status phi3v_create(const phi3v_config *cfg, const vlm_weight_source *src, cpu_pool *pool,
+                        phi3v_model **out, vlm_err *err) {
+    *out = NULL;
+    vlm_status st = phi3v_config_check(cfg, err);
+    if (st != VLM_OK) return st;
+    phi3v_model *m = vlm_calloc(1, sizeof *m, VLM_MEM_WEIGHTS);
+    if (!m) return vlm_err_set(err, VLM_ERR_NOMEM, "Phi3V model: out of memory");
+    m->cfg = *cfg;
+    m->pool = pool;
+    if ((st = phi3_load(&m->lm, &m->cfg, src, err)) != VLM_OK) goto fail;
+    if (cfg->has_vision) {
+        if ((st = clip_load(&m->clip, &m->cfg.vision, src, PHI3V_VISION_PREFIX, err)) != VLM_OK)
+            goto fail;
+        const int64_t D4 = 4 * (int64_t)cfg->image_dim_out, d = cfg->hidden;
+        vlm_tensor_view v;
+        int64_t s_sub[4] = {1, 1, 1, D4}, s_glb[3] = {1, 1, D4};
+        if ((st = weights_get(src, "model.vision_embed_tokens.sub_GN", 4, s_sub, &v, err)))
+            goto fail;
+        m->sub_gn = cw(&v);
+        if ((st = weights_get(src, "model.vision_embed_tokens.glb_GN", 3, s_glb, &v, err)))
+            goto fail;
+        m->glb_gn = cw(&v);
+        if ((st = weights_get2(src, "model.vision_embed_tokens.img_projection.0.weight", d, D4, &v,
+                               err)))
+            goto fail;
+        m->proj0_w = cw(&v);
+        if ((st = weights_get1(src, "model.vision_embed_tokens.img_projection.0.bias", d, &v, err)))
+            goto fail;
+        m->proj0_b = cw(&v);
+        if ((st = weights_get2(src, "model.vision_embed_tokens.img_projection.2.weight", d, d, &v,
+                               err)))
+            goto fail;
+        m->proj2_w = cw(&v);
+        if ((st = weights_get1(src, "model.vision_embed_tokens.img_projection.2.bias", d, &v, err)))
+            goto fail;
+        m->proj2_b = cw(&v);
+    }
+    *out = m;
+    return VLM_OK;
+fail:
+    phi3v_free(m);
+    return st;
+}
+
+void phi3v_free(phi3v_model *m) {
+    if (!m) return;
+    clip_free(&m->clip);
+    phi3_free(&m->lm);
+    vlm_free(m);
+}
+
+/* ---------------------------------------------------------------------------
+ * HD glue */
+
+size_t phi3v_glue_workspace_floats(const phi3v_model *m, int hc, int wc) {
+    size_t n = (size_t)phi3v_image_tokens(&m->cfg, hc, wc);
+    return n * (4 * (size_t)m->cfg.image_dim_out + (size_t)m->cfg.hidden);
+}
+
+/* The 2x2-merged vector at merged cell (i, j) of crop features g
+ * [grid][grid][Dv]: TL | TR | BL | BR, Dv each (spec §5.1). */
+static void merge_cell(const float *g, int grid, int64_t Dv, int i, int j, float *dst) {
+    for (int dy = 0; dy < 2; dy++)
+        for (int dx = 0; dx < 2; dx++)
+            memcpy(dst + (dy * 2 + dx) * Dv, g + ((int64_t)(2 * i + dy) * grid + 2 * j + dx) * Dv,
+                   (size_t)Dv * sizeof(float));
+}
+
+void phi3v_glue(const phi3v_model *m, const float *feats, int hc, int wc, float *out, float *ws) {
+    const int grid = m->clip.grid, mg = grid / 2;
+    const int64_t Dv = m->cfg.image_dim_out, D4 = 4 * Dv, d = m->cfg.hidden;
+    const int64_t crop = (int64_t)grid * grid * Dv;
+    const int64_t n = phi3v_image_tokens(&m->cfg, hc, wc);
+    float *seq = ws, *hid = ws + n * D4;
+    int64_t r = 0;
+    /* Sub mosaic: hc*mg rows of wc*mg merged cells, tile (R/mg, C/mg), each
+     * row closed by sub_GN. */
+    for (int R = 0; R < hc * mg; R++) {
+        for (int C = 0; C < wc * mg; C++) {
+            int t = (R / mg) * wc + C / mg;
+            merge_cell(feats + (1 + (int64_t)t) * crop, grid, Dv, R % mg, C % mg, seq + r++ * D4);
+        }
+        cpu_widen(m->sub_gn, 0, seq + r++ * D4, D4);
+    }
+    /* glb_GN, then the global view's mg x mg cells, each row closed by sub_GN. */
+    cpu_widen(m->glb_gn, 0, seq + r++ * D4, D4);
+    for (int i = 0; i < mg; i++) {
+        for (int j = 0; j < mg; j++) merge_cell(feats, grid, Dv, i, j, seq + r++ * D4);
+        cpu_widen(m->sub_gn, 0, seq + r++ * D4, D4);
+    }
+    /* Projector on every vector, separators included: Linear, exact GELU,
+     * Linear. */
+    cpu_matmul(m->pool, hid, seq, n, D4, d, m->proj0_w, m->proj0_b);
+    cpu_gelu_erf(hid, n * d);
+    cpu_matmul(m->pool, out, hid, n, d, d, m->proj2_w, m->proj2_b);
+}
+
+vlm_status phi3v_encode_image(phi3v_model *m, const vlm_image_input *img, int group, float *out,
+                              vlm_err *err) {
+    if (!m->cfg.has_vision)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "model has no vision tower");
+    int tiles = img->hc * img->wc;
+    if (img->hc < 1 || img->wc < 1 || tiles > 4096 || img->n_crops < 1 + tiles || !img->pixels)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                           "image: crop grid %dx%d does not fit %d crops (global + tiles)", img->hc,
+                           img->wc, img->n_crops);
+    if (group < 1) group = 1;
+    int n = 1 + tiles;
+    if (group > n) group = n;
+    const clip_model *c = &m->clip;
+    size_t feat_floats = (size_t)n * (size_t)(c->n_pos - 1) * (size_t)c->cfg.hidden;
+    size_t ws_floats = clip_workspace_floats(c, group, cpu_pool_threads(m->pool));
+    size_t glue_floats = phi3v_glue_workspace_floats(m, img->hc, img->wc);
+    if (glue_floats > ws_floats) ws_floats = glue_floats;
+    float *feats = VLM_NEW_ARRAY(float, feat_floats, VLM_MEM_IMAGE);
+    float *ws = VLM_NEW_ARRAY(float, ws_floats, VLM_MEM_ACTIVATIONS);
+    if (!feats || !ws) {
+        vlm_free(feats);
+        vlm_free(ws);
+        return vlm_err_set(err, VLM_ERR_NOMEM, "image: out of memory for %d crops", n);
+    }
+    clip_encode(c, m->pool, img->pixels, n, group, feats, ws);
+    phi3v_glue(m, feats, img->hc, img->wc, out, ws);
+    vlm_free(feats);
+    vlm_free(ws);
+    return VLM_OK;
+}
+
+/* ---------------------------------------------------------------------------
+ * decoder input and forward */
+
+vlm_status phi3v_embed(const phi3v_model *m, const int32_t *ids, int64_t n, const float *img_rows,
+                       float *out, vlm_err *err) {
+    const int64_t d = m->cfg.hidden;
+    int64_t k = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int32_t id = ids[i];
+        if (id < 0) {
+            if (!img_rows)
+                return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                                   "token %lld is an image placeholder (%d) but no image "
+                                   "features were given",
+                                   (long long)i, id);
+            memcpy(out + i * d, img_rows + k++ * d, (size_t)d * sizeof(float));
+        } else if (id >= m->cfg.vocab) {
+            return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                               "token %lld: id %d is outside the vocab "
+                               "of %d",
+                               (long long)i, id, m->cfg.vocab);
+        } else {
+            phi3_embed(&m->lm, &ids[i], 1, out + i * d);
+        }
+    }
+    return VLM_OK;
+}
+
+size_t phi3v_workspace_floats(const phi3v_model *m, int64_t max_tokens, int64_t max_ctx) {
+    return (size_t)max_tokens * (size_t)m->cfg.hidden +
+           phi3_workspace_floats(&m->lm, max_tokens, max_ctx, cpu_pool_threads(m->pool));
+}
+
+vlm_status phi3v_forward(phi3v_model *m, vlm_kv *kv, const vlm_forward_args *a, float *ws,
+                         vlm_err *err) {
+    if (a->n <= 0) return VLM_OK;
+    if (a->pos0 < 0 || a->pos0 + a->n > kv->max_ctx)
+        return vlm_err_set(err, VLM_ERR_LIMIT, "positions %lld..%lld exceed the cache of %lld",
+                           (long long)a->pos0, (long long)(a->pos0 + a->n - 1),
+                           (long long)kv->max_ctx);
+    float *x = ws;
+    vlm_status st = phi3v_embed(m, a->ids, a->n, a->img_rows, x, err);
+    if (st != VLM_OK) return st;
+    phi3_forward(&m->lm, m->pool, kv, x, a->n, a->pos0, a->rope_long, a->logits_mode, a->logits,
+                 ws + a->n * m->cfg.hidden);
+    return VLM_OK;
+}
+
+/* ---------------------------------------------------------------------------
+ * the registry entry */
+
+static vlm_status arch_create(const cJSON *config, const char *what, const vlm_weight_source *src,
+                              cpu_pool *pool, void **out, vlm_err *err) {
+    phi3v_config cfg;
+    vlm_status st = phi3v_config_from_json(config, what, &cfg, err);
+    if (st != VLM_OK) return st;
+    phi3v_model *m = NULL;
+    st = phi3v_create(&cfg, src, pool, &m, err);
+    *out = m;
+    return st;
+}
+
+static void arch_destroy(void *model) {
+    phi3v_free(model);
+}
+
+static void arch_info(const void *model, vlm_model_info *o) {
+    const phi3v_model *m = model;
+    const phi3v_config *c = &m->cfg;
+    memset(o, 0, sizeof *o);
+    o->arch = "Phi3VForCausalLM";
+    o->n_layers = c->n_layers;
+    o->kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
+    o->hidden = c->hidden;
+    o->vocab = c->vocab;
+    o->max_positions = c->max_position_embeddings;
+    o->rope_switch_len = c->rope_kind == PHI3_ROPE_SU ? c->original_max_position_embeddings : 0;
+    o->bos_id = c->bos_id;
+    o->eos_id = c->eos_id;
+    o->has_vision = c->has_vision;
+    o->image_size = c->vision.image_size;
+}
+
+static int arch_image_tokens(const void *model, int hc, int wc) {
+    return phi3v_image_tokens(&((const phi3v_model *)model)->cfg, hc, wc);
+}
+
+static vlm_status arch_encode_image(void *model, const vlm_image_input *img, int group, float *out,
+                                    vlm_err *err) {
+    return phi3v_encode_image(model, img, group, out, err);
+}
+
+static size_t arch_workspace_floats(const void *model, int64_t max_tokens, int64_t max_ctx) {
+    return phi3v_workspace_floats(model, max_tokens, max_ctx);
+}
+
+static vlm_status arch_forward(void *model, vlm_kv *kv, const vlm_forward_args *a, float *ws,
+                               vlm_err *err) {
+    return phi3v_forward(model, kv, a, ws, err);
+}
+
+const vlm_arch phi3v_arch = {
+    "Phi3VForCausalLM", arch_create,       arch_destroy,          arch_info,
+    arch_image_tokens,  arch_encode_image, arch_workspace_floats, arch_forward,
+};

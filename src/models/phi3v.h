@@ -1,0 +1,50 @@
+/* models/phi3v - Phi-3-vision (Phi3VForCausalLM): the CLIP tower, the HD glue
+ * (2x2 merge, tile mosaic, sub_GN / glb_GN separators, "sub_glb" order), the
+ * projector, the splice of image features at placeholder positions, and the
+ * Phi-3 decoder (spec §4-§6). Registered as "Phi3VForCausalLM". */
+#ifndef VLM_MODELS_PHI3V_H
+#define VLM_MODELS_PHI3V_H
+
+#include "models/clip.h"
+#include "models/model.h"
+#include "models/phi3.h"
+#include "models/phi3v_config.h"
+
+#define PHI3V_VISION_PREFIX "model.vision_embed_tokens.img_processor.vision_model"
+
+typedef struct phi3v_model {
+    phi3v_config cfg;
+    cpu_pool *pool; /* not owned; NULL: one thread */
+    clip_model clip;
+    phi3_model lm;
+    cpu_weight sub_gn;           /* [4*Dv] row separator ([1,1,1,4Dv]) */
+    cpu_weight glb_gn;           /* [4*Dv] sub/global separator ([1,1,4Dv]) */
+    cpu_weight proj0_w, proj0_b; /* [d][4*Dv], [d] */
+    cpu_weight proj2_w, proj2_b; /* [d][d], [d] */
+} phi3v_model;
+
+vlm_status phi3v_create(const phi3v_config *cfg, const vlm_weight_source *src, cpu_pool *pool,
+                        phi3v_model **out, vlm_err *err);
+void phi3v_free(phi3v_model *m);
+
+/* The glue for one image: CLIP features feats[1+hc*wc][grid^2][Dv] (global
+ * first, then tiles row-major) -> projected rows out[image_tokens][d].
+ * ws: phi3v_glue_workspace_floats(m, hc, wc) floats. */
+size_t phi3v_glue_workspace_floats(const phi3v_model *m, int hc, int wc);
+void phi3v_glue(const phi3v_model *m, const float *feats, int hc, int wc, float *out, float *ws);
+
+/* CLIP + glue for one image (allocates its workspace; image/activations). */
+vlm_status phi3v_encode_image(phi3v_model *m, const vlm_image_input *img, int group, float *out,
+                              vlm_err *err);
+
+/* Embeddings of ids[n] with image rows spliced in at ids < 0, in order. */
+vlm_status phi3v_embed(const phi3v_model *m, const int32_t *ids, int64_t n, const float *img_rows,
+                       float *out, vlm_err *err);
+
+size_t phi3v_workspace_floats(const phi3v_model *m, int64_t max_tokens, int64_t max_ctx);
+vlm_status phi3v_forward(phi3v_model *m, vlm_kv *kv, const vlm_forward_args *a, float *ws,
+                         vlm_err *err);
+
+extern const vlm_arch phi3v_arch;
+
+#endif

@@ -1,0 +1,65 @@
+/* models/registry - see registry.h. */
+#include "models/registry.h"
+
+#include <string.h>
+
+#include "base/alloc.h"
+#include "models/phi3v.h"
+
+static const vlm_arch *const families[] = {
+    &phi3v_arch,
+};
+
+const vlm_arch *vlm_arch_find(const char *name) {
+    if (!name) return NULL;
+    for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)
+        if (strcmp(families[i]->name, name) == 0) return families[i];
+    return NULL;
+}
+
+vlm_status vlm_arch_for_config(const cJSON *config, const char *what, const vlm_arch **out,
+                               vlm_err *err) {
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(config, "architectures");
+    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) == 0)
+        return vlm_err_set(err, VLM_ERR_FORMAT, "%s: no \"architectures\" list", what);
+    char names[256] = "";
+    const cJSON *e;
+    cJSON_ArrayForEach(e, a) {
+        if (!cJSON_IsString(e)) continue;
+        const vlm_arch *f = vlm_arch_find(e->valuestring);
+        if (f) {
+            *out = f;
+            return VLM_OK;
+        }
+        size_t len = strlen(names);
+        if (len + 2 < sizeof names)
+            snprintf(names + len, sizeof names - len, "%s%s", len ? ", " : "", e->valuestring);
+    }
+    return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "%s: architecture %s is not supported", what,
+                       names[0] ? names : "(none)");
+}
+
+vlm_status arch_model_create(const cJSON *config, const char *what, const vlm_weight_source *src,
+                             cpu_pool *pool, arch_model **out, vlm_err *err) {
+    *out = NULL;
+    const vlm_arch *a = NULL;
+    vlm_status st = vlm_arch_for_config(config, what, &a, err);
+    if (st != VLM_OK) return st;
+    arch_model *m = vlm_calloc(1, sizeof *m, VLM_MEM_WEIGHTS);
+    if (!m) return vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory", what);
+    m->arch = a;
+    st = a->create(config, what, src, pool, &m->impl, err);
+    if (st != VLM_OK) {
+        vlm_free(m);
+        return st;
+    }
+    a->info(m->impl, &m->info);
+    *out = m;
+    return VLM_OK;
+}
+
+void arch_model_free(arch_model *m) {
+    if (!m) return;
+    if (m->impl) m->arch->destroy(m->impl);
+    vlm_free(m);
+}

@@ -1,0 +1,34 @@
+/* models/registry - model families by config.json `architectures` name.
+ *
+ * Adding a family: write src/models/<family>.c with a `const vlm_arch`
+ * and add one line to the table in registry.c. */
+#ifndef VLM_MODELS_REGISTRY_H
+#define VLM_MODELS_REGISTRY_H
+
+#include <cjson/cJSON.h>
+
+#include "models/model.h"
+
+/* The family registered under name, or NULL. */
+const vlm_arch *vlm_arch_find(const char *name);
+
+/* The family for a parsed config.json: the first entry of `architectures`
+ * that is registered. VLM_ERR_UNSUPPORTED names the architectures found;
+ * `what` names the file. */
+vlm_status vlm_arch_for_config(const cJSON *config, const char *what, const vlm_arch **out,
+                               vlm_err *err);
+
+/* A loaded model of any family: its table, its state, its numbers. */
+typedef struct arch_model {
+    const vlm_arch *arch;
+    void *impl;
+    vlm_model_info info;
+} arch_model;
+
+/* Find the family for config and create the model (freed with
+ * arch_model_free). */
+vlm_status arch_model_create(const cJSON *config, const char *what, const vlm_weight_source *src,
+                             cpu_pool *pool, arch_model **out, vlm_err *err);
+void arch_model_free(arch_model *m);
+
+#endif
