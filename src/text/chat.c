@@ -8,11 +8,12 @@
 #include "base/json.h"
 
 /* The chat_template of Phi-3-vision-128k-instruct / Phi-3.5-vision-instruct
- * tokenizer_config.json, verbatim. */
+ * tokenizer_config.json, verbatim (the file holds real newlines inside the
+ * quotes). */
 static const char PHI3V_TEMPLATE[] =
-    "{% for message in messages %}{{'<|' + message['role'] + '|>' + '\\n' + message['content'] + "
-    "'<|end|>\\n' }}{% endfor %}{% if add_generation_prompt and messages[-1]['role'] != "
-    "'assistant' %}{{- '<|assistant|>\\n' -}}{% endif %}";
+    "{% for message in messages %}{{'<|' + message['role'] + '|>' + '\n' + message['content'] + "
+    "'<|end|>\n' }}{% endfor %}{% if add_generation_prompt and messages[-1]['role'] != "
+    "'assistant' %}{{- '<|assistant|>\n' -}}{% endif %}";
 
 /* Canonical form for comparison: whitespace outside string literals and
  * the whitespace-control dashes ({{- -}} {%- -%}) removed. Neither changes
@@ -24,9 +25,14 @@ static size_t canon(const char *s, char *o) {
     for (size_t i = 0; s[i]; i++) {
         char c = s[i];
         if (q) {
-            if (c == '\\' && s[i + 1]) {
-                o[n++] = c;
-                o[n++] = s[++i];
+            if (c == '\\' && s[i + 1]) { /* a Jinja escape: '\\n' is a newline */
+                char d = s[++i];
+                if (d == 'n')
+                    o[n++] = '\n';
+                else {
+                    o[n++] = c;
+                    o[n++] = d;
+                }
                 continue;
             }
             if (c == q) q = 0;

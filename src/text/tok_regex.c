@@ -100,7 +100,7 @@ vlm_status tok_regex_compile(const char *pat, size_t len, bool literal, const ch
     pcre2_compile_context_free(cc);
     pcre2_general_context_free(gc);
     if (!code) {
-        if (ec == PCRE2_ERROR_HEAPLIMIT || ec == PCRE2_ERROR_NOMEMORY)
+        if (ec == PCRE2_ERROR_HEAP_FAILED || ec == PCRE2_ERROR_NOMEMORY)
             return vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory (regex)", field);
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(ec, msg, sizeof msg);

@@ -934,8 +934,16 @@ vlm_status tokenizer_load_json(const char *json, size_t len, const char *what, t
                                vlm_err *err) {
     *out = NULL;
     cJSON *root = NULL;
+    vlm_mem_stats before, after;
+    vlm_alloc_get_stats(&before);
     vlm_status st = vlm_json_parse(json, len, what, &root, err);
-    if (st != VLM_OK) return st;
+    if (st != VLM_OK) {
+        /* cJSON reports a failed allocation as a syntax error */
+        vlm_alloc_get_stats(&after);
+        if (after.failed_count != before.failed_count)
+            return vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory while parsing", what);
+        return st;
+    }
     tokenizer *t = vlm_calloc(1, sizeof *t, VLM_MEM_OTHER);
     if (!t) {
         cJSON_Delete(root);
