@@ -36,8 +36,14 @@ int32_t bpe_vocab_get(const bpe_model *m, const char *s, size_t len) {
     }
 }
 
+/* splitmix64's finalizer: both ids reach every bit of the slot index */
 static inline size_t merge_slot(uint64_t key, size_t mask) {
-    return (size_t)((key * 0x9E3779B97F4A7C15ULL) >> 17) & mask;
+    key ^= key >> 30;
+    key *= 0xbf58476d1ce4e5b9ULL;
+    key ^= key >> 27;
+    key *= 0x94d049bb133111ebULL;
+    key ^= key >> 31;
+    return (size_t)key & mask;
 }
 
 static inline const merge_ent *merge_get(const bpe_model *m, int32_t a, int32_t b) {
@@ -257,12 +263,9 @@ static vlm_status merge_word(const bpe_model *m, const char *s, size_t len, tok_
     return st;
 }
 
-vlm_status bpe_tokenize(bpe_model *m, const char *s, size_t len, tok_ids *out, vlm_err *err) {
-    if (len == 0) return VLM_OK;
-    if (m->ignore_merges) {
-        int32_t id = bpe_vocab_get(m, s, len);
-        if (id >= 0) return tok_ids_push(out, id, err);
-    }
+/* One word through the cache and the merge loop. */
+static vlm_status tokenize_cached(bpe_model *m, const char *s, size_t len, tok_ids *out,
+                                  vlm_err *err) {
     uint64_t h = 0;
     size_t slot = 0;
     bool cacheable = m->cache && len <= CACHE_MAX_WORD;
@@ -299,6 +302,45 @@ vlm_status bpe_tokenize(bpe_model *m, const char *s, size_t len, tok_ids *out, v
     pthread_mutex_unlock(&m->cache_lock);
     vlm_free(old);
     return VLM_OK;
+}
+
+#define META "\xe2\x96\x81" /* U+2581, SentencePiece's space */
+
+/* Where no vocabulary token holds a "▁" right after another character, no
+ * merge can join a symbol ending in that character to one starting with
+ * "▁" (the joined string would have to be a token). Such a point splits the
+ * word into parts that merge independently, with the same result as the
+ * whole word; the parts are short (SentencePiece words) and cacheable. */
+void bpe_check_meta_split(bpe_model *m) {
+    m->meta_split = false;
+    if (m->cont_prefix || m->eow_suffix || bpe_vocab_get(m, META, 3) < 0) return;
+    for (int32_t id = 0; id < m->n_ids; id++) {
+        if (m->str_len[id] == UINT32_MAX) continue;
+        const char *t = m->pool + m->str_off[id];
+        size_t n = m->str_len[id];
+        for (size_t i = 1; i + 3 <= n; i++)
+            if (memcmp(t + i, META, 3) == 0 && (i < 3 || memcmp(t + i - 3, META, 3) != 0))
+                return;
+    }
+    m->meta_split = true;
+}
+
+vlm_status bpe_tokenize(bpe_model *m, const char *s, size_t len, tok_ids *out, vlm_err *err) {
+    if (len == 0) return VLM_OK;
+    if (m->ignore_merges) {
+        int32_t id = bpe_vocab_get(m, s, len);
+        if (id >= 0) return tok_ids_push(out, id, err);
+    }
+    if (!m->meta_split) return tokenize_cached(m, s, len, out, err);
+    size_t start = 0;
+    for (size_t i = 1; i + 3 <= len; i++) {
+        if ((unsigned char)s[i] != 0xe2 || memcmp(s + i, META, 3) != 0) continue;
+        if (i >= 3 && memcmp(s + i - 3, META, 3) == 0) continue;
+        vlm_status st = tokenize_cached(m, s + start, i - start, out, err);
+        if (st != VLM_OK) return st;
+        start = i;
+    }
+    return tokenize_cached(m, s + start, len - start, out, err);
 }
 
 void bpe_free(bpe_model *m) {

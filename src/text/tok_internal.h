@@ -190,6 +190,7 @@ typedef struct bpe_model {
     int32_t byte_id[256];
     bool byte_fallback, fuse_unk, ignore_merges;
     bool unk_missing;               /* unk_token named but absent from the vocabulary */
+    bool meta_split;                /* words may be cut before "▁" (bpe_check_meta_split) */
     char *cont_prefix, *eow_suffix; /* NULL: none */
     size_t cont_prefix_len, eow_suffix_len;
     /* word cache, bounded: direct-mapped, words of at most CACHE_MAX_WORD bytes */
@@ -200,6 +201,7 @@ typedef struct bpe_model {
 
 int32_t bpe_vocab_get(const bpe_model *m, const char *s, size_t len);
 void bpe_merge_put(bpe_model *m, int32_t a, int32_t b, uint32_t rank, int32_t new_id);
+void bpe_check_meta_split(bpe_model *m);
 vlm_status bpe_tokenize(bpe_model *m, const char *s, size_t len, tok_ids *out, vlm_err *err);
 void bpe_free(bpe_model *m);
 uint64_t tok_hash(const char *s, size_t len);

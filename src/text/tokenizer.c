@@ -659,6 +659,7 @@ static vlm_status parse_model(const cJSON *o, bpe_model *m, vlm_err *err) {
     }
     vlm_free(buf);
     if (st != VLM_OK) return st;
+    bpe_check_meta_split(m);
     /* the word cache */
     m->cache_slots = 8192;
     if (!(m->cache = VLM_NEW_ARRAY(cache_ent *, m->cache_slots, VLM_MEM_OTHER)))

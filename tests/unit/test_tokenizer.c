@@ -230,6 +230,35 @@ static void test_bad_text(void **state) {
     tok_ids_free(&e);
 }
 
+/* Cutting SentencePiece words before "▁" (bpe_check_meta_split) must not
+ * change a single id: compare with the plain merge over the whole corpus. */
+static void test_meta_split_exact(void **state) {
+    (void)state;
+    assert_true(phi->bpe.meta_split);
+    tokenizer *plain = NULL;
+    assert_int_equal(tokenizer_load(phi_path(), &plain, NULL), VLM_OK);
+    plain->bpe.meta_split = false;
+    size_t len;
+    char *text = tu_read_file(tu_src("tests/data/tokenizer/corpus.txt"), &len);
+    assert_non_null(text);
+    size_t lines = 0;
+    for (size_t pos = 0; pos < len; lines++) {
+        const char *nl = memchr(text + pos, '\n', len - pos);
+        size_t end = nl ? (size_t)(nl - text) : len;
+        tok_ids a = {0}, b = {0};
+        assert_int_equal(tokenizer_encode(phi, text + pos, end - pos, false, &a, NULL), VLM_OK);
+        assert_int_equal(tokenizer_encode(plain, text + pos, end - pos, false, &b, NULL), VLM_OK);
+        assert_int_equal(a.n, b.n);
+        assert_memory_equal(a.v, b.v, a.n * sizeof(int32_t));
+        tok_ids_free(&a);
+        tok_ids_free(&b);
+        pos = end + 1;
+    }
+    assert_true(lines >= 2000);
+    free(text);
+    tokenizer_free(plain);
+}
+
 /* ---- components on small files ---- */
 
 /* Vocabulary of single characters a..z, space, digits, '-', plus extras. */
@@ -828,6 +857,7 @@ int main(void) {
         cmocka_unit_test(test_spec_examples),
         cmocka_unit_test(test_phi_decode),
         cmocka_unit_test(test_bad_text),
+        cmocka_unit_test(test_meta_split_exact),
         cmocka_unit_test(test_split_behaviors),
         cmocka_unit_test(test_added_tokens),
         cmocka_unit_test(test_metaspace),
