@@ -343,7 +343,7 @@ size_t vlm_alloc_leak_report(FILE *f) {
         fprintf(f, "  %zu live blocks (no memory to group them)\n", n);
         return n;
     }
-    qsort(sites, ns, sizeof *sites, site_cmp);
+    if (ns) qsort(sites, ns, sizeof *sites, site_cmp);
     size_t out = 0;
     for (size_t i = 0; i < ns;) {
         site s = sites[i++];

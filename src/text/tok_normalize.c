@@ -13,24 +13,21 @@
 #include "base/alloc.h"
 #include "text/tok_internal.h"
 
-static vlm_status norm_prepend(const tok_norm *n, const nbuf *in, nbuf *out, vlm_err *err) {
-    vlm_status st;
-    if (in->len > 0 && (st = nbuf_put(out, n->str, n->str_len, in->orig[0], err)) != VLM_OK)
-        return st;
-    if ((st = nbuf_reserve(out, in->len, err)) != VLM_OK) return st;
-    memcpy(out->s + out->len, in->s, in->len);
-    memcpy(out->orig + out->len, in->orig, in->len * sizeof(int32_t));
-    out->len += in->len;
-    return VLM_OK;
-}
-
 static vlm_status copy_range(const nbuf *in, size_t a, size_t b, nbuf *out, vlm_err *err) {
+    if (b <= a) return VLM_OK;
     vlm_status st = nbuf_reserve(out, b - a, err);
     if (st != VLM_OK) return st;
     memcpy(out->s + out->len, in->s + a, b - a);
     memcpy(out->orig + out->len, in->orig + a, (b - a) * sizeof(int32_t));
     out->len += b - a;
     return VLM_OK;
+}
+
+static vlm_status norm_prepend(const tok_norm *n, const nbuf *in, nbuf *out, vlm_err *err) {
+    vlm_status st;
+    if (in->len > 0 && (st = nbuf_put(out, n->str, n->str_len, in->orig[0], err)) != VLM_OK)
+        return st;
+    return copy_range(in, 0, in->len, out, err);
 }
 
 static vlm_status norm_replace(const tok_norm *n, const nbuf *in, nbuf *out, vlm_err *err) {
