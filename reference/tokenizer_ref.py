@@ -120,7 +120,8 @@ def train_bytelevel(lines, out_dir):
 def train_metaspace(lines, out_dir):
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     rng = random.Random(11)
-    texts = lines * 2 + prose(rng, 10000)
+    # no NUL in the vocabulary: the C loader refuses "\u0000" inside tokens
+    texts = [t.replace("\x00", "") for t in lines * 2] + prose(rng, 10000)
     tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
     tok.normalizer = normalizers.Sequence([
         normalizers.NFKC(),

@@ -319,8 +319,7 @@ void bpe_check_meta_split(bpe_model *m) {
         const char *t = m->pool + m->str_off[id];
         size_t n = m->str_len[id];
         for (size_t i = 1; i + 3 <= n; i++)
-            if (memcmp(t + i, META, 3) == 0 && (i < 3 || memcmp(t + i - 3, META, 3) != 0))
-                return;
+            if (memcmp(t + i, META, 3) == 0 && (i < 3 || memcmp(t + i - 3, META, 3) != 0)) return;
     }
     m->meta_split = true;
 }

@@ -931,9 +931,25 @@ static vlm_status load_root(const cJSON *root, tokenizer *t, vlm_err *err) {
     return build_added(t, err);
 }
 
+/* cJSON keeps strings NUL-terminated: a "\u0000" escape inside a token
+ * would silently cut it. Such files are refused instead. */
+static bool has_nul_escape(const char *json, size_t len) {
+    for (const char *p = json; (p = memmem(p, len - (size_t)(p - json), "\\u0000", 6)) != NULL;
+         p++) {
+        size_t bs = 0;
+        while (p - (ptrdiff_t)bs > json && p[-(ptrdiff_t)bs - 1] == '\\') bs++;
+        if (bs % 2 == 0) return true; /* the backslash itself is not escaped */
+    }
+    return false;
+}
+
 vlm_status tokenizer_load_json(const char *json, size_t len, const char *what, tokenizer **out,
                                vlm_err *err) {
     *out = NULL;
+    if (has_nul_escape(json, len))
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                           "%s: a string holds \\u0000 (NUL inside a token is not supported)",
+                           what);
     cJSON *root = NULL;
     vlm_mem_stats before, after;
     vlm_alloc_get_stats(&before);

@@ -587,6 +587,7 @@ static void test_malformed(void **state) {
          "model.merges[1]"},
         {"{\"model\":{\"vocab\":{\"a\":0},\"merges\":[[\"a\"]]}}", "model.merges[0]"},
         {"{\"model\":{\"vocab\":{\"a\":0},\"merges\":[],\"dropout\":0.1}}", "model.dropout"},
+        {"{\"model\":{\"vocab\":{\"a\\u0000b\":0},\"merges\":[]}}", "\\u0000"},
         {"{\"model\":{\"vocab\":{\"a\":0},\"merges\":[],\"byte_fallback\":1}}",
          "model.byte_fallback"},
         {"{\"model\":{\"vocab\":{},\"merges\":[]},\"normalizer\":{\"type\":\"Precompiled\"}}",
