@@ -99,6 +99,8 @@ static void *grow(void *p, size_t *cap, size_t elem, bool *owned) {
 }
 
 static vlm_status word_add(word *w, int32_t id, uint32_t len, vlm_err *err) {
+    if (w->n >= (size_t)INT32_MAX / 2)
+        return vlm_err_set(err, VLM_ERR_LIMIT, "tokenizer: word too long for BPE");
     if (w->n == w->cap) {
         sym *s = grow(w->s, &w->cap, sizeof *s, &w->s_owned);
         if (!s) return vlm_err_set(err, VLM_ERR_NOMEM, "tokenizer: out of memory (BPE word)");

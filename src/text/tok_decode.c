@@ -325,6 +325,8 @@ void tok_dec_free(tok_dec *d) {
 
 /* ---- streaming ---- */
 
+#define TOK_STREAM_MAX_PENDING 8 /* ids held back at most while text ends in U+FFFD */
+
 void tok_stream_init(tok_stream *s, const tokenizer *t, bool skip_special) {
     memset(s, 0, sizeof *s);
     s->t = t;
@@ -351,7 +353,11 @@ vlm_status tok_stream_step(tok_stream *s, int32_t id, char **text, size_t *len, 
     size_t sl;
     st = tokenizer_decode(s->t, s->ids.v, s->ids.n, s->skip_special, &str, &sl, err);
     if (st != VLM_OK) return st;
-    bool ends_bad = sl >= 3 && memcmp(str + sl - 3, FFFD, 3) == 0;
+    /* A UTF-8 character spans at most 4 byte tokens: a longer run that still
+     * ends in U+FFFD is invalid text (or a real U+FFFD), released anyway so
+     * the window stays bounded. */
+    bool ends_bad = sl >= 3 && memcmp(str + sl - 3, FFFD, 3) == 0 &&
+                    s->ids.n - s->prefix_index <= TOK_STREAM_MAX_PENDING;
     if (sl <= s->prefix_len || ends_bad) {
         vlm_free(str);
         return VLM_OK;

@@ -39,7 +39,8 @@ vlm_status tokenizer_load_json(const char *json, size_t len, const char *what, t
 void tokenizer_free(tokenizer *t);
 
 /* Append the ids of text[0..len) to out. add_special applies the
- * post-processor (e.g. BOS for Llama-style files). */
+ * post-processor (e.g. BOS for Llama-style files). On failure out may hold
+ * part of the result. */
 vlm_status tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_special,
                             tok_ids *out, vlm_err *err);
 
@@ -72,7 +73,8 @@ typedef struct tok_stream {
 
 void tok_stream_init(tok_stream *s, const tokenizer *t, bool skip_special);
 /* Add one id. *text (accounted, free with vlm_free) is set to the newly
- * released text or NULL when nothing is ready yet. */
+ * released text or NULL when nothing is ready yet. Text ending in U+FFFD is
+ * held back for at most 8 ids (a character needs at most 4 byte tokens). */
 vlm_status tok_stream_step(tok_stream *s, int32_t id, char **text, size_t *len, vlm_err *err);
 /* Release whatever is pending (may end with U+FFFD), then reset. */
 vlm_status tok_stream_flush(tok_stream *s, char **text, size_t *len, vlm_err *err);

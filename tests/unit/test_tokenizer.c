@@ -700,6 +700,40 @@ static void test_stream(void **state) {
         vlm_free(full);
     }
     tok_ids_free(&ids);
+
+    /* invalid UTF-8 forever (<0xFF> = 258): held back at most 8 ids, and the
+     * pieces still add up to the full decode */
+    int32_t ff[20];
+    for (int i = 0; i < 20; i++) ff[i] = 258;
+    size_t full_len;
+    char *full = decode(phi, ff, 20, false, &full_len);
+    tok_stream s;
+    tok_stream_init(&s, phi, false);
+    char acc[256];
+    size_t an = 0;
+    int first_release = -1;
+    for (int i = 0; i < 20; i++) {
+        char *chunk;
+        size_t pl;
+        assert_int_equal(tok_stream_step(&s, ff[i], &chunk, &pl, NULL), VLM_OK);
+        if (chunk && first_release < 0) first_release = i;
+        if (chunk) {
+            memcpy(acc + an, chunk, pl);
+            an += pl;
+        }
+        vlm_free(chunk);
+    }
+    char *rest;
+    size_t rl;
+    assert_int_equal(tok_stream_flush(&s, &rest, &rl, NULL), VLM_OK);
+    memcpy(acc + an, rest, rl);
+    an += rl;
+    vlm_free(rest);
+    tok_stream_free(&s);
+    assert_true(first_release >= 0 && first_release <= 9);
+    assert_int_equal(an, full_len);
+    assert_memory_equal(acc, full, an);
+    vlm_free(full);
 }
 
 /* ---- chat ---- */
