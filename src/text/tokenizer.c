@@ -118,7 +118,17 @@ static vlm_status jpattern(const cJSON *o, const char *path, tok_regex **re, cha
         *lit_len = n;
         return *lit ? VLM_OK : nomem(err, p);
     }
-    return tok_regex_compile(it->valuestring, n, s != NULL, p, re, err);
+    char q[PATH_MAX_LEN + 16];
+    snprintf(q, sizeof q, "tokenizer.json: %s", p);
+    return tok_regex_compile(it->valuestring, n, s != NULL, q, re, err);
+}
+
+/* A built-in expression (GPT-2's, Whitespace's) for the component at path. */
+static vlm_status builtin_regex(const char *re_text, const char *path, tok_regex **re,
+                                vlm_err *err) {
+    char q[PATH_MAX_LEN + 16];
+    snprintf(q, sizeof q, "tokenizer.json: %s", path);
+    return tok_regex_compile(re_text, strlen(re_text), false, q, re, err);
 }
 
 static vlm_status jtype(const cJSON *o, const char *path, const char **type, vlm_err *err) {
@@ -283,7 +293,7 @@ static vlm_status parse_pre(const cJSON *o, const char *path, tok_pretok *p, vlm
             return st;
         if ((st = jbool(o, "use_regex", path, &p->use_regex, err)) != VLM_OK) return st;
         if (!p->use_regex) return VLM_OK;
-        return tok_regex_compile(TOK_GPT2_REGEX, strlen(TOK_GPT2_REGEX), false, path, &p->re, err);
+        return builtin_regex(TOK_GPT2_REGEX, path, &p->re, err);
     }
     if (!strcmp(type, "Split")) {
         p->kind = PRE_SPLIT;
@@ -302,8 +312,7 @@ static vlm_status parse_pre(const cJSON *o, const char *path, tok_pretok *p, vlm
     }
     if (!strcmp(type, "Whitespace")) {
         p->kind = PRE_WHITESPACE;
-        static const char re[] = "\\w+|[^\\w\\s]+";
-        return tok_regex_compile(re, sizeof re - 1, false, path, &p->re, err);
+        return builtin_regex("\\w+|[^\\w\\s]+", path, &p->re, err);
     }
     if (!strcmp(type, "WhitespaceSplit")) {
         p->kind = PRE_WHITESPACE_SPLIT;
