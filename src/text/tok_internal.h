@@ -250,6 +250,8 @@ typedef struct tok_trie {
     uint8_t first[32]; /* bitmap of first bytes */
 } tok_trie;
 
+vlm_status tok_trie_add(tok_trie *t, const char *s, size_t n, int32_t tok, vlm_err *err);
+
 struct tokenizer {
     bpe_model bpe;
     tok_norm *norm;
