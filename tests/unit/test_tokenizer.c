@@ -4,6 +4,7 @@
  * malformed files, streaming, chat prompts, and allocation failure. */
 #include "testutil.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -257,6 +258,58 @@ static void test_meta_split_exact(void **state) {
     assert_true(lines >= 2000);
     free(text);
     tokenizer_free(plain);
+}
+
+/* One tokenizer shared by threads: the word cache is its only mutable part. */
+typedef struct thread_job {
+    const char *text;
+    size_t len;
+    const tok_ids *want; /* ids of every line, from a private tokenizer */
+    size_t mismatches;
+} thread_job;
+
+static void encode_lines(const tokenizer *t, const char *text, size_t len, tok_ids *out) {
+    for (size_t pos = 0; pos < len;) {
+        const char *nl = memchr(text + pos, '\n', len - pos);
+        size_t end = nl ? (size_t)(nl - text) : len;
+        if (tokenizer_encode(t, text + pos, end - pos, true, out, NULL) != VLM_OK) return;
+        pos = end + 1;
+    }
+}
+
+static void *encode_job(void *arg) {
+    thread_job *j = arg;
+    for (int round = 0; round < 3; round++) {
+        tok_ids got = {0};
+        encode_lines(phi, j->text, j->len, &got);
+        if (got.n != j->want->n || memcmp(got.v, j->want->v, got.n * sizeof(int32_t)) != 0)
+            j->mismatches++;
+        tok_ids_free(&got);
+    }
+    return NULL;
+}
+
+static void test_threads(void **state) {
+    (void)state;
+    size_t len;
+    char *text = tu_read_file(tu_src("tests/data/tokenizer/corpus.txt"), &len);
+    assert_non_null(text);
+    tokenizer *ref = NULL;
+    assert_int_equal(tokenizer_load(phi_path(), &ref, NULL), VLM_OK);
+    tok_ids want = {0};
+    encode_lines(ref, text, len, &want);
+    assert_true(want.n > 10000);
+    thread_job jobs[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        jobs[i] = (thread_job){text, len, &want, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, encode_job, &jobs[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 4; i++) assert_int_equal(jobs[i].mismatches, 0);
+    tok_ids_free(&want);
+    tokenizer_free(ref);
+    free(text);
 }
 
 /* ---- components on small files ---- */
@@ -893,6 +946,7 @@ int main(void) {
         cmocka_unit_test(test_phi_decode),
         cmocka_unit_test(test_bad_text),
         cmocka_unit_test(test_meta_split_exact),
+        cmocka_unit_test(test_threads),
         cmocka_unit_test(test_split_behaviors),
         cmocka_unit_test(test_added_tokens),
         cmocka_unit_test(test_metaspace),
