@@ -259,6 +259,17 @@ vlm_status tester_report_summary(const cJSON *records, cJSON **out, vlm_err *err
 /* ------------------------------------------------------------------------ */
 /* formatting                                                               */
 
+static void fmt_bytes(char *out, size_t size, double b);
+
+/* A byte figure of o[k], or "-" when the worker never reported it (it
+ * crashed before that phase). */
+static void fmt_field(char *out, size_t size, const cJSON *o, const char *k) {
+    if (!has_num(o, k))
+        snprintf(out, size, "-");
+    else
+        fmt_bytes(out, size, num_at(o, k));
+}
+
 static void fmt_bytes(char *out, size_t size, double b) {
     const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
     int u = 0;
@@ -339,10 +350,10 @@ static char *render_md(const cJSON *sum) {
         const cJSON *a;
         cJSON_ArrayForEach(a, cJSON_GetObjectItemCaseSensitive(m, "attempts")) {
             char *cfg = vlm_json_print(cJSON_GetObjectItemCaseSensitive(a, "config"));
-            fmt_bytes(x, sizeof x, num_at(a, "mem_before_load"));
-            fmt_bytes(y, sizeof y, num_at(a, "mem_after_load"));
-            fmt_bytes(z, sizeof z, num_at(a, "mem_peak"));
-            fmt_bytes(w, sizeof w, num_at(a, "mem_after_unload"));
+            fmt_field(x, sizeof x, a, "mem_before_load");
+            fmt_field(y, sizeof y, a, "mem_after_load");
+            fmt_field(z, sizeof z, a, "mem_peak");
+            fmt_field(w, sizeof w, a, "mem_after_unload");
             tsb_printf(&b,
                        "- attempt %d%s: **%s** %s; load %.0f ms; RSS before load %s, after load "
                        "%s, peak %s, after unload %s; config `%s`\n",
@@ -423,24 +434,45 @@ static void svg_bars(tsb *b, const char *cls, const char *title, const cJSON *mo
     tsb_puts(b, "</svg>\n");
 }
 
+typedef double tl_point[2]; /* (t_ms, bytes) */
+
+static int cmp_point(const void *a, const void *b) {
+    const double *x = a, *y = b;
+    return (x[0] > y[0]) - (x[0] < y[0]);
+}
+
 /* The memory timeline of a model record: RSS as a line, the accounted
  * categories as stacked steps at each worker event, and the phases marked. */
 static void svg_timeline(tsb *b, const char *model, const cJSON *rec) {
     const cJSON *tl = cJSON_GetObjectItemCaseSensitive(rec, "timeline");
     const cJSON *pts = cJSON_GetObjectItemCaseSensitive(tl, "rss");
     const cJSON *evs = cJSON_GetObjectItemCaseSensitive(tl, "events");
-    int W = 960, H = 280, L = 70, R = 20, T = 24, B = 40;
+    int W = 960, H = 290, L = 70, R = 70, T = 40, B = 40;
     double tmax = 1, ymax = 1;
     const cJSON *p;
+    /* RSS over time: the parent's samples and the worker's readings at its
+     * events, merged in time order. */
+    int n_pts = cJSON_GetArraySize(pts), n_evs = cJSON_GetArraySize(evs);
+    tl_point *line = VLM_NEW_ARRAY(tl_point, (size_t)(n_pts + n_evs) + 1, VLM_MEM_OTHER);
+    int n_line = 0;
     cJSON_ArrayForEach(p, pts) {
+        if (line) {
+            line[n_line][0] = num_at_ix(p, 0);
+            line[n_line++][1] = num_at_ix(p, 1);
+        }
         tmax = fmax(tmax, num_at_ix(p, 0));
         ymax = fmax(ymax, num_at_ix(p, 1));
     }
     cJSON_ArrayForEach(p, evs) {
+        if (line && num_at(p, "rss") > 0) {
+            line[n_line][0] = num_at(p, "t_ms");
+            line[n_line++][1] = num_at(p, "rss");
+        }
         tmax = fmax(tmax, num_at(p, "t_ms"));
         ymax = fmax(ymax, num_at(p, "rss"));
         ymax = fmax(ymax, num_at(p, "accounted"));
     }
+    if (line) qsort(line, (size_t)n_line, sizeof *line, cmp_point);
     ymax *= 1.1;
     double pw = W - L - R, ph = H - T - B;
 #define X(t) (L + (t) / tmax * pw)
@@ -490,10 +522,9 @@ static void svg_timeline(tsb *b, const char *model, const cJSON *rec) {
     /* RSS line. */
     tsb_puts(b, "<polyline class=\"rss\" fill=\"none\" stroke=\"#222\" stroke-width=\"1.5\" "
                 "points=\"");
-    cJSON_ArrayForEach(p, pts) {
-        tsb_printf(b, "%.1f,%.1f ", X(num_at_ix(p, 0)), Y(num_at_ix(p, 1)));
-    }
+    for (int i = 0; i < n_line; i++) tsb_printf(b, "%.1f,%.1f ", X(line[i][0]), Y(line[i][1]));
     tsb_puts(b, "\"/>");
+    vlm_free(line);
     /* Phase marks. */
     static const char *const marks[][2] = {{"start", "load"},
                                            {"loaded", "loaded"},
@@ -508,7 +539,8 @@ static void svg_timeline(tsb *b, const char *model, const cJSON *rec) {
                        "<line class=\"mark\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%d\" y2=\"%.0f\" "
                        "stroke=\"#888\" stroke-dasharray=\"4 3\"/><text x=\"%.1f\" y=\"%d\" "
                        "class=\"ax\">%s</text>",
-                       xx, xx, T, T + ph, xx + 3, T - 6 + (int)(k % 2) * 0, marks[k][1]);
+                       xx, xx, T - 14 + (int)(k % 2) * 12, T + ph, xx + 3,
+                       T - 18 + (int)(k % 2) * 12, marks[k][1]);
         }
     }
     const char *outcome = str_at(rec, "outcome");
@@ -595,12 +627,12 @@ static char *render_html(const cJSON *sum, const cJSON *records) {
             tsb_html(&b, str_at(m, "detail"));
             tsb_puts(&b, "</small>");
         }
-        fmt_bytes(x, sizeof x, num_at(m, "mem_before_load"));
-        fmt_bytes(y, sizeof y, num_at(m, "mem_after_load"));
-        fmt_bytes(z, sizeof z, num_at(m, "mem_peak"));
-        fmt_bytes(w, sizeof w, num_at(m, "mem_after_unload"));
+        fmt_field(x, sizeof x, m, "mem_before_load");
+        fmt_field(y, sizeof y, m, "mem_after_load");
+        fmt_field(z, sizeof z, m, "mem_peak");
+        fmt_field(w, sizeof w, m, "mem_after_unload");
         char r[64];
-        fmt_bytes(r, sizeof r, num_at(m, "residual"));
+        fmt_field(r, sizeof r, m, "residual");
         tsb_printf(&b,
                    "</td><td class=\"num\">%d</td><td class=\"num\">%d</td><td "
                    "class=\"num\">%d</td><td class=\"num\">%d</td><td class=\"num\">%.1f%%</td>"
