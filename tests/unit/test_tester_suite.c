@@ -409,6 +409,25 @@ static void test_parse_size(void **state) {
     assert_false(tester_parse_size("-1", &v));
 }
 
+/* The suites shipped in suites/ are valid. */
+static void test_shipped_suites(void **state) {
+    (void)state;
+    const char *single[] = {tu_src("suites/colors")};
+    tester_suite **v;
+    vlm_err e;
+    if (tester_suites_load(single, 1, false, &v, &e)) fail_msg("%s", e.msg);
+    assert_int_equal(v[0]->n_cases, 9);
+    /* One case per scorer. */
+    bool seen[TESTER_SC_COUNT] = {false};
+    for (size_t i = 0; i < v[0]->n_cases; i++) seen[v[0]->cases[i].turns[0].score.kind] = true;
+    for (int k = 0; k < TESTER_SC_COUNT; k++) assert_true(seen[k]);
+    tester_suites_free(v, 1);
+    const char *ctx[] = {tu_src("suites/colors-context")};
+    if (tester_suites_load(ctx, 1, true, &v, &e)) fail_msg("%s", e.msg);
+    assert_int_equal(v[0]->cases[0].n_turns, 3);
+    tester_suites_free(v, 1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_suite_ok),
@@ -425,6 +444,7 @@ int main(void) {
         cmocka_unit_test(test_run_ids_sort_by_time),
         cmocka_unit_test(test_shards),
         cmocka_unit_test(test_parse_size),
+        cmocka_unit_test(test_shipped_suites),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
