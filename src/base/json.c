@@ -26,8 +26,14 @@ vlm_status vlm_json_parse(const char *text, size_t len, const char *what, cJSON 
     vlm_json_init();
     *out = NULL;
     const char *end = NULL;
+    vlm_mem_stats before, after;
+    vlm_alloc_get_stats(&before);
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     if (!root) {
+        /* An allocation that failed during the parse explains the NULL. */
+        vlm_alloc_get_stats(&after);
+        if (after.failed_count > before.failed_count)
+            return vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory parsing JSON", what);
         /* cJSON reports no distinction between a syntax error and a failed
          * allocation; a syntax error leaves end inside the text. */
         if (end && end >= text && (size_t)(end - text) <= len) {

@@ -238,6 +238,9 @@ vlm_status tester_supervise(const tester_backend *be, const tester_job *job,
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent) _exit(TESTER_WORKER_PIPE);
         signal(SIGPIPE, SIG_IGN);
+        /* Whatever the engine prints goes to stderr: stdout belongs to the
+         * parent (`--json` writes the summary there). */
+        dup2(2, 1);
         int rc = tester_worker_run(be, job, fds[1]);
         close(fds[1]);
         _exit(rc);

@@ -23,6 +23,7 @@
 #include "base/alloc.h"
 #include "base/json.h"
 #include "tester/memprobe.h"
+#include "tester/report.h"
 #include "tester/results.h"
 #include "tester/run.h"
 
@@ -336,6 +337,27 @@ static void test_every_scorer_pass_and_fail(void **state) {
              " && grep -q 'wrong-one' */report.md && grep -q 'nonsense' */report.md",
              p("out1"));
     assert_int_equal(system(cmd), 0);
+}
+
+/* Reports under allocation failure at every point: success or a clean
+ * VLM_ERR_NOMEM, no crash, no leak (ASan build). Uses out1's records. */
+static void test_report_alloc_failures(void **state) {
+    (void)state;
+    cJSON *all = records_of(p("out1"));
+    uint64_t a0 = vlm_alloc_count();
+    vlm_err e;
+    assert_int_equal(tester_report_write(p("out1"), all, NULL, &e), VLM_OK);
+    uint64_t need = vlm_alloc_count() - a0;
+    assert_true(need > 10);
+    /* Every index up to 2000, then a stride, to keep the test quick. */
+    for (uint64_t n = 1; n <= need + 1; n += n < 2000 ? 1 : 37) {
+        vlm_alloc_fail_at(vlm_alloc_count() + n, false);
+        vlm_status st = tester_report_write(p("out1"), all, NULL, &e);
+        vlm_alloc_fail_at(0, false);
+        if (st != VLM_OK && st != VLM_ERR_NOMEM)
+            fail_msg("fail at +%llu: %s", (unsigned long long)n, e.msg);
+    }
+    cJSON_Delete(all);
 }
 
 static void test_name_selection_case_insensitive(void **state) {
@@ -734,6 +756,7 @@ int main(int argc, char **argv) {
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_scorer_pass_and_fail),
+        cmocka_unit_test(test_report_alloc_failures),
         cmocka_unit_test(test_name_selection_case_insensitive),
         cmocka_unit_test(test_bad_input_before_any_model),
         cmocka_unit_test(test_crash_recorded_next_model_runs),

@@ -428,6 +428,49 @@ static void test_shipped_suites(void **state) {
     tester_suites_free(v, 1);
 }
 
+/* Every allocation failure while loading a suite, a models file, results
+ * for resume and a report gives a clean VLM_ERR_NOMEM and leaks nothing
+ * (the ASan build checks the leaks). */
+static void test_alloc_failures(void **state) {
+    (void)state;
+    put("af/suite.json", "{\"name\":\"af\",\"kind\":\"context\"}");
+    put("af/img.png", "png");
+    put("af/cases.jsonl",
+        "{\"id\":\"a\",\"turns\":[{\"images\":[\"img.png\"],\"prompt\":\"x\"},"
+        "{\"prompt\":\"y\",\"expected\":[\"a\",\"b\"],\"scorer\":\"contains_all\"}]}\n"
+        "{\"id\":\"b\",\"turns\":[{\"prompt\":\"x\",\"expected\":\"^a\",\"scorer\":\"regex\"}]}\n");
+    put("af/w/m.gguf", "x");
+    put("af/models.json", "{\"models\":[{\"name\":\"a\",\"source\":\"w\",\"options\":{"
+                          "\"num_crops\":2}},{\"name\":\"b\",\"source\":\"w/m.gguf\"}]}");
+    put("af/res/r/results.jsonl", "{\"type\":\"case\",\"model\":\"a\",\"suite\":\"s\","
+                                  "\"case_id\":\"1\",\"passed\":true,\"status\":\"ok\"}\n"
+                                  "{\"type\":\"model\",\"model\":\"a\",\"outcome\":\"ok\"}\n{\"ty");
+    int ok = 0;
+    for (uint64_t n = 1; n < 400; n++) {
+        vlm_err e;
+        vlm_alloc_fail_at(vlm_alloc_count() + n, false);
+        tester_suite *s = NULL;
+        tester_models *m = NULL;
+        tester_results *r = NULL;
+        vlm_status st = tester_suite_load(p("af"), &s, &e);
+        if (!st) st = tester_models_load(p("af/models.json"), &m, &e);
+        if (!st) st = tester_results_open(p("af/res"), "r", true, &r, &e);
+        vlm_alloc_fail_at(0, false);
+        if (st != VLM_OK && st != VLM_ERR_NOMEM)
+            fail_msg("fail at +%llu: %s", (unsigned long long)n, e.msg);
+        if (st == VLM_OK) {
+            assert_int_equal(s->n_cases, 2);
+            assert_int_equal(m->n, 2);
+            assert_int_equal(r->n_done, 1);
+            ok++;
+        }
+        tester_results_close(r);
+        tester_models_free(m);
+        tester_suite_free(s);
+    }
+    assert_true(ok > 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_suite_ok),
@@ -445,6 +488,7 @@ int main(void) {
         cmocka_unit_test(test_shards),
         cmocka_unit_test(test_parse_size),
         cmocka_unit_test(test_shipped_suites),
+        cmocka_unit_test(test_alloc_failures),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
