@@ -467,11 +467,11 @@ static void test_case_and_model_timeouts(void **state) {
     const char *m[] = {"m", "hung|{\"test_crash\":\"hang\"}"};
     models("m7.json", m, 2);
     const char *args[] = {"--models", p("m7.json"),     "--suite", p("suites/slow"),  "--out",
-                          p("out7"),  "--case-timeout", "0.5",     "--model-timeout", "1.5",
+                          p("out7"),  "--case-timeout", "1",       "--model-timeout", "3",
                           NULL};
     double t0 = memprobe_now_ms();
     assert_int_equal(run_cli(false, args), 1);
-    assert_true(memprobe_now_ms() - t0 < 10000);
+    assert_true(memprobe_now_ms() - t0 < 20000); /* not the 30 s the slow case wants */
     cJSON *all = records_of(p("out7"));
     assert_string_equal(s_at(find_rec(all, "case", "m", "fast", 0), "status"), "ok");
     assert_string_equal(s_at(find_rec(all, "case", "m", "slow", 0), "status"), "timeout");
@@ -684,7 +684,7 @@ static void test_resume_after_kill9(void **state) {
     }
     /* Wait until some cases are recorded, then kill the parent outright. */
     int lines = 0;
-    for (int tries = 0; tries < 400 && lines < 5; tries++) {
+    for (int tries = 0; tries < 1500 && lines < 5; tries++) {
         usleep(20000);
         size_t len = 0;
         char *t = tu_read_file(p("out12/killed/results.jsonl"), &len);
