@@ -20,6 +20,9 @@ bool memprobe_read(pid_t pid, uint64_t *rss, uint64_t *hwm);
 void memprobe_reset_hwm(void);
 /* oom_kill count from this cgroup's memory.events (cgroup v2); -1 if none. */
 int64_t memprobe_cgroup_oom_kills(void);
+/* The machine's oom_kill count from /proc/vmstat (the kernel OOM killer
+ * outside any cgroup limit); -1 if unknown. */
+int64_t memprobe_global_oom_kills(void);
 /* This cgroup's memory.max in bytes; 0 if unlimited or unknown. */
 uint64_t memprobe_cgroup_limit(void);
 /* Milliseconds on the monotonic clock. */

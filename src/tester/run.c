@@ -682,7 +682,9 @@ int tester_cmd_run(int argc, char **argv, const tester_backend *be, bool context
                             a.models_path, list);
                 goto fail;
             }
-            chosen[n_chosen++] = &models->models[k];
+            bool dup = false;
+            for (size_t j = 0; j < n_chosen; j++) dup = dup || chosen[j] == &models->models[k];
+            if (!dup) chosen[n_chosen++] = &models->models[k];
         }
     }
     if (n_suites == 0) {

@@ -141,7 +141,7 @@ static void drain_lines(sup_state *s, char *buf, size_t *len, tester_event_fn on
 }
 
 static void classify(sup_state *s, int wstatus, const char *kill_reason, int64_t oom_before,
-                     const char *kill_outcome) {
+                     int64_t global_oom_before, const char *kill_outcome) {
     tester_sup_result *r = s->res;
     if (kill_reason) {
         snprintf(r->outcome, sizeof r->outcome, "%s", kill_outcome);
@@ -166,13 +166,17 @@ static void classify(sup_state *s, int wstatus, const char *kill_reason, int64_t
     r->term_signal = sig;
     int64_t oom_after = memprobe_cgroup_oom_kills();
     uint64_t limit = memprobe_cgroup_limit();
+    int64_t global_after = memprobe_global_oom_kills();
     bool cgroup_oom = oom_before >= 0 && oom_after > oom_before;
+    bool global_oom = global_oom_before >= 0 && global_after > global_oom_before;
     bool near_limit = limit && r->peak_rss >= limit / 10 * 9;
-    if (sig == SIGKILL && (cgroup_oom || near_limit)) {
+    if (sig == SIGKILL && (cgroup_oom || global_oom || near_limit)) {
         snprintf(r->outcome, sizeof r->outcome, "oom");
         snprintf(r->detail, sizeof r->detail,
                  "killed by SIGKILL: %s (last RSS %llu bytes, cgroup limit %llu)",
-                 cgroup_oom ? "cgroup oom_kill count went up" : "RSS near the cgroup limit",
+                 cgroup_oom   ? "cgroup oom_kill count went up"
+                 : global_oom ? "the kernel's oom_kill count went up"
+                              : "RSS near the cgroup limit",
                  (unsigned long long)r->last_rss, (unsigned long long)limit);
         return;
     }
@@ -214,6 +218,7 @@ vlm_status tester_supervise(const tester_backend *be, const tester_job *job,
         return vlm_err_set(err, VLM_ERR_IO, "supervisor: pipe: %s", strerror(e));
     }
     int64_t oom_before = memprobe_cgroup_oom_kills();
+    int64_t global_oom_before = memprobe_global_oom_kills();
     pid_t parent = getpid();
     fflush(NULL); /* the child must not write out the parent's buffered output again */
     s.t_start = memprobe_now_ms();
@@ -325,7 +330,7 @@ vlm_status tester_supervise(const tester_backend *be, const tester_job *job,
     close(fds[0]);
     while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {}
     res->wall_ms = memprobe_now_ms() - s.t_start;
-    classify(&s, wstatus, kill_reason, oom_before, kill_outcome);
+    classify(&s, wstatus, kill_reason, oom_before, global_oom_before, kill_outcome);
     vlm_free(buf);
 
     set_num(res->record, "mem_peak", (double)res->peak_rss);

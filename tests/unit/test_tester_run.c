@@ -725,6 +725,25 @@ static void test_resume_after_kill9(void **state) {
     cJSON_Delete(all);
 }
 
+/* The RSS readings the measurements rest on. */
+static void test_memprobe(void **state) {
+    (void)state;
+    uint64_t rss0, hwm0, rss1, hwm1, rss2, hwm2;
+    assert_true(memprobe_read(0, &rss0, &hwm0));
+    assert_true(rss0 > 0 && hwm0 >= rss0);
+    size_t n = 64u << 20;
+    char *b = vlm_alloc(n, VLM_MEM_SCRATCH);
+    memset(b, 7, n);
+    assert_true(memprobe_read(getpid(), &rss1, &hwm1));
+    assert_true(rss1 >= rss0 + n / 2);
+    vlm_free(b);
+    memprobe_reset_hwm();
+    assert_true(memprobe_read(0, &rss2, &hwm2));
+    assert_true(hwm2 < hwm1); /* the window starts again below the old peak */
+    assert_false(memprobe_read(999999999, &rss2, NULL)); /* no such process */
+    assert_true(memprobe_global_oom_kills() >= 0);
+}
+
 static int memcheck(const char *name, const char *models_rel) {
     char *argv[] = {"memcheck", (char *)name, "--models", (char *)p(models_rel), NULL};
     return tester_cmd_memcheck(4, argv, &test_backend);
@@ -769,6 +788,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_shards_merge_equal_unsharded),
         cmocka_unit_test(test_resume_after_kill9),
         cmocka_unit_test(test_memcheck_pass_and_leak),
+        cmocka_unit_test(test_memprobe),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
