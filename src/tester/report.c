@@ -1,5 +1,6 @@
 /* tester/report - summaries and the three report files (see report.h). */
 #include "tester/report.h"
+#include "tester/tjson.h"
 
 #include <limits.h>
 #include <math.h>
@@ -100,10 +101,12 @@ static cJSON *model_entry(cJSON *models, const char *name) {
     cJSON_AddNumberToObject(m, "passed", 0);
     cJSON_AddNumberToObject(m, "failed", 0);
     cJSON_AddNumberToObject(m, "errors", 0);
-    cJSON_AddItemToObject(m, "suites", cJSON_CreateArray());
-    cJSON_AddItemToObject(m, "attempts", cJSON_CreateArray());
-    cJSON_AddItemToArray(models, m);
-    return m;
+    if (!tjson_add(m, "suites", cJSON_CreateArray()) ||
+        !tjson_add(m, "attempts", cJSON_CreateArray())) {
+        cJSON_Delete(m);
+        return NULL;
+    }
+    return tjson_push(models, m) ? m : NULL;
 }
 
 static const char *const model_fields[] = {"outcome",
@@ -147,7 +150,8 @@ vlm_status tester_report_summary(const cJSON *records, cJSON **out, vlm_err *err
         return vlm_err_set(err, VLM_ERR_NOMEM, "report: out of memory");
     }
     int total = 0, total_passed = 0;
-    for (int i = 0; i < n; i++) {
+    bool ok = true; /* false once an allocation failed: the summary would be incomplete */
+    for (int i = 0; i < n && ok; i++) {
         const cJSON *r = cJSON_GetArrayItem(records, i);
         const char *type = str_at(r, "type");
         const char *rid = str_at(r, "run_id");
@@ -155,26 +159,31 @@ vlm_status tester_report_summary(const cJSON *records, cJSON **out, vlm_err *err
             bool seen = false;
             const cJSON *x;
             cJSON_ArrayForEach(x, run_ids) seen = seen || strcmp(x->valuestring, rid) == 0;
-            if (!seen) cJSON_AddItemToArray(run_ids, cJSON_CreateString(rid));
+            if (!seen) ok = tjson_push(run_ids, cJSON_CreateString(rid));
         }
         cJSON *m = model_entry(models, str_at(r, "model"));
-        if (!m) continue;
+        if (!m) {
+            ok = false;
+            break;
+        }
         if (strcmp(type, "model") == 0) {
             /* The last attempt describes the model; all are listed. */
             cJSON *a = cJSON_CreateObject();
-            for (const char *const *f = model_fields; *f; f++) {
+            ok = a != NULL;
+            for (const char *const *f = model_fields; ok && *f; f++) {
                 const cJSON *v = cJSON_GetObjectItemCaseSensitive(r, *f);
                 if (!v) continue;
                 cJSON_DeleteItemFromObjectCaseSensitive(m, *f);
-                cJSON_AddItemToObject(m, *f, cJSON_Duplicate(v, true));
-                if (a) cJSON_AddItemToObject(a, *f, cJSON_Duplicate(v, true));
+                ok = tjson_add(m, *f, cJSON_Duplicate(v, true)) &&
+                     tjson_add(a, *f, cJSON_Duplicate(v, true));
             }
-            if (a) {
-                cJSON_AddNumberToObject(a, "attempt", num_at(r, "attempt"));
-                cJSON_AddBoolToObject(a, "fallback",
-                                      cJSON_IsTrue(cJSON_GetObjectItem(r, "fallback")));
-                cJSON_AddItemToArray(cJSON_GetObjectItemCaseSensitive(m, "attempts"), a);
-            }
+            ok = ok && cJSON_AddNumberToObject(a, "attempt", num_at(r, "attempt")) &&
+                 cJSON_AddBoolToObject(a, "fallback",
+                                       cJSON_IsTrue(cJSON_GetObjectItem(r, "fallback")));
+            if (!ok)
+                cJSON_Delete(a);
+            else
+                ok = tjson_push(cJSON_GetObjectItemCaseSensitive(m, "attempts"), a);
             continue;
         }
         if (strcmp(type, "case") != 0 || !keep[i]) continue;
@@ -197,16 +206,23 @@ vlm_status tester_report_summary(const cJSON *records, cJSON **out, vlm_err *err
         }
         cJSON *suites = cJSON_GetObjectItemCaseSensitive(m, "suites");
         cJSON *s = find_by(suites, "suite", str_at(r, "suite"));
-        if (!s && (s = cJSON_CreateObject())) {
-            cJSON_AddStringToObject(s, "suite", str_at(r, "suite"));
-            cJSON_AddItemToArray(suites, s);
+        if (!s) {
+            s = cJSON_CreateObject();
+            if (!s || !cJSON_AddStringToObject(s, "suite", str_at(r, "suite"))) {
+                cJSON_Delete(s);
+                ok = false;
+                break;
+            }
+            if (!tjson_push(suites, s)) {
+                ok = false;
+                break;
+            }
         }
-        if (s) {
-            bump(s, "cases", 1);
-            bump(s, "passed", passed);
-        }
+        bump(s, "cases", 1);
+        bump(s, "passed", passed);
         if (!passed) {
             cJSON *f = cJSON_CreateObject();
+            ok = f != NULL;
             if (f) {
                 cJSON_AddStringToObject(f, "model", str_at(r, "model"));
                 cJSON_AddStringToObject(f, "suite", str_at(r, "suite"));
@@ -215,8 +231,8 @@ vlm_status tester_report_summary(const cJSON *records, cJSON **out, vlm_err *err
                 cJSON_AddStringToObject(f, "answer", str_at(r, "answer"));
                 cJSON_AddStringToObject(f, "reason", str_at(r, "reason"));
                 const cJSON *e = cJSON_GetObjectItemCaseSensitive(r, "expected");
-                if (e) cJSON_AddItemToObject(f, "expected", cJSON_Duplicate(e, true));
-                cJSON_AddItemToArray(failures, f);
+                if (e) ok = tjson_add(f, "expected", cJSON_Duplicate(e, true));
+                ok = tjson_push(failures, f) && ok;
             }
         }
     }
@@ -245,13 +261,17 @@ vlm_status tester_report_summary(const cJSON *records, cJSON **out, vlm_err *err
     struct tm tm;
     gmtime_r(&t, &tm);
     strftime(now, sizeof now, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    cJSON_AddStringToObject(sum, "generated", now);
-    cJSON_AddItemToObject(sum, "run_ids", run_ids);
-    cJSON_AddNumberToObject(sum, "cases", total);
-    cJSON_AddNumberToObject(sum, "passed", total_passed);
-    cJSON_AddItemToObject(sum, "models", models);
-    cJSON_AddItemToObject(sum, "failures", failures);
+    ok = cJSON_AddStringToObject(sum, "generated", now) && ok;
+    ok = tjson_add(sum, "run_ids", run_ids) && ok;
+    ok = cJSON_AddNumberToObject(sum, "cases", total) && ok;
+    ok = cJSON_AddNumberToObject(sum, "passed", total_passed) && ok;
+    ok = tjson_add(sum, "models", models) && ok;
+    ok = tjson_add(sum, "failures", failures) && ok;
     vlm_free(keep);
+    if (!ok) {
+        cJSON_Delete(sum);
+        return vlm_err_set(err, VLM_ERR_NOMEM, "report: out of memory");
+    }
     *out = sum;
     return VLM_OK;
 }
@@ -651,7 +671,7 @@ static char *render_html(const cJSON *sum, const cJSON *records) {
         if (!o) continue;
         cJSON_AddStringToObject(o, "model", str_at(m, "model"));
         cJSON_AddNumberToObject(o, "v", 100 * num_at(m, "pass_rate"));
-        cJSON_AddItemToArray(pct, o);
+        tjson_push(pct, o);
     }
     svg_bars(&b, "pass-rate", "pass rate per model (%)", pct, "v", 100, false, "%");
     cJSON_Delete(pct);

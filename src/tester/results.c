@@ -1,5 +1,6 @@
 /* tester/results - run ids, the append-only results file, resume, shards. */
 #include "tester/results.h"
+#include "tester/tjson.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -76,7 +77,7 @@ static vlm_status parse_records(const char *path, const char *text, size_t len, 
             cJSON *rec;
             vlm_status st = vlm_json_parse(text + p, e - p, where, &rec, err);
             if (st) return st;
-            cJSON_AddItemToArray(arr, rec);
+            tjson_push(arr, rec);
         }
         p = e + 1;
         *good_len = p;

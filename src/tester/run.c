@@ -1,5 +1,6 @@
 /* tester/run - the sweep: models x suites through supervised workers. */
 #include "tester/run.h"
+#include "tester/tjson.h"
 
 #include <dirent.h>
 #include <limits.h>
@@ -307,7 +308,7 @@ static cJSON *case_record_base(const model_run *mr, const tester_job_item *it, c
     cJSON_AddStringToObject(r, "status", status);
     cJSON_AddNumberToObject(r, "attempt", mr->attempt);
     if (mr->fallback) cJSON_AddBoolToObject(r, "fallback", true);
-    if (it->kase->tags) cJSON_AddItemToObject(r, "tags", cJSON_Duplicate(it->kase->tags, true));
+    if (it->kase->tags) tjson_add(r, "tags", cJSON_Duplicate(it->kase->tags, true));
     return r;
 }
 
@@ -371,14 +372,14 @@ static void on_case_end(model_run *mr, const cJSON *ev) {
             turns_passed += pass;
             all_pass = all_pass && pass;
             cJSON_AddStringToObject(ot, "scorer", tester_scorer_name(turn->score.kind));
-            cJSON_AddItemToObject(ot, "expected", cJSON_Duplicate(turn->expected, true));
+            tjson_add(ot, "expected", cJSON_Duplicate(turn->expected, true));
             cJSON_AddBoolToObject(ot, "passed", pass);
             if (!pass) {
                 cJSON_AddStringToObject(ot, "reason", why);
                 if (!reason[0]) snprintf(reason, sizeof reason, "%s%s", tag, why);
             }
         }
-        cJSON_AddItemToArray(out_turns, ot);
+        tjson_push(out_turns, ot);
     }
     bool passed = !error && all_pass && scored > 0;
     if (error) cJSON_SetValuestring(cJSON_GetObjectItemCaseSensitive(r, "status"), "error");
@@ -386,7 +387,7 @@ static void on_case_end(model_run *mr, const cJSON *ev) {
     cJSON_AddStringToObject(r, "answer", last_answer);
     if (reason[0]) cJSON_AddStringToObject(r, "reason", reason);
     if (it->kase->n_turns == 1 && it->kase->turns[0].expected) {
-        cJSON_AddItemToObject(r, "expected", cJSON_Duplicate(it->kase->turns[0].expected, true));
+        tjson_add(r, "expected", cJSON_Duplicate(it->kase->turns[0].expected, true));
         cJSON_AddStringToObject(r, "scorer", tester_scorer_name(it->kase->turns[0].score.kind));
     }
     cJSON_AddNumberToObject(r, "turns_scored", scored);
@@ -408,9 +409,9 @@ static void on_case_end(model_run *mr, const cJSON *ev) {
     static const char *const mem_keys[] = {"peak_rss", "peak_accounted", "peak_cat", NULL};
     for (const char *const *k = mem_keys; *k; k++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(ev, *k);
-        if (v) cJSON_AddItemToObject(r, *k, cJSON_Duplicate(v, true));
+        if (v) tjson_add(r, *k, cJSON_Duplicate(v, true));
     }
-    cJSON_AddItemToObject(r, "turns", out_turns);
+    tjson_add(r, "turns", out_turns);
     if (passed)
         mr->n_passed++;
     else
@@ -469,10 +470,10 @@ static void write_model_record(model_run *mr, const tester_sup_result *sr, size_
     cJSON_AddStringToObject(r, "outcome", sr->outcome);
     cJSON_AddStringToObject(r, "detail", sr->detail);
     cJSON *opts = tester_model_opts_json(&mr->job->opts);
-    if (opts) cJSON_AddItemToObject(r, "options", opts);
+    if (opts) tjson_add(r, "options", opts);
     if (!cJSON_GetObjectItemCaseSensitive(r, "config")) {
         cJSON *cfg = tester_model_opts_json(&mr->job->opts);
-        if (cfg) cJSON_AddItemToObject(r, "config", cfg);
+        if (cfg) tjson_add(r, "config", cfg);
     }
     cJSON_AddNumberToObject(r, "cases_planned", (double)n_items);
     cJSON_AddNumberToObject(r, "cases_done", (double)sr->n_done);
@@ -504,8 +505,7 @@ static void write_unfinished(model_run *mr, const tester_sup_result *sr, size_t 
                 cJSON_AddNumberToObject(r, "last_rss", (double)sr->last_rss);
             }
             if (it->kase->n_turns == 1 && it->kase->turns[0].expected)
-                cJSON_AddItemToObject(r, "expected",
-                                      cJSON_Duplicate(it->kase->turns[0].expected, true));
+                tjson_add(r, "expected", cJSON_Duplicate(it->kase->turns[0].expected, true));
         }
         mr->n_failed++;
         mr->prog->done_total++;
@@ -577,7 +577,7 @@ static vlm_status write_run_json(const tester_results *res, const char *run_id, 
     cJSON_AddStringToObject(j, "run_id", run_id);
     cJSON_AddStringToObject(j, "command", argv[0]);
     cJSON *args = cJSON_AddArrayToObject(j, "argv");
-    for (int i = 0; args && i < argc; i++) cJSON_AddItemToArray(args, cJSON_CreateString(argv[i]));
+    for (int i = 0; args && i < argc; i++) tjson_push(args, cJSON_CreateString(argv[i]));
     cJSON_AddStringToObject(j, "models_file", a->models_path);
     char shard[32];
     snprintf(shard, sizeof shard, "%d/%d", a->shard_k, a->shard_n);
@@ -824,9 +824,9 @@ int tester_cmd_merge(int argc, char **argv) {
         cJSON *recs;
         if (tester_results_read(argv[i], &recs, &e)) goto fail;
         cJSON *r;
-        while ((r = cJSON_DetachItemFromArray(recs, 0))) cJSON_AddItemToArray(all, r);
+        while ((r = cJSON_DetachItemFromArray(recs, 0))) tjson_push(all, r);
         cJSON_Delete(recs);
-        cJSON_AddItemToArray(from, cJSON_CreateString(argv[i]));
+        tjson_push(from, cJSON_CreateString(argv[i]));
     }
     /* Drop case records that a later one replaces (last given wins). */
     if (tester_records_dedupe(all, &e)) goto fail;
@@ -858,7 +858,7 @@ int tester_cmd_merge(int argc, char **argv) {
         if (st) goto fail;
         cJSON *meta = cJSON_CreateObject();
         if (meta) {
-            cJSON_AddItemToObject(meta, "merged_from", from);
+            tjson_add(meta, "merged_from", from);
             from = NULL;
             char *s = cJSON_Print(meta);
             snprintf(path, sizeof path, "%s/run.json", out);
@@ -1057,7 +1057,7 @@ int tester_cmd_memcheck(int argc, char **argv, const tester_backend *be) {
             cJSON_AddNumberToObject(j, "model_size", (double)size);
             cJSON_AddStringToObject(j, "answer", ms.answer);
             const cJSON *c = cJSON_GetObjectItemCaseSensitive(rec, "config");
-            if (c) cJSON_AddItemToObject(j, "config", cJSON_Duplicate(c, true));
+            if (c) tjson_add(j, "config", cJSON_Duplicate(c, true));
             char *s = cJSON_Print(j);
             if (s) printf("%s\n", s);
             cJSON_free(s);

@@ -1,5 +1,6 @@
 /* tester/supervisor - fork, pipe, poll, limits, and the post-mortem. */
 #include "tester/supervisor.h"
+#include "tester/tjson.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -52,9 +53,9 @@ static void thin_points(sup_state *s) {
 static void add_point(sup_state *s, double t, uint64_t rss) {
     cJSON *p = cJSON_CreateArray();
     if (!p) return;
-    cJSON_AddItemToArray(p, cJSON_CreateNumber((double)(int64_t)t));
-    cJSON_AddItemToArray(p, cJSON_CreateNumber((double)rss));
-    cJSON_AddItemToArray(s->rss_points, p);
+    tjson_push(p, cJSON_CreateNumber((double)(int64_t)t));
+    tjson_push(p, cJSON_CreateNumber((double)rss));
+    tjson_push(s->rss_points, p);
     thin_points(s);
 }
 
@@ -73,10 +74,10 @@ static void handle_event(sup_state *s, const cJSON *ev, tester_event_fn on_event
         cJSON_AddNumberToObject(m, "rss", rss);
         cJSON_AddNumberToObject(m, "accounted", num_at(mem, "accounted"));
         const cJSON *cat = cJSON_GetObjectItemCaseSensitive(mem, "cat");
-        if (cat) cJSON_AddItemToObject(m, "cat", cJSON_Duplicate(cat, true));
+        if (cat) tjson_add(m, "cat", cJSON_Duplicate(cat, true));
         if (strcmp(name, "case_start") == 0 || strcmp(name, "case_end") == 0)
             cJSON_AddNumberToObject(m, "i", num_at(ev, "i"));
-        cJSON_AddItemToArray(s->events, m);
+        tjson_push(s->events, m);
     }
     if (rss > 0) {
         r->last_rss = (uint64_t)rss;
@@ -95,7 +96,7 @@ static void handle_event(sup_state *s, const cJSON *ev, tester_event_fn on_event
         const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(ev, "config");
         if (cfg) {
             cJSON_DeleteItemFromObjectCaseSensitive(r->record, "config");
-            cJSON_AddItemToObject(r->record, "config", cJSON_Duplicate(cfg, true));
+            tjson_add(r->record, "config", cJSON_Duplicate(cfg, true));
         }
     } else if (strcmp(name, "load_error") == 0) {
         s->got_load_error = true;
@@ -338,8 +339,8 @@ vlm_status tester_supervise(const tester_backend *be, const tester_job *job,
     set_num(res->record, "wall_ms", res->wall_ms);
     cJSON *tl = cJSON_AddObjectToObject(res->record, "timeline");
     if (tl) {
-        cJSON_AddItemToObject(tl, "rss", s.rss_points);
-        cJSON_AddItemToObject(tl, "events", s.events);
+        tjson_add(tl, "rss", s.rss_points);
+        tjson_add(tl, "events", s.events);
     } else {
         cJSON_Delete(s.rss_points);
         cJSON_Delete(s.events);

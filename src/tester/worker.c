@@ -1,5 +1,6 @@
 /* tester/worker - the loop inside a worker process (see worker.h). */
 #include "tester/worker.h"
+#include "tester/tjson.h"
 
 #include <errno.h>
 #include <malloc.h>
@@ -59,7 +60,7 @@ static cJSON *event(const char *name) {
     if (!ev) return NULL;
     cJSON_AddStringToObject(ev, "ev", name);
     cJSON *m = mem_json();
-    if (m) cJSON_AddItemToObject(ev, "mem", m);
+    if (m) tjson_add(ev, "mem", m);
     return ev;
 }
 
@@ -112,7 +113,7 @@ static bool run_case(const tester_backend *be, void *model, const tester_job_ite
     if (be->session_new(model, it->suite->system, &sess, &e)) {
         cJSON *t = turn_json(NULL, &zero, 0, &e);
         if (t && turns)
-            cJSON_AddItemToArray(turns, t);
+            tjson_push(turns, t);
         else
             cJSON_Delete(t);
     } else {
@@ -129,7 +130,7 @@ static bool run_case(const tester_backend *be, void *model, const tester_job_ite
             cJSON *t = turn_json(answer, &st, memprobe_now_ms() - t0, s ? &e : NULL);
             if (answer) be->answer_free(answer);
             if (t && turns)
-                cJSON_AddItemToArray(turns, t);
+                tjson_push(turns, t);
             else
                 cJSON_Delete(t);
             if (s) break; /* the conversation cannot go on */
@@ -143,7 +144,7 @@ static bool run_case(const tester_backend *be, void *model, const tester_job_ite
     ev = event("case_end");
     if (ev) {
         cJSON_AddNumberToObject(ev, "i", (double)index);
-        if (turns) cJSON_AddItemToObject(ev, "turns", turns);
+        if (turns) tjson_add(ev, "turns", turns);
         turns = NULL;
         cJSON_AddNumberToObject(ev, "peak_rss", (double)hwm);
         cJSON_AddNumberToObject(ev, "peak_accounted", (double)ms.total_peak);
@@ -180,7 +181,7 @@ int tester_worker_run(const tester_backend *be, const tester_job *job, int fd) {
     cJSON *ev = event("loaded");
     if (ev) {
         cJSON_AddNumberToObject(ev, "load_ms", load_ms);
-        cJSON_AddItemToObject(ev, "config", config);
+        tjson_add(ev, "config", config);
     } else {
         cJSON_Delete(config);
     }

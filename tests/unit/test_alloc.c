@@ -118,8 +118,10 @@ static void test_fault_injection_exact(void **state) {
     for (int i = 0; i < 6; i++) p[i] = vlm_alloc(16, VLM_MEM_OTHER);
     vlm_alloc_fail_at(0, false);
     for (int i = 0; i < 6; i++) {
-        if (i == 2) assert_null(p[i]);
-        else assert_non_null(p[i]);
+        if (i == 2)
+            assert_null(p[i]);
+        else
+            assert_non_null(p[i]);
         vlm_free(p[i]);
     }
     /* Sticky: the 2nd from now and every one after. */
@@ -180,10 +182,10 @@ static void test_cat_names(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_category_accounting), cmocka_unit_test(test_realloc_keeps_category),
-        cmocka_unit_test(test_two_threads),         cmocka_unit_test(test_overflow_rejected),
+        cmocka_unit_test(test_category_accounting),   cmocka_unit_test(test_realloc_keeps_category),
+        cmocka_unit_test(test_two_threads),           cmocka_unit_test(test_overflow_rejected),
         cmocka_unit_test(test_fault_injection_exact), cmocka_unit_test(test_leak_report),
-        cmocka_unit_test(test_mapped_separate),     cmocka_unit_test(test_cat_names),
+        cmocka_unit_test(test_mapped_separate),       cmocka_unit_test(test_cat_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

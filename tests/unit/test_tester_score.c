@@ -172,6 +172,8 @@ static void test_alloc_failures(void **state) {
     vlm_err e;
     assert_int_equal(vlm_json_parse(spec, strlen(spec), "spec", &j, &e), VLM_OK);
     for (uint64_t n = 1; n < 200; n++) {
+        vlm_mem_stats m0, m1;
+        vlm_alloc_get_stats(&m0);
         vlm_alloc_fail_at(vlm_alloc_count() + n, false);
         tester_score_spec s;
         vlm_status st = tester_score_spec_parse(j, "spec", &s, &e);
@@ -182,6 +184,8 @@ static void test_alloc_failures(void **state) {
         }
         vlm_alloc_fail_at(0, false);
         assert_true(st == VLM_OK || st == VLM_ERR_NOMEM);
+        vlm_alloc_get_stats(&m1);
+        assert_int_equal(m1.live_blocks, m0.live_blocks);
         if (st == VLM_OK) assert_true(pass);
     }
     cJSON_Delete(j);

@@ -448,6 +448,8 @@ static void test_alloc_failures(void **state) {
     int ok = 0;
     for (uint64_t n = 1; n < 400; n++) {
         vlm_err e;
+        vlm_mem_stats m0, m1;
+        vlm_alloc_get_stats(&m0);
         vlm_alloc_fail_at(vlm_alloc_count() + n, false);
         tester_suite *s = NULL;
         tester_models *m = NULL;
@@ -467,6 +469,10 @@ static void test_alloc_failures(void **state) {
         tester_results_close(r);
         tester_models_free(m);
         tester_suite_free(s);
+        vlm_alloc_get_stats(&m1);
+        if (m1.live_blocks != m0.live_blocks)
+            fail_msg("fail at +%llu: %lld blocks leaked", (unsigned long long)n,
+                     (long long)(m1.live_blocks - m0.live_blocks));
     }
     assert_true(ok > 0);
 }
