@@ -220,6 +220,11 @@ vlm_status tester_report_summary(const cJSON *records, cJSON **out, vlm_err *err
         }
         bump(s, "cases", 1);
         bump(s, "passed", passed);
+        /* Context cases: turns are scored one by one too. */
+        bump(s, "turns_scored", num_at(r, "turns_scored"));
+        bump(s, "turns_passed", num_at(r, "turns_passed"));
+        bump(m, "turns_scored", num_at(r, "turns_scored"));
+        bump(m, "turns_passed", num_at(r, "turns_passed"));
         if (!passed) {
             cJSON *f = cJSON_CreateObject();
             ok = f != NULL;
@@ -351,8 +356,8 @@ static char *render_md(const cJSON *sum) {
                    100 * num_at(m, "pass_rate"), num_at(m, "load_ms"), x, y, z,
                    num_at(m, "mean_first_token_ms"), num_at(m, "mean_decode_tps"));
     }
-    tsb_puts(&b, "\n## Summary per suite\n\n| model | suite | cases | passed | pass rate |\n"
-                 "|---|---|---|---|---|\n");
+    tsb_puts(&b, "\n## Summary per suite\n\n| model | suite | cases | passed | pass rate | turns "
+                 "passed |\n|---|---|---|---|---|---|\n");
     cJSON_ArrayForEach(m, models) {
         const cJSON *s;
         cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(m, "suites")) {
@@ -360,8 +365,9 @@ static char *render_md(const cJSON *sum) {
             md_cell(&b, str_at(m, "model"));
             tsb_puts(&b, " | ");
             md_cell(&b, str_at(s, "suite"));
-            tsb_printf(&b, " | %d | %d | %.1f%% |\n", (int)num_at(s, "cases"),
-                       (int)num_at(s, "passed"), 100 * num_at(s, "pass_rate"));
+            tsb_printf(&b, " | %d | %d | %.1f%% | %d/%d |\n", (int)num_at(s, "cases"),
+                       (int)num_at(s, "passed"), 100 * num_at(s, "pass_rate"),
+                       (int)num_at(s, "turns_passed"), (int)num_at(s, "turns_scored"));
         }
     }
     tsb_puts(&b, "\n## Models: configuration and memory\n\n");
@@ -708,8 +714,10 @@ static char *render_html(const cJSON *sum, const cJSON *records) {
             vlm_free(cfg);
         }
     }
-    tsb_puts(&b, "<h2>Per suite</h2>\n<table class=\"suites\"><thead><tr><th>model</th><th>"
-                 "suite</th><th>cases</th><th>passed</th><th>pass rate</th></tr></thead><tbody>\n");
+    tsb_puts(&b,
+             "<h2>Per suite</h2>\n<table class=\"suites\"><thead><tr><th>model</th><th>"
+             "suite</th><th>cases</th><th>passed</th><th>pass rate</th><th>turns passed</th></tr>"
+             "</thead><tbody>\n");
     cJSON_ArrayForEach(m, models) {
         const cJSON *s;
         cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(m, "suites")) {
@@ -719,9 +727,10 @@ static char *render_html(const cJSON *sum, const cJSON *records) {
             tsb_html(&b, str_at(s, "suite"));
             tsb_printf(&b,
                        "</td><td class=\"num\">%d</td><td class=\"num\">%d</td><td "
-                       "class=\"num\">%.1f%%</td></tr>\n",
+                       "class=\"num\">%.1f%%</td><td class=\"num\">%d/%d</td></tr>\n",
                        (int)num_at(s, "cases"), (int)num_at(s, "passed"),
-                       100 * num_at(s, "pass_rate"));
+                       100 * num_at(s, "pass_rate"), (int)num_at(s, "turns_passed"),
+                       (int)num_at(s, "turns_scored"));
         }
     }
     tsb_puts(&b, "</tbody></table>\n<h2>Failures</h2>\n");
