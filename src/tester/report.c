@@ -1,6 +1,5 @@
 /* tester/report - summaries and the three report files (see report.h). */
 #include "tester/report.h"
-#include "tester/tjson.h"
 
 #include <limits.h>
 #include <math.h>
@@ -14,6 +13,7 @@
 #include "base/json.h"
 #include "tester/results.h"
 #include "tester/strbuf.h"
+#include "tester/tjson.h"
 
 /* ------------------------------------------------------------------------ */
 /* small JSON helpers                                                       */

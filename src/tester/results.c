@@ -1,6 +1,5 @@
 /* tester/results - run ids, the append-only results file, resume, shards. */
 #include "tester/results.h"
-#include "tester/tjson.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -16,6 +15,7 @@
 #include "base/alloc.h"
 #include "base/file.h"
 #include "base/json.h"
+#include "tester/tjson.h"
 
 void tester_run_id_new(char *out, size_t size) {
     struct timespec ts;

@@ -1,6 +1,5 @@
 /* tester/run - the sweep: models x suites through supervised workers. */
 #include "tester/run.h"
-#include "tester/tjson.h"
 
 #include <dirent.h>
 #include <limits.h>
@@ -19,6 +18,7 @@
 #include "tester/results.h"
 #include "tester/strbuf.h"
 #include "tester/supervisor.h"
+#include "tester/tjson.h"
 
 #define COMMON_OPTIONS                                                                             \
     "  --models FILE       the models file (default vlmtest.models.json)\n"                        \

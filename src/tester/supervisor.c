@@ -1,6 +1,5 @@
 /* tester/supervisor - fork, pipe, poll, limits, and the post-mortem. */
 #include "tester/supervisor.h"
-#include "tester/tjson.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -16,6 +15,7 @@
 #include "base/json.h"
 #include "base/log.h"
 #include "tester/memprobe.h"
+#include "tester/tjson.h"
 
 #define SAMPLE_MS      100.0
 #define MAX_RSS_POINTS 2000

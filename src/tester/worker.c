@@ -1,6 +1,5 @@
 /* tester/worker - the loop inside a worker process (see worker.h). */
 #include "tester/worker.h"
-#include "tester/tjson.h"
 
 #include <errno.h>
 #include <malloc.h>
@@ -11,11 +10,11 @@
 #include "base/alloc.h"
 #include "base/json.h"
 #include "tester/memprobe.h"
+#include "tester/tjson.h"
 
-/* Write one event as a JSON line. Lines are written whole with one write()
- * where they fit in the pipe buffer, so the parent never sees a torn line
- * from a worker killed between two writes of the same line... except for
- * lines longer than PIPE_BUF, which the parent discards if cut. */
+/* Write one event as a JSON line. The line goes out in as few write()s as
+ * the pipe takes; the parent drops a torn last line if the worker dies in
+ * the middle of it. False when the parent is gone. */
 static bool emit(int fd, cJSON *ev) {
     char *s = vlm_json_print(ev);
     cJSON_Delete(ev);
