@@ -102,6 +102,7 @@ static int parse_run_args(int argc, char **argv, run_args *a) {
     a->out_dir = "results";
     a->shard_k = a->shard_n = 1;
     a->limits.case_timeout_s = 600;
+    a->limits.load_timeout_s = 1800;
     a->names = VLM_NEW_ARRAY(const char *, (size_t)argc + 1, VLM_MEM_OTHER);
     a->suites = VLM_NEW_ARRAY(const char *, (size_t)argc + 1, VLM_MEM_OTHER);
     if (!a->names || !a->suites) {
@@ -114,7 +115,8 @@ static int parse_run_args(int argc, char **argv, run_args *a) {
         bool takes = strcmp(o, "--models") == 0 || strcmp(o, "--suite") == 0 ||
                      strcmp(o, "--out") == 0 || strcmp(o, "--resume") == 0 ||
                      strcmp(o, "--shard") == 0 || strcmp(o, "--case-timeout") == 0 ||
-                     strcmp(o, "--model-timeout") == 0 || strcmp(o, "--run-id") == 0;
+                     strcmp(o, "--model-timeout") == 0 || strcmp(o, "--run-id") == 0 ||
+                     strcmp(o, "--load-timeout") == 0;
         if (takes && !v) {
             err_msg(cmd, "%s needs a value", o);
             return 2;
@@ -141,6 +143,11 @@ static int parse_run_args(int argc, char **argv, run_args *a) {
         } else if (strcmp(o, "--case-timeout") == 0) {
             if (!parse_seconds(argv[++i], &a->limits.case_timeout_s)) {
                 err_msg(cmd, "--case-timeout %s: expected seconds", argv[i]);
+                return 2;
+            }
+        } else if (strcmp(o, "--load-timeout") == 0) {
+            if (!parse_seconds(argv[++i], &a->limits.load_timeout_s)) {
+                err_msg(cmd, "--load-timeout %s: expected seconds", argv[i]);
                 return 2;
             }
         } else if (strcmp(o, "--model-timeout") == 0) {
@@ -1009,7 +1016,7 @@ int tester_cmd_memcheck(int argc, char **argv, const tester_backend *be) {
     suite.max_tokens = 16;
     tester_job_item item = {&suite, &kase};
     tester_job job = {model, model->opts, &item, 1};
-    tester_limits lim = {timeout, timeout};
+    tester_limits lim = {timeout, timeout, timeout};
     memcheck_state ms;
     memset(&ms, 0, sizeof ms);
     tester_sup_result sr;

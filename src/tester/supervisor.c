@@ -28,6 +28,7 @@ typedef struct sup_state {
     double case_t0;
     double sample_every; /* ms; doubles when the timeline is thinned */
     bool got_done;
+    bool loaded; /* "loaded" or "load_error" arrived */
     bool got_load_error;
     char load_error[256];
 } sup_state;
@@ -89,6 +90,7 @@ static void handle_event(sup_state *s, const cJSON *ev, tester_event_fn on_event
         set_num(r->record, "mem_before_load", rss);
         set_num(r->record, "accounted_before_load", num_at(mem, "accounted"));
     } else if (strcmp(name, "loaded") == 0) {
+        s->loaded = true;
         set_num(r->record, "load_ms", num_at(ev, "load_ms"));
         set_num(r->record, "mem_after_load", rss);
         set_num(r->record, "accounted_after_load", num_at(mem, "accounted"));
@@ -99,6 +101,7 @@ static void handle_event(sup_state *s, const cJSON *ev, tester_event_fn on_event
             tjson_add(r->record, "config", cJSON_Duplicate(cfg, true));
         }
     } else if (strcmp(name, "load_error") == 0) {
+        s->loaded = true;
         s->got_load_error = true;
         snprintf(s->load_error, sizeof s->load_error, "%s",
                  cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ev, "msg"))
@@ -305,6 +308,13 @@ vlm_status tester_supervise(const tester_backend *be, const tester_job *job,
             now - s.t_start > lim->model_timeout_s * 1000) {
             snprintf(reason, sizeof reason, "model time limit of %g s reached: killed",
                      lim->model_timeout_s);
+            kill_reason = reason;
+            kill_outcome = "timeout";
+        }
+        if (!kill_reason && lim && lim->load_timeout_s > 0 && !s.loaded &&
+            now - s.t_start > lim->load_timeout_s * 1000) {
+            snprintf(reason, sizeof reason, "load time limit of %g s reached: killed",
+                     lim->load_timeout_s);
             kill_reason = reason;
             kill_outcome = "timeout";
         }

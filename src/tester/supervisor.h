@@ -20,6 +20,7 @@
 typedef struct tester_limits {
     double case_timeout_s;  /* 0: none; per case (a context case: per conversation) */
     double model_timeout_s; /* 0: none; load + all cases + unload */
+    double load_timeout_s;  /* 0: none; from the worker's start until it has loaded */
 } tester_limits;
 
 /* Called in the parent for each event line from the worker (parsed). */

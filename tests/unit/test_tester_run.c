@@ -50,6 +50,7 @@ static vlm_status tb_load(const tester_job *job, void **model, cJSON *config, vl
     if (strstr(name, "loadfail"))
         return vlm_err_set(err, VLM_ERR_NOT_FOUND, "%s: no weights here", job->model->resolved);
     if (strstr(name, "bigcrops") && job->opts.num_crops > 2) raise(SIGABRT);
+    if (strstr(name, "slowload")) sleep(30);
     tmodel *m = calloc(1, sizeof *m);
     m->weights = vlm_alloc(WEIGHTS_BYTES, VLM_MEM_WEIGHTS);
     if (!m->weights) {
@@ -471,10 +472,20 @@ static void test_case_and_model_timeouts(void **state) {
         "{\"id\":\"fast\",\"prompt\":\"ECHO:x\",\"expected\":\"x\",\"scorer\":\"exact\"}\n"
         "{\"id\":\"slow\",\"prompt\":\"SLEEP:30 "
         "ECHO:x\",\"expected\":\"x\",\"scorer\":\"exact\"}\n");
-    const char *m[] = {"m", "hung|{\"test_crash\":\"hang\"}"};
-    models("m7.json", m, 2);
-    const char *args[] = {"--models", p("m7.json"),     "--suite", p("suites/slow"),  "--out",
-                          p("out7"),  "--case-timeout", "1",       "--model-timeout", "3",
+    const char *m[] = {"m", "hung|{\"test_crash\":\"hang\"}", "slowload"};
+    models("m7.json", m, 3);
+    const char *args[] = {"--models",
+                          p("m7.json"),
+                          "--suite",
+                          p("suites/slow"),
+                          "--out",
+                          p("out7"),
+                          "--case-timeout",
+                          "1",
+                          "--model-timeout",
+                          "3",
+                          "--load-timeout",
+                          "1",
                           NULL};
     double t0 = memprobe_now_ms();
     assert_int_equal(run_cli(false, args), 1);
@@ -485,6 +496,9 @@ static void test_case_and_model_timeouts(void **state) {
     const cJSON *h = find_rec(all, "model", "hung", NULL, 0);
     assert_string_equal(s_at(h, "outcome"), "timeout");
     assert_non_null(strstr(s_at(h, "detail"), "model time limit"));
+    const cJSON *sl = find_rec(all, "model", "slowload", NULL, 0);
+    assert_string_equal(s_at(sl, "outcome"), "timeout");
+    assert_non_null(strstr(s_at(sl, "detail"), "load time limit"));
     cJSON_Delete(all);
 }
 
