@@ -525,30 +525,57 @@ static void svg_timeline(tsb *b, const char *model, const cJSON *rec) {
     tsb_printf(b, "<text x=\"%d\" y=\"%d\" class=\"ax\">0 s</text>", L, H - B + 16);
     tsb_printf(b, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\" class=\"ax\">%.1f s</text>", W - R,
                H - B + 16, tmax / 1000);
-    /* Stacked categories as steps between consecutive events. */
-    int ne = cJSON_GetArraySize(evs);
-    for (int i = 0; i < ne; i++) {
-        const cJSON *e = cJSON_GetArrayItem(evs, i);
-        const cJSON *cat = cJSON_GetObjectItemCaseSensitive(e, "cat");
-        if (!cat) continue;
-        double t0 = num_at(e, "t_ms");
-        double t1 = i + 1 < ne ? num_at(cJSON_GetArrayItem(evs, i + 1), "t_ms") : tmax;
-        double base = 0;
-        for (int c = 0; c < N_CATS; c++) {
-            double v = num_at(cat, cat_names[c]);
-            if (v <= 0) continue;
-            tsb_printf(b,
-                       "<rect class=\"cat\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" "
-                       "height=\"%.1f\" fill=\"%s\" fill-opacity=\"0.55\"/>",
-                       X(t0), Y(base + v), fmax(1, X(t1) - X(t0)), Y(base) - Y(base + v),
-                       cat_colors[c]);
-            base += v;
+    /* Stacked categories as steps: one run of rectangles per stretch of
+     * events whose stack looks the same (to half a pixel), so a long sweep
+     * does not draw thousands of identical rectangles. */
+    bool in_run = false;
+    double run_t0 = 0, run_v[N_CATS], run_px[N_CATS];
+    for (const cJSON *e = evs ? evs->child : NULL;; e = e->next) {
+        const cJSON *cat = e ? cJSON_GetObjectItemCaseSensitive(e, "cat") : NULL;
+        if (e && !cat) continue;
+        double v[N_CATS], px[N_CATS];
+        bool same = in_run && e;
+        for (int c = 0; e && c < N_CATS; c++) {
+            v[c] = num_at(cat, cat_names[c]);
+            px[c] = round(v[c] / ymax * ph * 2);
+            same = same && px[c] == run_px[c];
         }
+        if (same) continue;
+        if (in_run) {
+            double t1 = e ? num_at(e, "t_ms") : tmax, base = 0;
+            for (int c = 0; c < N_CATS; c++) {
+                if (run_v[c] <= 0) continue;
+                tsb_printf(b,
+                           "<rect class=\"cat\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" "
+                           "height=\"%.1f\" fill=\"%s\" fill-opacity=\"0.55\"/>",
+                           X(run_t0), Y(base + run_v[c]), fmax(1, X(t1) - X(run_t0)),
+                           Y(base) - Y(base + run_v[c]), cat_colors[c]);
+                base += run_v[c];
+            }
+        }
+        if (!e) break;
+        in_run = true;
+        run_t0 = num_at(e, "t_ms");
+        memcpy(run_v, v, sizeof v);
+        memcpy(run_px, px, sizeof px);
     }
     /* RSS line. */
     tsb_puts(b, "<polyline class=\"rss\" fill=\"none\" stroke=\"#222\" stroke-width=\"1.5\" "
                 "points=\"");
-    for (int i = 0; i < n_line; i++) tsb_printf(b, "%.1f,%.1f ", X(line[i][0]), Y(line[i][1]));
+    /* Per pixel column the lowest and the highest reading, in time order:
+     * the line stays a few thousand points however long the run, and keeps
+     * its peaks. */
+    for (int i = 0; i < n_line;) {
+        int col = (int)X(line[i][0]), lo = i, hi = i, k = i;
+        for (; k < n_line && (int)X(line[k][0]) == col; k++) {
+            if (line[k][1] < line[lo][1]) lo = k;
+            if (line[k][1] > line[hi][1]) hi = k;
+        }
+        int first = lo < hi ? lo : hi, second = lo < hi ? hi : lo;
+        tsb_printf(b, "%.1f,%.1f ", X(line[first][0]), Y(line[first][1]));
+        if (second != first) tsb_printf(b, "%.1f,%.1f ", X(line[second][0]), Y(line[second][1]));
+        i = k;
+    }
     tsb_puts(b, "\"/>");
     vlm_free(line);
     /* Phase marks. */

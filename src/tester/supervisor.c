@@ -17,8 +17,9 @@
 #include "tester/memprobe.h"
 #include "tester/tjson.h"
 
-#define SAMPLE_MS      100.0
-#define MAX_RSS_POINTS 2000
+#define SAMPLE_MS       100.0
+#define MAX_RSS_POINTS  2000
+#define MAX_CASE_EVENTS 1000
 
 typedef struct sup_state {
     tester_sup_result *res;
@@ -51,6 +52,26 @@ static void thin_points(sup_state *s) {
     s->sample_every *= 2;
 }
 
+/* The same for the per-case markers (two per case): over the cap, every
+ * other case marker goes; the phase markers (start, loaded, unload) stay. */
+static void thin_events(sup_state *s) {
+    int n_case = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, s->events) {
+        const char *ev = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "ev"));
+        n_case += ev && strncmp(ev, "case_", 5) == 0;
+    }
+    if (n_case < MAX_CASE_EVENTS) return;
+    int k = 0;
+    cJSON *next;
+    for (cJSON *it = s->events->child; it; it = next) {
+        next = it->next;
+        const char *ev = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(it, "ev"));
+        if (!ev || strncmp(ev, "case_", 5) != 0) continue;
+        if (k++ % 2 == 1) cJSON_Delete(cJSON_DetachItemViaPointer(s->events, it));
+    }
+}
+
 static void add_point(sup_state *s, double t, uint64_t rss) {
     cJSON *p = cJSON_CreateArray();
     if (!p) return;
@@ -78,7 +99,7 @@ static void handle_event(sup_state *s, const cJSON *ev, tester_event_fn on_event
         if (cat) tjson_add(m, "cat", cJSON_Duplicate(cat, true));
         if (strcmp(name, "case_start") == 0 || strcmp(name, "case_end") == 0)
             cJSON_AddNumberToObject(m, "i", num_at(ev, "i"));
-        tjson_push(s->events, m);
+        if (tjson_push(s->events, m) && strcmp(name, "case_end") == 0) thin_events(s);
     }
     if (rss > 0) {
         r->last_rss = (uint64_t)rss;
