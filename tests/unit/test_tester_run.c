@@ -746,6 +746,37 @@ static void test_resume_after_kill9(void **state) {
     cJSON_Delete(all);
 }
 
+/* A long sweep keeps its model record and report.html bounded. */
+static void test_long_sweep_bounded(void **state) {
+    (void)state;
+    enum { N = 1500 };
+    char *cases = malloc(N * 96);
+    size_t l = 0;
+    for (int i = 0; i < N; i++)
+        l += (size_t)snprintf(cases + l, 96,
+                              "{\"id\":\"c%d\",\"prompt\":\"ECHO:x\",\"expected\":\"x\","
+                              "\"scorer\":\"exact\"}\n",
+                              i);
+    put("suites/long/suite.json", "{\"name\":\"long\"}");
+    put("suites/long/cases.jsonl", cases);
+    free(cases);
+    const char *m[] = {"m"};
+    models("m14.json", m, 1);
+    const char *args[] = {"--models",       p("m14.json"), "--suite",
+                          p("suites/long"), "--out",       p("out14"),
+                          "--run-id",       "r",           NULL};
+    assert_int_equal(run_cli(false, args), 0);
+    cJSON *all = records_of(p("out14"));
+    assert_int_equal(count_recs(all, "case", "m", "ok"), N);
+    const cJSON *tl = cJSON_GetObjectItem(find_rec(all, "model", "m", NULL, 0), "timeline");
+    int n_ev = cJSON_GetArraySize(cJSON_GetObjectItem(tl, "events"));
+    assert_true(n_ev > 500 && n_ev <= 1010);
+    cJSON_Delete(all);
+    struct stat sb;
+    assert_int_equal(stat(p("out14/r/report.html"), &sb), 0);
+    assert_true(sb.st_size < 100 * 1024);
+}
+
 /* The RSS readings the measurements rest on. */
 static void test_memprobe(void **state) {
     (void)state;
@@ -815,6 +846,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_resume_after_kill9),
         cmocka_unit_test(test_memcheck_pass_and_leak),
         cmocka_unit_test(test_memprobe),
+        cmocka_unit_test(test_long_sweep_bounded),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
