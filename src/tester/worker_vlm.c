@@ -1,0 +1,114 @@
+/* tester/worker_vlm - the worker backend on the libvlm engine.
+ *
+ * Until the engine is part of the build this file compiles to a backend
+ * whose load reports that the engine is missing; define VLM_WITH_ENGINE
+ * (e.g. add_compile_definitions(VLM_WITH_ENGINE) in CMakeLists.txt) once
+ * src/runtime provides vlm_model_load and friends. A CLI test compiles the
+ * engine half against include/vlm/vlm.h so it cannot drift from the API. */
+#include "tester/worker.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "base/alloc.h"
+
+#ifdef VLM_WITH_ENGINE
+
+static vlm_status be_load(const tester_job *job, void **model, cJSON *config, vlm_err *err) {
+    const tester_model_opts *o = &job->opts;
+    vlm_load_options lo;
+    vlm_load_options_init(&lo);
+    lo.device = o->device;
+    lo.precision = o->precision[0] ? o->precision : NULL;
+    lo.num_crops = o->num_crops;
+    lo.max_context = o->max_context;
+    lo.mem_budget = o->mem_budget;
+    lo.n_threads = o->n_threads;
+    vlm_model *m = NULL;
+    vlm_status st = vlm_model_load(job->model->resolved, &lo, &m, err);
+    if (st) return st;
+    cJSON_AddStringToObject(config, "backend", "libvlm");
+    cJSON_AddStringToObject(config, "device", lo.device ? lo.device : "auto");
+    cJSON_AddStringToObject(config, "precision", lo.precision ? lo.precision : "as stored");
+    cJSON_AddNumberToObject(config, "num_crops", lo.num_crops);
+    cJSON_AddNumberToObject(config, "max_context", lo.max_context);
+    cJSON_AddNumberToObject(config, "mem_budget", (double)lo.mem_budget);
+    *model = m;
+    return VLM_OK;
+}
+
+static vlm_status be_session_new(void *model, const char *system, void **session, vlm_err *err) {
+    vlm_session *s = NULL;
+    vlm_status st = vlm_session_new((vlm_model *)model, &s, err);
+    if (st) return st;
+    if (system && (st = vlm_session_set_system(s, system, err))) {
+        vlm_session_free(s);
+        return st;
+    }
+    *session = s;
+    return VLM_OK;
+}
+
+static vlm_status be_chat(void *session, const tester_turn *turn, const tester_gen *gen,
+                          char **answer, vlm_gen_stats *stats, vlm_err *err) {
+    vlm_image **imgs = NULL;
+    vlm_status st = VLM_OK;
+    size_t loaded = 0;
+    if (turn->n_images) {
+        imgs = VLM_NEW_ARRAY(vlm_image *, turn->n_images, VLM_MEM_IMAGE);
+        if (!imgs) return vlm_err_set(err, VLM_ERR_NOMEM, "out of memory for image handles");
+    }
+    for (; loaded < turn->n_images; loaded++)
+        if ((st = vlm_image_load(turn->images[loaded], 0, &imgs[loaded], err))) break;
+    if (!st) {
+        vlm_gen_params p;
+        vlm_gen_params_init(&p);
+        p.max_tokens = gen->max_tokens;
+        p.temperature = (float)gen->temperature;
+        st = vlm_session_chat((vlm_session *)session, turn->prompt, imgs, (int)turn->n_images, &p,
+                              answer, stats, err);
+    }
+    for (size_t i = 0; i < loaded; i++) vlm_image_free(imgs[i]);
+    vlm_free(imgs);
+    return st;
+}
+
+static void be_session_free(void *session) {
+    vlm_session_free((vlm_session *)session);
+}
+static void be_answer_free(char *answer) {
+    vlm_string_free(answer);
+}
+static void be_unload(void *model) {
+    vlm_model_free((vlm_model *)model);
+}
+
+#else /* no engine in this build */
+
+static vlm_status be_load(const tester_job *job, void **model, cJSON *config, vlm_err *err) {
+    (void)model;
+    (void)config;
+    return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                       "%s: this vlmtest was built without the libvlm engine (VLM_WITH_ENGINE)",
+                       job->model->name);
+}
+static vlm_status be_session_new(void *model, const char *system, void **session, vlm_err *err) {
+    return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "no engine");
+}
+static vlm_status be_chat(void *session, const tester_turn *turn, const tester_gen *gen,
+                          char **answer, vlm_gen_stats *stats, vlm_err *err) {
+    return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "no engine");
+}
+static void be_session_free(void *session) {}
+static void be_answer_free(char *answer) {}
+static void be_unload(void *model) {}
+
+#endif
+
+static const tester_backend vlm_backend = {
+    "libvlm", be_load, be_session_new, be_chat, be_session_free, be_answer_free, be_unload,
+};
+
+const tester_backend *tester_backend_vlm(void) {
+    return &vlm_backend;
+}
