@@ -121,10 +121,27 @@ static vlm_status norm_unicode(const tok_norm *n, const nbuf *in, nbuf *out, vlm
                                  utf8proc_errmsg(r));
                 break;
             }
+            /* Alignment: when the cut keeps its number of code points (most
+             * text, e.g. "1" + U+FE0F + U+20E3), output k comes from input
+             * code point k, as HF's aligned normalizers record it; otherwise
+             * every output points at the start of the cut. */
+            size_t n_in = 0;
+            for (size_t a = i; a < j;) {
+                uint32_t cp;
+                a += tok_utf8_next(in->s + a, j - a, &cp);
+                n_in++;
+            }
+            size_t a = i;
             for (utf8proc_ssize_t k = 0; k < r && st == VLM_OK; k++) {
                 char u[4];
                 size_t ul = tok_utf8_encode((uint32_t)buf[k], u);
-                st = nbuf_put(out, u, ul, in->orig[i], err);
+                int32_t o = in->orig[i];
+                if (n_in == (size_t)r) {
+                    o = in->orig[a];
+                    uint32_t cp;
+                    a += tok_utf8_next(in->s + a, j - a, &cp);
+                }
+                st = nbuf_put(out, u, ul, o, err);
             }
             break;
         }
