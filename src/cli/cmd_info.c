@@ -14,11 +14,11 @@
 #include "io/config.h"
 #include "io/hf.h"
 #include "io/safetensors.h"
-#include "mem/planner.h"
+#include "runtime/planner.h"
 #include "models/phi3v_tensors.h"
 
 /* Weight precisions reported, each tensor held as the quantization policy
- * of mem/planner says (the one the loader uses): block types for weight
+ * of runtime/planner says (the one the loader uses): block types for weight
  * matrices whose rows are whole blocks, the head, vision tower and projector
  * not below q8_0, everything else as stored. */
 typedef struct precision {

@@ -1,5 +1,5 @@
 /* vlmtest plan - will a model fit this machine, and how: the memory plan made
- * before loading (mem/planner), with every component's bytes and the reason
+ * before loading (runtime/planner), with every component's bytes and the reason
  * each better rung of the ladder was turned down. Reads only configs and
  * safetensors headers (no tensor data is touched). */
 #include "cli.h"
@@ -9,7 +9,7 @@
 
 #include "base/alloc.h"
 #include "base/json.h"
-#include "mem/planner.h"
+#include "runtime/planner.h"
 
 static const char *human(uint64_t bytes, char *buf, size_t cap) {
     static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};

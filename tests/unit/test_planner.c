@@ -1,4 +1,4 @@
-/* mem/planner: the quantization policy case by case; the weight bytes of the
+/* runtime/planner: the quantization policy case by case; the weight bytes of the
  * full-size Phi-3.5-vision shapes at every precision against closed forms
  * worked out by hand from spec §8 (the arithmetic is in the comments); the
  * KV cache, decoder and vision workspaces against the formulas of the model
@@ -16,7 +16,7 @@
 #include "base/json.h"
 #include "io/image.h"
 #include "mem/monitor.h"
-#include "mem/planner.h"
+#include "runtime/planner.h"
 #include "models/phi3v_image.h"
 #include "models/registry.h"
 #include "runtime/session.h"

@@ -1,4 +1,4 @@
-/* mem/planner_model - the planner's view of a checkpoint: precisions, the
+/* runtime/planner_model - the planner's view of a checkpoint: precisions, the
  * quantization policy, the tensor list with stored dtypes, the measured
  * fixed overhead. See planner.h. (Kept apart from planner.c, which includes
  * models/phi3v.h: that header and models/phi3v_tensors.h spell
@@ -11,7 +11,7 @@
 #include "base/json.h"
 #include "io/hf.h"
 #include "mem/monitor.h"
-#include "mem/planner.h"
+#include "runtime/planner.h"
 #include "models/phi3v_tensors.h"
 #include "tensor/quant.h"
 #include "text/tokenizer.h"

@@ -1,5 +1,5 @@
-/* mem/planner - the estimate, the budget and the ladder. See planner.h. */
-#include "mem/planner.h"
+/* runtime/planner - the estimate, the budget and the ladder. See planner.h. */
+#include "runtime/planner.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -1,4 +1,4 @@
-/* mem/planner - will the model fit, and at what cost: a memory plan made
+/* runtime/planner - will the model fit, and at what cost: a memory plan made
  * before anything is loaded, from the config and the checkpoint headers.
  *
  * Three parts:
