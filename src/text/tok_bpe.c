@@ -297,7 +297,8 @@ static vlm_status tokenize_cached(bpe_model *m, const char *s, size_t len, tok_i
     e->len = (uint32_t)len;
     e->n_ids = (uint32_t)n_ids;
     memcpy(e + 1, s, len);
-    memcpy((char *)(e + 1) + ((len + 3) & ~(size_t)3), out->v + first, n_ids * sizeof(int32_t));
+    if (n_ids)
+        memcpy((char *)(e + 1) + ((len + 3) & ~(size_t)3), out->v + first, n_ids * sizeof(int32_t));
     pthread_mutex_lock(&m->cache_lock);
     cache_ent *old = m->cache[slot];
     m->cache[slot] = e;

@@ -14,7 +14,14 @@ typedef struct tlist {
     size_t n, ncap;
 } tlist;
 
+/* String i of l (never a null pointer, even before the first byte arrives:
+ * pointer arithmetic on NULL is undefined even with a zero offset). */
+static const char *tl_at(const tlist *l, size_t i) {
+    return l->buf ? l->buf + l->off[i] : "";
+}
+
 static vlm_status tl_bytes(tlist *l, const char *s, size_t n, vlm_err *err) {
+    if (n == 0) return VLM_OK;
     if (l->len + n > l->cap) {
         size_t cap = l->cap ? l->cap : 256;
         while (cap < l->len + n) cap *= 2;
@@ -23,7 +30,7 @@ static vlm_status tl_bytes(tlist *l, const char *s, size_t n, vlm_err *err) {
         l->buf = b;
         l->cap = cap;
     }
-    if (n) memcpy(l->buf + l->len, s, n);
+    memcpy(l->buf + l->len, s, n);
     l->len += n;
     return VLM_OK;
 }
@@ -82,7 +89,7 @@ static vlm_status lossy_bytes(tlist *l, const char *s, size_t n, vlm_err *err) {
         i += bad;
         run = i;
     }
-    if (st == VLM_OK) st = tl_bytes(l, s + run, n - run, err);
+    if (st == VLM_OK && n > run) st = tl_bytes(l, s + run, n - run, err);
     return st;
 }
 
@@ -131,7 +138,7 @@ static vlm_status dec_step(const tok_dec *d, const tlist *in, tlist *o, vlm_err 
     case DEC_REPLACE: {
         mlist ml = {0};
         for (size_t i = 0; i < in->n && st == VLM_OK; i++) {
-            const char *s = in->buf + in->off[i];
+            const char *s = tl_at(in, i);
             if ((st = tok_regex_find_all(d->re, s, in->tl[i], false, &ml, err)) != VLM_OK) break;
             if ((st = tl_begin(o, err)) != VLM_OK) break;
             for (size_t k = 0; k < ml.n && st == VLM_OK; k++) {
@@ -151,14 +158,14 @@ static vlm_status dec_step(const tok_dec *d, const tlist *in, tlist *o, vlm_err 
         if (in->n && !(pend = vlm_alloc(in->n, VLM_MEM_SCRATCH)))
             return vlm_err_set(err, VLM_ERR_NOMEM, "tokenizer: out of memory (decode)");
         for (size_t i = 0; i < in->n && st == VLM_OK; i++) {
-            int b = byte_token(in->buf + in->off[i], in->tl[i]);
+            int b = byte_token(tl_at(in, i), in->tl[i]);
             if (b >= 0) {
                 pend[np++] = (char)b;
                 continue;
             }
             st = flush_bytes(o, pend, np, err);
             np = 0;
-            if (st == VLM_OK) st = tl_push(o, in->buf + in->off[i], in->tl[i], err);
+            if (st == VLM_OK) st = tl_push(o, tl_at(in, i), in->tl[i], err);
         }
         if (st == VLM_OK) st = flush_bytes(o, pend, np, err);
         vlm_free(pend);
@@ -167,12 +174,12 @@ static vlm_status dec_step(const tok_dec *d, const tlist *in, tlist *o, vlm_err 
     case DEC_FUSE:
         if ((st = tl_begin(o, err)) != VLM_OK) return st;
         for (size_t i = 0; i < in->n && st == VLM_OK; i++)
-            st = tl_bytes(o, in->buf + in->off[i], in->tl[i], err);
+            st = tl_bytes(o, tl_at(in, i), in->tl[i], err);
         tl_end(o);
         return st;
     case DEC_STRIP:
         for (size_t i = 0; i < in->n && st == VLM_OK; i++) {
-            const char *s = in->buf + in->off[i];
+            const char *s = tl_at(in, i);
             size_t n = in->tl[i], a = 0, b = n;
             char c[4];
             size_t cl = tok_utf8_encode(d->ch, c);
@@ -186,7 +193,7 @@ static vlm_status dec_step(const tok_dec *d, const tlist *in, tlist *o, vlm_err 
     case DEC_BYTE_LEVEL: {
         tlist raw = {0};
         for (size_t i = 0; i < in->n && st == VLM_OK; i++) {
-            const char *s = in->buf + in->off[i];
+            const char *s = tl_at(in, i);
             size_t n = in->tl[i], at = raw.len;
             bool all = true;
             for (size_t k = 0; k < n && st == VLM_OK;) {
@@ -217,7 +224,7 @@ static vlm_status dec_step(const tok_dec *d, const tlist *in, tlist *o, vlm_err 
         char rep[4];
         size_t rl = tok_utf8_encode(d->ch, rep);
         for (size_t i = 0; i < in->n && st == VLM_OK; i++) {
-            const char *s = in->buf + in->off[i];
+            const char *s = tl_at(in, i);
             size_t n = in->tl[i];
             if ((st = tl_begin(o, err)) != VLM_OK) break;
             for (size_t k = 0; k < n && st == VLM_OK;) {
@@ -270,7 +277,7 @@ vlm_status tok_run_decoder(const tokenizer *t, const char **toks, const size_t *
     b.len = b.n = 0;
     for (size_t i = 0; i < a.n && st == VLM_OK; i++) {
         if (!t->dec && i > 0) st = tl_bytes(&b, " ", 1, err);
-        if (st == VLM_OK) st = tl_bytes(&b, a.buf + a.off[i], a.tl[i], err);
+        if (st == VLM_OK) st = tl_bytes(&b, tl_at(&a, i), a.tl[i], err);
     }
     if (st == VLM_OK) st = tl_bytes(&b, "", 1, err);
     if (st == VLM_OK) {
