@@ -157,9 +157,6 @@ vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_mod
     vlm_model *m = vlm_calloc(1, sizeof *m, VLM_MEM_OTHER);
     if (!m) return vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory", ref);
     char *resolved = NULL;
-    cJSON *cfg_json = NULL;
-    char *cfg_text = NULL;
-    size_t cfg_len = 0;
     char path[4096];
     vlm_status st = vlm_hf_resolve(ref, &resolved, err);
     if (st) goto fail;
@@ -168,13 +165,10 @@ vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_mod
     if ((st = check_options(opts, m, err))) goto fail;
 
     /* The family's table comes from the registry; the family builds its
-     * model from config.json. */
+     * model from the parsed config.json. */
     snprintf(path, sizeof path, "%s/config.json", m->dir);
-    if ((st = vlm_file_read_all(path, 64 << 20, VLM_MEM_OTHER, &cfg_text, &cfg_len, err)))
-        goto fail;
-    if ((st = vlm_json_parse(cfg_text, cfg_len, path, &cfg_json, err))) goto fail;
     const vlm_arch *arch = NULL;
-    if ((st = vlm_arch_for_config(cfg_json, path, &arch, err))) goto fail;
+    if ((st = vlm_arch_for_config(&m->cfgs.config, path, &arch, err))) goto fail;
 
     if ((st = vlm_tensor_set_open(is_dir(resolved) ? m->dir : resolved, &m->ts, err))) goto fail;
     if (strcmp(arch->name, PHI3V_ARCH) == 0 &&
@@ -182,7 +176,7 @@ vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_mod
         goto fail;
     if ((st = cpu_pool_create(opts->n_threads, &m->pool, err))) goto fail;
     vlm_weight_source src = {st_lookup, m->ts};
-    if ((st = arch_model_create(cfg_json, path, &src, m->pool, &m->am, err))) goto fail;
+    if ((st = arch_model_create(&m->cfgs.config, path, &src, m->pool, &m->am, err))) goto fail;
     if (m->am->info.has_vision && m->am->info.image_size != PHI3V_CROP_SIZE) {
         st = vlm_err_set(err, VLM_ERR_UNSUPPORTED,
                          "%s: vision image_size %d; the image processor makes %d-px crops", path,
@@ -213,14 +207,10 @@ vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_mod
                          (long long)m->max_context, (long long)m->am->info.max_positions);
         goto fail;
     }
-    cJSON_Delete(cfg_json);
-    vlm_free(cfg_text);
     vlm_free(resolved);
     *out = m;
     return VLM_OK;
 fail:
-    cJSON_Delete(cfg_json);
-    vlm_free(cfg_text);
     vlm_free(resolved);
     vlm_model_free(m);
     return st;
