@@ -14,6 +14,19 @@ static bool parse_float(const char *s, float lo, float hi, float *out) {
     return true;
 }
 
+static const char *const value_opts[] = {
+    "-m",           "--model",     "--image",   "-p",      "--prompt",
+    "--raw-prompt", "--system",    "--out",     "--stop",  "--max-tokens",
+    "--temp",       "--top-p",     "--top-k",   "--min-p", "--repeat-penalty",
+    "--seed",       "--num-crops", "--threads", "--ctx",
+};
+
+static bool known_value_opt(const char *a) {
+    for (size_t i = 0; i < sizeof value_opts / sizeof *value_opts; i++)
+        if (!strcmp(a, value_opts[i])) return true;
+    return false;
+}
+
 bool gen_opts_parse(const char *cmd, int argc, char **argv, gen_opts *o) {
     memset(o, 0, sizeof *o);
     vlm_load_options_init(&o->lo);
@@ -29,6 +42,9 @@ bool gen_opts_parse(const char *cmd, int argc, char **argv, gen_opts *o) {
         } else if (!strcmp(a, "--ignore-eos")) {
             o->ignore_eos = true;
             takes = false;
+        } else if (!known_value_opt(a)) {
+            cli_error(cmd, "unknown option %s (see vlmtest %s --help)", a, cmd);
+            return false;
         } else if (!v) {
             cli_error(cmd, "%s needs a value", a);
             return false;
