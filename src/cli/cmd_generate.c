@@ -3,6 +3,7 @@
  * counts, timings and the generated ids instead. */
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 #include "gen_opts.h"
@@ -39,14 +40,23 @@ static bool stream_out(void *user, const char *piece, size_t len) {
     return true;
 }
 
-static void print_json(const char *answer, const vlm_gen_stats *st, const int32_t *ids, int n) {
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void print_json(const char *answer, const vlm_gen_stats *st, const int32_t *ids, int n,
+                       double load_ms) {
     fputs("{\"answer\": ", stdout);
     gen_json_string(stdout, answer, strlen(answer));
     printf(", \"tokens_in\": %d, \"tokens_out\": %d, \"image_tokens\": %d", st->tokens_in,
            st->tokens_out, st->image_tokens);
-    printf(", \"timings\": {\"image_ms\": %.3f, \"prefill_ms\": %.3f, \"first_token_ms\": %.3f, "
+    printf(", \"timings\": {\"load_ms\": %.3f, \"image_ms\": %.3f, \"prefill_ms\": %.3f, "
+           "\"first_token_ms\": %.3f, "
            "\"decode_ms\": %.3f, \"decode_tokens_per_s\": %.4f}",
-           st->image_ms, st->prefill_ms, st->first_token_ms, st->decode_ms, st->decode_tps);
+           load_ms, st->image_ms, st->prefill_ms, st->first_token_ms, st->decode_ms,
+           st->decode_tps);
     printf(", \"stop_reason\": \"%s\", \"ids\": [", st->stop_reason);
     for (int i = 0; i < n; i++) printf("%s%d", i ? ", " : "", ids[i]);
     fputs("]}\n", stdout);
@@ -70,7 +80,9 @@ static int run(int argc, char **argv) {
     }
     vlm_model *m = NULL;
     vlm_image *imgs[GEN_MAX_IMAGES] = {0};
+    double t0 = now_ms();
     if (!gen_load(cmd, &o, &m, imgs)) return CLI_FAIL;
+    double load_ms = now_ms() - t0; /* images decoded + model opened */
     int rc = CLI_FAIL;
     vlm_err err = {0};
     vlm_session *s = NULL;
@@ -90,7 +102,7 @@ static int run(int argc, char **argv) {
         if (o.json) {
             int n = 0;
             const int32_t *ids = vlm_session_last_ids(s, &n);
-            print_json(answer, &st, ids, n);
+            print_json(answer, &st, ids, n, load_ms);
         } else {
             fputc('\n', stdout);
         }
