@@ -650,22 +650,19 @@ static vlm_status run_turn(vlm_session *vs, vlm_prompt *pr, const vlm_gen_params
     if (!st) st = g.st;
     char *text = NULL;
     size_t text_len = 0;
-    if (!st && !g.stop_string) {
-        /* the rest of the stream, then the answer as one decode of the ids
-         * without the stop token */
+    if (!st && !g.stop_string && !g.user_stopped) {
+        /* the rest of the stream (stop strings still apply to it) */
         char *piece = NULL;
         size_t len = 0;
         st = tok_stream_flush(&g.ts, &piece, &len, err);
-        if (!st && !g.user_stopped) {
-            if (piece && !sbuf_add(&g.acc, piece, len))
-                st = vlm_err_set(err, VLM_ERR_NOMEM, "generate: out of memory for the answer");
-            else
-                emit(&g, g.acc.len);
-        }
+        if (!st && gen_text(&g, piece ? piece : "", piece ? len : 0)) emit(&g, g.acc.len);
+        if (!st) st = g.st;
         vlm_free(piece);
+    }
+    if (!st && !g.stop_string) {
+        /* the answer: one decode of the ids without the stop token */
         int n_text = n_out - (why == SESSION_STOP_EOS ? 1 : 0);
-        if (!st)
-            st = tokenizer_decode(m->tok, vs->gen, (size_t)n_text, true, &text, &text_len, err);
+        st = tokenizer_decode(m->tok, vs->gen, (size_t)n_text, true, &text, &text_len, err);
     } else if (!st) {
         text = g.acc.s; /* cut before the stop string */
         g.acc.s = NULL;
