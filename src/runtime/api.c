@@ -606,6 +606,7 @@ static vlm_status run_turn(vlm_session *vs, vlm_prompt *pr, const vlm_gen_params
         vlm_free(vs->gen);
         vs->gen = ng;
         vs->gen_cap = p->max_tokens + 1;
+        vs->n_gen = 0;
     }
     sampler_params sp;
     sampler_params_init(&sp);
