@@ -84,8 +84,8 @@ static void test_alloc_failures_load(void **state) {
      * start of the tokenizer) and of the last TAIL, and SPREAD spread over
      * the tokenizer's load in between. */
     const bool all = getenv("VLM_ALLOC_WALK") && !strcmp(getenv("VLM_ALLOC_WALK"), "all");
-    const uint64_t head = SLOW_BUILD ? 200 : 500, tail_n = SLOW_BUILD ? 50 : 100;
-    const uint64_t spread = SLOW_BUILD ? 40 : 100;
+    const uint64_t head = SLOW_BUILD ? 100 : 500, tail_n = SLOW_BUILD ? 30 : 100;
+    const uint64_t spread = SLOW_BUILD ? 20 : 100;
     const uint64_t tail = per_run > head + tail_n ? per_run - tail_n : head;
     const uint64_t step = all ? 1 : per_run / spread + 1;
     int runs = 0, ok = 0;
@@ -124,9 +124,9 @@ static void test_alloc_failures_turn(void **state) {
     assert_int_equal(n_want, 16);
     uint64_t per_run = vlm_alloc_count() - c0;
     check_clean(&before, 0);
-    /* every allocation (every 4th under ASan) */
+    /* every allocation (every 8th under ASan) */
     const bool all = getenv("VLM_ALLOC_WALK") && !strcmp(getenv("VLM_ALLOC_WALK"), "all");
-    const uint64_t stride = SLOW_BUILD && !all ? 4 : 1;
+    const uint64_t stride = SLOW_BUILD && !all ? 8 : 1;
     int ok = 0, runs = 0;
     for (uint64_t i = 1; i <= per_run; i += stride) {
         runs++;
