@@ -41,6 +41,21 @@ vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_mod
                           vlm_err *err);
 void vlm_model_free(vlm_model *m);
 
+/* What a loaded model is: for reports and `vlmtest info`. */
+typedef struct vlm_model_desc {
+    char arch[64];   /* config.json architectures[0], "Phi3VForCausalLM" */
+    char dtype[16];  /* stored weight dtype ("bf16", "f32", "f16"; "mixed") */
+    char path[1024]; /* the folder the model was loaded from */
+    int num_crops;   /* in effect (preprocessor_config or the override) */
+    int64_t context; /* KV tokens a session holds */
+    int64_t max_positions;
+    int vocab, n_layers, hidden, n_threads;
+    uint64_t params_vision, params_projector, params_lm, params_total;
+    uint64_t weight_bytes; /* bytes of all stored tensors (memory-mapped) */
+} vlm_model_desc;
+
+void vlm_model_describe(const vlm_model *m, vlm_model_desc *out);
+
 /* --- images ----------------------------------------------------------------- */
 
 /* Decode a JPEG, PNG or WebP file to 8-bit RGB. max_pixels 0: the default
@@ -68,6 +83,9 @@ typedef struct vlm_gen_params {
      * false to stop early. May be NULL. */
     bool (*on_text)(void *user, const char *piece, size_t len);
     void *user;
+    /* Keep going past the generation_config stop ids (reference comparisons
+     * that want a fixed number of tokens); stop strings still apply. */
+    bool ignore_eos;
 } vlm_gen_params;
 
 void vlm_gen_params_init(vlm_gen_params *p);

@@ -333,12 +333,17 @@ static vlm_status parse_config(const cJSON *root, const char *what, vlm_config *
         if (st) return st;
     }
     c->image_dim_out = c->vision.hidden_size;
-    c->num_img_tokens = 144;
+    /* absent: what the tower's patch grid merges to (144 for CLIP-L/14-336) */
+    int grid = c->vision.image_size / c->vision.patch_size;
+    c->num_img_tokens = (grid / 2) * (grid / 2);
     c->layer_idx = -2;
     snprintf(c->type_feature, sizeof c->type_feature, "patch");
+    int L = c->vision.num_hidden_layers;
+    if (vc && (st = get_int32(vc, "layer_idx", w, -(L + 1), L, false, &c->layer_idx, err)))
+        return st; /* our extension may name the layer too; img_processor's wins */
     if (ip) {
         sub_what(w, sizeof w, what, "img_processor");
-        int L = c->vision.num_hidden_layers;
+        c->has_img_processor = true;
         if (!st) st = get_str(ip, "name", w, c->img_processor_name, VLM_CFG_STR, err);
         if (!st) st = get_str(ip, "model_name", w, c->img_processor_model, 2 * VLM_CFG_STR, err);
         if (!st) st = get_int32(ip, "image_dim_out", w, 1, 1 << 16, false, &c->image_dim_out, err);

@@ -79,6 +79,7 @@ typedef struct vlm_config {
     int num_img_tokens;                        /* 144 per 336 crop after the 2x2 merge */
     int layer_idx;                             /* -2: hidden_states index taken from CLIP */
     char type_feature[VLM_CFG_STR];            /* "patch": CLS dropped */
+    bool has_img_processor;                    /* config.json has "img_processor": a vision model */
     vlm_vision_config vision;
 } vlm_config;
 

@@ -12,10 +12,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <cjson/cJSON.h>
-
 #include "backend/cpu/parallel.h"
 #include "base/status.h"
+#include "io/config.h"
 #include "models/weights.h"
 #include "tensor/dtype.h"
 
@@ -76,9 +75,9 @@ typedef struct vlm_forward_args {
 
 typedef struct vlm_arch {
     const char *name; /* config.json architectures[0] */
-    /* Build from config.json (already parsed; `what` names it in messages)
-     * and the weight source. pool may be NULL (one thread). */
-    vlm_status (*create)(const cJSON *config, const char *what, const vlm_weight_source *src,
+    /* Build from config.json (parsed by io/config; `what` names it in
+     * messages) and the weight source. pool may be NULL (one thread). */
+    vlm_status (*create)(const vlm_config *config, const char *what, const vlm_weight_source *src,
                          cpu_pool *pool, void **out, vlm_err *err);
     void (*destroy)(void *model);
     void (*info)(const void *model, vlm_model_info *out);

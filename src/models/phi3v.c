@@ -210,10 +210,11 @@ vlm_status phi3v_forward(phi3v_model *m, vlm_kv *kv, const vlm_forward_args *a, 
 /* ---------------------------------------------------------------------------
  * the registry entry */
 
-static vlm_status arch_create(const cJSON *config, const char *what, const vlm_weight_source *src,
-                              cpu_pool *pool, void **out, vlm_err *err) {
+static vlm_status arch_create(const vlm_config *config, const char *what,
+                              const vlm_weight_source *src, cpu_pool *pool, void **out,
+                              vlm_err *err) {
     phi3v_config cfg;
-    vlm_status st = phi3v_config_from_json(config, what, &cfg, err);
+    vlm_status st = phi3v_config_from_config(config, what, &cfg, err);
     if (st != VLM_OK) return st;
     phi3v_model *m = NULL;
     st = phi3v_create(&cfg, src, pool, &m, err);

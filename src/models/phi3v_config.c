@@ -4,7 +4,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "base/json.h"
+#include <stdint.h>
 
 /* LongRoPE factors of Phi-3.5-vision-instruct (spec §6.5), parsed as doubles
  * and stored as float32 exactly as torch.tensor(list, dtype=float32) does. */
@@ -106,150 +106,90 @@ void phi3v_config_default(phi3v_config *c) {
     c->image_dim_out = 1024;
 }
 
-/* Read an int key into *dst if present (range-checked to int). */
-static vlm_status opt_int(const cJSON *o, const char *key, const char *what, int *dst,
-                          vlm_err *err) {
-    int64_t v = *dst;
-    vlm_status st = vlm_json_get_int_opt(o, key, what, &v, err);
-    if (st != VLM_OK) return st;
-    if (v < -(1LL << 30) || v > (1LL << 30))
-        return vlm_err_set(err, VLM_ERR_FORMAT, "%s: %s = %lld is out of range", what, key,
-                           (long long)v);
-    *dst = (int)v;
-    return VLM_OK;
-}
-
-static vlm_status opt_float(const cJSON *o, const char *key, const char *what, float *dst,
-                            vlm_err *err) {
-    double v = *dst;
-    vlm_status st = vlm_json_get_double_opt(o, key, what, &v, err);
-    if (st == VLM_OK) *dst = (float)v;
-    return st;
-}
-
-static vlm_status read_factors(const cJSON *rs, const char *key, const char *what, int n,
-                               float *dst, vlm_err *err) {
-    const cJSON *a = cJSON_GetObjectItemCaseSensitive(rs, key);
-    if (!cJSON_IsArray(a))
-        return vlm_err_set(err, VLM_ERR_FORMAT, "%s: rope_scaling.%s is missing or not a list",
-                           what, key);
-    if (cJSON_GetArraySize(a) != n)
-        return vlm_err_set(err, VLM_ERR_FORMAT,
-                           "%s: rope_scaling.%s has %d values, head_dim/2 is %d", what, key,
-                           cJSON_GetArraySize(a), n);
-    int i = 0;
-    const cJSON *e;
-    cJSON_ArrayForEach(e, a) {
-        if (!cJSON_IsNumber(e))
-            return vlm_err_set(err, VLM_ERR_FORMAT, "%s: rope_scaling.%s[%d] is not a number", what,
-                               key, i);
-        dst[i++] = (float)e->valuedouble;
-    }
-    return VLM_OK;
-}
-
-vlm_status phi3v_config_from_json(const cJSON *j, const char *what, phi3v_config *c, vlm_err *err) {
+vlm_status phi3v_config_from_config(const vlm_config *v, const char *what, phi3v_config *c,
+                                    vlm_err *err) {
     phi3v_config_default(c);
-    if (!cJSON_IsObject(j)) return vlm_err_set(err, VLM_ERR_FORMAT, "%s: not an object", what);
-    vlm_status st;
-#define TRY(x)                                                                                     \
-    do {                                                                                           \
-        if ((st = (x)) != VLM_OK) return st;                                                       \
-    } while (0)
-    TRY(opt_int(j, "hidden_size", what, &c->hidden, err));
-    TRY(opt_int(j, "intermediate_size", what, &c->intermediate, err));
-    TRY(opt_int(j, "num_hidden_layers", what, &c->n_layers, err));
-    TRY(opt_int(j, "num_attention_heads", what, &c->n_heads, err));
-    c->n_kv_heads = c->n_heads;
-    TRY(opt_int(j, "num_key_value_heads", what, &c->n_kv_heads, err));
-    TRY(opt_int(j, "vocab_size", what, &c->vocab, err));
-    TRY(opt_float(j, "rms_norm_eps", what, &c->rms_eps, err));
-    TRY(vlm_json_get_double_opt(j, "rope_theta", what, &c->rope_theta, err));
-    TRY(opt_int(j, "max_position_embeddings", what, &c->max_position_embeddings, err));
-    TRY(opt_int(j, "original_max_position_embeddings", what, &c->original_max_position_embeddings,
-                err));
-    TRY(vlm_json_get_bool_opt(j, "tie_word_embeddings", what, &c->tie_word_embeddings, err));
-    TRY(opt_int(j, "bos_token_id", what, &c->bos_id, err));
-    TRY(opt_int(j, "eos_token_id", what, &c->eos_id, err));
-    if (c->n_heads <= 0 || c->hidden % c->n_heads)
-        return vlm_err_set(err, VLM_ERR_FORMAT,
-                           "%s: hidden_size %d is not a multiple of num_attention_heads %d", what,
-                           c->hidden, c->n_heads);
-    c->head_dim = c->hidden / c->n_heads;
+    if (v->max_position_embeddings > INT32_MAX || v->original_max_position_embeddings > INT32_MAX)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "%s: max_position_embeddings %lld", what,
+                           (long long)v->max_position_embeddings);
+    c->hidden = v->hidden_size;
+    c->intermediate = v->intermediate_size;
+    c->n_layers = v->num_hidden_layers;
+    c->n_heads = v->num_attention_heads;
+    c->n_kv_heads = v->num_key_value_heads;
+    c->head_dim = v->head_dim;
+    c->vocab = v->vocab_size;
+    c->rms_eps = v->rms_norm_eps;
+    c->rope_theta = v->rope_theta;
+    c->max_position_embeddings = (int)v->max_position_embeddings;
+    /* absent: no LongRoPE switch point other than the table's end */
+    c->original_max_position_embeddings = v->original_max_position_embeddings > 0
+                                              ? (int)v->original_max_position_embeddings
+                                              : (int)v->max_position_embeddings;
+    c->tie_word_embeddings = v->tie_word_embeddings;
+    c->bos_id = v->bos_token_id;
+    c->eos_id = v->eos_token_id;
+    if (strcmp(v->hidden_act, "silu"))
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "%s: hidden_act \"%s\" (only silu)", what,
+                           v->hidden_act);
 
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(j, "rope_scaling");
-    if (!rs || cJSON_IsNull(rs)) {
+    const vlm_rope_scaling *rs = &v->rope_scaling;
+    if (!rs->type[0] || !strcmp(rs->type, "default")) {
         c->rope_kind = PHI3_ROPE_PLAIN;
-    } else {
-        const char *type = NULL;
-        TRY(vlm_json_get_string_opt(rs, "type", what, &type, err));
-        if (!type) TRY(vlm_json_get_string_opt(rs, "rope_type", what, &type, err));
-        if (!type || (strcmp(type, "su") && strcmp(type, "longrope")))
-            return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "%s: rope_scaling type \"%s\"", what,
-                               type ? type : "(none)");
+    } else if (!strcmp(rs->type, "su") || !strcmp(rs->type, "longrope")) {
         int half = c->head_dim / 2;
         if (half > PHI3V_MAX_ROPE_HALF)
             return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "%s: head_dim %d is too large", what,
                                c->head_dim);
+        if (rs->n_short != half || rs->n_long != half) /* io/config checked; kept for safety */
+            return vlm_err_set(err, VLM_ERR_FORMAT,
+                               "%s: rope_scaling short_factor/long_factor have %d/%d values, "
+                               "head_dim/2 is %d",
+                               what, rs->n_short, rs->n_long, half);
         c->rope_kind = PHI3_ROPE_SU;
-        TRY(read_factors(rs, "short_factor", what, half, c->short_factor, err));
-        TRY(read_factors(rs, "long_factor", what, half, c->long_factor, err));
+        memcpy(c->short_factor, rs->short_factor, (size_t)half * sizeof(float));
+        memcpy(c->long_factor, rs->long_factor, (size_t)half * sizeof(float));
+    } else {
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "%s: rope_scaling type \"%s\"", what,
+                           rs->type);
     }
 
-    const cJSON *ip = cJSON_GetObjectItemCaseSensitive(j, "img_processor");
-    const cJSON *embd = cJSON_GetObjectItemCaseSensitive(j, "embd_layer");
-    c->has_vision = ip && cJSON_IsObject(ip);
+    c->has_vision = v->has_img_processor;
     if (c->has_vision) {
-        TRY(opt_int(ip, "image_dim_out", what, &c->image_dim_out, err));
-        /* The model code reads these two from img_processor with defaults
-         * -2 and "patch" (CLS dropped). */
-        TRY(opt_int(ip, "layer_idx", what, &c->vision.layer_idx, err));
-        const char *tf = NULL;
-        TRY(vlm_json_get_string_opt(ip, "type_feature", what, &tf, err));
-        if (tf && strcmp(tf, "patch"))
+        const vlm_vision_config *vc = &v->vision;
+        if (strcmp(v->type_feature, "patch"))
             return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
-                               "%s: img_processor.type_feature \"%s\" (only patch)", what, tf);
-        if (embd && cJSON_IsObject(embd)) {
-            const char *order = NULL;
-            TRY(vlm_json_get_string_opt(embd, "hd_transform_order", what, &order, err));
-            if (order && strcmp(order, "sub_glb"))
-                return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
-                                   "%s: embd_layer.hd_transform_order \"%s\" (only sub_glb)", what,
-                                   order);
-        }
-        c->vision.hidden = c->image_dim_out;
-        const cJSON *vc = cJSON_GetObjectItemCaseSensitive(j, "vision_config");
-        if (vc && cJSON_IsObject(vc)) {
-            TRY(opt_int(vc, "hidden_size", what, &c->vision.hidden, err));
-            TRY(opt_int(vc, "intermediate_size", what, &c->vision.intermediate, err));
-            TRY(opt_int(vc, "num_hidden_layers", what, &c->vision.n_layers, err));
-            TRY(opt_int(vc, "num_attention_heads", what, &c->vision.n_heads, err));
-            TRY(opt_int(vc, "image_size", what, &c->vision.image_size, err));
-            TRY(opt_int(vc, "patch_size", what, &c->vision.patch_size, err));
-            TRY(opt_float(vc, "layer_norm_eps", what, &c->vision.ln_eps, err));
-            TRY(opt_int(vc, "layer_idx", what, &c->vision.layer_idx, err));
-            const char *act = NULL;
-            TRY(vlm_json_get_string_opt(vc, "hidden_act", what, &act, err));
-            if (act && strcmp(act, "quick_gelu"))
-                return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
-                                   "%s: vision_config.hidden_act \"%s\" (only quick_gelu)", what,
-                                   act);
-        }
-        int nit = -1;
-        TRY(opt_int(ip, "num_img_tokens", what, &nit, err));
-        int grid = c->vision.patch_size > 0 ? c->vision.image_size / c->vision.patch_size : 0;
-        if (nit != -1 && nit != (grid / 2) * (grid / 2))
+                               "%s: img_processor.type_feature \"%s\" (only patch)", what,
+                               v->type_feature);
+        if (v->has_embd_layer && v->hd_transform_order[0] &&
+            strcmp(v->hd_transform_order, "sub_glb"))
+            return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                               "%s: embd_layer.hd_transform_order \"%s\" (only sub_glb)", what,
+                               v->hd_transform_order);
+        if (strcmp(vc->hidden_act, "quick_gelu"))
+            return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                               "%s: vision_config.hidden_act \"%s\" (only quick_gelu)", what,
+                               vc->hidden_act);
+        if (vc->num_channels != 3)
+            return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                               "%s: vision_config.num_channels %d (only 3)", what,
+                               vc->num_channels);
+        c->image_dim_out = v->image_dim_out;
+        c->vision.hidden = vc->hidden_size;
+        c->vision.intermediate = vc->intermediate_size;
+        c->vision.n_layers = vc->num_hidden_layers;
+        c->vision.n_heads = vc->num_attention_heads;
+        c->vision.image_size = vc->image_size;
+        c->vision.patch_size = vc->patch_size;
+        c->vision.ln_eps = vc->layer_norm_eps;
+        c->vision.layer_idx = v->layer_idx;
+        int grid = vc->image_size / vc->patch_size;
+        if (v->num_img_tokens != (grid / 2) * (grid / 2))
             return vlm_err_set(err, VLM_ERR_FORMAT,
                                "%s: img_processor.num_img_tokens %d, but a %dx%d patch grid "
                                "merges to %d",
-                               what, nit, grid, grid, (grid / 2) * (grid / 2));
-        if (c->vision.hidden != c->image_dim_out)
-            return vlm_err_set(err, VLM_ERR_FORMAT,
-                               "%s: vision_config.hidden_size %d differs from "
-                               "img_processor.image_dim_out %d",
-                               what, c->vision.hidden, c->image_dim_out);
+                               what, v->num_img_tokens, grid, grid, (grid / 2) * (grid / 2));
     }
-#undef TRY
     return phi3v_config_check(c, err);
 }
 

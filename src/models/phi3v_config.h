@@ -2,18 +2,17 @@
  * (spec §0, §4, §6), with the vision tower's dimensions configurable so tiny
  * test models use the same code.
  *
- * phi3v_config_default() gives Phi-3.5-vision-instruct. The loader maps the
- * parsed config.json onto this struct (phi3v_config_from_json does it for
- * the keys of the published config plus our optional `vision_config`). */
+ * phi3v_config_default() gives Phi-3.5-vision-instruct. config.json is
+ * parsed once, by io/config; phi3v_config_from_config maps that onto this
+ * struct. */
 #ifndef VLM_MODELS_PHI3V_CONFIG_H
 #define VLM_MODELS_PHI3V_CONFIG_H
 
 #include <stdbool.h>
 #include <stdint.h>
 
-#include <cjson/cJSON.h>
-
 #include "base/status.h"
+#include "io/config.h"
 #include "models/clip.h"
 
 #define PHI3V_MAX_ROPE_HALF 256 /* head_dim / 2 at most */
@@ -51,12 +50,13 @@ typedef struct phi3v_config {
 /* Phi-3.5-vision-instruct (config.reconstructed.json). */
 void phi3v_config_default(phi3v_config *c);
 
-/* Fill c from a parsed config.json: starts from phi3v_config_default() and
- * reads the published keys; a `vision_config` object (our extension for small
- * fixtures) overrides the CLIP-L/14-336 defaults. `what` names the file in
- * messages. Runs phi3v_config_check. */
-vlm_status phi3v_config_from_json(const cJSON *json, const char *what, phi3v_config *c,
-                                  vlm_err *err);
+/* Fill c from config.json as io/config parsed it (the published keys plus
+ * our optional `vision_config`; CLIP-L/14-336 without it), refusing what
+ * this implementation does not compute (another rope type, activation,
+ * feature type or HD order). `what` names the file in messages. Runs
+ * phi3v_config_check. */
+vlm_status phi3v_config_from_config(const vlm_config *v, const char *what, phi3v_config *c,
+                                    vlm_err *err);
 
 /* Internal consistency (divisibility, ranges); the message names the field. */
 vlm_status phi3v_config_check(const phi3v_config *c, vlm_err *err);

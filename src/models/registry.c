@@ -17,30 +17,19 @@ const vlm_arch *vlm_arch_find(const char *name) {
     return NULL;
 }
 
-vlm_status vlm_arch_for_config(const cJSON *config, const char *what, const vlm_arch **out,
+vlm_status vlm_arch_for_config(const vlm_config *config, const char *what, const vlm_arch **out,
                                vlm_err *err) {
-    const cJSON *a = cJSON_GetObjectItemCaseSensitive(config, "architectures");
-    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) == 0)
-        return vlm_err_set(err, VLM_ERR_FORMAT, "%s: no \"architectures\" list", what);
-    char names[256] = "";
-    const cJSON *e;
-    cJSON_ArrayForEach(e, a) {
-        if (!cJSON_IsString(e)) continue;
-        const vlm_arch *f = vlm_arch_find(e->valuestring);
-        if (f) {
-            *out = f;
-            return VLM_OK;
-        }
-        size_t len = strlen(names);
-        if (len + 2 < sizeof names)
-            snprintf(names + len, sizeof names - len, "%s%s", len ? ", " : "", e->valuestring);
-    }
-    return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "%s: architecture %s is not supported", what,
-                       names[0] ? names : "(none)");
+    const vlm_arch *f = vlm_arch_find(config->architecture);
+    if (!f)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "%s: architecture %s is not supported", what,
+                           config->architecture[0] ? config->architecture : "(none)");
+    *out = f;
+    return VLM_OK;
 }
 
-vlm_status arch_model_create(const cJSON *config, const char *what, const vlm_weight_source *src,
-                             cpu_pool *pool, arch_model **out, vlm_err *err) {
+vlm_status arch_model_create(const vlm_config *config, const char *what,
+                             const vlm_weight_source *src, cpu_pool *pool, arch_model **out,
+                             vlm_err *err) {
     *out = NULL;
     const vlm_arch *a = NULL;
     vlm_status st = vlm_arch_for_config(config, what, &a, err);

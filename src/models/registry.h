@@ -5,17 +5,14 @@
 #ifndef VLM_MODELS_REGISTRY_H
 #define VLM_MODELS_REGISTRY_H
 
-#include <cjson/cJSON.h>
-
 #include "models/model.h"
 
 /* The family registered under name, or NULL. */
 const vlm_arch *vlm_arch_find(const char *name);
 
-/* The family for a parsed config.json: the first entry of `architectures`
- * that is registered. VLM_ERR_UNSUPPORTED names the architectures found;
- * `what` names the file. */
-vlm_status vlm_arch_for_config(const cJSON *config, const char *what, const vlm_arch **out,
+/* The family for a parsed config.json (its `architectures`[0]).
+ * VLM_ERR_UNSUPPORTED names the architecture; `what` names the file. */
+vlm_status vlm_arch_for_config(const vlm_config *config, const char *what, const vlm_arch **out,
                                vlm_err *err);
 
 /* A loaded model of any family: its table, its state, its numbers. */
@@ -27,8 +24,9 @@ typedef struct arch_model {
 
 /* Find the family for config and create the model (freed with
  * arch_model_free). */
-vlm_status arch_model_create(const cJSON *config, const char *what, const vlm_weight_source *src,
-                             cpu_pool *pool, arch_model **out, vlm_err *err);
+vlm_status arch_model_create(const vlm_config *config, const char *what,
+                             const vlm_weight_source *src, cpu_pool *pool, arch_model **out,
+                             vlm_err *err);
 void arch_model_free(arch_model *m);
 
 #endif

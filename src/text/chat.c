@@ -140,6 +140,12 @@ static size_t image_tag(const char *p, size_t n, long *num) {
 vlm_status chat_prompt_to_ids(const tokenizer *t, const char *prompt, size_t len,
                               const int32_t *num_img_tokens, size_t n_images, tok_ids *out,
                               vlm_err *err) {
+    return chat_turn_to_ids(t, prompt, len, true, 0, num_img_tokens, n_images, out, err);
+}
+
+vlm_status chat_turn_to_ids(const tokenizer *t, const char *prompt, size_t len, bool first_bos,
+                            size_t image_base, const int32_t *num_img_tokens, size_t n_images,
+                            tok_ids *out, vlm_err *err) {
     size_t chunk = 0, seen = 0;
     vlm_status st = VLM_OK;
     for (size_t i = 0; i <= len && st == VLM_OK;) {
@@ -150,24 +156,27 @@ vlm_status chat_prompt_to_ids(const tokenizer *t, const char *prompt, size_t len
             continue;
         }
         /* a chunk ends here (at a tag or at the end): encode it with BOS */
-        if ((st = tokenizer_encode(t, prompt + chunk, i - chunk, true, out, err)) != VLM_OK) break;
+        /* every chunk but a continuing turn's first one starts with BOS */
+        bool bos = first_bos || chunk > 0;
+        if ((st = tokenizer_encode(t, prompt + chunk, i - chunk, bos, out, err)) != VLM_OK) break;
         if (i == len) break;
-        if (num != (long)seen + 1 || seen >= n_images) {
-            if (seen >= n_images || num < 1 || (size_t)num > n_images)
+        long want = (long)(image_base + seen + 1);
+        if (num != want || seen >= n_images) {
+            if (seen >= n_images || num <= (long)image_base || (size_t)num > image_base + n_images)
                 return vlm_err_set(err, VLM_ERR_INVALID_ARG,
                                    "prompt: image tag <|image_%ld|> at byte %zu but %zu image%s "
                                    "given",
                                    num, i, n_images, n_images == 1 ? "" : "s");
             return vlm_err_set(err, VLM_ERR_INVALID_ARG,
                                "prompt: image tag <|image_%ld|> at byte %zu: tags must be "
-                               "<|image_1|>..<|image_%zu|>, each once, in order",
-                               num, i, n_images);
+                               "<|image_%zu|>..<|image_%zu|>, each once, in order",
+                               num, i, image_base + 1, image_base + n_images);
         }
         if (num_img_tokens[seen] < 0)
             return vlm_err_set(err, VLM_ERR_INVALID_ARG, "prompt: image %zu: negative token count",
-                               seen + 1);
+                               image_base + seen + 1);
         for (int32_t k = 0; k < num_img_tokens[seen] && st == VLM_OK; k++)
-            st = tok_ids_push(out, -(int32_t)(seen + 1), err);
+            st = tok_ids_push(out, -(int32_t)(image_base + seen + 1), err);
         seen++;
         i += tl;
         chunk = i;

@@ -41,6 +41,15 @@ vlm_status chat_prompt_to_ids(const tokenizer *t, const char *prompt, size_t len
                               const int32_t *num_img_tokens, size_t n_images, tok_ids *out,
                               vlm_err *err);
 
+/* The same for one turn of a running conversation: the first chunk gets BOS
+ * only with first_bos (a later turn continues the sequence), every chunk
+ * after an image tag gets BOS; tags are numbered across the conversation, so
+ * this turn's images are <|image_{image_base+1}|>.. and their placeholders
+ * -(image_base+1).. ; num_img_tokens[0..n_images) are this turn's images. */
+vlm_status chat_turn_to_ids(const tokenizer *t, const char *prompt, size_t len, bool first_bos,
+                            size_t image_base, const int32_t *num_img_tokens, size_t n_images,
+                            tok_ids *out, vlm_err *err);
+
 /* Stop tokens (from generation_config eos_token_id, or given). */
 #define CHAT_MAX_STOPS 16
 typedef struct chat_stops {

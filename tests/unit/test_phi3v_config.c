@@ -5,17 +5,33 @@
 #include <math.h>
 #include <string.h>
 
-#include "base/json.h"
+#include "io/config.h"
 #include "models/phi3v_config.h"
 
 static void load(const char *rel, phi3v_config *c) {
-    cJSON *j = NULL;
+    vlm_config vc;
     vlm_err err;
-    assert_int_equal(vlm_json_parse_file(tu_shared(rel), &j, &err), VLM_OK);
-    vlm_status st = phi3v_config_from_json(j, rel, c, &err);
+    vlm_status st = vlm_config_load(tu_shared(rel), &vc, &err);
+    if (st == VLM_OK) st = phi3v_config_from_config(&vc, rel, c, &err);
     if (st != VLM_OK) fprintf(stderr, "%s\n", err.msg);
     assert_int_equal(st, VLM_OK);
-    cJSON_Delete(j);
+    vlm_config_free(&vc);
+}
+
+/* config.json text with the required keys of a small model plus `extra`
+ * members, through io/config and the mapping. */
+static vlm_status from_text(const char *extra, phi3v_config *c, vlm_err *err) {
+    char text[2048];
+    snprintf(text, sizeof text,
+             "{\"architectures\": [\"Phi3VForCausalLM\"], \"hidden_size\": 64, "
+             "\"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+             "\"vocab_size\": 300%s%s}",
+             extra[0] ? ", " : "", extra);
+    vlm_config vc;
+    vlm_status st = vlm_config_parse(text, strlen(text), "x.json", &vc, err);
+    if (st == VLM_OK) st = phi3v_config_from_config(&vc, "x.json", c, err);
+    vlm_config_free(&vc);
+    return st;
 }
 
 static void test_phi35(void **state) {
@@ -60,33 +76,54 @@ static void test_phi3_128k(void **state) {
 
 static void test_bad(void **state) {
     (void)state;
-    vlm_json_init(); /* cJSON_Parse below goes through the accounted hooks */
     phi3v_config c;
     vlm_err err;
-    cJSON *j = cJSON_Parse("{\"hidden_size\": 64, \"num_attention_heads\": 4, "
-                           "\"rope_scaling\": {\"type\": \"yarn\"}}");
-    assert_int_equal(phi3v_config_from_json(j, "x.json", &c, &err), VLM_ERR_UNSUPPORTED);
+    assert_int_equal(from_text("\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 2}", &c, &err),
+                     VLM_ERR_UNSUPPORTED);
     assert_non_null(strstr(err.msg, "yarn"));
-    cJSON_Delete(j);
-    j = cJSON_Parse("{\"hidden_size\": 64, \"num_attention_heads\": 4, \"rope_scaling\": null, "
-                    "\"img_processor\": {\"image_dim_out\": 64}, \"vision_config\": "
-                    "{\"hidden_size\": 64, \"num_attention_heads\": 4, \"image_size\": 42, "
-                    "\"patch_size\": 14}}");
     /* A 3x3 patch grid cannot be 2x2-merged. */
-    assert_int_equal(phi3v_config_from_json(j, "x.json", &c, &err), VLM_ERR_FORMAT);
+    assert_int_equal(
+        from_text("\"rope_scaling\": null, \"img_processor\": {\"image_dim_out\": "
+                  "64}, \"vision_config\": {\"hidden_size\": 64, "
+                  "\"num_attention_heads\": 4, \"image_size\": 42, \"patch_size\": 14}",
+                  &c, &err),
+        VLM_ERR_FORMAT);
     assert_non_null(strstr(err.msg, "odd"));
-    cJSON_Delete(j);
-    j = cJSON_Parse("{\"img_processor\": {\"num_img_tokens\": 100}}");
-    assert_int_equal(phi3v_config_from_json(j, "x.json", &c, &err), VLM_ERR_FORMAT);
+    assert_int_equal(from_text("\"img_processor\": {\"image_dim_out\": 1024, \"num_img_tokens\": "
+                               "100}",
+                               &c, &err),
+                     VLM_ERR_FORMAT);
     assert_non_null(strstr(err.msg, "num_img_tokens"));
-    cJSON_Delete(j);
-    j = cJSON_Parse("{\"img_processor\": {\"type_feature\": \"cls_patch\"}}");
-    assert_int_equal(phi3v_config_from_json(j, "x.json", &c, &err), VLM_ERR_UNSUPPORTED);
-    cJSON_Delete(j);
-    j = cJSON_Parse("{\"hidden_size\": \"big\"}");
-    assert_int_not_equal(phi3v_config_from_json(j, "x.json", &c, &err), VLM_OK);
-    assert_non_null(strstr(err.msg, "hidden_size"));
-    cJSON_Delete(j);
+    assert_int_equal(from_text("\"img_processor\": {\"image_dim_out\": 1024, \"type_feature\": "
+                               "\"cls_patch\"}",
+                               &c, &err),
+                     VLM_ERR_UNSUPPORTED);
+    assert_int_equal(from_text("\"img_processor\": {}, \"vision_config\": {\"hidden_act\": "
+                               "\"gelu\"}",
+                               &c, &err),
+                     VLM_ERR_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "gelu"));
+    assert_int_equal(from_text("\"embd_layer\": {\"hd_transform_order\": \"glb_sub\"}, "
+                               "\"img_processor\": {}",
+                               &c, &err),
+                     VLM_ERR_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "glb_sub"));
+    assert_int_not_equal(from_text("\"max_position_embeddings\": \"big\"", &c, &err), VLM_OK);
+    assert_non_null(strstr(err.msg, "max_position_embeddings"));
+    /* Without img_processor the model is text-only; the vision_config
+     * extension names the feature layer too. */
+    vlm_status st = from_text("", &c, &err);
+    if (st != VLM_OK) fprintf(stderr, "%s\n", err.msg);
+    assert_int_equal(st, VLM_OK);
+    assert_false(c.has_vision);
+    assert_int_equal(from_text("\"img_processor\": {\"image_dim_out\": 64}, \"vision_config\": "
+                               "{\"hidden_size\": 64, \"num_attention_heads\": 4, "
+                               "\"num_hidden_layers\": 3, \"image_size\": 56, \"layer_idx\": -3}",
+                               &c, &err),
+                     VLM_OK);
+    assert_true(c.has_vision);
+    assert_int_equal(c.vision.layer_idx, -3);
+    assert_int_equal(phi3v_vision_layers_run(&c), 1);
 }
 
 int main(void) {

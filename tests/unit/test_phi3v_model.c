@@ -48,10 +48,25 @@ static int teardown(void **state) {
     return 0;
 }
 
+/* config.json goes through the one parser (io/config) as the loader does;
+ * tests edit the cJSON tree and hand it over as text. */
+static vlm_status create_json(const cJSON *c, const char *what, const vlm_weight_source *s,
+                              cpu_pool *p, arch_model **m, vlm_err *err) {
+    char *text = cJSON_PrintUnformatted(c);
+    if (!text) return vlm_err_set(err, VLM_ERR_NOMEM, "print config");
+    vlm_config vc;
+    vlm_status st = vlm_config_parse(text, strlen(text), what, &vc, err);
+    cJSON_free(text);
+    *m = NULL;
+    if (st == VLM_OK) st = arch_model_create(&vc, what, s, p, m, err);
+    vlm_config_free(&vc);
+    return st;
+}
+
 static arch_model *load(void) {
     arch_model *m = NULL;
     vlm_err err;
-    vlm_status st = arch_model_create(config, "tiny/config.json", &src, pool, &m, &err);
+    vlm_status st = create_json(config, "tiny/config.json", &src, pool, &m, &err);
     if (st != VLM_OK) fprintf(stderr, "%s\n", err.msg);
     assert_int_equal(st, VLM_OK);
     return m;
@@ -114,12 +129,13 @@ static void test_registry(void **state) {
     (void)state;
     assert_non_null(vlm_arch_find("Phi3VForCausalLM"));
     assert_null(vlm_arch_find("LlavaForConditionalGeneration"));
-    cJSON *c = cJSON_Parse("{\"architectures\": [\"NopeForCausalLM\"]}");
+    vlm_config c;
+    memset(&c, 0, sizeof c);
+    snprintf(c.architecture, sizeof c.architecture, "NopeForCausalLM");
     const vlm_arch *a = NULL;
     vlm_err err;
-    assert_int_equal(vlm_arch_for_config(c, "config.json", &a, &err), VLM_ERR_UNSUPPORTED);
+    assert_int_equal(vlm_arch_for_config(&c, "config.json", &a, &err), VLM_ERR_UNSUPPORTED);
     assert_non_null(strstr(err.msg, "NopeForCausalLM"));
-    cJSON_Delete(c);
     arch_model *m = load();
     assert_int_equal(m->info.vocab, 300);
     assert_int_equal(m->info.hidden, 64);
@@ -230,7 +246,7 @@ static void test_plain_rope(void **state) {
     cJSON_DeleteItemFromObject(c, "rope_scaling");
     arch_model *m = NULL;
     vlm_err err;
-    assert_int_equal(arch_model_create(c, "cfg", &src, pool, &m, &err), VLM_OK);
+    assert_int_equal(create_json(c, "cfg", &src, pool, &m, &err), VLM_OK);
     assert_int_equal(m->info.rope_switch_len, 0);
     int nr;
     float *rows = encode(m, "a", 2, &nr);
@@ -571,22 +587,22 @@ static void test_errors(void **state) {
     arch_model *m = NULL;
     vlm_err err;
     fault = (faulty){"model.layers.1.mlp.down_proj.weight", NULL};
-    assert_int_equal(arch_model_create(config, "cfg", &bad, NULL, &m, &err), VLM_ERR_NOT_FOUND);
+    assert_int_equal(create_json(config, "cfg", &bad, NULL, &m, &err), VLM_ERR_NOT_FOUND);
     assert_non_null(strstr(err.msg, "model.layers.1.mlp.down_proj.weight"));
     assert_null(m);
     fault = (faulty){NULL, "model.layers.0.self_attn.qkv_proj.weight"};
-    assert_int_equal(arch_model_create(config, "cfg", &bad, NULL, &m, &err), VLM_ERR_FORMAT);
+    assert_int_equal(create_json(config, "cfg", &bad, NULL, &m, &err), VLM_ERR_FORMAT);
     assert_non_null(strstr(err.msg, "model.layers.0.self_attn.qkv_proj.weight"));
     assert_non_null(strstr(err.msg, "[191, 64]"));
     fault = (faulty){NULL, "model.vision_embed_tokens.img_processor.vision_model.encoder."
                            "layers.1.mlp.fc1.weight"};
-    assert_int_equal(arch_model_create(config, "cfg", &bad, NULL, &m, &err), VLM_ERR_FORMAT);
+    assert_int_equal(create_json(config, "cfg", &bad, NULL, &m, &err), VLM_ERR_FORMAT);
     assert_non_null(strstr(err.msg, "layers.1.mlp.fc1.weight"));
     /* The last CLIP layer is not used, so it need not exist. */
     fault = (faulty){"model.vision_embed_tokens.img_processor.vision_model.encoder.layers.2."
                      "mlp.fc1.weight",
                      NULL};
-    assert_int_equal(arch_model_create(config, "cfg", &bad, NULL, &m, &err), VLM_OK);
+    assert_int_equal(create_json(config, "cfg", &bad, NULL, &m, &err), VLM_OK);
     arch_model_free(m);
 
     m = load();
@@ -610,13 +626,13 @@ static void test_errors(void **state) {
     /* Bad configs. */
     cJSON *c = cJSON_Duplicate(config, 1);
     cJSON_ReplaceItemInObject(c, "num_attention_heads", cJSON_CreateNumber(5));
-    assert_int_not_equal(arch_model_create(c, "cfg", &src, NULL, &m, &err), VLM_OK);
+    assert_int_not_equal(create_json(c, "cfg", &src, NULL, &m, &err), VLM_OK);
     assert_non_null(strstr(err.msg, "num_attention_heads"));
     cJSON_Delete(c);
     c = cJSON_Duplicate(config, 1);
     cJSON *rs = cJSON_GetObjectItem(c, "rope_scaling");
     cJSON_DeleteItemFromArray(cJSON_GetObjectItem(rs, "long_factor"), 0);
-    assert_int_equal(arch_model_create(c, "cfg", &src, NULL, &m, &err), VLM_ERR_FORMAT);
+    assert_int_equal(create_json(c, "cfg", &src, NULL, &m, &err), VLM_ERR_FORMAT);
     assert_non_null(strstr(err.msg, "long_factor"));
     cJSON_Delete(c);
     arch_model_free(m);
@@ -633,7 +649,7 @@ static int workload(void) {
     float rows[17 * 64];
     size_t n;
     int32_t *ids = fx_i32(E, "mt.turn2", &n);
-    vlm_status st = arch_model_create(config, "cfg", &src, pool, &m, &err);
+    vlm_status st = create_json(config, "cfg", &src, pool, &m, &err);
     if (st == VLM_OK) {
         session_options o;
         session_options_init(&o);

@@ -6,9 +6,10 @@
  * kernel can index per-thread scratch with it. A NULL pool or one thread runs
  * fn(ctx, 0, n, 0) on the caller.
  *
- * This is a small stand-in (threads started per call) with the signature of
- * base/threadpool, which replaces it. Results never depend on the split: each
- * output element is computed by one thread in a fixed order. */
+ * A cpu_pool owns a base/threadpool (persistent workers; the caller runs
+ * range 0). Results never depend on the split: each output element is
+ * computed by one thread in a fixed order, so any thread count gives the same
+ * bits. */
 #ifndef VLM_BACKEND_CPU_PARALLEL_H
 #define VLM_BACKEND_CPU_PARALLEL_H
 
@@ -24,7 +25,8 @@ typedef struct cpu_pool {
 
 #define CPU_POOL_MAX_THREADS 256
 
-/* n_threads <= 0: the CPUs this process may use. */
+/* n_threads <= 0: VLM_THREADS, else the CPUs this process may use (affinity
+ * and cgroup quota). A worker that cannot start leaves a smaller pool. */
 vlm_status cpu_pool_create(int n_threads, cpu_pool **out, vlm_err *err);
 void cpu_pool_free(cpu_pool *p);
 int cpu_pool_threads(const cpu_pool *p);

@@ -1,0 +1,119 @@
+/* vlmtest generate: one prompt (and images) through the model, the answer
+ * streamed to stdout; --json prints one object with the answer, token
+ * counts, timings and the generated ids instead. */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "gen_opts.h"
+#include "runtime/api_internal.h"
+
+static const char usage[] =
+    "usage: vlmtest generate -m MODEL [--image FILE]... (-p PROMPT | --raw-prompt TEXT)\n"
+    "                        [--system S] [--max-tokens N] [--temp T] [--top-p P] [--top-k K]\n"
+    "                        [--min-p P] [--repeat-penalty R] [--seed S] [--num-crops N]\n"
+    "                        [--threads N] [--ctx N] [--stop STR]... [--ignore-eos] [--json]\n"
+    "\n"
+    "  -m MODEL            model folder, safetensors file, or org/name[@rev] in the HF cache\n"
+    "  --image FILE        JPEG, PNG or WebP; attached to the turn in order\n"
+    "  -p PROMPT           one user turn (images go in front as <|image_N|> tags)\n"
+    "  --raw-prompt TEXT   a whole conversation in the chat format, with <|image_N|> tags\n"
+    "                      for the --image files in order; tokenized as the processor does\n"
+    "  --system S          system message (with -p)\n"
+    "  --max-tokens N      new tokens at most (default 256)\n"
+    "  --temp T            temperature (default 0: greedy)\n"
+    "  --top-p/--top-k/--min-p/--repeat-penalty  sampling filters (off by default)\n"
+    "  --seed S            random seed (default 0)\n"
+    "  --num-crops N       override preprocessor_config's num_crops\n"
+    "  --threads N         threads (default: VLM_THREADS, else the CPUs available)\n"
+    "  --ctx N             KV cache tokens (default min(4096, the model's positions))\n"
+    "  --stop STR          stop when the answer contains STR (not included in it)\n"
+    "  --ignore-eos        do not stop on the generation_config stop ids\n"
+    "  --json              print {answer, tokens_in, tokens_out, image_tokens, timings,\n"
+    "                      stop_reason, ids} instead of streaming the text\n";
+
+static bool stream_out(void *user, const char *piece, size_t len) {
+    (void)user;
+    fwrite(piece, 1, len, stdout);
+    fflush(stdout);
+    return true;
+}
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void print_json(const char *answer, const vlm_gen_stats *st, const int32_t *ids, int n,
+                       double load_ms) {
+    fputs("{\"answer\": ", stdout);
+    gen_json_string(stdout, answer, strlen(answer));
+    printf(", \"tokens_in\": %d, \"tokens_out\": %d, \"image_tokens\": %d", st->tokens_in,
+           st->tokens_out, st->image_tokens);
+    printf(", \"timings\": {\"load_ms\": %.3f, \"image_ms\": %.3f, \"prefill_ms\": %.3f, "
+           "\"first_token_ms\": %.3f, "
+           "\"decode_ms\": %.3f, \"decode_tokens_per_s\": %.4f}",
+           load_ms, st->image_ms, st->prefill_ms, st->first_token_ms, st->decode_ms,
+           st->decode_tps);
+    printf(", \"stop_reason\": \"%s\", \"ids\": [", st->stop_reason);
+    for (int i = 0; i < n; i++) printf("%s%d", i ? ", " : "", ids[i]);
+    fputs("]}\n", stdout);
+}
+
+static int run(int argc, char **argv) {
+    const char *cmd = "generate";
+    if (cli_wants_help(argc, argv)) {
+        fputs(usage, stdout);
+        return CLI_OK;
+    }
+    gen_opts o;
+    if (!gen_opts_parse(cmd, argc, argv, &o)) return CLI_USAGE;
+    if (!o.prompt == !o.raw_prompt) {
+        cli_error(cmd, "give exactly one of -p PROMPT and --raw-prompt TEXT");
+        return CLI_USAGE;
+    }
+    if (o.raw_prompt && o.system) {
+        cli_error(cmd, "--system goes with -p (a raw prompt carries its own system turn)");
+        return CLI_USAGE;
+    }
+    vlm_model *m = NULL;
+    vlm_image *imgs[GEN_MAX_IMAGES] = {0};
+    double t0 = now_ms();
+    if (!gen_load(cmd, &o, &m, imgs)) return CLI_FAIL;
+    double load_ms = now_ms() - t0; /* images decoded + model opened */
+    int rc = CLI_FAIL;
+    vlm_err err = {0};
+    vlm_session *s = NULL;
+    char *answer = NULL;
+    vlm_gen_stats st;
+    if (!o.json) o.gp.on_text = stream_out;
+    vlm_status r = vlm_session_new(m, &s, &err);
+    if (!r && o.system) r = vlm_session_set_system(s, o.system, &err);
+    if (!r)
+        r = o.raw_prompt
+                ? vlm_session_chat_raw(s, o.raw_prompt, imgs, o.n_images, &o.gp, &answer, &st, &err)
+                : vlm_session_chat(s, o.prompt, imgs, o.n_images, &o.gp, &answer, &st, &err);
+    if (r) {
+        if (!o.json) fflush(stdout);
+        cli_error(cmd, "%s", err.msg);
+    } else {
+        if (o.json) {
+            int n = 0;
+            const int32_t *ids = vlm_session_last_ids(s, &n);
+            print_json(answer, &st, ids, n, load_ms);
+        } else {
+            fputc('\n', stdout);
+        }
+        rc = CLI_OK;
+    }
+    vlm_string_free(answer);
+    vlm_session_free(s);
+    vlm_model_free(m);
+    for (int i = 0; i < o.n_images; i++) vlm_image_free(imgs[i]);
+    return rc;
+}
+
+const struct cli_command cli_command_generate = {
+    "generate", "answer a prompt (with images) with a model", run, usage};

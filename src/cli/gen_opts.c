@@ -1,0 +1,156 @@
+/* cli/gen_opts - see gen_opts.h. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "gen_opts.h"
+
+static bool parse_float(const char *s, float lo, float hi, float *out) {
+    char *end = NULL;
+    double v = strtod(s, &end);
+    if (!s[0] || *end || !(v >= lo && v <= hi)) return false;
+    *out = (float)v;
+    return true;
+}
+
+static const char *const value_opts[] = {
+    "-m",           "--model",     "--image",   "-p",      "--prompt",
+    "--raw-prompt", "--system",    "--out",     "--stop",  "--max-tokens",
+    "--temp",       "--top-p",     "--top-k",   "--min-p", "--repeat-penalty",
+    "--seed",       "--num-crops", "--threads", "--ctx",
+};
+
+static bool known_value_opt(const char *a) {
+    for (size_t i = 0; i < sizeof value_opts / sizeof *value_opts; i++)
+        if (!strcmp(a, value_opts[i])) return true;
+    return false;
+}
+
+bool gen_opts_parse(const char *cmd, int argc, char **argv, gen_opts *o) {
+    memset(o, 0, sizeof *o);
+    vlm_load_options_init(&o->lo);
+    vlm_gen_params_init(&o->gp);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long n;
+        bool takes = true, ok = true;
+        if (!strcmp(a, "--json")) {
+            o->json = true;
+            takes = false;
+        } else if (!strcmp(a, "--ignore-eos")) {
+            o->ignore_eos = true;
+            takes = false;
+        } else if (!known_value_opt(a)) {
+            cli_error(cmd, "unknown option %s (see vlmtest %s --help)", a, cmd);
+            return false;
+        } else if (!v) {
+            cli_error(cmd, "%s needs a value", a);
+            return false;
+        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+            o->model = v;
+        } else if (!strcmp(a, "--image")) {
+            if (o->n_images == GEN_MAX_IMAGES) {
+                cli_error(cmd, "at most %d images", GEN_MAX_IMAGES);
+                return false;
+            }
+            o->images[o->n_images++] = v;
+        } else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) {
+            o->prompt = v;
+        } else if (!strcmp(a, "--raw-prompt")) {
+            o->raw_prompt = v;
+        } else if (!strcmp(a, "--system")) {
+            o->system = v;
+        } else if (!strcmp(a, "--out")) {
+            o->out = v;
+        } else if (!strcmp(a, "--stop")) {
+            if (o->n_stops == GEN_MAX_STOPS) {
+                cli_error(cmd, "at most %d stop strings", GEN_MAX_STOPS);
+                return false;
+            }
+            o->stops[o->n_stops++] = v;
+        } else if (!strcmp(a, "--max-tokens")) {
+            ok = cli_parse_int(v, 0, 1 << 20, &n);
+            o->gp.max_tokens = (int)n;
+        } else if (!strcmp(a, "--temp")) {
+            ok = parse_float(v, 0, 100, &o->gp.temperature);
+        } else if (!strcmp(a, "--top-p")) {
+            ok = parse_float(v, 0, 1, &o->gp.top_p);
+        } else if (!strcmp(a, "--top-k")) {
+            ok = cli_parse_int(v, 0, 1 << 24, &n);
+            o->gp.top_k = (int)n;
+        } else if (!strcmp(a, "--min-p")) {
+            ok = parse_float(v, 0, 1, &o->gp.min_p);
+        } else if (!strcmp(a, "--repeat-penalty")) {
+            ok = parse_float(v, 0.01f, 100, &o->gp.repetition_penalty);
+        } else if (!strcmp(a, "--seed")) {
+            char *end = NULL;
+            unsigned long long s = strtoull(v, &end, 10);
+            ok = v[0] && !*end;
+            o->gp.seed = s;
+        } else if (!strcmp(a, "--num-crops")) {
+            ok = cli_parse_int(v, 1, 256, &n);
+            o->lo.num_crops = (int)n;
+        } else if (!strcmp(a, "--threads")) {
+            ok = cli_parse_int(v, 1, 1024, &n);
+            o->lo.n_threads = (int)n;
+        } else if (!strcmp(a, "--ctx")) {
+            ok = cli_parse_int(v, 1, 1 << 24, &n);
+            o->lo.max_context = (int)n;
+        } else {
+            cli_error(cmd, "unknown option %s (see vlmtest %s --help)", a, cmd);
+            return false;
+        }
+        if (!ok) {
+            cli_error(cmd, "bad value for %s: %s", a, v);
+            return false;
+        }
+        if (takes) i++;
+    }
+    o->gp.stop = o->stops;
+    o->gp.n_stop = o->n_stops;
+    o->gp.ignore_eos = o->ignore_eos;
+    if (!o->model) {
+        cli_error(cmd, "no model (-m MODEL)");
+        return false;
+    }
+    return true;
+}
+
+bool gen_load(const char *cmd, const gen_opts *o, vlm_model **m, vlm_image **imgs) {
+    vlm_err err = {0};
+    for (int i = 0; i < o->n_images; i++) {
+        if (vlm_image_load(o->images[i], 0, &imgs[i], &err) != VLM_OK) {
+            cli_error(cmd, "%s", err.msg);
+            for (int j = 0; j < i; j++) vlm_image_free(imgs[j]);
+            return false;
+        }
+    }
+    if (vlm_model_load(o->model, &o->lo, m, &err) != VLM_OK) {
+        cli_error(cmd, "%s", err.msg);
+        for (int j = 0; j < o->n_images; j++) vlm_image_free(imgs[j]);
+        return false;
+    }
+    return true;
+}
+
+void gen_json_string(FILE *f, const char *s, size_t n) {
+    fputc('"', f);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c == '\n')
+            fputs("\\n", f);
+        else if (c == '\r')
+            fputs("\\r", f);
+        else if (c == '\t')
+            fputs("\\t", f);
+        else if (c < 0x20 || c == 0x7f)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
+}

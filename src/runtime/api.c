@@ -1,0 +1,752 @@
+/* runtime/api - the public API (include/vlm/vlm.h): loading a model folder,
+ * sessions with the conversation -> ids rule, generation with stop strings
+ * and streaming.
+ *
+ * Loading: resolve the reference (folder, file or org/name[@rev] in the HF
+ * cache) -> the JSON files (io/config) -> the tensors (memory-mapped) ->
+ * the family's tensor check -> the family's model over a weight source that
+ * hands out views into the mapping -> tokenizer.json -> stop ids
+ * (generation_config, else {32007, 32000, 2}) -> num_crops.
+ *
+ * Sessions (the rule the demo model was trained with, see docs/model.md):
+ *   turn 1: [<|system|>\n{system}<|end|>\n]<|user|>\n<|image_1|>\n...{text}<|end|>\n<|assistant|>\n
+ *            every chunk (split at image tags) with BOS, as the processor;
+ *   turn t:  \n<|user|>\n<|image_k|>\n...{text}<|end|>\n<|assistant|>\n
+ *            the first chunk without BOS (it continues), chunks after a tag with BOS;
+ * the generated ids stay as generated, <|end|> appended when generation
+ * stopped without producing it. Only the new tokens are prefilled. */
+#include "runtime/api_internal.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "base/alloc.h"
+#include "base/file.h"
+#include "base/json.h"
+#include "io/config.h"
+#include "io/hf.h"
+#include "io/image.h"
+#include "io/safetensors.h"
+#include "models/phi3v_image.h"
+#include "models/phi3v_tensors.h"
+#include "runtime/sampler.h"
+#include "text/chat.h"
+
+struct vlm_model {
+    char *dir; /* the model folder (accounted) */
+    vlm_model_configs cfgs;
+    vlm_tensor_set *ts;
+    cpu_pool *pool;
+    arch_model *am;
+    tokenizer *tok;
+    int32_t stop_ids[VLM_MAX_STOP_IDS];
+    int n_stop;
+    int32_t end_id; /* <|end|>, -1 if the vocabulary has none */
+    int num_crops;
+    int64_t max_context; /* 0: the session default */
+};
+
+struct vlm_session {
+    vlm_model *m;
+    session *s;
+    char *system; /* accounted, NULL if none */
+    int n_turns;
+    int n_images;  /* images so far: the next is <|image_{n_images+1}|> */
+    bool need_end; /* the last answer did not end with <|end|> */
+    int32_t *gen;  /* [gen_cap] ids of the last turn */
+    int n_gen, gen_cap;
+};
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* ---------------------------------------------------------------------------
+ * loading */
+
+void vlm_load_options_init(vlm_load_options *o) {
+    memset(o, 0, sizeof *o);
+    o->device = "auto";
+}
+
+/* The weight source over the tensor set: views into the mapping. */
+static vlm_status st_lookup(void *ctx, const char *name, vlm_tensor_view *out, vlm_err *err) {
+    const vlm_tensor_set *set = ctx;
+    const vlm_st_tensor *t = vlm_tensor_set_find(set, name);
+    if (!t)
+        return vlm_err_set(err, VLM_ERR_NOT_FOUND, "%s: tensor \"%s\" is missing",
+                           vlm_tensor_set_path(set), name);
+    if (t->rank > VLM_TENSOR_MAX_DIMS)
+        return vlm_err_set(err, VLM_ERR_FORMAT, "%s: tensor \"%s\" has rank %d", t->file, name,
+                           t->rank);
+    /* the kernels read 2-byte elements in place (F32 is read with memcpy) */
+    if ((t->dtype == VLM_DTYPE_BF16 || t->dtype == VLM_DTYPE_F16) && ((uintptr_t)t->data & 1))
+        return vlm_err_set(err, VLM_ERR_FORMAT, "%s: tensor \"%s\" is not 2-byte aligned", t->file,
+                           name);
+    memset(out, 0, sizeof *out);
+    out->dtype = t->dtype;
+    out->ndim = t->rank;
+    for (int i = 0; i < t->rank; i++) out->shape[i] = t->shape[i];
+    out->data = t->data;
+    return VLM_OK;
+}
+
+static bool is_dir(const char *p) {
+    struct stat sb;
+    return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+/* The folder of a resolved reference: itself, or the folder of a file. */
+static vlm_status model_dir(const char *resolved, char **out, vlm_err *err) {
+    if (is_dir(resolved)) {
+        *out = vlm_strdup(resolved, VLM_MEM_OTHER);
+    } else {
+        size_t len = strlen(resolved);
+        if (len >= 5 && strcmp(resolved + len - 5, ".gguf") == 0)
+            return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                               "%s: GGUF models are not loaded by this engine yet", resolved);
+        const char *slash = strrchr(resolved, '/');
+        *out = slash ? vlm_strndup(resolved, (size_t)(slash - resolved), VLM_MEM_OTHER)
+                     : vlm_strdup(".", VLM_MEM_OTHER);
+    }
+    return *out ? VLM_OK : vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory", resolved);
+}
+
+static vlm_status check_options(const vlm_load_options *o, const vlm_model *m, vlm_err *err) {
+    if (o->device && o->device[0] && strcmp(o->device, "auto") && strcmp(o->device, "cpu"))
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                           "device \"%s\": this build runs on the CPU only (\"cpu\", \"auto\")",
+                           o->device);
+    if (o->precision && o->precision[0]) {
+        /* Weights are read as stored and computed in f32; a conversion on
+         * load is not implemented, so only the stored dtype is accepted. */
+        const char *td = m->cfgs.config.torch_dtype;
+        bool same = (!strcmp(o->precision, "f32") && !strcmp(td, "float32")) ||
+                    (!strcmp(o->precision, "bf16") && !strcmp(td, "bfloat16")) ||
+                    (!strcmp(o->precision, "f16") && !strcmp(td, "float16"));
+        if (!same)
+            return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                               "precision \"%s\": weights are used as stored (%s); conversion "
+                               "on load is not implemented",
+                               o->precision, td[0] ? td : "dtype not given");
+    }
+    if (o->num_crops < 0 || o->num_crops > PHI3V_MAX_NUM_CROPS)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "num_crops %d: expected 1..%d", o->num_crops,
+                           PHI3V_MAX_NUM_CROPS);
+    if (o->max_context < 0)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "max_context %d", o->max_context);
+    return VLM_OK;
+}
+
+vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_model **out,
+                          vlm_err *err) {
+    if (!out) return vlm_err_set(err, VLM_ERR_INVALID_ARG, "vlm_model_load: out is NULL");
+    *out = NULL;
+    if (!ref || !ref[0])
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "vlm_model_load: no model reference");
+    vlm_load_options def;
+    if (!opts) {
+        vlm_load_options_init(&def);
+        opts = &def;
+    }
+    vlm_json_init();
+    vlm_model *m = vlm_calloc(1, sizeof *m, VLM_MEM_OTHER);
+    if (!m) return vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory", ref);
+    char *resolved = NULL;
+    char path[4096];
+    vlm_status st = vlm_hf_resolve(ref, &resolved, err);
+    if (st) goto fail;
+    if ((st = model_dir(resolved, &m->dir, err))) goto fail;
+    if ((st = vlm_model_configs_load(m->dir, &m->cfgs, err))) goto fail;
+    if ((st = check_options(opts, m, err))) goto fail;
+
+    /* The family's table comes from the registry; the family builds its
+     * model from the parsed config.json. */
+    snprintf(path, sizeof path, "%s/config.json", m->dir);
+    const vlm_arch *arch = NULL;
+    if ((st = vlm_arch_for_config(&m->cfgs.config, path, &arch, err))) goto fail;
+
+    if ((st = vlm_tensor_set_open(is_dir(resolved) ? m->dir : resolved, &m->ts, err))) goto fail;
+    if (strcmp(arch->name, PHI3V_ARCH) == 0 &&
+        (st = phi3v_check_tensors(&m->cfgs.config, m->ts, err)))
+        goto fail;
+    if ((st = cpu_pool_create(opts->n_threads, &m->pool, err))) goto fail;
+    vlm_weight_source src = {st_lookup, m->ts};
+    if ((st = arch_model_create(&m->cfgs.config, path, &src, m->pool, &m->am, err))) goto fail;
+    if (m->am->info.has_vision && m->am->info.image_size != PHI3V_CROP_SIZE) {
+        st = vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                         "%s: vision image_size %d; the image processor makes %d-px crops", path,
+                         m->am->info.image_size, PHI3V_CROP_SIZE);
+        goto fail;
+    }
+
+    snprintf(path, sizeof path, "%s/tokenizer.json", m->dir);
+    if (!vlm_file_is_regular(path)) {
+        st = vlm_err_set(err, VLM_ERR_NOT_FOUND, "%s: missing (the model's tokenizer)", path);
+        goto fail;
+    }
+    if ((st = tokenizer_load(path, &m->tok, err))) goto fail;
+    m->end_id = tokenizer_token_to_id(m->tok, "<|end|>", 7);
+
+    /* Stop ids: generation_config's eos_token_id, else spec §2.6's
+     * {32007, 32000, 2} (vlm_gen_config_default). Ids outside the vocab
+     * could never be produced and are dropped. */
+    for (int i = 0; i < m->cfgs.gen.n_stop_ids; i++) {
+        int id = m->cfgs.gen.stop_ids[i];
+        if (id >= 0 && id < m->am->info.vocab) m->stop_ids[m->n_stop++] = id;
+    }
+    m->num_crops = opts->num_crops > 0 ? opts->num_crops : m->cfgs.preproc.num_crops;
+    m->max_context = opts->max_context;
+    if (m->max_context > 0 && m->max_context > m->am->info.max_positions) {
+        st = vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                         "max_context %lld is beyond the model's %lld positions",
+                         (long long)m->max_context, (long long)m->am->info.max_positions);
+        goto fail;
+    }
+    vlm_free(resolved);
+    *out = m;
+    return VLM_OK;
+fail:
+    vlm_free(resolved);
+    vlm_model_free(m);
+    return st;
+}
+
+void vlm_model_free(vlm_model *m) {
+    if (!m) return;
+    tokenizer_free(m->tok);
+    arch_model_free(m->am);
+    cpu_pool_free(m->pool);
+    vlm_tensor_set_close(m->ts);
+    vlm_model_configs_free(&m->cfgs);
+    vlm_free(m->dir);
+    vlm_free(m);
+}
+
+static const char *dtype_short(vlm_dtype d) {
+    switch (d) {
+    case VLM_DTYPE_F32:
+        return "f32";
+    case VLM_DTYPE_F16:
+        return "f16";
+    case VLM_DTYPE_BF16:
+        return "bf16";
+    default:
+        return "other";
+    }
+}
+
+void vlm_model_describe(const vlm_model *m, vlm_model_desc *o) {
+    memset(o, 0, sizeof *o);
+    if (!m) return;
+    const vlm_model_info *info = &m->am->info;
+    snprintf(o->arch, sizeof o->arch, "%s", info->arch);
+    snprintf(o->path, sizeof o->path, "%s", m->dir);
+    o->num_crops = m->num_crops;
+    o->max_positions = info->max_positions;
+    o->context = m->max_context > 0 ? m->max_context
+                                    : (info->max_positions < 4096 ? info->max_positions : 4096);
+    o->vocab = info->vocab;
+    o->n_layers = info->n_layers;
+    o->hidden = info->hidden;
+    o->n_threads = cpu_pool_threads(m->pool);
+    int dt = -1;
+    for (size_t i = 0; i < vlm_tensor_set_count(m->ts); i++) {
+        const vlm_st_tensor *t = vlm_tensor_set_at(m->ts, i);
+        o->weight_bytes += t->nbytes;
+        if (dt == -1)
+            dt = (int)t->dtype;
+        else if (dt != (int)t->dtype)
+            dt = -2;
+    }
+    snprintf(o->dtype, sizeof o->dtype, "%s", dt == -2 ? "mixed" : dtype_short((vlm_dtype)dt));
+    uint64_t counts[PHI3V_PART_COUNT] = {0};
+    vlm_err err;
+    if (strcmp(info->arch, PHI3V_ARCH) == 0 &&
+        phi3v_param_counts(&m->cfgs.config, counts, &err) == VLM_OK) {
+        o->params_vision = counts[PHI3V_PART_VISION];
+        o->params_projector = counts[PHI3V_PART_GLUE];
+        o->params_lm = counts[PHI3V_PART_LM];
+        o->params_total = o->params_vision + o->params_projector + o->params_lm;
+    }
+}
+
+arch_model *vlm_model_arch(vlm_model *m) {
+    return m->am;
+}
+
+const tokenizer *vlm_model_tokenizer(const vlm_model *m) {
+    return m->tok;
+}
+
+const int32_t *vlm_model_stop_ids(const vlm_model *m, int *n) {
+    *n = m->n_stop;
+    return m->stop_ids;
+}
+
+/* ---------------------------------------------------------------------------
+ * prompts */
+
+void vlm_prompt_free(vlm_prompt *p) {
+    if (!p) return;
+    tok_ids_free(&p->ids);
+    vlm_free(p->rows);
+    vlm_free(p->img_tokens);
+    vlm_free(p->img_sizes);
+    memset(p, 0, sizeof *p);
+}
+
+/* Preprocess and encode images[0..n) into p->rows. */
+static vlm_status encode_images(vlm_model *m, vlm_image *const *images, int n, vlm_prompt *p,
+                                vlm_err *err) {
+    arch_model *am = m->am;
+    const int64_t hidden = am->info.hidden;
+    if (n == 0) return VLM_OK;
+    if (!am->info.has_vision)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "%s: the model has no vision tower",
+                           am->info.arch);
+    p->img_tokens = VLM_NEW_ARRAY(int32_t, (size_t)n, VLM_MEM_OTHER);
+    p->img_sizes = VLM_NEW_ARRAY(int, (size_t)n * 2, VLM_MEM_OTHER);
+    if (!p->img_tokens || !p->img_sizes)
+        return vlm_err_set(err, VLM_ERR_NOMEM, "images: out of memory");
+    for (int i = 0; i < n; i++) {
+        if (!images[i]) return vlm_err_set(err, VLM_ERR_INVALID_ARG, "image %d is NULL", i + 1);
+        phi3v_pixels px;
+        memset(&px, 0, sizeof px);
+        vlm_status st = phi3v_preprocess(images[i], m->num_crops, false, &px, err);
+        if (st) {
+            vlm_err_prefix(err, "image %d", i + 1);
+            return st;
+        }
+        int rows = am->arch->image_tokens(am->impl, px.geo.hc, px.geo.wc);
+        float *grown = NULL;
+        size_t bytes;
+        if (rows != px.geo.num_img_tokens ||
+            !vlm_size_mul((size_t)(p->n_rows + rows), (size_t)hidden * sizeof(float), &bytes)) {
+            phi3v_pixels_free(&px);
+            return vlm_err_set(err, VLM_ERR_INTERNAL,
+                               "image %d: %d feature rows, the processor counts %d", i + 1, rows,
+                               px.geo.num_img_tokens);
+        }
+        grown = vlm_realloc(p->rows, bytes, VLM_MEM_IMAGE);
+        if (!grown) {
+            phi3v_pixels_free(&px);
+            return vlm_err_set(err, VLM_ERR_NOMEM, "image %d: out of memory for %d feature rows",
+                               i + 1, rows);
+        }
+        p->rows = grown;
+        vlm_image_input in = {px.values, px.n_real, px.geo.hc, px.geo.wc};
+        st = am->arch->encode_image(am->impl, &in, 1, p->rows + p->n_rows * hidden, err);
+        p->img_tokens[i] = rows;
+        p->img_sizes[2 * i] = px.geo.hd_h;
+        p->img_sizes[2 * i + 1] = px.geo.hd_w;
+        phi3v_pixels_free(&px);
+        if (st) {
+            vlm_err_prefix(err, "image %d", i + 1);
+            return st;
+        }
+        p->n_rows += rows;
+        p->n_images = i + 1;
+    }
+    return VLM_OK;
+}
+
+vlm_status vlm_prompt_build(vlm_model *m, const char *text, bool first_bos, int image_base,
+                            vlm_image *const *images, int n_images, vlm_prompt *p, vlm_err *err) {
+    memset(p, 0, sizeof *p);
+    if (!text) return vlm_err_set(err, VLM_ERR_INVALID_ARG, "prompt: text is NULL");
+    if (n_images < 0 || (n_images > 0 && !images))
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "prompt: %d images", n_images);
+    double t0 = now_ms();
+    vlm_status st = encode_images(m, images, n_images, p, err);
+    p->image_ms = now_ms() - t0;
+    if (st) return st;
+    return chat_turn_to_ids(m->tok, text, strlen(text), first_bos, (size_t)image_base,
+                            p->img_tokens, (size_t)n_images, &p->ids, err);
+}
+
+/* ---------------------------------------------------------------------------
+ * sessions */
+
+vlm_status vlm_session_new(vlm_model *m, vlm_session **out, vlm_err *err) {
+    if (!out) return vlm_err_set(err, VLM_ERR_INVALID_ARG, "vlm_session_new: out is NULL");
+    *out = NULL;
+    if (!m) return vlm_err_set(err, VLM_ERR_INVALID_ARG, "vlm_session_new: no model");
+    vlm_session *s = vlm_calloc(1, sizeof *s, VLM_MEM_OTHER);
+    if (!s) return vlm_err_set(err, VLM_ERR_NOMEM, "session: out of memory");
+    s->m = m;
+    session_options so;
+    session_options_init(&so);
+    so.max_ctx = m->max_context;
+    vlm_status st = session_create(m->am, &so, &s->s, err);
+    if (st) {
+        vlm_free(s);
+        return st;
+    }
+    *out = s;
+    return VLM_OK;
+}
+
+void vlm_session_free(vlm_session *s) {
+    if (!s) return;
+    session_free(s->s);
+    vlm_free(s->system);
+    vlm_free(s->gen);
+    vlm_free(s);
+}
+
+void vlm_session_reset(vlm_session *s) {
+    if (!s) return;
+    session_reset(s->s);
+    s->n_turns = 0;
+    s->n_images = 0;
+    s->need_end = false;
+    s->n_gen = 0;
+}
+
+vlm_status vlm_session_set_system(vlm_session *s, const char *text, vlm_err *err) {
+    if (!s) return vlm_err_set(err, VLM_ERR_INVALID_ARG, "set_system: no session");
+    if (s->n_turns > 0)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                           "set_system: the conversation has started (reset the session first)");
+    char *copy = NULL;
+    if (text && !(copy = vlm_strdup(text, VLM_MEM_OTHER)))
+        return vlm_err_set(err, VLM_ERR_NOMEM, "set_system: out of memory");
+    vlm_free(s->system);
+    s->system = copy;
+    return VLM_OK;
+}
+
+session *vlm_session_core(vlm_session *s) {
+    return s->s;
+}
+
+const int32_t *vlm_session_last_ids(const vlm_session *s, int *n) {
+    *n = s->n_gen;
+    return s->gen;
+}
+
+void vlm_gen_params_init(vlm_gen_params *p) {
+    memset(p, 0, sizeof *p);
+    p->max_tokens = 256;
+    p->top_p = 1.0f;
+    p->repetition_penalty = 1.0f;
+}
+
+void vlm_string_free(char *s) {
+    vlm_free(s);
+}
+
+/* A growable string (accounted). */
+typedef struct sbuf {
+    char *s;
+    size_t len, cap;
+} sbuf;
+
+static bool sbuf_add(sbuf *b, const char *p, size_t n) {
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *q = vlm_realloc(b->s, cap, VLM_MEM_OTHER);
+        if (!q) return false;
+        b->s = q;
+        b->cap = cap;
+    }
+    memcpy(b->s + b->len, p, n);
+    b->len += n;
+    b->s[b->len] = '\0';
+    return true;
+}
+
+static bool sbuf_adds(sbuf *b, const char *p) {
+    return sbuf_add(b, p, strlen(p));
+}
+
+/* The text of one user turn (see the top of this file). */
+static vlm_status render_turn(const vlm_session *s, const char *text, int n_images, sbuf *b,
+                              vlm_err *err) {
+    bool ok = true;
+    if (s->n_turns == 0) {
+        if (s->system)
+            ok = sbuf_adds(b, "<|system|>\n") && sbuf_adds(b, s->system) &&
+                 sbuf_adds(b, "<|end|>\n");
+        ok = ok && sbuf_adds(b, "<|user|>\n");
+    } else {
+        ok = sbuf_adds(b, "\n<|user|>\n");
+    }
+    for (int i = 0; ok && i < n_images; i++) {
+        char tag[32];
+        snprintf(tag, sizeof tag, "<|image_%d|>\n", s->n_images + i + 1);
+        ok = sbuf_adds(b, tag);
+    }
+    ok = ok && sbuf_adds(b, text) && sbuf_adds(b, "<|end|>\n<|assistant|>\n");
+    return ok ? VLM_OK : vlm_err_set(err, VLM_ERR_NOMEM, "chat: out of memory for the prompt");
+}
+
+/* Generation state shared with the token callback. */
+typedef struct gen_run {
+    vlm_session *vs;
+    const vlm_gen_params *p;
+    tok_stream ts;
+    sbuf acc;          /* text streamed so far (skip special) */
+    size_t emitted;    /* bytes of acc handed to on_text */
+    size_t max_stop;   /* longest stop string */
+    bool stop_string;  /* a stop string was found: acc is cut before it */
+    bool user_stopped; /* on_text returned false */
+    vlm_status st;     /* an error inside the callback */
+    vlm_err *err;
+    double t_first;
+} gen_run;
+
+/* Hand acc[emitted..upto) to on_text. */
+static bool emit(gen_run *g, size_t upto) {
+    if (upto <= g->emitted) return true;
+    bool go = true;
+    if (g->p->on_text) go = g->p->on_text(g->p->user, g->acc.s + g->emitted, upto - g->emitted);
+    g->emitted = upto;
+    if (!go) g->user_stopped = true;
+    return go;
+}
+
+/* Look for a stop string in the text added since `from`; cut acc there. */
+static bool find_stop(gen_run *g, size_t from) {
+    const vlm_gen_params *p = g->p;
+    size_t start = from > g->max_stop ? from - g->max_stop : 0;
+    size_t best = SIZE_MAX;
+    for (int i = 0; i < p->n_stop; i++) {
+        const char *ss = p->stop[i];
+        if (!ss || !ss[0]) continue;
+        const char *hit = strstr(g->acc.s + start, ss);
+        if (hit && (size_t)(hit - g->acc.s) < best) best = (size_t)(hit - g->acc.s);
+    }
+    if (best == SIZE_MAX) return false;
+    g->acc.len = best;
+    g->acc.s[best] = '\0';
+    return true;
+}
+
+/* A piece of decoded text: stop strings, then stream what cannot be the
+ * start of a stop string any more. */
+static bool gen_text(gen_run *g, const char *piece, size_t len) {
+    size_t before = g->acc.len;
+    if (len && !sbuf_add(&g->acc, piece, len)) {
+        g->st = vlm_err_set(g->err, VLM_ERR_NOMEM, "generate: out of memory for the answer");
+        return false;
+    }
+    if (g->max_stop && g->acc.len && find_stop(g, before)) {
+        g->stop_string = true;
+        emit(g, g->acc.len);
+        return false;
+    }
+    size_t hold = g->max_stop ? g->max_stop - 1 : 0;
+    return emit(g, g->acc.len > hold ? g->acc.len - hold : 0);
+}
+
+static bool on_token(void *user, int32_t tok) {
+    gen_run *g = user;
+    if (g->t_first == 0) g->t_first = now_ms();
+    char *piece = NULL;
+    size_t len = 0;
+    vlm_status st = tok_stream_step(&g->ts, tok, &piece, &len, g->err);
+    if (st) {
+        g->st = st;
+        return false;
+    }
+    bool go = gen_text(g, piece ? piece : "", piece ? len : 0);
+    vlm_free(piece);
+    return go;
+}
+
+static const char *stop_name(session_stop r) {
+    switch (r) {
+    case SESSION_STOP_EOS:
+        return "eos";
+    case SESSION_STOP_CALLBACK:
+        return "callback";
+    case SESSION_STOP_CONTEXT:
+        return "context";
+    case SESSION_STOP_MAX:
+    default:
+        return "max_tokens";
+    }
+}
+
+static vlm_status check_params(const vlm_gen_params *p, vlm_err *err) {
+    if (p->max_tokens < 0)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "max_tokens %d", p->max_tokens);
+    if (!(p->temperature >= 0))
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "temperature %g", (double)p->temperature);
+    if (p->n_stop < 0 || (p->n_stop > 0 && !p->stop))
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "%d stop strings", p->n_stop);
+    return VLM_OK;
+}
+
+/* Prefill the prompt (and the <|end|> owed by the last answer), generate,
+ * and record the turn. */
+static vlm_status run_turn(vlm_session *vs, vlm_prompt *pr, const vlm_gen_params *p, double t0,
+                           char **answer, vlm_gen_stats *stats, vlm_err *err) {
+    vlm_model *m = vs->m;
+    session *s = vs->s;
+    vlm_status st;
+    if (vs->need_end && m->end_id >= 0) {
+        /* the last answer's <|end|> leads this turn */
+        if ((st = tok_ids_push(&pr->ids, 0, err))) return st;
+        memmove(pr->ids.v + 1, pr->ids.v, (pr->ids.n - 1) * sizeof *pr->ids.v);
+        pr->ids.v[0] = m->end_id;
+    }
+    if ((size_t)p->max_tokens + 1 > (size_t)INT32_MAX / sizeof(int32_t))
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "max_tokens %d", p->max_tokens);
+    if (p->max_tokens + 1 > vs->gen_cap) {
+        int32_t *ng = VLM_NEW_ARRAY(int32_t, (size_t)p->max_tokens + 1, VLM_MEM_OTHER);
+        if (!ng) return vlm_err_set(err, VLM_ERR_NOMEM, "generate: out of memory for the ids");
+        vlm_free(vs->gen);
+        vs->gen = ng;
+        vs->gen_cap = p->max_tokens + 1;
+        vs->n_gen = 0;
+    }
+    sampler_params sp;
+    sampler_params_init(&sp);
+    sp.temperature = p->temperature;
+    sp.top_k = p->top_k;
+    sp.top_p = p->top_p;
+    sp.min_p = p->min_p;
+    sp.repetition_penalty = p->repetition_penalty;
+    sp.seed = p->seed;
+    sampler *smp = NULL;
+    if ((st = sampler_create(&sp, m->am->info.vocab, &smp, err))) return st;
+
+    double t_pre = now_ms();
+    st = session_append(s, pr->ids.v, (int64_t)pr->ids.n, pr->rows, pr->n_rows, NULL, err);
+    double t_pre_end = now_ms();
+    if (st) {
+        sampler_free(smp);
+        return st;
+    }
+    /* The prompt is in the conversation now. */
+    vs->n_turns++;
+    vs->n_images += pr->n_images;
+    vs->need_end = true;
+    vs->n_gen = 0;
+
+    gen_run g;
+    memset(&g, 0, sizeof g);
+    g.vs = vs;
+    g.p = p;
+    g.err = err;
+    for (int i = 0; i < p->n_stop; i++)
+        if (p->stop[i] && strlen(p->stop[i]) > g.max_stop) g.max_stop = strlen(p->stop[i]);
+    tok_stream_init(&g.ts, m->tok, true);
+    gen_options go = {p->max_tokens, m->stop_ids, p->ignore_eos ? 0 : m->n_stop, on_token, &g};
+    session_stop why = SESSION_STOP_MAX;
+    int n_out = 0;
+    st = session_generate(s, smp, &go, vs->gen, &n_out, &why, err);
+    double t_end = now_ms();
+    sampler_free(smp);
+    vs->n_gen = n_out;
+    if (n_out > 0 && vs->gen[n_out - 1] == m->end_id) vs->need_end = false;
+    if (!st) st = g.st;
+    char *text = NULL;
+    size_t text_len = 0;
+    if (!st && !g.stop_string && !g.user_stopped) {
+        /* the rest of the stream (stop strings still apply to it) */
+        char *piece = NULL;
+        size_t len = 0;
+        st = tok_stream_flush(&g.ts, &piece, &len, err);
+        if (!st && gen_text(&g, piece ? piece : "", piece ? len : 0)) emit(&g, g.acc.len);
+        if (!st) st = g.st;
+        vlm_free(piece);
+    }
+    if (!st && !g.stop_string) {
+        /* the answer: one decode of the ids without the stop token */
+        int n_text = n_out - (why == SESSION_STOP_EOS ? 1 : 0);
+        st = tokenizer_decode(m->tok, vs->gen, (size_t)n_text, true, &text, &text_len, err);
+    } else if (!st) {
+        text = g.acc.s; /* cut before the stop string */
+        g.acc.s = NULL;
+        if (!text && !(text = vlm_strdup("", VLM_MEM_OTHER)))
+            st = vlm_err_set(err, VLM_ERR_NOMEM, "generate: out of memory for the answer");
+    }
+    tok_stream_free(&g.ts);
+    vlm_free(g.acc.s);
+    if (st) {
+        vlm_free(text);
+        return st;
+    }
+    if (stats) {
+        memset(stats, 0, sizeof *stats);
+        stats->tokens_in = (int)pr->ids.n;
+        stats->tokens_out = n_out;
+        stats->image_tokens = (int)pr->n_rows;
+        stats->image_ms = pr->image_ms;
+        stats->prefill_ms = t_pre_end - t_pre;
+        if (n_out > 0 && g.t_first == 0) g.t_first = t_end;
+        stats->first_token_ms = n_out > 0 ? g.t_first - t0 : 0;
+        stats->decode_ms = n_out > 0 ? t_end - g.t_first : 0;
+        stats->decode_tps =
+            n_out > 1 && stats->decode_ms > 0 ? (n_out - 1) / (stats->decode_ms / 1e3) : 0;
+        const char *r = g.stop_string    ? "stop_string"
+                        : g.user_stopped ? "callback"
+                                         : stop_name(why);
+        snprintf(stats->stop_reason, sizeof stats->stop_reason, "%s", r);
+    }
+    if (answer)
+        *answer = text;
+    else
+        vlm_free(text);
+    return VLM_OK;
+}
+
+vlm_status vlm_session_chat(vlm_session *s, const char *text, vlm_image *const *images,
+                            int n_images, const vlm_gen_params *p, char **answer,
+                            vlm_gen_stats *stats, vlm_err *err) {
+    if (answer) *answer = NULL;
+    if (!s || !text) return vlm_err_set(err, VLM_ERR_INVALID_ARG, "chat: no session or no text");
+    if (n_images < 0 || (n_images > 0 && !images))
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "chat: %d images", n_images);
+    vlm_gen_params def;
+    if (!p) {
+        vlm_gen_params_init(&def);
+        p = &def;
+    }
+    vlm_status st = check_params(p, err);
+    if (st) return st;
+    double t0 = now_ms();
+    sbuf b = {0};
+    if ((st = render_turn(s, text, n_images, &b, err))) {
+        vlm_free(b.s);
+        return st;
+    }
+    vlm_prompt pr;
+    st = vlm_prompt_build(s->m, b.s, s->n_turns == 0, s->n_images, images, n_images, &pr, err);
+    vlm_free(b.s);
+    if (!st) st = run_turn(s, &pr, p, t0, answer, stats, err);
+    vlm_prompt_free(&pr);
+    return st;
+}
+
+vlm_status vlm_session_chat_raw(vlm_session *s, const char *raw, vlm_image *const *images,
+                                int n_images, const vlm_gen_params *p, char **answer,
+                                vlm_gen_stats *stats, vlm_err *err) {
+    if (answer) *answer = NULL;
+    if (!s || !raw) return vlm_err_set(err, VLM_ERR_INVALID_ARG, "chat: no session or no prompt");
+    if (s->n_turns > 0 || s->s->n_past > 0)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                           "raw prompt: the session already holds a conversation");
+    vlm_gen_params def;
+    if (!p) {
+        vlm_gen_params_init(&def);
+        p = &def;
+    }
+    vlm_status st = check_params(p, err);
+    if (st) return st;
+    double t0 = now_ms();
+    vlm_prompt pr;
+    st = vlm_prompt_build(s->m, raw, true, 0, images, n_images, &pr, err);
+    if (!st) st = run_turn(s, &pr, p, t0, answer, stats, err);
+    vlm_prompt_free(&pr);
+    return st;
+}
