@@ -438,6 +438,8 @@ def main():
     ap.add_argument("--print-every", type=int, default=100)
     ap.add_argument("--attn", default="sdpa", help="attention kernel for training")
     ap.add_argument("--no-eval", action="store_true")
+    ap.add_argument("--init", help="continue training from an exported model folder")
+    ap.add_argument("--warmup", type=int, default=150)
     ap.add_argument("--profile", action="store_true", help="time each phase (synchronising)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -453,9 +455,13 @@ def main():
     phi3_tok = os.path.join(here, "..", "tests", "data", "tokenizer", "phi3", "tokenizer.json")
 
     t0 = time.time()
-    texts = scenes.corpus_text(60000, args.seed)
-    tok_obj = train_tokenizer(texts, args.vocab, phi3_tok)
-    tok_json = json.dumps(tok_obj, ensure_ascii=False)
+    if args.init:
+        # Continue from an exported model: its tokenizer and weights.
+        tok_json = open(os.path.join(args.init, "tokenizer.json")).read()
+    else:
+        texts = scenes.corpus_text(60000, args.seed)
+        tok_obj = train_tokenizer(texts, args.vocab, phi3_tok)
+        tok_json = json.dumps(tok_obj, ensure_ascii=False)
     from tokenizers import Tokenizer
     tok = Tokenizer.from_str(tok_json)
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
@@ -465,6 +471,14 @@ def main():
 
     R.LM["pad_token_id"] = tok.token_to_id("<|endoftext|>")
     clip, lm, glue = build(vocab_rows)
+    if args.init:
+        from safetensors.torch import load_file
+        sd = load_file(os.path.join(args.init, "model.safetensors"))
+        g = R.load_published(clip, lm, sd)
+        with torch.no_grad():
+            for k, p in glue.as_dict().items():
+                p.copy_(g[k])
+        print("initialised from", args.init, flush=True)
     # Training may use a fused attention kernel; the evaluation below uses the
     # eager (reference) path in float32.
     clip.config._attn_implementation = args.attn
@@ -475,7 +489,7 @@ def main():
     params = list(clip.parameters()) + list(lm.parameters()) + list(glue.parameters())
     print("params:", sum(p.numel() for p in params), flush=True)
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    warm = 150
+    warm = args.warmup
 
     def lr_at(step):
         if step < warm:

@@ -14,27 +14,30 @@
 #include "io/config.h"
 #include "io/hf.h"
 #include "io/safetensors.h"
+#include "runtime/planner.h"
 #include "models/phi3v_tensors.h"
 
-/* Weight precisions reported. A block type applies to tensors of rank >= 2
- * whose rows (last dimension) are a whole number of blocks; the others (norms,
- * biases, the 14x14 patch filter) stay f32, as llama.cpp keeps them. */
+/* Weight precisions reported, each tensor held as the quantization policy
+ * of runtime/planner says (the one the loader uses): block types for weight
+ * matrices whose rows are whole blocks, the head, vision tower and projector
+ * not below q8_0, everything else as stored. */
 typedef struct precision {
     const char *name;
-    uint32_t block_elems, block_bytes;
+    vlm_precision p;
 } precision;
 
 static const precision precisions[] = {
-    {"f32", 1, 4},    {"bf16", 1, 2},   {"f16", 1, 2},
-    {"q8_0", 32, 34}, {"q4_0", 32, 18}, {"q4_K", 256, 144},
+    {"f32", VLM_PREC_F32},   {"bf16", VLM_PREC_BF16}, {"f16", VLM_PREC_F16},
+    {"q8_0", VLM_PREC_Q8_0}, {"q4_0", VLM_PREC_Q4_0}, {"q4_K", VLM_PREC_Q4_K},
 };
 #define N_PREC (sizeof precisions / sizeof *precisions)
 
 static uint64_t bytes_at(const precision *p, const vlm_st_tensor *t) {
-    if (p->block_elems == 1) return t->nelem * p->block_bytes;
-    if (t->rank >= 2 && t->shape[t->rank - 1] % p->block_elems == 0)
-        return t->nelem / p->block_elems * p->block_bytes;
-    return t->nelem * 4;
+    int64_t shape[4] = {0};
+    for (int k = 0; k < t->rank && k < 4; k++) shape[k] = t->shape[k];
+    if (t->rank > 4) return t->nbytes; /* nothing of ours: as stored */
+    return vlm_plan_dtype_bytes(vlm_plan_tensor_dtype(p->p, t->name, t->rank, shape, t->dtype),
+                                t->nelem);
 }
 
 typedef struct info {
@@ -246,8 +249,9 @@ const struct cli_command cli_command_info = {
     "\n"
     "Prints the architecture, the parameter count per part (vision tower,\n"
     "projector, language model), the dtypes stored, the bytes on disk and the\n"
-    "weight bytes at each precision (f32, bf16, f16, q8_0, q4_0, q4_K; tensors\n"
-    "that cannot be block-quantized are counted at f32). With a config.json,\n"
+    "weight bytes at each precision (f32, bf16, f16, q8_0, q4_0, q4_K, every\n"
+    "tensor as the quantization policy of docs/planner.md holds it: tensors\n"
+    "that are not quantized stay as stored). With a config.json,\n"
     "checks that every tensor the config implies is present with its shape;\n"
     "exits 1 if not. Only headers are read.\n"
     "\n"

@@ -8,11 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "base/alloc.h"
+#include "base/mapfile.h"
 #include "base/log.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -226,10 +226,7 @@ void vlm_gguf_close(vlm_gguf *g) {
     vlm_free(g->tensors);
     vlm_free(g->kv_index);
     vlm_free(g->tensor_index);
-    if (g->mapped && g->base) {
-        munmap((void *)g->base, (size_t)g->size);
-        vlm_alloc_note_mapped(-(int64_t)g->size);
-    }
+    if (g->mapped && g->base) vlm_unmap_file(&(vlm_mapped_file){g->base, g->size, true});
     vlm_free(g->path);
     vlm_free(g);
 }
@@ -675,37 +672,24 @@ vlm_status vlm_gguf_open_memory(const void *data, size_t size, const char *name,
 vlm_status vlm_gguf_open(const char *path, vlm_gguf **out, vlm_err *err) {
     *out = NULL;
     if (!path) return vlm_err_set(err, VLM_ERR_INVALID_ARG, "gguf: no path given");
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        return vlm_err_set(err, e == ENOENT ? VLM_ERR_NOT_FOUND : VLM_ERR_IO, "%s: %s", path,
-                           strerror(e));
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return vlm_err_set(err, VLM_ERR_IO, "%s: not a regular file", path);
-    }
-    if (st.st_size < 24) {
-        close(fd);
+    vlm_mapped_file map;
+    vlm_status s = vlm_map_file(path, &map, err);
+    if (s != VLM_OK) return s;
+    if (map.size < 24) {
+        vlm_unmap_file(&map);
         return vlm_err_set(err, VLM_ERR_FORMAT,
-                           "%s: file truncated: %lld bytes is shorter than a GGUF header (24)",
-                           path, (long long)st.st_size);
+                           "%s: file truncated: %llu bytes is shorter than a GGUF header (24)",
+                           path, (unsigned long long)map.size);
     }
-    void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int e = errno;
-    close(fd);
-    if (m == MAP_FAILED) return vlm_err_set(err, VLM_ERR_IO, "%s: mmap: %s", path, strerror(e));
     vlm_gguf *g;
-    vlm_status s = gguf_new(path, &g, err);
+    s = gguf_new(path, &g, err);
     if (s) {
-        munmap(m, (size_t)st.st_size);
+        vlm_unmap_file(&map);
         return s;
     }
-    g->base = m;
-    g->size = (uint64_t)st.st_size;
-    g->mapped = true;
-    vlm_alloc_note_mapped((int64_t)g->size);
+    g->base = map.data;
+    g->size = map.size;
+    g->mapped = map.mapped;
     s = open_common(g, out, err);
     if (!s) {
         VLM_DEBUG("%s: GGUF v%u, %zu metadata pairs, %zu tensors, data at %llu", path, g->version,

@@ -9,11 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base/alloc.h"
+#include "base/mapfile.h"
 #include "base/file.h"
 #include "base/json.h"
 
@@ -447,41 +446,18 @@ vlm_status vlm_st_open_memory(const void *data, size_t len, const char *what, vl
 
 vlm_status vlm_st_open(const char *path, vlm_st_file **out, vlm_err *err) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        return vlm_err_set(err, e == ENOENT ? VLM_ERR_NOT_FOUND : VLM_ERR_IO, "%s: %s", path,
-                           strerror(e));
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return vlm_err_set(err, VLM_ERR_IO, "%s: not a regular file", path);
-    }
+    vlm_mapped_file map;
+    vlm_status st = vlm_map_file(path, &map, err);
+    if (st != VLM_OK) return st;
     vlm_st_file *f = file_new(path, err);
     if (!f) {
-        close(fd);
+        vlm_unmap_file(&map);
         return VLM_ERR_NOMEM;
     }
-    f->size = (uint64_t)sb.st_size;
-    if (f->size > 0) {
-        /* Read-only private mapping: the kernel pages in only what is read,
-         * so opening touches the header pages and nothing else. */
-        void *p = mmap(NULL, (size_t)f->size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (p == MAP_FAILED) {
-            int e = errno;
-            close(fd);
-            vlm_st_close(f);
-            return vlm_err_set(err, e == ENOMEM ? VLM_ERR_NOMEM : VLM_ERR_IO,
-                               "%s: mmap of %llu bytes failed: %s", path,
-                               (unsigned long long)sb.st_size, strerror(e));
-        }
-        f->base = p;
-        f->mapped = true;
-        vlm_alloc_note_mapped((int64_t)f->size);
-    }
-    close(fd);
-    vlm_status st = parse_file(f, err);
+    f->base = map.data;
+    f->size = map.size;
+    f->mapped = map.mapped;
+    st = parse_file(f, err);
     if (st != VLM_OK) {
         vlm_st_close(f);
         return st;
@@ -492,10 +468,7 @@ vlm_status vlm_st_open(const char *path, vlm_st_file **out, vlm_err *err) {
 
 void vlm_st_close(vlm_st_file *f) {
     if (!f) return;
-    if (f->mapped) {
-        munmap((void *)f->base, (size_t)f->size);
-        vlm_alloc_note_mapped(-(int64_t)f->size);
-    }
+    if (f->mapped) vlm_unmap_file(&(vlm_mapped_file){f->base, f->size, true});
     table_free(&f->table);
     vlm_free(f->tensors);
     vlm_free(f->meta);

@@ -117,11 +117,15 @@ void clip_free(clip_model *m) {
  *   mlp  [T][I]
  *   col  [grid^2][3*P*P] im2col of one crop
  *   sc   [n_threads][n_pos] attention scores */
+size_t clip_workspace_floats_cfg(const clip_config *cfg, int group, int n_threads) {
+    size_t grid = (size_t)(cfg->image_size / cfg->patch_size), n_pos = grid * grid + 1;
+    size_t T = (size_t)group * n_pos, D = (size_t)cfg->hidden, P = (size_t)cfg->patch_size;
+    return T * D * 6 + T * (size_t)cfg->intermediate + grid * grid * 3 * P * P +
+           (size_t)(n_threads < 1 ? 1 : n_threads) * n_pos;
+}
+
 size_t clip_workspace_floats(const clip_model *m, int group, int n_threads) {
-    size_t T = (size_t)group * (size_t)m->n_pos, D = (size_t)m->cfg.hidden;
-    size_t P = (size_t)m->cfg.patch_size, G2 = (size_t)m->grid * (size_t)m->grid;
-    return T * D * 6 + T * (size_t)m->cfg.intermediate + G2 * 3 * P * P +
-           (size_t)(n_threads < 1 ? 1 : n_threads) * (size_t)m->n_pos;
+    return clip_workspace_floats_cfg(&m->cfg, group, n_threads);
 }
 
 /* One group of g crops: pixels [g][3][S][S] -> out [g][grid^2][D]. */

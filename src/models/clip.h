@@ -56,6 +56,9 @@ void clip_free(clip_model *m);
 
 /* Floats of workspace clip_encode needs for `group` crops at once. */
 size_t clip_workspace_floats(const clip_model *m, int group, int n_threads);
+/* The same from the config alone (the memory planner sizes it before any
+ * weight is loaded). */
+size_t clip_workspace_floats_cfg(const clip_config *cfg, int group, int n_threads);
 
 /* Encode n crops (CHW f32, [n][3][S][S], normalised) into features
  * out[n][grid*grid][D] (CLS dropped), `group` crops at a time. */

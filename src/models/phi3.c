@@ -93,7 +93,11 @@ void phi3_embed(const phi3_model *m, const int32_t *ids, int64_t n, float *out) 
  *   sc   [n_threads][max_ctx] attention scores */
 size_t phi3_workspace_floats(const phi3_model *m, int64_t max_tokens, int64_t max_ctx,
                              int n_threads) {
-    const phi3v_config *c = m->cfg;
+    return phi3_workspace_floats_cfg(m->cfg, max_tokens, max_ctx, n_threads);
+}
+
+size_t phi3_workspace_floats_cfg(const phi3v_config *c, int64_t max_tokens, int64_t max_ctx,
+                                 int n_threads) {
     size_t T = (size_t)max_tokens, hd = (size_t)c->head_dim;
     size_t qkv = ((size_t)c->n_heads + 2 * (size_t)c->n_kv_heads) * hd;
     return T * ((size_t)c->hidden + qkv + (size_t)c->n_heads * hd + 3 * (size_t)c->intermediate +

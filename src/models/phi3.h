@@ -45,6 +45,9 @@ void phi3_embed(const phi3_model *m, const int32_t *ids, int64_t n, float *out);
 
 size_t phi3_workspace_floats(const phi3_model *m, int64_t max_tokens, int64_t max_ctx,
                              int n_threads);
+/* The same from the config alone (for the memory planner). */
+size_t phi3_workspace_floats_cfg(const phi3v_config *c, int64_t max_tokens, int64_t max_ctx,
+                                 int n_threads);
 
 /* x: [n][d] input embeddings (overwritten). Writes K/V for positions
  * pos0..pos0+n-1 into kv and attends causally over 0..pos0+i.

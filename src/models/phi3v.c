@@ -66,9 +66,13 @@ void phi3v_free(phi3v_model *m) {
 /* ---------------------------------------------------------------------------
  * HD glue */
 
+size_t phi3v_glue_workspace_floats_cfg(const phi3v_config *c, int hc, int wc) {
+    size_t n = (size_t)phi3v_image_tokens(c, hc, wc);
+    return n * (4 * (size_t)c->image_dim_out + (size_t)c->hidden);
+}
+
 size_t phi3v_glue_workspace_floats(const phi3v_model *m, int hc, int wc) {
-    size_t n = (size_t)phi3v_image_tokens(&m->cfg, hc, wc);
-    return n * (4 * (size_t)m->cfg.image_dim_out + (size_t)m->cfg.hidden);
+    return phi3v_glue_workspace_floats_cfg(&m->cfg, hc, wc);
 }
 
 /* The 2x2-merged vector at merged cell (i, j) of crop features g
@@ -109,6 +113,17 @@ void phi3v_glue(const phi3v_model *m, const float *feats, int hc, int wc, float 
     cpu_matmul(m->pool, out, hid, n, d, d, m->proj2_w, m->proj2_b);
 }
 
+void phi3v_encode_floats(const phi3v_config *c, int hc, int wc, int group, int n_threads,
+                         size_t *feat_floats, size_t *ws_floats) {
+    int n = 1 + hc * wc, grid = phi3v_vision_grid(c);
+    if (group < 1) group = 1;
+    if (group > n) group = n;
+    *feat_floats = (size_t)n * (size_t)grid * (size_t)grid * (size_t)c->vision.hidden;
+    size_t ws = clip_workspace_floats_cfg(&c->vision, group, n_threads);
+    size_t glue = phi3v_glue_workspace_floats_cfg(c, hc, wc);
+    *ws_floats = glue > ws ? glue : ws;
+}
+
 vlm_status phi3v_encode_image(phi3v_model *m, const vlm_image_input *img, int group, float *out,
                               vlm_err *err) {
     if (!m->cfg.has_vision)
@@ -118,14 +133,13 @@ vlm_status phi3v_encode_image(phi3v_model *m, const vlm_image_input *img, int gr
         return vlm_err_set(err, VLM_ERR_INVALID_ARG,
                            "image: crop grid %dx%d does not fit %d crops (global + tiles)", img->hc,
                            img->wc, img->n_crops);
-    if (group < 1) group = 1;
     int n = 1 + tiles;
+    if (group < 1) group = 1;
     if (group > n) group = n;
     const clip_model *c = &m->clip;
-    size_t feat_floats = (size_t)n * (size_t)(c->n_pos - 1) * (size_t)c->cfg.hidden;
-    size_t ws_floats = clip_workspace_floats(c, group, cpu_pool_threads(m->pool));
-    size_t glue_floats = phi3v_glue_workspace_floats(m, img->hc, img->wc);
-    if (glue_floats > ws_floats) ws_floats = glue_floats;
+    size_t feat_floats, ws_floats;
+    phi3v_encode_floats(&m->cfg, img->hc, img->wc, group, cpu_pool_threads(m->pool), &feat_floats,
+                        &ws_floats);
     float *feats = VLM_NEW_ARRAY(float, feat_floats, VLM_MEM_IMAGE);
     float *ws = VLM_NEW_ARRAY(float, ws_floats, VLM_MEM_ACTIVATIONS);
     if (!feats || !ws) {
@@ -168,9 +182,14 @@ vlm_status phi3v_embed(const phi3v_model *m, const int32_t *ids, int64_t n, cons
     return VLM_OK;
 }
 
+size_t phi3v_workspace_floats_cfg(const phi3v_config *c, int64_t max_tokens, int64_t max_ctx,
+                                  int n_threads) {
+    return (size_t)max_tokens * (size_t)c->hidden +
+           phi3_workspace_floats_cfg(c, max_tokens, max_ctx, n_threads);
+}
+
 size_t phi3v_workspace_floats(const phi3v_model *m, int64_t max_tokens, int64_t max_ctx) {
-    return (size_t)max_tokens * (size_t)m->cfg.hidden +
-           phi3_workspace_floats(&m->lm, max_tokens, max_ctx, cpu_pool_threads(m->pool));
+    return phi3v_workspace_floats_cfg(&m->cfg, max_tokens, max_ctx, cpu_pool_threads(m->pool));
 }
 
 vlm_status phi3v_forward(phi3v_model *m, vlm_kv *kv, const vlm_forward_args *a, float *ws,
@@ -207,9 +226,7 @@ static void arch_destroy(void *model) {
     phi3v_free(model);
 }
 
-static void arch_info(const void *model, vlm_model_info *o) {
-    const phi3v_model *m = model;
-    const phi3v_config *c = &m->cfg;
+void phi3v_info_from_config(const phi3v_config *c, vlm_model_info *o) {
     memset(o, 0, sizeof *o);
     o->arch = "Phi3VForCausalLM";
     o->n_layers = c->n_layers;
@@ -222,6 +239,10 @@ static void arch_info(const void *model, vlm_model_info *o) {
     o->eos_id = c->eos_id;
     o->has_vision = c->has_vision;
     o->image_size = c->vision.image_size;
+}
+
+static void arch_info(const void *model, vlm_model_info *o) {
+    phi3v_info_from_config(&((const phi3v_model *)model)->cfg, o);
 }
 
 static int arch_image_tokens(const void *model, int hc, int wc) {

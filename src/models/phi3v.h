@@ -42,6 +42,19 @@ vlm_status phi3v_embed(const phi3v_model *m, const int32_t *ids, int64_t n, cons
                        float *out, vlm_err *err);
 
 size_t phi3v_workspace_floats(const phi3v_model *m, int64_t max_tokens, int64_t max_ctx);
+
+/* --- sizes from the config alone, for the memory planner (the functions
+ * above and phi3v_encode_image call these, so plan and code agree). */
+size_t phi3v_glue_workspace_floats_cfg(const phi3v_config *c, int hc, int wc);
+size_t phi3v_workspace_floats_cfg(const phi3v_config *c, int64_t max_tokens, int64_t max_ctx,
+                                  int n_threads);
+/* What phi3v_encode_image allocates for an hc x wc grid encoded `group`
+ * crops at a time: CLIP features of every crop (image) and the workspace
+ * (activations), in floats. */
+void phi3v_encode_floats(const phi3v_config *c, int hc, int wc, int group, int n_threads,
+                         size_t *feat_floats, size_t *ws_floats);
+/* The vlm_model_info a model built from c reports. */
+void phi3v_info_from_config(const phi3v_config *c, vlm_model_info *o);
 vlm_status phi3v_forward(phi3v_model *m, vlm_kv *kv, const vlm_forward_args *a, float *ws,
                          vlm_err *err);
 

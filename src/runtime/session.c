@@ -9,6 +9,16 @@ void session_options_init(session_options *o) {
     memset(o, 0, sizeof *o);
 }
 
+void session_sizes(const vlm_model_info *info, const session_options *o, int64_t *max_ctx,
+                   int64_t *chunk) {
+    int64_t ctx = o->max_ctx > 0 ? o->max_ctx : 4096;
+    if (o->max_ctx <= 0 && info->max_positions > 0 && ctx > info->max_positions)
+        ctx = info->max_positions;
+    int64_t ch = o->chunk > 0 ? o->chunk : 128;
+    *max_ctx = ctx;
+    *chunk = ch > ctx ? ctx : ch;
+}
+
 vlm_status session_create(arch_model *m, const session_options *o, session **out, vlm_err *err) {
     *out = NULL;
     session_options def;
@@ -17,15 +27,12 @@ vlm_status session_create(arch_model *m, const session_options *o, session **out
         o = &def;
     }
     const vlm_model_info *info = &m->info;
-    int64_t max_ctx = o->max_ctx > 0 ? o->max_ctx : 4096;
-    if (o->max_ctx <= 0 && info->max_positions > 0 && max_ctx > info->max_positions)
-        max_ctx = info->max_positions;
+    int64_t max_ctx, chunk;
+    session_sizes(info, o, &max_ctx, &chunk);
     if (info->max_positions > 0 && max_ctx > info->max_positions)
         return vlm_err_set(err, VLM_ERR_INVALID_ARG,
                            "session: context %lld is beyond the model's %lld positions",
                            (long long)max_ctx, (long long)info->max_positions);
-    int64_t chunk = o->chunk > 0 ? o->chunk : 128;
-    if (chunk > max_ctx) chunk = max_ctx;
 
     session *s = vlm_calloc(1, sizeof *s, VLM_MEM_ACTIVATIONS);
     if (!s) return vlm_err_set(err, VLM_ERR_NOMEM, "session: out of memory");

@@ -33,6 +33,12 @@ typedef struct session_options {
 
 void session_options_init(session_options *o);
 
+/* The cache rows and prefill chunk session_create uses for o (the 0
+ * defaults resolved, the chunk capped at the context); the memory planner
+ * sizes a session with it. */
+void session_sizes(const vlm_model_info *info, const session_options *o, int64_t *max_ctx,
+                   int64_t *chunk);
+
 typedef struct session {
     arch_model *m; /* not owned */
     kv_cache *kv;

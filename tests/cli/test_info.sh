@@ -39,15 +39,24 @@ assert j["dtypes"] == {"BF16": {"tensors": j["tensors"], "parameters": p["total"
 assert j["valid"] is True
 w = j["weight_bytes"]
 assert w["f32"] == 4 * p["total"] and w["bf16"] == 2 * p["total"] and w["f16"] == 2 * p["total"]
-# Block types: rank >= 2 tensors with whole blocks per row, the rest at f32.
+# Block types as docs/planner.md's policy: weight matrices (rank 2, *.weight,
+# not position_embedding) with whole blocks per row; lm_head and the vision
+# tower / projector at q8_0 at most; q4_K falls back to q4_0 on 32-rows; the
+# rest as stored (bf16). The dims here are 48/80/24/40 wide: no 256-rows.
 def q(be, bb):
     t = 0
     for x in j["tensor_list"]:
         n = 1
         for d in x["shape"]:
             n *= d
-        s = x["shape"]
-        t += n // be * bb if len(s) >= 2 and s[-1] % be == 0 else 4 * n
+        s, name = x["shape"], x["name"]
+        mat = len(s) == 2 and name.endswith(".weight") and "position_embedding" not in name
+        b, e = bb, be
+        if mat and (name == "lm_head.weight" or name.startswith("model.vision_embed_tokens.")):
+            e, b = 32, 34
+        if mat and e == 256 and s[-1] % 256 and s[-1] % 32 == 0:
+            e, b = 32, 18
+        t += n // e * b if mat and s[-1] % e == 0 else 2 * n
     return t
 assert w["q8_0"] == q(32, 34) and w["q4_0"] == q(32, 18) and w["q4_K"] == q(256, 144), w
 assert j["tensor_bytes"] == 2 * p["total"]

@@ -1,0 +1,257 @@
+/* vlmtest plan - will a model fit this machine, and how: the memory plan made
+ * before loading (runtime/planner), with every component's bytes and the reason
+ * each better rung of the ladder was turned down. Reads only configs and
+ * safetensors headers (no tensor data is touched). */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "base/alloc.h"
+#include "base/json.h"
+#include "runtime/planner.h"
+
+static const char *human(uint64_t bytes, char *buf, size_t cap) {
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)bytes;
+    int u = 0;
+    while (v >= 1024 && u < 4) {
+        v /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, cap, "%llu B", (unsigned long long)bytes);
+    else
+        snprintf(buf, cap, "%.2f %s", v, units[u]);
+    return buf;
+}
+
+static void print_estimate(const plan_estimate *e) {
+    char h[32];
+    for (int k = 0; k < PLAN_COMP_COUNT; k++)
+        printf("  %-22s %12s  %15llu\n", plan_comp_name((plan_comp)k),
+               human(e->bytes[k], h, sizeof h), (unsigned long long)e->bytes[k]);
+    if (e->n_images > 0) {
+        printf("  %-22s %12s  (crop group 1)\n", "vision per crop",
+               human(e->vision_group1, h, sizeof h));
+        printf("  %-22s %12s  (%d crops at once)\n", "vision all at once",
+               human(e->vision_all, h, sizeof h), e->crops);
+    }
+    printf("  %-22s %12s  %15llu\n", "peak while loading", human(e->load_peak, h, sizeof h),
+           (unsigned long long)e->load_peak);
+    printf("  %-22s %12s  %15llu\n", "peak while running", human(e->run_peak, h, sizeof h),
+           (unsigned long long)e->run_peak);
+    printf("  %-22s %12s  %15llu\n", "peak", human(e->peak, h, sizeof h),
+           (unsigned long long)e->peak);
+}
+
+static void print_text(const plan_model *pm, const vlm_plan *p, const plan_request *r) {
+    char a[32], b[32];
+    printf("model:        %s\n", pm->path);
+    if (p->budget_given)
+        printf("budget:       %s (--mem-budget)\n", human(p->budget, a, sizeof a));
+    else
+        printf("budget:       %s (available %s less 10%%, at least 512 MiB)\n",
+               human(p->budget, a, sizeof a), human(p->headroom, b, sizeof b));
+    if (p->gpu_budget) printf("gpu budget:   %s\n", human(p->gpu_budget, a, sizeof a));
+    printf("alarm:        %s (the sampler cleans up, then warns, above this RSS)\n",
+           human(p->alarm_threshold, a, sizeof a));
+    int n_images = r->n_images < 0 ? (pm->arch.has_vision ? 1 : 0) : r->n_images;
+    printf("request:      context %lld, num_crops %d, %d image(s)\n",
+           (long long)p->requested_context, p->requested_crops, n_images);
+    printf("weights:      (loaded / stored)\n");
+    for (int k = 0; k < VLM_PREC_COUNT; k++) {
+        uint64_t loaded, all;
+        plan_weight_bytes(pm, (vlm_precision)k, &loaded, &all);
+        printf("  %-8s %12s / %s\n", vlm_precision_name((vlm_precision)k),
+               human(loaded, a, sizeof a), human(all, b, sizeof b));
+    }
+    printf("overhead:     tokenizer %s (%s), safetensors index %s\n",
+           human(pm->tokenizer_bytes, a, sizeof a), pm->tokenizer_measured ? "measured" : "default",
+           human(pm->index_bytes, b, sizeof b));
+    printf("\nladder:\n");
+    for (int i = 0; i < p->n_rungs; i++) {
+        const plan_rung *g = &p->rungs[i];
+        const char *mark = i == p->chosen ? "chosen" : !g->available ? "n/a" : "rejected";
+        printf("  %-9s %-44s %s\n", mark, g->label, g->reason);
+    }
+    if (p->chosen >= 0) {
+        const plan_rung *g = &p->rungs[p->chosen];
+        printf("\nplan:         %s (context %lld", g->label, (long long)g->e.s.context);
+        if (g->e.n_images > 0)
+            printf(", num_crops %d, crop group %d of %d", g->e.s.num_crops, g->e.s.crop_group,
+                   g->e.crops);
+        printf(")\n");
+        print_estimate(&g->e);
+    }
+}
+
+static int run(int argc, char **argv) {
+    const char *ref = NULL;
+    bool json = false;
+    plan_request r;
+    plan_request_init(&r);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long n;
+        if (!strcmp(a, "--json")) {
+            json = true;
+        } else if (!strcmp(a, "--allow-degrade")) {
+            r.allow_degrade = true;
+        } else if (!strcmp(a, "--mem-budget") && v) {
+            if (!cli_parse_size(v, &r.mem_budget) || r.mem_budget == 0) {
+                cli_error("plan", "--mem-budget wants a size such as 8G, not '%s'", v);
+                return CLI_USAGE;
+            }
+            i++;
+        } else if (!strcmp(a, "--gpu-mem-budget") && v) {
+            if (!cli_parse_size(v, &r.gpu_mem_budget)) {
+                cli_error("plan", "--gpu-mem-budget wants a size such as 24G, not '%s'", v);
+                return CLI_USAGE;
+            }
+            i++;
+        } else if (!strcmp(a, "--context") && v) {
+            if (!cli_parse_int(v, 1, 1L << 30, &n)) {
+                cli_error("plan", "--context wants a positive number of tokens, not '%s'", v);
+                return CLI_USAGE;
+            }
+            r.context = n;
+            i++;
+        } else if (!strcmp(a, "--num-crops") && v) {
+            if (!cli_parse_int(v, 1, 256, &n)) {
+                cli_error("plan", "--num-crops wants 1..256, not '%s'", v);
+                return CLI_USAGE;
+            }
+            r.num_crops = (int)n;
+            i++;
+        } else if (!strcmp(a, "--images") && v) {
+            if (!cli_parse_int(v, 0, 64, &n)) {
+                cli_error("plan", "--images wants 0..64, not '%s'", v);
+                return CLI_USAGE;
+            }
+            r.n_images = (int)n;
+            i++;
+        } else if (!strcmp(a, "--image") && v) {
+            int w, h;
+            char end;
+            if (sscanf(v, "%dx%d%c", &w, &h, &end) != 2 || w < 1 || h < 1 || w > 65535 ||
+                h > 65535) {
+                cli_error("plan", "--image wants WIDTHxHEIGHT in pixels, not '%s'", v);
+                return CLI_USAGE;
+            }
+            r.image_width = w;
+            r.image_height = h;
+            i++;
+        } else if (!strcmp(a, "--precision") && v) {
+            r.precision = vlm_precision_parse(v);
+            if (r.precision < 0) {
+                cli_error("plan", "--precision wants native, f32, bf16, f16, q8_0, q4_0 or q4_K");
+                return CLI_USAGE;
+            }
+            i++;
+        } else if (!strcmp(a, "--kv-dtype") && v) {
+            if (strcmp(v, "f32") && strcmp(v, "bf16")) {
+                cli_error("plan", "--kv-dtype wants f32 or bf16, not '%s'", v);
+                return CLI_USAGE;
+            }
+            r.kv_dtype = strcmp(v, "bf16") ? VLM_DTYPE_F32 : VLM_DTYPE_BF16;
+            i++;
+        } else if (!strcmp(a, "--threads") && v) {
+            if (!cli_parse_int(v, 1, 4096, &n)) {
+                cli_error("plan", "--threads wants 1..4096, not '%s'", v);
+                return CLI_USAGE;
+            }
+            r.n_threads = (int)n;
+            i++;
+        } else if (a[0] == '-' || ref) {
+            cli_error("plan", "unexpected argument %s (see vlmtest plan --help)", a);
+            return CLI_USAGE;
+        } else {
+            ref = a;
+        }
+    }
+    if (!ref) {
+        cli_error("plan", "which model? (see vlmtest plan --help)");
+        return CLI_USAGE;
+    }
+    plan_model pm;
+    vlm_plan *plan = NULL;
+    vlm_err err = {0};
+    int rc = CLI_FAIL;
+    if (plan_model_open(&pm, ref, &err) != VLM_OK) {
+        cli_error("plan", "%s", err.msg);
+        return CLI_FAIL;
+    }
+    plan = vlm_calloc(1, sizeof *plan, VLM_MEM_OTHER);
+    if (!plan) {
+        cli_error("plan", "out of memory");
+        goto done;
+    }
+    if (vlm_plan_make(&pm, &r, plan, &err) != VLM_OK) {
+        cli_error("plan", "%s", err.msg);
+        goto done;
+    }
+    if (json) {
+        vlm_json_init();
+        cJSON *j = vlm_plan_to_json(&pm, plan);
+        char *text = j ? cJSON_Print(j) : NULL;
+        cJSON_Delete(j);
+        if (!text) {
+            cli_error("plan", "out of memory writing JSON");
+            goto done;
+        }
+        printf("%s\n", text);
+        cJSON_free(text);
+    } else {
+        print_text(&pm, plan, &r);
+    }
+    rc = CLI_OK;
+    if (plan->chosen < 0) {
+        char a[32], b[32];
+        const plan_rung *last = plan->n_rungs ? &plan->rungs[plan->n_rungs - 1] : NULL;
+        cli_error("plan", "nothing fits the budget of %s; the smallest rung (%s) needs %s%s",
+                  human(plan->budget, a, sizeof a), last ? last->label : "-",
+                  human(last ? last->e.peak : 0, b, sizeof b),
+                  r.allow_degrade ? "" : " (--allow-degrade may drop crops and context)");
+        rc = CLI_FAIL;
+    }
+done:
+    vlm_free(plan);
+    plan_model_free(&pm);
+    return rc;
+}
+
+const struct cli_command cli_command_plan = {
+    "plan",
+    "the memory plan for a model: what fits the budget, and why",
+    run,
+    "usage: vlmtest plan MODEL [--mem-budget SIZE] [--gpu-mem-budget SIZE] [--context N]\n"
+    "                      [--num-crops N] [--allow-degrade] [--json] [more options]\n"
+    "\n"
+    "MODEL is a model folder, a .safetensors file, a model.safetensors.index.json,\n"
+    "or org/name[@revision] in the Hugging Face cache. Only configs and tensor\n"
+    "headers are read.\n"
+    "\n"
+    "Estimates every component a run holds (weights at each precision, KV cache,\n"
+    "prefill workspace, logits, image buffers, vision activations, fixed\n"
+    "overhead) and walks the ladder, best first: GPU rungs (not available: no GPU\n"
+    "backend yet), the stored precision on the CPU, q8_0, q4_K, q4_0, and with\n"
+    "--allow-degrade fewer crops (16, 4, 1) then a context halved down to 1024.\n"
+    "Prints the chosen rung with its bytes and why each better one was turned\n"
+    "down. Exits 0 when a rung fits, 1 when none does.\n"
+    "\n"
+    "  --mem-budget SIZE      host bytes (e.g. 8G); default: available memory\n"
+    "                         (capped by the cgroup) less 10%, at least 512 MiB\n"
+    "  --gpu-mem-budget SIZE  device bytes for the GPU rungs\n"
+    "  --context N            KV cache tokens (default 4096, capped by the model)\n"
+    "  --num-crops N          HD crops per image (default: preprocessor_config.json)\n"
+    "  --images N             images in one turn (default 1; 0: text only)\n"
+    "  --image WxH            the input image size (default: the worst crop grid,\n"
+    "                         decoded as a 4032x3024 photo)\n"
+    "  --precision P          only this rung: native f32 bf16 f16 q8_0 q4_0 q4_K\n"
+    "  --kv-dtype f32|bf16    KV cache element type (default f32)\n"
+    "  --threads N            threads (the attention scratch grows with them)\n"
+    "  --allow-degrade        may drop crops, then context, to fit\n"
+    "  --json                 machine-readable output\n",
+};

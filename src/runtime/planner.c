@@ -1,0 +1,536 @@
+/* runtime/planner - the estimate, the budget and the ladder. See planner.h. */
+#include "runtime/planner.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "base/alloc.h"
+#include "base/threadpool.h"
+#include "io/image.h"
+#include "mem/monitor.h"
+#include "models/phi3v.h"
+#include "models/phi3v_image.h"
+#include "models/registry.h"
+#include "runtime/kv_cache.h"
+#include "runtime/session.h"
+
+static const char *const comp_names[PLAN_COMP_COUNT] = {
+    "weights",     "kv_cache",         "prefill_activations", "logits",         "session",
+    "image_input", "image_preprocess", "vision_activations",  "image_features", "load_scratch",
+    "overhead",
+};
+
+const char *plan_comp_name(plan_comp c) {
+    return (unsigned)c < PLAN_COMP_COUNT ? comp_names[c] : "?";
+}
+
+void plan_request_init(plan_request *r) {
+    memset(r, 0, sizeof *r);
+    r->n_images = -1;
+    r->kv_dtype = VLM_DTYPE_F32;
+    r->precision = -1;
+}
+
+static uint64_t max_u64(uint64_t a, uint64_t b) {
+    return a > b ? a : b;
+}
+
+/* ---------------------------------------------------------------------------
+ * the estimate */
+
+/* The default input image when none is named: a 12 MP phone photo. */
+#define PLAN_IMAGE_W 4032
+#define PLAN_IMAGE_H 3024
+
+/* Rows session_append keeps for a LongRoPE rebuild: capacity starts at 1024
+ * and doubles until it holds them (runtime/session.c). */
+static uint64_t kept_rows_cap(uint64_t rows) {
+    if (rows == 0) return 0;
+    uint64_t cap = 1024;
+    while (cap < rows) cap *= 2;
+    return cap;
+}
+
+/* Transient bytes of phi3v_hd_image for geometry g (both resize passes and
+ * the HD image live together; the coefficient tables are a few KB). */
+static uint64_t resize_bytes(const phi3v_geometry *g) {
+    uint64_t lw = (uint64_t)(g->transposed ? g->height : g->width);
+    uint64_t lh = (uint64_t)(g->transposed ? g->width : g->height);
+    uint64_t b = 0;
+    if ((uint64_t)g->new_w != lw) b += lh * (uint64_t)g->new_w * 3;
+    if ((uint64_t)g->new_h != lh) b += (uint64_t)g->new_h * (uint64_t)g->new_w * 3;
+    return b;
+}
+
+/* Weight bytes of decoder layer tensors and of the vision tower + projector
+ * at p (for GPU placements). */
+static void split_weights(const plan_model *pm, vlm_precision p, uint64_t *layers,
+                          uint64_t *vision) {
+    *layers = *vision = 0;
+    for (size_t i = 0; i < pm->n_tensors; i++) {
+        const plan_tensor *t = &pm->tensors[i];
+        if (!t->used) continue;
+        uint64_t b = vlm_plan_dtype_bytes(
+            vlm_plan_tensor_dtype(p, t->name, t->rank, t->shape, t->stored), t->nelem);
+        if (strncmp(t->name, "model.layers.", 13) == 0)
+            *layers += b;
+        else if (strncmp(t->name, "model.vision_embed_tokens.", 26) == 0)
+            *vision += b;
+    }
+}
+
+vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, const plan_setting *s,
+                                 plan_estimate *out, vlm_err *err) {
+    memset(out, 0, sizeof *out);
+    out->s = *s;
+    const phi3v_config *c = &pm->arch;
+    vlm_model_info info;
+    phi3v_info_from_config(c, &info);
+    int threads = r->n_threads > 0 ? r->n_threads : vlm_threadpool_default_size();
+    int n_images = r->n_images < 0 ? (c->has_vision ? 1 : 0) : r->n_images;
+    if (!c->has_vision) n_images = 0;
+    uint64_t *b = out->bytes;
+
+    /* Weights, and the scratch of converting them at load: the source
+     * tensor being read (mapped pages) plus one f32 row. */
+    uint64_t all;
+    plan_weight_bytes(pm, s->precision, &b[PLAN_WEIGHTS], &all);
+    for (size_t i = 0; i < pm->n_tensors; i++) {
+        const plan_tensor *t = &pm->tensors[i];
+        if (!t->used) continue;
+        vlm_dtype d = vlm_plan_tensor_dtype(s->precision, t->name, t->rank, t->shape, t->stored);
+        if (d == t->stored) continue;
+        uint64_t sc = vlm_plan_dtype_bytes(t->stored, t->nelem) +
+                      (uint64_t)t->shape[t->rank - 1] * sizeof(float);
+        b[PLAN_LOAD_SCRATCH] = max_u64(b[PLAN_LOAD_SCRATCH], sc);
+    }
+
+    /* The session: KV cache, decoder workspace for one chunk, logits, token
+     * ids, kept image rows. */
+    session_options so;
+    session_options_init(&so);
+    so.max_ctx = s->context;
+    so.chunk = r->chunk;
+    so.kv_dtype = r->kv_dtype;
+    int64_t ctx, chunk;
+    session_sizes(&info, &so, &ctx, &chunk);
+    if (info.max_positions > 0 && ctx > info.max_positions)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                           "plan: context %lld is beyond the model's %lld positions",
+                           (long long)ctx, (long long)info.max_positions);
+    uint64_t kv = kv_cache_bytes(&info, ctx, r->kv_dtype);
+    if (kv == 0)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "plan: bad context %lld or KV dtype",
+                           (long long)ctx);
+    out->s.context = ctx;
+    b[PLAN_KV_CACHE] = kv + sizeof(kv_cache);
+    b[PLAN_PREFILL] = (uint64_t)phi3v_workspace_floats_cfg(c, chunk, ctx, threads) * sizeof(float);
+    int positions = r->logit_positions > 0 ? r->logit_positions : 1;
+    b[PLAN_LOGITS] = (uint64_t)info.vocab * sizeof(float) * (uint64_t)positions;
+    b[PLAN_SESSION] = sizeof(session) + (uint64_t)ctx * sizeof(int32_t);
+
+    /* Images: the worst grid num_crops allows (num_crops x 1 tiles: the
+     * most crops and the most row separators) unless an image size is
+     * given; decode and resize buffers for the given or the default photo. */
+    uint64_t image_phase = 0;
+    out->s.crop_group = 0;
+    if (n_images > 0) {
+        if (s->num_crops < 1 || s->num_crops > PHI3V_MAX_NUM_CROPS)
+            return vlm_err_set(err, VLM_ERR_INVALID_ARG, "plan: num_crops %d (1..%d)", s->num_crops,
+                               PHI3V_MAX_NUM_CROPS);
+        bool given = r->image_width > 0 && r->image_height > 0;
+        phi3v_geometry g;
+        vlm_status st =
+            phi3v_image_geometry(given ? r->image_width : PLAN_IMAGE_W,
+                                 given ? r->image_height : PLAN_IMAGE_H, s->num_crops, &g, err);
+        if (st != VLM_OK) return st;
+        int hc = given ? g.hc : s->num_crops, wc = given ? g.wc : 1;
+        out->crops = 1 + hc * wc;
+        out->image_tokens = phi3v_image_tokens(c, hc, wc);
+        int group = s->crop_group < 1 ? 1 : s->crop_group > out->crops ? out->crops : s->crop_group;
+        out->s.crop_group = group;
+        out->n_images = n_images;
+        uint64_t decoded = (uint64_t)g.width * (uint64_t)g.height * 3;
+        uint64_t hd = (uint64_t)g.hd_h * (uint64_t)g.hd_w * 3;
+        uint64_t pixels = (uint64_t)out->crops * PHI3V_CROP_FLOATS * sizeof(float);
+        size_t feat, ws;
+        phi3v_encode_floats(c, hc, wc, group, threads, &feat, &ws);
+        b[PLAN_VISION] = (uint64_t)(feat + ws) * sizeof(float);
+        phi3v_encode_floats(c, hc, wc, 1, threads, &feat, &ws);
+        out->vision_group1 = (uint64_t)(feat + ws) * sizeof(float);
+        phi3v_encode_floats(c, hc, wc, out->crops, threads, &feat, &ws);
+        out->vision_all = (uint64_t)(feat + ws) * sizeof(float);
+        uint64_t rows = (uint64_t)n_images * (uint64_t)out->image_tokens;
+        b[PLAN_IMAGE_INPUT] = (uint64_t)n_images * (decoded + sizeof(vlm_image)) + pixels;
+        b[PLAN_IMAGE_PREPROCESS] = resize_bytes(&g) + hd;
+        b[PLAN_IMAGE_FEATURES] = rows * (uint64_t)c->hidden * sizeof(float);
+        if (info.rope_switch_len > 0 && ctx > info.rope_switch_len)
+            b[PLAN_SESSION] += kept_rows_cap(rows) * (uint64_t)c->hidden * sizeof(float);
+        /* Phases of one image (decoded images stay with the caller):
+         * resize (passes + HD), crops (HD + pixels), encode (pixels + every
+         * image's rows + features + workspace). */
+        uint64_t resize = b[PLAN_IMAGE_PREPROCESS], crops = hd + pixels;
+        uint64_t encode = pixels + b[PLAN_IMAGE_FEATURES] + b[PLAN_VISION];
+        image_phase = (uint64_t)n_images * (decoded + sizeof(vlm_image)) +
+                      max_u64(resize, max_u64(crops, encode));
+    }
+
+    /* Fixed: tokenizer tables, the safetensors index, the model's structs. */
+    int clip_layers = c->has_vision ? phi3v_vision_layers_run(c) : 0;
+    b[PLAN_OVERHEAD] = pm->tokenizer_bytes + pm->index_bytes + sizeof(arch_model) +
+                       sizeof(phi3v_model) + (uint64_t)c->n_layers * sizeof(phi3_layer) +
+                       (uint64_t)clip_layers * sizeof(clip_layer);
+
+    uint64_t tok_transient =
+        pm->tokenizer_peak > pm->tokenizer_bytes ? pm->tokenizer_peak - pm->tokenizer_bytes : 0;
+    out->load_peak =
+        b[PLAN_WEIGHTS] + b[PLAN_OVERHEAD] + max_u64(b[PLAN_LOAD_SCRATCH], tok_transient);
+    out->run_peak = b[PLAN_WEIGHTS] + b[PLAN_OVERHEAD] + b[PLAN_KV_CACHE] + b[PLAN_PREFILL] +
+                    b[PLAN_LOGITS] + b[PLAN_SESSION] + image_phase;
+    out->peak = max_u64(out->load_peak, out->run_peak);
+
+    /* Placement. On the GPU: the first gpu_layers decoder layers with their
+     * share of the cache, the decoder workspace when any layer is there, the
+     * vision tower and its activations when vision_on_gpu. */
+    out->host_bytes = out->peak;
+    if (s->device == PLAN_GPU) {
+        uint64_t lw, vw;
+        split_weights(pm, s->precision, &lw, &vw);
+        int L = c->n_layers, k = s->gpu_layers < 0 ? 0 : s->gpu_layers > L ? L : s->gpu_layers;
+        uint64_t g = lw / (uint64_t)L * (uint64_t)k + b[PLAN_KV_CACHE] / (uint64_t)L * (uint64_t)k;
+        if (k > 0) g += b[PLAN_PREFILL];
+        if (k == L) g += b[PLAN_WEIGHTS] - lw - vw + b[PLAN_LOGITS]; /* embeddings, head */
+        if (s->vision_on_gpu) g += vw + b[PLAN_VISION];
+        out->gpu_bytes = g;
+        out->host_bytes = out->peak > g ? out->peak - g : 0;
+    }
+    return VLM_OK;
+}
+
+/* ---------------------------------------------------------------------------
+ * the budget */
+
+uint64_t plan_budget_from_headroom(uint64_t headroom) {
+    uint64_t margin = max_u64(headroom / 100 * PLAN_MARGIN_PERCENT, PLAN_MARGIN_MIN);
+    return headroom > margin ? headroom - margin : 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * the ladder */
+
+static void fmt_gib(char *buf, size_t cap, uint64_t b) {
+    snprintf(buf, cap, "%.2f GiB", (double)b / (double)(1u << 30));
+}
+
+static plan_rung *add_rung(vlm_plan *p) {
+    if (p->n_rungs >= PLAN_MAX_RUNGS) return NULL;
+    plan_rung *g = &p->rungs[p->n_rungs++];
+    memset(g, 0, sizeof *g);
+    return g;
+}
+
+/* Try setting s, with the crop group from every crop at once down to one
+ * (lossless: the features are identical), keeping the largest that fits. */
+static vlm_status try_rung(const plan_model *pm, const plan_request *r, vlm_plan *p, plan_setting s,
+                           const char *label, bool degraded, bool *fits, vlm_err *err) {
+    plan_rung *g = add_rung(p);
+    *fits = false;
+    if (!g) return VLM_OK;
+    snprintf(g->label, sizeof g->label, "%s", label);
+    g->available = true;
+    g->degraded = degraded;
+    s.crop_group = 1 + s.num_crops; /* clamped to the crops of the grid */
+    vlm_status st;
+    for (;;) {
+        if ((st = plan_estimate_setting(pm, r, &s, &g->e, err)) != VLM_OK) return st;
+        if (g->e.host_bytes <= p->budget || g->e.s.crop_group <= 1) break;
+        s.crop_group = g->e.s.crop_group / 2;
+    }
+    char need[32], have[32];
+    fmt_gib(need, sizeof need, g->e.peak);
+    fmt_gib(have, sizeof have, p->budget);
+    int64_t img_tokens = (int64_t)g->e.n_images * g->e.image_tokens;
+    if (img_tokens >= g->e.s.context) {
+        snprintf(g->reason, sizeof g->reason,
+                 "a context of %lld tokens cannot hold %d image(s) of %d tokens",
+                 (long long)g->e.s.context, g->e.n_images, g->e.image_tokens);
+        return VLM_OK;
+    }
+    g->fits = g->e.host_bytes <= p->budget;
+    if (g->fits) {
+        snprintf(g->reason, sizeof g->reason, "fits: needs %s of %s", need, have);
+        *fits = true;
+    } else {
+        snprintf(g->reason, sizeof g->reason, "needs %s (%llu bytes) > budget %s (%llu bytes)",
+                 need, (unsigned long long)g->e.peak, have, (unsigned long long)p->budget);
+    }
+    return VLM_OK;
+}
+
+/* Quantized precisions in ladder order: more weight bytes first; a tie
+ * (q4_0 and q4_K are both 0.5625 B/weight) goes to the better quality:
+ * q8_0, then q4_K (per-sub-block 6-bit scales and mins), then q4_0. */
+static int ladder_precisions(const plan_model *pm, vlm_precision *out) {
+    int n = 0;
+    uint64_t native, bf16;
+    plan_weight_bytes(pm, VLM_PREC_NATIVE, &native, NULL);
+    plan_weight_bytes(pm, VLM_PREC_BF16, &bf16, NULL);
+    out[n++] = VLM_PREC_NATIVE;
+    if (bf16 < native) out[n++] = VLM_PREC_BF16; /* an f32 checkpoint */
+    vlm_precision q[3] = {VLM_PREC_Q8_0, VLM_PREC_Q4_K, VLM_PREC_Q4_0};
+    uint64_t qb[3];
+    for (int i = 0; i < 3; i++) plan_weight_bytes(pm, q[i], &qb[i], NULL);
+    for (int i = 1; i < 3; i++) /* stable insertion sort, bytes descending */
+        for (int j = i; j > 0 && qb[j] > qb[j - 1]; j--) {
+            vlm_precision tp = q[j];
+            q[j] = q[j - 1];
+            q[j - 1] = tp;
+            uint64_t tb = qb[j];
+            qb[j] = qb[j - 1];
+            qb[j - 1] = tb;
+        }
+    for (int i = 0; i < 3; i++) out[n++] = q[i];
+    return n;
+}
+
+vlm_status vlm_plan_make(const plan_model *pm, const plan_request *r, vlm_plan *p, vlm_err *err) {
+    memset(p, 0, sizeof *p);
+    p->chosen = -1;
+    if (r->precision >= VLM_PREC_COUNT)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "plan: precision %d", r->precision);
+    if (r->kv_dtype != VLM_DTYPE_F32 && r->kv_dtype != VLM_DTYPE_BF16)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "plan: the KV cache is f32 or bf16");
+
+    /* Budget: given, or the monitor's headroom less the margin. */
+    if (r->mem_budget) {
+        p->budget = r->mem_budget;
+        p->budget_given = true;
+    } else {
+        vlm_mem_snapshot snap;
+        vlm_mem_snapshot_take(NULL, &snap);
+        p->headroom = snap.headroom_bytes;
+        p->budget = plan_budget_from_headroom(snap.headroom_bytes);
+    }
+    p->gpu_budget = r->gpu_mem_budget;
+    uint64_t th = vlm_mem_get_threshold();
+    p->alarm_threshold = th && th < p->budget ? th : p->budget;
+
+    vlm_model_info info;
+    phi3v_info_from_config(&pm->arch, &info);
+    session_options so;
+    session_options_init(&so);
+    so.max_ctx = r->context;
+    int64_t ctx, chunk;
+    session_sizes(&info, &so, &ctx, &chunk);
+    int crops = r->num_crops > 0 ? r->num_crops : pm->default_num_crops;
+    p->requested_context = ctx;
+    p->requested_crops = crops;
+    plan_setting base = {VLM_PREC_NATIVE, ctx, crops, 1 + crops, PLAN_CPU, 0, false};
+    char label[96];
+    vlm_status st;
+    bool fits = false;
+
+    /* GPU rungs come first once a backend exists: everything on the GPU at
+     * the stored precision, then quantized, then the first k decoder layers
+     * (vision on the CPU). Listed now so the plan shows the structure. */
+    static const struct {
+        const char *label;
+        vlm_precision prec;
+        bool all, vision;
+    } gpu[] = {
+        {"gpu: all layers + vision, native", VLM_PREC_NATIVE, true, true},
+        {"gpu: all layers + vision, q8_0", VLM_PREC_Q8_0, true, true},
+        {"gpu: first k decoder layers, vision on cpu", VLM_PREC_NATIVE, false, false},
+    };
+    for (size_t i = 0; i < sizeof gpu / sizeof gpu[0]; i++) {
+        plan_rung *g = add_rung(p);
+        if (!g) break;
+        plan_setting s = base;
+        s.device = PLAN_GPU;
+        s.precision = gpu[i].prec;
+        s.gpu_layers = pm->arch.n_layers;
+        s.vision_on_gpu = gpu[i].vision;
+        if ((st = plan_estimate_setting(pm, r, &s, &g->e, err)) != VLM_OK) return st;
+        if (!gpu[i].all) {
+            /* The most leading layers the GPU budget holds (half without one). */
+            int k = pm->arch.n_layers / 2;
+            if (p->gpu_budget) {
+                for (k = pm->arch.n_layers; k > 0; k--) {
+                    s.gpu_layers = k;
+                    if ((st = plan_estimate_setting(pm, r, &s, &g->e, err)) != VLM_OK) return st;
+                    if (g->e.gpu_bytes <= p->gpu_budget) break;
+                }
+            }
+            s.gpu_layers = k;
+            if ((st = plan_estimate_setting(pm, r, &s, &g->e, err)) != VLM_OK) return st;
+        }
+        if (gpu[i].all)
+            snprintf(g->label, sizeof g->label, "%s", gpu[i].label);
+        else
+            snprintf(g->label, sizeof g->label, "gpu: first %d decoder layers, vision on cpu",
+                     s.gpu_layers);
+        g->available = r->gpu_available;
+        snprintf(g->reason, sizeof g->reason, "not available (no GPU backend)");
+    }
+
+    /* CPU precisions, best first. */
+    vlm_precision precs[VLM_PREC_COUNT];
+    int np = ladder_precisions(pm, precs);
+    if (r->precision >= 0) {
+        precs[0] = (vlm_precision)r->precision;
+        np = 1;
+    }
+    for (int i = 0; i < np && !fits; i++) {
+        plan_setting s = base;
+        s.precision = precs[i];
+        snprintf(label, sizeof label, "cpu %s", vlm_precision_name(precs[i]));
+        if ((st = try_rung(pm, r, p, s, label, false, &fits, err)) != VLM_OK) return st;
+    }
+
+    /* Degrading, at the last precision tried: fewer crops (16 -> 4 -> 1),
+     * then the context halved down to the floor. */
+    int n_images = r->n_images < 0 ? (pm->arch.has_vision ? 1 : 0) : r->n_images;
+    if (!pm->arch.has_vision) n_images = 0;
+    if (!fits && r->allow_degrade) {
+        plan_setting s = base;
+        s.precision = precs[np - 1];
+        static const int crop_steps[] = {16, 4, 1};
+        for (size_t i = 0; i < 3 && !fits && n_images > 0; i++) {
+            if (crop_steps[i] >= s.num_crops) continue;
+            s.num_crops = crop_steps[i];
+            snprintf(label, sizeof label, "cpu %s, num_crops %d", vlm_precision_name(s.precision),
+                     s.num_crops);
+            if ((st = try_rung(pm, r, p, s, label, true, &fits, err)) != VLM_OK) return st;
+        }
+        int64_t floor = r->min_context > 0 ? r->min_context : 1024;
+        while (!fits && s.context / 2 >= floor) {
+            s.context /= 2;
+            snprintf(label, sizeof label, "cpu %s, num_crops %d, context %lld",
+                     vlm_precision_name(s.precision), n_images > 0 ? s.num_crops : 0,
+                     (long long)s.context);
+            if ((st = try_rung(pm, r, p, s, label, true, &fits, err)) != VLM_OK) return st;
+            const plan_estimate *e = &p->rungs[p->n_rungs - 1].e;
+            if ((int64_t)e->n_images * e->image_tokens >= e->s.context) break; /* too short */
+        }
+    }
+    if (fits) {
+        p->chosen = p->n_rungs - 1;
+        plan_rung *g = &p->rungs[p->chosen];
+        if (g->degraded) {
+            char gave[192] = "";
+            size_t o = 0;
+            if (g->e.s.num_crops != crops && n_images > 0)
+                o += (size_t)snprintf(gave + o, sizeof gave - o, "num_crops %d -> %d", crops,
+                                      g->e.s.num_crops);
+            if (g->e.s.context != ctx && o < sizeof gave)
+                snprintf(gave + o, sizeof gave - o, "%scontext %lld -> %lld", o ? ", " : "",
+                         (long long)ctx, (long long)g->e.s.context);
+            size_t len = strlen(g->reason);
+            snprintf(g->reason + len, sizeof g->reason - len, "; gave up %s", gave);
+        }
+    }
+    return VLM_OK;
+}
+
+/* ---------------------------------------------------------------------------
+ * JSON */
+
+/* cJSON's Add* return NULL when an allocation fails: every call is
+ * checked, and a partial object is thrown away. */
+#define J(x) (ok = ok && ((x) != NULL))
+
+static cJSON *rung_json(const plan_rung *g) {
+    cJSON *o = cJSON_CreateObject();
+    bool ok = o != NULL;
+    const plan_estimate *e = &g->e;
+    J(cJSON_AddStringToObject(o, "label", g->label));
+    J(cJSON_AddStringToObject(o, "device", e->s.device == PLAN_GPU ? "gpu" : "cpu"));
+    J(cJSON_AddStringToObject(o, "precision", vlm_precision_name(e->s.precision)));
+    J(cJSON_AddBoolToObject(o, "available", g->available));
+    J(cJSON_AddBoolToObject(o, "fits", g->fits));
+    J(cJSON_AddBoolToObject(o, "degraded", g->degraded));
+    J(cJSON_AddStringToObject(o, "reason", g->reason));
+    J(cJSON_AddNumberToObject(o, "context", (double)e->s.context));
+    J(cJSON_AddNumberToObject(o, "num_crops", e->s.num_crops));
+    J(cJSON_AddNumberToObject(o, "crop_group", e->s.crop_group));
+    J(cJSON_AddNumberToObject(o, "crops", e->crops));
+    J(cJSON_AddNumberToObject(o, "n_images", e->n_images));
+    J(cJSON_AddNumberToObject(o, "image_tokens", e->image_tokens));
+    if (e->s.device == PLAN_GPU) {
+        J(cJSON_AddNumberToObject(o, "gpu_layers", e->s.gpu_layers));
+        J(cJSON_AddBoolToObject(o, "vision_on_gpu", e->s.vision_on_gpu));
+        J(cJSON_AddNumberToObject(o, "gpu_bytes", (double)e->gpu_bytes));
+    }
+    cJSON *c = ok ? cJSON_AddObjectToObject(o, "bytes") : NULL;
+    J(c);
+    for (int k = 0; ok && k < PLAN_COMP_COUNT; k++)
+        J(cJSON_AddNumberToObject(c, comp_names[k], (double)e->bytes[k]));
+    J(cJSON_AddNumberToObject(o, "vision_group1", (double)e->vision_group1));
+    J(cJSON_AddNumberToObject(o, "vision_all_at_once", (double)e->vision_all));
+    J(cJSON_AddNumberToObject(o, "load_peak", (double)e->load_peak));
+    J(cJSON_AddNumberToObject(o, "run_peak", (double)e->run_peak));
+    J(cJSON_AddNumberToObject(o, "peak", (double)e->peak));
+    J(cJSON_AddNumberToObject(o, "host_bytes", (double)e->host_bytes));
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+cJSON *vlm_plan_to_json(const plan_model *pm, const vlm_plan *p) {
+    cJSON *r = cJSON_CreateObject();
+    bool ok = r != NULL;
+    J(cJSON_AddStringToObject(r, "model", pm->path ? pm->path : ""));
+    J(cJSON_AddBoolToObject(r, "fits", p->chosen >= 0));
+    cJSON *b = ok ? cJSON_AddObjectToObject(r, "budget") : NULL;
+    J(b);
+    J(cJSON_AddNumberToObject(b, "bytes", (double)p->budget));
+    J(cJSON_AddStringToObject(b, "source", p->budget_given ? "--mem-budget" : "machine"));
+    J(cJSON_AddNumberToObject(b, "headroom", (double)p->headroom));
+    J(cJSON_AddNumberToObject(b, "gpu_bytes", (double)p->gpu_budget));
+    J(cJSON_AddNumberToObject(b, "alarm_threshold", (double)p->alarm_threshold));
+    J(cJSON_AddNumberToObject(r, "requested_context", (double)p->requested_context));
+    J(cJSON_AddNumberToObject(r, "requested_num_crops", p->requested_crops));
+    cJSON *w = ok ? cJSON_AddObjectToObject(r, "weight_bytes") : NULL;
+    J(w);
+    for (int k = 0; ok && k < VLM_PREC_COUNT; k++) {
+        uint64_t loaded, all;
+        plan_weight_bytes(pm, (vlm_precision)k, &loaded, &all);
+        cJSON *o = cJSON_AddObjectToObject(w, vlm_precision_name((vlm_precision)k));
+        J(o);
+        J(cJSON_AddNumberToObject(o, "loaded", (double)loaded));
+        J(cJSON_AddNumberToObject(o, "all", (double)all));
+    }
+    cJSON *ov = ok ? cJSON_AddObjectToObject(r, "overhead") : NULL;
+    J(ov);
+    J(cJSON_AddNumberToObject(ov, "tokenizer", (double)pm->tokenizer_bytes));
+    J(cJSON_AddNumberToObject(ov, "tokenizer_peak", (double)pm->tokenizer_peak));
+    J(cJSON_AddBoolToObject(ov, "tokenizer_measured", pm->tokenizer_measured));
+    J(cJSON_AddNumberToObject(ov, "index", (double)pm->index_bytes));
+    cJSON *rungs = ok ? cJSON_AddArrayToObject(r, "rungs") : NULL;
+    J(rungs);
+    for (int i = 0; ok && i < p->n_rungs; i++) {
+        cJSON *o = rung_json(&p->rungs[i]);
+        if (o && !cJSON_AddItemToArray(rungs, o)) {
+            cJSON_Delete(o);
+            o = NULL;
+        }
+        J(o);
+    }
+    if (ok && p->chosen >= 0) {
+        cJSON *o = rung_json(&p->rungs[p->chosen]);
+        if (o && !cJSON_AddItemToObject(r, "chosen", o)) { /* the key failed */
+            cJSON_Delete(o);
+            o = NULL;
+        }
+        J(o);
+    } else {
+        J(cJSON_AddNullToObject(r, "chosen"));
+    }
+    if (!ok) {
+        cJSON_Delete(r);
+        return NULL;
+    }
+    return r;
+}

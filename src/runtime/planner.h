@@ -1,0 +1,243 @@
+/* runtime/planner - will the model fit, and at what cost: a memory plan made
+ * before anything is loaded, from the config and the checkpoint headers.
+ *
+ * Three parts:
+ *   estimator  the bytes of every component at a given precision, context,
+ *              crop count and crop group: weights (per tensor, from the
+ *              tensor list of models/phi3v_tensors and the quantization
+ *              policy below), KV cache (runtime/kv_cache), the decoder
+ *              workspace per prefill chunk, logits, the session's token ids
+ *              and kept image rows (runtime/session), the image buffers and
+ *              the vision tower's activations (models/phi3v), load-time
+ *              conversion scratch, and a measured fixed overhead. Sizes the
+ *              runtime computes with a function are computed with the same
+ *              function here, so plan and code agree.
+ *   budget     host bytes: min(MemAvailable, cgroup limit - usage) (the
+ *              monitor's headroom) minus a margin of 10%, at least 512 MiB;
+ *              or the caller's figure.
+ *   ladder     rungs best first; the first that fits is chosen and every
+ *              better one is kept with the reason it was turned down.
+ *
+ * The planner sits above models/ and runtime/ (it calls their size
+ * functions) although it lives in mem/ beside the monitor. */
+#ifndef VLM_MEM_PLANNER_H
+#define VLM_MEM_PLANNER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "base/status.h"
+#include "io/config.h"
+#include "io/safetensors.h"
+#include "models/phi3v_config.h"
+#include "tensor/dtype.h"
+
+/* --- precisions and the quantization policy ------------------------------- */
+
+typedef enum vlm_precision {
+    VLM_PREC_NATIVE = 0, /* every tensor as stored (memory-mapped) */
+    VLM_PREC_F32,
+    VLM_PREC_BF16,
+    VLM_PREC_F16,
+    VLM_PREC_Q8_0, /* 34 B / 32 weights */
+    VLM_PREC_Q4_0, /* 18 B / 32 */
+    VLM_PREC_Q4_K, /* 144 B / 256 */
+    VLM_PREC_COUNT
+} vlm_precision;
+
+/* "native", "f32", "bf16", "f16", "q8_0", "q4_0", "q4_K". */
+const char *vlm_precision_name(vlm_precision p);
+/* -1 if unknown. */
+int vlm_precision_parse(const char *name);
+
+/* The quantization policy: the dtype tensor `name` of shape[rank], stored as
+ * `stored`, is held in at precision p. The loader converts with it; the
+ * estimator counts with it. At a plain precision (f32/bf16/f16) every tensor
+ * takes that dtype; at native, the stored one. At a block precision:
+ *   - only weight matrices (rank 2, "*.weight", not position_embedding) are
+ *     quantized: norms, biases, class_embedding, position_embedding, the
+ *     sub_GN/glb_GN separators and the rank-4 patch_embedding convolution
+ *     stay as stored (they are <0.1% of the bytes and are read elementwise);
+ *   - the token embedding is quantized like the decoder (one row is
+ *     dequantized per token);
+ *   - lm_head, the vision tower and the projector go no lower than q8_0: the
+ *     head makes the logits directly, the tower's errors reach every image
+ *     token (llama.cpp likewise keeps the output at q6_K in its q4 mixes and
+ *     the CLIP projector file at f16); q8_0 is our best block type;
+ *   - a row (the last dimension) that is not a whole number of blocks: q4_K
+ *     falls back to q4_0 (the same 4.5 bits per weight) when rows are whole
+ *     32-blocks, anything else stays as stored. */
+vlm_dtype vlm_plan_tensor_dtype(vlm_precision p, const char *name, int rank, const int64_t *shape,
+                                vlm_dtype stored);
+
+/* Bytes of nelem elements in dtype t (block types: whole blocks). */
+uint64_t vlm_plan_dtype_bytes(vlm_dtype t, uint64_t nelem);
+
+/* --- the model as the planner sees it ------------------------------------- */
+
+typedef struct plan_tensor {
+    char name[128];
+    int rank;
+    int64_t shape[4];
+    uint64_t nelem;
+    vlm_dtype stored;
+    bool used; /* read by the model (CLIP layers past layer_idx are not) */
+} plan_tensor;
+
+/* Fixed overhead when it cannot be measured (no tokenizer.json): the
+ * accounted bytes the Phi-3 tokenizer holds after loading (3,061,274) and at
+ * the peak of loading it (11,797,547, the JSON tree), measured on
+ * tests/data/tiny/f32 (the same tokenizer.json as the real model), rounded up
+ * to 64 KiB. */
+#define PLAN_DEFAULT_TOKENIZER_BYTES ((uint64_t)3008 << 10)
+#define PLAN_DEFAULT_TOKENIZER_PEAK  ((uint64_t)11584 << 10)
+
+typedef struct plan_model {
+    char *path; /* resolved folder or file (accounted) */
+    vlm_config cfg;
+    phi3v_config arch;
+    int default_num_crops; /* preprocessor_config.json num_crops (4 if absent) */
+    plan_tensor *tensors;  /* [n_tensors], the list phi3v_tensor_specs gives */
+    size_t n_tensors;
+    bool from_headers; /* stored dtypes read from the safetensors headers */
+    uint64_t stored_bytes;
+    /* Fixed overhead: tokenizer tables (measured by loading tokenizer.json
+     * when present) and the safetensors index (measured while opening). */
+    uint64_t tokenizer_bytes; /* held after loading */
+    uint64_t tokenizer_peak;  /* above the bytes before loading, at the peak */
+    bool tokenizer_measured;
+    uint64_t index_bytes;
+} plan_model;
+
+/* From the parsed config.json (json) and its typed form; tensors at dtype
+ * `stored` (the checkpoint's torch_dtype) when set is NULL, else each with
+ * its dtype from the headers (every tensor the config implies must be there
+ * with its shape). */
+vlm_status plan_model_init(plan_model *pm, const vlm_config *cfg, const cJSON *json,
+                           const vlm_tensor_set *set, vlm_dtype stored, vlm_err *err);
+/* A model folder (or a file / index inside one): configs, the headers of its
+ * safetensors (no tensor data is touched), the tokenizer measured. */
+vlm_status plan_model_open(plan_model *pm, const char *path, vlm_err *err);
+void plan_model_free(plan_model *pm);
+
+/* Weight bytes at precision p: used tensors only (what is loaded), and all
+ * stored tensors. */
+void plan_weight_bytes(const plan_model *pm, vlm_precision p, uint64_t *loaded, uint64_t *all);
+
+/* --- the estimate ----------------------------------------------------------- */
+
+typedef enum plan_comp {
+    PLAN_WEIGHTS = 0,      /* at the rung's precision, used tensors */
+    PLAN_KV_CACHE,         /* 2 x layers x ctx x kv_heads x head_dim x 4 (f32) or 2 (bf16) */
+    PLAN_PREFILL,          /* decoder workspace for one chunk */
+    PLAN_LOGITS,           /* vocab x f32 per position kept */
+    PLAN_SESSION,          /* token ids [ctx] + image rows kept for a LongRoPE rebuild */
+    PLAN_IMAGE_INPUT,      /* decoded RGB8 + pixel values of every crop */
+    PLAN_IMAGE_PREPROCESS, /* resize passes + HD image (uint8), transient */
+    PLAN_VISION,           /* CLIP features of every crop + the tower's workspace */
+    PLAN_IMAGE_FEATURES,   /* projected rows handed to prefill */
+    PLAN_LOAD_SCRATCH,     /* converting at load: one source tensor + one f32 row */
+    PLAN_OVERHEAD,         /* tokenizer, safetensors index, model structs */
+    PLAN_COMP_COUNT
+} plan_comp;
+
+const char *plan_comp_name(plan_comp c);
+
+typedef enum plan_device { PLAN_CPU = 0, PLAN_GPU } plan_device;
+
+/* What a rung asks for. */
+typedef struct plan_setting {
+    vlm_precision precision;
+    int64_t context; /* KV cache rows */
+    int num_crops;   /* tiles at most per image (HD transform N) */
+    int crop_group;  /* crops through the tower at once (1..1+num_crops) */
+    /* Placement; GPU rungs are listed but no GPU backend exists yet. */
+    plan_device device;
+    int gpu_layers; /* decoder layers on the GPU (first k) */
+    bool vision_on_gpu;
+} plan_setting;
+
+/* What a request needs apart from the rung's choices. */
+typedef struct plan_request {
+    int64_t context;     /* 0: as a session picks it (4096, capped by the model) */
+    int num_crops;       /* 0: preprocessor_config.json's value */
+    int n_images;        /* images in one turn; -1: 1 when the model has vision */
+    int image_width;     /* input image assumed for the decode and resize */
+    int image_height;    /* buffers; 0: 4032 x 3024 (a 12 MP photo) */
+    int64_t chunk;       /* prefill chunk; 0: the session's default (128) */
+    vlm_dtype kv_dtype;  /* F32 (default) or BF16 */
+    int logit_positions; /* positions of logits kept; 0: 1 */
+    int n_threads;       /* 0: vlm_threadpool_default_size() */
+    uint64_t mem_budget; /* host bytes; 0: from the machine */
+    uint64_t gpu_mem_budget;
+    bool gpu_available;  /* a GPU backend exists (none yet) */
+    bool allow_degrade;  /* fewer crops, then a smaller context */
+    int64_t min_context; /* floor when degrading the context; 0: 1024 */
+    int precision;       /* -1: walk the ladder; a vlm_precision: only that one */
+} plan_request;
+
+void plan_request_init(plan_request *r);
+
+typedef struct plan_estimate {
+    plan_setting s;
+    uint64_t bytes[PLAN_COMP_COUNT];
+    int n_images;           /* images planned for */
+    int image_tokens;       /* worst case per image at num_crops */
+    int crops;              /* 1 + tiles, worst case */
+    uint64_t vision_group1; /* PLAN_VISION at crop group 1 */
+    uint64_t vision_all;    /* PLAN_VISION with every crop at once */
+    uint64_t load_peak;     /* weights + load scratch + overhead */
+    uint64_t run_peak;      /* everything resident while an image is encoded */
+    uint64_t peak;          /* max of the two: what must fit the budget */
+    uint64_t host_bytes, gpu_bytes;
+} plan_estimate;
+
+/* Estimate one setting (request r gives what the setting does not). */
+vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, const plan_setting *s,
+                                 plan_estimate *out, vlm_err *err);
+
+/* --- the budget ------------------------------------------------------------- */
+
+#define PLAN_MARGIN_PERCENT 10
+#define PLAN_MARGIN_MIN     ((uint64_t)512 << 20)
+
+/* headroom minus max(10%, 512 MiB) (0 when that is negative). */
+uint64_t plan_budget_from_headroom(uint64_t headroom);
+
+/* --- the ladder ------------------------------------------------------------- */
+
+#define PLAN_MAX_RUNGS 64
+
+typedef struct plan_rung {
+    char label[96]; /* "cpu q8_0", "cpu q4_K, num_crops 4", "gpu all bf16" */
+    plan_estimate e;
+    bool available; /* false: listed for the structure (no GPU backend) */
+    bool fits;
+    bool degraded;    /* gave up crops or context */
+    char reason[192]; /* why it was turned down, or what it gave up */
+} plan_rung;
+
+typedef struct vlm_plan {
+    uint64_t budget;   /* host bytes the plan must fit */
+    bool budget_given; /* from the request, not the machine */
+    uint64_t headroom; /* what the monitor saw (0: not read) */
+    uint64_t gpu_budget;
+    uint64_t alarm_threshold;        /* min(usage threshold, budget): the sampler's alarm */
+    plan_rung rungs[PLAN_MAX_RUNGS]; /* in ladder order, up to and including the choice */
+    int n_rungs;
+    int chosen; /* index into rungs; -1 when none fits */
+    int64_t requested_context;
+    int requested_crops;
+} vlm_plan;
+
+/* Walk the ladder. VLM_OK with plan->chosen -1 when nothing fits (not an
+ * error: the plan says why). */
+vlm_status vlm_plan_make(const plan_model *pm, const plan_request *r, vlm_plan *plan, vlm_err *err);
+
+/* The plan as JSON (NULL on allocation failure; free with cJSON_Delete). */
+cJSON *vlm_plan_to_json(const plan_model *pm, const vlm_plan *plan);
+
+#endif

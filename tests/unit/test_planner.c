@@ -1,0 +1,534 @@
+/* runtime/planner: the quantization policy case by case; the weight bytes of the
+ * full-size Phi-3.5-vision shapes at every precision against closed forms
+ * worked out by hand from spec §8 (the arithmetic is in the comments); the
+ * KV cache, decoder and vision workspaces against the formulas of the model
+ * code's layout comments; estimate against what the code really allocates on
+ * tests/data/tiny/f32 (accounted bytes, within 5%); the budget margin; the
+ * ladder at budgets between rungs, degrading only when allowed; JSON; and
+ * allocation failures walked over plan_model_open + vlm_plan_make. */
+#include "testutil.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/alloc.h"
+#include "base/json.h"
+#include "io/image.h"
+#include "mem/monitor.h"
+#include "runtime/planner.h"
+#include "models/phi3v_image.h"
+#include "models/registry.h"
+#include "runtime/session.h"
+
+#define GiB ((uint64_t)1 << 30)
+
+static bool within(uint64_t measured, uint64_t estimated, double tol) {
+    double m = (double)measured, e = (double)estimated;
+    return m >= e * (1 - tol) && m <= e * (1 + tol);
+}
+
+/* ---------------------------------------------------------------------------
+ * the policy */
+
+static void test_policy(void **state) {
+    (void)state;
+    const int64_t mat[2] = {3072, 3072}, odd[2] = {8, 40}, r32[2] = {64, 96}, v1[1] = {3072};
+    const int64_t conv[4] = {1024, 3, 14, 14}, pos[2] = {577, 1024};
+    const vlm_dtype B = VLM_DTYPE_BF16;
+    const char *o = "model.layers.0.self_attn.o_proj.weight";
+    /* native keeps, plain precisions convert everything */
+    assert_int_equal(vlm_plan_tensor_dtype(VLM_PREC_NATIVE, o, 2, mat, B), B);
+    assert_int_equal(vlm_plan_tensor_dtype(VLM_PREC_F32, o, 2, mat, B), VLM_DTYPE_F32);
+    assert_int_equal(vlm_plan_tensor_dtype(VLM_PREC_F16, "model.norm.weight", 1, v1, B),
+                     VLM_DTYPE_F16);
+    /* decoder matrices and the token embedding take the block type */
+    assert_int_equal(vlm_plan_tensor_dtype(VLM_PREC_Q4_K, o, 2, mat, B), VLM_DTYPE_Q4_K);
+    assert_int_equal(vlm_plan_tensor_dtype(VLM_PREC_Q4_0, "model.embed_tokens.weight", 2, mat, B),
+                     VLM_DTYPE_Q4_0);
+    /* norms, biases, the conv, positions, separators stay as stored */
+    assert_int_equal(vlm_plan_tensor_dtype(VLM_PREC_Q8_0, "model.norm.weight", 1, v1, B), B);
+    assert_int_equal(
+        vlm_plan_tensor_dtype(VLM_PREC_Q8_0,
+                              "model.vision_embed_tokens.img_processor.vision_model.embeddings."
+                              "patch_embedding.weight",
+                              4, conv, B),
+        B);
+    assert_int_equal(
+        vlm_plan_tensor_dtype(VLM_PREC_Q4_0,
+                              "model.vision_embed_tokens.img_processor.vision_model.embeddings."
+                              "position_embedding.weight",
+                              2, pos, VLM_DTYPE_F32),
+        VLM_DTYPE_F32);
+    /* head, tower, projector: not below q8_0 */
+    assert_int_equal(vlm_plan_tensor_dtype(VLM_PREC_Q4_K, "lm_head.weight", 2, mat, B),
+                     VLM_DTYPE_Q8_0);
+    assert_int_equal(vlm_plan_tensor_dtype(VLM_PREC_Q4_0,
+                                           "model.vision_embed_tokens.img_projection.2.weight", 2,
+                                           mat, B),
+                     VLM_DTYPE_Q8_0);
+    /* rows not whole blocks: q4_K -> q4_0 on 32-rows, else stored */
+    assert_int_equal(vlm_plan_tensor_dtype(VLM_PREC_Q4_K, o, 2, r32, B), VLM_DTYPE_Q4_0);
+    assert_int_equal(vlm_plan_tensor_dtype(VLM_PREC_Q8_0, o, 2, odd, B), B);
+    assert_int_equal(vlm_plan_tensor_dtype(VLM_PREC_Q4_K, o, 2, odd, VLM_DTYPE_F32), VLM_DTYPE_F32);
+    /* bytes of blocks */
+    assert_int_equal(vlm_plan_dtype_bytes(VLM_DTYPE_Q8_0, 64), 68);
+    assert_int_equal(vlm_plan_dtype_bytes(VLM_DTYPE_Q4_K, 512), 288);
+    assert_int_equal(vlm_plan_dtype_bytes(VLM_DTYPE_BF16, 3), 6);
+    for (int p = 0; p < VLM_PREC_COUNT; p++)
+        assert_int_equal(vlm_precision_parse(vlm_precision_name((vlm_precision)p)), p);
+    assert_int_equal(vlm_precision_parse("q5_0"), -1);
+}
+
+/* ---------------------------------------------------------------------------
+ * full-size Phi-3.5-vision shapes (config only, bf16) */
+
+static void full_model(plan_model *pm) {
+    vlm_config cfg;
+    cJSON *json = NULL;
+    vlm_err err;
+    const char *path = tu_shared("models/phi-3.5-vision-instruct/config.reconstructed.json");
+    assert_int_equal(vlm_config_load(path, &cfg, &err), VLM_OK);
+    assert_int_equal(vlm_json_parse_file(path, &json, &err), VLM_OK);
+    memset(pm, 0, sizeof *pm);
+    pm->default_num_crops = 4;
+    pm->tokenizer_bytes = PLAN_DEFAULT_TOKENIZER_BYTES;
+    pm->tokenizer_peak = PLAN_DEFAULT_TOKENIZER_PEAK;
+    vlm_status st = plan_model_init(pm, &cfg, json, NULL, VLM_DTYPE_BF16, &err);
+    if (st) fprintf(stderr, "%s\n", err.msg);
+    assert_int_equal(st, VLM_OK);
+    cJSON_Delete(json);
+    vlm_config_free(&cfg);
+}
+
+static void test_full_weights(void **state) {
+    (void)state;
+    plan_model pm;
+    full_model(&pm);
+    assert_int_equal(pm.n_tensors, 592);
+    uint64_t params = 0;
+    for (size_t i = 0; i < pm.n_tensors; i++) params += pm.tensors[i].nelem;
+    assert_int_equal(params, 4146621440ull);          /* spec §8 */
+    assert_int_equal(pm.stored_bytes, 8293242880ull); /* the index's total_size */
+    uint64_t loaded, all;
+    plan_weight_bytes(&pm, VLM_PREC_BF16, &loaded, &all);
+    assert_int_equal(all, 8293242880ull);
+    /* Not loaded: CLIP layer 23 (4 x (1024^2 + 1024) + 4096x1024 + 4096 +
+     * 1024x4096 + 1024 + 4 x 1024 = 12,596,224) and post_layernorm (2048):
+     * 12,598,272 parameters, 25,196,544 bytes. */
+    assert_int_equal(loaded, 8293242880ull - 25196544ull);
+    plan_weight_bytes(&pm, VLM_PREC_NATIVE, &loaded, NULL);
+    assert_int_equal(loaded, 8268046336ull);
+    plan_weight_bytes(&pm, VLM_PREC_F32, &loaded, &all);
+    assert_int_equal(all, 2 * 8293242880ull);
+    /* Quantized matrices (loaded): decoder 32 x (9216x3072 + 3072^2 +
+     * 16384x3072 + 3072x8192) = 3,623,878,656; embed_tokens and lm_head
+     * 98,500,608 each; CLIP 23 x (4 x 1024^2 + 2 x 4096x1024) = 289,406,976;
+     * projector 3072x4096 + 3072^2 = 22,020,096. Everything else loaded
+     * (1,716,224 parameters) stays bf16: 3,432,448 bytes.
+     * q8_0: 4,132,306,944 / 32 x 34 + 3,432,448 = 4,394,008,576.
+     * q4_0 / q4_K: decoder + embed (3,722,379,264) / 32 x 18 = 2,093,838,336;
+     * head + CLIP + projector at q8_0 (409,927,680) / 32 x 34 = 435,548,160;
+     * + 3,432,448 = 2,532,818,944 (q4_K: / 256 x 144, the same bytes). */
+    plan_weight_bytes(&pm, VLM_PREC_Q8_0, &loaded, &all);
+    assert_int_equal(loaded, 4394008576ull);
+    /* + layer 23's matrices at q8_0 (12,582,912 / 32 x 34 = 13,369,344) and
+     * its 13,312 vector parameters + post-LN 2,048 in bf16 (30,720 B) */
+    assert_int_equal(all, 4394008576ull + 13369344ull + 30720ull);
+    plan_weight_bytes(&pm, VLM_PREC_Q4_0, &loaded, NULL);
+    assert_int_equal(loaded, 2532818944ull);
+    plan_weight_bytes(&pm, VLM_PREC_Q4_K, &loaded, NULL);
+    assert_int_equal(loaded, 2532818944ull);
+    plan_model_free(&pm);
+}
+
+static void test_full_components(void **state) {
+    (void)state;
+    plan_model pm;
+    full_model(&pm);
+    plan_request r;
+    plan_request_init(&r);
+    r.n_threads = 1;
+    plan_setting s = {VLM_PREC_NATIVE, 4096, 16, 17, PLAN_CPU, 0, false};
+    plan_estimate e;
+    vlm_err err;
+    assert_int_equal(plan_estimate_setting(&pm, &r, &s, &e, &err), VLM_OK);
+    /* KV: 2 x 32 layers x 4096 x 32 heads x 96 x 4 B = 3 GiB (+ the struct) */
+    assert_true(e.bytes[PLAN_KV_CACHE] >= 3 * GiB && e.bytes[PLAN_KV_CACHE] < 3 * GiB + 256);
+    /* decoder workspace, chunk 128 (phi3.c layout + phi3v's embedding rows):
+     * 128 x 3072 + 128 x (3072 + 9216 + 3072 + 3 x 8192 + 96) + 1 x 4096
+     * = 5,521,408 floats */
+    assert_int_equal(e.bytes[PLAN_PREFILL], 5521408ull * 4);
+    assert_int_equal(e.bytes[PLAN_LOGITS], 32064ull * 4);
+    /* worst grid at 16 crops: 16 x 1 tiles, 17 crops,
+     * 17 x 144 + 1 + 17 x 12 = 2653 tokens */
+    assert_int_equal(e.crops, 17);
+    assert_int_equal(e.image_tokens, 2653);
+    /* all at once: features 17 x 576 x 1024 = 10,027,008 floats; CLIP
+     * workspace T = 17 x 577 = 9809: 9809 x 1024 x 6 + 9809 x 4096 +
+     * 576 x 588 + 577 = 100,783,425 floats (> glue 2653 x 7168) */
+    assert_int_equal(e.vision_all, (10027008ull + 100783425ull) * 4);
+    /* one crop at a time: CLIP 577 x 6144 + 577 x 4096 + 338,688 + 577 =
+     * 6,247,745 < glue 2653 x (4096 + 3072) = 19,016,704 floats */
+    assert_int_equal(e.vision_group1, (10027008ull + 19016704ull) * 4);
+    assert_int_equal(e.bytes[PLAN_VISION], e.vision_all);
+    assert_int_equal(e.bytes[PLAN_IMAGE_FEATURES], 2653ull * 3072 * 4);
+    assert_int_equal(e.bytes[PLAN_LOAD_SCRATCH], 0);
+    /* q4_K: converting at load holds one source tensor: the largest is
+     * embed_tokens / lm_head, 32064 x 3072 bf16, plus a 3072-float row */
+    s.precision = VLM_PREC_Q4_K;
+    assert_int_equal(plan_estimate_setting(&pm, &r, &s, &e, &err), VLM_OK);
+    assert_int_equal(e.bytes[PLAN_LOAD_SCRATCH], 32064ull * 3072 * 2 + 3072 * 4);
+    assert_int_equal(e.bytes[PLAN_WEIGHTS], 2532818944ull);
+    /* bf16 KV halves it; beyond 4096 the session keeps image rows
+     * (capacity 1024 doubled to 4096 rows >= 2653) */
+    r.kv_dtype = VLM_DTYPE_BF16;
+    s.context = 8192;
+    assert_int_equal(plan_estimate_setting(&pm, &r, &s, &e, &err), VLM_OK);
+    assert_true(e.bytes[PLAN_KV_CACHE] >= 3 * GiB && e.bytes[PLAN_KV_CACHE] < 3 * GiB + 256);
+    assert_true(e.bytes[PLAN_SESSION] >= 8192ull * 4 + 4096ull * 3072 * 4);
+    /* beyond the model's positions: an error naming the context */
+    s.context = 200000;
+    assert_int_equal(plan_estimate_setting(&pm, &r, &s, &e, &err), VLM_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.msg, "200000"));
+    plan_model_free(&pm);
+}
+
+static void test_budget(void **state) {
+    (void)state;
+    assert_int_equal(plan_budget_from_headroom(16 * GiB), 16 * GiB - 16 * GiB / 100 * 10);
+    assert_int_equal(plan_budget_from_headroom(2 * GiB), 2 * GiB - 512 * (1u << 20));
+    assert_int_equal(plan_budget_from_headroom(100u << 20), 0);
+}
+
+/* ---------------------------------------------------------------------------
+ * the ladder */
+
+static uint64_t peak_at(const plan_model *pm, const plan_request *r, vlm_precision p, int crops,
+                        int64_t ctx, int group) {
+    plan_setting s = {p, ctx, crops, group, PLAN_CPU, 0, false};
+    plan_estimate e;
+    vlm_err err;
+    assert_int_equal(plan_estimate_setting(pm, r, &s, &e, &err), VLM_OK);
+    return e.peak;
+}
+
+static const plan_rung *chosen(const vlm_plan *p) {
+    assert_true(p->chosen >= 0);
+    return &p->rungs[p->chosen];
+}
+
+static void test_ladder(void **state) {
+    (void)state;
+    plan_model pm;
+    full_model(&pm);
+    plan_request r;
+    plan_request_init(&r);
+    r.n_threads = 1;
+    r.num_crops = 16;
+    vlm_plan *p = calloc(1, sizeof *p);
+    vlm_err err;
+    uint64_t native = peak_at(&pm, &r, VLM_PREC_NATIVE, 16, 4096, 17);
+    uint64_t q8 = peak_at(&pm, &r, VLM_PREC_Q8_0, 16, 4096, 17);
+    uint64_t q8_g1 = peak_at(&pm, &r, VLM_PREC_Q8_0, 16, 4096, 1);
+    uint64_t q4k = peak_at(&pm, &r, VLM_PREC_Q4_K, 16, 4096, 17);
+    uint64_t q4k_g1 = peak_at(&pm, &r, VLM_PREC_Q4_K, 16, 4096, 1);
+    assert_true(native > q8 && q8 > q8_g1 && q8_g1 > q4k && q4k > q4k_g1);
+
+    /* plenty: native, GPU rungs listed before it and not available */
+    r.mem_budget = 64 * GiB;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_int_equal(chosen(p)->e.s.precision, VLM_PREC_NATIVE);
+    assert_int_equal(chosen(p)->e.s.crop_group, 17);
+    assert_true(p->rungs[0].e.s.device == PLAN_GPU && !p->rungs[0].available);
+    assert_non_null(strstr(p->rungs[0].reason, "no GPU backend"));
+
+    /* between q8_0 and native: q8_0, native rejected with its bytes */
+    r.mem_budget = q8 + 1;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_int_equal(chosen(p)->e.s.precision, VLM_PREC_Q8_0);
+    const plan_rung *nat = &p->rungs[p->chosen - 1];
+    assert_int_equal(nat->e.s.precision, VLM_PREC_NATIVE);
+    assert_false(nat->fits);
+    char want[32];
+    snprintf(want, sizeof want, "(%llu bytes)", (unsigned long long)nat->e.peak);
+    assert_non_null(strstr(nat->reason, want));
+
+    /* under q8_0 even one crop at a time: q4_K (before q4_0: the same
+     * bytes, better quality) */
+    r.mem_budget = q8_g1 - 1;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_int_equal(chosen(p)->e.s.precision, VLM_PREC_Q4_K);
+    assert_int_equal(p->rungs[p->chosen - 1].e.s.precision, VLM_PREC_Q8_0);
+
+    /* under q4_K all at once but above one crop at a time: a smaller crop
+     * group, not a lower rung, and nothing given up */
+    r.mem_budget = q4k - 1;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_int_equal(chosen(p)->e.s.precision, VLM_PREC_Q4_K);
+    assert_true(chosen(p)->e.s.crop_group < 17);
+    assert_false(chosen(p)->degraded);
+
+    /* under every precision: none without --allow-degrade (q4_0 was tried) */
+    r.mem_budget = q4k_g1 - 1;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_int_equal(p->chosen, -1);
+    assert_int_equal(p->rungs[p->n_rungs - 1].e.s.precision, VLM_PREC_Q4_0);
+    for (int i = 0; i < p->n_rungs; i++) assert_false(p->rungs[i].degraded);
+
+    /* with it: fewer crops first (16 -> 4), keeping the context */
+    r.allow_degrade = true;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_int_equal(chosen(p)->e.s.num_crops, 4);
+    assert_int_equal(chosen(p)->e.s.context, 4096);
+    assert_true(chosen(p)->degraded);
+    assert_non_null(strstr(chosen(p)->reason, "num_crops 16 -> 4"));
+
+    /* below one crop at full context: the context is halved */
+    uint64_t c1 = peak_at(&pm, &r, VLM_PREC_Q4_0, 1, 4096, 1);
+    r.mem_budget = c1 - 1;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_int_equal(chosen(p)->e.s.num_crops, 1);
+    assert_int_equal(chosen(p)->e.s.context, 2048);
+    assert_non_null(strstr(chosen(p)->reason, "context 4096 -> 2048"));
+
+    /* nothing at all: the floor stops it */
+    r.mem_budget = 1u << 20;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_int_equal(p->chosen, -1);
+    assert_int_equal(p->rungs[p->n_rungs - 1].e.s.context, 1024);
+
+    /* one precision asked for */
+    r.allow_degrade = false;
+    r.mem_budget = 64 * GiB;
+    r.precision = VLM_PREC_Q4_0;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_int_equal(chosen(p)->e.s.precision, VLM_PREC_Q4_0);
+
+    /* JSON */
+    vlm_json_init();
+    cJSON *j = vlm_plan_to_json(&pm, p);
+    assert_non_null(j);
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItem(j, "fits")));
+    cJSON *c = cJSON_GetObjectItem(j, "chosen");
+    assert_string_equal(cJSON_GetObjectItem(c, "precision")->valuestring, "q4_0");
+    cJSON *b = cJSON_GetObjectItem(c, "bytes");
+    assert_int_equal((uint64_t)cJSON_GetObjectItem(b, "weights")->valuedouble, 2532818944ull);
+    cJSON *w = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "weight_bytes"), "bf16");
+    assert_int_equal((uint64_t)cJSON_GetObjectItem(w, "all")->valuedouble, 8293242880ull);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(j, "rungs")), p->n_rungs);
+    cJSON_Delete(j);
+    free(p);
+    plan_model_free(&pm);
+}
+
+/* ---------------------------------------------------------------------------
+ * estimate vs what the code allocates (tiny f32 fixture) */
+
+static vlm_status set_lookup(void *ctx, const char *name, vlm_tensor_view *out, vlm_err *err) {
+    const vlm_st_tensor *t = vlm_tensor_set_find(ctx, name);
+    if (!t) return vlm_err_set(err, VLM_ERR_NOT_FOUND, "tensor \"%s\" is missing", name);
+    out->dtype = t->dtype;
+    out->ndim = t->rank;
+    for (int k = 0; k < t->rank; k++) out->shape[k] = t->shape[k];
+    out->data = t->data;
+    return VLM_OK;
+}
+
+static uint64_t accounted(void) {
+    vlm_mem_stats s;
+    vlm_alloc_get_stats(&s);
+    return s.total_current;
+}
+
+static void test_measured_tiny(void **state) {
+    (void)state;
+    const char *dir = tu_src("tests/data/tiny/f32");
+    plan_model pm;
+    vlm_err err;
+    vlm_status st = plan_model_open(&pm, dir, &err);
+    if (st) fprintf(stderr, "%s\n", err.msg);
+    assert_int_equal(st, VLM_OK);
+    assert_true(pm.from_headers && pm.tokenizer_measured);
+    /* the default overhead constant stays within 5% of a measurement */
+    assert_true(within(pm.tokenizer_bytes, PLAN_DEFAULT_TOKENIZER_BYTES, 0.05));
+    assert_true(within(pm.tokenizer_peak, PLAN_DEFAULT_TOKENIZER_PEAK, 0.05));
+
+    vlm_image *img = NULL;
+    assert_int_equal(vlm_image_load(tu_src("tests/data/tiny/images/landscape.png"), 0, &img, &err),
+                     VLM_OK);
+    plan_request r;
+    plan_request_init(&r);
+    r.n_threads = 2;
+    r.image_width = vlm_image_width(img);
+    r.image_height = vlm_image_height(img);
+    plan_setting s = {VLM_PREC_NATIVE, 1024, 4, 2, PLAN_CPU, 0, false};
+    plan_estimate e;
+    assert_int_equal(plan_estimate_setting(&pm, &r, &s, &e, &err), VLM_OK);
+
+    /* the model over the mapped checkpoint */
+    vlm_tensor_set *set = NULL;
+    cJSON *json = NULL;
+    cpu_pool *pool = NULL;
+    arch_model *m = NULL;
+    assert_int_equal(vlm_tensor_set_open(dir, &set, &err), VLM_OK);
+    assert_int_equal(vlm_json_parse_file(tu_src("tests/data/tiny/f32/config.json"), &json, &err),
+                     VLM_OK);
+    assert_int_equal(cpu_pool_create(2, &pool, &err), VLM_OK);
+    vlm_weight_source src = {set_lookup, set};
+    assert_int_equal(arch_model_create(json, "config.json", &src, pool, &m, &err), VLM_OK);
+
+    /* session: KV + workspace + logits + ids */
+    session_options o;
+    session_options_init(&o);
+    o.max_ctx = 1024;
+    session *sess = NULL;
+    uint64_t a0 = accounted();
+    assert_int_equal(session_create(m, &o, &sess, &err), VLM_OK);
+    uint64_t sess_measured = accounted() - a0;
+    uint64_t sess_est = e.bytes[PLAN_KV_CACHE] + e.bytes[PLAN_PREFILL] + e.bytes[PLAN_LOGITS] +
+                        sizeof(session) + 1024 * sizeof(int32_t);
+    fprintf(stderr, "session: measured %llu, estimated %llu\n", (unsigned long long)sess_measured,
+            (unsigned long long)sess_est);
+    assert_true(within(sess_measured, sess_est, 0.05));
+
+    /* preprocessing: resize + HD, then HD + pixels */
+    phi3v_pixels px;
+    vlm_mem_scope sc;
+    vlm_mem_scope_result res;
+    vlm_mem_scope_begin(&sc, "preprocess");
+    assert_int_equal(phi3v_preprocess(img, 4, false, &px, &err), VLM_OK);
+    vlm_mem_scope_end(&sc, &res);
+    uint64_t decoded = (uint64_t)r.image_width * (uint64_t)r.image_height * 3;
+    uint64_t pixels = e.bytes[PLAN_IMAGE_INPUT] - decoded - sizeof(vlm_image);
+    uint64_t hd = (uint64_t)px.geo.hd_h * (uint64_t)px.geo.hd_w * 3;
+    uint64_t pre_est =
+        e.bytes[PLAN_IMAGE_PREPROCESS] > hd + pixels ? e.bytes[PLAN_IMAGE_PREPROCESS] : hd + pixels;
+    fprintf(stderr, "preprocess peak: measured %llu, estimated %llu\n",
+            (unsigned long long)(res.accounted_peak - res.accounted_start),
+            (unsigned long long)pre_est);
+    assert_true(within(res.accounted_peak - res.accounted_start, pre_est, 0.05));
+    assert_int_equal(res.accounted_end - res.accounted_start, pixels);
+    assert_int_equal(px.n_real, e.crops);
+
+    /* the vision tower, two crops at a time */
+    int tokens = m->arch->image_tokens(m->impl, px.geo.hc, px.geo.wc);
+    assert_int_equal(tokens, e.image_tokens);
+    float *rows = malloc((size_t)tokens * (size_t)m->info.hidden * sizeof(float));
+    vlm_image_input in = {px.values, px.n_real, px.geo.hc, px.geo.wc};
+    vlm_mem_scope_begin(&sc, "encode");
+    assert_int_equal(m->arch->encode_image(m->impl, &in, 2, rows, &err), VLM_OK);
+    vlm_mem_scope_end(&sc, &res);
+    fprintf(stderr, "vision: measured %llu, estimated %llu\n",
+            (unsigned long long)(res.accounted_peak - res.accounted_start),
+            (unsigned long long)e.bytes[PLAN_VISION]);
+    assert_true(within(res.accounted_peak - res.accounted_start, e.bytes[PLAN_VISION], 0.05));
+    assert_int_equal(e.bytes[PLAN_IMAGE_FEATURES],
+                     (uint64_t)tokens * (uint64_t)m->info.hidden * sizeof(float));
+
+    /* the weights the model reads: the used tensors' stored bytes */
+    uint64_t used = 0;
+    for (size_t i = 0; i < vlm_tensor_set_count(set); i++) {
+        const vlm_st_tensor *t = vlm_tensor_set_at(set, i);
+        bool u = true;
+        for (size_t k = 0; k < pm.n_tensors; k++)
+            if (!strcmp(pm.tensors[k].name, t->name)) u = pm.tensors[k].used;
+        if (u) used += t->nbytes;
+    }
+    assert_int_equal(e.bytes[PLAN_WEIGHTS], used);
+
+    free(rows);
+    phi3v_pixels_free(&px);
+    session_free(sess);
+    arch_model_free(m);
+    cpu_pool_free(pool);
+    cJSON_Delete(json);
+    vlm_tensor_set_close(set);
+    vlm_image_free(img);
+    plan_model_free(&pm);
+}
+
+/* ---------------------------------------------------------------------------
+ * allocation failures: a folder with the tiny checkpoint but no
+ * tokenizer.json (every allocation walked), then sampled points with it */
+
+static vlm_status plan_once(const char *dir, vlm_plan *p, vlm_err *err) {
+    plan_model pm;
+    vlm_status st = plan_model_open(&pm, dir, err);
+    if (st != VLM_OK) return st;
+    plan_request r;
+    plan_request_init(&r);
+    r.mem_budget = 1 * GiB;
+    r.n_threads = 1;
+    st = vlm_plan_make(&pm, &r, p, err);
+    if (st == VLM_OK) {
+        cJSON *j = vlm_plan_to_json(&pm, p);
+        if (!j) st = vlm_err_set(err, VLM_ERR_NOMEM, "plan JSON: out of memory");
+        cJSON_Delete(j);
+    }
+    plan_model_free(&pm);
+    return st;
+}
+
+static void sweep(const char *dir, uint64_t stride) {
+    vlm_plan *p = calloc(1, sizeof *p);
+    vlm_err err;
+    vlm_json_init();
+    uint64_t c0 = vlm_alloc_count();
+    assert_int_equal(plan_once(dir, p, &err), VLM_OK);
+    uint64_t n = vlm_alloc_count() - c0;
+    assert_true(n > 0);
+    int ok = 0, nomem = 0;
+    for (uint64_t k = 1; k <= n + 1; k += stride) {
+        uint64_t live = accounted();
+        vlm_alloc_fail_at(vlm_alloc_count() + k, false);
+        vlm_status st = plan_once(dir, p, &err);
+        vlm_alloc_fail_at(0, false);
+        if (st != VLM_OK && st != VLM_ERR_NOMEM)
+            fprintf(stderr, "at %llu: %s\n", (unsigned long long)k, err.msg);
+        assert_true(st == VLM_OK || st == VLM_ERR_NOMEM);
+        st == VLM_OK ? ok++ : nomem++;
+        if (accounted() != live)
+            fprintf(stderr, "at %llu: %lld bytes left\n", (unsigned long long)k,
+                    (long long)(accounted() - live));
+        assert_int_equal(accounted(), live);
+    }
+    assert_true(nomem > 0);
+    free(p);
+}
+
+static void test_alloc_failures(void **state) {
+    (void)state;
+    char *tmp = tu_mkdtemp();
+    static const char *const files[] = {
+        "config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors", "preprocessor_config.json"};
+    char a[4096], b[4096];
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(a, sizeof a, "%s", tu_src("tests/data/tiny/f32"));
+        snprintf(a + strlen(a), sizeof a - strlen(a), "/%s", files[i]);
+        snprintf(b, sizeof b, "%s/%s", tmp, files[i]);
+        assert_int_equal(symlink(a, b), 0);
+    }
+    sweep(tmp, 1);
+    tu_rmtree(tmp);
+    free(tmp);
+    /* with the tokenizer: about 100 points across its allocations */
+    vlm_plan *p = calloc(1, sizeof *p);
+    vlm_err err;
+    uint64_t c0 = vlm_alloc_count();
+    assert_int_equal(plan_once(tu_src("tests/data/tiny/f32"), p, &err), VLM_OK);
+    uint64_t n = vlm_alloc_count() - c0;
+    free(p);
+    sweep(tu_src("tests/data/tiny/f32"), n / 100 + 1);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_policy),          cmocka_unit_test(test_full_weights),
+        cmocka_unit_test(test_full_components), cmocka_unit_test(test_budget),
+        cmocka_unit_test(test_ladder),          cmocka_unit_test(test_measured_tiny),
+        cmocka_unit_test(test_alloc_failures),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
