@@ -90,7 +90,7 @@ static vlm_dtype dtype_from_torch(const char *torch_dtype) {
 
 vlm_status plan_model_init(plan_model *pm, const vlm_config *cfg, const cJSON *json,
                            const vlm_tensor_set *set, vlm_dtype stored, vlm_err *err) {
-    vlm_status st = phi3v_config_from_json(json, "config.json", &pm->arch, err);
+    vlm_status st = phi3v_config_from_config(cfg, "config.json", &pm->arch, err);
     if (st != VLM_OK) return st;
     if (set && (st = phi3v_check_tensors(cfg, set, err)) != VLM_OK) return st;
     phi3v_tensor_spec *specs = NULL;

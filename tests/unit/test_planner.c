@@ -368,15 +368,12 @@ static void test_measured_tiny(void **state) {
 
     /* the model over the mapped checkpoint */
     vlm_tensor_set *set = NULL;
-    cJSON *json = NULL;
     cpu_pool *pool = NULL;
     arch_model *m = NULL;
     assert_int_equal(vlm_tensor_set_open(dir, &set, &err), VLM_OK);
-    assert_int_equal(vlm_json_parse_file(tu_src("tests/data/tiny/f32/config.json"), &json, &err),
-                     VLM_OK);
     assert_int_equal(cpu_pool_create(2, &pool, &err), VLM_OK);
     vlm_weight_source src = {set_lookup, set};
-    assert_int_equal(arch_model_create(json, "config.json", &src, pool, &m, &err), VLM_OK);
+    assert_int_equal(arch_model_create(&pm.cfg, "config.json", &src, pool, &m, &err), VLM_OK);
 
     /* session: KV + workspace + logits + ids */
     session_options o;
@@ -442,7 +439,6 @@ static void test_measured_tiny(void **state) {
     session_free(sess);
     arch_model_free(m);
     cpu_pool_free(pool);
-    cJSON_Delete(json);
     vlm_tensor_set_close(set);
     vlm_image_free(img);
     plan_model_free(&pm);
