@@ -25,3 +25,7 @@ step "$bin" context demo-phi3v --suite suites/context --out "$out" --run-id "$id
 echo
 echo "== vlmtest merge (both runs, one report)"
 step "$bin" merge "$out/$id-smoke" "$out/$id-context" --out "$out/$id"
+echo
+# The per-suite table of the merged report (context: whole conversations and turns).
+sed -n '/^## Summary per suite/,/^## Models/p' "$out/$id/report.md" | sed '$d'
+echo "report: $out/$id/report.html"
