@@ -84,6 +84,10 @@ for c in ran:
     assert c["peak_rss"] > 0 and c["peak_accounted"] > 0, c
     assert sum(c["peak_cat"].values()) >= c["peak_accounted"] > 0, c["peak_cat"]
     assert c["peak_cat"]["kv_cache"] > 0, c["peak_cat"]
+# The timeline draws each case with its peak bytes per category.
+starts = [e for e in good["timeline"]["events"] if e["ev"] == "case_start"]
+assert len(starts) == 9 and all(e.get("cat_is_peak") for e in starts), starts[:2]
+assert all(sum(e["cat"].values()) > 0 for e in starts), starts[:2]
 PY
 
 # --- 2. memcheck
