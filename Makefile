@@ -33,7 +33,10 @@ test: deps build asan
 test-fast: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
 
-demo: deps build
+# Only the vlmtest program: the tests' programs are not needed to run the demo.
+demo: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_ARGS) >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS) --target vlmtest
 	@scripts/demo.sh $(BUILD)
 
 # libFuzzer programs (clang); see docs/testing.md for how long each is run.

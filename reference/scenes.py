@@ -831,6 +831,12 @@ def save_png(img, path):
     img.save(path, optimize=True)
 
 
+
+def suite_expected(scorer, answer):
+    """The "number" scorer of vlmtest takes a JSON number (docs/tester.md)."""
+    return int(answer) if scorer == "number" else answer
+
+
 def write_suites(seed, out, n_smoke_per_type=13, n_ctx_per_type=7):
     rng = random.Random(seed)
     # --- smoke: single-image questions, balanced over the question types ---
@@ -848,7 +854,8 @@ def write_suites(seed, out, n_smoke_per_type=13, n_ctx_per_type=7):
             # Every third colour/shape case uses "contains" so that scorer is covered.
             if qtype in ("colour", "shape", "position") and r % 3 == 2:
                 scorer = "contains"
-            cases.append({"id": cid, "images": [rel], "prompt": prompt, "expected": answer,
+            cases.append({"id": cid, "images": [rel], "prompt": prompt,
+                          "expected": suite_expected(scorer, answer),
                           "scorer": scorer,
                           "tags": [qtype, "%dx%d" % (sc.w, sc.h)]})
     with open(os.path.join(sdir, "suite.json"), "w") as f:
@@ -878,11 +885,12 @@ def write_suites(seed, out, n_smoke_per_type=13, n_ctx_per_type=7):
             out_turns, shown = [], 0
             for k, prompt, answer, scorer in turns:
                 out_turns.append({"images": rels[shown:k], "prompt": prompt,
-                                  "expected": answer, "scorer": scorer})
+                                  "expected": suite_expected(scorer, answer),
+                                  "scorer": scorer})
                 shown = k
             convs.append({"id": cid, "turns": out_turns, "tags": [dtype]})
     with open(os.path.join(cdir, "suite.json"), "w") as f:
-        json.dump({"name": "context", "type": "context",
+        json.dump({"name": "context", "kind": "context",
                    "description": "Synthetic dialogues (reference/scenes.py, seed %d) whose "
                                   "later turns refer to earlier answers and earlier images."
                                   % seed,

@@ -99,6 +99,22 @@ static void handle_event(sup_state *s, const cJSON *ev, tester_event_fn on_event
         if (cat) tjson_add(m, "cat", cJSON_Duplicate(cat, true));
         if (strcmp(name, "case_start") == 0 || strcmp(name, "case_end") == 0)
             cJSON_AddNumberToObject(m, "i", num_at(ev, "i"));
+        /* Between its start and end markers a case is drawn with its peak
+         * bytes per category (the worker frees its buffers before case_end,
+         * so the readings at the two markers alone would show nothing). */
+        const cJSON *peak = cJSON_GetObjectItemCaseSensitive(ev, "peak_cat");
+        cJSON *last = cJSON_GetArrayItem(s->events, cJSON_GetArraySize(s->events) - 1);
+        const char *last_ev =
+            last ? cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(last, "ev")) : NULL;
+        if (peak && strcmp(name, "case_end") == 0 && last_ev &&
+            strcmp(last_ev, "case_start") == 0 && num_at(last, "i") == num_at(ev, "i")) {
+            cJSON *dup = cJSON_Duplicate(peak, true);
+            if (dup) {
+                cJSON_DeleteItemFromObjectCaseSensitive(last, "cat");
+                tjson_add(last, "cat", dup);
+                cJSON_AddTrueToObject(last, "cat_is_peak");
+            }
+        }
         if (tjson_push(s->events, m) && strcmp(name, "case_end") == 0) thin_events(s);
     }
     if (rss > 0) {

@@ -9,6 +9,7 @@
 
 #include "base/alloc.h"
 #include "base/json.h"
+#include "mem/monitor.h"
 #include "tester/memprobe.h"
 #include "tester/tjson.h"
 
@@ -101,8 +102,10 @@ static bool run_case(const tester_backend *be, void *model, const tester_job_ite
     cJSON *ev = event("case_start");
     if (ev) cJSON_AddNumberToObject(ev, "i", (double)index);
     if (!emit(fd, ev)) return false;
-    memprobe_reset_hwm();
-    vlm_alloc_reset_peaks();
+    /* The case's peaks: VmHWM reset to the current RSS and a new peak window
+     * of the accounted allocator (per category), both opened by the scope. */
+    vlm_mem_scope scope;
+    vlm_mem_scope_begin(&scope, it->kase->id);
     cJSON *turns = cJSON_CreateArray();
     void *sess = NULL;
     vlm_err e;
@@ -136,8 +139,8 @@ static bool run_case(const tester_backend *be, void *model, const tester_job_ite
         }
         be->session_free(sess);
     }
-    uint64_t rss = 0, hwm = 0;
-    memprobe_read(0, &rss, &hwm);
+    vlm_mem_scope_result peak;
+    vlm_mem_scope_end(&scope, &peak);
     vlm_mem_stats ms;
     vlm_alloc_get_stats(&ms);
     ev = event("case_end");
@@ -145,8 +148,8 @@ static bool run_case(const tester_backend *be, void *model, const tester_job_ite
         cJSON_AddNumberToObject(ev, "i", (double)index);
         if (turns) tjson_add(ev, "turns", turns);
         turns = NULL;
-        cJSON_AddNumberToObject(ev, "peak_rss", (double)hwm);
-        cJSON_AddNumberToObject(ev, "peak_accounted", (double)ms.total_peak);
+        cJSON_AddNumberToObject(ev, "peak_rss", (double)peak.rss_peak);
+        cJSON_AddNumberToObject(ev, "peak_accounted", (double)peak.accounted_peak);
         cJSON *pc = cJSON_AddObjectToObject(ev, "peak_cat");
         for (int c = 0; pc && c < VLM_MEM_CAT_COUNT; c++)
             cJSON_AddNumberToObject(pc, vlm_mem_cat_name((vlm_mem_cat)c), (double)ms.peak[c]);

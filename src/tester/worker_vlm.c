@@ -1,10 +1,6 @@
-/* tester/worker_vlm - the worker backend on the libvlm engine.
- *
- * Until the engine is part of the build this file compiles to a backend
- * whose load reports that the engine is missing; define VLM_WITH_ENGINE
- * (e.g. add_compile_definitions(VLM_WITH_ENGINE) in CMakeLists.txt) once
- * src/runtime provides vlm_model_load and friends. A CLI test compiles the
- * engine half against include/vlm/vlm.h so it cannot drift from the API. */
+/* tester/worker_vlm - the worker backend on the libvlm engine: the public
+ * API of include/vlm/vlm.h and nothing else, so the tester drives the engine
+ * exactly as a user program does. */
 #include "tester/worker.h"
 
 #include <stdio.h>
@@ -12,13 +8,11 @@
 
 #include "base/alloc.h"
 
-#ifdef VLM_WITH_ENGINE
-
 static vlm_status be_load(const tester_job *job, void **model, cJSON *config, vlm_err *err) {
     const tester_model_opts *o = &job->opts;
     vlm_load_options lo;
     vlm_load_options_init(&lo);
-    lo.device = o->device;
+    lo.device = o->device[0] ? o->device : NULL;
     lo.precision = o->precision[0] ? o->precision : NULL;
     lo.num_crops = o->num_crops;
     lo.max_context = o->max_context;
@@ -27,12 +21,25 @@ static vlm_status be_load(const tester_job *job, void **model, cJSON *config, vl
     vlm_model *m = NULL;
     vlm_status st = vlm_model_load(job->model->resolved, &lo, &m, err);
     if (st) return st;
+    /* What the engine reports it uses (after its defaults and the plan),
+     * not what was asked: the asked options are recorded apart. */
+    vlm_model_desc d;
+    vlm_model_describe(m, &d);
     cJSON_AddStringToObject(config, "backend", "libvlm");
-    cJSON_AddStringToObject(config, "device", lo.device ? lo.device : "auto");
-    cJSON_AddStringToObject(config, "precision", lo.precision ? lo.precision : "as stored");
-    cJSON_AddNumberToObject(config, "num_crops", lo.num_crops);
-    cJSON_AddNumberToObject(config, "max_context", lo.max_context);
-    cJSON_AddNumberToObject(config, "mem_budget", (double)lo.mem_budget);
+    cJSON_AddStringToObject(config, "device", "cpu"); /* the only backend this build has */
+    cJSON_AddStringToObject(config, "arch", d.arch);
+    cJSON_AddStringToObject(config, "dtype", d.dtype);
+    cJSON_AddStringToObject(config, "path", d.path);
+    cJSON_AddNumberToObject(config, "num_crops", d.num_crops);
+    cJSON_AddNumberToObject(config, "context", (double)d.context);
+    cJSON_AddNumberToObject(config, "max_positions", (double)d.max_positions);
+    cJSON_AddNumberToObject(config, "n_threads", d.n_threads);
+    cJSON_AddNumberToObject(config, "n_layers", d.n_layers);
+    cJSON_AddNumberToObject(config, "hidden", d.hidden);
+    cJSON_AddNumberToObject(config, "vocab", d.vocab);
+    cJSON_AddNumberToObject(config, "params_total", (double)d.params_total);
+    cJSON_AddNumberToObject(config, "weight_bytes", (double)d.weight_bytes);
+    if (lo.mem_budget) cJSON_AddNumberToObject(config, "mem_budget", (double)lo.mem_budget);
     *model = m;
     return VLM_OK;
 }
@@ -82,28 +89,6 @@ static void be_answer_free(char *answer) {
 static void be_unload(void *model) {
     vlm_model_free((vlm_model *)model);
 }
-
-#else /* no engine in this build */
-
-static vlm_status be_load(const tester_job *job, void **model, cJSON *config, vlm_err *err) {
-    (void)model;
-    (void)config;
-    return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
-                       "%s: this vlmtest was built without the libvlm engine (VLM_WITH_ENGINE)",
-                       job->model->name);
-}
-static vlm_status be_session_new(void *model, const char *system, void **session, vlm_err *err) {
-    return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "no engine");
-}
-static vlm_status be_chat(void *session, const tester_turn *turn, const tester_gen *gen,
-                          char **answer, vlm_gen_stats *stats, vlm_err *err) {
-    return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "no engine");
-}
-static void be_session_free(void *session) {}
-static void be_answer_free(char *answer) {}
-static void be_unload(void *model) {}
-
-#endif
 
 static const tester_backend vlm_backend = {
     "libvlm", be_load, be_session_new, be_chat, be_session_free, be_answer_free, be_unload,

@@ -23,6 +23,7 @@
 
 #include "base/alloc.h"
 #include "base/json.h"
+#include "mem/monitor.h"
 #include "tester/memprobe.h"
 #include "tester/report.h"
 #include "tester/results.h"
@@ -791,9 +792,15 @@ static void test_memprobe(void **state) {
     assert_true(memprobe_read(getpid(), &rss1, &hwm1));
     assert_true(rss1 >= rss0 + n / 2);
     munmap(b, n);
-    memprobe_reset_hwm();
+    /* A case's scope (as the worker opens one) starts a new peak window. */
+    vlm_mem_scope sc;
+    vlm_mem_scope_begin(&sc, "case");
     assert_true(memprobe_read(0, &rss2, &hwm2));
+    vlm_mem_scope_result r;
+    vlm_mem_scope_end(&sc, &r);
     assert_true(hwm2 < hwm1); /* the window starts again below the old peak */
+    assert_true(r.rss_peak < hwm1);
+    assert_true(memprobe_cgroup_oom_kills() >= -1);
     assert_false(memprobe_read(999999999, &rss2, NULL)); /* no such process */
     assert_true(memprobe_global_oom_kills() >= 0);
 }
