@@ -18,7 +18,7 @@ build:
 	@cmake --build $(BUILD) -j $(JOBS)
 
 asan:
-	@cmake -S . -B $(BUILD_ASAN) -DCMAKE_BUILD_TYPE=Debug -DVLM_SANITIZE=ON $(CMAKE_ARGS) >/dev/null
+	@cmake -S . -B $(BUILD_ASAN) -DCMAKE_BUILD_TYPE=Debug "-DCMAKE_C_FLAGS_DEBUG=-g -O1" -DVLM_SANITIZE=ON $(CMAKE_ARGS) >/dev/null
 	@cmake --build $(BUILD_ASAN) -j $(JOBS)
 
 # Every test in the optimised build, then the unit tests (and the fuzz corpus

@@ -166,8 +166,12 @@ static char *make_config(const options *o, const char *shared) {
     char path[4096];
     vlm_err err = {0};
     cJSON *root = NULL;
-    snprintf(path, sizeof path, "%s/models/phi-3.5-vision-instruct/config.reconstructed.json",
-             shared);
+    int n = snprintf(path, sizeof path,
+                     "%s/models/phi-3.5-vision-instruct/config.reconstructed.json", shared);
+    if (n < 0 || (size_t)n >= sizeof path) {
+        fprintf(stderr, "mkcheckpoint: shared folder path too long: %s\n", shared);
+        exit(1);
+    }
     if (vlm_json_parse_file(path, &root, &err)) die_err(&err);
     set_num(root, "num_hidden_layers", o->layers);
     set_num(root, "hidden_size", o->hidden);

@@ -635,7 +635,7 @@ static void test_shards_merge_equal_unsharded(void **state) {
     run_cli(false, all_args);
     int sizes[3];
     for (int k = 1; k <= 3; k++) {
-        char shard[8], id[16];
+        char shard[16], id[24];
         snprintf(shard, sizeof shard, "%d/3", k);
         snprintf(id, sizeof id, "shard%d", k);
         const char *args[] = {"--models", p("m11.json"),
@@ -735,12 +735,12 @@ static void test_resume_after_kill9(void **state) {
     assert_int_equal(count_recs(all, "case", NULL, NULL), 20);
     for (int mi = 0; mi < 2; mi++)
         for (int i = 0; i < 10; i++) {
-            char id[8];
+            char id[16];
             snprintf(id, sizeof id, "c%02d", i);
             const char *model = mi ? "second" : "first";
             assert_non_null(find_rec(all, "case", model, id, 0));
             assert_null(find_rec(all, "case", model, id, 1)); /* not duplicated */
-            char want[8];
+            char want[16];
             snprintf(want, sizeof want, "v%d", i);
             assert_string_equal(s_at(find_rec(all, "case", model, id, 0), "answer"), want);
         }

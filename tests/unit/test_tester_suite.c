@@ -302,7 +302,7 @@ static void test_results_append_resume(void **state) {
     vlm_err e;
     assert_int_equal(tester_results_open(p("res"), "run1", false, &r, &e), VLM_OK);
     for (int i = 0; i < 3; i++) {
-        char id[8];
+        char id[24];
         snprintf(id, sizeof id, "c%d", i);
         cJSON *c = case_rec("Model", "s", id);
         assert_int_equal(tester_results_append(r, c, &e), VLM_OK);
@@ -379,7 +379,7 @@ static void test_shards(void **state) {
     /* Each case is in exactly one shard, and the split is not lopsided. */
     int counts[3] = {0};
     for (int i = 0; i < 300; i++) {
-        char id[16];
+        char id[24];
         snprintf(id, sizeof id, "case-%d", i);
         int hits = 0;
         for (int s = 1; s <= 3; s++)
