@@ -155,12 +155,7 @@ static vlm_status dec_step(const tok_dec *d, const tlist *in, tlist *o, tok_dec_
     }
     case DEC_BYTE_FALLBACK: {
         size_t np = 0;
-        if (in->n > w->pend_cap) {
-            char *q = vlm_realloc(w->pend, in->n, VLM_MEM_SCRATCH);
-            if (!q) return vlm_err_set(err, VLM_ERR_NOMEM, "tokenizer: out of memory (decode)");
-            w->pend = q;
-            w->pend_cap = in->n;
-        }
+        if ((st = tok_dec_ws_reserve(w, in->n, err)) != VLM_OK) return st;
         char *pend = w->pend;
         for (size_t i = 0; i < in->n && st == VLM_OK; i++) {
             int b = byte_token(tl_at(in, i), in->tl[i]);
@@ -306,10 +301,7 @@ static vlm_status run_decoder_ws(const tokenizer *t, const char **toks, const si
     return VLM_OK;
 }
 
-vlm_status tok_decode_ws(const tokenizer *t, const int32_t *ids, size_t n, bool skip_special,
-                         tok_dec_ws *w, const char **out, size_t *out_len, vlm_err *err) {
-    *out = "";
-    *out_len = 0;
+vlm_status tok_dec_ws_reserve(tok_dec_ws *w, size_t n, vlm_err *err) {
     if (n > w->tok_cap) {
         const char **tk = vlm_realloc(w->toks, n * sizeof *tk, VLM_MEM_SCRATCH);
         if (!tk) return vlm_err_set(err, VLM_ERR_NOMEM, "tokenizer: out of memory (decode)");
@@ -319,6 +311,21 @@ vlm_status tok_decode_ws(const tokenizer *t, const int32_t *ids, size_t n, bool 
         w->lens = ln;
         w->tok_cap = n;
     }
+    if (n > w->pend_cap) {
+        char *q = vlm_realloc(w->pend, n, VLM_MEM_SCRATCH);
+        if (!q) return vlm_err_set(err, VLM_ERR_NOMEM, "tokenizer: out of memory (decode)");
+        w->pend = q;
+        w->pend_cap = n;
+    }
+    return VLM_OK;
+}
+
+vlm_status tok_decode_ws(const tokenizer *t, const int32_t *ids, size_t n, bool skip_special,
+                         tok_dec_ws *w, const char **out, size_t *out_len, vlm_err *err) {
+    *out = "";
+    *out_len = 0;
+    vlm_status st = tok_dec_ws_reserve(w, n, err);
+    if (st != VLM_OK) return st;
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         size_t len;
@@ -421,6 +428,10 @@ static vlm_status stream_decode(tok_stream *s, const char **str, size_t *sl, vlm
     if (!s->ws) {
         s->ws = vlm_calloc(1, sizeof *s->ws, VLM_MEM_SCRATCH);
         if (!s->ws) return vlm_err_set(err, VLM_ERR_NOMEM, "tokenizer: out of memory (stream)");
+        /* the window never holds more than the released context and the
+         * held-back ids: room for both now, so later steps do not grow it */
+        vlm_status st = tok_dec_ws_reserve(s->ws, 4 * TOK_STREAM_MAX_PENDING, err);
+        if (st != VLM_OK) return st;
     }
     return tok_decode_ws(s->t, s->ids.v, s->ids.n, s->skip_special, s->ws, str, sl, err);
 }

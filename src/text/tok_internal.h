@@ -299,6 +299,8 @@ typedef struct tok_dec_ws {
 vlm_status tok_decode_ws(const tokenizer *t, const int32_t *ids, size_t n, bool skip_special,
                          tok_dec_ws *w, const char **out, size_t *out_len, vlm_err *err);
 void tok_dec_ws_free(tok_dec_ws *w);
+/* Room for n token strings (and n pending bytes) now. */
+vlm_status tok_dec_ws_reserve(tok_dec_ws *w, size_t n, vlm_err *err);
 
 /* Run the decoder chain on token strings; result into *out (accounted). */
 vlm_status tok_run_decoder(const tokenizer *t, const char **toks, const size_t *lens, size_t n,
