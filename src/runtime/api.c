@@ -29,6 +29,7 @@
 #include "io/hf.h"
 #include "io/image.h"
 #include "io/safetensors.h"
+#include "mem/monitor.h"
 #include "models/phi3v_image.h"
 #include "models/phi3v_tensors.h"
 #include "runtime/sampler.h"
@@ -225,6 +226,10 @@ void vlm_model_free(vlm_model *m) {
     vlm_model_configs_free(&m->cfgs);
     vlm_free(m->dir);
     vlm_free(m);
+    /* The mapping is gone and every block is freed; malloc keeps freed
+     * small blocks in its arenas, so the monitor's cleanup trims them back
+     * to the OS (registered callbacks are the caller's to run). */
+    vlm_mem_cleanup(false, NULL);
 }
 
 static const char *dtype_short(vlm_dtype d) {
@@ -397,6 +402,7 @@ void vlm_session_free(vlm_session *s) {
     vlm_free(s->system);
     vlm_free(s->gen);
     vlm_free(s);
+    vlm_mem_cleanup(false, NULL); /* as vlm_model_free */
 }
 
 void vlm_session_reset(vlm_session *s) {
