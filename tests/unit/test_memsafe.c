@@ -24,6 +24,17 @@
 #include "runtime/planner.h"
 #include "vlm/vlm.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define ASAN_BUILD 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ASAN_BUILD 1
+#endif
+#endif
+#ifndef ASAN_BUILD
+#define ASAN_BUILD 0
+#endif
+
 static const char *model_dir(void) {
     return tu_src("tests/data/tiny/f32");
 }
@@ -318,7 +329,14 @@ static void test_load_unload_cycles(void **state) {
             (unsigned long long)rss_first, (unsigned long long)rss_last,
             (long long)rss_last - (long long)rss_first);
     assert_true(rss_first > 0);
+#if ASAN_BUILD
+    /* AddressSanitizer keeps freed blocks in its quarantine (256 MiB) and its
+     * allocator ignores malloc_trim: RSS says nothing there. The accounted
+     * and mapped bytes above are exact in both builds. */
+    (void)rss_last;
+#else
     assert_true(rss_last <= rss_first + ((uint64_t)8 << 20));
+#endif
 }
 
 int main(void) {
