@@ -54,11 +54,10 @@ static void run_text(const tokenizer *t, const uint8_t *text, size_t n) {
             if (tokenizer_decode(t, ids.v, ids.n, special, &s, &l, NULL) == VLM_OK) vlm_free(s);
             tok_stream st;
             tok_stream_init(&st, t, special);
-            for (size_t i = 0; i < ids.n; i++) {
-                if (tok_stream_step(&st, ids.v[i], &s, &l, NULL) != VLM_OK) break;
-                vlm_free(s);
-            }
-            if (tok_stream_flush(&st, &s, &l, NULL) == VLM_OK) vlm_free(s);
+            const char *piece;
+            for (size_t i = 0; i < ids.n; i++)
+                if (tok_stream_step(&st, ids.v[i], &piece, &l, NULL) != VLM_OK) break;
+            (void)tok_stream_flush(&st, &piece, &l, NULL);
             tok_stream_free(&st);
         }
         tok_ids_free(&ids);

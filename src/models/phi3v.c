@@ -64,15 +64,31 @@ void phi3v_free(phi3v_model *m) {
 }
 
 /* ---------------------------------------------------------------------------
- * HD glue */
+ * HD glue
+ *
+ * The 2x2 merge, GELU and both projector Linears act on each merged vector
+ * alone, and the matmul's bits do not depend on how many rows it is given
+ * (docs/model.md, numerics). So the glue runs per crop group: each crop's
+ * merged cells are projected and written straight to their rows of the
+ * image's output, and the two separators are projected once and copied to
+ * every place they stand. Peak memory is one group's features and workspace
+ * whatever the crop count; only the output rows grow with it. */
 
-size_t phi3v_glue_workspace_floats_cfg(const phi3v_config *c, int hc, int wc) {
-    size_t n = (size_t)phi3v_image_tokens(c, hc, wc);
-    return n * (4 * (size_t)c->image_dim_out + (size_t)c->hidden);
+/* Rows of the glue workspace for `group` crops: their merged cells, or the
+ * two separator vectors, whichever is more. */
+static size_t glue_rows(const phi3v_config *c, int group) {
+    size_t mm = (size_t)phi3v_tokens_per_crop(c), rows = (size_t)(group < 1 ? 1 : group) * mm;
+    return rows < 2 ? 2 : rows;
 }
 
-size_t phi3v_glue_workspace_floats(const phi3v_model *m, int hc, int wc) {
-    return phi3v_glue_workspace_floats_cfg(&m->cfg, hc, wc);
+/* seq [rows][4 Dv] merged vectors, hid [rows][d] after Linear0 + GELU,
+ * prj [rows][d] after Linear2. */
+size_t phi3v_glue_workspace_floats_cfg(const phi3v_config *c, int group) {
+    return glue_rows(c, group) * (4 * (size_t)c->image_dim_out + 2 * (size_t)c->hidden);
+}
+
+size_t phi3v_glue_workspace_floats(const phi3v_model *m, int group) {
+    return phi3v_glue_workspace_floats_cfg(&m->cfg, group);
 }
 
 /* The 2x2-merged vector at merged cell (i, j) of crop features g
@@ -84,9 +100,77 @@ static void merge_cell(const float *g, int grid, int64_t Dv, int i, int j, float
                    (size_t)Dv * sizeof(float));
 }
 
-void phi3v_glue(const phi3v_model *m, const float *feats, int hc, int wc, float *out, float *ws) {
+/* The projector on n vectors: prj[n][d] = Linear2(GELU_erf(Linear0(seq[n][4 Dv]))). */
+static void project(const phi3v_model *m, const float *seq, int64_t n, float *hid, float *prj) {
+    const int64_t D4 = 4 * (int64_t)m->cfg.image_dim_out, d = m->cfg.hidden;
+    cpu_matmul(m->pool, hid, seq, n, D4, d, m->proj0_w, m->proj0_b);
+    cpu_gelu_erf(hid, n * d);
+    cpu_matmul(m->pool, prj, hid, n, d, d, m->proj2_w, m->proj2_b);
+}
+
+/* Output row of merged cell (i, j) of crop t (0: the global view, 1..: the
+ * tiles row-major) in the sub_glb order:
+ *   sub mosaic: hc*mg rows of wc*mg cells, each row closed by sub_GN;
+ *   glb_GN;
+ *   global view: mg rows of mg cells, each row closed by sub_GN. */
+static int64_t cell_row(int t, int i, int j, int hc, int wc, int mg) {
+    const int64_t sub_w = (int64_t)wc * mg + 1;
+    if (t == 0) return (int64_t)hc * mg * sub_w + 1 + (int64_t)i * (mg + 1) + j;
+    int k = t - 1;
+    return ((int64_t)(k / wc) * mg + i) * sub_w + (int64_t)(k % wc) * mg + j;
+}
+
+/* The separators: project sub_GN and glb_GN (one 2-row matmul) and copy them
+ * to every row they occupy. */
+static void glue_separators(const phi3v_model *m, int hc, int wc, float *out, float *ws) {
+    const int mg = m->clip.grid / 2;
+    const int64_t D4 = 4 * (int64_t)m->cfg.image_dim_out, d = m->cfg.hidden;
+    const size_t row = (size_t)d * sizeof(float);
+    float *seq = ws, *hid = seq + 2 * D4, *prj = hid + 2 * d;
+    cpu_widen(m->sub_gn, 0, seq, D4);
+    cpu_widen(m->glb_gn, 0, seq + D4, D4);
+    project(m, seq, 2, hid, prj);
+    const int64_t sub_w = (int64_t)wc * mg + 1, glb = (int64_t)hc * mg * sub_w;
+    for (int64_t R = 0; R < (int64_t)hc * mg; R++)
+        memcpy(out + (R * sub_w + sub_w - 1) * d, prj, row);
+    memcpy(out + glb * d, prj + d, row);
+    for (int i = 0; i < mg; i++) memcpy(out + (glb + 1 + (int64_t)i * (mg + 1) + mg) * d, prj, row);
+}
+
+/* Crops [t0, t0+g) of an image: CLIP features f[g][grid^2][Dv] -> their
+ * merged, projected cells at their rows of out. ws:
+ * phi3v_glue_workspace_floats(m, g) floats. */
+static void glue_crops(const phi3v_model *m, const float *f, int t0, int g, int hc, int wc,
+                       float *out, float *ws) {
     const int grid = m->clip.grid, mg = grid / 2;
     const int64_t Dv = m->cfg.image_dim_out, D4 = 4 * Dv, d = m->cfg.hidden;
+    const int64_t crop = (int64_t)grid * grid * Dv, mm = (int64_t)mg * mg;
+    const int64_t rows = (int64_t)glue_rows(&m->cfg, g);
+    float *seq = ws, *hid = seq + rows * D4, *prj = hid + rows * d;
+    for (int c = 0; c < g; c++)
+        for (int i = 0; i < mg; i++)
+            for (int j = 0; j < mg; j++)
+                merge_cell(f + c * crop, grid, Dv, i, j, seq + (c * mm + (int64_t)i * mg + j) * D4);
+    project(m, seq, g * mm, hid, prj);
+    /* a crop row's mg cells are consecutive output rows */
+    for (int c = 0; c < g; c++)
+        for (int i = 0; i < mg; i++)
+            memcpy(out + cell_row(t0 + c, i, 0, hc, wc, mg) * d,
+                   prj + (c * mm + (int64_t)i * mg) * d, (size_t)(mg * d) * sizeof(float));
+}
+
+/* The whole sequence at once from every crop's features, as the reference
+ * builds it (spec §5): kept as the all-at-once path the grouped one is
+ * tested against. ws: phi3v_glue_all_workspace_floats(m, hc, wc) floats. */
+size_t phi3v_glue_all_workspace_floats(const phi3v_model *m, int hc, int wc) {
+    size_t n = (size_t)phi3v_image_tokens(&m->cfg, hc, wc);
+    return n * (4 * (size_t)m->cfg.image_dim_out + (size_t)m->cfg.hidden);
+}
+
+void phi3v_glue_all(const phi3v_model *m, const float *feats, int hc, int wc, float *out,
+                    float *ws) {
+    const int grid = m->clip.grid, mg = grid / 2;
+    const int64_t Dv = m->cfg.image_dim_out, D4 = 4 * Dv;
     const int64_t crop = (int64_t)grid * grid * Dv;
     const int64_t n = phi3v_image_tokens(&m->cfg, hc, wc);
     float *seq = ws, *hid = ws + n * D4;
@@ -106,11 +190,7 @@ void phi3v_glue(const phi3v_model *m, const float *feats, int hc, int wc, float 
         for (int j = 0; j < mg; j++) merge_cell(feats, grid, Dv, i, j, seq + r++ * D4);
         cpu_widen(m->sub_gn, 0, seq + r++ * D4, D4);
     }
-    /* Projector on every vector, separators included: Linear, exact GELU,
-     * Linear. */
-    cpu_matmul(m->pool, hid, seq, n, D4, d, m->proj0_w, m->proj0_b);
-    cpu_gelu_erf(hid, n * d);
-    cpu_matmul(m->pool, out, hid, n, d, d, m->proj2_w, m->proj2_b);
+    project(m, seq, n, hid, out);
 }
 
 void phi3v_encode_floats(const phi3v_config *c, int hc, int wc, int group, int n_threads,
@@ -118,9 +198,9 @@ void phi3v_encode_floats(const phi3v_config *c, int hc, int wc, int group, int n
     int n = 1 + hc * wc, grid = phi3v_vision_grid(c);
     if (group < 1) group = 1;
     if (group > n) group = n;
-    *feat_floats = (size_t)n * (size_t)grid * (size_t)grid * (size_t)c->vision.hidden;
+    *feat_floats = (size_t)group * (size_t)grid * (size_t)grid * (size_t)c->vision.hidden;
     size_t ws = clip_workspace_floats_cfg(&c->vision, group, n_threads);
-    size_t glue = phi3v_glue_workspace_floats_cfg(c, hc, wc);
+    size_t glue = phi3v_glue_workspace_floats_cfg(c, group);
     *ws_floats = glue > ws ? glue : ws;
 }
 
@@ -137,18 +217,25 @@ vlm_status phi3v_encode_image(phi3v_model *m, const vlm_image_input *img, int gr
     if (group < 1) group = 1;
     if (group > n) group = n;
     const clip_model *c = &m->clip;
+    const int64_t S = c->cfg.image_size;
     size_t feat_floats, ws_floats;
     phi3v_encode_floats(&m->cfg, img->hc, img->wc, group, cpu_pool_threads(m->pool), &feat_floats,
                         &ws_floats);
+    /* one group's CLIP features, and a workspace the tower and then the glue use */
     float *feats = VLM_NEW_ARRAY(float, feat_floats, VLM_MEM_IMAGE);
     float *ws = VLM_NEW_ARRAY(float, ws_floats, VLM_MEM_ACTIVATIONS);
     if (!feats || !ws) {
         vlm_free(feats);
         vlm_free(ws);
-        return vlm_err_set(err, VLM_ERR_NOMEM, "image: out of memory for %d crops", n);
+        return vlm_err_set(err, VLM_ERR_NOMEM, "image: out of memory for a group of %d crops",
+                           group);
     }
-    clip_encode(c, m->pool, img->pixels, n, group, feats, ws);
-    phi3v_glue(m, feats, img->hc, img->wc, out, ws);
+    glue_separators(m, img->hc, img->wc, out, ws);
+    for (int t = 0; t < n; t += group) {
+        int g = n - t < group ? n - t : group;
+        clip_encode(c, m->pool, img->pixels + (int64_t)t * 3 * S * S, g, g, feats, ws);
+        glue_crops(m, feats, t, g, img->hc, img->wc, out, ws);
+    }
     vlm_free(feats);
     vlm_free(ws);
     return VLM_OK;

@@ -27,13 +27,19 @@ vlm_status phi3v_create(const phi3v_config *cfg, const vlm_weight_source *src, c
                         phi3v_model **out, vlm_err *err);
 void phi3v_free(phi3v_model *m);
 
-/* The glue for one image: CLIP features feats[1+hc*wc][grid^2][Dv] (global
- * first, then tiles row-major) -> projected rows out[image_tokens][d].
- * ws: phi3v_glue_workspace_floats(m, hc, wc) floats. */
-size_t phi3v_glue_workspace_floats(const phi3v_model *m, int hc, int wc);
-void phi3v_glue(const phi3v_model *m, const float *feats, int hc, int wc, float *out, float *ws);
+/* The glue for one image all at once (the reference's order, spec §5):
+ * CLIP features feats[1+hc*wc][grid^2][Dv] (global first, then tiles
+ * row-major) -> projected rows out[image_tokens][d]. phi3v_encode_image
+ * glues per crop group instead (identical bits); this is the path it is
+ * tested against. ws: phi3v_glue_all_workspace_floats(m, hc, wc) floats. */
+size_t phi3v_glue_all_workspace_floats(const phi3v_model *m, int hc, int wc);
+void phi3v_glue_all(const phi3v_model *m, const float *feats, int hc, int wc, float *out,
+                    float *ws);
 
-/* CLIP + glue for one image (allocates its workspace; image/activations). */
+/* CLIP + glue for one image, `group` crops at a time: each group goes
+ * through the tower, then its merged cells through the projector straight to
+ * their rows of out[image_tokens][d]. Allocates one group's features (image)
+ * and one workspace (activations), both independent of the crop count. */
 vlm_status phi3v_encode_image(phi3v_model *m, const vlm_image_input *img, int group, float *out,
                               vlm_err *err);
 
@@ -45,12 +51,15 @@ size_t phi3v_workspace_floats(const phi3v_model *m, int64_t max_tokens, int64_t 
 
 /* --- sizes from the config alone, for the memory planner (the functions
  * above and phi3v_encode_image call these, so plan and code agree). */
-size_t phi3v_glue_workspace_floats_cfg(const phi3v_config *c, int hc, int wc);
+/* Glue workspace for `group` crops (their merged cells through the projector). */
+size_t phi3v_glue_workspace_floats_cfg(const phi3v_config *c, int group);
+size_t phi3v_glue_workspace_floats(const phi3v_model *m, int group);
 size_t phi3v_workspace_floats_cfg(const phi3v_config *c, int64_t max_tokens, int64_t max_ctx,
                                   int n_threads);
 /* What phi3v_encode_image allocates for an hc x wc grid encoded `group`
- * crops at a time: CLIP features of every crop (image) and the workspace
- * (activations), in floats. */
+ * crops at a time: the CLIP features of one group (image) and the workspace
+ * max(CLIP(group), glue(group)) (activations), in floats. Neither grows with
+ * the crop count. */
 void phi3v_encode_floats(const phi3v_config *c, int hc, int wc, int group, int n_threads,
                          size_t *feat_floats, size_t *ws_floats);
 /* The vlm_model_info a model built from c reports. */

@@ -29,6 +29,7 @@
 #include "io/hf.h"
 #include "io/image.h"
 #include "io/safetensors.h"
+#include "mem/monitor.h"
 #include "models/phi3v_image.h"
 #include "models/phi3v_tensors.h"
 #include "runtime/sampler.h"
@@ -225,6 +226,10 @@ void vlm_model_free(vlm_model *m) {
     vlm_model_configs_free(&m->cfgs);
     vlm_free(m->dir);
     vlm_free(m);
+    /* The mapping is gone and every block is freed; malloc keeps freed
+     * small blocks in its arenas, so the monitor's cleanup trims them back
+     * to the OS (registered callbacks are the caller's to run). */
+    vlm_mem_cleanup(false, NULL);
 }
 
 static const char *dtype_short(vlm_dtype d) {
@@ -397,6 +402,7 @@ void vlm_session_free(vlm_session *s) {
     vlm_free(s->system);
     vlm_free(s->gen);
     vlm_free(s);
+    vlm_mem_cleanup(false, NULL); /* as vlm_model_free */
 }
 
 void vlm_session_reset(vlm_session *s) {
@@ -459,6 +465,16 @@ static bool sbuf_add(sbuf *b, const char *p, size_t n) {
     memcpy(b->s + b->len, p, n);
     b->len += n;
     b->s[b->len] = '\0';
+    return true;
+}
+
+/* Make room for n more bytes now, so the adds that follow do not grow it. */
+static bool sbuf_reserve(sbuf *b, size_t n) {
+    if (b->len + n + 1 <= b->cap) return true;
+    char *q = vlm_realloc(b->s, b->len + n + 1, VLM_MEM_OTHER);
+    if (!q) return false;
+    b->s = q;
+    b->cap = b->len + n + 1;
     return true;
 }
 
@@ -549,16 +565,14 @@ static bool gen_text(gen_run *g, const char *piece, size_t len) {
 static bool on_token(void *user, int32_t tok) {
     gen_run *g = user;
     if (g->t_first == 0) g->t_first = now_ms();
-    char *piece = NULL;
+    const char *piece = NULL; /* owned by the stream */
     size_t len = 0;
     vlm_status st = tok_stream_step(&g->ts, tok, &piece, &len, g->err);
     if (st) {
         g->st = st;
         return false;
     }
-    bool go = gen_text(g, piece ? piece : "", piece ? len : 0);
-    vlm_free(piece);
-    return go;
+    return gen_text(g, piece ? piece : "", piece ? len : 0);
 }
 
 static const char *stop_name(session_stop r) {
@@ -619,10 +633,24 @@ static vlm_status run_turn(vlm_session *vs, vlm_prompt *pr, const vlm_gen_params
     sampler *smp = NULL;
     if ((st = sampler_create(&sp, m->am->info.vocab, &smp, err))) return st;
 
+    /* The streamed text is kept for the stop strings: its room is taken
+     * before the decode loop, as much as max_tokens tokens can decode to
+     * (the longest token + a decoder's few bytes each, up to 1 MiB; beyond
+     * that it grows by doubling), so decode steps do not allocate. */
+    size_t per_token = tokenizer_max_token_len(m->tok) + 4;
+    size_t room = (size_t)p->max_tokens + 1;
+    room = room > ((size_t)1 << 20) / per_token ? (size_t)1 << 20 : room * per_token;
+    sbuf acc = {0};
+    if (!sbuf_reserve(&acc, room)) {
+        sampler_free(smp);
+        return vlm_err_set(err, VLM_ERR_NOMEM, "generate: out of memory for the answer");
+    }
+
     double t_pre = now_ms();
     st = session_append(s, pr->ids.v, (int64_t)pr->ids.n, pr->rows, pr->n_rows, NULL, err);
     double t_pre_end = now_ms();
     if (st) {
+        vlm_free(acc.s);
         sampler_free(smp);
         return st;
     }
@@ -639,6 +667,7 @@ static vlm_status run_turn(vlm_session *vs, vlm_prompt *pr, const vlm_gen_params
     g.err = err;
     for (int i = 0; i < p->n_stop; i++)
         if (p->stop[i] && strlen(p->stop[i]) > g.max_stop) g.max_stop = strlen(p->stop[i]);
+    g.acc = acc;
     tok_stream_init(&g.ts, m->tok, true);
     gen_options go = {p->max_tokens, m->stop_ids, p->ignore_eos ? 0 : m->n_stop, on_token, &g};
     session_stop why = SESSION_STOP_MAX;
@@ -653,12 +682,11 @@ static vlm_status run_turn(vlm_session *vs, vlm_prompt *pr, const vlm_gen_params
     size_t text_len = 0;
     if (!st && !g.stop_string && !g.user_stopped) {
         /* the rest of the stream (stop strings still apply to it) */
-        char *piece = NULL;
+        const char *piece = NULL;
         size_t len = 0;
         st = tok_stream_flush(&g.ts, &piece, &len, err);
         if (!st && gen_text(&g, piece ? piece : "", piece ? len : 0)) emit(&g, g.acc.len);
         if (!st) st = g.st;
-        vlm_free(piece);
     }
     if (!st && !g.stop_string) {
         /* the answer: one decode of the ids without the stop token */

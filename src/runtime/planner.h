@@ -137,7 +137,7 @@ typedef enum plan_comp {
     PLAN_SESSION,          /* token ids [ctx] + image rows kept for a LongRoPE rebuild */
     PLAN_IMAGE_INPUT,      /* decoded RGB8 + pixel values of every crop */
     PLAN_IMAGE_PREPROCESS, /* resize passes + HD image (uint8), transient */
-    PLAN_VISION,           /* CLIP features of every crop + the tower's workspace */
+    PLAN_VISION,           /* one crop group: CLIP features + max(tower, glue) workspace */
     PLAN_IMAGE_FEATURES,   /* projected rows handed to prefill */
     PLAN_LOAD_SCRATCH,     /* converting at load: one source tensor + one f32 row */
     PLAN_OVERHEAD,         /* tokenizer, safetensors index, model structs */

@@ -2,7 +2,7 @@
 #include "runtime/sampler.h"
 
 #include <math.h>
-#include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "base/alloc.h"
@@ -84,14 +84,38 @@ static int32_t argmax(const float *x, int n) {
     return best;
 }
 
-/* Sort order: logit descending, index ascending on ties. qsort is not
- * stable, so the index is part of the key. */
-static int cmp_desc(const void *a, const void *b, void *keys) {
-    int32_t i = *(const int32_t *)a, j = *(const int32_t *)b;
-    float x = ((const float *)keys)[i], y = ((const float *)keys)[j];
-    if (x > y) return -1;
-    if (x < y) return 1;
-    return (i > j) - (i < j);
+/* Sort order: logit descending, index ascending on ties: a total order, so
+ * any correct sort gives the same permutation. */
+static inline bool before(const float *keys, int32_t i, int32_t j) {
+    float x = keys[i], y = keys[j];
+    return x > y || (x == y && i < j);
+}
+
+/* Heapsort of ord[n] by `before`, in place. glibc's qsort_r takes a
+ * temporary buffer from malloc for arrays over 1 KiB (its merge sort), which
+ * the decode loop must not do; a heap needs no memory at all. */
+static void sift_down(int32_t *ord, int n, int i, const float *keys) {
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= n) return;
+        /* a max-heap of the order's last element: the one `before` ranks last */
+        if (c + 1 < n && before(keys, ord[c], ord[c + 1])) c++;
+        if (!before(keys, ord[i], ord[c])) return;
+        int32_t t = ord[i];
+        ord[i] = ord[c];
+        ord[c] = t;
+        i = c;
+    }
+}
+
+static void sort_order(int32_t *ord, int n, const float *keys) {
+    for (int i = n / 2 - 1; i >= 0; i--) sift_down(ord, n, i, keys);
+    for (int end = n - 1; end > 0; end--) {
+        int32_t t = ord[0];
+        ord[0] = ord[end];
+        ord[end] = t;
+        sift_down(ord, end, 0, keys);
+    }
 }
 
 int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, int64_t n_history) {
@@ -118,7 +142,7 @@ int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, int64_
 
     /* Candidates sorted by logit (descending, index ascending on ties). */
     for (int i = 0; i < V; i++) s->order[i] = i;
-    qsort_r(s->order, (size_t)V, sizeof *s->order, cmp_desc, logits);
+    sort_order(s->order, V, logits);
 
     int n = V;
     if (p->top_k > 0 && p->top_k < n) {

@@ -6,14 +6,6 @@
 #include "base/alloc.h"
 #include "text/tok_internal.h"
 
-/* A list of strings in one buffer. */
-typedef struct tlist {
-    char *buf;
-    size_t len, cap;
-    size_t *off, *tl;
-    size_t n, ncap;
-} tlist;
-
 /* String i of l (never a null pointer, even before the first byte arrives:
  * pointer arithmetic on NULL is undefined even with a zero offset). */
 static const char *tl_at(const tlist *l, size_t i) {
@@ -132,31 +124,39 @@ static vlm_status flush_bytes(tlist *o, const char *b, size_t n, vlm_err *err) {
     return st;
 }
 
-static vlm_status dec_step(const tok_dec *d, const tlist *in, tlist *o, vlm_err *err) {
+static vlm_status dec_step(const tok_dec *d, const tlist *in, tlist *o, tok_dec_ws *w,
+                           vlm_err *err) {
     vlm_status st = VLM_OK;
     switch (d->kind) {
     case DEC_REPLACE: {
-        mlist ml = {0};
+        mlist *mlp = &w->ml;
+        if (w->md_re != d->re) {
+            /* match data sized for this regex, kept for the next decode */
+            tok_regex_match_data_free(w->md);
+            w->md_re = NULL;
+            if (!(w->md = tok_regex_match_data(d->re)))
+                return vlm_err_set(err, VLM_ERR_NOMEM, "tokenizer: out of memory (regex)");
+            w->md_re = d->re;
+        }
         for (size_t i = 0; i < in->n && st == VLM_OK; i++) {
             const char *s = tl_at(in, i);
-            if ((st = tok_regex_find_all(d->re, s, in->tl[i], false, &ml, err)) != VLM_OK) break;
+            if ((st = tok_regex_find_all_md(d->re, w->md, s, in->tl[i], false, mlp, err)) != VLM_OK)
+                break;
             if ((st = tl_begin(o, err)) != VLM_OK) break;
-            for (size_t k = 0; k < ml.n && st == VLM_OK; k++) {
-                if (ml.v[k].m)
+            for (size_t k = 0; k < mlp->n && st == VLM_OK; k++) {
+                if (mlp->v[k].m)
                     st = tl_bytes(o, d->content, d->content_len, err);
                 else
-                    st = tl_bytes(o, s + ml.v[k].s, ml.v[k].e - ml.v[k].s, err);
+                    st = tl_bytes(o, s + mlp->v[k].s, mlp->v[k].e - mlp->v[k].s, err);
             }
             tl_end(o);
         }
-        vlm_free(ml.v);
         return st;
     }
     case DEC_BYTE_FALLBACK: {
-        char *pend = NULL;
         size_t np = 0;
-        if (in->n && !(pend = vlm_alloc(in->n, VLM_MEM_SCRATCH)))
-            return vlm_err_set(err, VLM_ERR_NOMEM, "tokenizer: out of memory (decode)");
+        if ((st = tok_dec_ws_reserve(w, in->n, err)) != VLM_OK) return st;
+        char *pend = w->pend;
         for (size_t i = 0; i < in->n && st == VLM_OK; i++) {
             int b = byte_token(tl_at(in, i), in->tl[i]);
             if (b >= 0) {
@@ -168,7 +168,6 @@ static vlm_status dec_step(const tok_dec *d, const tlist *in, tlist *o, vlm_err 
             if (st == VLM_OK) st = tl_push(o, tl_at(in, i), in->tl[i], err);
         }
         if (st == VLM_OK) st = flush_bytes(o, pend, np, err);
-        vlm_free(pend);
         return st;
     }
     case DEC_FUSE:
@@ -191,7 +190,8 @@ static vlm_status dec_step(const tok_dec *d, const tlist *in, tlist *o, vlm_err 
         }
         return st;
     case DEC_BYTE_LEVEL: {
-        tlist raw = {0};
+        tlist raw = w->raw;
+        raw.len = raw.n = 0;
         for (size_t i = 0; i < in->n && st == VLM_OK; i++) {
             const char *s = tl_at(in, i);
             size_t n = in->tl[i], at = raw.len;
@@ -217,7 +217,7 @@ static vlm_status dec_step(const tok_dec *d, const tlist *in, tlist *o, vlm_err 
             st = lossy_bytes(o, raw.buf, raw.len, err);
             tl_end(o);
         }
-        tl_free(&raw);
+        w->raw = raw; /* its buffer is kept for the next decode */
         return st;
     }
     case DEC_METASPACE: {
@@ -248,10 +248,10 @@ static vlm_status dec_step(const tok_dec *d, const tlist *in, tlist *o, vlm_err 
     return vlm_err_set(err, VLM_ERR_INTERNAL, "tokenizer: bad decoder kind");
 }
 
-static vlm_status run_chain(const tok_dec *d, tlist *a, tlist *b, vlm_err *err) {
+static vlm_status run_chain(const tok_dec *d, tlist *a, tlist *b, tok_dec_ws *w, vlm_err *err) {
     if (d->kind != DEC_SEQUENCE) {
         b->len = b->n = 0;
-        vlm_status st = dec_step(d, a, b, err);
+        vlm_status st = dec_step(d, a, b, w, err);
         if (st != VLM_OK) return st;
         tlist t = *a;
         *a = *b;
@@ -259,34 +259,102 @@ static vlm_status run_chain(const tok_dec *d, tlist *a, tlist *b, vlm_err *err) 
         return VLM_OK;
     }
     for (size_t i = 0; i < d->n_sub; i++) {
-        vlm_status st = run_chain(&d->sub[i], a, b, err);
+        vlm_status st = run_chain(&d->sub[i], a, b, w, err);
         if (st != VLM_OK) return st;
     }
     return VLM_OK;
+}
+
+void tok_dec_ws_free(tok_dec_ws *w) {
+    if (!w) return;
+    tl_free(&w->a);
+    tl_free(&w->b);
+    tl_free(&w->raw);
+    vlm_free(w->ml.v);
+    vlm_free(w->pend);
+    vlm_free(w->toks);
+    vlm_free(w->lens);
+    tok_regex_match_data_free(w->md);
+    memset(w, 0, sizeof *w);
+}
+
+/* The decoder chain on token strings, in w's lists: a and b trade places at
+ * every step; the joined text ends in w->b (NUL-terminated). */
+static vlm_status run_decoder_ws(const tokenizer *t, const char **toks, const size_t *lens,
+                                 size_t n, tok_dec_ws *w, const char **out, size_t *out_len,
+                                 vlm_err *err) {
+    tlist *a = &w->a, *b = &w->b;
+    a->len = a->n = 0;
+    vlm_status st = VLM_OK;
+    for (size_t i = 0; i < n && st == VLM_OK; i++) st = tl_push(a, toks[i], lens[i], err);
+    if (st == VLM_OK && t->dec) st = run_chain(t->dec, a, b, w, err);
+    /* join: "" after a decoder, " " without one (HF) */
+    b->len = b->n = 0;
+    for (size_t i = 0; i < a->n && st == VLM_OK; i++) {
+        if (!t->dec && i > 0) st = tl_bytes(b, " ", 1, err);
+        if (st == VLM_OK) st = tl_bytes(b, tl_at(a, i), a->tl[i], err);
+    }
+    if (st == VLM_OK) st = tl_bytes(b, "", 1, err);
+    if (st != VLM_OK) return st;
+    *out = b->buf;
+    *out_len = b->len - 1;
+    return VLM_OK;
+}
+
+vlm_status tok_dec_ws_reserve(tok_dec_ws *w, size_t n, vlm_err *err) {
+    if (n > w->tok_cap) {
+        const char **tk = vlm_realloc(w->toks, n * sizeof *tk, VLM_MEM_SCRATCH);
+        if (!tk) return vlm_err_set(err, VLM_ERR_NOMEM, "tokenizer: out of memory (decode)");
+        w->toks = tk;
+        size_t *ln = vlm_realloc(w->lens, n * sizeof *ln, VLM_MEM_SCRATCH);
+        if (!ln) return vlm_err_set(err, VLM_ERR_NOMEM, "tokenizer: out of memory (decode)");
+        w->lens = ln;
+        w->tok_cap = n;
+    }
+    if (n > w->pend_cap) {
+        char *q = vlm_realloc(w->pend, n, VLM_MEM_SCRATCH);
+        if (!q) return vlm_err_set(err, VLM_ERR_NOMEM, "tokenizer: out of memory (decode)");
+        w->pend = q;
+        w->pend_cap = n;
+    }
+    return VLM_OK;
+}
+
+vlm_status tok_decode_ws(const tokenizer *t, const int32_t *ids, size_t n, bool skip_special,
+                         tok_dec_ws *w, const char **out, size_t *out_len, vlm_err *err) {
+    *out = "";
+    *out_len = 0;
+    vlm_status st = tok_dec_ws_reserve(w, n, err);
+    if (st != VLM_OK) return st;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        const char *s = tokenizer_id_to_token(t, ids[i], &len);
+        if (!s) continue; /* unknown id: skipped, as HF does */
+        if (skip_special && tokenizer_is_special(t, ids[i])) continue;
+        w->toks[k] = s;
+        w->lens[k] = len;
+        k++;
+    }
+    return run_decoder_ws(t, w->toks, w->lens, k, w, out, out_len, err);
 }
 
 vlm_status tok_run_decoder(const tokenizer *t, const char **toks, const size_t *lens, size_t n,
                            char **out, size_t *out_len, vlm_err *err) {
     *out = NULL;
     *out_len = 0;
-    tlist a = {0}, b = {0};
-    vlm_status st = VLM_OK;
-    for (size_t i = 0; i < n && st == VLM_OK; i++) st = tl_push(&a, toks[i], lens[i], err);
-    if (st == VLM_OK && t->dec) st = run_chain(t->dec, &a, &b, err);
-    /* join: "" after a decoder, " " without one (HF) */
-    b.len = b.n = 0;
-    for (size_t i = 0; i < a.n && st == VLM_OK; i++) {
-        if (!t->dec && i > 0) st = tl_bytes(&b, " ", 1, err);
-        if (st == VLM_OK) st = tl_bytes(&b, tl_at(&a, i), a.tl[i], err);
-    }
-    if (st == VLM_OK) st = tl_bytes(&b, "", 1, err);
+    tok_dec_ws w;
+    memset(&w, 0, sizeof w);
+    const char *s;
+    size_t sl;
+    vlm_status st = run_decoder_ws(t, toks, lens, n, &w, &s, &sl, err);
     if (st == VLM_OK) {
-        *out = b.buf;
-        *out_len = b.len - 1;
-        b.buf = NULL;
+        /* hand over the joined buffer itself */
+        *out = w.b.buf;
+        *out_len = sl;
+        w.b.buf = NULL;
     }
-    tl_free(&a);
-    tl_free(&b);
+    tok_dec_ws_free(&w);
     return st;
 }
 
@@ -294,30 +362,21 @@ vlm_status tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n, bo
                             char **out, size_t *out_len, vlm_err *err) {
     *out = NULL;
     *out_len = 0;
-    const char **toks = NULL;
-    size_t *lens = NULL;
-    if (n) {
-        toks = vlm_calloc(n, sizeof *toks, VLM_MEM_SCRATCH);
-        lens = vlm_calloc(n, sizeof *lens, VLM_MEM_SCRATCH);
-        if (!toks || !lens) {
-            vlm_free(toks);
-            vlm_free(lens);
-            return vlm_err_set(err, VLM_ERR_NOMEM, "tokenizer: out of memory (decode)");
+    tok_dec_ws w;
+    memset(&w, 0, sizeof w);
+    const char *s;
+    size_t sl;
+    vlm_status st = tok_decode_ws(t, ids, n, skip_special, &w, &s, &sl, err);
+    if (st == VLM_OK) {
+        if (w.b.buf) {
+            *out = w.b.buf; /* the joined text, NUL-terminated */
+            w.b.buf = NULL;
+        } else if (!(*out = vlm_strdup("", VLM_MEM_SCRATCH))) {
+            st = vlm_err_set(err, VLM_ERR_NOMEM, "tokenizer: out of memory (decode)");
         }
+        *out_len = *out ? sl : 0;
     }
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        size_t len;
-        const char *s = tokenizer_id_to_token(t, ids[i], &len);
-        if (!s) continue; /* unknown id: skipped, as HF does */
-        if (skip_special && tokenizer_is_special(t, ids[i])) continue;
-        toks[k] = s;
-        lens[k] = len;
-        k++;
-    }
-    vlm_status st = tok_run_decoder(t, toks, lens, k, out, out_len, err);
-    vlm_free(toks);
-    vlm_free(lens);
+    tok_dec_ws_free(&w);
     return st;
 }
 
@@ -343,32 +402,59 @@ void tok_stream_init(tok_stream *s, const tokenizer *t, bool skip_special) {
 void tok_stream_free(tok_stream *s) {
     tok_ids_free(&s->ids);
     vlm_free(s->prefix);
-    s->prefix = NULL;
-    s->prefix_len = s->prefix_index = 0;
+    tok_dec_ws_free(s->ws);
+    vlm_free(s->ws);
+    vlm_free(s->piece);
+    tok_stream_init(s, s->t, s->skip_special);
+}
+
+/* Copy n bytes (and a NUL) into *buf, growing it (capacity *cap) only when
+ * it is too small. */
+static vlm_status keep_bytes(char **buf, size_t *cap, const char *src, size_t n, vlm_err *err) {
+    if (n + 1 > *cap) {
+        size_t c = *cap ? *cap : 64;
+        while (c < n + 1) c *= 2;
+        char *q = vlm_realloc(*buf, c, VLM_MEM_SCRATCH);
+        if (!q) return vlm_err_set(err, VLM_ERR_NOMEM, "tokenizer: out of memory (stream)");
+        *buf = q;
+        *cap = c;
+    }
+    memmove(*buf, src, n);
+    (*buf)[n] = '\0';
+    return VLM_OK;
+}
+
+static vlm_status stream_decode(tok_stream *s, const char **str, size_t *sl, vlm_err *err) {
+    if (!s->ws) {
+        s->ws = vlm_calloc(1, sizeof *s->ws, VLM_MEM_SCRATCH);
+        if (!s->ws) return vlm_err_set(err, VLM_ERR_NOMEM, "tokenizer: out of memory (stream)");
+        /* the window never holds more than the released context and the
+         * held-back ids: room for both now, so later steps do not grow it */
+        vlm_status st = tok_dec_ws_reserve(s->ws, 4 * TOK_STREAM_MAX_PENDING, err);
+        if (st != VLM_OK) return st;
+    }
+    return tok_decode_ws(s->t, s->ids.v, s->ids.n, s->skip_special, s->ws, str, sl, err);
 }
 
 /* HF DecodeStream::step: decode the window; if it grew past the previous
  * decode (the prefix) and does not end in U+FFFD, release the difference
  * and slide the window so that the released ids stay as one piece of
  * context (a Metaspace/Strip decoder treats the first token specially). */
-vlm_status tok_stream_step(tok_stream *s, int32_t id, char **text, size_t *len, vlm_err *err) {
+vlm_status tok_stream_step(tok_stream *s, int32_t id, const char **text, size_t *len,
+                           vlm_err *err) {
     *text = NULL;
     *len = 0;
     vlm_status st = tok_ids_push(&s->ids, id, err);
     if (st != VLM_OK) return st;
-    char *str;
+    const char *str;
     size_t sl;
-    st = tokenizer_decode(s->t, s->ids.v, s->ids.n, s->skip_special, &str, &sl, err);
-    if (st != VLM_OK) return st;
+    if ((st = stream_decode(s, &str, &sl, err)) != VLM_OK) return st;
     /* A UTF-8 character spans at most 4 byte tokens: a longer run that still
      * ends in U+FFFD is invalid text (or a real U+FFFD), released anyway so
      * the window stays bounded. */
     bool ends_bad = sl >= 3 && memcmp(str + sl - 3, FFFD, 3) == 0 &&
                     s->ids.n - s->prefix_index <= TOK_STREAM_MAX_PENDING;
-    if (sl <= s->prefix_len || ends_bad) {
-        vlm_free(str);
-        return VLM_OK;
-    }
+    if (sl <= s->prefix_len || ends_bad) return VLM_OK;
     if (s->prefix_len && memcmp(str, s->prefix, s->prefix_len) != 0) {
         /* The context decoded differently once more ids came (HF reports
          * InvalidPrefix). We release what follows the common prefix. */
@@ -377,51 +463,41 @@ vlm_status tok_stream_step(tok_stream *s, int32_t id, char **text, size_t *len, 
         s->prefix_len = c;
     }
     size_t nl = sl - s->prefix_len;
-    char *chunk = vlm_alloc(nl + 1, VLM_MEM_SCRATCH);
-    if (!chunk) {
-        vlm_free(str);
-        return vlm_err_set(err, VLM_ERR_NOMEM, "tokenizer: out of memory (stream)");
-    }
-    memcpy(chunk, str + s->prefix_len, nl);
-    chunk[nl] = 0;
-    vlm_free(str);
+    if ((st = keep_bytes(&s->piece, &s->piece_cap, str + s->prefix_len, nl, err)) != VLM_OK)
+        return st;
     /* slide: keep the ids from prefix_index on as context; the new prefix
      * is their decode */
     size_t new_prefix_index = s->ids.n - s->prefix_index;
     size_t drop = s->prefix_index;
     memmove(s->ids.v, s->ids.v + drop, (s->ids.n - drop) * sizeof(int32_t));
     s->ids.n -= drop;
-    char *pre;
+    const char *pre;
     size_t pl;
-    st = tokenizer_decode(s->t, s->ids.v, s->ids.n, s->skip_special, &pre, &pl, err);
-    if (st != VLM_OK) {
-        vlm_free(chunk);
+    if ((st = stream_decode(s, &pre, &pl, err)) != VLM_OK) return st;
+    if ((st = keep_bytes(&s->prefix, &s->prefix_cap, pre, pl, err)) != VLM_OK) {
+        s->prefix_len = 0;
         return st;
     }
-    vlm_free(s->prefix);
-    s->prefix = pre;
     s->prefix_len = pl;
     s->prefix_index = new_prefix_index;
-    *text = chunk;
+    *text = s->piece;
     *len = nl;
     return VLM_OK;
 }
 
-vlm_status tok_stream_flush(tok_stream *s, char **text, size_t *len, vlm_err *err) {
+vlm_status tok_stream_flush(tok_stream *s, const char **text, size_t *len, vlm_err *err) {
     *text = NULL;
     *len = 0;
-    char *str;
+    const char *str;
     size_t sl;
-    vlm_status st = tokenizer_decode(s->t, s->ids.v, s->ids.n, s->skip_special, &str, &sl, err);
+    vlm_status st = stream_decode(s, &str, &sl, err);
     if (st != VLM_OK) return st;
     size_t c = 0;
     while (c < s->prefix_len && c < sl && str[c] == s->prefix[c]) c++;
-    memmove(str, str + c, sl - c + 1);
-    *text = str;
+    if ((st = keep_bytes(&s->piece, &s->piece_cap, str + c, sl - c, err)) != VLM_OK) return st;
+    *text = s->piece;
     *len = sl - c;
-    const tokenizer *t = s->t;
-    bool sk = s->skip_special;
-    tok_stream_free(s);
-    tok_stream_init(s, t, sk);
+    s->ids.n = 0;
+    s->prefix_len = s->prefix_index = 0;
     return VLM_OK;
 }

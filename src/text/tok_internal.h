@@ -77,6 +77,10 @@ vlm_status mlist_push(mlist *l, size_t s, size_t e, bool m, vlm_err *err);
 /* All matches of re in s[0..len) as a covering list (HF Pattern::find_matches). */
 vlm_status tok_regex_find_all(const tok_regex *re, const char *s, size_t len, bool invert,
                               mlist *out, vlm_err *err);
+/* The same with match data the caller keeps (tok_regex_match_data(re)), so a
+ * repeated search allocates nothing once out has grown. */
+vlm_status tok_regex_find_all_md(const tok_regex *re, void *md, const char *s, size_t len,
+                                 bool invert, mlist *out, vlm_err *err);
 
 /* ---- normalizers (tok_normalize.c) ---- */
 typedef enum norm_kind {
@@ -267,6 +271,36 @@ struct tokenizer {
     size_t n_post_pre, n_post_post;
     bool has_post;
 };
+
+/* A list of strings in one buffer (the decoders' working form). */
+typedef struct tlist {
+    char *buf;
+    size_t len, cap;
+    size_t *off, *tl;
+    size_t n, ncap;
+} tlist;
+
+/* Everything one decode needs, kept between decodes: the lists only grow,
+ * so a streaming detokenizer that decodes a bounded window allocates
+ * nothing once they have reached the window's size. */
+typedef struct tok_dec_ws {
+    tlist a, b, raw;
+    mlist ml;
+    char *pend; /* ByteFallback's pending bytes */
+    size_t pend_cap;
+    const char **toks; /* [tok_cap] token strings of the ids */
+    size_t *lens;
+    size_t tok_cap;
+    void *md; /* regex match data for md_re */
+    const tok_regex *md_re;
+} tok_dec_ws;
+
+/* Decode ids with w; *out (NUL-terminated) lives in w until its next use. */
+vlm_status tok_decode_ws(const tokenizer *t, const int32_t *ids, size_t n, bool skip_special,
+                         tok_dec_ws *w, const char **out, size_t *out_len, vlm_err *err);
+void tok_dec_ws_free(tok_dec_ws *w);
+/* Room for n token strings (and n pending bytes) now. */
+vlm_status tok_dec_ws_reserve(tok_dec_ws *w, size_t n, vlm_err *err);
 
 /* Run the decoder chain on token strings; result into *out (accounted). */
 vlm_status tok_run_decoder(const tokenizer *t, const char **toks, const size_t *lens, size_t n,

@@ -165,6 +165,15 @@ vlm_status tok_regex_find_all(const tok_regex *re, const char *s, size_t len, bo
     if (len == 0) return mlist_push(out, 0, 0, invert, err);
     void *md = tok_regex_match_data(re);
     if (!md) return vlm_err_set(err, VLM_ERR_NOMEM, "tokenizer: out of memory (regex)");
+    vlm_status st = tok_regex_find_all_md(re, md, s, len, invert, out, err);
+    tok_regex_match_data_free(md);
+    return st;
+}
+
+vlm_status tok_regex_find_all_md(const tok_regex *re, void *md, const char *s, size_t len,
+                                 bool invert, mlist *out, vlm_err *err) {
+    out->n = 0;
+    if (len == 0) return mlist_push(out, 0, 0, invert, err);
     vlm_status st = VLM_OK;
     size_t prev = 0, pos = 0;
     while (pos < len) {
@@ -185,6 +194,5 @@ vlm_status tok_regex_find_all(const tok_regex *re, const char *s, size_t len, bo
             pos = b;
     }
     if (st == VLM_OK && prev < len) st = mlist_push(out, prev, len, invert, err);
-    tok_regex_match_data_free(md);
     return st;
 }

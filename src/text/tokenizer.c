@@ -184,6 +184,15 @@ int32_t tokenizer_vocab_size(const tokenizer *t) {
     return t->n_ids;
 }
 
+size_t tokenizer_max_token_len(const tokenizer *t) {
+    size_t best = 0;
+    for (int32_t id = 0; id < t->n_ids; id++) {
+        size_t len;
+        if (tokenizer_id_to_token(t, id, &len) && len > best) best = len;
+    }
+    return best;
+}
+
 bool tokenizer_is_special(const tokenizer *t, int32_t id) {
     return id >= 0 && id < t->n_ids && t->special[id];
 }

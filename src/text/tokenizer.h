@@ -57,6 +57,9 @@ const char *tokenizer_id_to_token(const tokenizer *t, int32_t id, size_t *len);
 /* One more than the largest id that has a string. */
 int32_t tokenizer_vocab_size(const tokenizer *t);
 bool tokenizer_is_special(const tokenizer *t, int32_t id);
+/* Bytes of the longest token string (a scan of the vocabulary): what one
+ * token can add to decoded text, give or take a decoder's few bytes. */
+size_t tokenizer_max_token_len(const tokenizer *t);
 
 /* Streaming detokenizer: feed ids one by one, get text only when it ends
  * at a complete UTF-8 character (the algorithm of HF's DecodeStream: decode
@@ -67,17 +70,24 @@ typedef struct tok_stream {
     bool skip_special;
     tok_ids ids;  /* window: context ids + pending ids */
     char *prefix; /* decode of ids[0..prefix_index) */
-    size_t prefix_len;
-    size_t prefix_index; /* ids before this index are context, already released */
+    size_t prefix_len, prefix_cap;
+    size_t prefix_index;   /* ids before this index are context, already released */
+    struct tok_dec_ws *ws; /* the decoder's buffers, kept between steps */
+    char *piece;           /* the text released by the last step or flush */
+    size_t piece_cap;
 } tok_stream;
 
 void tok_stream_init(tok_stream *s, const tokenizer *t, bool skip_special);
-/* Add one id. *text (accounted, free with vlm_free) is set to the newly
- * released text or NULL when nothing is ready yet. Text ending in U+FFFD is
- * held back for at most 8 ids (a character needs at most 4 byte tokens). */
-vlm_status tok_stream_step(tok_stream *s, int32_t id, char **text, size_t *len, vlm_err *err);
-/* Release whatever is pending (may end with U+FFFD), then reset. */
-vlm_status tok_stream_flush(tok_stream *s, char **text, size_t *len, vlm_err *err);
+/* Add one id. *text is set to the newly released text (NUL-terminated, *len
+ * bytes; owned by the stream, valid until its next call) or NULL when nothing
+ * is ready yet. Text ending in U+FFFD is held back for at most 8 ids (a
+ * character needs at most 4 byte tokens). The window of ids is bounded, and
+ * every buffer is kept and only grows, so once warm a step allocates
+ * nothing. */
+vlm_status tok_stream_step(tok_stream *s, int32_t id, const char **text, size_t *len, vlm_err *err);
+/* Release whatever is pending (may end with U+FFFD; *text as for a step,
+ * never NULL), then start over (the buffers are kept). */
+vlm_status tok_stream_flush(tok_stream *s, const char **text, size_t *len, vlm_err *err);
 void tok_stream_free(tok_stream *s);
 
 #endif

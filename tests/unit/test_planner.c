@@ -166,14 +166,23 @@ static void test_full_components(void **state) {
     assert_int_equal(e.image_tokens, 2653);
     /* all at once: features 17 x 576 x 1024 = 10,027,008 floats; CLIP
      * workspace T = 17 x 577 = 9809: 9809 x 1024 x 6 + 9809 x 4096 +
-     * 576 x 588 + 577 = 100,783,425 floats (> glue 2653 x 7168) */
+     * 576 x 588 + 577 = 100,783,425 floats (> glue 17 x 144 x (4096 +
+     * 2 x 3072) = 25,067,520) */
     assert_int_equal(e.vision_all, (10027008ull + 100783425ull) * 4);
-    /* one crop at a time: CLIP 577 x 6144 + 577 x 4096 + 338,688 + 577 =
-     * 6,247,745 < glue 2653 x (4096 + 3072) = 19,016,704 floats */
-    assert_int_equal(e.vision_group1, (10027008ull + 19016704ull) * 4);
+    /* one crop at a time: features 576 x 1024 = 589,824; CLIP 577 x 6144 +
+     * 577 x 4096 + 338,688 + 577 = 6,247,745 > glue 144 x 10240 = 1,474,560
+     * floats. Nothing of it depends on the crop count. */
+    assert_int_equal(e.vision_group1, (589824ull + 6247745ull) * 4);
     assert_int_equal(e.bytes[PLAN_VISION], e.vision_all);
     assert_int_equal(e.bytes[PLAN_IMAGE_FEATURES], 2653ull * 3072 * 4);
     assert_int_equal(e.bytes[PLAN_LOAD_SCRATCH], 0);
+    /* crop by crop, 16 crops need at most 1.2x what 1 crop needs (the same) */
+    uint64_t v16 = e.vision_group1;
+    s.num_crops = 1;
+    assert_int_equal(plan_estimate_setting(&pm, &r, &s, &e, &err), VLM_OK);
+    assert_int_equal(e.crops, 2);
+    assert_true((double)v16 <= 1.2 * (double)e.vision_group1);
+    s.num_crops = 16;
     /* q4_K: converting at load holds one source tensor: the largest is
      * embed_tokens / lm_head, 32064 x 3072 bf16, plus a 3072-float row */
     s.precision = VLM_PREC_Q4_K;
