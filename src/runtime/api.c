@@ -133,7 +133,8 @@ typedef struct load_ladder {
     vlm_precision prec[VLM_PREC_COUNT];
     uint64_t bytes[VLM_PREC_COUNT]; /* weight bytes of the used tensors at each */
     int n;
-    int tried; /* precision of the last attempt, -1 before the plan chose one */
+    int tried;   /* precision of the last attempt, -1 before the plan chose one */
+    bool no_fit; /* the plan found no rung: an answer, not a failure to retry */
 } load_ladder;
 
 /* Plan the load: the rung (precision, and crops/context when degraded) and
@@ -173,9 +174,18 @@ static vlm_status plan_load(vlm_model *m, const vlm_load_options *opts, int forc
     for (size_t i = 0; i < vlm_tensor_set_file_count(m->ts); i++)
         r.mapped_bytes += vlm_st_file_size(vlm_tensor_set_file(m->ts, i));
     st = vlm_plan_make(&pm, &r, plan, err);
+    if (!st && plan->chosen < 0 && pm.arch.has_vision && plan->n_rungs > 0 &&
+        strstr(plan->rungs[plan->n_rungs - 1].reason, "cannot hold")) {
+        /* A context too short for one image at num_crops rules out every
+         * rung; text still fits, and an image turn fails later with
+         * VLM_ERR_LIMIT. Plan text only then. */
+        r.n_images = 0;
+        st = vlm_plan_make(&pm, &r, plan, err);
+    }
     if (!st && plan->chosen < 0 && !user_forced && forced < 0) {
         /* nothing fits: name the last rung tried */
         const plan_rung *g = &plan->rungs[plan->n_rungs - 1];
+        ld->no_fit = true;
         st = vlm_err_set(err, VLM_ERR_NOMEM,
                          "%s: the model does not fit the memory budget of %llu bytes: the "
                          "lowest rung (%s) needs %llu bytes%s",
@@ -330,7 +340,7 @@ vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_mod
     vlm_status st;
     for (;;) {
         st = load_attempt(ref, opts, forced, &ld, out, err);
-        if (st != VLM_ERR_NOMEM) break;
+        if (st != VLM_ERR_NOMEM || ld.no_fit) break;
         int next;
         if (ld.tried < 0) {
             if (unplanned_retries++ > 0) break;
@@ -344,7 +354,7 @@ vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_mod
                      vlm_precision_name((vlm_precision)next));
             fallbacks++;
         }
-        VLM_WARN("%s: out of memory while loading at %s (%s); retrying at %s", ref,
+        VLM_INFO("%s: out of memory while loading at %s (%s); retrying at %s", ref,
                  ld.tried >= 0 ? vlm_precision_name((vlm_precision)ld.tried) : "the plan",
                  err ? err->msg : "",
                  next >= 0 ? vlm_precision_name((vlm_precision)next) : "the plan");
