@@ -84,8 +84,10 @@ static void test_alloc_failures_load(void **state) {
      * start of the tokenizer) and of the last TAIL, and SPREAD spread over
      * the tokenizer's load in between. */
     const bool all = getenv("VLM_ALLOC_WALK") && !strcmp(getenv("VLM_ALLOC_WALK"), "all");
-    const uint64_t head = SLOW_BUILD ? 100 : 500, tail_n = SLOW_BUILD ? 30 : 100;
-    const uint64_t spread = SLOW_BUILD ? 20 : 100;
+    /* A failure while loading now retries one rung down (a second load),
+     * so these are thinner than the walk of the turn. */
+    const uint64_t head = SLOW_BUILD ? 40 : 120, tail_n = SLOW_BUILD ? 15 : 40;
+    const uint64_t spread = SLOW_BUILD ? 10 : 40;
     const uint64_t tail = per_run > head + tail_n ? per_run - tail_n : head;
     const uint64_t step = all ? 1 : per_run / spread + 1;
     int runs = 0, ok = 0;
@@ -206,8 +208,8 @@ static void test_alloc_sweep(void **state) {
      * allocation of a turn already). */
     const char *ef = getenv("VLM_SWEEP_FROM"), *et = getenv("VLM_SWEEP_TO"),
                *es = getenv("VLM_SWEEP_STEP");
-    const uint64_t head = SLOW_BUILD ? 4 : 60, tail_n = SLOW_BUILD ? 4 : 40;
-    const uint64_t spread = SLOW_BUILD ? 4 : 40;
+    const uint64_t head = SLOW_BUILD ? 4 : 30, tail_n = SLOW_BUILD ? 4 : 10;
+    const uint64_t spread = SLOW_BUILD ? 4 : 20;
     const uint64_t tail = per_run > head + tail_n ? per_run - tail_n : head;
     uint64_t from = ef ? strtoull(ef, NULL, 10) : 1, to = et ? strtoull(et, NULL, 10) : per_run;
     uint64_t fixed_step = es ? strtoull(es, NULL, 10) : 0;
