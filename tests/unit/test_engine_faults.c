@@ -86,8 +86,8 @@ static void test_alloc_failures_load(void **state) {
     const bool all = getenv("VLM_ALLOC_WALK") && !strcmp(getenv("VLM_ALLOC_WALK"), "all");
     /* A failure while loading now retries one rung down (a second load),
      * so these are thinner than the walk of the turn. */
-    const uint64_t head = SLOW_BUILD ? 40 : 120, tail_n = SLOW_BUILD ? 15 : 40;
-    const uint64_t spread = SLOW_BUILD ? 10 : 40;
+    const uint64_t head = SLOW_BUILD ? 20 : 120, tail_n = SLOW_BUILD ? 10 : 40;
+    const uint64_t spread = SLOW_BUILD ? 8 : 40;
     const uint64_t tail = per_run > head + tail_n ? per_run - tail_n : head;
     const uint64_t step = all ? 1 : per_run / spread + 1;
     int runs = 0, ok = 0;
