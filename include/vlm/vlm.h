@@ -36,7 +36,16 @@ typedef struct vlm_load_options {
 void vlm_load_options_init(vlm_load_options *o);
 
 /* ref: a model folder (config.json + safetensors + tokenizer files), a .gguf
- * file, or "org/name[@revision]" resolved in the Hugging Face cache. */
+ * file, or "org/name[@revision]" resolved in the Hugging Face cache.
+ *
+ * Loading follows a memory plan (docs/planner.md): the planner runs on every
+ * load against opts->mem_budget or, when 0, the machine's budget (capped by
+ * RLIMIT_AS). precision NULL: the best ladder rung that fits (native when the
+ * budget is large; q8_0, q4_K, q4_0 quantized at load below it); nothing
+ * fits: VLM_ERR_NOMEM naming the need and the budget. precision given: that
+ * precision, fitting or not. An allocation failure while loading frees what
+ * that attempt held and retries one rung down (bounded by the ladder);
+ * vlm_model_describe reports the rung and the fallbacks taken. */
 vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_model **out,
                           vlm_err *err);
 void vlm_model_free(vlm_model *m);
@@ -52,6 +61,17 @@ typedef struct vlm_model_desc {
     int vocab, n_layers, hidden, n_threads;
     uint64_t params_vision, params_projector, params_lm, params_total;
     uint64_t weight_bytes; /* bytes of all stored tensors (memory-mapped) */
+    /* The memory plan the load followed (docs/planner.md). */
+    char precision[16];           /* weights as loaded: "native", "q8_0", "q4_K", ... */
+    char rung[96];                /* the ladder rung used, "cpu q8_0" */
+    char gave_up[192];            /* "" or what the rung gave up ("num_crops 16 -> 4") */
+    bool degraded;                /* a rung below native precision, or with fewer crops/context */
+    uint64_t plan_bytes;          /* estimated peak host bytes at that rung */
+    uint64_t plan_budget;         /* the budget it was planned against */
+    bool budget_given;            /* from vlm_load_options.mem_budget, not the machine */
+    uint64_t loaded_weight_bytes; /* converted (accounted) + kept mapped, used tensors */
+    int fallbacks;                /* rungs stepped down after an allocation failure */
+    char fallback_note[192];      /* "" or what the fallbacks were */
 } vlm_model_desc;
 
 void vlm_model_describe(const vlm_model *m, vlm_model_desc *out);

@@ -14,6 +14,7 @@ static const char usage[] =
     "                        [--system S] [--max-tokens N] [--temp T] [--top-p P] [--top-k K]\n"
     "                        [--min-p P] [--repeat-penalty R] [--seed S] [--num-crops N]\n"
     "                        [--threads N] [--ctx N] [--stop STR]... [--ignore-eos] [--json]\n"
+    "                        [--precision P] [--mem-budget SIZE] [--allow-degrade]\n"
     "\n"
     "  -m MODEL            model folder, safetensors file, or org/name[@rev] in the HF cache\n"
     "  --image FILE        JPEG, PNG or WebP; attached to the turn in order\n"
@@ -30,8 +31,12 @@ static const char usage[] =
     "  --ctx N             KV cache tokens (default min(4096, the model's positions))\n"
     "  --stop STR          stop when the answer contains STR (not included in it)\n"
     "  --ignore-eos        do not stop on the generation_config stop ids\n"
+    "  --precision P       load the weights at P: f32, bf16, f16, q8_0, q4_0, q4_K\n"
+    "                      (default: the best rung of the memory plan that fits)\n"
+    "  --mem-budget SIZE   plan against SIZE bytes (8G, 512M) instead of the machine\n"
+    "  --allow-degrade     the plan may drop crops, then context, to fit\n"
     "  --json              print {answer, tokens_in, tokens_out, image_tokens, timings,\n"
-    "                      stop_reason, ids} instead of streaming the text\n";
+    "                      stop_reason, ids, plan} instead of streaming the text\n";
 
 static bool stream_out(void *user, const char *piece, size_t len) {
     (void)user;
@@ -46,8 +51,8 @@ static double now_ms(void) {
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-static void print_json(const char *answer, const vlm_gen_stats *st, const int32_t *ids, int n,
-                       double load_ms) {
+static void print_json(const vlm_model *m, const char *answer, const vlm_gen_stats *st,
+                       const int32_t *ids, int n, double load_ms) {
     fputs("{\"answer\": ", stdout);
     gen_json_string(stdout, answer, strlen(answer));
     printf(", \"tokens_in\": %d, \"tokens_out\": %d, \"image_tokens\": %d", st->tokens_in,
@@ -59,7 +64,9 @@ static void print_json(const char *answer, const vlm_gen_stats *st, const int32_
            st->decode_tps);
     printf(", \"stop_reason\": \"%s\", \"ids\": [", st->stop_reason);
     for (int i = 0; i < n; i++) printf("%s%d", i ? ", " : "", ids[i]);
-    fputs("]}\n", stdout);
+    fputs("], \"plan\": ", stdout);
+    gen_plan_json(stdout, m);
+    fputs("}\n", stdout);
 }
 
 static int run(int argc, char **argv) {
@@ -102,7 +109,7 @@ static int run(int argc, char **argv) {
         if (o.json) {
             int n = 0;
             const int32_t *ids = vlm_session_last_ids(s, &n);
-            print_json(answer, &st, ids, n, load_ms);
+            print_json(m, answer, &st, ids, n, load_ms);
         } else {
             fputc('\n', stdout);
         }

@@ -15,10 +15,10 @@ static bool parse_float(const char *s, float lo, float hi, float *out) {
 }
 
 static const char *const value_opts[] = {
-    "-m",           "--model",     "--image",   "-p",      "--prompt",
-    "--raw-prompt", "--system",    "--out",     "--stop",  "--max-tokens",
-    "--temp",       "--top-p",     "--top-k",   "--min-p", "--repeat-penalty",
-    "--seed",       "--num-crops", "--threads", "--ctx",
+    "-m",       "--model",     "--image",          "-p",           "--prompt",    "--raw-prompt",
+    "--system", "--out",       "--stop",           "--max-tokens", "--temp",      "--top-p",
+    "--top-k",  "--min-p",     "--repeat-penalty", "--seed",       "--num-crops", "--threads",
+    "--ctx",    "--precision", "--mem-budget",
 };
 
 static bool known_value_opt(const char *a) {
@@ -41,6 +41,9 @@ bool gen_opts_parse(const char *cmd, int argc, char **argv, gen_opts *o) {
             takes = false;
         } else if (!strcmp(a, "--ignore-eos")) {
             o->ignore_eos = true;
+            takes = false;
+        } else if (!strcmp(a, "--allow-degrade")) {
+            o->lo.allow_degrade = true;
             takes = false;
         } else if (!known_value_opt(a)) {
             cli_error(cmd, "unknown option %s (see vlmtest %s --help)", a, cmd);
@@ -95,6 +98,10 @@ bool gen_opts_parse(const char *cmd, int argc, char **argv, gen_opts *o) {
         } else if (!strcmp(a, "--threads")) {
             ok = cli_parse_int(v, 1, 1024, &n);
             o->lo.n_threads = (int)n;
+        } else if (!strcmp(a, "--precision")) {
+            o->lo.precision = v;
+        } else if (!strcmp(a, "--mem-budget")) {
+            ok = cli_parse_size(v, &o->lo.mem_budget) && o->lo.mem_budget > 0;
         } else if (!strcmp(a, "--ctx")) {
             ok = cli_parse_int(v, 1, 1 << 24, &n);
             o->lo.max_context = (int)n;
@@ -132,7 +139,37 @@ bool gen_load(const char *cmd, const gen_opts *o, vlm_model **m, vlm_image **img
         for (int j = 0; j < o->n_images; j++) vlm_image_free(imgs[j]);
         return false;
     }
+    /* One line when the plan (or a fallback) gave something up. */
+    vlm_model_desc d;
+    vlm_model_describe(*m, &d);
+    if (d.degraded || d.fallbacks > 0)
+        fprintf(stderr,
+                "vlmtest %s: warning: loaded at %s (%s%s%s), estimated %.2f GiB of a %.2f GiB "
+                "budget%s%s\n",
+                cmd, d.precision, d.rung, d.gave_up[0] ? "; gave up " : "", d.gave_up,
+                (double)d.plan_bytes / (1u << 30), (double)d.plan_budget / (1u << 30),
+                d.fallbacks ? "; after out of memory: " : "", d.fallback_note);
     return true;
+}
+
+void gen_plan_json(FILE *f, const vlm_model *m) {
+    vlm_model_desc d;
+    vlm_model_describe(m, &d);
+    fputs("{\"precision\": ", f);
+    gen_json_string(f, d.precision, strlen(d.precision));
+    fputs(", \"rung\": ", f);
+    gen_json_string(f, d.rung, strlen(d.rung));
+    fputs(", \"gave_up\": ", f);
+    gen_json_string(f, d.gave_up, strlen(d.gave_up));
+    fprintf(f,
+            ", \"degraded\": %s, \"estimated_bytes\": %llu, \"budget\": %llu, "
+            "\"budget_source\": \"%s\", \"weight_bytes\": %llu, \"fallbacks\": %d, "
+            "\"fallback_note\": ",
+            d.degraded ? "true" : "false", (unsigned long long)d.plan_bytes,
+            (unsigned long long)d.plan_budget, d.budget_given ? "mem_budget" : "machine",
+            (unsigned long long)d.loaded_weight_bytes, d.fallbacks);
+    gen_json_string(f, d.fallback_note, strlen(d.fallback_note));
+    fputc('}', f);
 }
 
 void gen_json_string(FILE *f, const char *s, size_t n) {

@@ -30,8 +30,15 @@ typedef struct gen_opts {
 /* Parse argv[1..]; prints the error and returns false on a bad option. */
 bool gen_opts_parse(const char *cmd, int argc, char **argv, gen_opts *o);
 
-/* Load the model and the images (vlm_image_free each, vlm_model_free). */
+/* Load the model and the images (vlm_image_free each, vlm_model_free).
+ * One warning line on stderr when the model was loaded on a degraded rung
+ * or after an out-of-memory fallback. */
 bool gen_load(const char *cmd, const gen_opts *o, vlm_model **m, vlm_image **imgs);
+
+/* The model's memory plan as a JSON object: precision, rung, gave_up,
+ * degraded, estimated_bytes, budget, budget_source, weight_bytes, fallbacks,
+ * fallback_note. */
+void gen_plan_json(FILE *f, const vlm_model *m);
 
 /* Write a JSON string (with quotes) of s[0..n) to f. */
 void gen_json_string(FILE *f, const char *s, size_t n);

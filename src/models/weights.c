@@ -20,7 +20,14 @@ vlm_status weights_get(const vlm_weight_source *src, const char *name, int ndim,
     memset(&v, 0, sizeof v);
     vlm_status st = src->lookup(src->ctx, name, &v, err);
     if (st != VLM_OK) return st;
-    if (v.dtype != VLM_DTYPE_F32 && v.dtype != VLM_DTYPE_F16 && v.dtype != VLM_DTYPE_BF16) {
+    bool block =
+        v.dtype == VLM_DTYPE_Q8_0 || v.dtype == VLM_DTYPE_Q4_0 || v.dtype == VLM_DTYPE_Q4_K;
+    if (block && (v.ndim < 1 || v.shape[v.ndim - 1] % vlm_dtype_get(v.dtype)->block_elems != 0))
+        return vlm_err_set(err, VLM_ERR_FORMAT, "tensor %s: rows of %lld are not whole %s blocks",
+                           name, v.ndim >= 1 ? (long long)v.shape[v.ndim - 1] : 0LL,
+                           vlm_dtype_get(v.dtype)->name);
+    if (v.dtype != VLM_DTYPE_F32 && v.dtype != VLM_DTYPE_F16 && v.dtype != VLM_DTYPE_BF16 &&
+        !block) {
         const vlm_dtype_info *d = vlm_dtype_get(v.dtype);
         return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "tensor %s: dtype %s is not supported", name,
                            d ? d->name : "?");

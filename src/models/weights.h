@@ -17,7 +17,7 @@
 #define VLM_TENSOR_MAX_DIMS 8
 
 typedef struct vlm_tensor_view {
-    vlm_dtype dtype; /* F32, F16, BF16 (block types later) */
+    vlm_dtype dtype; /* F32, F16, BF16; Q8_0, Q4_0, Q4_K (quantized at load) */
     int ndim;
     int64_t shape[VLM_TENSOR_MAX_DIMS]; /* row-major, outermost first */
     const void *data;                   /* the stored bytes; not owned */
@@ -35,7 +35,8 @@ typedef struct vlm_weight_source {
 } vlm_weight_source;
 
 /* Look up `name` and check that its shape is exactly shape[0..ndim-1] and its
- * dtype one the CPU kernels read (F32, F16, BF16). The message names the
+ * dtype one the CPU kernels read (F32, F16, BF16, or Q8_0/Q4_0/Q4_K with
+ * rows of whole blocks). The message names the
  * tensor, the expected and the found shape. */
 vlm_status weights_get(const vlm_weight_source *src, const char *name, int ndim,
                        const int64_t *shape, vlm_tensor_view *out, vlm_err *err);

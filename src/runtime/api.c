@@ -25,6 +25,7 @@
 #include "base/alloc.h"
 #include "base/file.h"
 #include "base/json.h"
+#include "base/log.h"
 #include "io/config.h"
 #include "io/hf.h"
 #include "io/image.h"
@@ -32,6 +33,8 @@
 #include "mem/monitor.h"
 #include "models/phi3v_image.h"
 #include "models/phi3v_tensors.h"
+#include "runtime/load_weights.h"
+#include "runtime/planner.h"
 #include "runtime/sampler.h"
 #include "text/chat.h"
 
@@ -47,6 +50,13 @@ struct vlm_model {
     int32_t end_id; /* <|end|>, -1 if the vocabulary has none */
     int num_crops;
     int64_t max_context; /* 0: the session default */
+    load_weights lw;     /* the weight source: converted tensors */
+    /* the plan followed (see vlm_model_desc) */
+    vlm_precision precision;
+    char rung[96], gave_up[192], fallback_note[192];
+    uint64_t plan_bytes, plan_budget;
+    bool budget_given, plan_fits;
+    int fallbacks;
 };
 
 struct vlm_session {
@@ -74,28 +84,6 @@ void vlm_load_options_init(vlm_load_options *o) {
     o->device = "auto";
 }
 
-/* The weight source over the tensor set: views into the mapping. */
-static vlm_status st_lookup(void *ctx, const char *name, vlm_tensor_view *out, vlm_err *err) {
-    const vlm_tensor_set *set = ctx;
-    const vlm_st_tensor *t = vlm_tensor_set_find(set, name);
-    if (!t)
-        return vlm_err_set(err, VLM_ERR_NOT_FOUND, "%s: tensor \"%s\" is missing",
-                           vlm_tensor_set_path(set), name);
-    if (t->rank > VLM_TENSOR_MAX_DIMS)
-        return vlm_err_set(err, VLM_ERR_FORMAT, "%s: tensor \"%s\" has rank %d", t->file, name,
-                           t->rank);
-    /* the kernels read 2-byte elements in place (F32 is read with memcpy) */
-    if ((t->dtype == VLM_DTYPE_BF16 || t->dtype == VLM_DTYPE_F16) && ((uintptr_t)t->data & 1))
-        return vlm_err_set(err, VLM_ERR_FORMAT, "%s: tensor \"%s\" is not 2-byte aligned", t->file,
-                           name);
-    memset(out, 0, sizeof *out);
-    out->dtype = t->dtype;
-    out->ndim = t->rank;
-    for (int i = 0; i < t->rank; i++) out->shape[i] = t->shape[i];
-    out->data = t->data;
-    return VLM_OK;
-}
-
 static bool is_dir(const char *p) {
     struct stat sb;
     return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
@@ -117,24 +105,15 @@ static vlm_status model_dir(const char *resolved, char **out, vlm_err *err) {
     return *out ? VLM_OK : vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory", resolved);
 }
 
-static vlm_status check_options(const vlm_load_options *o, const vlm_model *m, vlm_err *err) {
+static vlm_status check_options(const vlm_load_options *o, vlm_err *err) {
     if (o->device && o->device[0] && strcmp(o->device, "auto") && strcmp(o->device, "cpu"))
         return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
                            "device \"%s\": this build runs on the CPU only (\"cpu\", \"auto\")",
                            o->device);
-    if (o->precision && o->precision[0]) {
-        /* Weights are read as stored and computed in f32; a conversion on
-         * load is not implemented, so only the stored dtype is accepted. */
-        const char *td = m->cfgs.config.torch_dtype;
-        bool same = (!strcmp(o->precision, "f32") && !strcmp(td, "float32")) ||
-                    (!strcmp(o->precision, "bf16") && !strcmp(td, "bfloat16")) ||
-                    (!strcmp(o->precision, "f16") && !strcmp(td, "float16"));
-        if (!same)
-            return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
-                               "precision \"%s\": weights are used as stored (%s); conversion "
-                               "on load is not implemented",
-                               o->precision, td[0] ? td : "dtype not given");
-    }
+    if (o->precision && o->precision[0] && vlm_precision_parse(o->precision) < 0)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                           "precision \"%s\": expected f32, bf16, f16, q8_0, q4_0 or q4_K",
+                           o->precision);
     if (o->num_crops < 0 || o->num_crops > PHI3V_MAX_NUM_CROPS)
         return vlm_err_set(err, VLM_ERR_INVALID_ARG, "num_crops %d: expected 1..%d", o->num_crops,
                            PHI3V_MAX_NUM_CROPS);
@@ -143,18 +122,105 @@ static vlm_status check_options(const vlm_load_options *o, const vlm_model *m, v
     return VLM_OK;
 }
 
-vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_model **out,
-                          vlm_err *err) {
-    if (!out) return vlm_err_set(err, VLM_ERR_INVALID_ARG, "vlm_model_load: out is NULL");
-    *out = NULL;
-    if (!ref || !ref[0])
-        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "vlm_model_load: no model reference");
-    vlm_load_options def;
-    if (!opts) {
-        vlm_load_options_init(&def);
-        opts = &def;
+static vlm_dtype stored_dtype(const char *torch_dtype) {
+    if (strcmp(torch_dtype, "float32") == 0) return VLM_DTYPE_F32;
+    if (strcmp(torch_dtype, "float16") == 0) return VLM_DTYPE_F16;
+    return VLM_DTYPE_BF16;
+}
+
+/* What the attempts of one load share: the ladder (known once the first
+ * attempt has planned) and the precision the last attempt used. */
+typedef struct load_ladder {
+    vlm_precision prec[VLM_PREC_COUNT];
+    uint64_t bytes[VLM_PREC_COUNT]; /* weight bytes of the used tensors at each */
+    int n;
+    int tried;   /* precision of the last attempt, -1 before the plan chose one */
+    bool no_fit; /* the plan found no rung: an answer, not a failure to retry */
+} load_ladder;
+
+/* Plan the load: the rung (precision, and crops/context when degraded) and
+ * its record in m. forced >= 0: that precision only (the user's or a
+ * fallback's). VLM_ERR_NOMEM when no rung fits and nothing was forced. */
+static vlm_status plan_load(vlm_model *m, const vlm_load_options *opts, int forced,
+                            bool user_forced, load_ladder *ld, vlm_err *err) {
+    plan_model pm;
+    memset(&pm, 0, sizeof pm);
+    pm.default_num_crops = m->cfgs.preproc.num_crops > 0 ? m->cfgs.preproc.num_crops : 4;
+    pm.tokenizer_bytes = PLAN_DEFAULT_TOKENIZER_BYTES;
+    pm.tokenizer_peak = PLAN_DEFAULT_TOKENIZER_PEAK;
+    vlm_status st = plan_model_init(&pm, &m->cfgs.config, NULL, m->ts,
+                                    stored_dtype(m->cfgs.config.torch_dtype), err);
+    if (st) {
+        plan_model_free(&pm);
+        return st;
     }
-    vlm_json_init();
+    if (ld->n == 0) {
+        ld->n = vlm_plan_ladder(&pm, ld->prec);
+        for (int i = 0; i < ld->n; i++) plan_weight_bytes(&pm, ld->prec[i], &ld->bytes[i], NULL);
+    }
+    vlm_plan *plan = vlm_calloc(1, sizeof *plan, VLM_MEM_OTHER);
+    if (!plan) {
+        plan_model_free(&pm);
+        return vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory for the memory plan", m->dir);
+    }
+    plan_request r;
+    plan_request_init(&r);
+    r.context = opts->max_context;
+    r.num_crops = opts->num_crops;
+    r.n_threads = opts->n_threads;
+    r.mem_budget = opts->mem_budget;
+    r.gpu_mem_budget = opts->gpu_mem_budget;
+    r.allow_degrade = opts->allow_degrade;
+    r.precision = forced;
+    for (size_t i = 0; i < vlm_tensor_set_file_count(m->ts); i++)
+        r.mapped_bytes += vlm_st_file_size(vlm_tensor_set_file(m->ts, i));
+    st = vlm_plan_make(&pm, &r, plan, err);
+    if (!st && plan->chosen < 0 && pm.arch.has_vision && plan->n_rungs > 0 &&
+        strstr(plan->rungs[plan->n_rungs - 1].reason, "cannot hold")) {
+        /* A context too short for one image at num_crops rules out every
+         * rung; text still fits, and an image turn fails later with
+         * VLM_ERR_LIMIT. Plan text only then. */
+        r.n_images = 0;
+        st = vlm_plan_make(&pm, &r, plan, err);
+    }
+    if (!st && plan->chosen < 0 && !user_forced && forced < 0) {
+        /* nothing fits: name the last rung tried */
+        const plan_rung *g = &plan->rungs[plan->n_rungs - 1];
+        ld->no_fit = true;
+        st = vlm_err_set(err, VLM_ERR_NOMEM,
+                         "%s: the model does not fit the memory budget of %llu bytes: the "
+                         "lowest rung (%s) needs %llu bytes%s",
+                         m->dir, (unsigned long long)plan->budget, g->label,
+                         (unsigned long long)g->e.peak,
+                         opts->allow_degrade ? "" : " (allow_degrade may drop crops or context)");
+    }
+    if (!st) {
+        /* The rung: the chosen one, or (forced and not fitting) the one tried. */
+        const plan_rung *g = &plan->rungs[plan->chosen >= 0 ? plan->chosen : plan->n_rungs - 1];
+        m->precision = g->e.s.precision;
+        snprintf(m->rung, sizeof m->rung, "%s", g->label);
+        const char *gave = g->degraded ? strstr(g->reason, "gave up ") : NULL;
+        snprintf(m->gave_up, sizeof m->gave_up, "%s", gave ? gave + 8 : "");
+        m->plan_bytes = g->e.peak;
+        m->plan_budget = plan->budget;
+        m->budget_given = plan->budget_given;
+        m->plan_fits = plan->chosen >= 0;
+        if (g->degraded) {
+            m->num_crops = g->e.s.num_crops;
+            m->max_context = g->e.s.context;
+        }
+        ld->tried = (int)m->precision;
+    }
+    vlm_free(plan);
+    plan_model_free(&pm);
+    return st;
+}
+
+/* One attempt at precision `forced` (-1: as the plan chooses). On failure
+ * everything the attempt held is freed. */
+static vlm_status load_attempt(const char *ref, const vlm_load_options *opts, int forced,
+                               load_ladder *ld, vlm_model **out, vlm_err *err) {
+    *out = NULL;
     vlm_model *m = vlm_calloc(1, sizeof *m, VLM_MEM_OTHER);
     if (!m) return vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory", ref);
     char *resolved = NULL;
@@ -163,7 +229,7 @@ vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_mod
     if (st) goto fail;
     if ((st = model_dir(resolved, &m->dir, err))) goto fail;
     if ((st = vlm_model_configs_load(m->dir, &m->cfgs, err))) goto fail;
-    if ((st = check_options(opts, m, err))) goto fail;
+    if ((st = check_options(opts, err))) goto fail;
 
     /* The family's table comes from the registry; the family builds its
      * model from the parsed config.json. */
@@ -172,11 +238,25 @@ vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_mod
     if ((st = vlm_arch_for_config(&m->cfgs.config, path, &arch, err))) goto fail;
 
     if ((st = vlm_tensor_set_open(is_dir(resolved) ? m->dir : resolved, &m->ts, err))) goto fail;
-    if (strcmp(arch->name, PHI3V_ARCH) == 0 &&
-        (st = phi3v_check_tensors(&m->cfgs.config, m->ts, err)))
-        goto fail;
+    bool is_phi3v = strcmp(arch->name, PHI3V_ARCH) == 0;
+    if (is_phi3v && (st = phi3v_check_tensors(&m->cfgs.config, m->ts, err))) goto fail;
+    m->num_crops = opts->num_crops > 0 ? opts->num_crops : m->cfgs.preproc.num_crops;
+    m->max_context = opts->max_context;
+
+    /* The memory plan (Phi-3-vision; other families load as stored). */
+    bool user_forced = opts->precision && opts->precision[0];
+    if (forced < 0 && user_forced) forced = vlm_precision_parse(opts->precision);
+    if (is_phi3v) {
+        if ((st = plan_load(m, opts, forced, user_forced, ld, err))) goto fail;
+    } else {
+        m->precision = forced >= 0 ? (vlm_precision)forced : VLM_PREC_NATIVE;
+        snprintf(m->rung, sizeof m->rung, "cpu %s (not planned)", vlm_precision_name(m->precision));
+        m->plan_fits = true;
+    }
+
     if ((st = cpu_pool_create(opts->n_threads, &m->pool, err))) goto fail;
-    vlm_weight_source src = {st_lookup, m->ts};
+    load_weights_init(&m->lw, m->ts, m->precision, m->pool);
+    vlm_weight_source src = load_weights_source(&m->lw);
     if ((st = arch_model_create(&m->cfgs.config, path, &src, m->pool, &m->am, err))) goto fail;
     if (m->am->info.has_vision && m->am->info.image_size != PHI3V_CROP_SIZE) {
         st = vlm_err_set(err, VLM_ERR_UNSUPPORTED,
@@ -200,8 +280,6 @@ vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_mod
         int id = m->cfgs.gen.stop_ids[i];
         if (id >= 0 && id < m->am->info.vocab) m->stop_ids[m->n_stop++] = id;
     }
-    m->num_crops = opts->num_crops > 0 ? opts->num_crops : m->cfgs.preproc.num_crops;
-    m->max_context = opts->max_context;
     if (m->max_context > 0 && m->max_context > m->am->info.max_positions) {
         st = vlm_err_set(err, VLM_ERR_INVALID_ARG,
                          "max_context %lld is beyond the model's %lld positions",
@@ -217,10 +295,85 @@ fail:
     return st;
 }
 
+/* The rung below precision p on the ladder: the first with fewer weight
+ * bytes than p (-1: none). Before the ladder is known: the fixed order
+ * native -> q8_0 -> q4_K -> q4_0. */
+static int rung_below(const load_ladder *ld, int p) {
+    if (ld->n == 0) {
+        static const vlm_precision fixed[] = {VLM_PREC_NATIVE, VLM_PREC_Q8_0, VLM_PREC_Q4_K,
+                                              VLM_PREC_Q4_0};
+        for (int i = 0; i < 3; i++)
+            if ((int)fixed[i] == p) return (int)fixed[i + 1];
+        return -1;
+    }
+    uint64_t have = 0;
+    bool found = false;
+    for (int i = 0; i < ld->n; i++)
+        if ((int)ld->prec[i] == p) {
+            have = ld->bytes[i];
+            found = true;
+        }
+    for (int i = 0; i < ld->n; i++)
+        if (!found ? i > 0 : ld->bytes[i] < have) return (int)ld->prec[i];
+    return -1;
+}
+
+vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_model **out,
+                          vlm_err *err) {
+    if (!out) return vlm_err_set(err, VLM_ERR_INVALID_ARG, "vlm_model_load: out is NULL");
+    *out = NULL;
+    if (!ref || !ref[0])
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "vlm_model_load: no model reference");
+    vlm_load_options def;
+    if (!opts) {
+        vlm_load_options_init(&def);
+        opts = &def;
+    }
+    vlm_json_init();
+    /* Attempts: as planned, then one rung down after each allocation
+     * failure, until the ladder ends. An attempt that failed before the
+     * plan chose a rung is retried as planned (at most once more). */
+    load_ladder ld;
+    memset(&ld, 0, sizeof ld);
+    ld.tried = -1;
+    int forced = -1, fallbacks = 0, unplanned_retries = 0;
+    char note[192] = "";
+    vlm_status st;
+    for (;;) {
+        st = load_attempt(ref, opts, forced, &ld, out, err);
+        if (st != VLM_ERR_NOMEM || ld.no_fit) break;
+        int next;
+        if (ld.tried < 0) {
+            if (unplanned_retries++ > 0) break;
+            next = forced;
+        } else {
+            next = rung_below(&ld, ld.tried);
+            if (next < 0) break;
+            size_t len = strlen(note);
+            snprintf(note + len, sizeof note - len, "%s%s -> %s", len ? ", " : "",
+                     vlm_precision_name((vlm_precision)ld.tried),
+                     vlm_precision_name((vlm_precision)next));
+            fallbacks++;
+        }
+        VLM_INFO("%s: out of memory while loading at %s (%s); retrying at %s", ref,
+                 ld.tried >= 0 ? vlm_precision_name((vlm_precision)ld.tried) : "the plan",
+                 err ? err->msg : "",
+                 next >= 0 ? vlm_precision_name((vlm_precision)next) : "the plan");
+        ld.tried = -1;
+        forced = next;
+    }
+    if (st == VLM_OK) {
+        (*out)->fallbacks = fallbacks;
+        snprintf((*out)->fallback_note, sizeof(*out)->fallback_note, "%s", note);
+    }
+    return st;
+}
+
 void vlm_model_free(vlm_model *m) {
     if (!m) return;
     tokenizer_free(m->tok);
     arch_model_free(m->am);
+    load_weights_free(&m->lw);
     cpu_pool_free(m->pool);
     vlm_tensor_set_close(m->ts);
     vlm_model_configs_free(&m->cfgs);
@@ -269,6 +422,18 @@ void vlm_model_describe(const vlm_model *m, vlm_model_desc *o) {
             dt = -2;
     }
     snprintf(o->dtype, sizeof o->dtype, "%s", dt == -2 ? "mixed" : dtype_short((vlm_dtype)dt));
+    snprintf(o->precision, sizeof o->precision, "%s", vlm_precision_name(m->precision));
+    snprintf(o->rung, sizeof o->rung, "%s", m->rung);
+    snprintf(o->gave_up, sizeof o->gave_up, "%s", m->gave_up);
+    /* degraded: some weights were stored smaller than in the checkpoint, or
+     * the rung gave up crops or context */
+    o->degraded = m->lw.converted_bytes < m->lw.source_bytes || m->gave_up[0] != '\0';
+    o->plan_bytes = m->plan_bytes;
+    o->plan_budget = m->plan_budget;
+    o->budget_given = m->budget_given;
+    o->loaded_weight_bytes = m->lw.converted_bytes + m->lw.kept_bytes;
+    o->fallbacks = m->fallbacks;
+    snprintf(o->fallback_note, sizeof o->fallback_note, "%s", m->fallback_note);
     uint64_t counts[PHI3V_PART_COUNT] = {0};
     vlm_err err;
     if (strcmp(info->arch, PHI3V_ARCH) == 0 &&

@@ -3,6 +3,8 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "base/alloc.h"
 #include "base/threadpool.h"
@@ -210,6 +212,22 @@ vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, co
 /* ---------------------------------------------------------------------------
  * the budget */
 
+bool plan_as_headroom(uint64_t *left) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return false;
+    /* /proc/self/statm: the first field is the address space in pages. */
+    uint64_t used = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        unsigned long long pages = 0;
+        if (fscanf(f, "%llu", &pages) == 1)
+            used = (uint64_t)pages * (uint64_t)sysconf(_SC_PAGESIZE);
+        fclose(f);
+    }
+    *left = (uint64_t)rl.rlim_cur > used ? (uint64_t)rl.rlim_cur - used : 0;
+    return true;
+}
+
 uint64_t plan_budget_from_headroom(uint64_t headroom) {
     uint64_t margin = max_u64(headroom / 100 * PLAN_MARGIN_PERCENT, PLAN_MARGIN_MIN);
     return headroom > margin ? headroom - margin : 0;
@@ -270,7 +288,7 @@ static vlm_status try_rung(const plan_model *pm, const plan_request *r, vlm_plan
 /* Quantized precisions in ladder order: more weight bytes first; a tie
  * (q4_0 and q4_K are both 0.5625 B/weight) goes to the better quality:
  * q8_0, then q4_K (per-sub-block 6-bit scales and mins), then q4_0. */
-static int ladder_precisions(const plan_model *pm, vlm_precision *out) {
+int vlm_plan_ladder(const plan_model *pm, vlm_precision *out) {
     int n = 0;
     uint64_t native, bf16;
     plan_weight_bytes(pm, VLM_PREC_NATIVE, &native, NULL);
@@ -309,7 +327,15 @@ vlm_status vlm_plan_make(const plan_model *pm, const plan_request *r, vlm_plan *
         vlm_mem_snapshot snap;
         vlm_mem_snapshot_take(NULL, &snap);
         p->headroom = snap.headroom_bytes;
-        p->budget = plan_budget_from_headroom(snap.headroom_bytes);
+        /* A limit on the address space (prlimit --as) is a cap too: what
+         * is left of it, plus the checkpoint mapping the caller already
+         * holds (the estimate counts the weights it keeps mapped). */
+        uint64_t as_left = 0;
+        if (plan_as_headroom(&as_left)) {
+            as_left += r->mapped_bytes;
+            if (as_left < p->headroom) p->headroom = as_left;
+        }
+        p->budget = plan_budget_from_headroom(p->headroom);
     }
     p->gpu_budget = r->gpu_mem_budget;
     uint64_t th = vlm_mem_get_threshold();
@@ -375,7 +401,7 @@ vlm_status vlm_plan_make(const plan_model *pm, const plan_request *r, vlm_plan *
 
     /* CPU precisions, best first. */
     vlm_precision precs[VLM_PREC_COUNT];
-    int np = ladder_precisions(pm, precs);
+    int np = vlm_plan_ladder(pm, precs);
     if (r->precision >= 0) {
         precs[0] = (vlm_precision)r->precision;
         np = 1;

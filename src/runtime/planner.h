@@ -173,10 +173,12 @@ typedef struct plan_request {
     int n_threads;       /* 0: vlm_threadpool_default_size() */
     uint64_t mem_budget; /* host bytes; 0: from the machine */
     uint64_t gpu_mem_budget;
-    bool gpu_available;  /* a GPU backend exists (none yet) */
-    bool allow_degrade;  /* fewer crops, then a smaller context */
-    int64_t min_context; /* floor when degrading the context; 0: 1024 */
-    int precision;       /* -1: walk the ladder; a vlm_precision: only that one */
+    bool gpu_available;    /* a GPU backend exists (none yet) */
+    bool allow_degrade;    /* fewer crops, then a smaller context */
+    int64_t min_context;   /* floor when degrading the context; 0: 1024 */
+    int precision;         /* -1: walk the ladder; a vlm_precision: only that one */
+    uint64_t mapped_bytes; /* checkpoint bytes the caller has mapped already (they
+                              count against an address-space limit) */
 } plan_request;
 
 void plan_request_init(plan_request *r);
@@ -204,10 +206,20 @@ vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, co
 #define PLAN_MARGIN_PERCENT 10
 #define PLAN_MARGIN_MIN     ((uint64_t)512 << 20)
 
+/* The address space left under RLIMIT_AS (limit - /proc/self/statm size);
+ * false when there is no limit. The machine budget takes the smaller of
+ * this (plus plan_request.mapped_bytes) and the monitor's headroom. */
+bool plan_as_headroom(uint64_t *left);
+
 /* headroom minus max(10%, 512 MiB) (0 when that is negative). */
 uint64_t plan_budget_from_headroom(uint64_t headroom);
 
 /* --- the ladder ------------------------------------------------------------- */
+
+/* The CPU precisions of the ladder, best (most bytes) first: native, bf16
+ * (for an f32 checkpoint), then q8_0, q4_K, q4_0 by weight bytes. Returns
+ * the count (at most VLM_PREC_COUNT). The run-time fallback steps down it. */
+int vlm_plan_ladder(const plan_model *pm, vlm_precision *out);
 
 #define PLAN_MAX_RUNGS 64
 

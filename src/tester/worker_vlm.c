@@ -40,6 +40,23 @@ static vlm_status be_load(const tester_job *job, void **model, cJSON *config, vl
     cJSON_AddNumberToObject(config, "params_total", (double)d.params_total);
     cJSON_AddNumberToObject(config, "weight_bytes", (double)d.weight_bytes);
     if (lo.mem_budget) cJSON_AddNumberToObject(config, "mem_budget", (double)lo.mem_budget);
+    /* the memory plan the load followed (docs/planner.md) */
+    cJSON *plan = cJSON_AddObjectToObject(config, "plan");
+    if (plan) {
+        cJSON_AddStringToObject(plan, "precision", d.precision);
+        cJSON_AddStringToObject(plan, "rung", d.rung);
+        cJSON_AddStringToObject(plan, "gave_up", d.gave_up);
+        cJSON_AddBoolToObject(plan, "degraded", d.degraded);
+        cJSON_AddNumberToObject(plan, "estimated_bytes", (double)d.plan_bytes);
+        cJSON_AddNumberToObject(plan, "budget", (double)d.plan_budget);
+        cJSON_AddNumberToObject(plan, "weight_bytes", (double)d.loaded_weight_bytes);
+        cJSON_AddNumberToObject(plan, "fallbacks", d.fallbacks);
+        cJSON_AddStringToObject(plan, "fallback_note", d.fallback_note);
+    }
+    if (d.degraded || d.fallbacks > 0)
+        fprintf(stderr, "vlmtest: warning: %s loaded at %s (%s%s%s)%s%s\n", job->model->resolved,
+                d.precision, d.rung, d.gave_up[0] ? "; gave up " : "", d.gave_up,
+                d.fallbacks ? "; after out of memory: " : "", d.fallback_note);
     *model = m;
     return VLM_OK;
 }

@@ -17,6 +17,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "tensor/quant.h"
+
 typedef float v8f __attribute__((vector_size(32)));
 
 static inline v8f v8_load(const float *p) {
@@ -57,6 +59,20 @@ void cpu_widen(cpu_weight w, int64_t offset, float *dst, int64_t n) {
 #else
         for (int64_t i = 0; i < n; i++) dst[i] = vlm_f16_to_f32(s[i]);
 #endif
+        break;
+    }
+    case VLM_DTYPE_Q8_0:
+    case VLM_DTYPE_Q4_0:
+    case VLM_DTYPE_Q4_K: {
+        /* Whole blocks only: an embedding row or a whole matrix row (the
+         * quantization policy quantizes only rows of whole blocks). */
+        const vlm_dtype_info *d = vlm_dtype_get(w.dtype);
+        if (offset % d->block_elems == 0 && n % d->block_elems == 0 &&
+            vlm_dequantize(w.dtype,
+                           (const uint8_t *)w.data + offset / d->block_elems * d->block_bytes, dst,
+                           (size_t)n))
+            break;
+        memset(dst, 0, (size_t)n * sizeof(float));
         break;
     }
     default:
@@ -226,10 +242,35 @@ static void mm_range(void *ctx, int64_t q0, int64_t q1, int thread_idx) {
     }
 }
 
+/* Quantized weights: rows [o0, o1) of W, each a run of blocks. Every output
+ * is one dot product of a whole row with one token (vlm_quant_dot), so a
+ * token's outputs are the same bits whatever the batch and the thread count.
+ * The row (in * 34/32 bytes at most) stays in L1 while the tokens pass. */
+static void mm_range_quant(void *ctx, int64_t o0, int64_t o1, int thread_idx) {
+    (void)thread_idx;
+    const mm_args *a = ctx;
+    const vlm_dtype_info *d = vlm_dtype_get(a->w.dtype);
+    const size_t row_bytes = (size_t)(a->in / d->block_elems) * d->block_bytes;
+    for (int64_t o = o0; o < o1; o++) {
+        const uint8_t *wr = (const uint8_t *)a->w.data + (size_t)o * row_bytes;
+        float bias = 0.0f;
+        if (a->b.data) cpu_widen(a->b, o, &bias, 1);
+        for (int64_t t = 0; t < a->n; t++) {
+            float s = 0.0f;
+            vlm_quant_dot(a->w.dtype, wr, a->x + t * a->in, (size_t)a->in, &s);
+            a->y[t * a->out + o] = s + bias;
+        }
+    }
+}
+
 void cpu_matmul(cpu_pool *pool, float *y, const float *x, int64_t n, int64_t in, int64_t out,
                 cpu_weight w, cpu_weight b) {
     if (n <= 0 || out <= 0) return;
     mm_args a = {y, x, n, in, out, w, b};
+    if (vlm_quant_is_block(w.dtype)) {
+        parallel_for(pool, out, mm_range_quant, &a);
+        return;
+    }
     parallel_for(pool, (out + MM_MR - 1) / MM_MR, mm_range, &a);
 }
 

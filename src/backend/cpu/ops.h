@@ -21,17 +21,20 @@
 
 /* A weight as the kernels read it. */
 typedef struct cpu_weight {
-    vlm_dtype dtype; /* F32, F16, BF16 */
+    vlm_dtype dtype; /* F32, F16, BF16; Q8_0, Q4_0, Q4_K (rows of whole blocks) */
     const void *data;
 } cpu_weight;
 
-/* Widen n elements starting at element `offset` of w to f32. */
+/* Widen n elements starting at element `offset` of w to f32. Block types:
+ * offset and n must be whole blocks (zeros otherwise). */
 void cpu_widen(cpu_weight w, int64_t offset, float *dst, int64_t n);
 
 /* y[n][out] = x[n][in] . W[out][in]^T (+ b[out]).
  * By far the most time goes here. Parallel over output rows; a block of
  * tokens shares each widened tile of W, so W is read once per block of tokens
  * (once in total for a decode step, where this is a GEMV). b.data may be NULL.
+ * Block-quantized W (in a whole number of blocks): one vlm_quant_dot per
+ * output, parallel over rows, x stays f32.
  * y must not alias x. */
 void cpu_matmul(cpu_pool *pool, float *y, const float *x, int64_t n, int64_t in, int64_t out,
                 cpu_weight w, cpu_weight b);

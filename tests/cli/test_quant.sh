@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The memory plan applied at load, through `vlmtest generate` on the tiny
+# bf16 fixture: --precision, --mem-budget (a rung below native, nothing
+# fits), the "plan" object of --json, the one warning line, and the
+# fallback one rung down after an injected allocation failure in the load
+# (the ids must be those of an unfaulted load at that rung).
+set -euo pipefail
+bin=${VLM_BIN:?}
+src=${VLM_SOURCE_DIR:?}
+model="$src/tests/data/tiny/bf16"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+field() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$@"; }
+
+gen() { # out-prefix, then extra args
+    local p=$1; shift
+    "$bin" generate -m "$model" -p "Hello" --max-tokens 8 --ignore-eos --threads 1 --json "$@" \
+        >"$tmp/$p.json" 2>"$tmp/$p.err"
+}
+
+# native with the machine budget: no warning
+gen native
+[ "$(field "$tmp/native.json" "d['plan']['precision']")" = native ] || fail "native precision"
+[ "$(field "$tmp/native.json" "d['plan']['degraded']")" = False ] || fail "native degraded"
+[ ! -s "$tmp/native.err" ] || fail "native printed: $(cat "$tmp/native.err")"
+
+# q8_0 asked for: quantized, one warning line, fewer weight bytes
+gen q8 --precision q8_0
+[ "$(field "$tmp/q8.json" "d['plan']['precision']")" = q8_0 ] || fail "q8_0 precision"
+[ "$(wc -l <"$tmp/q8.err")" -eq 1 ] || fail "q8_0: not one warning line: $(cat "$tmp/q8.err")"
+grep -q "warning: loaded at q8_0" "$tmp/q8.err" || fail "q8_0 warning"
+nw=$(field "$tmp/native.json" "d['plan']['weight_bytes']")
+qw=$(field "$tmp/q8.json" "d['plan']['weight_bytes']")
+[ "$qw" -lt "$nw" ] || fail "q8_0 weight bytes $qw !< $nw"
+
+# a budget one byte below native's smallest estimate (every crop through the
+# vision tower alone: here the crop group saves more than q8_0's 1.9 MB of
+# weights, so q8_0's all-at-once estimate still fits native) picks q8_0
+qe=$(field "$tmp/q8.json" "d['plan']['estimated_bytes']")
+gen g1 --mem-budget "$qe"
+[ "$(field "$tmp/g1.json" "d['plan']['precision']")" = native ] || fail "budget $qe: not native"
+mid=$(( $(field "$tmp/g1.json" "d['plan']['estimated_bytes']") - 1 ))
+gen mid --mem-budget "$mid"
+[ "$(field "$tmp/mid.json" "d['plan']['precision']")" = q8_0 ] || fail "budget $mid did not pick q8_0"
+[ "$(field "$tmp/mid.json" "d['plan']['budget_source']")" = mem_budget ] || fail "budget source"
+[ "$(field "$tmp/mid.json" "d['ids']")" = "$(field "$tmp/q8.json" "d['ids']")" ] || fail "mid ids"
+
+# nothing fits: exit 1, the message names the budget
+if "$bin" generate -m "$model" -p "Hello" --max-tokens 1 --mem-budget 1M >"$tmp/no.out" 2>"$tmp/no.err"; then
+    fail "1M budget succeeded"
+fi
+grep -q "does not fit the memory budget of 1048576 bytes" "$tmp/no.err" || fail "no-fit message: $(cat "$tmp/no.err")"
+
+# an allocation failure inside the tokenizer's load: one rung down (q8_0),
+# the ids of an unfaulted q8_0 load, one warning line naming the fallback
+VLM_FAIL_ALLOC_AT=100000 gen fb
+[ "$(field "$tmp/fb.json" "d['plan']['fallbacks']")" = 1 ] || fail "no fallback recorded"
+[ "$(field "$tmp/fb.json" "d['plan']['precision']")" = q8_0 ] || fail "fallback precision"
+[ "$(field "$tmp/fb.json" "d['ids']")" = "$(field "$tmp/q8.json" "d['ids']")" ] || fail "fallback ids"
+[ "$(wc -l <"$tmp/fb.err")" -eq 1 ] || fail "fallback: not one line: $(cat "$tmp/fb.err")"
+grep -q "after out of memory: native -> q8_0" "$tmp/fb.err" || fail "fallback warning"
+
+# a bad precision is refused
+if "$bin" generate -m "$model" -p "Hello" --precision q3 >/dev/null 2>"$tmp/bad.err"; then
+    fail "precision q3 accepted"
+fi
+grep -q 'precision "q3"' "$tmp/bad.err" || fail "bad precision message"
+echo "ok"
