@@ -64,3 +64,18 @@ bool cli_wants_help(int argc, char **argv) {
     }
     return false;
 }
+
+const char *cli_human_bytes(uint64_t bytes, char *buf, size_t cap) {
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)bytes;
+    int u = 0;
+    while (v >= 1024 && u < 4) {
+        v /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, cap, "%llu B", (unsigned long long)bytes);
+    else
+        snprintf(buf, cap, "%.2f %s", v, units[u]);
+    return buf;
+}

@@ -24,6 +24,8 @@ enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
 bool cli_parse_size(const char *s, uint64_t *out);
 /* Parse a non-negative integer in [lo, hi]. */
 bool cli_parse_int(const char *s, long lo, long hi, long *out);
+/* Bytes for people ("1.23 GiB", "512 B") into buf; returns buf. */
+const char *cli_human_bytes(uint64_t bytes, char *buf, size_t cap);
 /* Print "vlmtest NAME: message" to stderr. */
 void cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* True if argv has -h or --help before any "--". */

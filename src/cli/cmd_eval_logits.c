@@ -54,10 +54,10 @@ static bool write_json(const char *path, const vlm_prompt *p, int vocab) {
     return fclose(f) == 0;
 }
 
-/* "<|user|>\n<|image_1|>\n...text<|end|>\n<|assistant|>\n" (malloc'd). */
+/* "<|user|>\n<|image_1|>\n...text<|end|>\n<|assistant|>\n" (accounted; vlm_free). */
 static char *wrap_prompt(const char *text, int n_images) {
     size_t cap = strlen(text) + 64 + (size_t)n_images * 24;
-    char *s = malloc(cap);
+    char *s = vlm_alloc(cap, VLM_MEM_OTHER);
     if (!s) return NULL;
     size_t len = (size_t)snprintf(s, cap, "<|user|>\n");
     for (int i = 0; i < n_images; i++)
@@ -90,7 +90,7 @@ static int run(int argc, char **argv) {
     vlm_model *m = NULL;
     vlm_image *imgs[GEN_MAX_IMAGES] = {0};
     if (!gen_load(cmd, &o, &m, imgs)) {
-        free(text);
+        vlm_free(text);
         return CLI_FAIL;
     }
     int rc = CLI_FAIL;
@@ -117,7 +117,7 @@ static int run(int argc, char **argv) {
         cli_error(cmd, "%s", err.msg);
     } else {
         size_t plen = strlen(o.out) + 8;
-        char *path = malloc(plen);
+        char *path = vlm_alloc(plen, VLM_MEM_OTHER);
         if (path) {
             snprintf(path, plen, "%s.f32", o.out);
             bool ok = write_f32(path, logits, n_logits);
@@ -129,7 +129,7 @@ static int run(int argc, char **argv) {
                 rc = CLI_OK;
             else
                 cli_error(cmd, "cannot write %s", path);
-            free(path);
+            vlm_free(path);
         }
     }
     vlm_free(logits);
@@ -137,7 +137,7 @@ static int run(int argc, char **argv) {
     vlm_session_free(s);
     vlm_model_free(m);
     for (int i = 0; i < o.n_images; i++) vlm_image_free(imgs[i]);
-    free(text);
+    vlm_free(text);
     return rc;
 }
 

@@ -18,26 +18,10 @@ static void on_sigint(int sig) {
     interrupted = 1;
 }
 
-/* Bytes for people: "1.23 GiB". */
-static const char *human(uint64_t bytes, char *buf, size_t cap) {
-    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    double v = (double)bytes;
-    int u = 0;
-    while (v >= 1024 && u < 4) {
-        v /= 1024;
-        u++;
-    }
-    if (u == 0)
-        snprintf(buf, cap, "%llu B", (unsigned long long)bytes);
-    else
-        snprintf(buf, cap, "%.2f %s", v, units[u]);
-    return buf;
-}
-
 static void row(const char *label, bool have, uint64_t bytes) {
     char b[32];
     if (have)
-        printf("  %-22s %14s  (%llu)\n", label, human(bytes, b, sizeof b),
+        printf("  %-22s %14s  (%llu)\n", label, cli_human_bytes(bytes, b, sizeof b),
                (unsigned long long)bytes);
     else
         printf("  %-22s %14s\n", label, "-");
@@ -72,12 +56,12 @@ static void print_table(const vlm_mem_snapshot *s) {
     for (int c = 0; c < VLM_MEM_CAT_COUNT; c++) {
         char a[32], b[32];
         printf("  %-22s %14s / %s\n", vlm_mem_cat_name((vlm_mem_cat)c),
-               human(s->accounted.current[c], a, sizeof a),
-               human(s->accounted.peak[c], b, sizeof b));
+               cli_human_bytes(s->accounted.current[c], a, sizeof a),
+               cli_human_bytes(s->accounted.peak[c], b, sizeof b));
     }
     char a[32], b[32];
-    printf("  %-22s %14s / %s\n", "total", human(s->accounted.total_current, a, sizeof a),
-           human(s->accounted.total_peak, b, sizeof b));
+    printf("  %-22s %14s / %s\n", "total", cli_human_bytes(s->accounted.total_current, a, sizeof a),
+           cli_human_bytes(s->accounted.total_peak, b, sizeof b));
     row("mapped", true, s->accounted.mapped_current);
     printf("threads %d\n", s->threads);
 }

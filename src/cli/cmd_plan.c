@@ -11,37 +11,22 @@
 #include "base/json.h"
 #include "runtime/planner.h"
 
-static const char *human(uint64_t bytes, char *buf, size_t cap) {
-    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    double v = (double)bytes;
-    int u = 0;
-    while (v >= 1024 && u < 4) {
-        v /= 1024;
-        u++;
-    }
-    if (u == 0)
-        snprintf(buf, cap, "%llu B", (unsigned long long)bytes);
-    else
-        snprintf(buf, cap, "%.2f %s", v, units[u]);
-    return buf;
-}
-
 static void print_estimate(const plan_estimate *e) {
     char h[32];
     for (int k = 0; k < PLAN_COMP_COUNT; k++)
         printf("  %-22s %12s  %15llu\n", plan_comp_name((plan_comp)k),
-               human(e->bytes[k], h, sizeof h), (unsigned long long)e->bytes[k]);
+               cli_human_bytes(e->bytes[k], h, sizeof h), (unsigned long long)e->bytes[k]);
     if (e->n_images > 0) {
         printf("  %-22s %12s  (crop group 1)\n", "vision per crop",
-               human(e->vision_group1, h, sizeof h));
+               cli_human_bytes(e->vision_group1, h, sizeof h));
         printf("  %-22s %12s  (%d crops at once)\n", "vision all at once",
-               human(e->vision_all, h, sizeof h), e->crops);
+               cli_human_bytes(e->vision_all, h, sizeof h), e->crops);
     }
-    printf("  %-22s %12s  %15llu\n", "peak while loading", human(e->load_peak, h, sizeof h),
-           (unsigned long long)e->load_peak);
-    printf("  %-22s %12s  %15llu\n", "peak while running", human(e->run_peak, h, sizeof h),
-           (unsigned long long)e->run_peak);
-    printf("  %-22s %12s  %15llu\n", "peak", human(e->peak, h, sizeof h),
+    printf("  %-22s %12s  %15llu\n", "peak while loading",
+           cli_human_bytes(e->load_peak, h, sizeof h), (unsigned long long)e->load_peak);
+    printf("  %-22s %12s  %15llu\n", "peak while running",
+           cli_human_bytes(e->run_peak, h, sizeof h), (unsigned long long)e->run_peak);
+    printf("  %-22s %12s  %15llu\n", "peak", cli_human_bytes(e->peak, h, sizeof h),
            (unsigned long long)e->peak);
 }
 
@@ -49,13 +34,13 @@ static void print_text(const plan_model *pm, const vlm_plan *p, const plan_reque
     char a[32], b[32];
     printf("model:        %s\n", pm->path);
     if (p->budget_given)
-        printf("budget:       %s (--mem-budget)\n", human(p->budget, a, sizeof a));
+        printf("budget:       %s (--mem-budget)\n", cli_human_bytes(p->budget, a, sizeof a));
     else
         printf("budget:       %s (available %s less 10%%, at least 512 MiB)\n",
-               human(p->budget, a, sizeof a), human(p->headroom, b, sizeof b));
-    if (p->gpu_budget) printf("gpu budget:   %s\n", human(p->gpu_budget, a, sizeof a));
+               cli_human_bytes(p->budget, a, sizeof a), cli_human_bytes(p->headroom, b, sizeof b));
+    if (p->gpu_budget) printf("gpu budget:   %s\n", cli_human_bytes(p->gpu_budget, a, sizeof a));
     printf("alarm:        %s (the sampler cleans up, then warns, above this RSS)\n",
-           human(p->alarm_threshold, a, sizeof a));
+           cli_human_bytes(p->alarm_threshold, a, sizeof a));
     int n_images = r->n_images < 0 ? (pm->arch.has_vision ? 1 : 0) : r->n_images;
     printf("request:      context %lld, num_crops %d, %d image(s)\n",
            (long long)p->requested_context, p->requested_crops, n_images);
@@ -64,11 +49,12 @@ static void print_text(const plan_model *pm, const vlm_plan *p, const plan_reque
         uint64_t loaded, all;
         plan_weight_bytes(pm, (vlm_precision)k, &loaded, &all);
         printf("  %-8s %12s / %s\n", vlm_precision_name((vlm_precision)k),
-               human(loaded, a, sizeof a), human(all, b, sizeof b));
+               cli_human_bytes(loaded, a, sizeof a), cli_human_bytes(all, b, sizeof b));
     }
     printf("overhead:     tokenizer %s (%s), safetensors index %s\n",
-           human(pm->tokenizer_bytes, a, sizeof a), pm->tokenizer_measured ? "measured" : "default",
-           human(pm->index_bytes, b, sizeof b));
+           cli_human_bytes(pm->tokenizer_bytes, a, sizeof a),
+           pm->tokenizer_measured ? "measured" : "default",
+           cli_human_bytes(pm->index_bytes, b, sizeof b));
     printf("\nladder:\n");
     for (int i = 0; i < p->n_rungs; i++) {
         const plan_rung *g = &p->rungs[i];
@@ -211,8 +197,8 @@ static int run(int argc, char **argv) {
         char a[32], b[32];
         const plan_rung *last = plan->n_rungs ? &plan->rungs[plan->n_rungs - 1] : NULL;
         cli_error("plan", "nothing fits the budget of %s; the smallest rung (%s) needs %s%s",
-                  human(plan->budget, a, sizeof a), last ? last->label : "-",
-                  human(last ? last->e.peak : 0, b, sizeof b),
+                  cli_human_bytes(plan->budget, a, sizeof a), last ? last->label : "-",
+                  cli_human_bytes(last ? last->e.peak : 0, b, sizeof b),
                   r.allow_degrade ? "" : " (--allow-degrade may drop crops and context)");
         rc = CLI_FAIL;
     }

@@ -11,15 +11,15 @@
 
 static char *read_stdin(size_t *len) {
     size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap);
+    char *b = vlm_alloc(cap, VLM_MEM_OTHER);
     if (!b) return NULL;
     size_t r;
     while ((r = fread(b + n, 1, cap - n, stdin)) > 0) {
         n += r;
         if (n == cap) {
-            char *nb = realloc(b, cap * 2);
+            char *nb = vlm_realloc(b, cap * 2, VLM_MEM_OTHER);
             if (!nb) {
-                free(b);
+                vlm_free(b);
                 return NULL;
             }
             b = nb;
@@ -62,7 +62,7 @@ static int decode_line(const tokenizer *t, const char *line, size_t n, size_t li
         return CLI_FAIL;
     }
     size_t k = (size_t)cJSON_GetArraySize(arr), i = 0;
-    int32_t *ids = malloc((k ? k : 1) * sizeof *ids);
+    int32_t *ids = vlm_alloc((k ? k : 1) * sizeof *ids, VLM_MEM_OTHER);
     if (!ids) {
         cJSON_Delete(arr);
         return CLI_FAIL;
@@ -70,7 +70,7 @@ static int decode_line(const tokenizer *t, const char *line, size_t n, size_t li
     for (const cJSON *c = arr->child; c; c = c->next, i++) {
         if (!cJSON_IsNumber(c) || c->valuedouble != (double)(int32_t)c->valuedouble) {
             cli_error("tokenize", "line %zu: item %zu is not an integer id", lineno, i);
-            free(ids);
+            vlm_free(ids);
             cJSON_Delete(arr);
             return CLI_FAIL;
         }
@@ -80,7 +80,7 @@ static int decode_line(const tokenizer *t, const char *line, size_t n, size_t li
     char *text;
     size_t tl;
     vlm_status st = tokenizer_decode(t, ids, k, skip_special, &text, &tl, &err);
-    free(ids);
+    vlm_free(ids);
     if (st != VLM_OK) {
         cli_error("tokenize", "line %zu: %s", lineno, err.msg);
         return CLI_FAIL;
@@ -153,7 +153,7 @@ static int run(int argc, char **argv) {
         pos = end + 1;
     }
     tok_ids_free(&ids);
-    free(in);
+    vlm_free(in);
     tokenizer_free(t);
     if (fflush(stdout) != 0) rc = CLI_FAIL;
     return rc;
