@@ -106,7 +106,8 @@ int main(int argc, char **argv) {
     r.n_images = img || image ? 1 : 0;
     r.image_width = w;
     r.image_height = h;
-    plan_setting set = {VLM_PREC_NATIVE, desc.context, desc.num_crops, 1, PLAN_CPU, 0, false};
+    plan_setting set = {
+        VLM_PREC_NATIVE, desc.context, desc.num_crops, desc.crop_group, PLAN_CPU, 0, false};
     plan_estimate e;
     if (plan_estimate_setting(&pm, &r, &set, &e, &err)) {
         fprintf(stderr, "plan_check: %s\n", err.msg);

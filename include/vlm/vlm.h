@@ -56,6 +56,7 @@ typedef struct vlm_model_desc {
     char dtype[16];  /* stored weight dtype ("bf16", "f32", "f16"; "mixed") */
     char path[1024]; /* the folder the model was loaded from */
     int num_crops;   /* in effect (preprocessor_config or the override) */
+    int crop_group;  /* crops through the vision tower at once (the plan's choice) */
     int64_t context; /* KV tokens a session holds */
     int64_t max_positions;
     int vocab, n_layers, hidden, n_threads;

@@ -49,6 +49,7 @@ struct vlm_model {
     int n_stop;
     int32_t end_id; /* <|end|>, -1 if the vocabulary has none */
     int num_crops;
+    int crop_group;      /* crops through the vision tower at once (the plan's; >= 1) */
     int64_t max_context; /* 0: the session default */
     load_weights lw;     /* the weight source: converted tensors */
     /* the plan followed (see vlm_model_desc) */
@@ -205,6 +206,7 @@ static vlm_status plan_load(vlm_model *m, const vlm_load_options *opts, int forc
         m->plan_budget = plan->budget;
         m->budget_given = plan->budget_given;
         m->plan_fits = plan->chosen >= 0;
+        m->crop_group = g->e.s.crop_group > 0 ? g->e.s.crop_group : 1;
         if (g->degraded) {
             m->num_crops = g->e.s.num_crops;
             m->max_context = g->e.s.context;
@@ -405,6 +407,7 @@ void vlm_model_describe(const vlm_model *m, vlm_model_desc *o) {
     snprintf(o->arch, sizeof o->arch, "%s", info->arch);
     snprintf(o->path, sizeof o->path, "%s", m->dir);
     o->num_crops = m->num_crops;
+    o->crop_group = m->crop_group > 0 ? m->crop_group : 1;
     o->max_positions = info->max_positions;
     o->context = m->max_context > 0 ? m->max_context
                                     : (info->max_positions < 4096 ? info->max_positions : 4096);
@@ -510,7 +513,10 @@ static vlm_status encode_images(vlm_model *m, vlm_image *const *images, int n, v
         }
         p->rows = grown;
         vlm_image_input in = {px.values, px.n_real, px.geo.hc, px.geo.wc};
-        st = am->arch->encode_image(am->impl, &in, 1, p->rows + p->n_rows * hidden, err);
+        /* Crops in the plan's groups: the activations of one group are what
+         * the plan counted; any group size gives the same features. */
+        int group = m->crop_group > 0 ? m->crop_group : 1;
+        st = am->arch->encode_image(am->impl, &in, group, p->rows + p->n_rows * hidden, err);
         p->img_tokens[i] = rows;
         p->img_sizes[2 * i] = px.geo.hd_h;
         p->img_sizes[2 * i + 1] = px.geo.hd_w;

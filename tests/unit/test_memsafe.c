@@ -240,6 +240,8 @@ static void measure_case(const char *what, int num_crops, int context, int max_t
     vlm_model *m = load(num_crops > 0 ? num_crops : 0, context, 2);
     stats(&s1);
     uint64_t mapped = s1.mapped_current - s0.mapped_current;
+    vlm_model_desc desc;
+    vlm_model_describe(m, &desc); /* the crop group the plan chose */
     vlm_session *s = NULL;
     assert_int_equal(vlm_session_new(m, &s, &err), VLM_OK);
     vlm_image *img = NULL;
@@ -271,8 +273,13 @@ static void measure_case(const char *what, int num_crops, int context, int max_t
     r.n_images = num_crops > 0 ? 1 : 0;
     r.image_width = w;
     r.image_height = h;
-    plan_setting set = {
-        VLM_PREC_NATIVE, context, num_crops > 0 ? num_crops : 4, 1, PLAN_CPU, 0, false};
+    plan_setting set = {VLM_PREC_NATIVE,
+                        context,
+                        num_crops > 0 ? num_crops : 4,
+                        desc.crop_group,
+                        PLAN_CPU,
+                        0,
+                        false};
     plan_estimate e;
     assert_int_equal(plan_estimate_setting(&pm, &r, &set, &e, &err), VLM_OK);
     fprintf(stderr,
