@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "base/alloc.h"
+#include "models/phi3v_tensors.h"
 
 static cpu_weight cw(const vlm_tensor_view *v) {
     return (cpu_weight){v->dtype, v->data};
@@ -23,7 +24,7 @@ vlm_status phi3v_create(const phi3v_config *cfg, const vlm_weight_source *src, c
     m->pool = pool;
     if ((st = phi3_load(&m->lm, &m->cfg, src, err)) != VLM_OK) goto fail;
     if (cfg->has_vision) {
-        if ((st = clip_load(&m->clip, &m->cfg.vision, src, PHI3V_VISION_PREFIX, err)) != VLM_OK)
+        if ((st = clip_load(&m->clip, &m->cfg.vision, src, PHI3V_VISION_MODEL, err)) != VLM_OK)
             goto fail;
         const int64_t D4 = 4 * (int64_t)cfg->image_dim_out, d = cfg->hidden;
         vlm_tensor_view v;

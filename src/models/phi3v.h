@@ -10,8 +10,6 @@
 #include "models/phi3.h"
 #include "models/phi3v_config.h"
 
-#define PHI3V_VISION_PREFIX "model.vision_embed_tokens.img_processor.vision_model"
-
 typedef struct phi3v_model {
     phi3v_config cfg;
     cpu_pool *pool; /* not owned; NULL: one thread */

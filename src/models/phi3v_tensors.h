@@ -24,8 +24,10 @@
 #include "io/config.h"
 #include "io/safetensors.h"
 
-#define PHI3V_ARCH          "Phi3VForCausalLM"
-#define PHI3V_VISION_PREFIX "model.vision_embed_tokens.img_processor.vision_model."
+#define PHI3V_ARCH "Phi3VForCausalLM"
+/* The CLIP tower's names: "<PHI3V_VISION_MODEL>.embeddings...". */
+#define PHI3V_VISION_MODEL  "model.vision_embed_tokens.img_processor.vision_model"
+#define PHI3V_VISION_PREFIX PHI3V_VISION_MODEL "."
 #define PHI3V_GLUE_PREFIX   "model.vision_embed_tokens."
 
 typedef enum phi3v_part {

@@ -149,8 +149,8 @@ static vlm_status plan_load(vlm_model *m, const vlm_load_options *opts, int forc
     pm.default_num_crops = m->cfgs.preproc.num_crops > 0 ? m->cfgs.preproc.num_crops : 4;
     pm.tokenizer_bytes = PLAN_DEFAULT_TOKENIZER_BYTES;
     pm.tokenizer_peak = PLAN_DEFAULT_TOKENIZER_PEAK;
-    vlm_status st = plan_model_init(&pm, &m->cfgs.config, NULL, m->ts,
-                                    stored_dtype(m->cfgs.config.torch_dtype), err);
+    vlm_status st =
+        plan_model_init(&pm, &m->cfgs.config, m->ts, stored_dtype(m->cfgs.config.torch_dtype), err);
     if (st) {
         plan_model_free(&pm);
         return st;

@@ -112,12 +112,12 @@ typedef struct plan_model {
     uint64_t index_bytes;
 } plan_model;
 
-/* From the parsed config.json (json) and its typed form; tensors at dtype
+/* From the typed config.json; tensors at dtype
  * `stored` (the checkpoint's torch_dtype) when set is NULL, else each with
  * its dtype from the headers (every tensor the config implies must be there
  * with its shape). */
-vlm_status plan_model_init(plan_model *pm, const vlm_config *cfg, const cJSON *json,
-                           const vlm_tensor_set *set, vlm_dtype stored, vlm_err *err);
+vlm_status plan_model_init(plan_model *pm, const vlm_config *cfg, const vlm_tensor_set *set,
+                           vlm_dtype stored, vlm_err *err);
 /* A model folder (or a file / index inside one): configs, the headers of its
  * safetensors (no tensor data is touched), the tokenizer measured. */
 vlm_status plan_model_open(plan_model *pm, const char *path, vlm_err *err);

@@ -1,14 +1,11 @@
 /* runtime/planner_model - the planner's view of a checkpoint: precisions, the
  * quantization policy, the tensor list with stored dtypes, the measured
- * fixed overhead. See planner.h. (Kept apart from planner.c, which includes
- * models/phi3v.h: that header and models/phi3v_tensors.h spell
- * PHI3V_VISION_PREFIX differently.) */
+ * fixed overhead. See planner.h. */
 #include <stdio.h>
 #include <string.h>
 
 #include "base/alloc.h"
 #include "base/file.h"
-#include "base/json.h"
 #include "io/hf.h"
 #include "mem/monitor.h"
 #include "runtime/planner.h"
@@ -88,8 +85,8 @@ static vlm_dtype dtype_from_torch(const char *torch_dtype) {
     return VLM_DTYPE_BF16; /* "bfloat16", and what Phi-3-vision ships when absent */
 }
 
-vlm_status plan_model_init(plan_model *pm, const vlm_config *cfg, const cJSON *json,
-                           const vlm_tensor_set *set, vlm_dtype stored, vlm_err *err) {
+vlm_status plan_model_init(plan_model *pm, const vlm_config *cfg, const vlm_tensor_set *set,
+                           vlm_dtype stored, vlm_err *err) {
     vlm_status st = phi3v_config_from_config(cfg, "config.json", &pm->arch, err);
     if (st != VLM_OK) return st;
     if (set && (st = phi3v_check_tensors(cfg, set, err)) != VLM_OK) return st;
@@ -145,7 +142,6 @@ vlm_status plan_model_open(plan_model *pm, const char *ref, vlm_err *err) {
     memset(pm, 0, sizeof *pm);
     vlm_model_configs mc;
     memset(&mc, 0, sizeof mc);
-    cJSON *json = NULL;
     vlm_tensor_set *set = NULL;
     char dir[4096], path[4200];
     vlm_status st = vlm_hf_resolve(ref, &pm->path, err);
@@ -162,8 +158,6 @@ vlm_status plan_model_open(plan_model *pm, const char *ref, vlm_err *err) {
     pm->cfg = mc.config;
     memset(&mc.config, 0, sizeof mc.config);
     pm->default_num_crops = mc.preproc.num_crops > 0 ? mc.preproc.num_crops : 4;
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    if ((st = vlm_json_parse_file(path, &json, err)) != VLM_OK) goto fail;
 
     /* Headers only: opening maps the files and parses the JSON headers. */
     vlm_mem_stats a, b;
@@ -171,7 +165,7 @@ vlm_status plan_model_open(plan_model *pm, const char *ref, vlm_err *err) {
     if ((st = vlm_tensor_set_open(pm->path, &set, err)) != VLM_OK) goto fail;
     vlm_alloc_get_stats(&b);
     pm->index_bytes = b.total_current > a.total_current ? b.total_current - a.total_current : 0;
-    st = plan_model_init(pm, &pm->cfg, json, set, dtype_from_torch(pm->cfg.torch_dtype), err);
+    st = plan_model_init(pm, &pm->cfg, set, dtype_from_torch(pm->cfg.torch_dtype), err);
     if (st != VLM_OK) goto fail;
 
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
@@ -184,12 +178,10 @@ vlm_status plan_model_open(plan_model *pm, const char *ref, vlm_err *err) {
         pm->tokenizer_measured = true;
     }
     vlm_tensor_set_close(set);
-    cJSON_Delete(json);
     vlm_model_configs_free(&mc);
     return VLM_OK;
 fail:
     vlm_tensor_set_close(set);
-    cJSON_Delete(json);
     vlm_model_configs_free(&mc);
     plan_model_free(pm);
     return st;

@@ -85,19 +85,16 @@ static void test_policy(void **state) {
 
 static void full_model(plan_model *pm) {
     vlm_config cfg;
-    cJSON *json = NULL;
     vlm_err err;
     const char *path = tu_shared("models/phi-3.5-vision-instruct/config.reconstructed.json");
     assert_int_equal(vlm_config_load(path, &cfg, &err), VLM_OK);
-    assert_int_equal(vlm_json_parse_file(path, &json, &err), VLM_OK);
     memset(pm, 0, sizeof *pm);
     pm->default_num_crops = 4;
     pm->tokenizer_bytes = PLAN_DEFAULT_TOKENIZER_BYTES;
     pm->tokenizer_peak = PLAN_DEFAULT_TOKENIZER_PEAK;
-    vlm_status st = plan_model_init(pm, &cfg, json, NULL, VLM_DTYPE_BF16, &err);
+    vlm_status st = plan_model_init(pm, &cfg, NULL, VLM_DTYPE_BF16, &err);
     if (st) fprintf(stderr, "%s\n", err.msg);
     assert_int_equal(st, VLM_OK);
-    cJSON_Delete(json);
     vlm_config_free(&cfg);
 }
 
