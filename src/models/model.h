@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "backend/cpu/parallel.h"
+#include "backend/gpu.h"
 #include "base/status.h"
 #include "io/config.h"
 #include "models/weights.h"
@@ -76,9 +77,11 @@ typedef struct vlm_forward_args {
 typedef struct vlm_arch {
     const char *name; /* config.json architectures[0] */
     /* Build from config.json (parsed by io/config; `what` names it in
-     * messages) and the weight source. pool may be NULL (one thread). */
+     * messages) and the weight source. pool may be NULL (one thread).
+     * place: which parts run on the GPU (NULL: all on the CPU); a family
+     * that cannot honour it fails with VLM_ERR_UNSUPPORTED. */
     vlm_status (*create)(const vlm_config *config, const char *what, const vlm_weight_source *src,
-                         cpu_pool *pool, void **out, vlm_err *err);
+                         cpu_pool *pool, const vlm_placement *place, void **out, vlm_err *err);
     void (*destroy)(void *model);
     void (*info)(const void *model, vlm_model_info *out);
     /* Image tokens (feature rows) for an hc x wc tile grid. */

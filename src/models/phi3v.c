@@ -299,8 +299,11 @@ vlm_status phi3v_forward(phi3v_model *m, vlm_kv *kv, const vlm_forward_args *a, 
  * the registry entry */
 
 static vlm_status arch_create(const vlm_config *config, const char *what,
-                              const vlm_weight_source *src, cpu_pool *pool, void **out,
-                              vlm_err *err) {
+                              const vlm_weight_source *src, cpu_pool *pool,
+                              const vlm_placement *place, void **out, vlm_err *err) {
+    if (vlm_placement_uses_gpu(place) && !vlm_gpu_built())
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                           "%s: GPU placement asked for, but this build has no CUDA backend", what);
     phi3v_config cfg;
     vlm_status st = phi3v_config_from_config(config, what, &cfg, err);
     if (st != VLM_OK) return st;

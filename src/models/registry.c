@@ -28,8 +28,8 @@ vlm_status vlm_arch_for_config(const vlm_config *config, const char *what, const
 }
 
 vlm_status arch_model_create(const vlm_config *config, const char *what,
-                             const vlm_weight_source *src, cpu_pool *pool, arch_model **out,
-                             vlm_err *err) {
+                             const vlm_weight_source *src, cpu_pool *pool,
+                             const vlm_placement *place, arch_model **out, vlm_err *err) {
     *out = NULL;
     const vlm_arch *a = NULL;
     vlm_status st = vlm_arch_for_config(config, what, &a, err);
@@ -37,7 +37,7 @@ vlm_status arch_model_create(const vlm_config *config, const char *what,
     arch_model *m = vlm_calloc(1, sizeof *m, VLM_MEM_WEIGHTS);
     if (!m) return vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory", what);
     m->arch = a;
-    st = a->create(config, what, src, pool, &m->impl, err);
+    st = a->create(config, what, src, pool, place, &m->impl, err);
     if (st != VLM_OK) {
         vlm_free(m);
         return st;

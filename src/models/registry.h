@@ -23,10 +23,10 @@ typedef struct arch_model {
 } arch_model;
 
 /* Find the family for config and create the model (freed with
- * arch_model_free). */
+ * arch_model_free); place as in vlm_arch.create. */
 vlm_status arch_model_create(const vlm_config *config, const char *what,
-                             const vlm_weight_source *src, cpu_pool *pool, arch_model **out,
-                             vlm_err *err);
+                             const vlm_weight_source *src, cpu_pool *pool,
+                             const vlm_placement *place, arch_model **out, vlm_err *err);
 void arch_model_free(arch_model *m);
 
 #endif

@@ -259,7 +259,8 @@ static vlm_status load_attempt(const char *ref, const vlm_load_options *opts, in
     if ((st = cpu_pool_create(opts->n_threads, &m->pool, err))) goto fail;
     load_weights_init(&m->lw, m->ts, m->precision, m->pool);
     vlm_weight_source src = load_weights_source(&m->lw);
-    if ((st = arch_model_create(&m->cfgs.config, path, &src, m->pool, &m->am, err))) goto fail;
+    if ((st = arch_model_create(&m->cfgs.config, path, &src, m->pool, NULL, &m->am, err)))
+        goto fail;
     if (m->am->info.has_vision && m->am->info.image_size != PHI3V_CROP_SIZE) {
         st = vlm_err_set(err, VLM_ERR_UNSUPPORTED,
                          "%s: vision image_size %d; the image processor makes %d-px crops", path,

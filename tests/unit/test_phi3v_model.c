@@ -58,7 +58,7 @@ static vlm_status create_json(const cJSON *c, const char *what, const vlm_weight
     vlm_status st = vlm_config_parse(text, strlen(text), what, &vc, err);
     cJSON_free(text);
     *m = NULL;
-    if (st == VLM_OK) st = arch_model_create(&vc, what, s, p, m, err);
+    if (st == VLM_OK) st = arch_model_create(&vc, what, s, p, NULL, m, err);
     vlm_config_free(&vc);
     return st;
 }

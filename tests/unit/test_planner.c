@@ -379,7 +379,7 @@ static void test_measured_tiny(void **state) {
     assert_int_equal(vlm_tensor_set_open(dir, &set, &err), VLM_OK);
     assert_int_equal(cpu_pool_create(2, &pool, &err), VLM_OK);
     vlm_weight_source src = {set_lookup, set};
-    assert_int_equal(arch_model_create(&pm.cfg, "config.json", &src, pool, &m, &err), VLM_OK);
+    assert_int_equal(arch_model_create(&pm.cfg, "config.json", &src, pool, NULL, &m, &err), VLM_OK);
 
     /* session: KV + workspace + logits + ids */
     session_options o;
