@@ -138,18 +138,29 @@ SHAPE_QUESTIONS = ["colour", "shape", "count", "count_kind", "position", "extrem
                    "yesno"]
 
 
+def _words(text):
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
 def packed_sample(rng):
     """Several questions about one shape scene, asked as consecutive turns:
-    one image, many supervised answers (the image tokens dominate the cost)."""
+    one image, many supervised answers (the image tokens dominate the cost).
+    A question joins only when its answer word appears nowhere in the turns
+    before it ("What colour is the star?" "red" must not be followed by
+    "Which shape is red?"): otherwise the answer could be copied from the
+    text instead of read from the image, and the single-question suites,
+    which have no such text, would not benefit."""
     for _ in range(100):
         sc = scenes.make_shape_scene(rng, n=rng.randint(1, 4))
         if sc is None:
             continue
-        turns = []
+        turns, seen = [], set()
         for q in rng.sample(SHAPE_QUESTIONS, len(SHAPE_QUESTIONS)):
             qa = scenes.QUESTION_TYPES[q][0](rng, sc)
-            if qa is not None:
-                turns.append({"n_images_before": 1, "prompt": qa[0], "answer": qa[1]})
+            if qa is None or _words(str(qa[1])) & seen:
+                continue
+            turns.append({"n_images_before": 1, "prompt": qa[0], "answer": qa[1]})
+            seen |= _words(qa[0]) | _words(str(qa[1]))
             if len(turns) == 5:
                 break
         if turns:
@@ -165,10 +176,108 @@ def training_sample(rng):
 
 
 
+M_SIDE = 12          # merged tokens per crop side (24x24 patches, 2x2 merge)
+TOK_PER_CROP = M_SIDE * M_SIDE
+SUB_GN, GLB_GN = -1, -2  # separator rows in a glue index
+
+
+def glue_template(hc, wc):
+    """The rows R.hd_glue emits for an hc x wc tile grid, as indices into the
+    image's 2x2-merged crop features (crop c, merged token t -> c*144 + t;
+    crop 0 is the global view) or the separators SUB_GN / GLB_GN. Gathering
+    these rows and projecting them equals R.hd_glue exactly (checked by
+    --self-test)."""
+    m = M_SIDE
+    rows = []
+    for r in range(hc * m):
+        i, a = divmod(r, m)
+        for c in range(wc * m):
+            j, b = divmod(c, m)
+            rows.append((1 + i * wc + j) * TOK_PER_CROP + a * m + b)
+        rows.append(SUB_GN)
+    rows.append(GLB_GN)
+    for a in range(m):
+        rows += [a * m + b for b in range(m)]
+        rows.append(SUB_GN)
+    return np.asarray(rows, dtype=np.int64)
+
+
+_TEMPLATES = {}
+
+
+def template(hc, wc):
+    if (hc, wc) not in _TEMPLATES:
+        _TEMPLATES[(hc, wc)] = glue_template(hc, wc)
+    return _TEMPLATES[(hc, wc)]
+
+
+def make_batch(samples):
+    """Everything a training step needs, as CPU tensors built in the data
+    worker, so the step itself is a handful of batched GPU calls:
+      ids [B, L] (image placeholders 0), pix groups [(hc, wc, uint8 [n, 3, H, W])],
+      glue_idx (rows of every image, batch order), img_pos (flat b*L + t of the
+      placeholders, same order), sel (flat positions whose next token is
+      supervised) and tgt (those next tokens)."""
+    B = len(samples)
+    L = max(len(s["ids"]) for s in samples)
+    L = (L + 7) // 8 * 8
+    ids = np.zeros((B, L), dtype=np.int64)
+    sel, tgt, img_pos = [], [], []
+    images = []  # (b, k, hc, wc, array)
+    for b, s in enumerate(samples):
+        a = np.asarray(s["ids"], dtype=np.int64)
+        m = np.asarray(s["mask"], dtype=bool)
+        ids[b, :len(a)] = np.maximum(a, 0)
+        img_pos.append(b * L + np.nonzero(a < 0)[0])
+        nxt = np.nonzero(m[1:])[0]  # position t predicts t+1
+        sel.append(b * L + nxt)
+        tgt.append(a[nxt + 1])
+        for k, (arr, (hc, wc)) in enumerate(zip(s["hd"], s["grid"])):
+            images.append((b, k, hc, wc, arr))
+    groups = {}
+    for im in images:
+        groups.setdefault((im[2], im[3]), []).append(im)
+    pix, start = [], {}
+    off = 0
+    for key in sorted(groups):
+        hc, wc = key
+        ims = groups[key]
+        pix.append((hc, wc, torch.from_numpy(np.stack([im[4] for im in ims]))))
+        for im in ims:
+            start[(im[0], im[1])] = off
+            off += 1 + hc * wc
+    glue_idx = []
+    for b, k, hc, wc, _ in images:  # batch order, image order: as img_pos
+        t = template(hc, wc)
+        glue_idx.append(np.where(t >= 0, t + start[(b, k)] * TOK_PER_CROP, t))
+    cat = (lambda xs: torch.from_numpy(np.concatenate(xs)) if xs
+           else torch.zeros(0, dtype=torch.int64))
+    return {"ids": torch.from_numpy(ids), "pix": pix, "n_crops": off, "glue_idx": cat(glue_idx),
+            "img_pos": cat(img_pos), "sel": cat(sel), "tgt": cat(tgt),
+            "n_samples": B, "n_tokens": int(sum(len(s["ids"]) for s in samples))}
+
+
 class SceneStream(torch.utils.data.IterableDataset):
-    def __init__(self, seed, tok_json):
-        self.seed = seed
-        self.tok_json = tok_json
+    """Whole batches from each worker: a pool of `pool` batches' samples is
+    sorted by length and cut into batches (little padding), which are then
+    yielded in a shuffled order."""
+
+    def __init__(self, seed, tok_json, batch, pool=4):
+        self.seed, self.tok_json, self.batch, self.pool = seed, tok_json, batch, pool
+
+    def sample(self, rng, tok, end_id):
+        s = training_sample(rng)
+        hds, grids, ntoks = [], [], []
+        for imgs in turn_images(s):
+            for img in imgs:
+                hd = R.hd_transform(img.convert("RGB"), NUM_CROPS)
+                arr = np.ascontiguousarray(np.asarray(hd, dtype=np.uint8).transpose(2, 0, 1))
+                hc, wc = arr.shape[1] // 336, arr.shape[2] // 336
+                hds.append(arr)
+                grids.append((hc, wc))
+                ntoks.append((hc * wc + 1) * 144 + 1 + (hc + 1) * 12)
+        ids, mask = conversation_ids(tok, render_turns(s), ntoks, end_id)
+        return {"hd": hds, "grid": grids, "ids": ids, "mask": mask}
 
     def __iter__(self):
         from tokenizers import Tokenizer
@@ -178,36 +287,32 @@ class SceneStream(torch.utils.data.IterableDataset):
         tok = Tokenizer.from_str(self.tok_json)
         end_id = tok.token_to_id("<|end|>")
         while True:
-            s = training_sample(rng)
-            hds, ntoks = [], []
-            for imgs in turn_images(s):
-                for img in imgs:
-                    hd = R.hd_transform(img.convert("RGB"), NUM_CROPS)
-                    arr = torch.from_numpy(np.asarray(hd, dtype=np.uint8).copy()).permute(2, 0, 1)
-                    hds.append(arr)
-                    H, W = arr.shape[1], arr.shape[2]
-                    hc, wc = H // 336, W // 336
-                    ntoks.append((hc * wc + 1) * 144 + 1 + (hc + 1) * 12)
-            ids, mask = conversation_ids(tok, render_turns(s), ntoks, end_id)
-            yield {"hd": hds, "ids": ids, "mask": mask}
+            pool = [self.sample(rng, tok, end_id) for _ in range(self.batch * self.pool)]
+            pool.sort(key=lambda s: len(s["ids"]))
+            batches = [pool[i:i + self.batch] for i in range(0, len(pool), self.batch)]
+            rng.shuffle(batches)
+            for b in batches:
+                yield make_batch(b)
 
 
-def collate(batch):
-    return batch
+MEAN_T = torch.tensor(R.MEAN).view(1, 3, 1, 1)
+STD_T = torch.tensor(R.STD).view(1, 3, 1, 1)
 
 
-MEAN_T = torch.tensor(R.MEAN).view(3, 1, 1)
-STD_T = torch.tensor(R.STD).view(3, 1, 1)
-
-
-def gpu_pixels(hd_u8, dev):
-    t = hd_u8.to(dev, non_blocking=True).float() / 255.0
-    t = (t - MEAN_T.to(dev)) / STD_T.to(dev)
-    H, W = t.shape[1], t.shape[2]
-    glb = F.interpolate(t[None], size=(336, 336), mode="bicubic")
-    crops = t.reshape(1, 3, H // 336, 336, W // 336, 336).permute(0, 2, 4, 1, 3, 5)
-    crops = crops.reshape(-1, 3, 336, 336)
-    return torch.cat([glb, crops], 0), [H, W]
+def gpu_pixels(pix, dev):
+    """Pixel values of every crop, [n_crops, 3, 336, 336]: per image the
+    global view (bicubic to 336, as the processor) then its tiles row-major,
+    images in the order make_batch numbered them."""
+    out = []
+    mean, std = MEAN_T.to(dev), STD_T.to(dev)
+    for hc, wc, u8 in pix:
+        t = (u8.to(dev, non_blocking=True).float() / 255.0 - mean) / std
+        n = t.shape[0]
+        glb = F.interpolate(t, size=(336, 336), mode="bicubic")
+        crops = t.reshape(n, 3, hc, 336, wc, 336).permute(0, 2, 4, 1, 3, 5)
+        crops = crops.reshape(n, hc * wc, 3, 336, 336)
+        out.append(torch.cat([glb[:, None], crops], 1).reshape(-1, 3, 336, 336))
+    return torch.cat(out, 0)
 
 
 class Glue(torch.nn.Module):
@@ -225,6 +330,20 @@ class Glue(torch.nn.Module):
                 "model.vision_embed_tokens.img_projection.0.bias": self.p0.bias,
                 "model.vision_embed_tokens.img_projection.2.weight": self.p2.weight,
                 "model.vision_embed_tokens.img_projection.2.bias": self.p2.bias}
+
+    def rows(self, feats, glue_idx):
+        """Projected image rows for every image of a batch: feats are the CLIP
+        features of all crops [N, 576, C]; glue_idx as make_batch builds it."""
+        N, P, C = feats.shape
+        m = M_SIDE
+        merged = feats.reshape(N, m, 2, m, 2, C).permute(0, 1, 3, 2, 4, 5).reshape(N * P // 4,
+                                                                                     4 * C)
+        table = torch.cat([merged, self.sub_GN.reshape(1, 4 * C).to(merged.dtype),
+                           self.glb_GN.reshape(1, 4 * C).to(merged.dtype)], 0)
+        base = N * P // 4
+        idx = torch.where(glue_idx >= 0, glue_idx,
+                          torch.where(glue_idx == SUB_GN, base, base + 1))
+        return self.p2(F.gelu(self.p0(table[idx])))
 
 
 def build(vocab_size):
@@ -256,45 +375,80 @@ def phase(name, t0):
 PROFILE = [False]
 
 
-def embed_batch(clip, lm, glue, batch, dev):
-    """Embeddings for a batch of samples, image features spliced in."""
+def train_loss(clip, lm, glue, bt, dev):
+    """Cross-entropy on the supervised tokens of a batch from make_batch.
+    No attention mask: padding sits after each sample's last token and
+    attention is causal, so no real token sees it (and the fused causal
+    kernel applies)."""
     t0 = phase("_", time.time())
-    pix, sizes, owner = [], [], []
-    for bi, s in enumerate(batch):
-        for hd in s["hd"]:
-            pv, size = gpu_pixels(hd, dev)
-            pix.append(pv)
-            sizes.append(size)
-            owner.append(bi)
-    feats_per_sample = [[] for _ in batch]
-    t0 = phase("pixels", t0)
-    if pix:
-        allpv = torch.cat(pix, 0)
-        f = R.clip_features(clip, allpv)
+    ids = bt["ids"].to(dev, non_blocking=True)
+    B, L = ids.shape
+    x = lm.get_input_embeddings()(ids)
+    if bt["n_crops"]:
+        pv = gpu_pixels(bt["pix"], dev)
+        t0 = phase("pixels", t0)
+        feats = R.clip_features(clip, pv)
         t0 = phase("clip", t0)
-        off = 0
-        g = glue.as_dict()
-        for pv, size, bi in zip(pix, sizes, owner):
-            n = pv.shape[0]
-            feats_per_sample[bi].append(R.hd_glue(f[off:off + n], size, g, VISION["hidden_size"]))
-            off += n
-    L = max(len(s["ids"]) for s in batch)
-    emb = lm.get_input_embeddings()
-    xs, am, labels = [], [], []
-    for bi, s in enumerate(batch):
-        ids = torch.tensor(s["ids"], device=dev)
-        x = emb(ids.clamp(min=0))
-        if feats_per_sample[bi]:
-            pos = (ids < 0).nonzero()[:, 0]
-            x = x.index_put((pos,), torch.cat(feats_per_sample[bi], 0).to(x.dtype))
-        pad = L - len(s["ids"])
-        xs.append(F.pad(x, (0, 0, 0, pad)))
-        am.append(torch.tensor([1] * len(s["ids"]) + [0] * pad, device=dev))
-        lab = [i if m else -100 for i, m in zip(s["ids"], s["mask"])] + [-100] * pad
-        labels.append(torch.tensor(lab, device=dev))
-    out = torch.stack(xs), torch.stack(am), torch.stack(labels)
-    phase("glue+embed", t0)
-    return out
+        rows = glue.rows(feats, bt["glue_idx"].to(dev, non_blocking=True))
+        x = x.reshape(B * L, -1).index_put((bt["img_pos"].to(dev, non_blocking=True),),
+                                            rows.to(x.dtype)).reshape(B, L, -1)
+        t0 = phase("glue", t0)
+    h = lm.model(inputs_embeds=x, use_cache=False).last_hidden_state
+    hs = h.reshape(B * L, -1)[bt["sel"].to(dev, non_blocking=True)]
+    logits = lm.lm_head(hs).float()
+    loss = F.cross_entropy(logits, bt["tgt"].to(dev, non_blocking=True))
+    phase("lm fwd", t0)
+    return loss
+
+
+def self_test():
+    """The batched glue (make_batch + Glue.rows) equals R.hd_glue image by
+    image, and the loss positions are the answer tokens; CPU, random
+    features, no transformers needed."""
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    C = VISION["hidden_size"]
+    glue = Glue(C, LMCFG["hidden_size"]).double()
+    gd = glue.as_dict()
+    samples = []
+    for _ in range(6):
+        grids = [rng.choice([(1, 1), (1, 2), (2, 1), (2, 2), (1, 4), (4, 1), (1, 3), (3, 1)])
+                 for _ in range(rng.randint(0, 2))]
+        ids, mask = [], []
+        for k, (hc, wc) in enumerate(grids):
+            ids += [5, 6] + [-(k + 1)] * ((hc * wc + 1) * 144 + 1 + (hc + 1) * 12)
+            mask += [0] * (len(ids) - len(mask))
+        ids += [7, 8, 9]
+        mask += [0, 1, 1]
+        hds = [np.zeros((3, hc * 336, wc * 336), np.uint8) for hc, wc in grids]
+        samples.append({"hd": hds, "grid": grids, "ids": ids, "mask": mask})
+    bt = make_batch(samples)
+    feats = torch.randn(bt["n_crops"], 576, C, dtype=torch.float64)
+    got = glue.rows(feats, bt["glue_idx"])
+    # the reference, image by image, crops numbered as make_batch did
+    order = sorted({g for s in samples for g in s["grid"]})
+    starts, off = {}, 0
+    for key in order:
+        for b, s in enumerate(samples):
+            for k, g in enumerate(s["grid"]):
+                if g == key:
+                    starts[(b, k)] = off
+                    off += 1 + g[0] * g[1]
+    want = []
+    for b, s in enumerate(samples):
+        for k, (hc, wc) in enumerate(s["grid"]):
+            f = feats[starts[(b, k)]:starts[(b, k)] + 1 + hc * wc]
+            want.append(R.hd_glue(f, [hc * 336, wc * 336], gd, C))
+    want = torch.cat(want, 0)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert torch.equal(got, want), float((got - want).abs().max())
+    L = bt["ids"].shape[1]
+    for b, s in enumerate(samples):
+        n = len(s["ids"])
+        assert bt["tgt"][bt["sel"] // L == b].tolist() == [8, 9]
+        assert (bt["img_pos"] // L == b).sum() == sum(1 for i in s["ids"] if i < 0)
+        assert n <= L
+    print("self-test: batched glue == hd_glue on", len(want), "rows; loss positions ok")
 
 
 # --- scoring (the suite scorers used by the held-out evaluation) -------------------
@@ -441,8 +595,21 @@ def main():
     ap.add_argument("--init", help="continue training from an exported model folder")
     ap.add_argument("--warmup", type=int, default=150)
     ap.add_argument("--profile", action="store_true", help="time each phase (synchronising)")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--pool", type=int, default=4,
+                    help="batches' worth of samples sorted by length together")
+    ap.add_argument("--self-test", action="store_true",
+                    help="check the batched glue against phi3v_ref.hd_glue (CPU) and exit")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the vision tower and the decoder (dynamic shapes)")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="only evaluate the model folder given with --init")
+    ap.add_argument("--out")
     args = ap.parse_args()
+    if args.self_test:
+        self_test()
+        return
+    if not args.out:
+        ap.error("--out is required")
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -486,6 +653,13 @@ def main():
     clip.to(dev).train()
     lm.to(dev).train()
     glue.to(dev).train()
+    if args.eval_only:
+        evaluate_shipped(clip, lm, glue, tok, args, dev, t0)
+        return
+    fwd_clip, fwd_lm = clip.forward, lm.model.forward
+    if args.compile:
+        clip.forward = torch.compile(fwd_clip, dynamic=True)
+        lm.model.forward = torch.compile(fwd_lm, dynamic=True)
     params = list(clip.parameters()) + list(lm.parameters()) + list(glue.parameters())
     print("params:", sum(p.numel() for p in params), flush=True)
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
@@ -497,49 +671,75 @@ def main():
         p = (step - warm) / max(1, args.steps - warm)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
-    dl = torch.utils.data.DataLoader(SceneStream(args.seed, tok_json), batch_size=args.batch,
-                                     num_workers=args.workers, collate_fn=collate,
-                                     prefetch_factor=4, persistent_workers=True)
+    dl = torch.utils.data.DataLoader(SceneStream(args.seed, tok_json, args.batch, args.pool),
+                                     batch_size=None, num_workers=args.workers,
+                                     prefetch_factor=6, persistent_workers=True, pin_memory=True)
     log = []
     it = iter(dl)
     t_train = time.time()
     step = 0
     t_data = t_comp = 0.0
+    n_samples = n_tokens = 0
+    pending = []
+    skipped = torch.zeros((), dtype=torch.int32, device=dev)
     for step in range(args.steps):
         ta = time.time()
-        batch = next(it)
+        bt = next(it)
         tb = time.time()
         t_data += tb - ta
+        n_samples += bt["n_samples"]
+        n_tokens += bt["n_tokens"]
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            x, am, labels = embed_batch(clip, lm, glue, batch, dev)
-            tp = time.time()
-            out = lm(inputs_embeds=x, attention_mask=am, use_cache=False)
-            logits = out.logits[:, :-1].float()
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                   labels[:, 1:].reshape(-1), ignore_index=-100)
-            tp = phase("lm fwd", tp)
+            loss = train_loss(clip, lm, glue, bt, dev)
+        tp = time.time()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         tp = phase("backward", tp)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        # A batch whose loss or gradient is not finite is skipped (its
+        # gradient zeroed; counted and reported), without a host sync.
+        total = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        ok = torch.isfinite(total)
+        skipped += (~ok).int()
+        for p_ in params:
+            if p_.grad is not None:
+                p_.grad = torch.where(ok, p_.grad, torch.zeros_like(p_.grad))
         opt.step()
         phase("optim", tp)
-        lv = float(loss.detach())
+        # Losses stay on the GPU until printed: no synchronisation per step.
+        pending.append((step, loss.detach(), time.time() - t_train))
         t_comp += time.time() - tb
-        log.append({"step": step, "loss": lv, "t": time.time() - t_train})
         if step % args.print_every == 0:
-            print(f"step {step} loss {lv:.4f} t {time.time() - t_train:.0f}s "
+            for st_, lt, tt in pending:
+                log.append({"step": st_, "loss": float(lt), "t": tt})
+            pending.clear()
+            lv = log[-1]["loss"]
+            if int(skipped):
+                print(f"  steps skipped so far: {int(skipped)}", flush=True)
+            el = time.time() - t_train
+            print(f"step {step} loss {lv:.4f} t {el:.0f}s {n_samples / max(el, 1e-9):.0f} "
+                  f"samples/s {n_tokens / max(el, 1e-9) / 1e3:.0f}k tok/s "
                   f"(waiting for data {t_data:.0f}s, compute {t_comp:.0f}s)", flush=True)
         if time.time() - t_train > args.time_limit:
             print(f"time limit reached at step {step}", flush=True)
             break
+    for st_, lt, tt in pending:
+        log.append({"step": st_, "loss": float(lt), "t": tt})
     train_s = time.time() - t_train
+    # The workers sit blocked on full queues; a polite shutdown waits for
+    # each in turn, so end them now.
+    for w in getattr(it, "_workers", []):
+        w.terminate()
+    del it, dl
     if PHASES:
         print("phases:", {k: round(v, 1) for k, v in PHASES.items()}, flush=True)
-    print(f"trained {step + 1} steps in {train_s:.0f}s", flush=True)
-    json.dump({"steps": step + 1, "train_seconds": train_s, "log": log, "args": vars(args)},
+    print(f"trained {step + 1} steps in {train_s:.0f}s: {n_samples} samples "
+          f"({n_samples / train_s:.0f}/s), {n_tokens} tokens, {int(skipped)} steps skipped "
+          f"(not finite)", flush=True)
+    json.dump({"steps": step + 1, "train_seconds": train_s, "samples": n_samples,
+               "skipped_steps": int(skipped),
+               "tokens": n_tokens, "log": log, "args": vars(args)},
               open(os.path.join(args.out, "train_log.json"), "w"))
     try:
         import matplotlib
@@ -563,9 +763,16 @@ def main():
 
     demo_dir = os.path.join(args.out, "demo")
     export(clip, lm, glue, tok_json, demo_dir)
-    # Evaluate what ships: bf16 weights widened to f32.
+    if args.compile:
+        clip.forward, lm.model.forward = fwd_clip, fwd_lm
     if args.no_eval:
+        print(f"total {time.time() - t0:.0f}s", flush=True)
         return
+    evaluate_shipped(clip, lm, glue, tok, args, dev, t0)
+
+
+def evaluate_shipped(clip, lm, glue, tok, args, dev, t0):
+    """Evaluate what ships: the bf16 weights widened to f32, eager attention."""
     clip.config._attn_implementation = "eager"
     lm.config._attn_implementation = "eager"
     clip.float().eval()
@@ -580,7 +787,6 @@ def main():
     print("eval:", json.dumps(stats), flush=True)
     json.dump(stats, open(os.path.join(args.out, "eval_stats.json"), "w"))
     print(f"total {time.time() - t0:.0f}s", flush=True)
-
 
 if __name__ == "__main__":
     main()
