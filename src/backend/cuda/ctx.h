@@ -1,0 +1,19 @@
+/* backend/cuda/ctx - the context's insides, shared by gpu_cuda.c and
+ * ops.cu. */
+#ifndef VLM_BACKEND_CUDA_CTX_H
+#define VLM_BACKEND_CUDA_CTX_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include "backend/cuda/cuda.h"
+
+struct vlm_cuda_ctx {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    void *workspace; /* device, workspace_bytes */
+    size_t workspace_bytes;
+};
+
+#endif
