@@ -55,6 +55,9 @@ typedef struct vlm_cuda_ctx vlm_cuda_ctx;
  * device. */
 vlm_status vlm_cuda_ctx_create(vlm_cuda_ctx **out, size_t workspace_bytes, vlm_err *err);
 void vlm_cuda_ctx_destroy(vlm_cuda_ctx *ctx);
+/* The context's cudaStream_t (as void *, so C callers need no CUDA
+ * header): for timing with events and for copies of one's own. */
+void *vlm_cuda_ctx_stream(vlm_cuda_ctx *ctx);
 /* Wait for every queued op; the first execution error, naming `what`. */
 vlm_status vlm_cuda_sync(vlm_cuda_ctx *ctx, const char *what, vlm_err *err);
 

@@ -248,6 +248,10 @@ void vlm_cuda_ctx_destroy(vlm_cuda_ctx *c) {
     vlm_free(c);
 }
 
+void *vlm_cuda_ctx_stream(vlm_cuda_ctx *c) {
+    return (void *)c->stream;
+}
+
 vlm_status vlm_cuda_sync(vlm_cuda_ctx *c, const char *what, vlm_err *err) {
     cudaError_t e = cudaStreamSynchronize(c->stream);
     if (e == cudaSuccess) e = cudaGetLastError();
