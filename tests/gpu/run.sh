@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# tests/gpu/run.sh - everything the GPU machine runs, from the repo root:
+#   bash tests/gpu/run.sh
+# 1. deps: libraries the machine lacks (libcjson, libpcre2, libutf8proc,
+#    libwebp, libcmocka dev packages) unpacked from .debs/*.deb into a
+#    private prefix (/tmp/vlmdeps; never into /), .pc prefixes rewritten;
+# 2. configure + build with CUDA=ON, Release, -j16, into build-gpu/;
+# 3. ctest -L gpu;
+# 4. compute-sanitizer memcheck and racecheck over the gpu test programs;
+# 5. build-gpu/gpubench;
+# then a summary table, last. Logs go to $OUT (if set) or build-gpu/logs.
+# Bounded: every step has a timeout; the whole is well under 8 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+BUILD=${BUILD:-build-gpu}
+LOGS=${OUT:-$ROOT/$BUILD/logs}
+mkdir -p "$LOGS"
+T0=$(date +%s)
+declare -a NAMES=() RESULTS=() SECS=()
+step() { # step NAME TIMEOUT_S CMD... : run, log to $LOGS/NAME.log, record
+  local name=$1 limit=$2
+  shift 2
+  local t=$(date +%s)
+  echo "=== $name: $*" | tee "$LOGS/$name.log"
+  timeout --kill-after=10 "$limit" "$@" >>"$LOGS/$name.log" 2>&1
+  local rc=$?
+  tail -n 40 "$LOGS/$name.log"
+  NAMES+=("$name")
+  SECS+=($(($(date +%s) - t)))
+  if [ $rc -eq 0 ]; then RESULTS+=("ok"); elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    RESULTS+=("TIMEOUT"); else RESULTS+=("FAIL rc=$rc"); fi
+  return $rc
+}
+
+# --- 1. deps --------------------------------------------------------------
+deps() {
+  local need=()
+  for m in libcjson libpcre2-8 libutf8proc libwebp cmocka; do
+    pkg-config --exists "$m" || need+=("$m")
+  done
+  if [ ${#need[@]} -eq 0 ]; then echo "all dev packages present"; return 0; fi
+  echo "missing: ${need[*]}"
+  if ! ls .debs/*.deb >/dev/null 2>&1; then echo "no .debs/ folder to unpack from"; return 1; fi
+  local P=/tmp/vlmdeps
+  rm -rf "$P" && mkdir -p "$P"
+  for d in .debs/*.deb; do dpkg -x "$d" "$P" || return 1; done
+  # .pc files name /usr; point them at the private prefix (once per path).
+  find "$P" -name '*.pc' -print0 | xargs -0 -r sed -i -E "s#(=|-I|-L)/usr#\\1$P/usr#g"
+  echo "unpacked $(ls .debs/*.deb | wc -l) packages into $P"
+}
+P=/tmp/vlmdeps
+MA=$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+export PKG_CONFIG_PATH="$P/usr/lib/$MA/pkgconfig:$P/usr/lib/pkgconfig:$P/usr/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+export LD_LIBRARY_PATH="$P/usr/lib/$MA:$P/usr/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LDFLAGS="-Wl,-rpath-link,$P/usr/lib/$MA -Wl,-rpath,$P/usr/lib/$MA ${LDFLAGS:-}"
+export CMAKE_PREFIX_PATH="$P/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+export PATH="/usr/local/cuda/bin:$PATH"
+step deps 120 deps
+
+# --- 2. build -------------------------------------------------------------
+step configure 120 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DVLM_CUDA=ON \
+  -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_C_FLAGS="-I$P/usr/include" \
+  -DCMAKE_EXE_LINKER_FLAGS="$LDFLAGS" &&
+  step build 300 cmake --build "$BUILD" -j 16 &&
+  BUILT=1 || BUILT=0
+
+# --- 3-5. test, sanitizers, bench ------------------------------------------
+if [ "$BUILT" = 1 ]; then
+  nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv \
+    >"$LOGS/nvidia-smi.txt" 2>&1 || true
+  step ctest-gpu 300 ctest --test-dir "$BUILD" -L gpu --output-on-failure
+  if command -v compute-sanitizer >/dev/null; then
+    for t in "$BUILD"/gpu_test_*; do
+      [ -x "$t" ] || continue
+      n=$(basename "$t")
+      for tool in memcheck racecheck; do
+        extra=()
+        [ "$tool" = memcheck ] && extra=(--leak-check full)
+        step "$tool-$n" 180 env VLM_SOURCE_DIR="$ROOT" VLM_SHARED_DIR="$ROOT/../shared" \
+          VLM_BUILD_DIR="$ROOT/$BUILD" compute-sanitizer --tool "$tool" "${extra[@]}" \
+          --error-exitcode 3 "$t"
+      done
+    done
+  else
+    NAMES+=("compute-sanitizer"); RESULTS+=("absent"); SECS+=(0)
+  fi
+  [ -x "$BUILD/gpubench" ] && step gpubench 180 "$BUILD/gpubench"
+fi
+
+# --- summary, last -----------------------------------------------------------
+{
+  echo
+  echo "=== tests/gpu/run.sh summary ($(git rev-parse --short HEAD 2>/dev/null), $(head -2 "$LOGS/nvidia-smi.txt" 2>/dev/null | tail -1))"
+  printf "%-40s %-14s %6s\n" step result secs
+  fail=0
+  for i in "${!NAMES[@]}"; do
+    printf "%-40s %-14s %6s\n" "${NAMES[$i]}" "${RESULTS[$i]}" "${SECS[$i]}"
+    case "${RESULTS[$i]}" in ok | absent) ;; *) fail=1 ;; esac
+  done
+  if [ -f "$LOGS/gpubench.log" ]; then echo; grep -E "ms|device" "$LOGS/gpubench.log"; fi
+  echo "total $(($(date +%s) - T0)) s; logs in $LOGS"
+} | tee "$LOGS/summary.txt"
+exit $fail
