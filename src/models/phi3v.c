@@ -1,5 +1,6 @@
 /* models/phi3v - see phi3v.h. */
 #include "models/phi3v.h"
+#include "models/phi3_gpu.h"
 
 #include <string.h>
 
@@ -59,6 +60,9 @@ fail:
 
 void phi3v_free(phi3v_model *m) {
     if (!m) return;
+#ifdef VLM_HAVE_CUDA
+    phi3_gpu_free(m->gpu);
+#endif
     clip_free(&m->clip);
     phi3_free(&m->lm);
     vlm_free(m);
@@ -290,8 +294,21 @@ vlm_status phi3v_forward(phi3v_model *m, vlm_kv *kv, const vlm_forward_args *a, 
     float *x = ws;
     vlm_status st = phi3v_embed(m, a->ids, a->n, a->img_rows, x, err);
     if (st != VLM_OK) return st;
-    phi3_forward(&m->lm, m->pool, kv, x, a->n, a->pos0, a->rope_long, a->logits_mode, a->logits,
-                 ws + a->n * m->cfg.hidden);
+    int l0 = 0, mode = a->logits_mode;
+#ifdef VLM_HAVE_CUDA
+    if (m->gpu) {
+        /* The first layers on the GPU, the hidden state back to the host;
+         * with the head there too, the logits come back instead. */
+        st = phi3_gpu_forward(m->gpu, kv, x, a->n, a->pos0, a->rope_long, a->logits_mode, a->logits,
+                              err);
+        if (st != VLM_OK) return st;
+        l0 = phi3_gpu_layers(m->gpu);
+        if (phi3_gpu_head(m->gpu)) mode = VLM_LOGITS_NONE;
+    }
+#endif
+    if (l0 < m->cfg.n_layers || mode != VLM_LOGITS_NONE)
+        phi3_forward_layers(&m->lm, m->pool, kv, l0, x, a->n, a->pos0, a->rope_long, mode,
+                            a->logits, ws + a->n * m->cfg.hidden);
     return VLM_OK;
 }
 
@@ -309,6 +326,21 @@ static vlm_status arch_create(const vlm_config *config, const char *what,
     if (st != VLM_OK) return st;
     phi3v_model *m = NULL;
     st = phi3v_create(&cfg, src, pool, &m, err);
+    if (st == VLM_OK && vlm_placement_uses_gpu(place)) {
+        if (place->vision_on_gpu)
+            st = vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                             "%s: the vision tower on the GPU is not implemented yet", what);
+#ifdef VLM_HAVE_CUDA
+        else if (place->gpu_layers > 0 || place->head_on_gpu) {
+            st = phi3_gpu_create(&m->lm, place->gpu_layers, place->head_on_gpu, &m->gpu, err);
+            if (st != VLM_OK) vlm_err_prefix(err, "%s", what);
+        }
+#endif
+        if (st != VLM_OK) {
+            phi3v_free(m);
+            m = NULL;
+        }
+    }
     *out = m;
     return st;
 }

@@ -606,9 +606,9 @@ vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t 
             if (st != VLM_OK) return st;
         }
     } else {
-        /* Row-major y[n][out] = x[n][in] W[out][in]^T is, column-major,
-         * Y (out x n) = W^T... : op(A) = W (stored in x out, ld in) transposed,
-         * B = x (in x n, ld in). */
+        /* cuBLAS is column-major: row-major y[n][out] is Y (out x n, ld out),
+         * W[out][in] is an (in x out, ld in) matrix taken transposed, x[n][in]
+         * is (in x n, ld in): Y = op_T(W) * X. */
         const float alpha = 1.0f, beta = 0.0f;
         cublasStatus_t bs;
         if (t == VLM_DTYPE_F32) {
@@ -616,21 +616,28 @@ vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t 
                               &alpha, w.data, CUDA_R_32F, (int)in, x, CUDA_R_32F, (int)in, &beta, y,
                               CUDA_R_32F, (int)out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         } else {
-            size_t need = (size_t)n * (size_t)in * 2;
-            if (need > ctx->workspace_bytes)
+            /* x rounded to the weight's type in the workspace, in chunks
+             * of rows that fit it */
+            int64_t rows = (int64_t)(ctx->workspace_bytes / ((size_t)in * 2));
+            if (rows < 1)
                 return vlm_err_set(err, VLM_ERR_NOMEM,
-                                   "matmul: %lld x %lld activations need %zu bytes of GPU "
+                                   "matmul: a row of %lld activations needs %lld bytes of GPU "
                                    "workspace, the context has %zu",
-                                   (long long)n, (long long)in, need, ctx->workspace_bytes);
+                                   (long long)in, (long long)in * 2, ctx->workspace_bytes);
             bool bf = t == VLM_DTYPE_BF16;
-            k_to_half<<<blocks_for(n * in, 256), 256, 0, ctx->stream>>>(ctx->workspace, bf, x,
-                                                                        n * in);
-            st = launched("matmul (round activations)", err);
-            if (st != VLM_OK) return st;
             cudaDataType_t dt = bf ? CUDA_R_16BF : CUDA_R_16F;
-            bs = cublasGemmEx(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in,
-                              &alpha, w.data, dt, (int)in, ctx->workspace, dt, (int)in, &beta, y,
-                              CUDA_R_32F, (int)out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            bs = CUBLAS_STATUS_SUCCESS;
+            for (int64_t r0 = 0; r0 < n && bs == CUBLAS_STATUS_SUCCESS; r0 += rows) {
+                int64_t nr = n - r0 < rows ? n - r0 : rows;
+                k_to_half<<<blocks_for(nr * in, 256), 256, 0, ctx->stream>>>(ctx->workspace, bf,
+                                                                             x + r0 * in, nr * in);
+                st = launched("matmul (round activations)", err);
+                if (st != VLM_OK) return st;
+                bs = cublasGemmEx(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)nr, (int)in,
+                                  &alpha, w.data, dt, (int)in, ctx->workspace, dt, (int)in, &beta,
+                                  y + r0 * out, CUDA_R_32F, (int)out, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT);
+            }
         }
         if (bs != CUBLAS_STATUS_SUCCESS)
             return vlm_err_set(err,
