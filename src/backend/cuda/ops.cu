@@ -413,7 +413,9 @@ __global__ void k_gemv(float *y, const float *x, int64_t n, int64_t in, int64_t 
                     wv[2 * j + 17] = d * (float)((int)(b1 >> 4) - 8);
                 }
             }
-            for (int tk = 0; tk < nn; tk++) {
+#pragma unroll
+            for (int tk = 0; tk < GEMV_MAXN; tk++) { /* unrolled: acc stays in registers */
+                if (tk >= nn) break;
                 const float *xr = x + tk * in + b * VLM_QK;
                 float s = 0.0f;
 #pragma unroll
@@ -450,10 +452,16 @@ __global__ void k_gemv(float *y, const float *x, int64_t n, int64_t in, int64_t 
     } else {
         for (int64_t i = lane; i < in; i += 32) {
             float wv = ld_w(t, w, row * in + i);
-            for (int tk = 0; tk < nn; tk++) acc[tk] += wv * x[tk * in + i];
+#pragma unroll
+            for (int tk = 0; tk < GEMV_MAXN; tk++) {
+                if (tk >= nn) break;
+                acc[tk] += wv * x[tk * in + i];
+            }
         }
     }
-    for (int tk = 0; tk < nn; tk++) {
+#pragma unroll
+    for (int tk = 0; tk < GEMV_MAXN; tk++) {
+        if (tk >= nn) break;
         float s = warp_sum(acc[tk]);
         if (lane == 0) y[tk * out + row] = s;
     }
