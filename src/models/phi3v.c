@@ -1,5 +1,6 @@
 /* models/phi3v - see phi3v.h. */
 #include "models/phi3v.h"
+#include "models/clip_gpu.h"
 #include "models/phi3_gpu.h"
 
 #include <string.h>
@@ -62,6 +63,7 @@ void phi3v_free(phi3v_model *m) {
     if (!m) return;
 #ifdef VLM_HAVE_CUDA
     phi3_gpu_free(m->gpu);
+    clip_gpu_free(m->clip_gpu);
 #endif
     clip_free(&m->clip);
     phi3_free(&m->lm);
@@ -238,7 +240,18 @@ vlm_status phi3v_encode_image(phi3v_model *m, const vlm_image_input *img, int gr
     glue_separators(m, img->hc, img->wc, out, ws);
     for (int t = 0; t < n; t += group) {
         int g = n - t < group ? n - t : group;
-        clip_encode(c, m->pool, img->pixels + (int64_t)t * 3 * S * S, g, g, feats, ws);
+#ifdef VLM_HAVE_CUDA
+        if (m->clip_gpu) {
+            vlm_status st = clip_gpu_encode(m->clip_gpu, img->pixels + (int64_t)t * 3 * S * S, g, g,
+                                            feats, err);
+            if (st != VLM_OK) {
+                vlm_free(feats);
+                vlm_free(ws);
+                return st;
+            }
+        } else
+#endif
+            clip_encode(c, m->pool, img->pixels + (int64_t)t * 3 * S * S, g, g, feats, ws);
         glue_crops(m, feats, t, g, img->hc, img->wc, out, ws);
     }
     vlm_free(feats);
@@ -327,14 +340,14 @@ static vlm_status arch_create(const vlm_config *config, const char *what,
     phi3v_model *m = NULL;
     st = phi3v_create(&cfg, src, pool, &m, err);
     if (st == VLM_OK && vlm_placement_uses_gpu(place)) {
-        if (place->vision_on_gpu)
-            st = vlm_err_set(err, VLM_ERR_UNSUPPORTED,
-                             "%s: the vision tower on the GPU is not implemented yet", what);
 #ifdef VLM_HAVE_CUDA
-        else if (place->gpu_layers > 0 || place->head_on_gpu) {
+        /* The vision tower on the GPU (the HD glue and projector stay on the
+         * host for now), and/or the first decoder layers. */
+        if (place->vision_on_gpu && cfg.has_vision)
+            st = clip_gpu_create(&m->clip, &m->clip_gpu, err);
+        if (st == VLM_OK && (place->gpu_layers > 0 || place->head_on_gpu))
             st = phi3_gpu_create(&m->lm, place->gpu_layers, place->head_on_gpu, &m->gpu, err);
-            if (st != VLM_OK) vlm_err_prefix(err, "%s", what);
-        }
+        if (st != VLM_OK) vlm_err_prefix(err, "%s", what);
 #endif
         if (st != VLM_OK) {
             phi3v_free(m);

@@ -7,11 +7,13 @@
  *   - greedy ids identical to the PyTorch reference (40 new tokens, across
  *     the LongRoPE switch, which rebuilds the cache at position 0);
  *   - device memory back to where it was after the model is freed;
- *   - a device fault-injection walk over create + prompt + 4 tokens: each
+ *   - the vision tower on the GPU: image rows vs the CPU's;
+ *   - a device fault-injection walk over create + image + prompt + 4 tokens
+ *     with everything on the GPU: each
  *     injected failure gives VLM_ERR_NOMEM (never a crash) and leaks
  *     nothing, on the device or the host.
- * Placements: all layers + head; all layers, head on the CPU; the first
- * layer only. */
+ * Decoder placements: all layers + head; all layers, head on the CPU; the
+ * first layer only. */
 #include "testutil.h"
 
 #include "model_fixture.h"
@@ -195,6 +197,9 @@ static void test_device_fault_walk(void **state) {
     arch_model_free(cpu);
     size_t n;
     int32_t *ids = fx_i32(E, "p1.ids", &n);
+    float *px = fx_f32(E, "img_a.pixels", NULL);
+    int32_t *grid = fx_i32(E, "img_a.grid", NULL);
+    vlm_image_input img = {px, 6, grid[0], grid[1]};
     vlm_mem_stats h0, h1;
     vlm_alloc_get_stats(&h0);
     int n_fail = 0, N;
@@ -206,7 +211,9 @@ static void test_device_fault_walk(void **state) {
         arch_model *m = NULL;
         session *s = NULL;
         sampler *smp = NULL;
-        vlm_status st = create(&PLACES[0], &m, &err);
+        const vlm_placement all = {2, true, true};
+        vlm_status st = create(&all, &m, &err);
+        if (st == VLM_OK) st = m->arch->encode_image(m->impl, &img, 5, rows, &err);
         if (st == VLM_OK) st = open_session(m, 16, &s, &err);
         if (st == VLM_OK) st = session_append(s, ids, (int64_t)n, rows, nr, NULL, &err);
         sampler_params sp;
@@ -242,19 +249,75 @@ static void test_device_fault_walk(void **state) {
     uint64_t host0 = 0, host1 = 0;
     for (int c = 0; c < VLM_MEM_CAT_COUNT; c++) host0 += h0.current[c], host1 += h1.current[c];
     assert_int_equal(host1, host0);
-    free(rows), free(ids);
+    free(rows), free(ids), free(px), free(grid);
+}
+
+/* The vision tower on the GPU (CLIP weights are f32 in this fixture: the
+ * f32 tolerance, 2e-3 relative L2) in groups of 5 and 2 crops, then the
+ * whole model there: greedy ids as PyTorch's. */
+static void test_vision(void **state) {
+    (void)state;
+    arch_model *cpu = load(NULL);
+    int nr;
+    float *want = encode(cpu, &nr);
+    arch_model_free(cpu);
+    const vlm_placement vis = {0, false, true}, all = {2, true, true};
+    arch_model *m = load(&vis);
+    float *px = fx_f32(E, "img_a.pixels", NULL);
+    int32_t *grid = fx_i32(E, "img_a.grid", NULL);
+    vlm_image_input in = {px, 6, grid[0], grid[1]};
+    float *got = malloc((size_t)nr * (size_t)m->info.hidden * sizeof *got);
+    const int groups[] = {5, 2};
+    for (int i = 0; i < 2; i++) {
+        vlm_err err;
+        vlm_status st = m->arch->encode_image(m->impl, &in, groups[i], got, &err);
+        if (st != VLM_OK) fprintf(stderr, "%s\n", err.msg);
+        assert_int_equal(st, VLM_OK);
+        double rel = fx_rel_l2(got, want, (size_t)nr * (size_t)m->info.hidden);
+        printf("vision on GPU, groups of %d: image rows rel L2 vs CPU %.3g (tol 2e-3)\n", groups[i],
+               rel);
+        assert_true(rel <= 2e-3);
+    }
+    arch_model_free(m);
+
+    m = load(&all);
+    vlm_err err;
+    assert_int_equal(m->arch->encode_image(m->impl, &in, 5, got, &err), VLM_OK);
+    size_t n, ng;
+    int32_t *ids = fx_i32(E, "p1.ids", &n);
+    int32_t *gw = fx_i32(E, "p1.greedy", &ng);
+    session *s;
+    assert_int_equal(open_session(m, 16, &s, &err), VLM_OK);
+    assert_int_equal(session_append(s, ids, (int64_t)n, got, nr, NULL, &err), VLM_OK);
+    sampler_params sp;
+    sampler_params_init(&sp);
+    sampler *smp = NULL;
+    assert_int_equal(sampler_create(&sp, 300, &smp, &err), VLM_OK);
+    int32_t out[64];
+    int n_out;
+    session_stop why;
+    gen_options g = {(int)ng, NULL, 0, NULL, NULL};
+    assert_int_equal(session_generate(s, smp, &g, out, &n_out, &why, &err), VLM_OK);
+    assert_int_equal(n_out, (int)ng);
+    assert_memory_equal(out, gw, ng * sizeof *out);
+    sampler_free(smp);
+    session_free(s);
+    arch_model_free(m);
+    vlm_gpu_mem_stats st;
+    vlm_gpu_mem_stats_get(&st);
+    assert_int_equal(st.total_current, 0);
+    free(want), free(got), free(px), free(grid), free(ids), free(gw);
 }
 
 static void test_placement_errors(void **state) {
     (void)state;
     arch_model *m = NULL;
     vlm_err err;
-    vlm_placement bad_head = {1, true, false}, too_many = {3, false, false},
-                  vision = {0, false, true};
+    vlm_placement bad_head = {1, true, false}, too_many = {3, true, true};
     assert_int_equal(create(&bad_head, &m, &err), VLM_ERR_INVALID_ARG);
     assert_null(m);
     assert_int_equal(create(&too_many, &m, &err), VLM_ERR_INVALID_ARG);
-    assert_int_equal(create(&vision, &m, &err), VLM_ERR_UNSUPPORTED);
+    assert_null(m);
     vlm_gpu_mem_stats st;
     vlm_gpu_mem_stats_get(&st);
     assert_int_equal(st.total_current, 0);
@@ -262,9 +325,8 @@ static void test_placement_errors(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_logits_vs_cpu),
-        cmocka_unit_test(test_greedy),
-        cmocka_unit_test(test_device_fault_walk),
+        cmocka_unit_test(test_logits_vs_cpu),    cmocka_unit_test(test_greedy),
+        cmocka_unit_test(test_vision),           cmocka_unit_test(test_device_fault_walk),
         cmocka_unit_test(test_placement_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
