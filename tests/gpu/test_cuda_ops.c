@@ -164,6 +164,18 @@ static void test_matmul(void **state) {
     mm_case(VLM_DTYPE_F32, 40, 256, 96, true, 1e-5);
     mm_case(VLM_DTYPE_BF16, 40, 256, 96, false, 1e-2);
     mm_case(VLM_DTYPE_F16, 17, 64, 48, true, 1e-2);
+    /* f32 mode: bf16/f16 weights widened, x stays f32, as the CPU; a 1 MiB
+     * workspace makes the widening take several chunks of output rows */
+    setenv("VLM_CUDA_F32_GEMM", "1", 1);
+    vlm_cuda_ctx *saved = CTX, *f32ctx = NULL;
+    vlm_err err = {0};
+    assert_int_equal(vlm_cuda_ctx_create(&f32ctx, 1u << 20, &err), VLM_OK);
+    unsetenv("VLM_CUDA_F32_GEMM");
+    CTX = f32ctx;
+    mm_case(VLM_DTYPE_BF16, 40, 3072, 300, true, 1e-5);
+    mm_case(VLM_DTYPE_F16, 17, 64, 48, false, 1e-5);
+    CTX = saved;
+    vlm_cuda_ctx_destroy(f32ctx);
 }
 
 /* --- norms, RoPE ------------------------------------------------------------ */

@@ -14,6 +14,7 @@ struct vlm_cuda_ctx {
     cublasHandle_t blas;
     void *workspace; /* device, workspace_bytes */
     size_t workspace_bytes;
+    bool f32_products; /* BF16/F16 weights: widen to f32 and SGEMM (VLM_CUDA_F32_GEMM=1) */
 };
 
 #endif

@@ -82,6 +82,10 @@ typedef struct vlm_cuda_weight {
  * SGEMM, TF32 off; F16/BF16: x rounded to the weight's type in the
  * workspace, tensor cores with f32 accumulation). Otherwise, and for every
  * block-quantized W: the hand-written GEMV, f32 accumulation, x f32.
+ * With VLM_CUDA_F32_GEMM=1 set when the context was created, F16/BF16
+ * products above the GEMV size keep x in f32 instead: W is widened to f32
+ * in the workspace (chunks of output rows) and multiplied by SGEMM (the
+ * "f32 mode" the model tests hold to 2e-3 of the CPU path).
  * y must not alias x. */
 #define VLM_CUDA_GEMV_MAX_N 8
 vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n, int64_t in,

@@ -225,6 +225,8 @@ vlm_status vlm_cuda_ctx_create(vlm_cuda_ctx **out, size_t workspace_bytes, vlm_e
     /* f32 products stay f32: no TF32 behind our back (the CPU path is the
      * reference). */
     cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH);
+    const char *f32 = getenv("VLM_CUDA_F32_GEMM");
+    c->f32_products = f32 && *f32 && strcmp(f32, "0") != 0;
     c->workspace_bytes = workspace_bytes;
     if (workspace_bytes) {
         c->workspace = vlm_dev_alloc(workspace_bytes, VLM_MEM_SCRATCH);

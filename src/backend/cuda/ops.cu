@@ -315,6 +315,10 @@ __global__ void k_embed(float *out, vlm_dtype t, const void *table, int64_t dim,
     }
 }
 
+__global__ void k_widen(float *dst, vlm_dtype t, const void *src, int64_t n) {
+    GRID_LOOP(i, n) dst[i] = ld_w(t, src, i);
+}
+
 __global__ void k_to_half(void *dst, bool bf16, const float *src, int64_t n) {
     GRID_LOOP(i, n) {
         if (bf16)
@@ -623,6 +627,28 @@ vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t 
             bs = cublasGemmEx(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in,
                               &alpha, w.data, CUDA_R_32F, (int)in, x, CUDA_R_32F, (int)in, &beta, y,
                               CUDA_R_32F, (int)out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        } else if (ctx->f32_products) {
+            /* W widened to f32 in the workspace, a chunk of output rows at
+             * a time; y's columns [o0, o0 + nr) of every row */
+            int64_t rows = (int64_t)(ctx->workspace_bytes / ((size_t)in * 4));
+            if (rows < 1)
+                return vlm_err_set(err, VLM_ERR_NOMEM,
+                                   "matmul: a weight row of %lld needs %lld bytes of GPU "
+                                   "workspace, the context has %zu",
+                                   (long long)in, (long long)in * 4, ctx->workspace_bytes);
+            bs = CUBLAS_STATUS_SUCCESS;
+            for (int64_t o0 = 0; o0 < out && bs == CUBLAS_STATUS_SUCCESS; o0 += rows) {
+                int64_t nr = out - o0 < rows ? out - o0 : rows;
+                const char *wsrc = (const char *)w.data + (size_t)(o0 * in) * 2;
+                k_widen<<<blocks_for(nr * in, 256), 256, 0, ctx->stream>>>((float *)ctx->workspace,
+                                                                           t, wsrc, nr * in);
+                st = launched("matmul (widen weights)", err);
+                if (st != VLM_OK) return st;
+                bs = cublasGemmEx(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, (int)n, (int)in,
+                                  &alpha, ctx->workspace, CUDA_R_32F, (int)in, x, CUDA_R_32F,
+                                  (int)in, &beta, y + o0, CUDA_R_32F, (int)out, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT);
+            }
         } else {
             /* x rounded to the weight's type in the workspace, in chunks
              * of rows that fit it */
