@@ -8,6 +8,8 @@
  *     the LongRoPE switch, which rebuilds the cache at position 0);
  *   - device memory back to where it was after the model is freed;
  *   - the vision tower on the GPU: image rows vs the CPU's;
+ *   - Q8_0 decoder weights: logits and greedy ids vs the CPU path with the
+ *     same weights;
  *   - a device fault-injection walk over create + image + prompt + 4 tokens
  *     with everything on the GPU: each
  *     injected failure gives VLM_ERR_NOMEM (never a crash) and leaks
@@ -27,6 +29,7 @@
 #include "models/registry.h"
 #include "runtime/sampler.h"
 #include "runtime/session.h"
+#include "tensor/quant.h"
 
 static fx_file *W, *E;
 static cJSON *config;
@@ -317,6 +320,82 @@ static void test_vision(void **state) {
     free(want), free(got), free(px), free(grid), free(ids), free(gw);
 }
 
+/* A weight source that hands out the decoder's four matrices (per layer)
+ * quantized to Q8_0, as the loader's conversion does; the rest as stored.
+ * The converted buffers live until q8_release. */
+#define Q8_MAX 32
+static void *q8_bufs[Q8_MAX];
+static int q8_n;
+
+static vlm_status q8_lookup(void *ctx, const char *name, vlm_tensor_view *out, vlm_err *err) {
+    vlm_status st = fx_lookup(ctx, name, out, err);
+    if (st != VLM_OK || !strstr(name, "model.layers.") ||
+        !(strstr(name, "qkv_proj.weight") || strstr(name, "o_proj.weight") ||
+          strstr(name, "gate_up_proj.weight") || strstr(name, "down_proj.weight")))
+        return st;
+    size_t n = (size_t)(out->shape[0] * out->shape[1]);
+    float *f = malloc(n * sizeof *f);
+    uint64_t bytes = 0;
+    assert_true(vlm_dtype_nbytes(VLM_DTYPE_Q8_0, n, &bytes));
+    void *q = malloc(bytes);
+    assert_true(q8_n < Q8_MAX);
+    assert_true(vlm_to_f32(out->dtype, out->data, f, n));
+    assert_true(vlm_quantize(VLM_DTYPE_Q8_0, f, q, n));
+    free(f);
+    q8_bufs[q8_n++] = q;
+    out->dtype = VLM_DTYPE_Q8_0;
+    out->data = q;
+    return VLM_OK;
+}
+
+static void q8_release(void) {
+    for (int i = 0; i < q8_n; i++) free(q8_bufs[i]);
+    q8_n = 0;
+}
+
+/* Q8_0 decoder weights (the GEMV at every token count): logits vs the CPU
+ * path with the same weights within 2e-3 relative L2, greedy ids equal. */
+static void test_q8_0(void **state) {
+    (void)state;
+    vlm_weight_source saved = src;
+    src = (vlm_weight_source){q8_lookup, W};
+    arch_model *cpu = load(NULL);
+    int nr;
+    float *rows = encode(cpu, &nr);
+    size_t n;
+    int32_t *ids = fx_i32(E, "p1.ids", &n);
+    vlm_err err;
+    float *want = malloc(n * 300 * sizeof *want), *got = malloc(n * 300 * sizeof *got);
+    int32_t gw[24], gg[24];
+    for (int pass = 0; pass < 2; pass++) {
+        arch_model *m = pass ? load(&PLACES[0]) : cpu;
+        session *s;
+        assert_int_equal(open_session(m, 16, &s, &err), VLM_OK);
+        assert_int_equal(session_append(s, ids, (int64_t)n, rows, nr, pass ? got : want, &err),
+                         VLM_OK);
+        sampler_params sp;
+        sampler_params_init(&sp);
+        sampler *smp = NULL;
+        assert_int_equal(sampler_create(&sp, 300, &smp, &err), VLM_OK);
+        int n_out;
+        session_stop why;
+        gen_options g = {24, NULL, 0, NULL, NULL};
+        assert_int_equal(session_generate(s, smp, &g, pass ? gg : gw, &n_out, &why, &err), VLM_OK);
+        assert_int_equal(n_out, 24);
+        sampler_free(smp);
+        session_free(s);
+        if (pass) arch_model_free(m);
+    }
+    double rel = fx_rel_l2(got, want, n * 300);
+    printf("q8_0 all+head: logits rel L2 vs CPU q8_0 %.3g (tol 2e-3)\n", rel);
+    assert_true(rel <= 2e-3);
+    assert_memory_equal(gg, gw, sizeof gw);
+    arch_model_free(cpu);
+    src = saved;
+    q8_release();
+    free(rows), free(ids), free(want), free(got);
+}
+
 static void test_placement_errors(void **state) {
     (void)state;
     arch_model *m = NULL;
@@ -333,8 +412,11 @@ static void test_placement_errors(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_logits_vs_cpu),    cmocka_unit_test(test_greedy),
-        cmocka_unit_test(test_vision),           cmocka_unit_test(test_device_fault_walk),
+        cmocka_unit_test(test_logits_vs_cpu),
+        cmocka_unit_test(test_greedy),
+        cmocka_unit_test(test_vision),
+        cmocka_unit_test(test_q8_0),
+        cmocka_unit_test(test_device_fault_walk),
         cmocka_unit_test(test_placement_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
