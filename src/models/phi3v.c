@@ -337,6 +337,12 @@ static vlm_status arch_create(const vlm_config *config, const char *what,
     phi3v_config cfg;
     vlm_status st = phi3v_config_from_config(config, what, &cfg, err);
     if (st != VLM_OK) return st;
+    if (place && (place->gpu_layers < 0 || place->gpu_layers > cfg.n_layers ||
+                  (place->head_on_gpu && place->gpu_layers != cfg.n_layers)))
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                           "%s: GPU placement of %d decoder layers of %d%s", what,
+                           place->gpu_layers, cfg.n_layers,
+                           place->head_on_gpu ? " with the head (needs every layer)" : "");
     phi3v_model *m = NULL;
     st = phi3v_create(&cfg, src, pool, &m, err);
     if (st == VLM_OK && vlm_placement_uses_gpu(place)) {
