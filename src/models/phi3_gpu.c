@@ -219,12 +219,12 @@ vlm_status phi3_gpu_forward(phi3_gpu *g, const vlm_kv *kv, float *x, int64_t n, 
         RUN(vlm_cuda_matmul(g->ctx, qkv, xb, n, d, qkvd, L->qkv, nob, err));
         RUN(vlm_cuda_rope_apply(g->ctx, qkv, n, qkvd, H, (int)hd, cos_t, sin_t, err));
         RUN(vlm_cuda_rope_apply(g->ctx, qkv + qd, n, qkvd, KV, (int)hd, cos_t, sin_t, err));
-        for (int64_t t = 0; t < n; t++) {
-            RUN(vlm_cuda_store_rows(g->ctx, g->k, kv->dtype, lo + (pos0 + t) * kvd,
-                                    qkv + t * qkvd + qd, kvd, err));
-            RUN(vlm_cuda_store_rows(g->ctx, g->v, kv->dtype, lo + (pos0 + t) * kvd,
-                                    qkv + t * qkvd + qd + kvd, kvd, err));
-        }
+        /* K/V rows of the chunk into the cache (positions pos0..pos0+n-1),
+         * one launch each */
+        RUN(vlm_cuda_store_rows_strided(g->ctx, g->k, kv->dtype, lo + pos0 * kvd, qkv + qd, qkvd, n,
+                                        kvd, err));
+        RUN(vlm_cuda_store_rows_strided(g->ctx, g->v, kv->dtype, lo + pos0 * kvd, qkv + qd + kvd,
+                                        qkvd, n, kvd, err));
         vlm_cuda_weight kc = {kv->dtype, (const char *)g->k + (size_t)lo * esz};
         vlm_cuda_weight vc = {kv->dtype, (const char *)g->v + (size_t)lo * esz};
         RUN(vlm_cuda_attention(g->ctx, att, qkv, qkvd, kc, vc, kvd, n, pos0 + n, H, KV, (int)hd,

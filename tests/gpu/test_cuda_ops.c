@@ -351,6 +351,15 @@ static void test_elementwise(void **state) {
     OK(vlm_cuda_sync(CTX, "store", E));
     OK(vlm_cuda_download(CTX, gb, dc, (size_t)N * 2, "cache", E));
     assert_memory_equal(gb, hb, (size_t)N * 2);
+    /* strided: rows of 10 out of rows of 25 (a K block inside qkv rows) */
+    memset(hb, 0, (size_t)N * 2);
+    for (int r = 0; r < 40; r++) cpu_store_rows(hb, VLM_DTYPE_BF16, 3 + r * 10, a + r * 25 + 5, 10);
+    memset(gb, 0, (size_t)N * 2);
+    OK(vlm_cuda_upload(CTX, dc, gb, (size_t)N * 2, "zeros", E));
+    OK(vlm_cuda_store_rows_strided(CTX, dc, VLM_DTYPE_BF16, 3, da + 5, 25, 40, 10, E));
+    OK(vlm_cuda_sync(CTX, "store", E));
+    OK(vlm_cuda_download(CTX, gb, dc, (size_t)N * 2, "cache", E));
+    assert_memory_equal(gb, hb, (size_t)N * 2);
     vlm_dev_free(dc);
 
     /* embedding: bf16 table, exact */

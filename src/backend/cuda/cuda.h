@@ -118,6 +118,13 @@ vlm_status vlm_cuda_attention(vlm_cuda_ctx *ctx, float *out, const float *q, int
 vlm_status vlm_cuda_store_rows(vlm_cuda_ctx *ctx, void *dst, vlm_dtype dtype, int64_t offset,
                                const float *src, int64_t n, vlm_err *err);
 
+/* n_rows rows of row_len values, src rows src_stride floats apart, stored
+ * contiguously from element offset of dst (F32 or BF16): the K (or V) rows
+ * of a whole chunk, taken out of the fused qkv rows, in one launch. */
+vlm_status vlm_cuda_store_rows_strided(vlm_cuda_ctx *ctx, void *dst, vlm_dtype dtype,
+                                       int64_t offset, const float *src, int64_t src_stride,
+                                       int64_t n_rows, int64_t row_len, vlm_err *err);
+
 /* Elementwise, as the CPU ops of the same names. */
 vlm_status vlm_cuda_quick_gelu(vlm_cuda_ctx *ctx, float *x, int64_t n, vlm_err *err);
 vlm_status vlm_cuda_gelu_erf(vlm_cuda_ctx *ctx, float *x, int64_t n, vlm_err *err);

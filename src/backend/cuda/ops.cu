@@ -307,6 +307,17 @@ __global__ void k_store_rows(void *dst, vlm_dtype t, int64_t offset, const float
     }
 }
 
+__global__ void k_store_strided(void *dst, vlm_dtype t, int64_t offset, const float *src,
+                                int64_t src_stride, int64_t n_rows, int64_t row_len) {
+    GRID_LOOP(i, n_rows * row_len) {
+        float v = src[(i / row_len) * src_stride + i % row_len];
+        if (t == VLM_DTYPE_BF16)
+            ((uint16_t *)dst)[offset + i] = f32_to_bf16_bits(v);
+        else
+            ((float *)dst)[offset + i] = v;
+    }
+}
+
 __global__ void k_embed(float *out, vlm_dtype t, const void *table, int64_t dim, const int32_t *ids,
                         int64_t n) {
     GRID_LOOP(i, n * dim) {
@@ -549,6 +560,18 @@ vlm_status vlm_cuda_store_rows(vlm_cuda_ctx *ctx, void *dst, vlm_dtype dtype, in
     if (n <= 0) return VLM_OK;
     k_store_rows<<<blocks_for(n, 256), 256, 0, ctx->stream>>>(dst, dtype, offset, src, n);
     return launched("store_rows", err);
+}
+
+vlm_status vlm_cuda_store_rows_strided(vlm_cuda_ctx *ctx, void *dst, vlm_dtype dtype,
+                                       int64_t offset, const float *src, int64_t src_stride,
+                                       int64_t n_rows, int64_t row_len, vlm_err *err) {
+    if (dtype != VLM_DTYPE_F32 && dtype != VLM_DTYPE_BF16)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "store_rows: dtype %d", (int)dtype);
+    int64_t n = n_rows * row_len;
+    if (n <= 0) return VLM_OK;
+    k_store_strided<<<blocks_for(n, 256), 256, 0, ctx->stream>>>(dst, dtype, offset, src,
+                                                                 src_stride, n_rows, row_len);
+    return launched("store_rows_strided", err);
 }
 
 vlm_status vlm_cuda_quick_gelu(vlm_cuda_ctx *ctx, float *x, int64_t n, vlm_err *err) {
