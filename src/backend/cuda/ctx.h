@@ -12,6 +12,7 @@ struct vlm_cuda_ctx {
     int device;
     cudaStream_t stream;
     cublasHandle_t blas;
+    void *blas_ws;   /* device: cuBLAS's workspace, from the accounted allocator */
     void *workspace; /* device, workspace_bytes */
     size_t workspace_bytes;
     bool f32_products; /* BF16/F16 weights: widen to f32 and SGEMM (VLM_CUDA_F32_GEMM=1) */
