@@ -24,6 +24,10 @@ struct clip_gpu {
     int n_owned;
     float *act; /* device, act_floats */
     size_t act_floats;
+    /* the projector (clip_gpu_set_projector), or has_proj false */
+    bool has_proj;
+    int64_t d;
+    vlm_cuda_weight sub_gn, glb_gn, proj0_w, proj0_b, proj2_w, proj2_b;
 };
 
 static vlm_status upload(clip_gpu *g, cpu_weight w, int64_t n, const char *name, int layer,
@@ -56,7 +60,7 @@ vlm_status clip_gpu_create(const clip_model *m, clip_gpu **out, vlm_err *err) {
     vlm_status st = vlm_cuda_ctx_create(&g->ctx, (size_t)1024 * (size_t)c->intermediate * 2, err);
     if (st != VLM_OK) goto fail;
     g->L = VLM_NEW_ARRAY(gpu_clip_layer, (size_t)(m->n_run > 0 ? m->n_run : 1), VLM_MEM_OTHER);
-    g->owned = VLM_NEW_ARRAY(void *, (size_t)m->n_run * 16 + 6, VLM_MEM_OTHER);
+    g->owned = VLM_NEW_ARRAY(void *, (size_t)m->n_run * 16 + 12, VLM_MEM_OTHER);
     int32_t *ids = VLM_NEW_ARRAY(int32_t, (size_t)m->n_pos, VLM_MEM_SCRATCH);
     if (!g->L || !g->owned || !ids) {
         vlm_free(ids);
@@ -124,28 +128,65 @@ void clip_gpu_free(clip_gpu *g) {
         if ((st = (call)) != VLM_OK) return st;                                                    \
     } while (0)
 
-/* One group of gc crops, as clip_encode_group. */
+vlm_status clip_gpu_set_projector(clip_gpu *g, const clip_gpu_projector *p, vlm_err *err) {
+    const int64_t D4 = 4 * (int64_t)g->m->cfg.hidden, d = p->hidden;
+    vlm_status st;
+    if ((st = upload(g, p->sub_gn, D4, "sub_GN", -1, &g->sub_gn, err)) ||
+        (st = upload(g, p->glb_gn, D4, "glb_GN", -1, &g->glb_gn, err)) ||
+        (st = upload(g, p->proj0_w, d * D4, "img_projection.0.weight", -1, &g->proj0_w, err)) ||
+        (st = upload(g, p->proj0_b, d, "img_projection.0.bias", -1, &g->proj0_b, err)) ||
+        (st = upload(g, p->proj2_w, d * d, "img_projection.2.weight", -1, &g->proj2_w, err)) ||
+        (st = upload(g, p->proj2_b, d, "img_projection.2.bias", -1, &g->proj2_b, err)))
+        return st;
+    g->d = d;
+    g->has_proj = true;
+    return VLM_OK;
+}
+
+/* Device activations of at least need floats. */
+static vlm_status grow(clip_gpu *g, size_t need, const char *what, vlm_err *err) {
+    if (need <= g->act_floats) return VLM_OK;
+    vlm_dev_free(g->act);
+    g->act_floats = 0;
+    g->act = vlm_dev_alloc(need * sizeof(float), VLM_MEM_ACTIVATIONS);
+    if (!g->act)
+        return vlm_err_set(err, VLM_ERR_NOMEM,
+                           "GPU vision tower: out of GPU memory for %s (%zu bytes)", what,
+                           need * sizeof(float));
+    g->act_floats = need;
+    return VLM_OK;
+}
+
+/* Floats of the tower's activations for gc crops (x first). */
+static size_t tower_floats(const clip_gpu *g, int gc) {
+    const clip_config *c = &g->m->cfg;
+    const int64_t D = c->hidden, I = c->intermediate, NP = g->m->n_pos, G2 = NP - 1;
+    const int64_t T = (int64_t)gc * NP, S = c->image_size, P = c->patch_size;
+    return (size_t)T * (size_t)(6 * D + I) + (size_t)(G2 * 3 * P * P) +
+           (size_t)gc * 3 * (size_t)(S * S);
+}
+
+/* Floats after the tower's for the projector: seq [rows][4D], hid and prj
+ * [rows][d], rows = gc * (grid/2)^2 (at least 2, the separators). */
+static size_t proj_floats(const clip_gpu *g, int gc) {
+    int64_t mg = g->m->grid / 2, rows = (int64_t)gc * mg * mg;
+    if (rows < 2) rows = 2;
+    return (size_t)rows * (size_t)(4 * (int64_t)g->m->cfg.hidden + 2 * g->d);
+}
+
+/* One group of gc crops, as clip_encode_group; with out NULL the features
+ * stay on the device (rows 1.. of each crop of the activations' x). */
 static vlm_status encode_group(clip_gpu *g, const float *pixels, int gc, float *out, vlm_err *err) {
     const clip_model *m = g->m;
     const clip_config *c = &m->cfg;
     const int64_t D = c->hidden, I = c->intermediate, NP = m->n_pos, G2 = NP - 1;
     const int64_t T = (int64_t)gc * NP, S = c->image_size, P = c->patch_size;
     const int hd = c->hidden / c->n_heads;
-    /* x, h, q, k, v, att [T][D]; mlp [T][I]; col [G2][3PP]; px [gc][3][S][S] */
-    size_t need = (size_t)T * (size_t)(6 * D + I) + (size_t)(G2 * 3 * P * P) +
-                  (size_t)gc * 3 * (size_t)(S * S);
-    vlm_status st;
-    if (need > g->act_floats) {
-        vlm_dev_free(g->act);
-        g->act_floats = 0;
-        g->act = vlm_dev_alloc(need * sizeof(float), VLM_MEM_ACTIVATIONS);
-        if (!g->act)
-            return vlm_err_set(err, VLM_ERR_NOMEM,
-                               "GPU vision tower: out of GPU memory for a group of %d crops "
-                               "(%zu bytes)",
-                               gc, need * sizeof(float));
-        g->act_floats = need;
-    }
+    /* x, h, q, k, v, att [T][D]; mlp [T][I]; col [G2][3PP]; px [gc][3][S][S];
+     * then the projector's (proj_floats) */
+    vlm_status st =
+        grow(g, tower_floats(g, gc) + (g->has_proj ? proj_floats(g, gc) : 0), "a crop group", err);
+    if (st != VLM_OK) return st;
     float *x = g->act, *h = x + T * D, *q = h + T * D, *k = q + T * D, *v = k + T * D,
           *att = v + T * D, *mlp = att + T * D, *col = mlp + T * I, *px = col + G2 * 3 * P * P;
     RUN(vlm_cuda_upload(g->ctx, px, pixels, (size_t)gc * 3 * (size_t)(S * S) * sizeof(float),
@@ -180,6 +221,7 @@ static vlm_status encode_group(clip_gpu *g, const float *pixels, int gc, float *
         RUN(vlm_cuda_matmul(g->ctx, h, mlp, T, I, D, L->fc2_w, L->fc2_b, err));
         RUN(vlm_cuda_add(g->ctx, x, h, T * D, err));
     }
+    if (!out) return VLM_OK;
     /* without CLS: rows 1..NP-1 of each crop */
     for (int i = 0; i < gc; i++)
         RUN(vlm_cuda_download(g->ctx, out + (int64_t)i * G2 * D, x + ((int64_t)i * NP + 1) * D,
@@ -198,6 +240,42 @@ vlm_status clip_gpu_encode(clip_gpu *g, const float *pixels, int n, int group, f
         if (st != VLM_OK) return st;
     }
     return VLM_OK;
+}
+
+vlm_status clip_gpu_encode_project(clip_gpu *g, const float *pixels, int n, float *out,
+                                   vlm_err *err) {
+    if (!g->has_proj)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "GPU vision tower: no projector set");
+    vlm_status st = encode_group(g, pixels, n, NULL, err);
+    if (st != VLM_OK) return st;
+    const int64_t D = g->m->cfg.hidden, D4 = 4 * D, d = g->d, mg = g->m->grid / 2;
+    const int64_t rows = (int64_t)n * mg * mg;
+    float *x = g->act, *seq = g->act + tower_floats(g, n), *hid = seq + rows * D4,
+          *prj = hid + rows * d;
+    RUN(vlm_cuda_merge2x2(g->ctx, seq, x, g->m->n_pos, 1, g->m->grid, D, n, err));
+    RUN(vlm_cuda_matmul(g->ctx, hid, seq, rows, D4, d, g->proj0_w, g->proj0_b, err));
+    RUN(vlm_cuda_gelu_erf(g->ctx, hid, rows * d, err));
+    RUN(vlm_cuda_matmul(g->ctx, prj, hid, rows, d, d, g->proj2_w, g->proj2_b, err));
+    RUN(vlm_cuda_download(g->ctx, out, prj, (size_t)(rows * d) * sizeof(float),
+                          "projected image rows", err));
+    return vlm_cuda_sync(g->ctx, "GPU image projector", err);
+}
+
+vlm_status clip_gpu_project_separators(clip_gpu *g, float *out, vlm_err *err) {
+    if (!g->has_proj)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "GPU vision tower: no projector set");
+    const int64_t D4 = 4 * (int64_t)g->m->cfg.hidden, d = g->d;
+    vlm_status st = grow(g, proj_floats(g, 1), "the separators", err);
+    if (st != VLM_OK) return st;
+    float *seq = g->act, *hid = seq + 2 * D4, *prj = hid + 2 * d;
+    /* row 0 of each one-row table (pos_ids[0] is 0) */
+    RUN(vlm_cuda_embed_rows(g->ctx, seq, g->sub_gn, D4, g->pos_ids, 1, err));
+    RUN(vlm_cuda_embed_rows(g->ctx, seq + D4, g->glb_gn, D4, g->pos_ids, 1, err));
+    RUN(vlm_cuda_matmul(g->ctx, hid, seq, 2, D4, d, g->proj0_w, g->proj0_b, err));
+    RUN(vlm_cuda_gelu_erf(g->ctx, hid, 2 * d, err));
+    RUN(vlm_cuda_matmul(g->ctx, prj, hid, 2, d, d, g->proj2_w, g->proj2_b, err));
+    RUN(vlm_cuda_download(g->ctx, out, prj, (size_t)(2 * d) * sizeof(float), "separators", err));
+    return vlm_cuda_sync(g->ctx, "GPU image projector", err);
 }
 
 #else

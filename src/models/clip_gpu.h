@@ -21,5 +21,21 @@ void clip_gpu_free(clip_gpu *g);
 vlm_status clip_gpu_encode(clip_gpu *g, const float *pixels, int n, int group, float *out,
                            vlm_err *err);
 
+/* The HD projector after the tower (Phi-3-vision): separators and
+ * Linear0 -> GELU(erf) -> Linear2, weights [d][4Dv], [d], [d][d], [d];
+ * sub_gn, glb_gn [4Dv]. Uploaded once. */
+typedef struct clip_gpu_projector {
+    cpu_weight sub_gn, glb_gn, proj0_w, proj0_b, proj2_w, proj2_b;
+    int64_t hidden; /* d, the decoder width */
+} clip_gpu_projector;
+vlm_status clip_gpu_set_projector(clip_gpu *g, const clip_gpu_projector *p, vlm_err *err);
+
+/* With the projector: n crops through the tower, the 2x2 merge and the
+ * projector; out [n * (grid/2)^2][d] host, crop by crop, cells row-major. */
+vlm_status clip_gpu_encode_project(clip_gpu *g, const float *pixels, int n, float *out,
+                                   vlm_err *err);
+/* The projected separators: out [2][d] host (sub_GN, then glb_GN). */
+vlm_status clip_gpu_project_separators(clip_gpu *g, float *out, vlm_err *err);
+
 #endif
 #endif

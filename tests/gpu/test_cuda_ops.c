@@ -398,6 +398,33 @@ static void test_patch_embed(void **state) {
     free(img), free(w), free(want), free(col), free(got);
 }
 
+/* The HD glue's 2x2 merge against the definition (spec 5.1): cell (i, j)
+ * of crop c is TL | TR | BL | BR of feature rows (2i+dy)*grid + 2j+dx;
+ * crops lie crop_rows rows apart after a CLS row. Exact (a gather). */
+static void test_merge2x2(void **state) {
+    (void)state;
+    const int grid = 6, mg = 3, nc = 3;
+    const int64_t dim = 5, crop_rows = grid * grid + 1, first = 1;
+    float *f = rnd((size_t)(nc * crop_rows * dim), 1.0f);
+    float *want = malloc((size_t)(nc * mg * mg * 4 * dim) * 4);
+    for (int c = 0; c < nc; c++)
+        for (int i = 0; i < mg; i++)
+            for (int j = 0; j < mg; j++)
+                for (int q = 0; q < 4; q++)
+                    for (int64_t e = 0; e < dim; e++)
+                        want[((c * mg * mg + i * mg + j) * 4 + q) * dim + e] =
+                            f[(c * crop_rows + first + (2 * i + q / 2) * grid + 2 * j + q % 2) *
+                                  dim +
+                              e];
+    float *df = up(f, (size_t)(nc * crop_rows * dim) * 4);
+    float *dout = vlm_dev_alloc((size_t)(nc * mg * mg * 4 * dim) * 4, VLM_MEM_ACTIVATIONS);
+    OK(vlm_cuda_merge2x2(CTX, dout, df, crop_rows, first, grid, dim, nc, E));
+    float *got = down(dout, (size_t)(nc * mg * mg * 4 * dim));
+    close_to("merge2x2", got, want, (size_t)(nc * mg * mg * 4 * dim), 0);
+    vlm_dev_free(df), vlm_dev_free(dout);
+    free(f), free(want), free(got);
+}
+
 /* --- the allocator ------------------------------------------------------------ */
 
 static void test_dev_alloc(void **state) {
@@ -465,7 +492,7 @@ int main(void) {
         cmocka_unit_test(test_dev_alloc),   cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_norms),       cmocka_unit_test(test_rope),
         cmocka_unit_test(test_attention),   cmocka_unit_test(test_elementwise),
-        cmocka_unit_test(test_patch_embed),
+        cmocka_unit_test(test_patch_embed), cmocka_unit_test(test_merge2x2),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -125,6 +125,13 @@ vlm_status vlm_cuda_store_rows_strided(vlm_cuda_ctx *ctx, void *dst, vlm_dtype d
                                        int64_t offset, const float *src, int64_t src_stride,
                                        int64_t n_rows, int64_t row_len, vlm_err *err);
 
+/* The HD glue's 2x2 merge: for n_crops crops whose feature rows (grid x
+ * grid of dim values, row-major) start at feats + (c * crop_rows + first)
+ * * dim, out[c][i][j] = TL | TR | BL | BR of merged cell (i, j): out is
+ * [n_crops * (grid/2)^2][4 * dim]. */
+vlm_status vlm_cuda_merge2x2(vlm_cuda_ctx *ctx, float *out, const float *feats, int64_t crop_rows,
+                             int64_t first, int grid, int64_t dim, int n_crops, vlm_err *err);
+
 /* Elementwise, as the CPU ops of the same names. */
 vlm_status vlm_cuda_quick_gelu(vlm_cuda_ctx *ctx, float *x, int64_t n, vlm_err *err);
 vlm_status vlm_cuda_gelu_erf(vlm_cuda_ctx *ctx, float *x, int64_t n, vlm_err *err);

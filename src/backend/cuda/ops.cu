@@ -318,6 +318,18 @@ __global__ void k_store_strided(void *dst, vlm_dtype t, int64_t offset, const fl
     }
 }
 
+__global__ void k_merge2x2(float *out, const float *f, int64_t crop_rows, int64_t first, int grid,
+                           int64_t dim, int n_crops) {
+    const int mg = grid / 2;
+    const int64_t mm = (int64_t)mg * mg;
+    GRID_LOOP(i, (int64_t)n_crops * mm * 4 * dim) {
+        int64_t e = i % dim, q = (i / dim) % 4, cell = i / (4 * dim);
+        int64_t c = cell / mm, rem = cell % mm, ci = rem / mg, cj = rem % mg;
+        int64_t r = (2 * ci + q / 2) * grid + 2 * cj + q % 2;
+        out[i] = f[(c * crop_rows + first + r) * dim + e];
+    }
+}
+
 __global__ void k_embed(float *out, vlm_dtype t, const void *table, int64_t dim, const int32_t *ids,
                         int64_t n) {
     GRID_LOOP(i, n * dim) {
@@ -572,6 +584,15 @@ vlm_status vlm_cuda_store_rows_strided(vlm_cuda_ctx *ctx, void *dst, vlm_dtype d
     k_store_strided<<<blocks_for(n, 256), 256, 0, ctx->stream>>>(dst, dtype, offset, src,
                                                                  src_stride, n_rows, row_len);
     return launched("store_rows_strided", err);
+}
+
+vlm_status vlm_cuda_merge2x2(vlm_cuda_ctx *ctx, float *out, const float *feats, int64_t crop_rows,
+                             int64_t first, int grid, int64_t dim, int n_crops, vlm_err *err) {
+    int64_t n = (int64_t)n_crops * (grid / 2) * (grid / 2) * 4 * dim;
+    if (n <= 0) return VLM_OK;
+    k_merge2x2<<<blocks_for(n, 256), 256, 0, ctx->stream>>>(out, feats, crop_rows, first, grid, dim,
+                                                            n_crops);
+    return launched("merge2x2", err);
 }
 
 vlm_status vlm_cuda_quick_gelu(vlm_cuda_ctx *ctx, float *x, int64_t n, vlm_err *err) {
