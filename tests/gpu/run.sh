@@ -54,6 +54,14 @@ deps() {
   for d in .debs/*.deb; do dpkg -x "$d" "$P" || return 1; done
   # .pc files name /usr; point them at the private prefix (once per path).
   find "$P" -name '*.pc' -print0 | xargs -0 -r sed -i -E "s#(=|-I|-L)/usr#\\1$P/usr#g"
+  # A dev package's libX.so points at the runtime package's libX.so.N; when
+  # that one was not carried, the system's copy serves.
+  local ma l b
+  ma=$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+  while IFS= read -r l; do
+    b=$(basename "$(readlink "$l")")
+    [ -e "/usr/lib/$ma/$b" ] && ln -sf "/usr/lib/$ma/$b" "$l" && echo "linked $l -> /usr/lib/$ma/$b"
+  done < <(find "$P" -xtype l -name '*.so*')
   echo "unpacked $(ls .debs/*.deb | wc -l) packages into $P"
 }
 P=/tmp/vlmdeps
