@@ -30,7 +30,11 @@ step() { # step NAME TIMEOUT_S CMD... : run, log to $LOGS/NAME.log, record
   [ "$limit" -gt "$left" ] && limit=$left
   local t=$(date +%s)
   echo "=== $name: $*" | tee "$LOGS/$name.log"
-  timeout --kill-after=10 "$limit" "$@" >>"$LOGS/$name.log" 2>&1
+  if declare -F "$1" >/dev/null; then # a function of this script (deps): bounded by its own steps
+    "$@" >>"$LOGS/$name.log" 2>&1
+  else
+    timeout --kill-after=10 "$limit" "$@" >>"$LOGS/$name.log" 2>&1
+  fi
   local rc=$?
   tail -n 40 "$LOGS/$name.log"
   NAMES+=("$name")
