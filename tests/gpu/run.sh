@@ -90,9 +90,10 @@ step configure 120 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVL
 # --- 3-5. test, sanitizers, bench ------------------------------------------
 if [ "$BUILT" = 1 ]; then
   nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv \
-    >"$LOGS/nvidia-smi.txt" 2>&1 || true
+    >"$LOGS/nvidia-smi.txt" 2>/dev/null || true
   step ctest-gpu 150 ctest --test-dir "$BUILD" -L gpu --output-on-failure
-  if command -v compute-sanitizer >/dev/null; then
+  SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null)
+  if [ -n "$SAN" ]; then
     for t in "$BUILD"/gpu_test_*; do
       [ -x "$t" ] || continue
       n=$(basename "$t")
@@ -104,7 +105,7 @@ if [ "$BUILT" = 1 ]; then
         extra=()
         [ "$tool" = memcheck ] && extra=(--leak-check full)
         step "$tool-$n" 90 env VLM_SOURCE_DIR="$ROOT" VLM_SHARED_DIR="$ROOT/../shared" \
-          VLM_BUILD_DIR="$ROOT/$BUILD" compute-sanitizer --tool "$tool" "${extra[@]}" \
+          VLM_BUILD_DIR="$ROOT/$BUILD" "$SAN" --tool "$tool" "${extra[@]}" \
           --error-exitcode 3 "$t"
       done
     done
