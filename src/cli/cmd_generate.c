@@ -15,6 +15,7 @@ static const char usage[] =
     "                        [--min-p P] [--repeat-penalty R] [--seed S] [--num-crops N]\n"
     "                        [--threads N] [--ctx N] [--stop STR]... [--ignore-eos] [--json]\n"
     "                        [--precision P] [--mem-budget SIZE] [--allow-degrade]\n"
+    "                        [--device cuda|cpu|auto] [--gpu-mem-budget SIZE]\n"
     "\n"
     "  -m MODEL            model folder, safetensors file, or org/name[@rev] in the HF cache\n"
     "  --image FILE        JPEG, PNG or WebP; attached to the turn in order\n"
@@ -35,6 +36,9 @@ static const char usage[] =
     "                      (default: the best rung of the memory plan that fits)\n"
     "  --mem-budget SIZE   plan against SIZE bytes (8G, 512M) instead of the machine\n"
     "  --allow-degrade     the plan may drop crops, then context, to fit\n"
+    "  --device D          auto (default: GPU rungs first when a GPU is there), cuda (GPU\n"
+    "                      rungs only; an error without a GPU), cpu\n"
+    "  --gpu-mem-budget SIZE  device bytes for the GPU rungs (default: free less 5%)\n"
     "  --json              print {answer, tokens_in, tokens_out, image_tokens, timings,\n"
     "                      stop_reason, ids, plan} instead of streaming the text\n";
 

@@ -483,7 +483,9 @@ vlm_status vlm_plan_make(const plan_model *pm, const plan_request *r, vlm_plan *
     p->device = r->device;
     p->gpu_available = r->gpu_available;
     p->gpu_free_bytes = r->gpu_available ? r->gpu_free_bytes : 0;
-    if (r->gpu_mem_budget) {
+    if (r->device == PLAN_DEVICE_CPU) {
+        /* no GPU rung is planned: no GPU budget */
+    } else if (r->gpu_mem_budget) {
         p->gpu_budget = r->gpu_mem_budget;
         p->gpu_budget_given = true;
     } else if (r->gpu_available) {
