@@ -389,6 +389,7 @@ vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_mod
         opts = &def;
     }
     vlm_json_init();
+    vlm_gpu_monitor_install(); /* the monitor's snapshots and timelines see the device */
     /* Attempts: as planned, then one rung down after each allocation
      * failure, until the ladder ends. An attempt that failed before the
      * plan chose a rung is retried as planned (at most once more). */

@@ -256,6 +256,7 @@ int tester_worker_run(const tester_backend *be, const tester_job *job, int fd) {
     cJSON *config = cJSON_CreateObject();
     worker_model_info wi;
     memset(&wi, 0, sizeof wi);
+    vlm_gpu_monitor_install();
     vlm_gpu_mem_reset_peak();
     double t0 = memprobe_now_ms();
     vlm_status st = config ? be->load(job, &model, config, &e)

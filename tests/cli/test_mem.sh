@@ -27,7 +27,10 @@ for k in ["some_avg10", "full_avg10"]:
     assert k in p and (p[k] is None or isinstance(p[k], num))
 cats = ["weights", "kv_cache", "activations", "image", "scratch", "other", "total"]
 assert all(isinstance(d["accounted"][c], num) for c in cats), d["accounted"]
+# no GPU in this build (or on this machine): said so
+assert d["gpu"] == "none", d["gpu"]
 PY
+"$VLM_BIN" mem | grep -q "^gpu none$"
 
 # The v1 fixture: values from its files.
 "$VLM_BIN" mem --json --root "$VLM_SOURCE_DIR/tests/data/proc/v1" >"$tmp/v1.json"
