@@ -266,7 +266,7 @@ typedef struct vlm_mem_sampler_config {
     bool cleanup_registered;
     vlm_mem_alarm_fn alarm;
     void *alarm_ctx;
-    uint64_t (*gpu_bytes)(void *ctx); /* device bytes in use, once a GPU backend exists */
+    uint64_t (*gpu_bytes)(void *ctx); /* device bytes in use; NULL: the GPU probe's used bytes */
     void *gpu_ctx;
 } vlm_mem_sampler_config;
 
