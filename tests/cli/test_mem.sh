@@ -3,6 +3,8 @@
 # this machine and on fixture copies of /proc and /sys; the table prints;
 # --watch repeats; bad arguments are usage errors.
 set -euo pipefail
+# The GPU part checks the machine without one; on the GPU machine it is hidden.
+export CUDA_VISIBLE_DEVICES=""
 : "${VLM_BIN:?}" "${VLM_SOURCE_DIR:?}"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -6,6 +6,9 @@
 # Python from the shapes and the documented policy (docs/planner.md), not by
 # our code; the ladder's decisions are checked against the budget.
 set -euo pipefail
+# What is checked here is the machine without a GPU (the CI machine's case):
+# on the GPU machine the device is hidden, so the answers stay the same.
+export CUDA_VISIBLE_DEVICES=""
 tmp=$(mktemp -d /tmp/vlmtest-plan-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 TINY=$VLM_SOURCE_DIR/tests/data/tiny/f32
