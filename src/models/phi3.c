@@ -107,6 +107,12 @@ size_t phi3_workspace_floats_cfg(const phi3v_config *c, int64_t max_tokens, int6
 
 void phi3_forward(const phi3_model *m, cpu_pool *pool, vlm_kv *kv, float *x, int64_t n,
                   int64_t pos0, bool rope_long, int logits_mode, float *logits, float *ws) {
+    phi3_forward_layers(m, pool, kv, 0, x, n, pos0, rope_long, logits_mode, logits, ws);
+}
+
+void phi3_forward_layers(const phi3_model *m, cpu_pool *pool, vlm_kv *kv, int l0, float *x,
+                         int64_t n, int64_t pos0, bool rope_long, int logits_mode, float *logits,
+                         float *ws) {
     const phi3v_config *c = m->cfg;
     const int64_t d = c->hidden, ff = c->intermediate, hd = c->head_dim;
     const int H = c->n_heads, KV = c->n_kv_heads;
@@ -121,7 +127,7 @@ void phi3_forward(const phi3_model *m, cpu_pool *pool, vlm_kv *kv, float *x, int
                      rope_long ? m->inv_freq_long : m->inv_freq_short, m->mscale);
     const float scale = (float)(1.0 / sqrt((double)hd));
 
-    for (int l = 0; l < c->n_layers; l++) {
+    for (int l = l0; l < c->n_layers; l++) {
         const phi3_layer *L = &m->layers[l];
         const int64_t lo = (int64_t)l * kv->max_ctx * kv->kv_dim; /* layer l, element offset */
 

@@ -54,5 +54,11 @@ size_t phi3_workspace_floats_cfg(const phi3v_config *c, int64_t max_tokens, int6
  * logits_mode/logits as in vlm_forward_args. */
 void phi3_forward(const phi3_model *m, cpu_pool *pool, vlm_kv *kv, float *x, int64_t n,
                   int64_t pos0, bool rope_long, int logits_mode, float *logits, float *ws);
+/* The same from layer l0 on (layers before it ran elsewhere: the GPU, with x
+ * their output); the host KV rows of layers < l0 are neither read nor
+ * written. */
+void phi3_forward_layers(const phi3_model *m, cpu_pool *pool, vlm_kv *kv, int l0, float *x,
+                         int64_t n, int64_t pos0, bool rope_long, int logits_mode, float *logits,
+                         float *ws);
 
 #endif

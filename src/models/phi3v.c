@@ -1,5 +1,7 @@
 /* models/phi3v - see phi3v.h. */
 #include "models/phi3v.h"
+#include "models/clip_gpu.h"
+#include "models/phi3_gpu.h"
 
 #include <string.h>
 
@@ -59,6 +61,10 @@ fail:
 
 void phi3v_free(phi3v_model *m) {
     if (!m) return;
+#ifdef VLM_HAVE_CUDA
+    phi3_gpu_free(m->gpu);
+    clip_gpu_free(m->clip_gpu);
+#endif
     clip_free(&m->clip);
     phi3_free(&m->lm);
     vlm_free(m);
@@ -121,21 +127,40 @@ static int64_t cell_row(int t, int i, int j, int hc, int wc, int mg) {
     return ((int64_t)(k / wc) * mg + i) * sub_w + (int64_t)(k % wc) * mg + j;
 }
 
-/* The separators: project sub_GN and glb_GN (one 2-row matmul) and copy them
- * to every row they occupy. */
-static void glue_separators(const phi3v_model *m, int hc, int wc, float *out, float *ws) {
+/* Projected cells prj [g][mg*mg][d] of crops [t0, t0+g) to their rows of
+ * out; a crop row's mg cells are consecutive output rows. */
+static void scatter_crops(const phi3v_model *m, const float *prj, int t0, int g, int hc, int wc,
+                          float *out) {
     const int mg = m->clip.grid / 2;
-    const int64_t D4 = 4 * (int64_t)m->cfg.image_dim_out, d = m->cfg.hidden;
+    const int64_t d = m->cfg.hidden, mm = (int64_t)mg * mg;
+    for (int c = 0; c < g; c++)
+        for (int i = 0; i < mg; i++)
+            memcpy(out + cell_row(t0 + c, i, 0, hc, wc, mg) * d,
+                   prj + (c * mm + (int64_t)i * mg) * d, (size_t)(mg * d) * sizeof(float));
+}
+
+/* The projected separators prj [2][d] (sub_GN, glb_GN) to every row they
+ * occupy. */
+static void scatter_separators(const phi3v_model *m, const float *prj, int hc, int wc, float *out) {
+    const int mg = m->clip.grid / 2;
+    const int64_t d = m->cfg.hidden;
     const size_t row = (size_t)d * sizeof(float);
-    float *seq = ws, *hid = seq + 2 * D4, *prj = hid + 2 * d;
-    cpu_widen(m->sub_gn, 0, seq, D4);
-    cpu_widen(m->glb_gn, 0, seq + D4, D4);
-    project(m, seq, 2, hid, prj);
     const int64_t sub_w = (int64_t)wc * mg + 1, glb = (int64_t)hc * mg * sub_w;
     for (int64_t R = 0; R < (int64_t)hc * mg; R++)
         memcpy(out + (R * sub_w + sub_w - 1) * d, prj, row);
     memcpy(out + glb * d, prj + d, row);
     for (int i = 0; i < mg; i++) memcpy(out + (glb + 1 + (int64_t)i * (mg + 1) + mg) * d, prj, row);
+}
+
+/* The separators: project sub_GN and glb_GN (one 2-row matmul) and copy them
+ * to every row they occupy. */
+static void glue_separators(const phi3v_model *m, int hc, int wc, float *out, float *ws) {
+    const int64_t D4 = 4 * (int64_t)m->cfg.image_dim_out, d = m->cfg.hidden;
+    float *seq = ws, *hid = seq + 2 * D4, *prj = hid + 2 * d;
+    cpu_widen(m->sub_gn, 0, seq, D4);
+    cpu_widen(m->glb_gn, 0, seq + D4, D4);
+    project(m, seq, 2, hid, prj);
+    scatter_separators(m, prj, hc, wc, out);
 }
 
 /* Crops [t0, t0+g) of an image: CLIP features f[g][grid^2][Dv] -> their
@@ -153,11 +178,7 @@ static void glue_crops(const phi3v_model *m, const float *f, int t0, int g, int 
             for (int j = 0; j < mg; j++)
                 merge_cell(f + c * crop, grid, Dv, i, j, seq + (c * mm + (int64_t)i * mg + j) * D4);
     project(m, seq, g * mm, hid, prj);
-    /* a crop row's mg cells are consecutive output rows */
-    for (int c = 0; c < g; c++)
-        for (int i = 0; i < mg; i++)
-            memcpy(out + cell_row(t0 + c, i, 0, hc, wc, mg) * d,
-                   prj + (c * mm + (int64_t)i * mg) * d, (size_t)(mg * d) * sizeof(float));
+    scatter_crops(m, prj, t0, g, hc, wc, out);
 }
 
 /* The whole sequence at once from every crop's features, as the reference
@@ -231,6 +252,24 @@ vlm_status phi3v_encode_image(phi3v_model *m, const vlm_image_input *img, int gr
         return vlm_err_set(err, VLM_ERR_NOMEM, "image: out of memory for a group of %d crops",
                            group);
     }
+#ifdef VLM_HAVE_CUDA
+    if (m->clip_gpu) {
+        /* Tower, merge and projector on the GPU; the projected rows come
+         * back to the glue workspace (at least [group * mg^2][d] floats) and
+         * are scattered to their places here. */
+        vlm_status st = clip_gpu_project_separators(m->clip_gpu, ws, err);
+        if (st == VLM_OK) scatter_separators(m, ws, img->hc, img->wc, out);
+        for (int t = 0; t < n && st == VLM_OK; t += group) {
+            int g = n - t < group ? n - t : group;
+            st = clip_gpu_encode_project(m->clip_gpu, img->pixels + (int64_t)t * 3 * S * S, g, ws,
+                                         err);
+            if (st == VLM_OK) scatter_crops(m, ws, t, g, img->hc, img->wc, out);
+        }
+        vlm_free(feats);
+        vlm_free(ws);
+        return st;
+    }
+#endif
     glue_separators(m, img->hc, img->wc, out, ws);
     for (int t = 0; t < n; t += group) {
         int g = n - t < group ? n - t : group;
@@ -290,8 +329,21 @@ vlm_status phi3v_forward(phi3v_model *m, vlm_kv *kv, const vlm_forward_args *a, 
     float *x = ws;
     vlm_status st = phi3v_embed(m, a->ids, a->n, a->img_rows, x, err);
     if (st != VLM_OK) return st;
-    phi3_forward(&m->lm, m->pool, kv, x, a->n, a->pos0, a->rope_long, a->logits_mode, a->logits,
-                 ws + a->n * m->cfg.hidden);
+    int l0 = 0, mode = a->logits_mode;
+#ifdef VLM_HAVE_CUDA
+    if (m->gpu) {
+        /* The first layers on the GPU, the hidden state back to the host;
+         * with the head there too, the logits come back instead. */
+        st = phi3_gpu_forward(m->gpu, kv, x, a->n, a->pos0, a->rope_long, a->logits_mode, a->logits,
+                              err);
+        if (st != VLM_OK) return st;
+        l0 = phi3_gpu_layers(m->gpu);
+        if (phi3_gpu_head(m->gpu)) mode = VLM_LOGITS_NONE;
+    }
+#endif
+    if (l0 < m->cfg.n_layers || mode != VLM_LOGITS_NONE)
+        phi3_forward_layers(&m->lm, m->pool, kv, l0, x, a->n, a->pos0, a->rope_long, mode,
+                            a->logits, ws + a->n * m->cfg.hidden);
     return VLM_OK;
 }
 
@@ -307,8 +359,33 @@ static vlm_status arch_create(const vlm_config *config, const char *what,
     phi3v_config cfg;
     vlm_status st = phi3v_config_from_config(config, what, &cfg, err);
     if (st != VLM_OK) return st;
+    if (place && (place->gpu_layers < 0 || place->gpu_layers > cfg.n_layers ||
+                  (place->head_on_gpu && place->gpu_layers != cfg.n_layers)))
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                           "%s: GPU placement of %d decoder layers of %d%s", what,
+                           place->gpu_layers, cfg.n_layers,
+                           place->head_on_gpu ? " with the head (needs every layer)" : "");
     phi3v_model *m = NULL;
     st = phi3v_create(&cfg, src, pool, &m, err);
+    if (st == VLM_OK && vlm_placement_uses_gpu(place)) {
+#ifdef VLM_HAVE_CUDA
+        /* The vision tower, 2x2 merge and projector on the GPU, and/or the
+         * first decoder layers. */
+        if (place->vision_on_gpu && cfg.has_vision) {
+            st = clip_gpu_create(&m->clip, &m->clip_gpu, err);
+            clip_gpu_projector pj = {m->sub_gn,  m->glb_gn,  m->proj0_w, m->proj0_b,
+                                     m->proj2_w, m->proj2_b, cfg.hidden};
+            if (st == VLM_OK) st = clip_gpu_set_projector(m->clip_gpu, &pj, err);
+        }
+        if (st == VLM_OK && (place->gpu_layers > 0 || place->head_on_gpu))
+            st = phi3_gpu_create(&m->lm, place->gpu_layers, place->head_on_gpu, &m->gpu, err);
+        if (st != VLM_OK) vlm_err_prefix(err, "%s", what);
+#endif
+        if (st != VLM_OK) {
+            phi3v_free(m);
+            m = NULL;
+        }
+    }
     *out = m;
     return st;
 }

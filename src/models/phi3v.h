@@ -19,6 +19,8 @@ typedef struct phi3v_model {
     cpu_weight glb_gn;           /* [4*Dv] sub/global separator ([1,1,4Dv]) */
     cpu_weight proj0_w, proj0_b; /* [d][4*Dv], [d] */
     cpu_weight proj2_w, proj2_b; /* [d][d], [d] */
+    struct phi3_gpu *gpu;        /* the decoder's GPU part (models/phi3_gpu.h); NULL: all CPU */
+    struct clip_gpu *clip_gpu;   /* the vision tower on the GPU (models/clip_gpu.h), or NULL */
 } phi3v_model;
 
 vlm_status phi3v_create(const phi3v_config *cfg, const vlm_weight_source *src, cpu_pool *pool,

@@ -1,0 +1,21 @@
+/* backend/cuda/ctx - the context's insides, shared by gpu_cuda.c and
+ * ops.cu. */
+#ifndef VLM_BACKEND_CUDA_CTX_H
+#define VLM_BACKEND_CUDA_CTX_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include "backend/cuda/cuda.h"
+
+struct vlm_cuda_ctx {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    void *blas_ws;   /* device: cuBLAS's workspace, from the accounted allocator */
+    void *workspace; /* device, workspace_bytes */
+    size_t workspace_bytes;
+    bool f32_products; /* BF16/F16 weights: widen to f32 and SGEMM (VLM_CUDA_F32_GEMM=1) */
+};
+
+#endif

@@ -1,0 +1,157 @@
+/* backend/cuda - the CUDA backend: accounted device memory, a per-model
+ * context (stream, cuBLAS handle, workspace) and the op set, with the CPU
+ * ops' semantics (backend/cpu/ops.h).
+ *
+ * Compiled only when nvcc is found (VLM_HAVE_CUDA). Every pointer named
+ * "device" below is device memory from vlm_dev_alloc; activations are f32,
+ * row-major, one token per row, as on the CPU. Ops are queued on the
+ * context's stream and return at once; errors of a kernel launch are
+ * reported by the launch itself (configuration) or by vlm_cuda_sync
+ * (execution), naming the op. */
+#ifndef VLM_BACKEND_CUDA_H
+#define VLM_BACKEND_CUDA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend/gpu.h"
+#include "base/alloc.h"
+#include "base/status.h"
+#include "tensor/dtype.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* --- accounted device memory (dev_alloc.c) ------------------------------ */
+
+/* cudaMalloc of size bytes (at least 256-byte aligned) counted under cat.
+ * NULL when the device refuses, when fault injection
+ * (VLM_FAIL_DEVICE_ALLOC_AT=N or "N+", or vlm_dev_alloc_fail_at) says so,
+ * or when the host record cannot be allocated; the caller reports
+ * VLM_ERR_NOMEM naming what the memory was for. size 0 allocates 1 byte. */
+void *vlm_dev_alloc(size_t size, vlm_mem_cat cat);
+/* NULL is ignored. A pointer not from vlm_dev_alloc is ignored too (and
+ * logged): the accounting stays right. */
+void vlm_dev_free(void *p);
+/* Bytes of a live allocation, 0 for anything else. */
+size_t vlm_dev_alloc_size(const void *p);
+/* Fail the n-th device allocation from now (counting from 1), and with
+ * sticky every later one too; n = 0 turns fault injection off. */
+void vlm_dev_alloc_fail_at(uint64_t n, bool sticky);
+/* Device allocations made so far (what fault injection counts). */
+uint64_t vlm_dev_alloc_count(void);
+
+/* --- the context: one per model ----------------------------------------- */
+
+typedef struct vlm_cuda_ctx vlm_cuda_ctx;
+
+/* Selects the device (VLM_GPU_DEVICE, default 0), creates a stream, a
+ * cuBLAS handle bound to it and a device workspace of workspace_bytes
+ * (category SCRATCH; used by matmul to round activations to bf16 and by
+ * attention for split-K partials; ops that need more than this fail with
+ * VLM_ERR_NOMEM saying how much). VLM_ERR_UNSUPPORTED when there is no
+ * device. */
+vlm_status vlm_cuda_ctx_create(vlm_cuda_ctx **out, size_t workspace_bytes, vlm_err *err);
+void vlm_cuda_ctx_destroy(vlm_cuda_ctx *ctx);
+/* The context's cudaStream_t (as void *, so C callers need no CUDA
+ * header): for timing with events and for copies of one's own. */
+void *vlm_cuda_ctx_stream(vlm_cuda_ctx *ctx);
+/* Wait for every queued op; the first execution error, naming `what`. */
+vlm_status vlm_cuda_sync(vlm_cuda_ctx *ctx, const char *what, vlm_err *err);
+
+/* Copies on the context's stream (synchronous with respect to the host for
+ * pageable memory, so src may be reused at return). */
+vlm_status vlm_cuda_upload(vlm_cuda_ctx *ctx, void *dst_dev, const void *src_host, size_t bytes,
+                           const char *what, vlm_err *err);
+vlm_status vlm_cuda_download(vlm_cuda_ctx *ctx, void *dst_host, const void *src_dev, size_t bytes,
+                             const char *what, vlm_err *err);
+
+/* --- ops (ops.cu) -------------------------------------------------------- */
+
+/* A weight on the device: F32, F16, BF16, or Q8_0 / Q4_0 rows of whole
+ * blocks laid out exactly as tensor/quant.h's blocks. */
+typedef struct vlm_cuda_weight {
+    vlm_dtype dtype;
+    const void *data; /* device */
+} vlm_cuda_weight;
+
+/* y[n][out] = x[n][in] . W[out][in]^T (+ b[out]); b.data may be NULL.
+ * n > VLM_CUDA_GEMV_MAX_N with F32 / F16 / BF16 weights: cuBLAS (F32:
+ * SGEMM, TF32 off; F16/BF16: x rounded to the weight's type in the
+ * workspace, tensor cores with f32 accumulation). Otherwise, and for every
+ * block-quantized W: the hand-written GEMV, f32 accumulation, x f32.
+ * With VLM_CUDA_F32_GEMM=1 set when the context was created, F16/BF16
+ * products above the GEMV size keep x in f32 instead: W is widened to f32
+ * in the workspace (chunks of output rows) and multiplied by SGEMM (the
+ * "f32 mode" the model tests hold to 2e-3 of the CPU path).
+ * y must not alias x. */
+#define VLM_CUDA_GEMV_MAX_N 8
+vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n, int64_t in,
+                           int64_t out, vlm_cuda_weight w, vlm_cuda_weight b, vlm_err *err);
+
+/* As cpu_rmsnorm / cpu_layernorm (out may equal x). */
+vlm_status vlm_cuda_rmsnorm(vlm_cuda_ctx *ctx, float *out, const float *x, int64_t n, int64_t dim,
+                            vlm_cuda_weight w, float eps, vlm_err *err);
+vlm_status vlm_cuda_layernorm(vlm_cuda_ctx *ctx, float *out, const float *x, int64_t n, int64_t dim,
+                              vlm_cuda_weight w, vlm_cuda_weight b, float eps, vlm_err *err);
+
+/* As cpu_rope_apply; cos_t/sin_t are device copies of cpu_rope_cos_sin's
+ * tables ([n][head_dim/2] f32), computed on the host so both backends
+ * rotate by bit-identical angles. */
+vlm_status vlm_cuda_rope_apply(vlm_cuda_ctx *ctx, float *x, int64_t n, int64_t row_stride,
+                               int n_heads, int head_dim, const float *cos_t, const float *sin_t,
+                               vlm_err *err);
+
+/* As cpu_attention (k, v F32 or BF16; head_dim <= 128), online softmax in
+ * f32. The key range of each (query, head) is cut into splits when there
+ * are few queries (decode), partial results combined in a second kernel;
+ * the partials live in the workspace. */
+vlm_status vlm_cuda_attention(vlm_cuda_ctx *ctx, float *out, const float *q, int64_t q_stride,
+                              vlm_cuda_weight k, vlm_cuda_weight v, int64_t kv_stride, int64_t n_q,
+                              int64_t n_kv, int n_heads, int n_kv_heads, int head_dim, bool causal,
+                              int64_t q_pos0, float scale, vlm_err *err);
+
+/* As cpu_store_rows: n f32 values at element offset of dst as F32 or BF16
+ * (round to nearest even). */
+vlm_status vlm_cuda_store_rows(vlm_cuda_ctx *ctx, void *dst, vlm_dtype dtype, int64_t offset,
+                               const float *src, int64_t n, vlm_err *err);
+
+/* n_rows rows of row_len values, src rows src_stride floats apart, stored
+ * contiguously from element offset of dst (F32 or BF16): the K (or V) rows
+ * of a whole chunk, taken out of the fused qkv rows, in one launch. */
+vlm_status vlm_cuda_store_rows_strided(vlm_cuda_ctx *ctx, void *dst, vlm_dtype dtype,
+                                       int64_t offset, const float *src, int64_t src_stride,
+                                       int64_t n_rows, int64_t row_len, vlm_err *err);
+
+/* The HD glue's 2x2 merge: for n_crops crops whose feature rows (grid x
+ * grid of dim values, row-major) start at feats + (c * crop_rows + first)
+ * * dim, out[c][i][j] = TL | TR | BL | BR of merged cell (i, j): out is
+ * [n_crops * (grid/2)^2][4 * dim]. */
+vlm_status vlm_cuda_merge2x2(vlm_cuda_ctx *ctx, float *out, const float *feats, int64_t crop_rows,
+                             int64_t first, int grid, int64_t dim, int n_crops, vlm_err *err);
+
+/* Elementwise, as the CPU ops of the same names. */
+vlm_status vlm_cuda_quick_gelu(vlm_cuda_ctx *ctx, float *x, int64_t n, vlm_err *err);
+vlm_status vlm_cuda_gelu_erf(vlm_cuda_ctx *ctx, float *x, int64_t n, vlm_err *err);
+vlm_status vlm_cuda_add(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n, vlm_err *err);
+vlm_status vlm_cuda_add_bias(vlm_cuda_ctx *ctx, float *y, int64_t n, int64_t dim, vlm_cuda_weight b,
+                             vlm_err *err);
+vlm_status vlm_cuda_silu_mul(vlm_cuda_ctx *ctx, float *out, const float *gu, int64_t n, int64_t ff,
+                             vlm_err *err);
+
+/* out[i] = table[ids[i]], ids a device array already checked in range. */
+vlm_status vlm_cuda_embed_rows(vlm_cuda_ctx *ctx, float *out, vlm_cuda_weight table, int64_t dim,
+                               const int32_t *ids, int64_t n, vlm_err *err);
+
+/* As cpu_patch_embed: im2col into im2col_dev ((s/p)^2 * 3*p*p floats), then
+ * the matmul. */
+vlm_status vlm_cuda_patch_embed(vlm_cuda_ctx *ctx, float *out, const float *img, int s, int p,
+                                int64_t width, vlm_cuda_weight w, float *im2col_dev, vlm_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

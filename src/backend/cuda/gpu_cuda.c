@@ -1,0 +1,304 @@
+/* backend/cuda/gpu_cuda - the GPU interface (backend/gpu.h) of a CUDA
+ * build: accounted device memory, the device query and the per-model
+ * context. */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cuda/ctx.h"
+#include "base/log.h"
+
+/* --- accounted device memory ---------------------------------------------
+ * cudaMalloc gives no room for a header, so each live allocation has a host
+ * record (pointer, size, category) in a list; frees search it. A model holds
+ * a few hundred device buffers, so the linear search costs nothing next to
+ * cudaFree itself. */
+
+typedef struct dev_rec {
+    void *p;
+    size_t size;
+    vlm_mem_cat cat;
+    struct dev_rec *next;
+} dev_rec;
+
+static pthread_mutex_t dev_mu = PTHREAD_MUTEX_INITIALIZER;
+static dev_rec *dev_live;
+static vlm_gpu_mem_stats dev_stats;
+static uint64_t dev_fail_at; /* 0: off; else the allocation number to fail */
+static bool dev_fail_sticky;
+static bool dev_env_read;
+
+/* VLM_FAIL_DEVICE_ALLOC_AT=N or N+ (read once, at the first allocation;
+ * dev_mu held). */
+static void dev_read_env(void) {
+    if (dev_env_read) return;
+    dev_env_read = true;
+    const char *s = getenv("VLM_FAIL_DEVICE_ALLOC_AT");
+    if (!s || !*s) return;
+    char *end = NULL;
+    unsigned long long n = strtoull(s, &end, 10);
+    if (end == s || n == 0) return;
+    dev_fail_at = dev_stats.n_allocs + (uint64_t)n;
+    dev_fail_sticky = end && *end == '+';
+}
+
+void *vlm_dev_alloc(size_t size, vlm_mem_cat cat) {
+    if ((int)cat < 0 || cat >= VLM_MEM_CAT_COUNT) cat = VLM_MEM_OTHER;
+    if (size == 0) size = 1;
+    pthread_mutex_lock(&dev_mu);
+    dev_read_env();
+    uint64_t nth = ++dev_stats.n_allocs;
+    bool inject = dev_fail_at && (nth == dev_fail_at || (dev_fail_sticky && nth > dev_fail_at));
+    pthread_mutex_unlock(&dev_mu);
+    if (inject) {
+        pthread_mutex_lock(&dev_mu);
+        dev_stats.n_failed++;
+        pthread_mutex_unlock(&dev_mu);
+        return NULL;
+    }
+    dev_rec *r = vlm_alloc(sizeof *r, VLM_MEM_OTHER);
+    void *p = NULL;
+    cudaError_t e = r ? cudaMalloc(&p, size) : cudaErrorMemoryAllocation;
+    if (e != cudaSuccess || !p) {
+        if (r) (void)cudaGetLastError(); /* clear the sticky-free error state */
+        vlm_free(r);
+        pthread_mutex_lock(&dev_mu);
+        dev_stats.n_failed++;
+        pthread_mutex_unlock(&dev_mu);
+        return NULL;
+    }
+    r->p = p;
+    r->size = size;
+    r->cat = cat;
+    pthread_mutex_lock(&dev_mu);
+    r->next = dev_live;
+    dev_live = r;
+    dev_stats.current[cat] += size;
+    if (dev_stats.current[cat] > dev_stats.peak[cat]) dev_stats.peak[cat] = dev_stats.current[cat];
+    dev_stats.total_current += size;
+    if (dev_stats.total_current > dev_stats.total_peak)
+        dev_stats.total_peak = dev_stats.total_current;
+    pthread_mutex_unlock(&dev_mu);
+    return p;
+}
+
+void vlm_dev_free(void *p) {
+    if (!p) return;
+    pthread_mutex_lock(&dev_mu);
+    dev_rec **pp = &dev_live;
+    while (*pp && (*pp)->p != p) pp = &(*pp)->next;
+    dev_rec *r = *pp;
+    if (r) {
+        *pp = r->next;
+        dev_stats.current[r->cat] -= r->size;
+        dev_stats.total_current -= r->size;
+    }
+    pthread_mutex_unlock(&dev_mu);
+    if (!r) {
+        vlm_log(VLM_LOG_ERROR, "vlm_dev_free: %p is not a live device allocation", p);
+        return;
+    }
+    cudaFree(p);
+    vlm_free(r);
+}
+
+size_t vlm_dev_alloc_size(const void *p) {
+    size_t n = 0;
+    pthread_mutex_lock(&dev_mu);
+    for (dev_rec *r = dev_live; r; r = r->next)
+        if (r->p == p) {
+            n = r->size;
+            break;
+        }
+    pthread_mutex_unlock(&dev_mu);
+    return n;
+}
+
+void vlm_dev_alloc_fail_at(uint64_t n, bool sticky) {
+    pthread_mutex_lock(&dev_mu);
+    dev_env_read = true; /* an explicit setting wins over the environment */
+    dev_fail_at = n ? dev_stats.n_allocs + n : 0;
+    dev_fail_sticky = sticky;
+    pthread_mutex_unlock(&dev_mu);
+}
+
+uint64_t vlm_dev_alloc_count(void) {
+    pthread_mutex_lock(&dev_mu);
+    uint64_t n = dev_stats.n_allocs;
+    pthread_mutex_unlock(&dev_mu);
+    return n;
+}
+
+bool vlm_gpu_built(void) {
+    return true;
+}
+
+void vlm_gpu_mem_stats_get(vlm_gpu_mem_stats *out) {
+    pthread_mutex_lock(&dev_mu);
+    *out = dev_stats;
+    pthread_mutex_unlock(&dev_mu);
+}
+
+void vlm_gpu_mem_reset_peak(void) {
+    pthread_mutex_lock(&dev_mu);
+    for (int c = 0; c < VLM_MEM_CAT_COUNT; c++) dev_stats.peak[c] = dev_stats.current[c];
+    dev_stats.total_peak = dev_stats.total_current;
+    pthread_mutex_unlock(&dev_mu);
+}
+
+/* --- the device ---------------------------------------------------------- */
+
+/* VLM_GPU_DEVICE (an ordinal among the visible devices), 0 by default. */
+static int chosen_device(void) {
+    const char *s = getenv("VLM_GPU_DEVICE");
+    if (!s || !*s) return 0;
+    char *end = NULL;
+    long v = strtol(s, &end, 10);
+    return (end != s && v >= 0 && v < 1024) ? (int)v : -1;
+}
+
+vlm_status vlm_gpu_query(vlm_gpu_info *out, vlm_err *err) {
+    memset(out, 0, sizeof *out);
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "no GPU: %s (%s)", cudaGetErrorString(e),
+                           cudaGetErrorName(e));
+    }
+    if (n <= 0) return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "no GPU: no CUDA device is visible");
+    int dev = chosen_device();
+    if (dev < 0 || dev >= n)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                           "no GPU: VLM_GPU_DEVICE=%s, but %d CUDA device(s) are visible",
+                           getenv("VLM_GPU_DEVICE"), n);
+    struct cudaDeviceProp prop;
+    e = cudaGetDeviceProperties(&prop, dev);
+    if (e == cudaSuccess) e = cudaSetDevice(dev);
+    size_t free_b = 0, total_b = 0;
+    if (e == cudaSuccess) e = cudaMemGetInfo(&free_b, &total_b);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "no GPU: device %d: %s", dev,
+                           cudaGetErrorString(e));
+    }
+    out->device = dev;
+    /* prop.name is 256 bytes; ours keeps the first 127 */
+    size_t nl = strnlen(prop.name, sizeof prop.name);
+    if (nl >= sizeof out->name) nl = sizeof out->name - 1;
+    memcpy(out->name, prop.name, nl);
+    out->name[nl] = '\0';
+    out->cc_major = prop.major;
+    out->cc_minor = prop.minor;
+    out->n_sms = prop.multiProcessorCount;
+    out->total_bytes = total_b;
+    out->free_bytes = free_b;
+    return VLM_OK;
+}
+
+/* --- the context ----------------------------------------------------------- */
+
+vlm_status vlm_cuda_ctx_create(vlm_cuda_ctx **out, size_t workspace_bytes, vlm_err *err) {
+    *out = NULL;
+    vlm_gpu_info info;
+    vlm_status st = vlm_gpu_query(&info, err);
+    if (st != VLM_OK) return st;
+    vlm_cuda_ctx *c = vlm_calloc(1, sizeof *c, VLM_MEM_OTHER);
+    if (!c) return vlm_err_set(err, VLM_ERR_NOMEM, "CUDA context: out of host memory");
+    c->device = info.device;
+    cudaError_t e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
+    if (e != cudaSuccess) {
+        vlm_free(c);
+        (void)cudaGetLastError();
+        return vlm_err_set(err, e == cudaErrorMemoryAllocation ? VLM_ERR_NOMEM : VLM_ERR_DEVICE,
+                           "CUDA context: stream: %s", cudaGetErrorString(e));
+    }
+    cublasStatus_t be = cublasCreate(&c->blas);
+    if (be != CUBLAS_STATUS_SUCCESS) {
+        c->blas = NULL;
+        vlm_cuda_ctx_destroy(c);
+        return vlm_err_set(err, be == CUBLAS_STATUS_ALLOC_FAILED ? VLM_ERR_NOMEM : VLM_ERR_DEVICE,
+                           "CUDA context: cuBLAS handle: %s", cublasGetStatusString(be));
+    }
+    cublasSetStream(c->blas, c->stream);
+    /* f32 products stay f32: no TF32 behind our back (the CPU path is the
+     * reference). */
+    cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH);
+    /* cuBLAS's workspace comes from us (category SCRATCH) so that it is
+     * counted and its failure is ours to report: 32 MiB on Hopper, 4 MiB
+     * before (NVIDIA's recommendations). */
+    size_t blas_bytes = info.cc_major >= 9 ? (32u << 20) : (4u << 20);
+    c->blas_ws = vlm_dev_alloc(blas_bytes, VLM_MEM_SCRATCH);
+    if (!c->blas_ws) {
+        vlm_cuda_ctx_destroy(c);
+        return vlm_err_set(err, VLM_ERR_NOMEM,
+                           "CUDA context: cuBLAS workspace of %zu bytes: out of device memory",
+                           blas_bytes);
+    }
+    be = cublasSetWorkspace(c->blas, c->blas_ws, blas_bytes);
+    if (be != CUBLAS_STATUS_SUCCESS) {
+        vlm_cuda_ctx_destroy(c);
+        return vlm_err_set(err, VLM_ERR_DEVICE, "CUDA context: cuBLAS workspace: %s",
+                           cublasGetStatusString(be));
+    }
+    const char *f32 = getenv("VLM_CUDA_F32_GEMM");
+    c->f32_products = f32 && *f32 && strcmp(f32, "0") != 0;
+    c->workspace_bytes = workspace_bytes;
+    if (workspace_bytes) {
+        c->workspace = vlm_dev_alloc(workspace_bytes, VLM_MEM_SCRATCH);
+        if (!c->workspace) {
+            vlm_cuda_ctx_destroy(c);
+            return vlm_err_set(err, VLM_ERR_NOMEM,
+                               "CUDA context: workspace of %zu bytes: out of device memory",
+                               workspace_bytes);
+        }
+    }
+    *out = c;
+    return VLM_OK;
+}
+
+void vlm_cuda_ctx_destroy(vlm_cuda_ctx *c) {
+    if (!c) return;
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    if (c->blas) cublasDestroy(c->blas); /* before its workspace goes */
+    vlm_dev_free(c->blas_ws);
+    vlm_dev_free(c->workspace);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    vlm_free(c);
+}
+
+void *vlm_cuda_ctx_stream(vlm_cuda_ctx *c) {
+    return (void *)c->stream;
+}
+
+vlm_status vlm_cuda_sync(vlm_cuda_ctx *c, const char *what, vlm_err *err) {
+    cudaError_t e = cudaStreamSynchronize(c->stream);
+    if (e == cudaSuccess) e = cudaGetLastError();
+    if (e == cudaSuccess) return VLM_OK;
+    return vlm_err_set(err, e == cudaErrorMemoryAllocation ? VLM_ERR_NOMEM : VLM_ERR_DEVICE,
+                       "%s: CUDA: %s (%s)", what ? what : "GPU", cudaGetErrorString(e),
+                       cudaGetErrorName(e));
+}
+
+static vlm_status copy(vlm_cuda_ctx *c, void *dst, const void *src, size_t bytes,
+                       enum cudaMemcpyKind kind, const char *what, vlm_err *err) {
+    if (bytes == 0) return VLM_OK;
+    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, c->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+    if (e == cudaSuccess) return VLM_OK;
+    (void)cudaGetLastError();
+    return vlm_err_set(err, VLM_ERR_DEVICE, "%s: copy of %zu bytes %s the GPU: %s",
+                       what ? what : "GPU", bytes, kind == cudaMemcpyHostToDevice ? "to" : "from",
+                       cudaGetErrorString(e));
+}
+
+vlm_status vlm_cuda_upload(vlm_cuda_ctx *c, void *dst_dev, const void *src_host, size_t bytes,
+                           const char *what, vlm_err *err) {
+    return copy(c, dst_dev, src_host, bytes, cudaMemcpyHostToDevice, what, err);
+}
+
+vlm_status vlm_cuda_download(vlm_cuda_ctx *c, void *dst_host, const void *src_dev, size_t bytes,
+                             const char *what, vlm_err *err) {
+    return copy(c, dst_host, src_dev, bytes, cudaMemcpyDeviceToHost, what, err);
+}

@@ -1,0 +1,742 @@
+/* backend/cuda/ops - the CUDA op set (backend/cuda/cuda.h), one kernel per
+ * CPU op of backend/cpu/ops.h with the same semantics. Activations f32;
+ * every reduction accumulates in f32. Reductions run in a different order
+ * from the CPU's, so results agree to float rounding, not bit for bit (the
+ * tolerances are in tests/gpu/test_cuda_ops.c). */
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <stdint.h>
+
+extern "C" {
+#include "backend/cuda/ctx.h"
+}
+
+/* tensor/quant.h's block layouts (its C11 _Static_asserts keep it out of
+ * C++): Q8_0 = {f16 d; int8 qs[32]} (34 bytes), Q4_0 = {f16 d; u8 qs[16]}
+ * (18 bytes), byte j of qs holding element j (low nibble) and j + 16. */
+#define VLM_QK 32
+struct vlm_block_q8_0 {
+    uint16_t d;
+    int8_t qs[VLM_QK];
+};
+struct vlm_block_q4_0 {
+    uint16_t d;
+    uint8_t qs[VLM_QK / 2];
+};
+static_assert(sizeof(vlm_block_q8_0) == 34, "Q8_0 block");
+static_assert(sizeof(vlm_block_q4_0) == 18, "Q4_0 block");
+
+namespace {
+
+/* A launch's configuration error (bad grid, no kernel image for this
+ * card): execution errors surface at vlm_cuda_sync. */
+vlm_status launched(const char *op, vlm_err *err) {
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess) return VLM_OK;
+    return vlm_err_set(err, e == cudaErrorMemoryAllocation ? VLM_ERR_NOMEM : VLM_ERR_DEVICE,
+                       "%s: CUDA launch: %s (%s)", op, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+unsigned blocks_for(int64_t n, int threads) {
+    int64_t b = (n + threads - 1) / threads;
+    if (b > 65535LL * 16) b = 65535LL * 16; /* grid-stride loops cover the rest */
+    return (unsigned)(b < 1 ? 1 : b);
+}
+
+__device__ __forceinline__ float ld_w(vlm_dtype t, const void *p, int64_t i) {
+    switch (t) {
+    case VLM_DTYPE_F16:
+        return __half2float(((const __half *)p)[i]);
+    case VLM_DTYPE_BF16:
+        return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    default:
+        return ((const float *)p)[i];
+    }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Sum over a block of blockDim.x (a multiple of 32, <= 1024) threads; every
+ * thread gets the total. sh: 32 floats. */
+__device__ float block_sum(float v, float *sh) {
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    float t = lane < nw ? sh[lane] : 0.0f;
+    return warp_sum(t);
+}
+
+/* Round to nearest even, NaN kept (as vlm_f32_to_bf16). */
+__device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+__device__ __forceinline__ float half_bits_to_f32(uint16_t h) {
+    return __half2float(__ushort_as_half(h));
+}
+
+/* --- norms ----------------------------------------------------------------- */
+
+__global__ void k_rmsnorm(float *out, const float *x, int64_t dim, vlm_dtype wt, const void *w,
+                          float eps) {
+    __shared__ float sh[32];
+    const float *xr = x + blockIdx.x * dim;
+    float *orow = out + blockIdx.x * dim;
+    float ss = 0.0f;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss, sh);
+    float r = rsqrtf(ss / (float)dim + eps);
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) orow[i] = xr[i] * r * ld_w(wt, w, i);
+}
+
+__global__ void k_layernorm(float *out, const float *x, int64_t dim, vlm_dtype wt, const void *w,
+                            vlm_dtype bt, const void *b, float eps) {
+    __shared__ float sh[32];
+    const float *xr = x + blockIdx.x * dim;
+    float *orow = out + blockIdx.x * dim;
+    float s = 0.0f;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) s += xr[i];
+    float mean = block_sum(s, sh) / (float)dim;
+    float v = 0.0f;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+        float d = xr[i] - mean;
+        v += d * d;
+    }
+    float r = rsqrtf(block_sum(v, sh) / (float)dim + eps);
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
+        orow[i] = (xr[i] - mean) * r * ld_w(wt, w, i) + (b ? ld_w(bt, b, i) : 0.0f);
+}
+
+int norm_threads(int64_t dim) {
+    int t = 32;
+    while (t < 1024 && t < dim) t *= 2;
+    return t;
+}
+
+/* --- RoPE ------------------------------------------------------------------ */
+
+/* One thread per (row, head, pair i < head_dim/2). */
+__global__ void k_rope(float *x, int64_t n, int64_t row_stride, int n_heads, int head_dim,
+                       const float *cos_t, const float *sin_t) {
+    int half = head_dim / 2;
+    int64_t total = n * n_heads * half;
+    for (int64_t id = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; id < total;
+         id += (int64_t)gridDim.x * blockDim.x) {
+        int i = (int)(id % half);
+        int64_t rh = id / half;
+        int h = (int)(rh % n_heads);
+        int64_t r = rh / n_heads;
+        float *v = x + r * row_stride + (int64_t)h * head_dim;
+        float c = cos_t[r * half + i], s = sin_t[r * half + i];
+        float a = v[i], b = v[i + half];
+        /* rotate_half(x) = (-x2, x1) */
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
+    }
+}
+
+/* --- attention --------------------------------------------------------------
+ * One warp per (query, head, key split). Lane l holds output dims
+ * l, l+32, l+64, l+96 (head_dim <= 128); q.k is a warp sum. Online softmax
+ * in f32: m (running max), l (running sum of exp), acc (running weighted
+ * sum), rescaled when the max grows. With one split the warp writes the
+ * normalised row; with several, each writes (m, l, acc) to the workspace
+ * and k_attn_combine merges them. */
+
+constexpr int ATT_MAXD = 128;
+constexpr int ATT_PER_LANE = ATT_MAXD / 32;
+
+__global__ void k_attention(float *out, const float *q, int64_t q_stride, vlm_dtype kvt,
+                            const void *k, const void *v, int64_t kv_stride, int64_t n_q,
+                            int64_t n_kv, int n_heads, int n_kv_heads, int head_dim, bool causal,
+                            int64_t q_pos0, float scale, int n_split, float *part) {
+    int warps = blockDim.x >> 5;
+    int64_t qh = (int64_t)blockIdx.x * warps + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (qh >= n_q * n_heads) return;
+    int split = blockIdx.y;
+    int64_t qi = qh / n_heads;
+    int h = (int)(qh % n_heads);
+    int kvh = h / (n_heads / n_kv_heads);
+    int64_t n_see = causal ? q_pos0 + qi + 1 : n_kv;
+    if (n_see > n_kv) n_see = n_kv;
+    int64_t per = (n_see + n_split - 1) / n_split;
+    int64_t k0 = (int64_t)split * per, k1 = k0 + per < n_see ? k0 + per : n_see;
+
+    const float *qr = q + qi * q_stride + (int64_t)h * head_dim;
+    float qv[ATT_PER_LANE], acc[ATT_PER_LANE];
+#pragma unroll
+    for (int j = 0; j < ATT_PER_LANE; j++) {
+        int d = lane + 32 * j;
+        qv[j] = d < head_dim ? qr[d] : 0.0f;
+        acc[j] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    int64_t kvoff = (int64_t)kvh * head_dim;
+    for (int64_t t = k0; t < k1; t++) {
+        int64_t base = t * kv_stride + kvoff;
+        float s = 0.0f;
+#pragma unroll
+        for (int j = 0; j < ATT_PER_LANE; j++) {
+            int d = lane + 32 * j;
+            if (d < head_dim) s += qv[j] * ld_w(kvt, k, base + d);
+        }
+        s = warp_sum(s) * scale;
+        float mn = fmaxf(m, s);
+        float corr = __expf(m - mn); /* m = -inf at the first key: 0 */
+        float p = __expf(s - mn);
+        l = l * corr + p;
+#pragma unroll
+        for (int j = 0; j < ATT_PER_LANE; j++) {
+            int d = lane + 32 * j;
+            float vv = d < head_dim ? ld_w(kvt, v, base + d) : 0.0f;
+            acc[j] = acc[j] * corr + p * vv;
+        }
+        m = mn;
+    }
+    if (n_split == 1) {
+        float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        float *orow = out + qi * (int64_t)n_heads * head_dim + (int64_t)h * head_dim;
+#pragma unroll
+        for (int j = 0; j < ATT_PER_LANE; j++) {
+            int d = lane + 32 * j;
+            if (d < head_dim) orow[d] = acc[j] * inv;
+        }
+        return;
+    }
+    /* part: [n_q*n_heads][n_split][2 + head_dim] */
+    float *pr = part + (qh * n_split + split) * (int64_t)(2 + head_dim);
+    if (lane == 0) {
+        pr[0] = m;
+        pr[1] = l;
+    }
+#pragma unroll
+    for (int j = 0; j < ATT_PER_LANE; j++) {
+        int d = lane + 32 * j;
+        if (d < head_dim) pr[2 + d] = acc[j];
+    }
+}
+
+/* One warp per (query, head): merge the splits' partial softmaxes. */
+__global__ void k_attn_combine(float *out, const float *part, int64_t n_qh, int n_heads,
+                               int head_dim, int n_split) {
+    int warps = blockDim.x >> 5;
+    int64_t qh = (int64_t)blockIdx.x * warps + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (qh >= n_qh) return;
+    const float *pr = part + qh * n_split * (int64_t)(2 + head_dim);
+    float m = -INFINITY;
+    for (int s = 0; s < n_split; s++) m = fmaxf(m, pr[s * (int64_t)(2 + head_dim)]);
+    float l = 0.0f;
+    float acc[ATT_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int s = 0; s < n_split; s++) {
+        const float *ps = pr + s * (int64_t)(2 + head_dim);
+        if (ps[1] == 0.0f) continue; /* an empty split (m = -inf) */
+        float c = __expf(ps[0] - m);
+        l += ps[1] * c;
+#pragma unroll
+        for (int j = 0; j < ATT_PER_LANE; j++) {
+            int d = lane + 32 * j;
+            if (d < head_dim) acc[j] += ps[2 + d] * c;
+        }
+    }
+    float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    int64_t qi = qh / n_heads;
+    int h = (int)(qh % n_heads);
+    float *orow = out + qi * (int64_t)n_heads * head_dim + (int64_t)h * head_dim;
+#pragma unroll
+    for (int j = 0; j < ATT_PER_LANE; j++) {
+        int d = lane + 32 * j;
+        if (d < head_dim) orow[d] = acc[j] * inv;
+    }
+}
+
+/* --- elementwise ----------------------------------------------------------- */
+
+#define GRID_LOOP(i, n)                                                                            \
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n);                      \
+         i += (int64_t)gridDim.x * blockDim.x)
+
+__global__ void k_quick_gelu(float *x, int64_t n) {
+    GRID_LOOP(i, n) {
+        float v = x[i];
+        x[i] = v / (1.0f + expf(-1.702f * v));
+    }
+}
+
+__global__ void k_gelu_erf(float *x, int64_t n) {
+    GRID_LOOP(i, n) {
+        float v = x[i];
+        x[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    }
+}
+
+__global__ void k_add(float *y, const float *x, int64_t n) {
+    GRID_LOOP(i, n) y[i] += x[i];
+}
+
+__global__ void k_add_bias(float *y, int64_t n, int64_t dim, vlm_dtype bt, const void *b) {
+    GRID_LOOP(i, n * dim) y[i] += ld_w(bt, b, i % dim);
+}
+
+__global__ void k_silu_mul(float *out, const float *gu, int64_t n, int64_t ff) {
+    GRID_LOOP(i, n * ff) {
+        int64_t r = i / ff, c = i % ff;
+        float g = gu[r * 2 * ff + c], u = gu[r * 2 * ff + ff + c];
+        out[i] = u * (g / (1.0f + expf(-g)));
+    }
+}
+
+__global__ void k_store_rows(void *dst, vlm_dtype t, int64_t offset, const float *src, int64_t n) {
+    GRID_LOOP(i, n) {
+        if (t == VLM_DTYPE_BF16)
+            ((uint16_t *)dst)[offset + i] = f32_to_bf16_bits(src[i]);
+        else
+            ((float *)dst)[offset + i] = src[i];
+    }
+}
+
+__global__ void k_store_strided(void *dst, vlm_dtype t, int64_t offset, const float *src,
+                                int64_t src_stride, int64_t n_rows, int64_t row_len) {
+    GRID_LOOP(i, n_rows * row_len) {
+        float v = src[(i / row_len) * src_stride + i % row_len];
+        if (t == VLM_DTYPE_BF16)
+            ((uint16_t *)dst)[offset + i] = f32_to_bf16_bits(v);
+        else
+            ((float *)dst)[offset + i] = v;
+    }
+}
+
+__global__ void k_merge2x2(float *out, const float *f, int64_t crop_rows, int64_t first, int grid,
+                           int64_t dim, int n_crops) {
+    const int mg = grid / 2;
+    const int64_t mm = (int64_t)mg * mg;
+    GRID_LOOP(i, (int64_t)n_crops * mm * 4 * dim) {
+        int64_t e = i % dim, q = (i / dim) % 4, cell = i / (4 * dim);
+        int64_t c = cell / mm, rem = cell % mm, ci = rem / mg, cj = rem % mg;
+        int64_t r = (2 * ci + q / 2) * grid + 2 * cj + q % 2;
+        out[i] = f[(c * crop_rows + first + r) * dim + e];
+    }
+}
+
+__global__ void k_embed(float *out, vlm_dtype t, const void *table, int64_t dim, const int32_t *ids,
+                        int64_t n) {
+    GRID_LOOP(i, n * dim) {
+        int64_t r = i / dim, c = i % dim;
+        out[i] = ld_w(t, table, (int64_t)ids[r] * dim + c);
+    }
+}
+
+__global__ void k_widen(float *dst, vlm_dtype t, const void *src, int64_t n) {
+    GRID_LOOP(i, n) dst[i] = ld_w(t, src, i);
+}
+
+__global__ void k_to_half(void *dst, bool bf16, const float *src, int64_t n) {
+    GRID_LOOP(i, n) {
+        if (bf16)
+            ((__nv_bfloat16 *)dst)[i] = __float2bfloat16_rn(src[i]);
+        else
+            ((__half *)dst)[i] = __float2half_rn(src[i]);
+    }
+}
+
+/* im2col of a CHW image (3 x s x s) into [(s/p)^2][3*p*p], a patch's values
+ * in (channel, row, column) order as the conv weight [width][3][p][p]. */
+__global__ void k_im2col(float *col, const float *img, int s, int p) {
+    int g = s / p;
+    int64_t per = 3LL * p * p;
+    GRID_LOOP(i, (int64_t)g * g * per) {
+        int64_t patch = i / per, e = i % per;
+        int c = (int)(e / (p * p)), rem = (int)(e % (p * p));
+        int py = rem / p, px = rem % p;
+        int gy = (int)(patch / g), gx = (int)(patch % g);
+        col[i] = img[(int64_t)c * s * s + (int64_t)(gy * p + py) * s + gx * p + px];
+    }
+}
+
+/* --- GEMV for decoding ------------------------------------------------------
+ * One warp per output row; the row is read once for all n (<= 8) tokens.
+ * F32 / F16 / BF16 rows whose length and address allow it are read in
+ * 16-byte vectors, two in flight per lane (the loop is unrolled by two);
+ * Q8_0 / Q4_0: one 32-weight block per lane per step (the 34- and 18-byte
+ * blocks are only 2-byte aligned, so they are read in 16-bit words). */
+
+constexpr int GEMV_WARPS = 4;
+constexpr int GEMV_MAXN = VLM_CUDA_GEMV_MAX_N;
+
+template <int N>
+__device__ __forceinline__ void fma_x8(float (&acc)[GEMV_MAXN], const float (&w)[8], const float *x,
+                                       int64_t in, int64_t col, int n) {
+#pragma unroll
+    for (int t = 0; t < N; t++) {
+        if (t >= n) break;
+        const float4 *xv = (const float4 *)(x + t * in + col);
+        float4 a = xv[0], b = xv[1];
+        acc[t] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y +
+                  w[6] * b.z + w[7] * b.w;
+    }
+}
+
+__device__ __forceinline__ void unpack8(vlm_dtype t, uint4 u, float (&w)[8]) {
+    const uint32_t wd[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        uint16_t lo = (uint16_t)(wd[j] & 0xffffu), hi = (uint16_t)(wd[j] >> 16);
+        if (t == VLM_DTYPE_BF16) {
+            w[2 * j] = __uint_as_float((uint32_t)lo << 16);
+            w[2 * j + 1] = __uint_as_float((uint32_t)hi << 16);
+        } else {
+            w[2 * j] = half_bits_to_f32(lo);
+            w[2 * j + 1] = half_bits_to_f32(hi);
+        }
+    }
+}
+
+__global__ void k_gemv(float *y, const float *x, int64_t n, int64_t in, int64_t out, vlm_dtype t,
+                       const void *w, bool vec) {
+    int64_t row = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= out) return;
+    float acc[GEMV_MAXN];
+#pragma unroll
+    for (int i = 0; i < GEMV_MAXN; i++) acc[i] = 0.0f;
+    int nn = (int)n;
+
+    if (t == VLM_DTYPE_Q8_0 || t == VLM_DTYPE_Q4_0) {
+        int64_t nb = in / VLM_QK;
+        size_t bbytes = t == VLM_DTYPE_Q8_0 ? sizeof(vlm_block_q8_0) : sizeof(vlm_block_q4_0);
+        const uint8_t *wr = (const uint8_t *)w + row * nb * (int64_t)bbytes;
+        for (int64_t b = lane; b < nb; b += 32) {
+            const uint16_t *blk = (const uint16_t *)(wr + b * (int64_t)bbytes);
+            float d = half_bits_to_f32(blk[0]);
+            float wv[VLM_QK];
+            if (t == VLM_DTYPE_Q8_0) {
+#pragma unroll
+                for (int j = 0; j < VLM_QK / 2; j++) {
+                    uint16_t u = blk[1 + j];
+                    wv[2 * j] = d * (float)(int8_t)(u & 0xff);
+                    wv[2 * j + 1] = d * (float)(int8_t)(u >> 8);
+                }
+            } else {
+                /* byte j: element j (low nibble) and j + 16 (high) */
+#pragma unroll
+                for (int j = 0; j < VLM_QK / 4; j++) {
+                    uint16_t u = blk[1 + j];
+                    uint8_t b0 = (uint8_t)(u & 0xff), b1 = (uint8_t)(u >> 8);
+                    wv[2 * j] = d * (float)((int)(b0 & 15) - 8);
+                    wv[2 * j + 16] = d * (float)((int)(b0 >> 4) - 8);
+                    wv[2 * j + 1] = d * (float)((int)(b1 & 15) - 8);
+                    wv[2 * j + 17] = d * (float)((int)(b1 >> 4) - 8);
+                }
+            }
+#pragma unroll
+            for (int tk = 0; tk < GEMV_MAXN; tk++) { /* unrolled: acc stays in registers */
+                if (tk >= nn) break;
+                const float *xr = x + tk * in + b * VLM_QK;
+                float s = 0.0f;
+#pragma unroll
+                for (int j = 0; j < VLM_QK; j++) s += wv[j] * xr[j];
+                acc[tk] += s;
+            }
+        }
+    } else if (vec && (t == VLM_DTYPE_BF16 || t == VLM_DTYPE_F16)) {
+        /* 8 weights per 16-byte load */
+        const uint4 *wr = (const uint4 *)((const uint16_t *)w + row * in);
+        int64_t nv = in / 8;
+        int64_t i = lane;
+        for (; i + 32 < nv; i += 64) {
+            uint4 u0 = wr[i], u1 = wr[i + 32]; /* two loads in flight */
+            float w0[8], w1[8];
+            unpack8(t, u0, w0);
+            unpack8(t, u1, w1);
+            fma_x8<GEMV_MAXN>(acc, w0, x, in, i * 8, nn);
+            fma_x8<GEMV_MAXN>(acc, w1, x, in, (i + 32) * 8, nn);
+        }
+        for (; i < nv; i += 32) {
+            float w0[8];
+            unpack8(t, wr[i], w0);
+            fma_x8<GEMV_MAXN>(acc, w0, x, in, i * 8, nn);
+        }
+    } else if (vec && t == VLM_DTYPE_F32) {
+        const float4 *wr = (const float4 *)((const float *)w + row * in);
+        int64_t nv = in / 8; /* two float4 per step: 8 weights */
+        for (int64_t i = lane; i < nv; i += 32) {
+            float4 a = wr[2 * i], b = wr[2 * i + 1];
+            float w0[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+            fma_x8<GEMV_MAXN>(acc, w0, x, in, i * 8, nn);
+        }
+    } else {
+        for (int64_t i = lane; i < in; i += 32) {
+            float wv = ld_w(t, w, row * in + i);
+#pragma unroll
+            for (int tk = 0; tk < GEMV_MAXN; tk++) {
+                if (tk >= nn) break;
+                acc[tk] += wv * x[tk * in + i];
+            }
+        }
+    }
+#pragma unroll
+    for (int tk = 0; tk < GEMV_MAXN; tk++) {
+        if (tk >= nn) break;
+        float s = warp_sum(acc[tk]);
+        if (lane == 0) y[tk * out + row] = s;
+    }
+}
+
+} // namespace
+
+/* --- the C interface --------------------------------------------------------- */
+
+extern "C" {
+
+vlm_status vlm_cuda_rmsnorm(vlm_cuda_ctx *ctx, float *out, const float *x, int64_t n, int64_t dim,
+                            vlm_cuda_weight w, float eps, vlm_err *err) {
+    if (n <= 0) return VLM_OK;
+    k_rmsnorm<<<(unsigned)n, norm_threads(dim), 0, ctx->stream>>>(out, x, dim, w.dtype, w.data,
+                                                                  eps);
+    return launched("rmsnorm", err);
+}
+
+vlm_status vlm_cuda_layernorm(vlm_cuda_ctx *ctx, float *out, const float *x, int64_t n, int64_t dim,
+                              vlm_cuda_weight w, vlm_cuda_weight b, float eps, vlm_err *err) {
+    if (n <= 0) return VLM_OK;
+    k_layernorm<<<(unsigned)n, norm_threads(dim), 0, ctx->stream>>>(out, x, dim, w.dtype, w.data,
+                                                                    b.dtype, b.data, eps);
+    return launched("layernorm", err);
+}
+
+vlm_status vlm_cuda_rope_apply(vlm_cuda_ctx *ctx, float *x, int64_t n, int64_t row_stride,
+                               int n_heads, int head_dim, const float *cos_t, const float *sin_t,
+                               vlm_err *err) {
+    int64_t total = n * n_heads * (head_dim / 2);
+    if (total <= 0) return VLM_OK;
+    k_rope<<<blocks_for(total, 256), 256, 0, ctx->stream>>>(x, n, row_stride, n_heads, head_dim,
+                                                            cos_t, sin_t);
+    return launched("rope", err);
+}
+
+vlm_status vlm_cuda_attention(vlm_cuda_ctx *ctx, float *out, const float *q, int64_t q_stride,
+                              vlm_cuda_weight k, vlm_cuda_weight v, int64_t kv_stride, int64_t n_q,
+                              int64_t n_kv, int n_heads, int n_kv_heads, int head_dim, bool causal,
+                              int64_t q_pos0, float scale, vlm_err *err) {
+    if (head_dim <= 0 || head_dim > ATT_MAXD || n_kv_heads <= 0 || n_heads % n_kv_heads)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                           "attention: head_dim %d, %d heads over %d kv heads (CUDA kernel takes "
+                           "head_dim <= %d)",
+                           head_dim, n_heads, n_kv_heads, ATT_MAXD);
+    if (k.dtype != VLM_DTYPE_F32 && k.dtype != VLM_DTYPE_BF16)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "attention: KV dtype %d", (int)k.dtype);
+    int64_t n_qh = n_q * n_heads;
+    if (n_qh <= 0) return VLM_OK;
+    /* Split the keys when there are too few (query, head) warps to fill the
+     * card: aim for ~4 warps of work per SM-ish, each split >= 64 keys. */
+    int n_split = 1;
+    if (n_qh < 1024 && n_kv >= 128) {
+        int64_t want = 2048 / n_qh;
+        int64_t by_len = n_kv / 64;
+        n_split = (int)(want < by_len ? want : by_len);
+        if (n_split > 64) n_split = 64;
+        if (n_split < 1) n_split = 1;
+    }
+    size_t part_bytes = (size_t)n_qh * n_split * (2 + head_dim) * sizeof(float);
+    if (n_split > 1 && part_bytes > ctx->workspace_bytes) {
+        n_split = 1; /* correct without the partials, only slower */
+    }
+    const int warps = 4;
+    dim3 grid((unsigned)((n_qh + warps - 1) / warps), (unsigned)n_split);
+    k_attention<<<grid, warps * 32, 0, ctx->stream>>>(
+        out, q, q_stride, k.dtype, k.data, v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads,
+        head_dim, causal, q_pos0, scale, n_split, (float *)ctx->workspace);
+    vlm_status st = launched("attention", err);
+    if (st != VLM_OK || n_split == 1) return st;
+    k_attn_combine<<<(unsigned)((n_qh + warps - 1) / warps), warps * 32, 0, ctx->stream>>>(
+        out, (const float *)ctx->workspace, n_qh, n_heads, head_dim, n_split);
+    return launched("attention (combine)", err);
+}
+
+vlm_status vlm_cuda_store_rows(vlm_cuda_ctx *ctx, void *dst, vlm_dtype dtype, int64_t offset,
+                               const float *src, int64_t n, vlm_err *err) {
+    if (dtype != VLM_DTYPE_F32 && dtype != VLM_DTYPE_BF16)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "store_rows: dtype %d", (int)dtype);
+    if (n <= 0) return VLM_OK;
+    k_store_rows<<<blocks_for(n, 256), 256, 0, ctx->stream>>>(dst, dtype, offset, src, n);
+    return launched("store_rows", err);
+}
+
+vlm_status vlm_cuda_store_rows_strided(vlm_cuda_ctx *ctx, void *dst, vlm_dtype dtype,
+                                       int64_t offset, const float *src, int64_t src_stride,
+                                       int64_t n_rows, int64_t row_len, vlm_err *err) {
+    if (dtype != VLM_DTYPE_F32 && dtype != VLM_DTYPE_BF16)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "store_rows: dtype %d", (int)dtype);
+    int64_t n = n_rows * row_len;
+    if (n <= 0) return VLM_OK;
+    k_store_strided<<<blocks_for(n, 256), 256, 0, ctx->stream>>>(dst, dtype, offset, src,
+                                                                 src_stride, n_rows, row_len);
+    return launched("store_rows_strided", err);
+}
+
+vlm_status vlm_cuda_merge2x2(vlm_cuda_ctx *ctx, float *out, const float *feats, int64_t crop_rows,
+                             int64_t first, int grid, int64_t dim, int n_crops, vlm_err *err) {
+    int64_t n = (int64_t)n_crops * (grid / 2) * (grid / 2) * 4 * dim;
+    if (n <= 0) return VLM_OK;
+    k_merge2x2<<<blocks_for(n, 256), 256, 0, ctx->stream>>>(out, feats, crop_rows, first, grid, dim,
+                                                            n_crops);
+    return launched("merge2x2", err);
+}
+
+vlm_status vlm_cuda_quick_gelu(vlm_cuda_ctx *ctx, float *x, int64_t n, vlm_err *err) {
+    if (n <= 0) return VLM_OK;
+    k_quick_gelu<<<blocks_for(n, 256), 256, 0, ctx->stream>>>(x, n);
+    return launched("quick_gelu", err);
+}
+
+vlm_status vlm_cuda_gelu_erf(vlm_cuda_ctx *ctx, float *x, int64_t n, vlm_err *err) {
+    if (n <= 0) return VLM_OK;
+    k_gelu_erf<<<blocks_for(n, 256), 256, 0, ctx->stream>>>(x, n);
+    return launched("gelu_erf", err);
+}
+
+vlm_status vlm_cuda_add(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n, vlm_err *err) {
+    if (n <= 0) return VLM_OK;
+    k_add<<<blocks_for(n, 256), 256, 0, ctx->stream>>>(y, x, n);
+    return launched("add", err);
+}
+
+vlm_status vlm_cuda_add_bias(vlm_cuda_ctx *ctx, float *y, int64_t n, int64_t dim, vlm_cuda_weight b,
+                             vlm_err *err) {
+    if (n <= 0 || dim <= 0 || !b.data) return VLM_OK;
+    k_add_bias<<<blocks_for(n * dim, 256), 256, 0, ctx->stream>>>(y, n, dim, b.dtype, b.data);
+    return launched("add_bias", err);
+}
+
+vlm_status vlm_cuda_silu_mul(vlm_cuda_ctx *ctx, float *out, const float *gu, int64_t n, int64_t ff,
+                             vlm_err *err) {
+    if (n <= 0 || ff <= 0) return VLM_OK;
+    k_silu_mul<<<blocks_for(n * ff, 256), 256, 0, ctx->stream>>>(out, gu, n, ff);
+    return launched("silu_mul", err);
+}
+
+vlm_status vlm_cuda_embed_rows(vlm_cuda_ctx *ctx, float *out, vlm_cuda_weight table, int64_t dim,
+                               const int32_t *ids, int64_t n, vlm_err *err) {
+    if (n <= 0 || dim <= 0) return VLM_OK;
+    k_embed<<<blocks_for(n * dim, 256), 256, 0, ctx->stream>>>(out, table.dtype, table.data, dim,
+                                                               ids, n);
+    return launched("embed_rows", err);
+}
+
+vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n, int64_t in,
+                           int64_t out, vlm_cuda_weight w, vlm_cuda_weight b, vlm_err *err) {
+    if (n <= 0 || out <= 0) return VLM_OK;
+    vlm_dtype t = w.dtype;
+    bool plain = t == VLM_DTYPE_F32 || t == VLM_DTYPE_F16 || t == VLM_DTYPE_BF16;
+    bool quant = t == VLM_DTYPE_Q8_0 || t == VLM_DTYPE_Q4_0;
+    if (!plain && !quant)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "matmul: weight dtype %d has no CUDA kernel",
+                           (int)t);
+    if (quant && in % VLM_QK)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                           "matmul: %lld inputs is not a whole number of %d-weight blocks",
+                           (long long)in, VLM_QK);
+    vlm_status st;
+    if (quant || n <= GEMV_MAXN) {
+        for (int64_t t0 = 0; t0 < n; t0 += GEMV_MAXN) {
+            int64_t nn = n - t0 < GEMV_MAXN ? n - t0 : GEMV_MAXN;
+            /* 16-byte vectors need 8-weight rows and aligned x and W. */
+            bool vec = in % 8 == 0 && ((uintptr_t)w.data % 16) == 0 &&
+                       ((uintptr_t)(x + t0 * in) % 16) == 0;
+            unsigned grid = (unsigned)((out + GEMV_WARPS - 1) / GEMV_WARPS);
+            k_gemv<<<grid, GEMV_WARPS * 32, 0, ctx->stream>>>(y + t0 * out, x + t0 * in, nn, in,
+                                                              out, t, w.data, vec);
+            st = launched("matmul (gemv)", err);
+            if (st != VLM_OK) return st;
+        }
+    } else {
+        /* cuBLAS is column-major: row-major y[n][out] is Y (out x n, ld out),
+         * W[out][in] is an (in x out, ld in) matrix taken transposed, x[n][in]
+         * is (in x n, ld in): Y = op_T(W) * X. */
+        const float alpha = 1.0f, beta = 0.0f;
+        cublasStatus_t bs;
+        if (t == VLM_DTYPE_F32) {
+            bs = cublasGemmEx(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in,
+                              &alpha, w.data, CUDA_R_32F, (int)in, x, CUDA_R_32F, (int)in, &beta, y,
+                              CUDA_R_32F, (int)out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        } else if (ctx->f32_products) {
+            /* W widened to f32 in the workspace, a chunk of output rows at
+             * a time; y's columns [o0, o0 + nr) of every row */
+            int64_t rows = (int64_t)(ctx->workspace_bytes / ((size_t)in * 4));
+            if (rows < 1)
+                return vlm_err_set(err, VLM_ERR_NOMEM,
+                                   "matmul: a weight row of %lld needs %lld bytes of GPU "
+                                   "workspace, the context has %zu",
+                                   (long long)in, (long long)in * 4, ctx->workspace_bytes);
+            bs = CUBLAS_STATUS_SUCCESS;
+            for (int64_t o0 = 0; o0 < out && bs == CUBLAS_STATUS_SUCCESS; o0 += rows) {
+                int64_t nr = out - o0 < rows ? out - o0 : rows;
+                const char *wsrc = (const char *)w.data + (size_t)(o0 * in) * 2;
+                k_widen<<<blocks_for(nr * in, 256), 256, 0, ctx->stream>>>((float *)ctx->workspace,
+                                                                           t, wsrc, nr * in);
+                st = launched("matmul (widen weights)", err);
+                if (st != VLM_OK) return st;
+                bs = cublasGemmEx(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, (int)n, (int)in,
+                                  &alpha, ctx->workspace, CUDA_R_32F, (int)in, x, CUDA_R_32F,
+                                  (int)in, &beta, y + o0, CUDA_R_32F, (int)out, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT);
+            }
+        } else {
+            /* x rounded to the weight's type in the workspace, in chunks
+             * of rows that fit it */
+            int64_t rows = (int64_t)(ctx->workspace_bytes / ((size_t)in * 2));
+            if (rows < 1)
+                return vlm_err_set(err, VLM_ERR_NOMEM,
+                                   "matmul: a row of %lld activations needs %lld bytes of GPU "
+                                   "workspace, the context has %zu",
+                                   (long long)in, (long long)in * 2, ctx->workspace_bytes);
+            bool bf = t == VLM_DTYPE_BF16;
+            cudaDataType_t dt = bf ? CUDA_R_16BF : CUDA_R_16F;
+            bs = CUBLAS_STATUS_SUCCESS;
+            for (int64_t r0 = 0; r0 < n && bs == CUBLAS_STATUS_SUCCESS; r0 += rows) {
+                int64_t nr = n - r0 < rows ? n - r0 : rows;
+                k_to_half<<<blocks_for(nr * in, 256), 256, 0, ctx->stream>>>(ctx->workspace, bf,
+                                                                             x + r0 * in, nr * in);
+                st = launched("matmul (round activations)", err);
+                if (st != VLM_OK) return st;
+                bs = cublasGemmEx(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)nr, (int)in,
+                                  &alpha, w.data, dt, (int)in, ctx->workspace, dt, (int)in, &beta,
+                                  y + r0 * out, CUDA_R_32F, (int)out, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT);
+            }
+        }
+        if (bs != CUBLAS_STATUS_SUCCESS)
+            return vlm_err_set(err,
+                               bs == CUBLAS_STATUS_ALLOC_FAILED ? VLM_ERR_NOMEM : VLM_ERR_DEVICE,
+                               "matmul %lld x %lld x %lld: cuBLAS: %s", (long long)n, (long long)in,
+                               (long long)out, cublasGetStatusString(bs));
+    }
+    return vlm_cuda_add_bias(ctx, y, n, out, b, err);
+}
+
+vlm_status vlm_cuda_patch_embed(vlm_cuda_ctx *ctx, float *out, const float *img, int s, int p,
+                                int64_t width, vlm_cuda_weight w, float *im2col_dev, vlm_err *err) {
+    if (p <= 0 || s % p)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "patch_embed: side %d is not a multiple of %d",
+                           s, p);
+    int64_t g = s / p, per = 3LL * p * p;
+    k_im2col<<<blocks_for(g * g * per, 256), 256, 0, ctx->stream>>>(im2col_dev, img, s, p);
+    vlm_status st = launched("patch_embed (im2col)", err);
+    if (st != VLM_OK) return st;
+    vlm_cuda_weight none = {VLM_DTYPE_F32, NULL};
+    return vlm_cuda_matmul(ctx, out, im2col_dev, g * g, per, width, w, none, err);
+}
+
+} // extern "C"

@@ -1,0 +1,283 @@
+/* models/clip_gpu - see clip_gpu.h. */
+#include "models/clip_gpu.h"
+
+#ifdef VLM_HAVE_CUDA
+
+#include <math.h>
+#include <stdio.h>
+
+#include "backend/cuda/cuda.h"
+#include "base/alloc.h"
+
+typedef struct gpu_clip_layer {
+    vlm_cuda_weight ln1_w, ln1_b, q_w, k_w, v_w, o_w, q_b, k_b, v_b, o_b, ln2_w, ln2_b, fc1_w,
+        fc1_b, fc2_w, fc2_b;
+} gpu_clip_layer;
+
+struct clip_gpu {
+    const clip_model *m;
+    vlm_cuda_ctx *ctx;
+    gpu_clip_layer *L;
+    vlm_cuda_weight class_emb, patch_w, pos_emb, pre_ln_w, pre_ln_b;
+    int32_t *pos_ids; /* device [n_pos]: 0..n_pos-1, rows of pos_emb gathered by embed_rows */
+    void **owned;
+    int n_owned;
+    float *act; /* device, act_floats */
+    size_t act_floats;
+    /* the projector (clip_gpu_set_projector), or has_proj false */
+    bool has_proj;
+    int64_t d;
+    vlm_cuda_weight sub_gn, glb_gn, proj0_w, proj0_b, proj2_w, proj2_b;
+};
+
+static vlm_status upload(clip_gpu *g, cpu_weight w, int64_t n, const char *name, int layer,
+                         vlm_cuda_weight *out, vlm_err *err) {
+    if (w.dtype != VLM_DTYPE_F32 && w.dtype != VLM_DTYPE_F16 && w.dtype != VLM_DTYPE_BF16 &&
+        w.dtype != VLM_DTYPE_Q8_0 && w.dtype != VLM_DTYPE_Q4_0)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                           "vision layer %d %s: %s weights have no CUDA kernel", layer, name,
+                           vlm_dtype_get(w.dtype)->name);
+    uint64_t bytes = 0;
+    if (!vlm_dtype_nbytes(w.dtype, (uint64_t)n, &bytes))
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "vision layer %d %s: bad size", layer, name);
+    void *d = vlm_dev_alloc((size_t)bytes, VLM_MEM_WEIGHTS);
+    if (!d)
+        return vlm_err_set(err, VLM_ERR_NOMEM,
+                           "vision layer %d %s: out of GPU memory for %llu bytes of weights", layer,
+                           name, (unsigned long long)bytes);
+    g->owned[g->n_owned++] = d;
+    *out = (vlm_cuda_weight){w.dtype, d};
+    return vlm_cuda_upload(g->ctx, d, w.data, (size_t)bytes, name, err);
+}
+
+vlm_status clip_gpu_create(const clip_model *m, clip_gpu **out, vlm_err *err) {
+    *out = NULL;
+    const clip_config *c = &m->cfg;
+    clip_gpu *g = vlm_calloc(1, sizeof *g, VLM_MEM_OTHER);
+    if (!g) return vlm_err_set(err, VLM_ERR_NOMEM, "GPU vision tower: out of host memory");
+    g->m = m;
+    /* workspace: bf16 activations of 1024 rows of the MLP width */
+    vlm_status st = vlm_cuda_ctx_create(&g->ctx, (size_t)1024 * (size_t)c->intermediate * 2, err);
+    if (st != VLM_OK) goto fail;
+    g->L = VLM_NEW_ARRAY(gpu_clip_layer, (size_t)(m->n_run > 0 ? m->n_run : 1), VLM_MEM_OTHER);
+    g->owned = VLM_NEW_ARRAY(void *, (size_t)m->n_run * 16 + 12, VLM_MEM_OTHER);
+    int32_t *ids = VLM_NEW_ARRAY(int32_t, (size_t)m->n_pos, VLM_MEM_SCRATCH);
+    if (!g->L || !g->owned || !ids) {
+        vlm_free(ids);
+        st = vlm_err_set(err, VLM_ERR_NOMEM, "GPU vision tower: out of host memory");
+        goto fail;
+    }
+    for (int i = 0; i < m->n_pos; i++) ids[i] = i;
+    g->pos_ids = vlm_dev_alloc((size_t)m->n_pos * sizeof(int32_t), VLM_MEM_OTHER);
+    st = g->pos_ids ? vlm_cuda_upload(g->ctx, g->pos_ids, ids, (size_t)m->n_pos * sizeof(int32_t),
+                                      "position ids", err)
+                    : vlm_err_set(err, VLM_ERR_NOMEM,
+                                  "GPU vision tower: out of GPU memory for position ids");
+    vlm_free(ids);
+    if (st != VLM_OK) goto fail;
+    const int64_t D = c->hidden, I = c->intermediate, P = c->patch_size;
+    if ((st = upload(g, m->class_emb, D, "class_embedding", -1, &g->class_emb, err)) ||
+        (st = upload(g, m->patch_w, D * 3 * P * P, "patch_embedding", -1, &g->patch_w, err)) ||
+        (st = upload(g, m->pos_emb, (int64_t)m->n_pos * D, "position_embedding", -1, &g->pos_emb,
+                     err)) ||
+        (st = upload(g, m->pre_ln_w, D, "pre_layrnorm.weight", -1, &g->pre_ln_w, err)) ||
+        (st = upload(g, m->pre_ln_b, D, "pre_layrnorm.bias", -1, &g->pre_ln_b, err)))
+        goto fail;
+    for (int l = 0; l < m->n_run; l++) {
+        const clip_layer *H = &m->layers[l];
+        gpu_clip_layer *G = &g->L[l];
+        if ((st = upload(g, H->ln1_w, D, "layer_norm1.weight", l, &G->ln1_w, err)) ||
+            (st = upload(g, H->ln1_b, D, "layer_norm1.bias", l, &G->ln1_b, err)) ||
+            (st = upload(g, H->q_w, D * D, "q_proj.weight", l, &G->q_w, err)) ||
+            (st = upload(g, H->q_b, D, "q_proj.bias", l, &G->q_b, err)) ||
+            (st = upload(g, H->k_w, D * D, "k_proj.weight", l, &G->k_w, err)) ||
+            (st = upload(g, H->k_b, D, "k_proj.bias", l, &G->k_b, err)) ||
+            (st = upload(g, H->v_w, D * D, "v_proj.weight", l, &G->v_w, err)) ||
+            (st = upload(g, H->v_b, D, "v_proj.bias", l, &G->v_b, err)) ||
+            (st = upload(g, H->o_w, D * D, "out_proj.weight", l, &G->o_w, err)) ||
+            (st = upload(g, H->o_b, D, "out_proj.bias", l, &G->o_b, err)) ||
+            (st = upload(g, H->ln2_w, D, "layer_norm2.weight", l, &G->ln2_w, err)) ||
+            (st = upload(g, H->ln2_b, D, "layer_norm2.bias", l, &G->ln2_b, err)) ||
+            (st = upload(g, H->fc1_w, I * D, "fc1.weight", l, &G->fc1_w, err)) ||
+            (st = upload(g, H->fc1_b, I, "fc1.bias", l, &G->fc1_b, err)) ||
+            (st = upload(g, H->fc2_w, D * I, "fc2.weight", l, &G->fc2_w, err)) ||
+            (st = upload(g, H->fc2_b, D, "fc2.bias", l, &G->fc2_b, err)))
+            goto fail;
+    }
+    *out = g;
+    return VLM_OK;
+fail:
+    clip_gpu_free(g);
+    return st;
+}
+
+void clip_gpu_free(clip_gpu *g) {
+    if (!g) return;
+    if (g->ctx) vlm_cuda_sync(g->ctx, "GPU vision tower free", NULL);
+    for (int i = 0; i < g->n_owned; i++) vlm_dev_free(g->owned[i]);
+    vlm_dev_free(g->pos_ids);
+    vlm_dev_free(g->act);
+    vlm_cuda_ctx_destroy(g->ctx);
+    vlm_free(g->owned);
+    vlm_free(g->L);
+    vlm_free(g);
+}
+
+#define RUN(call)                                                                                  \
+    do {                                                                                           \
+        if ((st = (call)) != VLM_OK) return st;                                                    \
+    } while (0)
+
+vlm_status clip_gpu_set_projector(clip_gpu *g, const clip_gpu_projector *p, vlm_err *err) {
+    const int64_t D4 = 4 * (int64_t)g->m->cfg.hidden, d = p->hidden;
+    vlm_status st;
+    if ((st = upload(g, p->sub_gn, D4, "sub_GN", -1, &g->sub_gn, err)) ||
+        (st = upload(g, p->glb_gn, D4, "glb_GN", -1, &g->glb_gn, err)) ||
+        (st = upload(g, p->proj0_w, d * D4, "img_projection.0.weight", -1, &g->proj0_w, err)) ||
+        (st = upload(g, p->proj0_b, d, "img_projection.0.bias", -1, &g->proj0_b, err)) ||
+        (st = upload(g, p->proj2_w, d * d, "img_projection.2.weight", -1, &g->proj2_w, err)) ||
+        (st = upload(g, p->proj2_b, d, "img_projection.2.bias", -1, &g->proj2_b, err)))
+        return st;
+    g->d = d;
+    g->has_proj = true;
+    return VLM_OK;
+}
+
+/* Device activations of at least need floats. */
+static vlm_status grow(clip_gpu *g, size_t need, const char *what, vlm_err *err) {
+    if (need <= g->act_floats) return VLM_OK;
+    vlm_dev_free(g->act);
+    g->act_floats = 0;
+    g->act = vlm_dev_alloc(need * sizeof(float), VLM_MEM_ACTIVATIONS);
+    if (!g->act)
+        return vlm_err_set(err, VLM_ERR_NOMEM,
+                           "GPU vision tower: out of GPU memory for %s (%zu bytes)", what,
+                           need * sizeof(float));
+    g->act_floats = need;
+    return VLM_OK;
+}
+
+/* Floats of the tower's activations for gc crops (x first). */
+static size_t tower_floats(const clip_gpu *g, int gc) {
+    const clip_config *c = &g->m->cfg;
+    const int64_t D = c->hidden, I = c->intermediate, NP = g->m->n_pos, G2 = NP - 1;
+    const int64_t T = (int64_t)gc * NP, S = c->image_size, P = c->patch_size;
+    return (size_t)T * (size_t)(6 * D + I) + (size_t)(G2 * 3 * P * P) +
+           (size_t)gc * 3 * (size_t)(S * S);
+}
+
+/* Floats after the tower's for the projector: seq [rows][4D], hid and prj
+ * [rows][d], rows = gc * (grid/2)^2 (at least 2, the separators). */
+static size_t proj_floats(const clip_gpu *g, int gc) {
+    int64_t mg = g->m->grid / 2, rows = (int64_t)gc * mg * mg;
+    if (rows < 2) rows = 2;
+    return (size_t)rows * (size_t)(4 * (int64_t)g->m->cfg.hidden + 2 * g->d);
+}
+
+/* One group of gc crops, as clip_encode_group; with out NULL the features
+ * stay on the device (rows 1.. of each crop of the activations' x). */
+static vlm_status encode_group(clip_gpu *g, const float *pixels, int gc, float *out, vlm_err *err) {
+    const clip_model *m = g->m;
+    const clip_config *c = &m->cfg;
+    const int64_t D = c->hidden, I = c->intermediate, NP = m->n_pos, G2 = NP - 1;
+    const int64_t T = (int64_t)gc * NP, S = c->image_size, P = c->patch_size;
+    const int hd = c->hidden / c->n_heads;
+    /* x, h, q, k, v, att [T][D]; mlp [T][I]; col [G2][3PP]; px [gc][3][S][S];
+     * then the projector's (proj_floats) */
+    vlm_status st =
+        grow(g, tower_floats(g, gc) + (g->has_proj ? proj_floats(g, gc) : 0), "a crop group", err);
+    if (st != VLM_OK) return st;
+    float *x = g->act, *h = x + T * D, *q = h + T * D, *k = q + T * D, *v = k + T * D,
+          *att = v + T * D, *mlp = att + T * D, *col = mlp + T * I, *px = col + G2 * 3 * P * P;
+    RUN(vlm_cuda_upload(g->ctx, px, pixels, (size_t)gc * 3 * (size_t)(S * S) * sizeof(float),
+                        "crop pixels", err));
+    for (int i = 0; i < gc; i++) {
+        float *xc = x + (int64_t)i * NP * D;
+        RUN(vlm_cuda_embed_rows(g->ctx, xc, g->class_emb, D, g->pos_ids, 1, err)); /* row 0 */
+        RUN(vlm_cuda_patch_embed(g->ctx, xc + D, px + (int64_t)i * 3 * S * S, (int)S, (int)P, D,
+                                 g->patch_w, col, err));
+        RUN(vlm_cuda_embed_rows(g->ctx, h, g->pos_emb, D, g->pos_ids, NP, err));
+        RUN(vlm_cuda_add(g->ctx, xc, h, NP * D, err));
+    }
+    RUN(vlm_cuda_layernorm(g->ctx, x, x, T, D, g->pre_ln_w, g->pre_ln_b, c->ln_eps, err));
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int l = 0; l < m->n_run; l++) {
+        const gpu_clip_layer *L = &g->L[l];
+        RUN(vlm_cuda_layernorm(g->ctx, h, x, T, D, L->ln1_w, L->ln1_b, c->ln_eps, err));
+        RUN(vlm_cuda_matmul(g->ctx, q, h, T, D, D, L->q_w, L->q_b, err));
+        RUN(vlm_cuda_matmul(g->ctx, k, h, T, D, D, L->k_w, L->k_b, err));
+        RUN(vlm_cuda_matmul(g->ctx, v, h, T, D, D, L->v_w, L->v_b, err));
+        for (int i = 0; i < gc; i++) {
+            int64_t o = (int64_t)i * NP * D;
+            vlm_cuda_weight kw = {VLM_DTYPE_F32, k + o}, vw = {VLM_DTYPE_F32, v + o};
+            RUN(vlm_cuda_attention(g->ctx, att + o, q + o, D, kw, vw, D, NP, NP, c->n_heads,
+                                   c->n_heads, hd, false, 0, scale, err));
+        }
+        RUN(vlm_cuda_matmul(g->ctx, h, att, T, D, D, L->o_w, L->o_b, err));
+        RUN(vlm_cuda_add(g->ctx, x, h, T * D, err));
+        RUN(vlm_cuda_layernorm(g->ctx, h, x, T, D, L->ln2_w, L->ln2_b, c->ln_eps, err));
+        RUN(vlm_cuda_matmul(g->ctx, mlp, h, T, D, I, L->fc1_w, L->fc1_b, err));
+        RUN(vlm_cuda_quick_gelu(g->ctx, mlp, T * I, err));
+        RUN(vlm_cuda_matmul(g->ctx, h, mlp, T, I, D, L->fc2_w, L->fc2_b, err));
+        RUN(vlm_cuda_add(g->ctx, x, h, T * D, err));
+    }
+    if (!out) return VLM_OK;
+    /* without CLS: rows 1..NP-1 of each crop */
+    for (int i = 0; i < gc; i++)
+        RUN(vlm_cuda_download(g->ctx, out + (int64_t)i * G2 * D, x + ((int64_t)i * NP + 1) * D,
+                              (size_t)(G2 * D) * sizeof(float), "vision features", err));
+    return vlm_cuda_sync(g->ctx, "GPU vision tower", err);
+}
+
+vlm_status clip_gpu_encode(clip_gpu *g, const float *pixels, int n, int group, float *out,
+                           vlm_err *err) {
+    const int64_t S = g->m->cfg.image_size, D = g->m->cfg.hidden, G2 = g->m->n_pos - 1;
+    if (group < 1) group = 1;
+    for (int i = 0; i < n; i += group) {
+        int gc = n - i < group ? n - i : group;
+        vlm_status st =
+            encode_group(g, pixels + (int64_t)i * 3 * S * S, gc, out + (int64_t)i * G2 * D, err);
+        if (st != VLM_OK) return st;
+    }
+    return VLM_OK;
+}
+
+vlm_status clip_gpu_encode_project(clip_gpu *g, const float *pixels, int n, float *out,
+                                   vlm_err *err) {
+    if (!g->has_proj)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "GPU vision tower: no projector set");
+    vlm_status st = encode_group(g, pixels, n, NULL, err);
+    if (st != VLM_OK) return st;
+    const int64_t D = g->m->cfg.hidden, D4 = 4 * D, d = g->d, mg = g->m->grid / 2;
+    const int64_t rows = (int64_t)n * mg * mg;
+    float *x = g->act, *seq = g->act + tower_floats(g, n), *hid = seq + rows * D4,
+          *prj = hid + rows * d;
+    RUN(vlm_cuda_merge2x2(g->ctx, seq, x, g->m->n_pos, 1, g->m->grid, D, n, err));
+    RUN(vlm_cuda_matmul(g->ctx, hid, seq, rows, D4, d, g->proj0_w, g->proj0_b, err));
+    RUN(vlm_cuda_gelu_erf(g->ctx, hid, rows * d, err));
+    RUN(vlm_cuda_matmul(g->ctx, prj, hid, rows, d, d, g->proj2_w, g->proj2_b, err));
+    RUN(vlm_cuda_download(g->ctx, out, prj, (size_t)(rows * d) * sizeof(float),
+                          "projected image rows", err));
+    return vlm_cuda_sync(g->ctx, "GPU image projector", err);
+}
+
+vlm_status clip_gpu_project_separators(clip_gpu *g, float *out, vlm_err *err) {
+    if (!g->has_proj)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "GPU vision tower: no projector set");
+    const int64_t D4 = 4 * (int64_t)g->m->cfg.hidden, d = g->d;
+    vlm_status st = grow(g, proj_floats(g, 1), "the separators", err);
+    if (st != VLM_OK) return st;
+    float *seq = g->act, *hid = seq + 2 * D4, *prj = hid + 2 * d;
+    /* row 0 of each one-row table (pos_ids[0] is 0) */
+    RUN(vlm_cuda_embed_rows(g->ctx, seq, g->sub_gn, D4, g->pos_ids, 1, err));
+    RUN(vlm_cuda_embed_rows(g->ctx, seq + D4, g->glb_gn, D4, g->pos_ids, 1, err));
+    RUN(vlm_cuda_matmul(g->ctx, hid, seq, 2, D4, d, g->proj0_w, g->proj0_b, err));
+    RUN(vlm_cuda_gelu_erf(g->ctx, hid, 2 * d, err));
+    RUN(vlm_cuda_matmul(g->ctx, prj, hid, 2, d, d, g->proj2_w, g->proj2_b, err));
+    RUN(vlm_cuda_download(g->ctx, out, prj, (size_t)(2 * d) * sizeof(float), "separators", err));
+    return vlm_cuda_sync(g->ctx, "GPU image projector", err);
+}
+
+#else
+typedef int clip_gpu_unused; /* ISO C wants a declaration in every unit */
+#endif

@@ -1,0 +1,41 @@
+/* models/clip_gpu - the CLIP vision tower on the CUDA backend, the same
+ * computation as clip_encode op for op. Weights uploaded once at create
+ * (device category WEIGHTS; host tensors untouched); activations on the
+ * device grown to the largest group; features copied to the host without
+ * the CLS row, as clip_encode writes them. Compiled only with
+ * VLM_HAVE_CUDA. */
+#ifndef VLM_MODELS_CLIP_GPU_H
+#define VLM_MODELS_CLIP_GPU_H
+
+#ifdef VLM_HAVE_CUDA
+
+#include "models/clip.h"
+
+typedef struct clip_gpu clip_gpu;
+
+vlm_status clip_gpu_create(const clip_model *m, clip_gpu **out, vlm_err *err);
+void clip_gpu_free(clip_gpu *g);
+
+/* As clip_encode: n crops ([n][3][S][S] host f32) in groups of `group`,
+ * out [n][grid^2][D] host. */
+vlm_status clip_gpu_encode(clip_gpu *g, const float *pixels, int n, int group, float *out,
+                           vlm_err *err);
+
+/* The HD projector after the tower (Phi-3-vision): separators and
+ * Linear0 -> GELU(erf) -> Linear2, weights [d][4Dv], [d], [d][d], [d];
+ * sub_gn, glb_gn [4Dv]. Uploaded once. */
+typedef struct clip_gpu_projector {
+    cpu_weight sub_gn, glb_gn, proj0_w, proj0_b, proj2_w, proj2_b;
+    int64_t hidden; /* d, the decoder width */
+} clip_gpu_projector;
+vlm_status clip_gpu_set_projector(clip_gpu *g, const clip_gpu_projector *p, vlm_err *err);
+
+/* With the projector: n crops through the tower, the 2x2 merge and the
+ * projector; out [n * (grid/2)^2][d] host, crop by crop, cells row-major. */
+vlm_status clip_gpu_encode_project(clip_gpu *g, const float *pixels, int n, float *out,
+                                   vlm_err *err);
+/* The projected separators: out [2][d] host (sub_GN, then glb_GN). */
+vlm_status clip_gpu_project_separators(clip_gpu *g, float *out, vlm_err *err);
+
+#endif
+#endif

@@ -1,0 +1,255 @@
+/* models/phi3_gpu - see phi3_gpu.h. */
+#include "models/phi3_gpu.h"
+
+#ifdef VLM_HAVE_CUDA
+
+#include <math.h>
+#include <string.h>
+
+#include "backend/cuda/cuda.h"
+#include "base/alloc.h"
+
+typedef struct gpu_layer {
+    vlm_cuda_weight in_norm, qkv, o, post_norm, gate_up, down;
+} gpu_layer;
+
+struct phi3_gpu {
+    const phi3_model *m;
+    vlm_cuda_ctx *ctx;
+    int n_layers;
+    bool head;
+    gpu_layer *L;
+    vlm_cuda_weight norm, lm_head;
+    void **owned; /* device buffers of the weights */
+    int n_owned;
+    /* the device KV cache, bound to one vlm_kv */
+    const vlm_kv *kv_of;
+    int64_t kv_max_ctx;
+    vlm_dtype kv_dtype;
+    void *k, *v;
+    /* device activations, grown to the largest call */
+    float *act;
+    size_t act_floats;
+    int32_t pad;
+};
+
+/* Context workspace: bf16 activations of 512 rows of the widest input, the
+ * attention partials of decode; larger prefill chunks are split by the
+ * matmul. */
+static size_t workspace_bytes(const phi3v_config *c) {
+    size_t w =
+        (size_t)512 * (size_t)(c->intermediate > c->hidden ? c->intermediate : c->hidden) * 2;
+    size_t a = (size_t)64 * (size_t)c->n_heads * (size_t)(2 + c->head_dim) * sizeof(float);
+    return (w > a ? w : a) + (1u << 20);
+}
+
+static vlm_status upload(phi3_gpu *g, cpu_weight w, int64_t n, const char *name, int layer,
+                         vlm_cuda_weight *out, vlm_err *err) {
+    if (w.dtype != VLM_DTYPE_F32 && w.dtype != VLM_DTYPE_F16 && w.dtype != VLM_DTYPE_BF16 &&
+        w.dtype != VLM_DTYPE_Q8_0 && w.dtype != VLM_DTYPE_Q4_0)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                           "decoder layer %d %s: %s weights have no CUDA kernel (F32, F16, BF16, "
+                           "Q8_0, Q4_0)",
+                           layer, name, vlm_dtype_get(w.dtype)->name);
+    uint64_t bytes = 0;
+    if (!vlm_dtype_nbytes(w.dtype, (uint64_t)n, &bytes))
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "decoder layer %d %s: bad size", layer, name);
+    void *d = vlm_dev_alloc((size_t)bytes, VLM_MEM_WEIGHTS);
+    if (!d)
+        return vlm_err_set(err, VLM_ERR_NOMEM,
+                           "decoder layer %d %s: out of GPU memory for %llu bytes of weights",
+                           layer, name, (unsigned long long)bytes);
+    g->owned[g->n_owned++] = d;
+    *out = (vlm_cuda_weight){w.dtype, d};
+    return vlm_cuda_upload(g->ctx, d, w.data, (size_t)bytes, name, err);
+}
+
+vlm_status phi3_gpu_create(const phi3_model *m, int gpu_layers, bool head, phi3_gpu **out,
+                           vlm_err *err) {
+    *out = NULL;
+    const phi3v_config *c = m->cfg;
+    if (gpu_layers < 1 || gpu_layers > c->n_layers || (head && gpu_layers != c->n_layers))
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "GPU placement: %d decoder layers of %d%s",
+                           gpu_layers, c->n_layers,
+                           head ? " with the head (needs every layer)" : "");
+    phi3_gpu *g = vlm_calloc(1, sizeof *g, VLM_MEM_OTHER);
+    if (!g) return vlm_err_set(err, VLM_ERR_NOMEM, "GPU decoder: out of host memory");
+    g->m = m;
+    g->n_layers = gpu_layers;
+    g->head = head;
+    vlm_status st = vlm_cuda_ctx_create(&g->ctx, workspace_bytes(c), err);
+    if (st != VLM_OK) goto fail;
+    g->L = VLM_NEW_ARRAY(gpu_layer, (size_t)gpu_layers, VLM_MEM_OTHER);
+    g->owned = VLM_NEW_ARRAY(void *, (size_t)gpu_layers * 6 + 2, VLM_MEM_OTHER);
+    if (!g->L || !g->owned) {
+        st = vlm_err_set(err, VLM_ERR_NOMEM, "GPU decoder: out of host memory");
+        goto fail;
+    }
+    const int64_t d = c->hidden, ff = c->intermediate, hd = c->head_dim;
+    const int64_t qd = c->n_heads * hd, qkvd = qd + 2 * (int64_t)c->n_kv_heads * hd;
+    for (int l = 0; l < gpu_layers; l++) {
+        const phi3_layer *H = &m->layers[l];
+        gpu_layer *G = &g->L[l];
+        if ((st = upload(g, H->in_norm, d, "input_layernorm", l, &G->in_norm, err)) ||
+            (st = upload(g, H->qkv, qkvd * d, "qkv_proj", l, &G->qkv, err)) ||
+            (st = upload(g, H->o, d * qd, "o_proj", l, &G->o, err)) ||
+            (st = upload(g, H->post_norm, d, "post_attention_layernorm", l, &G->post_norm, err)) ||
+            (st = upload(g, H->gate_up, 2 * ff * d, "gate_up_proj", l, &G->gate_up, err)) ||
+            (st = upload(g, H->down, d * ff, "down_proj", l, &G->down, err)))
+            goto fail;
+    }
+    if (head &&
+        ((st = upload(g, m->norm, d, "model.norm", -1, &g->norm, err)) ||
+         (st = upload(g, m->lm_head, (int64_t)c->vocab * d, "lm_head", -1, &g->lm_head, err))))
+        goto fail;
+    *out = g;
+    return VLM_OK;
+fail:
+    phi3_gpu_free(g);
+    return st;
+}
+
+void phi3_gpu_free(phi3_gpu *g) {
+    if (!g) return;
+    if (g->ctx) vlm_cuda_sync(g->ctx, "GPU decoder free", NULL);
+    for (int i = 0; i < g->n_owned; i++) vlm_dev_free(g->owned[i]);
+    vlm_dev_free(g->k);
+    vlm_dev_free(g->v);
+    vlm_dev_free(g->act);
+    vlm_cuda_ctx_destroy(g->ctx);
+    vlm_free(g->owned);
+    vlm_free(g->L);
+    vlm_free(g);
+}
+
+int phi3_gpu_layers(const phi3_gpu *g) {
+    return g->n_layers;
+}
+
+bool phi3_gpu_head(const phi3_gpu *g) {
+    return g->head;
+}
+
+/* The device KV for kv: kept when it is the one already bound (same size
+ * and dtype), else allocated anew at position 0. */
+static vlm_status bind_kv(phi3_gpu *g, const vlm_kv *kv, int64_t pos0, vlm_err *err) {
+    if (g->k && g->kv_of == kv && g->kv_max_ctx == kv->max_ctx && g->kv_dtype == kv->dtype)
+        return VLM_OK;
+    if (pos0 != 0)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                           "GPU decoder: the device KV cache holds another session's positions "
+                           "(a forward at position %lld needs its earlier rows)",
+                           (long long)pos0);
+    vlm_dev_free(g->k);
+    vlm_dev_free(g->v);
+    g->k = g->v = NULL;
+    g->kv_of = NULL;
+    size_t esz = kv->dtype == VLM_DTYPE_BF16 ? 2 : 4;
+    size_t half = (size_t)g->n_layers * (size_t)kv->max_ctx * (size_t)kv->kv_dim * esz;
+    g->k = vlm_dev_alloc(half, VLM_MEM_KV_CACHE);
+    g->v = g->k ? vlm_dev_alloc(half, VLM_MEM_KV_CACHE) : NULL;
+    if (!g->v) {
+        vlm_dev_free(g->k);
+        g->k = NULL;
+        return vlm_err_set(err, VLM_ERR_NOMEM,
+                           "GPU decoder: out of GPU memory for the KV cache of %d layers x %lld "
+                           "tokens (%zu bytes)",
+                           g->n_layers, (long long)kv->max_ctx, 2 * half);
+    }
+    g->kv_of = kv;
+    g->kv_max_ctx = kv->max_ctx;
+    g->kv_dtype = kv->dtype;
+    return VLM_OK;
+}
+
+vlm_status phi3_gpu_forward(phi3_gpu *g, const vlm_kv *kv, float *x, int64_t n, int64_t pos0,
+                            bool rope_long, int logits_mode, float *logits, vlm_err *err) {
+    const phi3_model *m = g->m;
+    const phi3v_config *c = m->cfg;
+    const int64_t d = c->hidden, ff = c->intermediate, hd = c->head_dim;
+    const int H = c->n_heads, KV = c->n_kv_heads;
+    const int64_t qd = H * hd, kvd = KV * hd, qkvd = qd + 2 * kvd, half = hd / 2;
+    const bool want_logits = g->head && logits && logits_mode != VLM_LOGITS_NONE;
+    const int64_t first = logits_mode == VLM_LOGITS_LAST ? n - 1 : 0;
+    vlm_status st = bind_kv(g, kv, pos0, err);
+    if (st != VLM_OK) return st;
+
+    /* x, xb [n][d]; qkv [n][qkvd]; att [n][qd]; gu [n][2ff]; hmid [n][ff];
+     * cos, sin [n][hd/2]; logits [n - first][vocab] */
+    size_t need = (size_t)n * (size_t)(2 * d + qkvd + qd + 3 * ff + hd) +
+                  (want_logits ? (size_t)(n - first) * (size_t)c->vocab : 0);
+    if (need > g->act_floats) {
+        vlm_dev_free(g->act);
+        g->act_floats = 0;
+        g->act = vlm_dev_alloc(need * sizeof(float), VLM_MEM_ACTIVATIONS);
+        if (!g->act)
+            return vlm_err_set(err, VLM_ERR_NOMEM,
+                               "GPU decoder: out of GPU memory for the activations of %lld "
+                               "tokens (%zu bytes)",
+                               (long long)n, need * sizeof(float));
+        g->act_floats = need;
+    }
+    float *dx = g->act, *xb = dx + n * d, *qkv = xb + n * d, *att = qkv + n * qkvd,
+          *gu = att + n * qd, *hmid = gu + n * 2 * ff, *cos_t = hmid + n * ff,
+          *sin_t = cos_t + n * half, *dlog = sin_t + n * half;
+
+    /* cos/sin on the host, exactly as the CPU path, then uploaded */
+    float *tab = vlm_alloc((size_t)(2 * n * half) * sizeof(float), VLM_MEM_SCRATCH);
+    if (!tab) return vlm_err_set(err, VLM_ERR_NOMEM, "GPU decoder: out of memory for RoPE tables");
+    cpu_rope_cos_sin(tab, tab + n * half, pos0, n, (int)hd,
+                     rope_long ? m->inv_freq_long : m->inv_freq_short, m->mscale);
+    st = vlm_cuda_upload(g->ctx, cos_t, tab, (size_t)(2 * n * half) * sizeof(float), "RoPE tables",
+                         err);
+    vlm_free(tab);
+    if (st != VLM_OK) return st;
+    if ((st = vlm_cuda_upload(g->ctx, dx, x, (size_t)(n * d) * sizeof(float), "hidden state", err)))
+        return st;
+
+    const float scale = (float)(1.0 / sqrt((double)hd));
+    const vlm_cuda_weight nob = {VLM_DTYPE_F32, NULL};
+    const size_t esz = kv->dtype == VLM_DTYPE_BF16 ? 2 : 4;
+#define RUN(call)                                                                                  \
+    do {                                                                                           \
+        if ((st = (call)) != VLM_OK) return st;                                                    \
+    } while (0)
+    for (int l = 0; l < g->n_layers; l++) {
+        const gpu_layer *L = &g->L[l];
+        const int64_t lo = (int64_t)l * kv->max_ctx * kvd;
+        RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->in_norm, c->rms_eps, err));
+        RUN(vlm_cuda_matmul(g->ctx, qkv, xb, n, d, qkvd, L->qkv, nob, err));
+        RUN(vlm_cuda_rope_apply(g->ctx, qkv, n, qkvd, H, (int)hd, cos_t, sin_t, err));
+        RUN(vlm_cuda_rope_apply(g->ctx, qkv + qd, n, qkvd, KV, (int)hd, cos_t, sin_t, err));
+        /* K/V rows of the chunk into the cache (positions pos0..pos0+n-1),
+         * one launch each */
+        RUN(vlm_cuda_store_rows_strided(g->ctx, g->k, kv->dtype, lo + pos0 * kvd, qkv + qd, qkvd, n,
+                                        kvd, err));
+        RUN(vlm_cuda_store_rows_strided(g->ctx, g->v, kv->dtype, lo + pos0 * kvd, qkv + qd + kvd,
+                                        qkvd, n, kvd, err));
+        vlm_cuda_weight kc = {kv->dtype, (const char *)g->k + (size_t)lo * esz};
+        vlm_cuda_weight vc = {kv->dtype, (const char *)g->v + (size_t)lo * esz};
+        RUN(vlm_cuda_attention(g->ctx, att, qkv, qkvd, kc, vc, kvd, n, pos0 + n, H, KV, (int)hd,
+                               true, pos0, scale, err));
+        RUN(vlm_cuda_matmul(g->ctx, xb, att, n, qd, d, L->o, nob, err));
+        RUN(vlm_cuda_add(g->ctx, dx, xb, n * d, err));
+        RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->post_norm, c->rms_eps, err));
+        RUN(vlm_cuda_matmul(g->ctx, gu, xb, n, d, 2 * ff, L->gate_up, nob, err));
+        RUN(vlm_cuda_silu_mul(g->ctx, hmid, gu, n, ff, err));
+        RUN(vlm_cuda_matmul(g->ctx, xb, hmid, n, ff, d, L->down, nob, err));
+        RUN(vlm_cuda_add(g->ctx, dx, xb, n * d, err));
+    }
+    if (want_logits) {
+        RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx + first * d, n - first, d, g->norm, c->rms_eps, err));
+        RUN(vlm_cuda_matmul(g->ctx, dlog, xb, n - first, d, c->vocab, g->lm_head, nob, err));
+        RUN(vlm_cuda_download(g->ctx, logits, dlog,
+                              (size_t)((n - first) * c->vocab) * sizeof(float), "logits", err));
+    }
+#undef RUN
+    if ((st = vlm_cuda_download(g->ctx, x, dx, (size_t)(n * d) * sizeof(float), "hidden state",
+                                err)))
+        return st;
+    return vlm_cuda_sync(g->ctx, "GPU decoder", err);
+}
+
+#else
+typedef int phi3_gpu_unused; /* ISO C wants a declaration in every unit */
+#endif

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# tests/gpu/run.sh - everything the GPU machine runs, from the repo root:
+#   bash tests/gpu/run.sh
+# 1. deps: libraries the machine lacks (libcjson, libpcre2, libutf8proc,
+#    libwebp, libcmocka dev packages) unpacked from .debs/*.deb into a
+#    private prefix (/tmp/vlmdeps; never into /), .pc prefixes rewritten;
+# 2. configure + build with CUDA=ON, RelWithDebInfo (-O2 -g, the build the
+#    project tests; -O3 Release trips -Wmaybe-uninitialized in io/gguf.c),
+#    -j16, into build-gpu/;
+# 3. ctest -L gpu;
+# 4. compute-sanitizer memcheck and racecheck over the gpu test programs;
+# 5. build-gpu/gpubench;
+# then a summary table, last. Logs go to $OUT (if set) or build-gpu/logs.
+# Bounded: every step has a timeout; the whole is well under 8 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+BUILD=${BUILD:-build-gpu}
+LOGS=${OUT:-$ROOT/$BUILD/logs}
+mkdir -p "$LOGS"
+T0=$(date +%s)
+declare -a NAMES=() RESULTS=() SECS=()
+BUDGET=${BUDGET:-450} # seconds for the whole run; later steps are skipped past it
+step() { # step NAME TIMEOUT_S CMD... : run, log to $LOGS/NAME.log, record
+  local name=$1 limit=$2
+  shift 2
+  local left=$((BUDGET - ($(date +%s) - T0)))
+  if [ $left -le 5 ]; then
+    NAMES+=("$name"); RESULTS+=("SKIPPED (time)"); SECS+=(0)
+    return 1
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  local t=$(date +%s)
+  echo "=== $name: $*" | tee "$LOGS/$name.log"
+  if declare -F "$1" >/dev/null; then # a function of this script (deps): bounded by its own steps
+    "$@" >>"$LOGS/$name.log" 2>&1
+  else
+    timeout --kill-after=10 "$limit" "$@" >>"$LOGS/$name.log" 2>&1
+  fi
+  local rc=$?
+  tail -n 40 "$LOGS/$name.log"
+  NAMES+=("$name")
+  SECS+=($(($(date +%s) - t)))
+  if [ $rc -eq 0 ]; then RESULTS+=("ok"); elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    RESULTS+=("TIMEOUT"); else RESULTS+=("FAIL rc=$rc"); fi
+  return $rc
+}
+
+# --- 1. deps --------------------------------------------------------------
+deps() {
+  local need=()
+  for m in libcjson libpcre2-8 libutf8proc libwebp cmocka; do
+    pkg-config --exists "$m" || need+=("$m")
+  done
+  if [ ${#need[@]} -eq 0 ]; then echo "all dev packages present"; return 0; fi
+  echo "missing: ${need[*]}"
+  if ! ls .debs/*.deb >/dev/null 2>&1; then echo "no .debs/ folder to unpack from"; return 1; fi
+  local P=/tmp/vlmdeps
+  rm -rf "$P" && mkdir -p "$P"
+  for d in .debs/*.deb; do dpkg -x "$d" "$P" || return 1; done
+  # .pc files name /usr; point them at the private prefix (once per path).
+  find "$P" -name '*.pc' -print0 | xargs -0 -r sed -i -E "s#(=|-I|-L)/usr#\\1$P/usr#g"
+  # A dev package's libX.so points at the runtime package's libX.so.N; when
+  # that one was not carried, the system's copy serves.
+  local ma l b
+  ma=$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+  while IFS= read -r l; do
+    b=$(basename "$(readlink "$l")")
+    [ -e "/usr/lib/$ma/$b" ] && ln -sf "/usr/lib/$ma/$b" "$l" && echo "linked $l -> /usr/lib/$ma/$b"
+  done < <(find "$P" -xtype l -name '*.so*')
+  echo "unpacked $(ls .debs/*.deb | wc -l) packages into $P"
+}
+P=/tmp/vlmdeps
+MA=$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+export PKG_CONFIG_PATH="$P/usr/lib/$MA/pkgconfig:$P/usr/lib/pkgconfig:$P/usr/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+export LD_LIBRARY_PATH="$P/usr/lib/$MA:$P/usr/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LDFLAGS="-Wl,-rpath-link,$P/usr/lib/$MA -Wl,-rpath,$P/usr/lib/$MA ${LDFLAGS:-}"
+export CMAKE_PREFIX_PATH="$P/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+export PATH="/usr/local/cuda/bin:$PATH"
+step deps 120 deps
+
+# --- 2. build -------------------------------------------------------------
+step configure 120 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVLM_CUDA=ON \
+  -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_C_FLAGS="-I$P/usr/include" \
+  -DCMAKE_EXE_LINKER_FLAGS="$LDFLAGS" &&
+  step build 300 cmake --build "$BUILD" -j "${JOBS:-16}" --target gpu_test_cuda_ops gpu_test_cuda_model \
+    gpubench &&
+  BUILT=1 || BUILT=0
+
+# --- 3-5. test, sanitizers, bench ------------------------------------------
+if [ "$BUILT" = 1 ]; then
+  nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv \
+    >"$LOGS/nvidia-smi.txt" 2>/dev/null || true
+  step ctest-gpu 150 ctest --test-dir "$BUILD" -L gpu --output-on-failure
+  SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null)
+  if [ -n "$SAN" ]; then
+    for t in "$BUILD"/gpu_test_*; do
+      [ -x "$t" ] || continue
+      n=$(basename "$t")
+      # racecheck checks shared-memory hazards: only the ops use shared
+      # memory (block sums), so the model program gets memcheck only.
+      tools=(memcheck)
+      [ "$n" = gpu_test_cuda_ops ] && tools+=(racecheck)
+      for tool in "${tools[@]}"; do
+        extra=()
+        [ "$tool" = memcheck ] && extra=(--leak-check full)
+        step "$tool-$n" 90 env VLM_SOURCE_DIR="$ROOT" VLM_SHARED_DIR="$ROOT/../shared" \
+          VLM_BUILD_DIR="$ROOT/$BUILD" "$SAN" --tool "$tool" "${extra[@]}" \
+          --error-exitcode 3 "$t"
+      done
+    done
+  else
+    NAMES+=("compute-sanitizer"); RESULTS+=("absent"); SECS+=(0)
+  fi
+  [ -x "$BUILD/gpubench" ] && step gpubench 90 "$BUILD/gpubench"
+fi
+
+# --- summary, last -----------------------------------------------------------
+fail=0
+for r in "${RESULTS[@]}"; do case "$r" in ok | absent) ;; *) fail=1 ;; esac; done
+{
+  echo
+  echo "=== tests/gpu/run.sh summary ($(git rev-parse --short HEAD 2>/dev/null), $(head -2 "$LOGS/nvidia-smi.txt" 2>/dev/null | tail -1))"
+  printf "%-40s %-14s %6s\n" step result secs
+  for i in "${!NAMES[@]}"; do
+    printf "%-40s %-14s %6s\n" "${NAMES[$i]}" "${RESULTS[$i]}" "${SECS[$i]}"
+  done
+  if [ -f "$LOGS/gpubench.log" ]; then echo; grep -E "ms|device" "$LOGS/gpubench.log"; fi
+  echo "total $(($(date +%s) - T0)) s; logs in $LOGS"
+} | tee "$LOGS/summary.txt"
+exit $fail

@@ -1,0 +1,430 @@
+/* The tiny Phi3V model (tests/data/model_ref: random weights with the real
+ * tensor names; decoder bf16, CLIP f32, projector f16) with decoder layers
+ * on the GPU, against the CPU path and the PyTorch reference:
+ *   - logits at every position of the fixture prompt (with an image) within
+ *     1e-2 relative (L2) of the CPU path, for every placement and chunking
+ *     (1-token chunks take the GEMV, 16-token chunks cuBLAS);
+ *   - greedy ids identical to the PyTorch reference (40 new tokens, across
+ *     the LongRoPE switch, which rebuilds the cache at position 0);
+ *   - device memory back to where it was after the model is freed;
+ *   - the vision tower on the GPU: image rows vs the CPU's;
+ *   - Q8_0 decoder weights: logits and greedy ids vs the CPU path with the
+ *     same weights;
+ *   - a device fault-injection walk over create + image + prompt + 4 tokens
+ *     with everything on the GPU: each
+ *     injected failure gives VLM_ERR_NOMEM (never a crash) and leaks
+ *     nothing, on the device or the host.
+ * Decoder placements: all layers + head; all layers, head on the CPU; the
+ * first layer only. */
+#include "testutil.h"
+
+#include "model_fixture.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#include "backend/cuda/cuda.h"
+#include "base/alloc.h"
+#include "models/phi3v.h"
+#include "models/registry.h"
+#include "runtime/sampler.h"
+#include "runtime/session.h"
+#include "tensor/quant.h"
+
+static fx_file *W, *E;
+static cJSON *config;
+static cpu_pool *pool;
+static vlm_weight_source src;
+
+static int setup(void **state) {
+    (void)state;
+    W = fx_open(tu_src("tests/data/model_ref/tiny/model.safetensors"));
+    E = fx_open(tu_src("tests/data/model_ref/expected.safetensors"));
+    vlm_err err;
+    if (!W || !E) return -1;
+    if (vlm_json_parse_file(tu_src("tests/data/model_ref/tiny/config.json"), &config, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return -1;
+    }
+    if (cpu_pool_create(2, &pool, &err) != VLM_OK) return -1;
+    src = (vlm_weight_source){fx_lookup, W};
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    fx_close(W);
+    fx_close(E);
+    cJSON_Delete(config);
+    cpu_pool_free(pool);
+    return 0;
+}
+
+static vlm_status create(const vlm_placement *place, arch_model **m, vlm_err *err) {
+    char *text = cJSON_PrintUnformatted(config);
+    if (!text) return vlm_err_set(err, VLM_ERR_NOMEM, "print config");
+    vlm_config vc;
+    vlm_status st = vlm_config_parse(text, strlen(text), "tiny/config.json", &vc, err);
+    cJSON_free(text);
+    *m = NULL;
+    if (st == VLM_OK) st = arch_model_create(&vc, "tiny", &src, pool, place, m, err);
+    vlm_config_free(&vc);
+    return st;
+}
+
+static arch_model *load(const vlm_placement *place) {
+    arch_model *m = NULL;
+    vlm_err err;
+    vlm_status st = create(place, &m, &err);
+    if (st != VLM_OK) fprintf(stderr, "%s\n", err.msg);
+    assert_int_equal(st, VLM_OK);
+    return m;
+}
+
+static vlm_status open_session(arch_model *m, int64_t chunk, session **s, vlm_err *err) {
+    session_options o;
+    session_options_init(&o);
+    o.max_ctx = 256;
+    o.chunk = chunk;
+    o.kv_dtype = VLM_DTYPE_F32;
+    return session_create(m, &o, s, err);
+}
+
+/* Image rows of the fixture image "a" (the CPU vision tower). */
+static float *encode(arch_model *m, int *n_rows) {
+    float *px = fx_f32(E, "img_a.pixels", NULL);
+    int32_t *grid = fx_i32(E, "img_a.grid", NULL);
+    vlm_image_input in = {px, 6, grid[0], grid[1]};
+    int n = m->arch->image_tokens(m->impl, grid[0], grid[1]);
+    float *out = malloc((size_t)n * (size_t)m->info.hidden * sizeof *out);
+    vlm_err err;
+    assert_int_equal(m->arch->encode_image(m->impl, &in, 5, out, &err), VLM_OK);
+    free(px);
+    free(grid);
+    *n_rows = n;
+    return out;
+}
+
+static const vlm_placement PLACES[] = {
+    {2, true, false},  /* the whole decoder and the head */
+    {2, false, false}, /* the decoder, the head on the CPU */
+    {1, false, false}, /* the first layer */
+};
+static const char *PLACE_NAMES[] = {"all+head", "all layers", "first layer"};
+
+static void test_logits_vs_cpu(void **state) {
+    (void)state;
+    arch_model *cpu = load(NULL);
+    int nr;
+    float *rows = encode(cpu, &nr);
+    size_t n;
+    int32_t *ids = fx_i32(E, "p1.ids", &n);
+    vlm_err err;
+    session *s;
+    float *want = malloc(n * 300 * sizeof *want), *got = malloc(n * 300 * sizeof *got);
+    assert_int_equal(open_session(cpu, 16, &s, &err), VLM_OK);
+    assert_int_equal(session_append(s, ids, (int64_t)n, rows, nr, want, &err), VLM_OK);
+    session_free(s);
+    /* bf16 mode: cuBLAS multiplies bf16 weights by bf16-rounded
+     * activations (1e-2); f32 mode (VLM_CUDA_F32_GEMM=1): activations stay
+     * f32 (2e-3). */
+    for (int mode = 0; mode < 2; mode++) {
+        const double tol = mode ? 2e-3 : 1e-2;
+        if (mode) setenv("VLM_CUDA_F32_GEMM", "1", 1);
+        for (size_t p = 0; p < sizeof PLACES / sizeof PLACES[0]; p++) {
+            arch_model *m = load(&PLACES[p]);
+            const int64_t chunks[] = {1, 16};
+            for (int c = 0; c < 2; c++) {
+                assert_int_equal(open_session(m, chunks[c], &s, &err), VLM_OK);
+                vlm_status st = session_append(s, ids, (int64_t)n, rows, nr, got, &err);
+                if (st != VLM_OK) fprintf(stderr, "%s\n", err.msg);
+                assert_int_equal(st, VLM_OK);
+                double rel = fx_rel_l2(got, want, n * 300);
+                printf("%s %-12s chunk %2lld: logits rel L2 vs CPU %.3g (tol %g)\n",
+                       mode ? "f32 " : "bf16", PLACE_NAMES[p], (long long)chunks[c], rel, tol);
+                assert_true(rel <= tol);
+                session_free(s);
+            }
+            arch_model_free(m);
+        }
+        unsetenv("VLM_CUDA_F32_GEMM");
+    }
+    arch_model_free(cpu);
+    free(want), free(got), free(rows), free(ids);
+    vlm_gpu_mem_stats st;
+    vlm_gpu_mem_stats_get(&st);
+    assert_int_equal(st.total_current, 0);
+}
+
+static void test_greedy(void **state) {
+    (void)state;
+    vlm_gpu_mem_stats before, after;
+    vlm_gpu_mem_stats_get(&before);
+    arch_model *cpu = load(NULL);
+    int nr;
+    float *rows = encode(cpu, &nr);
+    arch_model_free(cpu);
+    size_t n, ng;
+    int32_t *ids = fx_i32(E, "p1.ids", &n);
+    int32_t *want = fx_i32(E, "p1.greedy", &ng);
+    for (size_t p = 0; p < sizeof PLACES / sizeof PLACES[0]; p++) {
+        arch_model *m = load(&PLACES[p]);
+        session *s;
+        vlm_err err;
+        assert_int_equal(open_session(m, 16, &s, &err), VLM_OK);
+        assert_int_equal(session_append(s, ids, (int64_t)n, rows, nr, NULL, &err), VLM_OK);
+        sampler_params sp;
+        sampler_params_init(&sp);
+        sampler *smp = NULL;
+        assert_int_equal(sampler_create(&sp, 300, &smp, &err), VLM_OK);
+        int32_t out[64];
+        int n_out;
+        session_stop why;
+        gen_options g = {(int)ng, NULL, 0, NULL, NULL};
+        vlm_status st = session_generate(s, smp, &g, out, &n_out, &why, &err);
+        if (st != VLM_OK) fprintf(stderr, "%s\n", err.msg);
+        assert_int_equal(st, VLM_OK);
+        assert_int_equal(n_out, (int)ng);
+        int same = 0;
+        while (same < n_out && out[same] == want[same]) same++;
+        printf("%-12s greedy: %d of %d ids as PyTorch\n", PLACE_NAMES[p], same, n_out);
+        assert_memory_equal(out, want, ng * sizeof *out);
+        sampler_free(smp);
+        session_free(s);
+        arch_model_free(m);
+    }
+    vlm_gpu_mem_stats_get(&after);
+    assert_int_equal(after.total_current, before.total_current);
+    free(rows), free(ids), free(want);
+}
+
+/* create + prompt + 4 new tokens with the N-th device allocation failing,
+ * for every N until a run sees no failure. */
+static void test_device_fault_walk(void **state) {
+    (void)state;
+    arch_model *cpu = load(NULL);
+    int nr;
+    float *rows = encode(cpu, &nr);
+    arch_model_free(cpu);
+    size_t n;
+    int32_t *ids = fx_i32(E, "p1.ids", &n);
+    float *px = fx_f32(E, "img_a.pixels", NULL);
+    int32_t *grid = fx_i32(E, "img_a.grid", NULL);
+    vlm_image_input img = {px, 6, grid[0], grid[1]};
+    vlm_mem_stats h0, h1;
+    vlm_alloc_get_stats(&h0);
+    int n_fail = 0, N;
+    for (N = 1; N < 200; N++) {
+        vlm_gpu_mem_stats a, b;
+        vlm_gpu_mem_stats_get(&a);
+        vlm_dev_alloc_fail_at((uint64_t)N, false);
+        vlm_err err = {0};
+        arch_model *m = NULL;
+        session *s = NULL;
+        sampler *smp = NULL;
+        const vlm_placement all = {2, true, true};
+        vlm_status st = create(&all, &m, &err);
+        if (st == VLM_OK) st = m->arch->encode_image(m->impl, &img, 5, rows, &err);
+        if (st == VLM_OK) st = open_session(m, 16, &s, &err);
+        if (st == VLM_OK) st = session_append(s, ids, (int64_t)n, rows, nr, NULL, &err);
+        sampler_params sp;
+        sampler_params_init(&sp);
+        if (st == VLM_OK) st = sampler_create(&sp, 300, &smp, &err);
+        if (st == VLM_OK) {
+            int32_t out[4];
+            int n_out;
+            session_stop why;
+            gen_options g = {4, NULL, 0, NULL, NULL};
+            st = session_generate(s, smp, &g, out, &n_out, &why, &err);
+        }
+        sampler_free(smp);
+        session_free(s);
+        arch_model_free(m);
+        vlm_gpu_mem_stats_get(&b);
+        vlm_dev_alloc_fail_at(0, false);
+        assert_int_equal(b.total_current, a.total_current);
+        bool injected = b.n_failed > a.n_failed;
+        if (st != VLM_OK) {
+            if (st != VLM_ERR_NOMEM) fprintf(stderr, "N=%d: %s\n", N, err.msg);
+            assert_int_equal(st, VLM_ERR_NOMEM);
+            assert_true(injected);
+            n_fail++;
+        } else if (!injected) {
+            break; /* past the last device allocation of the workload */
+        }
+    }
+    printf("device fault walk: %d allocations, %d failed cleanly\n", N - 1, n_fail);
+    assert_true(N < 200);
+    assert_true(n_fail > 0);
+    vlm_alloc_get_stats(&h1);
+    uint64_t host0 = 0, host1 = 0;
+    for (int c = 0; c < VLM_MEM_CAT_COUNT; c++) host0 += h0.current[c], host1 += h1.current[c];
+    assert_int_equal(host1, host0);
+    free(rows), free(ids), free(px), free(grid);
+}
+
+/* The vision tower, 2x2 merge and projector on the GPU in groups of 5 and 2
+ * crops: image rows within 2e-3 relative L2 of the CPU's (CLIP is f32 in
+ * this fixture; the f16 projector's cuBLAS products round activations to
+ * f16, ~2.4e-4 relative each); then the whole model there: greedy ids as
+ * PyTorch's. */
+static void test_vision(void **state) {
+    (void)state;
+    arch_model *cpu = load(NULL);
+    int nr;
+    float *want = encode(cpu, &nr);
+    arch_model_free(cpu);
+    const vlm_placement vis = {0, false, true}, all = {2, true, true};
+    arch_model *m = load(&vis);
+    float *px = fx_f32(E, "img_a.pixels", NULL);
+    int32_t *grid = fx_i32(E, "img_a.grid", NULL);
+    vlm_image_input in = {px, 6, grid[0], grid[1]};
+    float *got = malloc((size_t)nr * (size_t)m->info.hidden * sizeof *got);
+    const int groups[] = {5, 2};
+    for (int i = 0; i < 2; i++) {
+        vlm_err err;
+        vlm_status st = m->arch->encode_image(m->impl, &in, groups[i], got, &err);
+        if (st != VLM_OK) fprintf(stderr, "%s\n", err.msg);
+        assert_int_equal(st, VLM_OK);
+        double rel = fx_rel_l2(got, want, (size_t)nr * (size_t)m->info.hidden);
+        printf("vision on GPU, groups of %d: image rows rel L2 vs CPU %.3g (tol 2e-3)\n", groups[i],
+               rel);
+        assert_true(rel <= 2e-3);
+    }
+    arch_model_free(m);
+
+    m = load(&all);
+    vlm_err err;
+    assert_int_equal(m->arch->encode_image(m->impl, &in, 5, got, &err), VLM_OK);
+    size_t n, ng;
+    int32_t *ids = fx_i32(E, "p1.ids", &n);
+    int32_t *gw = fx_i32(E, "p1.greedy", &ng);
+    session *s;
+    assert_int_equal(open_session(m, 16, &s, &err), VLM_OK);
+    assert_int_equal(session_append(s, ids, (int64_t)n, got, nr, NULL, &err), VLM_OK);
+    sampler_params sp;
+    sampler_params_init(&sp);
+    sampler *smp = NULL;
+    assert_int_equal(sampler_create(&sp, 300, &smp, &err), VLM_OK);
+    int32_t out[64];
+    int n_out;
+    session_stop why;
+    gen_options g = {(int)ng, NULL, 0, NULL, NULL};
+    assert_int_equal(session_generate(s, smp, &g, out, &n_out, &why, &err), VLM_OK);
+    assert_int_equal(n_out, (int)ng);
+    assert_memory_equal(out, gw, ng * sizeof *out);
+    sampler_free(smp);
+    session_free(s);
+    arch_model_free(m);
+    vlm_gpu_mem_stats st;
+    vlm_gpu_mem_stats_get(&st);
+    assert_int_equal(st.total_current, 0);
+    free(want), free(got), free(px), free(grid), free(ids), free(gw);
+}
+
+/* A weight source that hands out the decoder's four matrices (per layer)
+ * quantized to Q8_0, as the loader's conversion does; the rest as stored.
+ * The converted buffers live until q8_release. */
+#define Q8_MAX 32
+static void *q8_bufs[Q8_MAX];
+static int q8_n;
+
+static vlm_status q8_lookup(void *ctx, const char *name, vlm_tensor_view *out, vlm_err *err) {
+    vlm_status st = fx_lookup(ctx, name, out, err);
+    if (st != VLM_OK || !strstr(name, "model.layers.") ||
+        !(strstr(name, "qkv_proj.weight") || strstr(name, "o_proj.weight") ||
+          strstr(name, "gate_up_proj.weight") || strstr(name, "down_proj.weight")))
+        return st;
+    size_t n = (size_t)(out->shape[0] * out->shape[1]);
+    float *f = malloc(n * sizeof *f);
+    uint64_t bytes = 0;
+    assert_true(vlm_dtype_nbytes(VLM_DTYPE_Q8_0, n, &bytes));
+    void *q = malloc(bytes);
+    assert_true(q8_n < Q8_MAX);
+    assert_true(vlm_to_f32(out->dtype, out->data, f, n));
+    assert_true(vlm_quantize(VLM_DTYPE_Q8_0, f, q, n));
+    free(f);
+    q8_bufs[q8_n++] = q;
+    out->dtype = VLM_DTYPE_Q8_0;
+    out->data = q;
+    return VLM_OK;
+}
+
+static void q8_release(void) {
+    for (int i = 0; i < q8_n; i++) free(q8_bufs[i]);
+    q8_n = 0;
+}
+
+/* Q8_0 decoder weights (the GEMV at every token count): logits vs the CPU
+ * path with the same weights within 2e-3 relative L2, greedy ids equal. */
+static void test_q8_0(void **state) {
+    (void)state;
+    src = (vlm_weight_source){q8_lookup, W};
+    arch_model *cpu = load(NULL);
+    int nr;
+    float *rows = encode(cpu, &nr);
+    size_t n;
+    int32_t *ids = fx_i32(E, "p1.ids", &n);
+    vlm_err err;
+    float *want = malloc(n * 300 * sizeof *want), *got = malloc(n * 300 * sizeof *got);
+    int32_t gw[24], gg[24];
+    for (int pass = 0; pass < 2; pass++) {
+        arch_model *m = pass ? load(&PLACES[0]) : cpu;
+        session *s;
+        assert_int_equal(open_session(m, 16, &s, &err), VLM_OK);
+        assert_int_equal(session_append(s, ids, (int64_t)n, rows, nr, pass ? got : want, &err),
+                         VLM_OK);
+        sampler_params sp;
+        sampler_params_init(&sp);
+        sampler *smp = NULL;
+        assert_int_equal(sampler_create(&sp, 300, &smp, &err), VLM_OK);
+        int n_out;
+        session_stop why;
+        gen_options g = {24, NULL, 0, NULL, NULL};
+        assert_int_equal(session_generate(s, smp, &g, pass ? gg : gw, &n_out, &why, &err), VLM_OK);
+        assert_int_equal(n_out, 24);
+        sampler_free(smp);
+        session_free(s);
+        if (pass) arch_model_free(m);
+    }
+    double rel = fx_rel_l2(got, want, n * 300);
+    printf("q8_0 all+head: logits rel L2 vs CPU q8_0 %.3g (tol 2e-3)\n", rel);
+    assert_true(rel <= 2e-3);
+    assert_memory_equal(gg, gw, sizeof gw);
+    arch_model_free(cpu);
+    free(rows), free(ids), free(want), free(got);
+}
+
+/* Runs even when test_q8_0 fails: later tests get the stored weights. */
+static int q8_teardown(void **state) {
+    (void)state;
+    src = (vlm_weight_source){fx_lookup, W};
+    q8_release();
+    return 0;
+}
+
+static void test_placement_errors(void **state) {
+    (void)state;
+    arch_model *m = NULL;
+    vlm_err err;
+    vlm_placement bad_head = {1, true, false}, too_many = {3, true, true};
+    assert_int_equal(create(&bad_head, &m, &err), VLM_ERR_INVALID_ARG);
+    assert_null(m);
+    assert_int_equal(create(&too_many, &m, &err), VLM_ERR_INVALID_ARG);
+    assert_null(m);
+    vlm_gpu_mem_stats st;
+    vlm_gpu_mem_stats_get(&st);
+    assert_int_equal(st.total_current, 0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_logits_vs_cpu),
+        cmocka_unit_test(test_greedy),
+        cmocka_unit_test(test_vision),
+        cmocka_unit_test_teardown(test_q8_0, q8_teardown),
+        cmocka_unit_test(test_device_fault_walk),
+        cmocka_unit_test(test_placement_errors),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,498 @@
+/* backend/cuda ops against the CPU ops (backend/cpu/ops.h, themselves
+ * checked against PyTorch in tests/unit/test_cpu_ops.c) on random data, and
+ * the accounted device allocator. Needs a CUDA device (label "gpu").
+ *
+ * Tolerances: the GPU sums in a different order than the CPU, so f32 results
+ * agree to a few ulps times the reduction length: 1e-5 relative to the
+ * largest output magnitude for norms, elementwise ops and f32 products
+ * (TF32 is off); 1e-4 for attention (__expf); 1e-2 where cuBLAS multiplies
+ * bf16/f16 weights by activations rounded to bf16/f16 (relative error
+ * 2^-8 per product, averaging out over the sum). Exact where the op only
+ * moves or rounds values (embedding, store_rows). */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cpu/ops.h"
+#include "backend/cuda/cuda.h"
+#include "tensor/quant.h"
+
+static vlm_cuda_ctx *CTX;
+static cpu_pool *POOL;
+
+static int setup(void **state) {
+    (void)state;
+    vlm_err err = {0};
+    if (vlm_cuda_ctx_create(&CTX, 64u << 20, &err) != VLM_OK) {
+        fprintf(stderr, "no CUDA context: %s\n", err.msg);
+        return -1;
+    }
+    return cpu_pool_create(2, &POOL, &err) == VLM_OK ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    vlm_cuda_ctx_destroy(CTX);
+    cpu_pool_free(POOL);
+    vlm_gpu_mem_stats st;
+    vlm_gpu_mem_stats_get(&st);
+    return st.total_current == 0 ? 0 : -1;
+}
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static float frand(void) { /* uniform in [-1, 1) */
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 40) * (2.0 / 16777216.0) - 1.0);
+}
+
+static float *rnd(size_t n, float scale) {
+    float *p = malloc(n * sizeof *p);
+    assert_non_null(p);
+    for (size_t i = 0; i < n; i++) p[i] = frand() * scale;
+    return p;
+}
+
+static void *up(const void *h, size_t bytes) {
+    void *d = vlm_dev_alloc(bytes, VLM_MEM_ACTIVATIONS);
+    assert_non_null(d);
+    vlm_err err = {0};
+    assert_int_equal(vlm_cuda_upload(CTX, d, h, bytes, "test", &err), VLM_OK);
+    return d;
+}
+
+static float *down(const void *d, size_t n) {
+    vlm_err err = {0};
+    assert_int_equal(vlm_cuda_sync(CTX, "test", &err), VLM_OK);
+    float *h = malloc(n * sizeof *h);
+    assert_non_null(h);
+    assert_int_equal(vlm_cuda_download(CTX, h, d, n * sizeof *h, "test", &err), VLM_OK);
+    return h;
+}
+
+/* max |got - want| <= rtol * max(|want|, 1e-3) */
+static void close_to(const char *what, const float *got, const float *want, size_t n, double rtol) {
+    double dmax = 0, wmax = 1e-3;
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]);
+        if (!(d <= dmax)) { /* NaN counts as the worst */
+            dmax = isnan(d) ? INFINITY : d;
+            at = i;
+        }
+        if (fabs(want[i]) > wmax) wmax = fabs(want[i]);
+    }
+    double tol = rtol * wmax;
+    if (dmax > tol)
+        fprintf(stderr, "%s: max |diff| %g at %zu (got %g want %g) > %g\n", what, dmax, at, got[at],
+                want[at], tol);
+    else
+        printf("%-32s max |diff| %.3g (tol %.3g)\n", what, dmax, tol);
+    assert_true(dmax <= tol);
+}
+
+static void to_bf16(uint16_t *dst, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = vlm_f32_to_bf16(src[i]);
+}
+
+#define OK(call)                                                                                   \
+    do {                                                                                           \
+        vlm_err e_ = {0};                                                                          \
+        vlm_status s_ = (call);                                                                    \
+        if (s_ != VLM_OK) fprintf(stderr, "%s: %s\n", #call, e_.msg);                              \
+        assert_int_equal(s_, VLM_OK);                                                              \
+    } while (0)
+#define E (&e_)
+
+/* --- matmul --------------------------------------------------------------- */
+
+static void mm_case(vlm_dtype t, int64_t n, int64_t in, int64_t out, bool bias, double rtol) {
+    float *x = rnd((size_t)(n * in), 1.0f);
+    float *wf = rnd((size_t)(out * in), 0.1f);
+    float *bf = rnd((size_t)out, 0.5f);
+    uint64_t wbytes = 0;
+    assert_true(vlm_dtype_nbytes(t, (uint64_t)(out * in), &wbytes));
+    void *wh = malloc(wbytes);
+    assert_non_null(wh);
+    if (t == VLM_DTYPE_F32)
+        memcpy(wh, wf, wbytes);
+    else if (t == VLM_DTYPE_BF16)
+        to_bf16(wh, wf, (size_t)(out * in));
+    else if (t == VLM_DTYPE_F16)
+        for (int64_t i = 0; i < out * in; i++) ((uint16_t *)wh)[i] = vlm_f32_to_f16(wf[i]);
+    else
+        assert_true(vlm_quantize(t, wf, wh, (size_t)(out * in)));
+    float *want = malloc((size_t)(n * out) * sizeof *want);
+    cpu_matmul(POOL, want, x, n, in, out, (cpu_weight){t, wh},
+               (cpu_weight){VLM_DTYPE_F32, bias ? bf : NULL});
+
+    float *dx = up(x, (size_t)(n * in) * 4);
+    void *dw = up(wh, wbytes);
+    float *db = up(bf, (size_t)out * 4);
+    float *dy = vlm_dev_alloc((size_t)(n * out) * 4, VLM_MEM_ACTIVATIONS);
+    assert_non_null(dy);
+    OK(vlm_cuda_matmul(CTX, dy, dx, n, in, out, (vlm_cuda_weight){t, dw},
+                       (vlm_cuda_weight){VLM_DTYPE_F32, bias ? db : NULL}, E));
+    float *got = down(dy, (size_t)(n * out));
+    char what[96];
+    snprintf(what, sizeof what, "matmul %s n=%lld in=%lld out=%lld", vlm_dtype_get(t)->name,
+             (long long)n, (long long)in, (long long)out);
+    close_to(what, got, want, (size_t)(n * out), rtol);
+    vlm_dev_free(dx);
+    vlm_dev_free(dw);
+    vlm_dev_free(db);
+    vlm_dev_free(dy);
+    free(x), free(wf), free(bf), free(wh), free(want), free(got);
+}
+
+static void test_matmul(void **state) {
+    (void)state;
+    /* GEMV (n <= 8): vector path (in % 8 == 0), scalar path, several tokens */
+    mm_case(VLM_DTYPE_F32, 1, 256, 96, true, 1e-5);
+    mm_case(VLM_DTYPE_F32, 3, 50, 33, false, 1e-5);
+    mm_case(VLM_DTYPE_BF16, 1, 3072, 130, false, 1e-5);
+    mm_case(VLM_DTYPE_BF16, 8, 96, 64, true, 1e-5);
+    mm_case(VLM_DTYPE_BF16, 2, 36, 10, false, 1e-5);
+    mm_case(VLM_DTYPE_F16, 1, 128, 40, false, 1e-5);
+    mm_case(VLM_DTYPE_Q8_0, 1, 3072, 70, false, 1e-5);
+    mm_case(VLM_DTYPE_Q4_0, 4, 256, 64, true, 1e-5);
+    mm_case(VLM_DTYPE_Q8_0, 20, 96, 32, false, 1e-5); /* quantized: GEMV in chunks of 8 */
+    /* cuBLAS (n > 8) */
+    mm_case(VLM_DTYPE_F32, 40, 256, 96, true, 1e-5);
+    mm_case(VLM_DTYPE_BF16, 40, 256, 96, false, 1e-2);
+    mm_case(VLM_DTYPE_F16, 17, 64, 48, true, 1e-2);
+    /* f32 mode: bf16/f16 weights widened, x stays f32, as the CPU; a 1 MiB
+     * workspace makes the widening take several chunks of output rows */
+    setenv("VLM_CUDA_F32_GEMM", "1", 1);
+    vlm_cuda_ctx *saved = CTX, *f32ctx = NULL;
+    vlm_err err = {0};
+    assert_int_equal(vlm_cuda_ctx_create(&f32ctx, 1u << 20, &err), VLM_OK);
+    unsetenv("VLM_CUDA_F32_GEMM");
+    CTX = f32ctx;
+    mm_case(VLM_DTYPE_BF16, 40, 3072, 300, true, 1e-5);
+    mm_case(VLM_DTYPE_F16, 17, 64, 48, false, 1e-5);
+    CTX = saved;
+    vlm_cuda_ctx_destroy(f32ctx);
+}
+
+/* --- norms, RoPE ------------------------------------------------------------ */
+
+static void test_norms(void **state) {
+    (void)state;
+    int64_t n = 5, dim = 3072;
+    float *x = rnd((size_t)(n * dim), 2.0f), *w = rnd((size_t)dim, 1.0f),
+          *b = rnd((size_t)dim, 1.0f);
+    uint16_t *wb = malloc((size_t)dim * 2);
+    to_bf16(wb, w, (size_t)dim);
+    float *want = malloc((size_t)(n * dim) * 4);
+    float *dx = up(x, (size_t)(n * dim) * 4), *dw = up(w, (size_t)dim * 4),
+          *db = up(b, (size_t)dim * 4);
+    uint16_t *dwb = up(wb, (size_t)dim * 2);
+    float *dy = vlm_dev_alloc((size_t)(n * dim) * 4, VLM_MEM_ACTIVATIONS);
+
+    cpu_rmsnorm(want, x, n, dim, (cpu_weight){VLM_DTYPE_F32, w}, 1e-5f);
+    OK(vlm_cuda_rmsnorm(CTX, dy, dx, n, dim, (vlm_cuda_weight){VLM_DTYPE_F32, dw}, 1e-5f, E));
+    float *got = down(dy, (size_t)(n * dim));
+    close_to("rmsnorm f32", got, want, (size_t)(n * dim), 1e-5);
+    free(got);
+
+    cpu_rmsnorm(want, x, n, dim, (cpu_weight){VLM_DTYPE_BF16, wb}, 1e-6f);
+    OK(vlm_cuda_rmsnorm(CTX, dy, dx, n, dim, (vlm_cuda_weight){VLM_DTYPE_BF16, dwb}, 1e-6f, E));
+    got = down(dy, (size_t)(n * dim));
+    close_to("rmsnorm bf16 weight", got, want, (size_t)(n * dim), 1e-5);
+    free(got);
+
+    int64_t d2 = 1024;
+    cpu_layernorm(want, x, n, d2, (cpu_weight){VLM_DTYPE_F32, w}, (cpu_weight){VLM_DTYPE_F32, b},
+                  1e-5f);
+    OK(vlm_cuda_layernorm(CTX, dy, dx, n, d2, (vlm_cuda_weight){VLM_DTYPE_F32, dw},
+                          (vlm_cuda_weight){VLM_DTYPE_F32, db}, 1e-5f, E));
+    got = down(dy, (size_t)(n * d2));
+    close_to("layernorm", got, want, (size_t)(n * d2), 1e-5);
+    free(got);
+
+    /* in place (out == x), a small odd dim */
+    cpu_layernorm(want, x, n, 31, (cpu_weight){VLM_DTYPE_F32, w}, (cpu_weight){VLM_DTYPE_F32, b},
+                  1e-5f);
+    OK(vlm_cuda_layernorm(CTX, dx, dx, n, 31, (vlm_cuda_weight){VLM_DTYPE_F32, dw},
+                          (vlm_cuda_weight){VLM_DTYPE_F32, db}, 1e-5f, E));
+    got = down(dx, (size_t)(n * 31));
+    close_to("layernorm in place dim 31", got, want, (size_t)(n * 31), 1e-5);
+    free(got);
+
+    vlm_dev_free(dx), vlm_dev_free(dw), vlm_dev_free(db), vlm_dev_free(dwb), vlm_dev_free(dy);
+    free(x), free(w), free(b), free(wb), free(want);
+}
+
+static void test_rope(void **state) {
+    (void)state;
+    const int hd = 96, nh = 32, nkv = 32;
+    const int64_t n = 7, stride = (int64_t)(nh + 2 * nkv) * hd; /* a fused qkv row */
+    float factor[48], inv[48];
+    for (int i = 0; i < hd / 2; i++) factor[i] = 1.0f + 0.1f * (float)i;
+    cpu_rope_inv_freq(inv, hd, 10000.0, factor);
+    float *cs = malloc((size_t)(n * hd / 2) * 4), *sn = malloc((size_t)(n * hd / 2) * 4);
+    cpu_rope_cos_sin(cs, sn, 1000, n, hd, inv, 1.19);
+    float *x = rnd((size_t)(n * stride), 1.0f);
+    float *dx = up(x, (size_t)(n * stride) * 4), *dc = up(cs, (size_t)(n * hd / 2) * 4),
+          *ds = up(sn, (size_t)(n * hd / 2) * 4);
+    /* q heads and then k heads, as the decoder does */
+    cpu_rope_apply(x, n, stride, nh, hd, cs, sn);
+    cpu_rope_apply(x + nh * hd, n, stride, nkv, hd, cs, sn);
+    OK(vlm_cuda_rope_apply(CTX, dx, n, stride, nh, hd, dc, ds, E));
+    OK(vlm_cuda_rope_apply(CTX, dx + nh * hd, n, stride, nkv, hd, dc, ds, E));
+    float *got = down(dx, (size_t)(n * stride));
+    close_to("rope (fused qkv rows)", got, x, (size_t)(n * stride), 1e-6);
+    vlm_dev_free(dx), vlm_dev_free(dc), vlm_dev_free(ds);
+    free(cs), free(sn), free(x), free(got);
+}
+
+/* --- attention -------------------------------------------------------------- */
+
+static void attn_case(const char *what, vlm_dtype kvt, int64_t n_q, int64_t n_kv, int nh, int nkv,
+                      int hd, bool causal, int64_t q_pos0) {
+    int64_t q_stride = (int64_t)nh * hd + 5, kv_stride = (int64_t)nkv * hd + 3; /* padded rows */
+    float *q = rnd((size_t)(n_q * q_stride), 1.0f);
+    float *kf = rnd((size_t)(n_kv * kv_stride), 1.0f), *vf = rnd((size_t)(n_kv * kv_stride), 1.0f);
+    size_t esz = kvt == VLM_DTYPE_BF16 ? 2 : 4;
+    void *kh = malloc((size_t)(n_kv * kv_stride) * esz),
+         *vh = malloc((size_t)(n_kv * kv_stride) * esz);
+    cpu_store_rows(kh, kvt, 0, kf, n_kv * kv_stride);
+    cpu_store_rows(vh, kvt, 0, vf, n_kv * kv_stride);
+    float scale = 1.0f / sqrtf((float)hd);
+    float *want = malloc((size_t)(n_q * nh * hd) * 4);
+    float *scratch = malloc((size_t)(cpu_pool_threads(POOL) * n_kv) * 4);
+    cpu_attention(POOL, want, q, q_stride, (cpu_weight){kvt, kh}, (cpu_weight){kvt, vh}, kv_stride,
+                  n_q, n_kv, nh, nkv, hd, causal, q_pos0, scale, scratch);
+    float *dq = up(q, (size_t)(n_q * q_stride) * 4);
+    void *dk = up(kh, (size_t)(n_kv * kv_stride) * esz),
+         *dv = up(vh, (size_t)(n_kv * kv_stride) * esz);
+    float *dout = vlm_dev_alloc((size_t)(n_q * nh * hd) * 4, VLM_MEM_ACTIVATIONS);
+    OK(vlm_cuda_attention(CTX, dout, dq, q_stride, (vlm_cuda_weight){kvt, dk},
+                          (vlm_cuda_weight){kvt, dv}, kv_stride, n_q, n_kv, nh, nkv, hd, causal,
+                          q_pos0, scale, E));
+    float *got = down(dout, (size_t)(n_q * nh * hd));
+    close_to(what, got, want, (size_t)(n_q * nh * hd), 1e-4);
+    vlm_dev_free(dq), vlm_dev_free(dk), vlm_dev_free(dv), vlm_dev_free(dout);
+    free(q), free(kf), free(vf), free(kh), free(vh), free(want), free(scratch), free(got);
+}
+
+static void test_attention(void **state) {
+    (void)state;
+    attn_case("attn prefill causal GQA", VLM_DTYPE_F32, 37, 37, 8, 2, 96, true, 0);
+    attn_case("attn vision full hd64", VLM_DTYPE_F32, 50, 50, 4, 4, 64, false, 0);
+    attn_case("attn chunk at pos 20", VLM_DTYPE_BF16, 5, 25, 4, 4, 96, true, 20);
+    attn_case("attn decode split-K f32", VLM_DTYPE_F32, 1, 700, 32, 32, 96, true, 699);
+    attn_case("attn decode split-K bf16", VLM_DTYPE_BF16, 1, 1500, 8, 2, 128, true, 1499);
+    attn_case("attn tiny hd8", VLM_DTYPE_F32, 9, 9, 4, 4, 8, true, 0);
+}
+
+/* --- the rest ----------------------------------------------------------------- */
+
+static void test_elementwise(void **state) {
+    (void)state;
+    int64_t n = 3, ff = 1000, N = n * 2 * ff;
+    float *a = rnd((size_t)N, 4.0f), *b = rnd((size_t)N, 1.0f);
+    float *da = up(a, (size_t)N * 4), *db = up(b, (size_t)N * 4);
+    float *want = malloc((size_t)N * 4), *got;
+
+    memcpy(want, a, (size_t)N * 4);
+    cpu_quick_gelu(want, N);
+    OK(vlm_cuda_quick_gelu(CTX, da, N, E));
+    got = down(da, (size_t)N);
+    close_to("quick_gelu", got, want, (size_t)N, 1e-6);
+    free(got);
+
+    OK(vlm_cuda_upload(CTX, da, a, (size_t)N * 4, "a", E));
+    memcpy(want, a, (size_t)N * 4);
+    cpu_gelu_erf(want, N);
+    OK(vlm_cuda_gelu_erf(CTX, da, N, E));
+    got = down(da, (size_t)N);
+    close_to("gelu_erf", got, want, (size_t)N, 1e-6);
+    free(got);
+
+    OK(vlm_cuda_upload(CTX, da, a, (size_t)N * 4, "a", E));
+    memcpy(want, a, (size_t)N * 4);
+    cpu_add(want, b, N);
+    OK(vlm_cuda_add(CTX, da, db, N, E));
+    got = down(da, (size_t)N);
+    close_to("add", got, want, (size_t)N, 0);
+    free(got);
+
+    OK(vlm_cuda_upload(CTX, da, a, (size_t)N * 4, "a", E));
+    memcpy(want, a, (size_t)N * 4);
+    cpu_add_bias(want, n * 2, ff, (cpu_weight){VLM_DTYPE_F32, b});
+    OK(vlm_cuda_add_bias(CTX, da, n * 2, ff, (vlm_cuda_weight){VLM_DTYPE_F32, db}, E));
+    got = down(da, (size_t)N);
+    close_to("add_bias", got, want, (size_t)N, 0);
+    free(got);
+
+    OK(vlm_cuda_upload(CTX, da, a, (size_t)N * 4, "a", E));
+    cpu_silu_mul(want, a, n, ff);
+    OK(vlm_cuda_silu_mul(CTX, db, da, n, ff, E));
+    got = down(db, (size_t)(n * ff));
+    close_to("silu_mul", got, want, (size_t)(n * ff), 1e-6);
+    free(got);
+
+    /* store_rows: bf16 rounding is exact (round to nearest even both sides) */
+    uint16_t *hb = malloc((size_t)N * 2), *gb = malloc((size_t)N * 2);
+    memset(hb, 0, (size_t)N * 2);
+    cpu_store_rows(hb, VLM_DTYPE_BF16, 7, a, N - 7);
+    void *dc = vlm_dev_alloc((size_t)N * 2, VLM_MEM_KV_CACHE);
+    assert_non_null(dc);
+    OK(vlm_cuda_upload(CTX, da, a, (size_t)N * 4, "a", E));
+    OK(vlm_cuda_upload(CTX, dc, gb, 0, "nothing", E));
+    memset(gb, 0, (size_t)N * 2);
+    OK(vlm_cuda_upload(CTX, dc, gb, (size_t)N * 2, "zeros", E));
+    OK(vlm_cuda_store_rows(CTX, dc, VLM_DTYPE_BF16, 7, da, N - 7, E));
+    OK(vlm_cuda_sync(CTX, "store", E));
+    OK(vlm_cuda_download(CTX, gb, dc, (size_t)N * 2, "cache", E));
+    assert_memory_equal(gb, hb, (size_t)N * 2);
+    /* strided: rows of 10 out of rows of 25 (a K block inside qkv rows) */
+    memset(hb, 0, (size_t)N * 2);
+    for (int r = 0; r < 40; r++) cpu_store_rows(hb, VLM_DTYPE_BF16, 3 + r * 10, a + r * 25 + 5, 10);
+    memset(gb, 0, (size_t)N * 2);
+    OK(vlm_cuda_upload(CTX, dc, gb, (size_t)N * 2, "zeros", E));
+    OK(vlm_cuda_store_rows_strided(CTX, dc, VLM_DTYPE_BF16, 3, da + 5, 25, 40, 10, E));
+    OK(vlm_cuda_sync(CTX, "store", E));
+    OK(vlm_cuda_download(CTX, gb, dc, (size_t)N * 2, "cache", E));
+    assert_memory_equal(gb, hb, (size_t)N * 2);
+    vlm_dev_free(dc);
+
+    /* embedding: bf16 table, exact */
+    int64_t vocab = 50, dim = 24, nid = 6;
+    float *tf = rnd((size_t)(vocab * dim), 1.0f);
+    uint16_t *tb = malloc((size_t)(vocab * dim) * 2);
+    to_bf16(tb, tf, (size_t)(vocab * dim));
+    int32_t ids[6] = {0, 49, 3, 3, 17, 1};
+    cpu_embed_rows(want, (cpu_weight){VLM_DTYPE_BF16, tb}, dim, ids, nid);
+    void *dt = up(tb, (size_t)(vocab * dim) * 2), *di = up(ids, sizeof ids);
+    OK(vlm_cuda_embed_rows(CTX, da, (vlm_cuda_weight){VLM_DTYPE_BF16, dt}, dim, di, nid, E));
+    got = down(da, (size_t)(nid * dim));
+    close_to("embed_rows", got, want, (size_t)(nid * dim), 0);
+    free(got);
+    vlm_dev_free(dt), vlm_dev_free(di);
+
+    vlm_dev_free(da), vlm_dev_free(db);
+    free(a), free(b), free(want), free(hb), free(gb), free(tf), free(tb);
+}
+
+static void test_patch_embed(void **state) {
+    (void)state;
+    int s = 56, p = 14;
+    int64_t width = 64, g = s / p, per = 3LL * p * p;
+    float *img = rnd((size_t)(3 * s * s), 1.0f), *w = rnd((size_t)(width * per), 0.05f);
+    float *want = malloc((size_t)(g * g * width) * 4), *col = malloc((size_t)(g * g * per) * 4);
+    cpu_patch_embed(POOL, want, img, s, p, width, (cpu_weight){VLM_DTYPE_F32, w}, col);
+    float *dimg = up(img, (size_t)(3 * s * s) * 4), *dw = up(w, (size_t)(width * per) * 4);
+    float *dcol = vlm_dev_alloc((size_t)(g * g * per) * 4, VLM_MEM_SCRATCH);
+    float *dout = vlm_dev_alloc((size_t)(g * g * width) * 4, VLM_MEM_ACTIVATIONS);
+    OK(vlm_cuda_patch_embed(CTX, dout, dimg, s, p, width, (vlm_cuda_weight){VLM_DTYPE_F32, dw},
+                            dcol, E));
+    float *got = down(dout, (size_t)(g * g * width));
+    close_to("patch_embed f32", got, want, (size_t)(g * g * width), 1e-5);
+    vlm_dev_free(dimg), vlm_dev_free(dw), vlm_dev_free(dcol), vlm_dev_free(dout);
+    free(img), free(w), free(want), free(col), free(got);
+}
+
+/* The HD glue's 2x2 merge against the definition (spec 5.1): cell (i, j)
+ * of crop c is TL | TR | BL | BR of feature rows (2i+dy)*grid + 2j+dx;
+ * crops lie crop_rows rows apart after a CLS row. Exact (a gather). */
+static void test_merge2x2(void **state) {
+    (void)state;
+    const int grid = 6, mg = 3, nc = 3;
+    const int64_t dim = 5, crop_rows = grid * grid + 1, first = 1;
+    float *f = rnd((size_t)(nc * crop_rows * dim), 1.0f);
+    float *want = malloc((size_t)(nc * mg * mg * 4 * dim) * 4);
+    for (int c = 0; c < nc; c++)
+        for (int i = 0; i < mg; i++)
+            for (int j = 0; j < mg; j++)
+                for (int q = 0; q < 4; q++)
+                    for (int64_t e = 0; e < dim; e++)
+                        want[((c * mg * mg + i * mg + j) * 4 + q) * dim + e] =
+                            f[(c * crop_rows + first + (2 * i + q / 2) * grid + 2 * j + q % 2) *
+                                  dim +
+                              e];
+    float *df = up(f, (size_t)(nc * crop_rows * dim) * 4);
+    float *dout = vlm_dev_alloc((size_t)(nc * mg * mg * 4 * dim) * 4, VLM_MEM_ACTIVATIONS);
+    OK(vlm_cuda_merge2x2(CTX, dout, df, crop_rows, first, grid, dim, nc, E));
+    float *got = down(dout, (size_t)(nc * mg * mg * 4 * dim));
+    close_to("merge2x2", got, want, (size_t)(nc * mg * mg * 4 * dim), 0);
+    vlm_dev_free(df), vlm_dev_free(dout);
+    free(f), free(want), free(got);
+}
+
+/* --- the allocator ------------------------------------------------------------ */
+
+static void test_dev_alloc(void **state) {
+    (void)state;
+    vlm_gpu_mem_stats a, b;
+    vlm_gpu_mem_stats_get(&a);
+    void *p = vlm_dev_alloc(1000, VLM_MEM_WEIGHTS), *q = vlm_dev_alloc(3 << 20, VLM_MEM_KV_CACHE);
+    assert_non_null(p);
+    assert_non_null(q);
+    assert_int_equal(vlm_dev_alloc_size(q), 3 << 20);
+    vlm_gpu_mem_stats_get(&b);
+    assert_int_equal(b.current[VLM_MEM_WEIGHTS] - a.current[VLM_MEM_WEIGHTS], 1000);
+    assert_int_equal(b.current[VLM_MEM_KV_CACHE] - a.current[VLM_MEM_KV_CACHE], 3 << 20);
+    assert_int_equal(b.n_allocs - a.n_allocs, 2);
+    vlm_dev_free(q);
+    vlm_gpu_mem_reset_peak();
+    vlm_gpu_mem_stats_get(&b);
+    assert_int_equal(b.peak[VLM_MEM_KV_CACHE], b.current[VLM_MEM_KV_CACHE]);
+    vlm_dev_free(p);
+    vlm_gpu_mem_stats_get(&b);
+    assert_int_equal(b.total_current, a.total_current);
+
+    /* fault injection: the 2nd from now fails, then the rest succeed */
+    vlm_dev_alloc_fail_at(2, false);
+    p = vlm_dev_alloc(64, VLM_MEM_OTHER);
+    q = vlm_dev_alloc(64, VLM_MEM_OTHER);
+    void *r = vlm_dev_alloc(64, VLM_MEM_OTHER);
+    assert_non_null(p);
+    assert_null(q);
+    assert_non_null(r);
+    vlm_dev_free(p), vlm_dev_free(r);
+    /* sticky: the 1st and everything after */
+    vlm_dev_alloc_fail_at(1, true);
+    assert_null(vlm_dev_alloc(64, VLM_MEM_OTHER));
+    assert_null(vlm_dev_alloc(64, VLM_MEM_OTHER));
+    vlm_dev_alloc_fail_at(0, false);
+    p = vlm_dev_alloc(64, VLM_MEM_OTHER);
+    assert_non_null(p);
+    vlm_dev_free(p);
+    vlm_gpu_mem_stats_get(&b);
+    assert_int_equal(b.n_failed - a.n_failed, 3);
+    assert_int_equal(b.total_current, a.total_current);
+
+    /* a real refusal: more than the card has, NULL, nothing counted */
+    vlm_gpu_info info;
+    vlm_err err = {0};
+    assert_int_equal(vlm_gpu_query(&info, &err), VLM_OK);
+    printf("device %d: %s, sm_%d%d, %d SMs, %.1f GiB\n", info.device, info.name, info.cc_major,
+           info.cc_minor, info.n_sms, (double)info.total_bytes / (1 << 30));
+    assert_null(vlm_dev_alloc((size_t)info.total_bytes * 2, VLM_MEM_WEIGHTS));
+    p = vlm_dev_alloc(64, VLM_MEM_OTHER); /* the device still works */
+    assert_non_null(p);
+    vlm_dev_free(p);
+
+    /* a context with a workspace we cannot have fails cleanly, leaks nothing */
+    vlm_cuda_ctx *c = NULL;
+    assert_int_equal(vlm_cuda_ctx_create(&c, (size_t)info.total_bytes * 2, &err), VLM_ERR_NOMEM);
+    assert_null(c);
+    vlm_gpu_mem_stats_get(&b);
+    assert_int_equal(b.total_current, a.total_current);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dev_alloc),   cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_norms),       cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_attention),   cmocka_unit_test(test_elementwise),
+        cmocka_unit_test(test_patch_embed), cmocka_unit_test(test_merge2x2),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
