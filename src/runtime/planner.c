@@ -103,6 +103,21 @@ static uint64_t resize_bytes(const phi3v_geometry *g) {
     return b;
 }
 
+/* The GPU backend's contexts (backend/cuda: one per model part on the GPU)
+ * each hold a cuBLAS workspace (PLAN_GPU_CUBLAS_BYTES) and a workspace of
+ * their own: the decoder's 512 x max(ff, hidden) x 2 bytes + 1 MiB
+ * (models/phi3_gpu.c), the tower's 1024 x its MLP width x 2 bytes
+ * (models/clip_gpu.c). */
+static uint64_t gpu_ctx_bytes(const phi3v_config *c, bool decoder, bool vision) {
+    uint64_t b = 0;
+    if (decoder) {
+        uint64_t w = (uint64_t)(c->intermediate > c->hidden ? c->intermediate : c->hidden);
+        b += PLAN_GPU_CUBLAS_BYTES + 512 * w * 2 + ((uint64_t)1 << 20);
+    }
+    if (vision) b += PLAN_GPU_CUBLAS_BYTES + 1024 * (uint64_t)c->vision.intermediate * 2;
+    return b;
+}
+
 /* Where tensor `name` lives under placement (k layers, head, vision) on a
  * GPU setting: true for the device. */
 static bool tensor_on_gpu(const char *name, int k, bool head, bool vision) {
@@ -248,7 +263,7 @@ vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, co
         }
         bool any = k > 0 || vis;
         if (any) {
-            dev[PLAN_GPU_CUBLAS] = PLAN_GPU_CUBLAS_BYTES;
+            dev[PLAN_GPU_CUBLAS] = gpu_ctx_bytes(c, k > 0, vis);
             dev[PLAN_GPU_CONTEXT] = PLAN_GPU_CONTEXT_BYTES;
             uint64_t stage = max_u64((uint64_t)chunk * (uint64_t)c->hidden, (uint64_t)info.vocab);
             if (vis) stage = max_u64(stage, (uint64_t)out->s.crop_group * PHI3V_CROP_FLOATS);

@@ -159,7 +159,7 @@ typedef enum plan_gpu_comp {
     PLAN_GPU_PREFILL,     /* decoder workspace for one chunk (one stream: threads = 1) */
     PLAN_GPU_VISION,      /* one crop group of the tower + glue, when the tower is there */
     PLAN_GPU_LOGITS,      /* vocab x f32 per position kept, when the head is there */
-    PLAN_GPU_CUBLAS,      /* cuBLAS / cuBLASLt workspace */
+    PLAN_GPU_CUBLAS,      /* per GPU context (decoder, tower): cuBLAS workspace + its own */
     PLAN_GPU_CONTEXT,     /* the CUDA context: kernels, module images, driver state */
     PLAN_GPU_COMP_COUNT
 } plan_gpu_comp;
