@@ -40,7 +40,7 @@ static const char usage[] =
     "                      rungs only; an error without a GPU), cpu\n"
     "  --gpu-mem-budget SIZE  device bytes for the GPU rungs (default: free less 5%)\n"
     "  --json              print {answer, tokens_in, tokens_out, image_tokens, timings,\n"
-    "                      stop_reason, ids, plan} instead of streaming the text\n";
+    "                      gpu, stop_reason, ids, plan} instead of streaming the text\n";
 
 static bool stream_out(void *user, const char *piece, size_t len) {
     (void)user;
@@ -66,6 +66,12 @@ static void print_json(const vlm_model *m, const char *answer, const vlm_gen_sta
            "\"decode_ms\": %.3f, \"decode_tokens_per_s\": %.4f}",
            load_ms, st->image_ms, st->prefill_ms, st->first_token_ms, st->decode_ms,
            st->decode_tps);
+    /* device bytes per phase: accounted peak, and in use as the device says */
+    printf(", \"gpu\": {\"peak_image\": %llu, \"peak_prefill\": %llu, \"peak_decode\": %llu, "
+           "\"used_image\": %llu, \"used_prefill\": %llu, \"used_decode\": %llu}",
+           (unsigned long long)st->gpu_peak_image, (unsigned long long)st->gpu_peak_prefill,
+           (unsigned long long)st->gpu_peak_decode, (unsigned long long)st->gpu_used_image,
+           (unsigned long long)st->gpu_used_prefill, (unsigned long long)st->gpu_used_decode);
     printf(", \"stop_reason\": \"%s\", \"ids\": [", st->stop_reason);
     for (int i = 0; i < n; i++) printf("%s%d", i ? ", " : "", ids[i]);
     fputs("], \"plan\": ", stdout);

@@ -39,6 +39,7 @@ for j in (a, b):
     assert p["head_device"] == "cpu" and p["vision_device"] == "cpu", p
     assert p["rung"] == "cpu native" and p["gpu_estimated_bytes"] == 0, p
     assert len(j["ids"]) == 3, j
+    assert all(v == 0 for v in j["gpu"].values()), j["gpu"]  # device bytes per phase
 assert a["ids"] == b["ids"], (a["ids"], b["ids"])
 # auto planned the GPU rungs against 24 GiB, then found no GPU to use
 assert b["plan"]["gpu_budget"] == 24 << 30 and a["plan"]["gpu_budget"] == 0, (a["plan"], b["plan"])

@@ -754,38 +754,51 @@ static void test_gpu_ladder(void **state) {
     plan_model_free(&pm);
 }
 
-/* The tower's placement does not follow the layers': on the tiny model the
- * tower weighs less than a decoder layer with its head, so it joins the
- * GPU beside fewer than all layers when the budget leaves room. */
+/* The tower's placement does not follow the layers': it joins the GPU
+ * beside fewer than all layers when the budget leaves room for it after k.
+ * That needs a layer heavier than the tower: at the model's full 131,072
+ * positions one layer's f32 cache is 3 GiB (2 x 131072 x 3072 x 4 B), the
+ * tower with its GPU context about 0.7 GB. */
+static uint64_t gpu_need_ctx(const plan_model *pm, const plan_request *r, int64_t ctx, int k,
+                             bool vision) {
+    plan_setting s = {VLM_PREC_NATIVE, ctx, 4, 1, PLAN_GPU, k, vision};
+    plan_estimate e;
+    vlm_err err;
+    assert_int_equal(plan_estimate_setting(pm, r, &s, &e, &err), VLM_OK);
+    return e.gpu_bytes;
+}
+
 static void test_gpu_vision_independent(void **state) {
     (void)state;
     plan_model pm;
-    vlm_err err;
-    assert_int_equal(plan_model_open(&pm, tu_src("tests/data/tiny/f32"), &err), VLM_OK);
+    full_model(&pm);
     plan_request r;
     plan_request_init(&r);
     r.n_threads = 1;
-    r.mem_budget = 8 * GiB;
+    r.num_crops = 4;
+    r.context = 131072;
+    r.mem_budget = 1024 * GiB; /* the host's share is not what this test is about */
     r.gpu_available = true;
-    int L = pm.arch.n_layers;
-    assert_true(L >= 2);
-    uint64_t k1_vis = gpu_need(&pm, &r, VLM_PREC_NATIVE, L - 1, true);
-    uint64_t kL = gpu_need(&pm, &r, VLM_PREC_NATIVE, L, false);
-    assert_true(k1_vis < kL); /* the precondition of this test */
-    r.gpu_mem_budget = k1_vis;
+    vlm_err err;
+    uint64_t k5_vis = gpu_need_ctx(&pm, &r, 131072, 5, true);
+    uint64_t k6 = gpu_need_ctx(&pm, &r, 131072, 6, false);
+    assert_true(k5_vis < k6); /* the precondition: the tower weighs less than a layer here */
+    r.gpu_mem_budget = k5_vis;
     vlm_plan *p = calloc(1, sizeof *p);
     assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
     const plan_rung *g = chosen(p);
     assert_int_equal(g->e.s.device, PLAN_GPU);
-    assert_int_equal(g->e.s.gpu_layers, L - 1);
+    assert_int_equal(g->e.s.precision, VLM_PREC_NATIVE);
+    assert_int_equal(g->e.s.gpu_layers, 5);
     assert_true(g->e.s.vision_on_gpu);
     assert_false(g->e.head_on_gpu);
     assert_true(g->e.gpu_bytes <= r.gpu_mem_budget);
+    assert_string_equal(g->label, "gpu native, 5/32 layers, vision gpu");
     /* one byte less: the tower goes back to the CPU, the layers stay */
-    r.gpu_mem_budget = k1_vis - 1;
+    r.gpu_mem_budget = k5_vis - 1;
     assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
     g = chosen(p);
-    assert_int_equal(g->e.s.gpu_layers, L - 1);
+    assert_int_equal(g->e.s.gpu_layers, 5);
     assert_false(g->e.s.vision_on_gpu);
     free(p);
     plan_model_free(&pm);
