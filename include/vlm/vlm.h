@@ -23,14 +23,15 @@ typedef struct vlm_image vlm_image;
 /* --- loading ---------------------------------------------------------------- */
 
 typedef struct vlm_load_options {
-    const char *device;    /* "cpu", "cuda", "auto" (default "auto": the plan decides) */
-    const char *precision; /* NULL: as stored; "f32", "bf16", "f16", "q8_0", "q4_0", "q4_K" */
-    int num_crops;         /* 0: preprocessor_config's value */
-    int max_context;       /* tokens of KV cache; 0: the default (4096, capped by the model) */
-    uint64_t mem_budget;   /* host bytes the model may use; 0: derived from the machine */
-    uint64_t gpu_mem_budget;
-    int n_threads;      /* 0: VLM_THREADS, else the CPUs this process may use */
-    bool allow_degrade; /* the planner may drop crops or context to fit */
+    const char *device;      /* "cpu", "cuda", "auto" (default "auto": the plan decides: GPU
+                                rungs first when a GPU is there); "cuda": GPU rungs only */
+    const char *precision;   /* NULL: as stored; "f32", "bf16", "f16", "q8_0", "q4_0", "q4_K" */
+    int num_crops;           /* 0: preprocessor_config's value */
+    int max_context;         /* tokens of KV cache; 0: the default (4096, capped by the model) */
+    uint64_t mem_budget;     /* host bytes the model may use; 0: derived from the machine */
+    uint64_t gpu_mem_budget; /* device bytes; 0: the GPU's free memory less 5% (>= 256 MiB) */
+    int n_threads;           /* 0: VLM_THREADS, else the CPUs this process may use */
+    bool allow_degrade;      /* the planner may drop crops or context to fit */
 } vlm_load_options;
 
 void vlm_load_options_init(vlm_load_options *o);
@@ -73,6 +74,15 @@ typedef struct vlm_model_desc {
     uint64_t loaded_weight_bytes; /* converted (accounted) + kept mapped, used tensors */
     int fallbacks;                /* rungs stepped down after an allocation failure */
     char fallback_note[192];      /* "" or what the fallbacks were */
+    /* Where the parts run (the rung's placement). */
+    char device[16];         /* "cpu", "cuda" (everything on the GPU), "cuda+cpu" (split) */
+    int gpu_layers;          /* decoder layers [0, gpu_layers) on the GPU, of n_layers */
+    bool head_on_gpu;        /* token embedding, final norm, lm_head */
+    bool vision_on_gpu;      /* vision tower + projector */
+    uint64_t gpu_plan_bytes; /* estimated device bytes at that rung (0 on the CPU) */
+    uint64_t gpu_budget;     /* the GPU budget it was planned against (0: none) */
+    char first_rung[96];     /* the rung the first attempt planned ("" if it never planned);
+                                differs from rung after a fallback */
 } vlm_model_desc;
 
 void vlm_model_describe(const vlm_model *m, vlm_model_desc *out);
@@ -121,6 +131,12 @@ typedef struct vlm_gen_stats {
     double decode_ms;
     double decode_tps;    /* tokens/s over the decode steps after the first token */
     char stop_reason[16]; /* "eos", "stop_string", "max_tokens", "callback", "context" */
+    /* Device memory per phase (bytes; all 0 without a GPU): the accounted
+     * peak of the phase (device allocations of the engine, every category)
+     * and what the device reports in use at the phase's end (total - free:
+     * every process and the CUDA context included). */
+    uint64_t gpu_peak_image, gpu_peak_prefill, gpu_peak_decode;
+    uint64_t gpu_used_image, gpu_used_prefill, gpu_used_decode;
 } vlm_gen_stats;
 
 vlm_status vlm_session_new(vlm_model *m, vlm_session **out, vlm_err *err);

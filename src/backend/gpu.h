@@ -57,6 +57,12 @@ typedef struct vlm_placement {
     bool vision_on_gpu; /* vision tower and projector on the GPU */
 } vlm_placement;
 
+/* Install the device probe of mem/monitor (vlm_mem_set_gpu_probe): the
+ * snapshots and the sampler's timeline then carry the device's free/used
+ * memory (vlm_gpu_query) and the accounted device bytes. Without a GPU the
+ * probe answers "none". Idempotent; backend/gpu_monitor.c. */
+void vlm_gpu_monitor_install(void);
+
 /* Any part on the GPU. */
 static inline bool vlm_placement_uses_gpu(const vlm_placement *p) {
     return p && (p->gpu_layers > 0 || p->head_on_gpu || p->vision_on_gpu);

@@ -15,6 +15,7 @@ static const char usage[] =
     "                        [--min-p P] [--repeat-penalty R] [--seed S] [--num-crops N]\n"
     "                        [--threads N] [--ctx N] [--stop STR]... [--ignore-eos] [--json]\n"
     "                        [--precision P] [--mem-budget SIZE] [--allow-degrade]\n"
+    "                        [--device cuda|cpu|auto] [--gpu-mem-budget SIZE]\n"
     "\n"
     "  -m MODEL            model folder, safetensors file, or org/name[@rev] in the HF cache\n"
     "  --image FILE        JPEG, PNG or WebP; attached to the turn in order\n"
@@ -35,8 +36,11 @@ static const char usage[] =
     "                      (default: the best rung of the memory plan that fits)\n"
     "  --mem-budget SIZE   plan against SIZE bytes (8G, 512M) instead of the machine\n"
     "  --allow-degrade     the plan may drop crops, then context, to fit\n"
+    "  --device D          auto (default: GPU rungs first when a GPU is there), cuda (GPU\n"
+    "                      rungs only; an error without a GPU), cpu\n"
+    "  --gpu-mem-budget SIZE  device bytes for the GPU rungs (default: free less 5%)\n"
     "  --json              print {answer, tokens_in, tokens_out, image_tokens, timings,\n"
-    "                      stop_reason, ids, plan} instead of streaming the text\n";
+    "                      gpu, stop_reason, ids, plan} instead of streaming the text\n";
 
 static bool stream_out(void *user, const char *piece, size_t len) {
     (void)user;
@@ -62,6 +66,12 @@ static void print_json(const vlm_model *m, const char *answer, const vlm_gen_sta
            "\"decode_ms\": %.3f, \"decode_tokens_per_s\": %.4f}",
            load_ms, st->image_ms, st->prefill_ms, st->first_token_ms, st->decode_ms,
            st->decode_tps);
+    /* device bytes per phase: accounted peak, and in use as the device says */
+    printf(", \"gpu\": {\"peak_image\": %llu, \"peak_prefill\": %llu, \"peak_decode\": %llu, "
+           "\"used_image\": %llu, \"used_prefill\": %llu, \"used_decode\": %llu}",
+           (unsigned long long)st->gpu_peak_image, (unsigned long long)st->gpu_peak_prefill,
+           (unsigned long long)st->gpu_peak_decode, (unsigned long long)st->gpu_used_image,
+           (unsigned long long)st->gpu_used_prefill, (unsigned long long)st->gpu_used_decode);
     printf(", \"stop_reason\": \"%s\", \"ids\": [", st->stop_reason);
     for (int i = 0; i < n; i++) printf("%s%d", i ? ", " : "", ids[i]);
     fputs("], \"plan\": ", stdout);

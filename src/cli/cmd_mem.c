@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "backend/gpu.h"
 #include "base/alloc.h"
 #include "base/json.h"
 #include "mem/monitor.h"
@@ -64,6 +65,18 @@ static void print_table(const vlm_mem_snapshot *s) {
            cli_human_bytes(s->accounted.total_peak, b, sizeof b));
     row("mapped", true, s->accounted.mapped_current);
     printf("threads %d\n", s->threads);
+    const vlm_gpu_mem *g = &s->gpu;
+    if (!g->have) {
+        printf("gpu none\n");
+        return;
+    }
+    printf("gpu %s\n", g->name);
+    row("total", true, g->total_bytes);
+    row("free", true, g->free_bytes);
+    row("used (all processes)", true, g->used_bytes);
+    row("accounted", true, g->accounted_bytes);
+    row("accounted peak", true, g->accounted_peak);
+    row("this process (NVML)", g->have_process && g->process_found, g->process_bytes);
 }
 
 static int print_json(const vlm_mem_snapshot *s) {
@@ -80,6 +93,7 @@ static int print_json(const vlm_mem_snapshot *s) {
 }
 
 static int run(int argc, char **argv) {
+    vlm_gpu_monitor_install();
     bool json = false;
     long watch_ms = 0, count = 0;
     const char *root = NULL;

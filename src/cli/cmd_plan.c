@@ -13,6 +13,13 @@
 
 static void print_estimate(const plan_estimate *e) {
     char h[32];
+    bool gpu = e->s.device == PLAN_GPU;
+    if (gpu)
+        printf("  placement: decoder layers on the GPU %d/%d, head %s, vision %s\n",
+               e->s.gpu_layers, e->n_layers, e->head_on_gpu ? "gpu" : "cpu",
+               e->n_images > 0 || e->s.vision_on_gpu ? (e->s.vision_on_gpu ? "gpu" : "cpu")
+                                                     : "cpu");
+    if (gpu) printf("  host:\n");
     for (int k = 0; k < PLAN_COMP_COUNT; k++)
         printf("  %-22s %12s  %15llu\n", plan_comp_name((plan_comp)k),
                cli_human_bytes(e->bytes[k], h, sizeof h), (unsigned long long)e->bytes[k]);
@@ -26,11 +33,19 @@ static void print_estimate(const plan_estimate *e) {
            cli_human_bytes(e->load_peak, h, sizeof h), (unsigned long long)e->load_peak);
     printf("  %-22s %12s  %15llu\n", "peak while running",
            cli_human_bytes(e->run_peak, h, sizeof h), (unsigned long long)e->run_peak);
-    printf("  %-22s %12s  %15llu\n", "peak", cli_human_bytes(e->peak, h, sizeof h),
-           (unsigned long long)e->peak);
+    printf("  %-22s %12s  %15llu\n", gpu ? "host peak" : "peak",
+           cli_human_bytes(e->peak, h, sizeof h), (unsigned long long)e->peak);
+    if (!gpu) return;
+    printf("  gpu:\n");
+    for (int k = 0; k < PLAN_GPU_COMP_COUNT; k++)
+        printf("  %-22s %12s  %15llu\n", plan_gpu_comp_name((plan_gpu_comp)k),
+               cli_human_bytes(e->gpu[k], h, sizeof h), (unsigned long long)e->gpu[k]);
+    printf("  %-22s %12s  %15llu\n", "gpu total", cli_human_bytes(e->gpu_bytes, h, sizeof h),
+           (unsigned long long)e->gpu_bytes);
 }
 
-static void print_text(const plan_model *pm, const vlm_plan *p, const plan_request *r) {
+static void print_text(const plan_model *pm, const vlm_plan *p, const plan_request *r,
+                       const char *no_gpu) {
     char a[32], b[32];
     printf("model:        %s\n", pm->path);
     if (p->budget_given)
@@ -38,7 +53,17 @@ static void print_text(const plan_model *pm, const vlm_plan *p, const plan_reque
     else
         printf("budget:       %s (available %s less 10%%, at least 512 MiB)\n",
                cli_human_bytes(p->budget, a, sizeof a), cli_human_bytes(p->headroom, b, sizeof b));
-    if (p->gpu_budget) printf("gpu budget:   %s\n", cli_human_bytes(p->gpu_budget, a, sizeof a));
+    printf("device:       %s\n", plan_device_name(p->device));
+    if (p->gpu_available)
+        printf("gpu:          %s free\n", cli_human_bytes(p->gpu_free_bytes, a, sizeof a));
+    else
+        printf("gpu:          none (%s)\n", no_gpu);
+    if (p->gpu_budget_given)
+        printf("gpu budget:   %s (--gpu-mem-budget)\n",
+               cli_human_bytes(p->gpu_budget, a, sizeof a));
+    else if (p->gpu_available)
+        printf("gpu budget:   %s (free less 5%%, at least 256 MiB)\n",
+               cli_human_bytes(p->gpu_budget, a, sizeof a));
     printf("alarm:        %s (the sampler cleans up, then warns, above this RSS)\n",
            cli_human_bytes(p->alarm_threshold, a, sizeof a));
     int n_images = r->n_images < 0 ? (pm->arch.has_vision ? 1 : 0) : r->n_images;
@@ -60,6 +85,16 @@ static void print_text(const plan_model *pm, const vlm_plan *p, const plan_reque
         const plan_rung *g = &p->rungs[i];
         const char *mark = i == p->chosen ? "chosen" : !g->available ? "n/a" : "rejected";
         printf("  %-9s %-44s %s\n", mark, g->label, g->reason);
+    }
+    /* No rung chosen: the best GPU rung that would fit, for its figures. */
+    int shown = p->chosen;
+    for (int i = 0; shown < 0 && i < p->n_rungs; i++)
+        if (p->rungs[i].fits_budgets && p->rungs[i].gpu_step >= 0) shown = i;
+    if (shown >= 0 && shown != p->chosen) {
+        const plan_rung *g = &p->rungs[shown];
+        printf("\nwould fit:    %s (not available: no GPU; context %lld)\n", g->label,
+               (long long)g->e.s.context);
+        print_estimate(&g->e);
     }
     if (p->chosen >= 0) {
         const plan_rung *g = &p->rungs[p->chosen];
@@ -91,8 +126,16 @@ static int run(int argc, char **argv) {
                 return CLI_USAGE;
             }
             i++;
+        } else if (!strcmp(a, "--device") && v) {
+            int d = plan_device_parse(v);
+            if (d < 0 || !v[0]) {
+                cli_error("plan", "--device wants cuda, cpu or auto, not '%s'", v);
+                return CLI_USAGE;
+            }
+            r.device = (plan_device_choice)d;
+            i++;
         } else if (!strcmp(a, "--gpu-mem-budget") && v) {
-            if (!cli_parse_size(v, &r.gpu_mem_budget)) {
+            if (!cli_parse_size(v, &r.gpu_mem_budget) || r.gpu_mem_budget == 0) {
                 cli_error("plan", "--gpu-mem-budget wants a size such as 24G, not '%s'", v);
                 return CLI_USAGE;
             }
@@ -161,6 +204,8 @@ static int run(int argc, char **argv) {
         cli_error("plan", "which model? (see vlmtest plan --help)");
         return CLI_USAGE;
     }
+    char no_gpu[256] = "";
+    if (r.device != PLAN_DEVICE_CPU) plan_request_detect_gpu(&r, no_gpu, sizeof no_gpu);
     plan_model pm;
     vlm_plan *plan = NULL;
     vlm_err err = {0};
@@ -190,10 +235,13 @@ static int run(int argc, char **argv) {
         printf("%s\n", text);
         cJSON_free(text);
     } else {
-        print_text(&pm, plan, &r);
+        print_text(&pm, plan, &r, no_gpu);
     }
     rc = CLI_OK;
-    if (plan->chosen < 0) {
+    if (plan->chosen < 0 && r.device == PLAN_DEVICE_CUDA && !r.gpu_available) {
+        cli_error("plan", "--device cuda: no GPU (%s)", no_gpu);
+        rc = CLI_FAIL;
+    } else if (plan->chosen < 0) {
         char a[32], b[32];
         const plan_rung *last = plan->n_rungs ? &plan->rungs[plan->n_rungs - 1] : NULL;
         cli_error("plan", "nothing fits the budget of %s; the smallest rung (%s) needs %s%s",
@@ -212,8 +260,9 @@ const struct cli_command cli_command_plan = {
     "plan",
     "the memory plan for a model: what fits the budget, and why",
     run,
-    "usage: vlmtest plan MODEL [--mem-budget SIZE] [--gpu-mem-budget SIZE] [--context N]\n"
-    "                      [--num-crops N] [--allow-degrade] [--json] [more options]\n"
+    "usage: vlmtest plan MODEL [--device cuda|cpu|auto] [--mem-budget SIZE]\n"
+    "                      [--gpu-mem-budget SIZE] [--context N] [--num-crops N]\n"
+    "                      [--allow-degrade] [--json] [more options]\n"
     "\n"
     "MODEL is a model folder, a .safetensors file, a model.safetensors.index.json,\n"
     "or org/name[@revision] in the Hugging Face cache. Only configs and tensor\n"
@@ -221,15 +270,21 @@ const struct cli_command cli_command_plan = {
     "\n"
     "Estimates every component a run holds (weights at each precision, KV cache,\n"
     "prefill workspace, logits, image buffers, vision activations, fixed\n"
-    "overhead) and walks the ladder, best first: GPU rungs (not available: no GPU\n"
-    "backend yet), the stored precision on the CPU, q8_0, q4_K, q4_0, and with\n"
-    "--allow-degrade fewer crops (16, 4, 1) then a context halved down to 1024.\n"
-    "Prints the chosen rung with its bytes and why each better one was turned\n"
-    "down. Exits 0 when a rung fits, 1 when none does.\n"
+    "overhead; on the GPU also its cuBLAS workspace and CUDA context) and walks\n"
+    "the ladder, best first: everything on the GPU at the stored precision, q8_0,\n"
+    "q4_0; the first k decoder layers on the GPU (k the most that fit, the vision\n"
+    "tower there too if it still fits); the stored precision on the CPU, q8_0,\n"
+    "q4_K, q4_0, and with --allow-degrade fewer crops (16, 4, 1) then a context\n"
+    "halved down to 1024. A rung fits both budgets. Without a GPU the GPU rungs\n"
+    "are listed as not available, with their estimates. Prints the chosen rung\n"
+    "with its host and device bytes and why each better one was turned down.\n"
+    "Exits 0 when a rung fits, 1 when none does.\n"
     "\n"
     "  --mem-budget SIZE      host bytes (e.g. 8G); default: available memory\n"
     "                         (capped by the cgroup) less 10%, at least 512 MiB\n"
-    "  --gpu-mem-budget SIZE  device bytes for the GPU rungs\n"
+    "  --device D             auto (the plan decides), cuda (GPU rungs only), cpu\n"
+    "  --gpu-mem-budget SIZE  device bytes for the GPU rungs (default: the GPU's\n"
+    "                         free memory less 5%, at least 256 MiB)\n"
     "  --context N            KV cache tokens (default 4096, capped by the model)\n"
     "  --num-crops N          HD crops per image (default: preprocessor_config.json)\n"
     "  --images N             images in one turn (default 1; 0: text only)\n"

@@ -5,6 +5,7 @@
 
 #include "cli.h"
 #include "gen_opts.h"
+#include "runtime/planner.h"
 
 static bool parse_float(const char *s, float lo, float hi, float *out) {
     char *end = NULL;
@@ -15,10 +16,29 @@ static bool parse_float(const char *s, float lo, float hi, float *out) {
 }
 
 static const char *const value_opts[] = {
-    "-m",       "--model",     "--image",          "-p",           "--prompt",    "--raw-prompt",
-    "--system", "--out",       "--stop",           "--max-tokens", "--temp",      "--top-p",
-    "--top-k",  "--min-p",     "--repeat-penalty", "--seed",       "--num-crops", "--threads",
-    "--ctx",    "--precision", "--mem-budget",
+    "-m",
+    "--model",
+    "--image",
+    "-p",
+    "--prompt",
+    "--raw-prompt",
+    "--system",
+    "--out",
+    "--stop",
+    "--max-tokens",
+    "--temp",
+    "--top-p",
+    "--top-k",
+    "--min-p",
+    "--repeat-penalty",
+    "--seed",
+    "--num-crops",
+    "--threads",
+    "--ctx",
+    "--precision",
+    "--mem-budget",
+    "--device",
+    "--gpu-mem-budget",
 };
 
 static bool known_value_opt(const char *a) {
@@ -102,6 +122,17 @@ bool gen_opts_parse(const char *cmd, int argc, char **argv, gen_opts *o) {
             o->lo.precision = v;
         } else if (!strcmp(a, "--mem-budget")) {
             ok = cli_parse_size(v, &o->lo.mem_budget) && o->lo.mem_budget > 0;
+        } else if (!strcmp(a, "--device")) {
+            if (!v[0] || plan_device_parse(v) < 0) {
+                cli_error(cmd, "--device wants cuda, cpu or auto, not '%s'", v);
+                return false;
+            }
+            o->lo.device = v;
+        } else if (!strcmp(a, "--gpu-mem-budget")) {
+            if (!cli_parse_size(v, &o->lo.gpu_mem_budget) || o->lo.gpu_mem_budget == 0) {
+                cli_error(cmd, "--gpu-mem-budget wants a size such as 24G, not '%s'", v);
+                return false;
+            }
         } else if (!strcmp(a, "--ctx")) {
             ok = cli_parse_int(v, 1, 1 << 24, &n);
             o->lo.max_context = (int)n;
@@ -169,7 +200,13 @@ void gen_plan_json(FILE *f, const vlm_model *m) {
             (unsigned long long)d.plan_budget, d.budget_given ? "mem_budget" : "machine",
             (unsigned long long)d.loaded_weight_bytes, d.fallbacks);
     gen_json_string(f, d.fallback_note, strlen(d.fallback_note));
-    fputc('}', f);
+    fprintf(f,
+            ", \"device\": \"%s\", \"gpu_layers\": %d, \"n_layers\": %d, \"head_device\": "
+            "\"%s\", \"vision_device\": \"%s\", \"gpu_estimated_bytes\": %llu, \"gpu_budget\": "
+            "%llu}",
+            d.device, d.gpu_layers, d.n_layers, d.head_on_gpu ? "cuda" : "cpu",
+            d.vision_on_gpu ? "cuda" : "cpu", (unsigned long long)d.gpu_plan_bytes,
+            (unsigned long long)d.gpu_budget);
 }
 
 void gen_json_string(FILE *f, const char *s, size_t n) {

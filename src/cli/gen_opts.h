@@ -37,7 +37,9 @@ bool gen_load(const char *cmd, const gen_opts *o, vlm_model **m, vlm_image **img
 
 /* The model's memory plan as a JSON object: precision, rung, gave_up,
  * degraded, estimated_bytes, budget, budget_source, weight_bytes, fallbacks,
- * fallback_note. */
+ * fallback_note; where it runs: device ("cpu", "cuda", "cuda+cpu"),
+ * gpu_layers of n_layers, head_device, vision_device, gpu_estimated_bytes,
+ * gpu_budget. */
 void gen_plan_json(FILE *f, const vlm_model *m);
 
 /* Write a JSON string (with quotes) of s[0..n) to f. */

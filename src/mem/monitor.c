@@ -1,6 +1,7 @@
 /* mem/monitor - see monitor.h. */
 #include "mem/monitor.h"
 
+#include <dlfcn.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -322,6 +323,88 @@ uint64_t vlm_mem_rss_now(void) {
 #endif
 }
 
+/* ======================================================================
+ * The GPU: the backend's probe, and NVML through dlopen
+ * ====================================================================== */
+
+static _Atomic(vlm_mem_gpu_probe_fn) gpu_probe;
+
+void vlm_mem_set_gpu_probe(vlm_mem_gpu_probe_fn fn) {
+    atomic_store(&gpu_probe, fn);
+}
+
+/* The few NVML entry points used, as nvml.h declares them (return 0 is
+ * NVML_SUCCESS). nvmlProcessInfo_t of the _v2 / _v3 process queries:
+ * pid, used bytes, GPU and compute instance ids. */
+typedef struct nvml_proc {
+    unsigned int pid;
+    unsigned long long used;
+    unsigned int gpu_instance, compute_instance;
+} nvml_proc;
+
+static struct {
+    pthread_once_t once;
+    bool ok;
+    int (*init)(void);
+    int (*count)(unsigned int *);
+    int (*handle)(unsigned int, void **);
+    int (*procs)(void *, unsigned int *, nvml_proc *);
+} nvml = {PTHREAD_ONCE_INIT, false, NULL, NULL, NULL, NULL};
+
+/* Load and initialise NVML once; the library stays loaded (and NVML
+ * initialised) for the life of the process. */
+static void nvml_load(void) {
+    void *h = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!h) return;
+    *(void **)&nvml.init = dlsym(h, "nvmlInit_v2");
+    *(void **)&nvml.count = dlsym(h, "nvmlDeviceGetCount_v2");
+    *(void **)&nvml.handle = dlsym(h, "nvmlDeviceGetHandleByIndex_v2");
+    *(void **)&nvml.procs = dlsym(h, "nvmlDeviceGetComputeRunningProcesses_v3");
+    if (!nvml.procs) *(void **)&nvml.procs = dlsym(h, "nvmlDeviceGetComputeRunningProcesses_v2");
+    if (!nvml.init || !nvml.count || !nvml.handle || !nvml.procs || nvml.init() != 0) {
+        dlclose(h);
+        return;
+    }
+    nvml.ok = true;
+}
+
+bool vlm_mem_nvml_process_bytes(uint64_t *bytes, bool *found) {
+    *bytes = 0;
+    *found = false;
+    pthread_once(&nvml.once, nvml_load);
+    if (!nvml.ok) return false;
+    unsigned int n = 0;
+    if (nvml.count(&n) != 0) return false;
+    unsigned int pid = (unsigned int)getpid();
+    for (unsigned int d = 0; d < n; d++) {
+        void *dev = NULL;
+        nvml_proc p[64];
+        unsigned int cnt = 64;
+        if (nvml.handle(d, &dev) != 0 || nvml.procs(dev, &cnt, p) != 0) continue;
+        for (unsigned int i = 0; i < cnt && i < 64; i++) {
+            if (p[i].pid != pid) continue;
+            *found = true;
+            if (p[i].used != ~0ull) *bytes += p[i].used; /* ~0: not available (MIG) */
+        }
+    }
+    return true;
+}
+
+void vlm_mem_read_gpu(vlm_gpu_mem *out) {
+    memset(out, 0, sizeof *out);
+    vlm_mem_gpu_probe_fn fn = atomic_load(&gpu_probe);
+    if (fn && fn(out)) {
+        out->have = true;
+        out->used_bytes =
+            out->total_bytes > out->free_bytes ? out->total_bytes - out->free_bytes : 0;
+    } else {
+        memset(out, 0, sizeof *out);
+    }
+    /* NVML only where there is a device to ask about. */
+    if (out->have)
+        out->have_process = vlm_mem_nvml_process_bytes(&out->process_bytes, &out->process_found);
+}
+
 void vlm_mem_snapshot_take(const char *root, vlm_mem_snapshot *out) {
     memset(out, 0, sizeof *out);
     out->time_ms = vlm_mem_time_ms();
@@ -345,6 +428,7 @@ void vlm_mem_snapshot_take(const char *root, vlm_mem_snapshot *out) {
     out->over_threshold =
         out->threshold_bytes && out->proc.have && out->proc.rss_bytes > out->threshold_bytes;
     out->threads = vlm_threadpool_default_size();
+    vlm_mem_read_gpu(&out->gpu);
 }
 
 /* Add a number, or null when !have. False on allocation failure. */
@@ -424,6 +508,27 @@ cJSON *vlm_mem_snapshot_to_json(const vlm_mem_snapshot *s) {
                   json_categories(s->accounted.peak, s->accounted.total_peak)) &&
          json_num(o, "mapped_bytes", true, (double)s->accounted.mapped_current) &&
          json_num(o, "threads", true, s->threads);
+    /* "gpu": "none", or the device's figures */
+    if (ok && !s->gpu.have) {
+        ok = json_str(o, "gpu", "none");
+    } else if (ok) {
+        const vlm_gpu_mem *g = &s->gpu;
+        cJSON *d = cJSON_CreateObject();
+        ok = d && json_str(d, "name", g->name) &&
+             json_num(d, "total_bytes", true, (double)g->total_bytes) &&
+             json_num(d, "free_bytes", true, (double)g->free_bytes) &&
+             json_num(d, "used_bytes", true, (double)g->used_bytes) &&
+             json_num(d, "accounted_bytes", true, (double)g->accounted_bytes) &&
+             json_num(d, "accounted_peak_bytes", true, (double)g->accounted_peak) &&
+             json_num(d, "process_bytes", g->have_process && g->process_found,
+                      (double)g->process_bytes) &&
+             json_str(d, "process_source",
+                      !g->have_process   ? "none (no NVML)"
+                      : g->process_found ? "nvml"
+                                         : "nvml (pid not listed)");
+        if (!ok) cJSON_Delete(d);
+        ok = ok && json_add(o, "gpu", d);
+    }
     if (!ok) {
         cJSON_Delete(o);
         return NULL;
@@ -611,7 +716,7 @@ struct vlm_mem_sampler {
     size_t head;          /* next slot to write */
     size_t count;         /* samples in the ring */
     uint64_t taken;
-    vlm_mem_sample peak_rss, peak_acc;
+    vlm_mem_sample peak_rss, peak_acc, peak_gpu;
 
     bool above; /* RSS was over the threshold at the last sample */
     unsigned alarms;
@@ -626,7 +731,15 @@ static void sampler_take(vlm_mem_sampler *s, vlm_mem_sample *out) {
     memcpy(out->accounted, st.current, sizeof out->accounted);
     out->accounted_total = st.total_current;
     out->mapped_bytes = st.mapped_current;
-    out->gpu_bytes = s->cfg.gpu_bytes ? s->cfg.gpu_bytes(s->cfg.gpu_ctx) : 0;
+    vlm_mem_gpu_probe_fn fn = atomic_load(&gpu_probe);
+    vlm_gpu_mem g;
+    memset(&g, 0, sizeof g);
+    bool have = fn && fn(&g);
+    out->gpu_accounted = have ? g.accounted_bytes : 0;
+    if (s->cfg.gpu_bytes)
+        out->gpu_bytes = s->cfg.gpu_bytes(s->cfg.gpu_ctx);
+    else if (have && g.total_bytes > g.free_bytes)
+        out->gpu_bytes = g.total_bytes - g.free_bytes;
 }
 
 /* Store a sample; true if it crossed the threshold upwards. Lock held. */
@@ -636,6 +749,7 @@ static bool sampler_record(vlm_mem_sampler *s, const vlm_mem_sample *x) {
     if (s->count < s->cfg.capacity) s->count++;
     if (s->taken == 0 || x->rss_bytes > s->peak_rss.rss_bytes) s->peak_rss = *x;
     if (s->taken == 0 || x->accounted_total > s->peak_acc.accounted_total) s->peak_acc = *x;
+    if (s->taken == 0 || x->gpu_bytes > s->peak_gpu.gpu_bytes) s->peak_gpu = *x;
     s->taken++;
     uint64_t th = s->cfg.threshold_bytes;
     bool above = th != VLM_MEM_NO_LIMIT && x->rss_bytes > th;
@@ -786,6 +900,12 @@ void vlm_mem_sampler_peak(vlm_mem_sampler *s, vlm_mem_sample *rss_peak,
     pthread_mutex_unlock(&s->lock);
 }
 
+void vlm_mem_sampler_gpu_peak(vlm_mem_sampler *s, vlm_mem_sample *gpu_peak) {
+    pthread_mutex_lock(&s->lock);
+    *gpu_peak = s->peak_gpu;
+    pthread_mutex_unlock(&s->lock);
+}
+
 unsigned vlm_mem_sampler_alarms(vlm_mem_sampler *s) {
     pthread_mutex_lock(&s->lock);
     unsigned n = s->alarms;
@@ -799,7 +919,8 @@ static cJSON *sample_json(const vlm_mem_sample *x) {
               json_num(o, "rss_bytes", true, (double)x->rss_bytes) &&
               json_add(o, "accounted", json_categories(x->accounted, x->accounted_total)) &&
               json_num(o, "mapped_bytes", true, (double)x->mapped_bytes) &&
-              json_num(o, "gpu_bytes", true, (double)x->gpu_bytes);
+              json_num(o, "gpu_bytes", true, (double)x->gpu_bytes) &&
+              json_num(o, "gpu_accounted", true, (double)x->gpu_accounted);
     if (!ok) {
         cJSON_Delete(o);
         return NULL;
@@ -829,10 +950,12 @@ cJSON *vlm_mem_sampler_to_json(vlm_mem_sampler *s) {
         cJSON_Delete(arr);
         arr = NULL;
     }
-    vlm_mem_sample pr, pa;
+    vlm_mem_sample pr, pa, pg;
     vlm_mem_sampler_peak(s, &pr, &pa);
+    vlm_mem_sampler_gpu_peak(s, &pg);
     ok = ok && json_add(o, "peak_rss", sample_json(&pr)) &&
-         json_add(o, "peak_accounted", sample_json(&pa));
+         json_add(o, "peak_accounted", sample_json(&pa)) &&
+         json_add(o, "peak_gpu", sample_json(&pg));
     if (!ok) {
         cJSON_Delete(o);
         return NULL;

@@ -111,6 +111,33 @@ const char *vlm_pressure_level_name(vlm_pressure_level level);
 
 /* --- the snapshot ------------------------------------------------------- */
 
+/* --- the GPU ------------------------------------------------------------------
+ * mem sits below the backends, so the GPU backend installs a probe
+ * (vlm_gpu_monitor_install, backend/gpu.h) that reads the device: free and
+ * total as cudaMemGetInfo reports them, and the engine's accounted device
+ * bytes. NVML, when libnvidia-ml.so.1 loads (dlopen; nothing is linked),
+ * adds what the driver counts for this process on every device. */
+typedef struct vlm_gpu_mem {
+    bool have; /* a device was read through the probe */
+    char name[128];
+    uint64_t total_bytes, free_bytes;
+    uint64_t used_bytes;      /* total - free: every process and every context */
+    uint64_t accounted_bytes; /* the engine's device allocations now */
+    uint64_t accounted_peak;  /* and their peak */
+    bool have_process;        /* NVML answered */
+    bool process_found;       /* this pid was among NVML's processes (not in a PID namespace
+                                 of its own, where NVML lists the host's pids) */
+    uint64_t process_bytes;   /* NVML: this process's device memory, all devices */
+} vlm_gpu_mem;
+
+typedef bool (*vlm_mem_gpu_probe_fn)(vlm_gpu_mem *out);
+/* Install the device probe (NULL: none). */
+void vlm_mem_set_gpu_probe(vlm_mem_gpu_probe_fn fn);
+/* The probe's figures and NVML's; have = false without a probe or a device. */
+void vlm_mem_read_gpu(vlm_gpu_mem *out);
+/* NVML's figure for this process: false when NVML is not there. */
+bool vlm_mem_nvml_process_bytes(uint64_t *bytes, bool *found);
+
 typedef struct vlm_mem_snapshot {
     uint64_t time_ms; /* monotonic clock */
     vlm_proc_mem proc;
@@ -125,6 +152,7 @@ typedef struct vlm_mem_snapshot {
     uint64_t threshold_bytes;
     bool over_threshold; /* rss_bytes > threshold_bytes */
     int threads;         /* the default thread pool's size */
+    vlm_gpu_mem gpu;     /* the device (have = false: none) */
 } vlm_mem_snapshot;
 
 /* Read everything under root (NULL: the real machine). Never fails. */
@@ -217,7 +245,9 @@ typedef struct vlm_mem_sample {
     uint64_t accounted[VLM_MEM_CAT_COUNT];
     uint64_t accounted_total;
     uint64_t mapped_bytes;
-    uint64_t gpu_bytes; /* from the gpu_bytes callback; 0 without one */
+    uint64_t gpu_bytes;     /* from the gpu_bytes callback, else the device's used bytes (the
+                               probe's total - free); 0 without a GPU */
+    uint64_t gpu_accounted; /* the engine's device allocations (the probe); 0 without */
 } vlm_mem_sample;
 
 typedef struct vlm_mem_sampler vlm_mem_sampler;
@@ -236,7 +266,7 @@ typedef struct vlm_mem_sampler_config {
     bool cleanup_registered;
     vlm_mem_alarm_fn alarm;
     void *alarm_ctx;
-    uint64_t (*gpu_bytes)(void *ctx); /* device bytes in use, once a GPU backend exists */
+    uint64_t (*gpu_bytes)(void *ctx); /* device bytes in use; NULL: the GPU probe's used bytes */
     void *gpu_ctx;
 } vlm_mem_sampler_config;
 
@@ -257,9 +287,12 @@ bool vlm_mem_sampler_get(vlm_mem_sampler *s, size_t i, vlm_mem_sample *out);
  * (over every sample taken, also those the ring dropped). */
 void vlm_mem_sampler_peak(vlm_mem_sampler *s, vlm_mem_sample *rss_peak,
                           vlm_mem_sample *accounted_peak);
+/* The sample with the most device bytes in use (gpu_bytes). */
+void vlm_mem_sampler_gpu_peak(vlm_mem_sampler *s, vlm_mem_sample *gpu_peak);
 /* Times the alarm fired. */
 unsigned vlm_mem_sampler_alarms(vlm_mem_sampler *s);
-/* The timeline as JSON: {"interval_ms", "taken", "samples": [...], "peak"}. */
+/* The timeline as JSON: {"interval_ms", "taken", "samples": [...],
+ * "peak_rss", "peak_accounted", "peak_gpu"}. */
 cJSON *vlm_mem_sampler_to_json(vlm_mem_sampler *s);
 
 #endif

@@ -58,6 +58,10 @@ struct vlm_model {
     uint64_t plan_bytes, plan_budget;
     bool budget_given, plan_fits;
     int fallbacks;
+    /* where the parts run (the rung's placement; all zero on the CPU) */
+    vlm_placement place;
+    uint64_t gpu_plan_bytes, gpu_budget;
+    char first_rung[96]; /* the first attempt's plan, for reports of a fallback */
 };
 
 struct vlm_session {
@@ -70,6 +74,23 @@ struct vlm_session {
     int32_t *gen;  /* [gen_cap] ids of the last turn */
     int n_gen, gen_cap;
 };
+
+/* Device memory of one phase: the accounted peak is restarted at the
+ * phase's start; at its end the peak and the device's own used figure are
+ * read. Both stay 0 without a GPU. */
+static void gpu_phase_begin(void) {
+    vlm_gpu_mem_reset_peak();
+}
+
+static void gpu_phase_end(uint64_t *peak, uint64_t *used) {
+    vlm_gpu_mem_stats gs;
+    vlm_gpu_mem_stats_get(&gs);
+    *peak = gs.total_peak;
+    *used = 0;
+    vlm_gpu_info gi;
+    if (vlm_gpu_built() && vlm_gpu_query(&gi, NULL) == VLM_OK && gi.total_bytes > gi.free_bytes)
+        *used = gi.total_bytes - gi.free_bytes;
+}
 
 static double now_ms(void) {
     struct timespec ts;
@@ -107,10 +128,14 @@ static vlm_status model_dir(const char *resolved, char **out, vlm_err *err) {
 }
 
 static vlm_status check_options(const vlm_load_options *o, vlm_err *err) {
-    if (o->device && o->device[0] && strcmp(o->device, "auto") && strcmp(o->device, "cpu"))
+    int dev = plan_device_parse(o->device);
+    if (dev < 0)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                           "device \"%s\": expected \"cuda\", \"cpu\" or \"auto\"", o->device);
+    if (dev == PLAN_DEVICE_CUDA && !vlm_gpu_built())
         return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
-                           "device \"%s\": this build runs on the CPU only (\"cpu\", \"auto\")",
-                           o->device);
+                           "device \"cuda\": this build has no CUDA backend (rebuild with nvcc "
+                           "installed, or make CUDA=1; \"cpu\" and \"auto\" run on the CPU)");
     if (o->precision && o->precision[0] && vlm_precision_parse(o->precision) < 0)
         return vlm_err_set(err, VLM_ERR_INVALID_ARG,
                            "precision \"%s\": expected f32, bf16, f16, q8_0, q4_0 or q4_K",
@@ -135,8 +160,11 @@ typedef struct load_ladder {
     vlm_precision prec[VLM_PREC_COUNT];
     uint64_t bytes[VLM_PREC_COUNT]; /* weight bytes of the used tensors at each */
     int n;
-    int tried;   /* precision of the last attempt, -1 before the plan chose one */
-    bool no_fit; /* the plan found no rung: an answer, not a failure to retry */
+    int tried;     /* precision of the last attempt, -1 before the plan chose one */
+    int tried_gpu; /* GPU step of the last attempt's rung, -1: a CPU rung (or none) */
+    char tried_label[96];
+    int gpu_from; /* GPU rungs before this step failed already (PLAN_MAX_RUNGS: none left) */
+    bool no_fit;  /* the plan found no rung: an answer, not a failure to retry */
 } load_ladder;
 
 /* Plan the load: the rung (precision, and crops/context when degraded) and
@@ -173,6 +201,17 @@ static vlm_status plan_load(vlm_model *m, const vlm_load_options *opts, int forc
     r.gpu_mem_budget = opts->gpu_mem_budget;
     r.allow_degrade = opts->allow_degrade;
     r.precision = forced;
+    r.device = (plan_device_choice)plan_device_parse(opts->device);
+    r.gpu_from = ld->gpu_from;
+    char no_gpu[256] = "";
+    if (r.device != PLAN_DEVICE_CPU && ld->gpu_from < PLAN_MAX_RUNGS)
+        plan_request_detect_gpu(&r, no_gpu, sizeof no_gpu);
+    if (r.device == PLAN_DEVICE_CUDA && !r.gpu_available) {
+        vlm_free(plan);
+        plan_model_free(&pm);
+        ld->no_fit = true;
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "device \"cuda\": %s", no_gpu);
+    }
     for (size_t i = 0; i < vlm_tensor_set_file_count(m->ts); i++)
         r.mapped_bytes += vlm_st_file_size(vlm_tensor_set_file(m->ts, i));
     st = vlm_plan_make(&pm, &r, plan, err);
@@ -183,6 +222,17 @@ static vlm_status plan_load(vlm_model *m, const vlm_load_options *opts, int forc
          * VLM_ERR_LIMIT. Plan text only then. */
         r.n_images = 0;
         st = vlm_plan_make(&pm, &r, plan, err);
+    }
+    if (!st && plan->chosen < 0 && r.device == PLAN_DEVICE_CUDA) {
+        /* GPU rungs only, and none fits (or none is left after a fallback):
+         * a forced precision does not make a rung that places nothing. */
+        ld->no_fit = true;
+        st = vlm_err_set(err, VLM_ERR_NOMEM,
+                         "%s: device \"cuda\": no GPU rung fits the GPU budget of %llu bytes and "
+                         "the host budget of %llu bytes%s",
+                         m->dir, (unsigned long long)plan->gpu_budget,
+                         (unsigned long long)plan->budget,
+                         ld->gpu_from > 0 ? " after running out of device memory" : "");
     }
     if (!st && plan->chosen < 0 && !user_forced && forced < 0) {
         /* nothing fits: name the last rung tried */
@@ -212,6 +262,11 @@ static vlm_status plan_load(vlm_model *m, const vlm_load_options *opts, int forc
             m->max_context = g->e.s.context;
         }
         ld->tried = (int)m->precision;
+        ld->tried_gpu = g->gpu_step;
+        snprintf(ld->tried_label, sizeof ld->tried_label, "%s", g->label);
+        plan_setting_placement(&g->e.s, pm.arch.n_layers, &m->place);
+        m->gpu_plan_bytes = g->e.gpu_bytes;
+        m->gpu_budget = plan->gpu_budget;
     }
     vlm_free(plan);
     plan_model_free(&pm);
@@ -259,7 +314,8 @@ static vlm_status load_attempt(const char *ref, const vlm_load_options *opts, in
     if ((st = cpu_pool_create(opts->n_threads, &m->pool, err))) goto fail;
     load_weights_init(&m->lw, m->ts, m->precision, m->pool);
     vlm_weight_source src = load_weights_source(&m->lw);
-    if ((st = arch_model_create(&m->cfgs.config, path, &src, m->pool, NULL, &m->am, err)))
+    const vlm_placement *place = vlm_placement_uses_gpu(&m->place) ? &m->place : NULL;
+    if ((st = arch_model_create(&m->cfgs.config, path, &src, m->pool, place, &m->am, err)))
         goto fail;
     if (m->am->info.has_vision && m->am->info.image_size != PHI3V_CROP_SIZE) {
         st = vlm_err_set(err, VLM_ERR_UNSUPPORTED,
@@ -333,25 +389,39 @@ vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_mod
         opts = &def;
     }
     vlm_json_init();
+    vlm_gpu_monitor_install(); /* the monitor's snapshots and timelines see the device */
     /* Attempts: as planned, then one rung down after each allocation
      * failure, until the ladder ends. An attempt that failed before the
      * plan chose a rung is retried as planned (at most once more). */
     load_ladder ld;
     memset(&ld, 0, sizeof ld);
     ld.tried = -1;
+    ld.tried_gpu = -1;
     int forced = -1, fallbacks = 0, unplanned_retries = 0;
-    char note[192] = "";
+    char note[192] = "", first[96] = "";
     vlm_status st;
     for (;;) {
         st = load_attempt(ref, opts, forced, &ld, out, err);
+        if (!first[0] && ld.tried >= 0) snprintf(first, sizeof first, "%s", ld.tried_label);
         if (st != VLM_ERR_NOMEM || ld.no_fit) break;
         int next;
         if (ld.tried < 0) {
             if (unplanned_retries++ > 0) break;
             next = forced;
+        } else if (ld.tried_gpu >= 0) {
+            /* Out of memory on a GPU rung (the device's or the host's):
+             * everything the attempt held is freed; plan again from the next
+             * GPU rung, the CPU rungs after them. */
+            next = forced;
+            ld.gpu_from = ld.tried_gpu + 1;
+            size_t len = strlen(note);
+            snprintf(note + len, sizeof note - len, "%s%s (out of memory)", len ? ", " : "",
+                     ld.tried_label);
+            fallbacks++;
         } else {
             next = rung_below(&ld, ld.tried);
             if (next < 0) break;
+            ld.gpu_from = PLAN_MAX_RUNGS; /* a CPU rung failed: no GPU rung comes after it */
             size_t len = strlen(note);
             snprintf(note + len, sizeof note - len, "%s%s -> %s", len ? ", " : "",
                      vlm_precision_name((vlm_precision)ld.tried),
@@ -363,10 +433,12 @@ vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_mod
                  err ? err->msg : "",
                  next >= 0 ? vlm_precision_name((vlm_precision)next) : "the plan");
         ld.tried = -1;
+        ld.tried_gpu = -1;
         forced = next;
     }
     if (st == VLM_OK) {
         (*out)->fallbacks = fallbacks;
+        snprintf((*out)->first_rung, sizeof(*out)->first_rung, "%s", first);
         snprintf((*out)->fallback_note, sizeof(*out)->fallback_note, "%s", note);
     }
     return st;
@@ -438,6 +510,16 @@ void vlm_model_describe(const vlm_model *m, vlm_model_desc *o) {
     o->loaded_weight_bytes = m->lw.converted_bytes + m->lw.kept_bytes;
     o->fallbacks = m->fallbacks;
     snprintf(o->fallback_note, sizeof o->fallback_note, "%s", m->fallback_note);
+    o->gpu_layers = m->place.gpu_layers;
+    o->head_on_gpu = m->place.head_on_gpu;
+    o->vision_on_gpu = m->place.vision_on_gpu;
+    snprintf(o->device, sizeof o->device, "%s",
+             !vlm_placement_uses_gpu(&m->place)                                      ? "cpu"
+             : m->place.head_on_gpu && (m->place.vision_on_gpu || !info->has_vision) ? "cuda"
+                                                                                     : "cuda+cpu");
+    o->gpu_plan_bytes = m->gpu_plan_bytes;
+    snprintf(o->first_rung, sizeof o->first_rung, "%s", m->first_rung);
+    o->gpu_budget = m->gpu_budget;
     uint64_t counts[PHI3V_PART_COUNT] = {0};
     vlm_err err;
     if (strcmp(info->arch, PHI3V_ARCH) == 0 &&
@@ -539,7 +621,9 @@ vlm_status vlm_prompt_build(vlm_model *m, const char *text, bool first_bos, int 
     if (n_images < 0 || (n_images > 0 && !images))
         return vlm_err_set(err, VLM_ERR_INVALID_ARG, "prompt: %d images", n_images);
     double t0 = now_ms();
+    gpu_phase_begin();
     vlm_status st = encode_images(m, images, n_images, p, err);
+    gpu_phase_end(&p->gpu_peak, &p->gpu_used);
     p->image_ms = now_ms() - t0;
     if (st) return st;
     return chat_turn_to_ids(m->tok, text, strlen(text), first_bos, (size_t)image_base,
@@ -819,7 +903,10 @@ static vlm_status run_turn(vlm_session *vs, vlm_prompt *pr, const vlm_gen_params
     }
 
     double t_pre = now_ms();
+    uint64_t gpu_pre[2], gpu_dec[2];
+    gpu_phase_begin();
     st = session_append(s, pr->ids.v, (int64_t)pr->ids.n, pr->rows, pr->n_rows, NULL, err);
+    gpu_phase_end(&gpu_pre[0], &gpu_pre[1]);
     double t_pre_end = now_ms();
     if (st) {
         vlm_free(acc.s);
@@ -844,7 +931,9 @@ static vlm_status run_turn(vlm_session *vs, vlm_prompt *pr, const vlm_gen_params
     gen_options go = {p->max_tokens, m->stop_ids, p->ignore_eos ? 0 : m->n_stop, on_token, &g};
     session_stop why = SESSION_STOP_MAX;
     int n_out = 0;
+    gpu_phase_begin();
     st = session_generate(s, smp, &go, vs->gen, &n_out, &why, err);
+    gpu_phase_end(&gpu_dec[0], &gpu_dec[1]);
     double t_end = now_ms();
     sampler_free(smp);
     vs->n_gen = n_out;
@@ -892,6 +981,12 @@ static vlm_status run_turn(vlm_session *vs, vlm_prompt *pr, const vlm_gen_params
                         : g.user_stopped ? "callback"
                                          : stop_name(why);
         snprintf(stats->stop_reason, sizeof stats->stop_reason, "%s", r);
+        stats->gpu_peak_image = pr->gpu_peak;
+        stats->gpu_used_image = pr->gpu_used;
+        stats->gpu_peak_prefill = gpu_pre[0];
+        stats->gpu_used_prefill = gpu_pre[1];
+        stats->gpu_peak_decode = gpu_dec[0];
+        stats->gpu_used_decode = gpu_dec[1];
     }
     if (answer)
         *answer = text;

@@ -22,6 +22,7 @@ typedef struct vlm_prompt {
     int32_t *img_tokens; /* [n_images] feature rows per image */
     int *img_sizes;      /* [n_images][2]: image_sizes (height, width of the padded HD image) */
     double image_ms;     /* preprocessing + vision tower + projector */
+    uint64_t gpu_peak, gpu_used; /* device bytes while encoding (see vlm_gen_stats) */
 } vlm_prompt;
 
 /* Build text's ids as the processor does (split at <|image_N|> tags, -k

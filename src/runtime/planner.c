@@ -2,6 +2,7 @@
 #include "runtime/planner.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include "mem/monitor.h"
 #include "models/phi3v.h"
 #include "models/phi3v_image.h"
+#include "models/phi3v_tensors.h"
 #include "models/registry.h"
 #include "runtime/kv_cache.h"
 #include "runtime/session.h"
@@ -19,8 +21,45 @@
 static const char *const comp_names[PLAN_COMP_COUNT] = {
     "weights",     "kv_cache",         "prefill_activations", "logits",         "session",
     "image_input", "image_preprocess", "vision_activations",  "image_features", "load_scratch",
-    "overhead",
+    "overhead",    "pinned_staging",
 };
+
+static const char *const gpu_comp_names[PLAN_GPU_COMP_COUNT] = {
+    "weights", "kv_cache",         "prefill_activations", "vision_activations",
+    "logits",  "cublas_workspace", "cuda_context",
+};
+
+const char *plan_gpu_comp_name(plan_gpu_comp c) {
+    return (unsigned)c < PLAN_GPU_COMP_COUNT ? gpu_comp_names[c] : "?";
+}
+
+int plan_device_parse(const char *name) {
+    if (!name || !name[0] || !strcmp(name, "auto")) return PLAN_DEVICE_AUTO;
+    if (!strcmp(name, "cpu")) return PLAN_DEVICE_CPU;
+    if (!strcmp(name, "cuda")) return PLAN_DEVICE_CUDA;
+    return -1;
+}
+
+const char *plan_device_name(plan_device_choice d) {
+    return d == PLAN_DEVICE_CPU ? "cpu" : d == PLAN_DEVICE_CUDA ? "cuda" : "auto";
+}
+
+void plan_setting_placement(const plan_setting *s, int n_layers, vlm_placement *out) {
+    memset(out, 0, sizeof *out);
+    if (s->device != PLAN_GPU) return;
+    int k = s->gpu_layers < 0 ? 0 : s->gpu_layers > n_layers ? n_layers : s->gpu_layers;
+    out->gpu_layers = k;
+    out->head_on_gpu = n_layers > 0 && k == n_layers;
+    out->vision_on_gpu = s->vision_on_gpu;
+}
+
+void plan_request_detect_gpu(plan_request *r, char *why, size_t why_cap) {
+    vlm_gpu_info gi;
+    vlm_err e = {0};
+    r->gpu_available = vlm_gpu_query(&gi, &e) == VLM_OK;
+    r->gpu_free_bytes = r->gpu_available ? gi.free_bytes : 0;
+    if (why && why_cap) snprintf(why, why_cap, "%s", r->gpu_available ? "" : e.msg);
+}
 
 const char *plan_comp_name(plan_comp c) {
     return (unsigned)c < PLAN_COMP_COUNT ? comp_names[c] : "?";
@@ -64,21 +103,27 @@ static uint64_t resize_bytes(const phi3v_geometry *g) {
     return b;
 }
 
-/* Weight bytes of decoder layer tensors and of the vision tower + projector
- * at p (for GPU placements). */
-static void split_weights(const plan_model *pm, vlm_precision p, uint64_t *layers,
-                          uint64_t *vision) {
-    *layers = *vision = 0;
-    for (size_t i = 0; i < pm->n_tensors; i++) {
-        const plan_tensor *t = &pm->tensors[i];
-        if (!t->used) continue;
-        uint64_t b = vlm_plan_dtype_bytes(
-            vlm_plan_tensor_dtype(p, t->name, t->rank, t->shape, t->stored), t->nelem);
-        if (strncmp(t->name, "model.layers.", 13) == 0)
-            *layers += b;
-        else if (strncmp(t->name, "model.vision_embed_tokens.", 26) == 0)
-            *vision += b;
+/* The GPU backend's contexts (backend/cuda: one per model part on the GPU)
+ * each hold a cuBLAS workspace (PLAN_GPU_CUBLAS_BYTES) and a workspace of
+ * their own: the decoder's 512 x max(ff, hidden) x 2 bytes + 1 MiB
+ * (models/phi3_gpu.c), the tower's 1024 x its MLP width x 2 bytes
+ * (models/clip_gpu.c). */
+static uint64_t gpu_ctx_bytes(const phi3v_config *c, bool decoder, bool vision) {
+    uint64_t b = 0;
+    if (decoder) {
+        uint64_t w = (uint64_t)(c->intermediate > c->hidden ? c->intermediate : c->hidden);
+        b += PLAN_GPU_CUBLAS_BYTES + 512 * w * 2 + ((uint64_t)1 << 20);
     }
+    if (vision) b += PLAN_GPU_CUBLAS_BYTES + 1024 * (uint64_t)c->vision.intermediate * 2;
+    return b;
+}
+
+/* Where tensor `name` lives under placement (k layers, head, vision) on a
+ * GPU setting: true for the device. */
+static bool tensor_on_gpu(const char *name, int k, bool head, bool vision) {
+    if (strncmp(name, "model.layers.", 13) == 0) return atoi(name + 13) < k;
+    if (phi3v_part_of(name) != PHI3V_PART_LM) return vision; /* tower, projector, separators */
+    return head;                                             /* embed_tokens, model.norm, lm_head */
 }
 
 vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, const plan_setting *s,
@@ -93,19 +138,41 @@ vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, co
     if (!c->has_vision) n_images = 0;
     uint64_t *b = out->bytes;
 
+    /* Placement (GPU settings): the first k decoder layers, the head with
+     * every layer, the vision tower on its own. */
+    bool on_gpu = s->device == PLAN_GPU;
+    int L = c->n_layers;
+    int k = !on_gpu ? 0 : s->gpu_layers < 0 ? 0 : s->gpu_layers > L ? L : s->gpu_layers;
+    bool head = on_gpu && k == L;
+    bool vis = on_gpu && s->vision_on_gpu && c->has_vision;
+    out->s.gpu_layers = k;
+    out->s.vision_on_gpu = vis;
+    out->head_on_gpu = head;
+    out->n_layers = L;
+    uint64_t *dev = out->gpu;
+
     /* Weights, and the scratch of converting them at load: the source
-     * tensor being read (mapped pages) plus one f32 row. */
+     * tensor being read (mapped pages) plus one f32 row. A tensor bound for
+     * the device passes through the host once: its mapped source pages
+     * plus its converted (or pinned) copy, one tensor at a time. */
     uint64_t all;
     plan_weight_bytes(pm, s->precision, &b[PLAN_WEIGHTS], &all);
     for (size_t i = 0; i < pm->n_tensors; i++) {
         const plan_tensor *t = &pm->tensors[i];
         if (!t->used) continue;
         vlm_dtype d = vlm_plan_tensor_dtype(s->precision, t->name, t->rank, t->shape, t->stored);
+        uint64_t src = vlm_plan_dtype_bytes(t->stored, t->nelem);
+        uint64_t held = vlm_plan_dtype_bytes(d, t->nelem);
+        if (on_gpu && tensor_on_gpu(t->name, k, head, vis)) {
+            dev[PLAN_GPU_WEIGHTS] += held;
+            b[PLAN_LOAD_SCRATCH] = max_u64(b[PLAN_LOAD_SCRATCH], src + held);
+            continue;
+        }
         if (d == t->stored) continue;
-        uint64_t sc = vlm_plan_dtype_bytes(t->stored, t->nelem) +
-                      (uint64_t)t->shape[t->rank - 1] * sizeof(float);
+        uint64_t sc = src + (uint64_t)t->shape[t->rank - 1] * sizeof(float);
         b[PLAN_LOAD_SCRATCH] = max_u64(b[PLAN_LOAD_SCRATCH], sc);
     }
+    b[PLAN_WEIGHTS] -= dev[PLAN_GPU_WEIGHTS];
 
     /* The session: KV cache, decoder workspace for one chunk, logits, token
      * ids, kept image rows. */
@@ -168,9 +235,48 @@ vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, co
         b[PLAN_IMAGE_FEATURES] = rows * (uint64_t)c->hidden * sizeof(float);
         if (info.rope_switch_len > 0 && ctx > info.rope_switch_len)
             b[PLAN_SESSION] += kept_rows_cap(rows) * (uint64_t)c->hidden * sizeof(float);
+        out->image_decoded = decoded;
+        out->image_hd = hd;
+        out->image_pixels = pixels;
+    }
+
+    /* The device's share (GPU settings): the GPU layers' KV cache, one
+     * chunk's decoder workspace (one stream: no per-thread attention
+     * scratch), the vision group's activations, the logits, cuBLAS and the
+     * context. The host keeps the rest: the CPU layers' cache, its own
+     * workspace while any layer runs there, the logits the sampler reads,
+     * the image buffers (decoding and cropping stay on the CPU) and a
+     * pinned staging buffer for the largest transfer (a chunk of hidden
+     * rows, the logits, or one crop group's pixels). */
+    if (on_gpu) {
+        uint64_t kv_layer = kv / (uint64_t)L;
+        dev[PLAN_GPU_KV_CACHE] = kv_layer * (uint64_t)k;
+        b[PLAN_KV_CACHE] -= dev[PLAN_GPU_KV_CACHE];
+        if (k > 0)
+            dev[PLAN_GPU_PREFILL] =
+                (uint64_t)phi3v_workspace_floats_cfg(c, chunk, ctx, 1) * sizeof(float);
+        if (k == L) b[PLAN_PREFILL] = 0;
+        if (head) dev[PLAN_GPU_LOGITS] = b[PLAN_LOGITS];
+        if (vis) {
+            dev[PLAN_GPU_VISION] = b[PLAN_VISION];
+            b[PLAN_VISION] = 0;
+        }
+        bool any = k > 0 || vis;
+        if (any) {
+            dev[PLAN_GPU_CUBLAS] = gpu_ctx_bytes(c, k > 0, vis);
+            dev[PLAN_GPU_CONTEXT] = PLAN_GPU_CONTEXT_BYTES;
+            uint64_t stage = max_u64((uint64_t)chunk * (uint64_t)c->hidden, (uint64_t)info.vocab);
+            if (vis) stage = max_u64(stage, (uint64_t)out->s.crop_group * PHI3V_CROP_FLOATS);
+            b[PLAN_PINNED_STAGING] = stage * sizeof(float);
+        }
+        for (int i = 0; i < PLAN_GPU_COMP_COUNT; i++) out->gpu_bytes += dev[i];
+    }
+    if (n_images > 0) {
         /* Phases of one image (decoded images stay with the caller):
          * resize (passes + HD), crops (HD + pixels), encode (pixels + every
          * image's rows + features + workspace). */
+        uint64_t decoded = (uint64_t)out->image_decoded;
+        uint64_t hd = out->image_hd, pixels = out->image_pixels;
         uint64_t resize = b[PLAN_IMAGE_PREPROCESS], crops = hd + pixels;
         uint64_t encode = pixels + b[PLAN_IMAGE_FEATURES] + b[PLAN_VISION];
         image_phase = (uint64_t)n_images * (decoded + sizeof(vlm_image)) +
@@ -188,24 +294,9 @@ vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, co
     out->load_peak =
         b[PLAN_WEIGHTS] + b[PLAN_OVERHEAD] + max_u64(b[PLAN_LOAD_SCRATCH], tok_transient);
     out->run_peak = b[PLAN_WEIGHTS] + b[PLAN_OVERHEAD] + b[PLAN_KV_CACHE] + b[PLAN_PREFILL] +
-                    b[PLAN_LOGITS] + b[PLAN_SESSION] + image_phase;
+                    b[PLAN_LOGITS] + b[PLAN_SESSION] + b[PLAN_PINNED_STAGING] + image_phase;
     out->peak = max_u64(out->load_peak, out->run_peak);
-
-    /* Placement. On the GPU: the first gpu_layers decoder layers with their
-     * share of the cache, the decoder workspace when any layer is there, the
-     * vision tower and its activations when vision_on_gpu. */
     out->host_bytes = out->peak;
-    if (s->device == PLAN_GPU) {
-        uint64_t lw, vw;
-        split_weights(pm, s->precision, &lw, &vw);
-        int L = c->n_layers, k = s->gpu_layers < 0 ? 0 : s->gpu_layers > L ? L : s->gpu_layers;
-        uint64_t g = lw / (uint64_t)L * (uint64_t)k + b[PLAN_KV_CACHE] / (uint64_t)L * (uint64_t)k;
-        if (k > 0) g += b[PLAN_PREFILL];
-        if (k == L) g += b[PLAN_WEIGHTS] - lw - vw + b[PLAN_LOGITS]; /* embeddings, head */
-        if (s->vision_on_gpu) g += vw + b[PLAN_VISION];
-        out->gpu_bytes = g;
-        out->host_bytes = out->peak > g ? out->peak - g : 0;
-    }
     return VLM_OK;
 }
 
@@ -233,11 +324,24 @@ uint64_t plan_budget_from_headroom(uint64_t headroom) {
     return headroom > margin ? headroom - margin : 0;
 }
 
+uint64_t plan_gpu_budget_from_free(uint64_t free_bytes) {
+    uint64_t margin = max_u64(free_bytes / 100 * PLAN_GPU_MARGIN_PERCENT, PLAN_GPU_MARGIN_MIN);
+    return free_bytes > margin ? free_bytes - margin : 0;
+}
+
 /* ---------------------------------------------------------------------------
  * the ladder */
 
 static void fmt_gib(char *buf, size_t cap, uint64_t b) {
     snprintf(buf, cap, "%.2f GiB", (double)b / (double)(1u << 30));
+}
+
+/* GiB, or MiB below one GiB (a small model's device figures). */
+static void fmt_size(char *buf, size_t cap, uint64_t b) {
+    if (b >= (1u << 30))
+        fmt_gib(buf, cap, b);
+    else
+        snprintf(buf, cap, "%.1f MiB", (double)b / (double)(1u << 20));
 }
 
 static plan_rung *add_rung(vlm_plan *p) {
@@ -247,40 +351,94 @@ static plan_rung *add_rung(vlm_plan *p) {
     return g;
 }
 
+/* The estimate fits the host budget and, on a GPU setting, the GPU's. */
+static bool within(const vlm_plan *p, const plan_estimate *e) {
+    return e->host_bytes <= p->budget && (e->s.device != PLAN_GPU || e->gpu_bytes <= p->gpu_budget);
+}
+
 /* Try setting s, with the crop group from every crop at once down to one
- * (lossless: the features are identical), keeping the largest that fits. */
+ * (lossless: the features are identical), keeping the largest that fits.
+ * gpu_step: the GPU rung's step (-1: a CPU rung); available: false for a
+ * GPU rung without a GPU (estimated and listed, never chosen). */
 static vlm_status try_rung(const plan_model *pm, const plan_request *r, vlm_plan *p, plan_setting s,
-                           const char *label, bool degraded, bool *fits, vlm_err *err) {
+                           const char *label, bool degraded, int gpu_step, bool available,
+                           bool *fits, vlm_err *err) {
     plan_rung *g = add_rung(p);
     *fits = false;
     if (!g) return VLM_OK;
     snprintf(g->label, sizeof g->label, "%s", label);
-    g->available = true;
+    g->available = available;
     g->degraded = degraded;
+    g->gpu_step = gpu_step;
     s.crop_group = 1 + s.num_crops; /* clamped to the crops of the grid */
     vlm_status st;
     for (;;) {
         if ((st = plan_estimate_setting(pm, r, &s, &g->e, err)) != VLM_OK) return st;
-        if (g->e.host_bytes <= p->budget || g->e.s.crop_group <= 1) break;
+        if (within(p, &g->e) || g->e.s.crop_group <= 1) break;
         s.crop_group = g->e.s.crop_group / 2;
     }
-    char need[32], have[32];
-    fmt_gib(need, sizeof need, g->e.peak);
+    const plan_estimate *e = &g->e;
+    char need[32], have[32], gneed[32], ghave[32];
+    fmt_gib(need, sizeof need, e->peak);
     fmt_gib(have, sizeof have, p->budget);
-    int64_t img_tokens = (int64_t)g->e.n_images * g->e.image_tokens;
-    if (img_tokens >= g->e.s.context) {
+    fmt_size(gneed, sizeof gneed, e->gpu_bytes);
+    fmt_size(ghave, sizeof ghave, p->gpu_budget);
+    int64_t img_tokens = (int64_t)e->n_images * e->image_tokens;
+    if (img_tokens >= e->s.context) {
         snprintf(g->reason, sizeof g->reason,
                  "a context of %lld tokens cannot hold %d image(s) of %d tokens",
-                 (long long)g->e.s.context, g->e.n_images, g->e.image_tokens);
+                 (long long)e->s.context, e->n_images, e->image_tokens);
         return VLM_OK;
     }
-    g->fits = g->e.host_bytes <= p->budget;
-    if (g->fits) {
-        snprintf(g->reason, sizeof g->reason, "fits: needs %s of %s", need, have);
-        *fits = true;
+    bool gpu = e->s.device == PLAN_GPU;
+    bool placed = !gpu || e->s.gpu_layers > 0 || e->s.vision_on_gpu;
+    g->fits_budgets = placed && within(p, e);
+    g->fits = available && g->fits_budgets;
+    *fits = g->fits;
+    /* Without a GPU the reason still says what the rung would need. */
+    size_t o = 0;
+    if (!available) o = (size_t)snprintf(g->reason, sizeof g->reason, "not available (no GPU); ");
+    char *rs = g->reason + o;
+    size_t cap = sizeof g->reason - o;
+    if (!placed) {
+        snprintf(rs, cap, "no decoder layer fits the GPU budget of %s", ghave);
+    } else if (gpu && e->gpu_bytes > p->gpu_budget) {
+        snprintf(rs, cap, "needs %s (%llu bytes) on the GPU > gpu budget %s (%llu bytes)", gneed,
+                 (unsigned long long)e->gpu_bytes, ghave, (unsigned long long)p->gpu_budget);
+    } else if (!g->fits_budgets) {
+        snprintf(rs, cap, "needs %s (%llu bytes)%s > budget %s (%llu bytes)", need,
+                 (unsigned long long)e->peak, gpu ? " on the host" : "", have,
+                 (unsigned long long)p->budget);
+    } else if (gpu) {
+        snprintf(rs, cap, "%s: needs %s of %s on the GPU, %s of %s",
+                 available ? "fits" : "would fit", gneed, ghave, need, have);
     } else {
-        snprintf(g->reason, sizeof g->reason, "needs %s (%llu bytes) > budget %s (%llu bytes)",
-                 need, (unsigned long long)g->e.peak, have, (unsigned long long)p->budget);
+        snprintf(rs, cap, "fits: needs %s of %s", need, have);
+    }
+    return VLM_OK;
+}
+
+/* The partial rung's placement at s.precision: k the most leading decoder
+ * layers the GPU budget holds (the tower on the CPU), then the tower on the
+ * GPU too if it still fits beside them. Decided at crop group 1 (the
+ * smallest vision workspace); try_rung then widens the group. */
+static vlm_status choose_layers(const plan_model *pm, const plan_request *r, const vlm_plan *p,
+                                plan_setting *s, vlm_err *err) {
+    plan_estimate e;
+    vlm_status st;
+    int L = pm->arch.n_layers, k;
+    s->crop_group = 1;
+    s->vision_on_gpu = false;
+    for (k = L; k > 0; k--) {
+        s->gpu_layers = k;
+        if ((st = plan_estimate_setting(pm, r, s, &e, err)) != VLM_OK) return st;
+        if (e.gpu_bytes <= p->gpu_budget) break;
+    }
+    s->gpu_layers = k;
+    if (pm->arch.has_vision) {
+        s->vision_on_gpu = true;
+        if ((st = plan_estimate_setting(pm, r, s, &e, err)) != VLM_OK) return st;
+        if (e.gpu_bytes > p->gpu_budget) s->vision_on_gpu = false;
     }
     return VLM_OK;
 }
@@ -337,7 +495,17 @@ vlm_status vlm_plan_make(const plan_model *pm, const plan_request *r, vlm_plan *
         }
         p->budget = plan_budget_from_headroom(p->headroom);
     }
-    p->gpu_budget = r->gpu_mem_budget;
+    p->device = r->device;
+    p->gpu_available = r->gpu_available;
+    p->gpu_free_bytes = r->gpu_available ? r->gpu_free_bytes : 0;
+    if (r->device == PLAN_DEVICE_CPU) {
+        /* no GPU rung is planned: no GPU budget */
+    } else if (r->gpu_mem_budget) {
+        p->gpu_budget = r->gpu_mem_budget;
+        p->gpu_budget_given = true;
+    } else if (r->gpu_available) {
+        p->gpu_budget = plan_gpu_budget_from_free(r->gpu_free_bytes);
+    }
     uint64_t th = vlm_mem_get_threshold();
     p->alarm_threshold = th && th < p->budget ? th : p->budget;
 
@@ -356,47 +524,49 @@ vlm_status vlm_plan_make(const plan_model *pm, const plan_request *r, vlm_plan *
     vlm_status st;
     bool fits = false;
 
-    /* GPU rungs come first once a backend exists: everything on the GPU at
-     * the stored precision, then quantized, then the first k decoder layers
-     * (vision on the CPU). Listed now so the plan shows the structure. */
-    static const struct {
-        const char *label;
-        vlm_precision prec;
-        bool all, vision;
-    } gpu[] = {
-        {"gpu: all layers + vision, native", VLM_PREC_NATIVE, true, true},
-        {"gpu: all layers + vision, q8_0", VLM_PREC_Q8_0, true, true},
-        {"gpu: first k decoder layers, vision on cpu", VLM_PREC_NATIVE, false, false},
-    };
-    for (size_t i = 0; i < sizeof gpu / sizeof gpu[0]; i++) {
-        plan_rung *g = add_rung(p);
-        if (!g) break;
-        plan_setting s = base;
-        s.device = PLAN_GPU;
-        s.precision = gpu[i].prec;
-        s.gpu_layers = pm->arch.n_layers;
-        s.vision_on_gpu = gpu[i].vision;
-        if ((st = plan_estimate_setting(pm, r, &s, &g->e, err)) != VLM_OK) return st;
-        if (!gpu[i].all) {
-            /* The most leading layers the GPU budget holds (half without one). */
-            int k = pm->arch.n_layers / 2;
-            if (p->gpu_budget) {
-                for (k = pm->arch.n_layers; k > 0; k--) {
-                    s.gpu_layers = k;
-                    if ((st = plan_estimate_setting(pm, r, &s, &g->e, err)) != VLM_OK) return st;
-                    if (g->e.gpu_bytes <= p->gpu_budget) break;
-                }
-            }
-            s.gpu_layers = k;
-            if ((st = plan_estimate_setting(pm, r, &s, &g->e, err)) != VLM_OK) return st;
+    /* GPU rungs first: everything on the GPU at the stored precision, bf16
+     * for an f32 checkpoint, q8_0, q4_0 (the block types the GPU kernels
+     * read); then the first k decoder layers at each of them, the tower
+     * placed on its own. Listed without a GPU (estimates shown, never
+     * chosen). */
+    int L = pm->arch.n_layers;
+    if (r->device != PLAN_DEVICE_CPU) {
+        vlm_precision gp[4];
+        int ng = 0;
+        if (r->precision >= 0) {
+            gp[ng++] = (vlm_precision)r->precision;
+        } else {
+            uint64_t nat, half;
+            plan_weight_bytes(pm, VLM_PREC_NATIVE, &nat, NULL);
+            plan_weight_bytes(pm, VLM_PREC_BF16, &half, NULL);
+            gp[ng++] = VLM_PREC_NATIVE;
+            if (half < nat) gp[ng++] = VLM_PREC_BF16;
+            gp[ng++] = VLM_PREC_Q8_0;
+            gp[ng++] = VLM_PREC_Q4_0;
         }
-        if (gpu[i].all)
-            snprintf(g->label, sizeof g->label, "%s", gpu[i].label);
-        else
-            snprintf(g->label, sizeof g->label, "gpu: first %d decoder layers, vision on cpu",
-                     s.gpu_layers);
-        g->available = r->gpu_available;
-        snprintf(g->reason, sizeof g->reason, "not available (no GPU backend)");
+        for (int i = 0; i < 2 * ng && !fits; i++) {
+            if (i < r->gpu_from) continue;
+            bool all = i < ng;
+            plan_setting s = base;
+            s.device = PLAN_GPU;
+            s.precision = gp[all ? i : i - ng];
+            const char *pn = vlm_precision_name(s.precision);
+            if (all) {
+                s.gpu_layers = L;
+                s.vision_on_gpu = pm->arch.has_vision;
+                snprintf(label, sizeof label, "gpu %s", pn);
+            } else {
+                if ((st = choose_layers(pm, r, p, &s, err)) != VLM_OK) return st;
+                snprintf(label, sizeof label, "gpu %s, %d/%d layers, vision %s", pn, s.gpu_layers,
+                         L,
+                         !pm->arch.has_vision ? "none"
+                         : s.vision_on_gpu    ? "gpu"
+                                              : "cpu");
+            }
+            if ((st = try_rung(pm, r, p, s, label, false, i, r->gpu_available, &fits, err)) !=
+                VLM_OK)
+                return st;
+        }
     }
 
     /* CPU precisions, best first. */
@@ -406,18 +576,19 @@ vlm_status vlm_plan_make(const plan_model *pm, const plan_request *r, vlm_plan *
         precs[0] = (vlm_precision)r->precision;
         np = 1;
     }
+    if (r->device == PLAN_DEVICE_CUDA) np = 0;
     for (int i = 0; i < np && !fits; i++) {
         plan_setting s = base;
         s.precision = precs[i];
         snprintf(label, sizeof label, "cpu %s", vlm_precision_name(precs[i]));
-        if ((st = try_rung(pm, r, p, s, label, false, &fits, err)) != VLM_OK) return st;
+        if ((st = try_rung(pm, r, p, s, label, false, -1, true, &fits, err)) != VLM_OK) return st;
     }
 
     /* Degrading, at the last precision tried: fewer crops (16 -> 4 -> 1),
      * then the context halved down to the floor. */
     int n_images = r->n_images < 0 ? (pm->arch.has_vision ? 1 : 0) : r->n_images;
     if (!pm->arch.has_vision) n_images = 0;
-    if (!fits && r->allow_degrade) {
+    if (!fits && r->allow_degrade && np > 0) {
         plan_setting s = base;
         s.precision = precs[np - 1];
         static const int crop_steps[] = {16, 4, 1};
@@ -426,7 +597,8 @@ vlm_status vlm_plan_make(const plan_model *pm, const plan_request *r, vlm_plan *
             s.num_crops = crop_steps[i];
             snprintf(label, sizeof label, "cpu %s, num_crops %d", vlm_precision_name(s.precision),
                      s.num_crops);
-            if ((st = try_rung(pm, r, p, s, label, true, &fits, err)) != VLM_OK) return st;
+            if ((st = try_rung(pm, r, p, s, label, true, -1, true, &fits, err)) != VLM_OK)
+                return st;
         }
         int64_t floor = r->min_context > 0 ? r->min_context : 1024;
         while (!fits && s.context / 2 >= floor) {
@@ -434,7 +606,8 @@ vlm_status vlm_plan_make(const plan_model *pm, const plan_request *r, vlm_plan *
             snprintf(label, sizeof label, "cpu %s, num_crops %d, context %lld",
                      vlm_precision_name(s.precision), n_images > 0 ? s.num_crops : 0,
                      (long long)s.context);
-            if ((st = try_rung(pm, r, p, s, label, true, &fits, err)) != VLM_OK) return st;
+            if ((st = try_rung(pm, r, p, s, label, true, -1, true, &fits, err)) != VLM_OK)
+                return st;
             const plan_estimate *e = &p->rungs[p->n_rungs - 1].e;
             if ((int64_t)e->n_images * e->image_tokens >= e->s.context) break; /* too short */
         }
@@ -474,6 +647,7 @@ static cJSON *rung_json(const plan_rung *g) {
     J(cJSON_AddStringToObject(o, "precision", vlm_precision_name(e->s.precision)));
     J(cJSON_AddBoolToObject(o, "available", g->available));
     J(cJSON_AddBoolToObject(o, "fits", g->fits));
+    J(cJSON_AddBoolToObject(o, "fits_budgets", g->fits_budgets));
     J(cJSON_AddBoolToObject(o, "degraded", g->degraded));
     J(cJSON_AddStringToObject(o, "reason", g->reason));
     J(cJSON_AddNumberToObject(o, "context", (double)e->s.context));
@@ -482,15 +656,21 @@ static cJSON *rung_json(const plan_rung *g) {
     J(cJSON_AddNumberToObject(o, "crops", e->crops));
     J(cJSON_AddNumberToObject(o, "n_images", e->n_images));
     J(cJSON_AddNumberToObject(o, "image_tokens", e->image_tokens));
-    if (e->s.device == PLAN_GPU) {
-        J(cJSON_AddNumberToObject(o, "gpu_layers", e->s.gpu_layers));
-        J(cJSON_AddBoolToObject(o, "vision_on_gpu", e->s.vision_on_gpu));
-        J(cJSON_AddNumberToObject(o, "gpu_bytes", (double)e->gpu_bytes));
-    }
+    J(cJSON_AddNumberToObject(o, "gpu_layers", e->s.gpu_layers));
+    J(cJSON_AddNumberToObject(o, "n_layers", e->n_layers));
+    J(cJSON_AddBoolToObject(o, "head_on_gpu", e->head_on_gpu));
+    J(cJSON_AddBoolToObject(o, "vision_on_gpu", e->s.vision_on_gpu));
+    if (e->s.device == PLAN_GPU) J(cJSON_AddNumberToObject(o, "gpu_step", g->gpu_step));
+    J(cJSON_AddNumberToObject(o, "gpu_bytes", (double)e->gpu_bytes));
+    /* bytes: the host's share of every component; gpu: the device's. */
     cJSON *c = ok ? cJSON_AddObjectToObject(o, "bytes") : NULL;
     J(c);
     for (int k = 0; ok && k < PLAN_COMP_COUNT; k++)
         J(cJSON_AddNumberToObject(c, comp_names[k], (double)e->bytes[k]));
+    cJSON *gc = ok ? cJSON_AddObjectToObject(o, "gpu") : NULL;
+    J(gc);
+    for (int k = 0; ok && k < PLAN_GPU_COMP_COUNT; k++)
+        J(cJSON_AddNumberToObject(gc, gpu_comp_names[k], (double)e->gpu[k]));
     J(cJSON_AddNumberToObject(o, "vision_group1", (double)e->vision_group1));
     J(cJSON_AddNumberToObject(o, "vision_all_at_once", (double)e->vision_all));
     J(cJSON_AddNumberToObject(o, "load_peak", (double)e->load_peak));
@@ -515,7 +695,16 @@ cJSON *vlm_plan_to_json(const plan_model *pm, const vlm_plan *p) {
     J(cJSON_AddStringToObject(b, "source", p->budget_given ? "--mem-budget" : "machine"));
     J(cJSON_AddNumberToObject(b, "headroom", (double)p->headroom));
     J(cJSON_AddNumberToObject(b, "gpu_bytes", (double)p->gpu_budget));
+    J(cJSON_AddStringToObject(b, "gpu_source",
+                              p->gpu_budget_given ? "--gpu-mem-budget"
+                              : p->gpu_available  ? "device"
+                                                  : "none"));
     J(cJSON_AddNumberToObject(b, "alarm_threshold", (double)p->alarm_threshold));
+    J(cJSON_AddStringToObject(r, "device", plan_device_name(p->device)));
+    cJSON *gpu = ok ? cJSON_AddObjectToObject(r, "gpu") : NULL;
+    J(gpu);
+    J(cJSON_AddBoolToObject(gpu, "available", p->gpu_available));
+    J(cJSON_AddNumberToObject(gpu, "free_bytes", (double)p->gpu_free_bytes));
     J(cJSON_AddNumberToObject(r, "requested_context", (double)p->requested_context));
     J(cJSON_AddNumberToObject(r, "requested_num_crops", p->requested_crops));
     cJSON *w = ok ? cJSON_AddObjectToObject(r, "weight_bytes") : NULL;

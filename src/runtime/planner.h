@@ -14,7 +14,8 @@
  *              function here, so plan and code agree.
  *   budget     host bytes: min(MemAvailable, cgroup limit - usage) (the
  *              monitor's headroom) minus a margin of 10%, at least 512 MiB;
- *              or the caller's figure.
+ *              or the caller's figure. Device bytes: the GPU's free memory
+ *              minus 5%, at least 256 MiB; or the caller's figure.
  *   ladder     rungs best first; the first that fits is chosen and every
  *              better one is kept with the reason it was turned down.
  *
@@ -29,6 +30,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "backend/gpu.h"
 #include "base/status.h"
 #include "io/config.h"
 #include "io/safetensors.h"
@@ -139,12 +141,39 @@ typedef enum plan_comp {
     PLAN_IMAGE_PREPROCESS, /* resize passes + HD image (uint8), transient */
     PLAN_VISION,           /* one crop group: CLIP features + max(tower, glue) workspace */
     PLAN_IMAGE_FEATURES,   /* projected rows handed to prefill */
-    PLAN_LOAD_SCRATCH,     /* converting at load: one source tensor + one f32 row */
+    PLAN_LOAD_SCRATCH,     /* converting at load: one source tensor + one f32 row; on a
+                              GPU rung also the largest tensor on its way to the device */
     PLAN_OVERHEAD,         /* tokenizer, safetensors index, model structs */
+    PLAN_PINNED_STAGING,   /* GPU rungs: pinned host buffer for transfers (0 on the CPU) */
     PLAN_COMP_COUNT
 } plan_comp;
 
 const char *plan_comp_name(plan_comp c);
+
+/* Device-side components of a GPU rung (bytes). Everything is counted as
+ * resident at once: the weights and cache for the whole run, the
+ * activation buffers allocated once at their largest. */
+typedef enum plan_gpu_comp {
+    PLAN_GPU_WEIGHTS = 0, /* the GPU parts at the rung's precision */
+    PLAN_GPU_KV_CACHE,    /* the GPU layers' share of the cache */
+    PLAN_GPU_PREFILL,     /* decoder workspace for one chunk (one stream: threads = 1) */
+    PLAN_GPU_VISION,      /* one crop group of the tower + glue, when the tower is there */
+    PLAN_GPU_LOGITS,      /* vocab x f32 per position kept, when the head is there */
+    PLAN_GPU_CUBLAS,      /* per GPU context (decoder, tower): cuBLAS workspace + its own */
+    PLAN_GPU_CONTEXT,     /* the CUDA context: kernels, module images, driver state */
+    PLAN_GPU_COMP_COUNT
+} plan_gpu_comp;
+
+const char *plan_gpu_comp_name(plan_gpu_comp c);
+
+/* The CUDA context's device footprint, to be measured on the GPU machine
+ * (cudaMemGetInfo before and after cudaSetDevice + the first kernel + the
+ * cuBLAS handle): 512 MiB stands in until then (a CUDA 12 context with lazy
+ * module loading takes 300-500 MiB on H100/H200). */
+#define PLAN_GPU_CONTEXT_BYTES ((uint64_t)512 << 20)
+/* cuBLAS / cuBLASLt workspace: 32 MiB, what NVIDIA recommends for Hopper
+ * (cublasSetWorkspace; 4 MiB is enough before sm_90). */
+#define PLAN_GPU_CUBLAS_BYTES ((uint64_t)32 << 20)
 
 typedef enum plan_device { PLAN_CPU = 0, PLAN_GPU } plan_device;
 
@@ -154,26 +183,48 @@ typedef struct plan_setting {
     int64_t context; /* KV cache rows */
     int num_crops;   /* tiles at most per image (HD transform N) */
     int crop_group;  /* crops through the tower at once (1..1+num_crops) */
-    /* Placement; GPU rungs are listed but no GPU backend exists yet. */
+    /* Placement: decoder layers [0, gpu_layers) on the GPU with their KV
+     * cache; the embedding, final norm and lm_head there too when every
+     * layer is; the vision tower + projector on the GPU or the CPU. */
     plan_device device;
     int gpu_layers; /* decoder layers on the GPU (first k) */
     bool vision_on_gpu;
 } plan_setting;
 
+/* The placement the model is created with for setting s of a model with
+ * n_layers decoder layers (all zero for a CPU setting). */
+void plan_setting_placement(const plan_setting *s, int n_layers, vlm_placement *out);
+
+/* Which rungs the ladder may use: "auto" (GPU rungs first, then the CPU),
+ * "cpu" (CPU rungs only), "cuda" (GPU rungs only). */
+typedef enum plan_device_choice {
+    PLAN_DEVICE_AUTO = 0,
+    PLAN_DEVICE_CPU,
+    PLAN_DEVICE_CUDA
+} plan_device_choice;
+
+/* "auto", "cpu", "cuda" -> the choice; -1 if unknown (NULL or "": auto). */
+int plan_device_parse(const char *name);
+const char *plan_device_name(plan_device_choice d);
+
 /* What a request needs apart from the rung's choices. */
 typedef struct plan_request {
-    int64_t context;     /* 0: as a session picks it (4096, capped by the model) */
-    int num_crops;       /* 0: preprocessor_config.json's value */
-    int n_images;        /* images in one turn; -1: 1 when the model has vision */
-    int image_width;     /* input image assumed for the decode and resize */
-    int image_height;    /* buffers; 0: 4032 x 3024 (a 12 MP photo) */
-    int64_t chunk;       /* prefill chunk; 0: the session's default (128) */
-    vlm_dtype kv_dtype;  /* F32 (default) or BF16 */
-    int logit_positions; /* positions of logits kept; 0: 1 */
-    int n_threads;       /* 0: vlm_threadpool_default_size() */
-    uint64_t mem_budget; /* host bytes; 0: from the machine */
-    uint64_t gpu_mem_budget;
-    bool gpu_available;    /* a GPU backend exists (none yet) */
+    int64_t context;         /* 0: as a session picks it (4096, capped by the model) */
+    int num_crops;           /* 0: preprocessor_config.json's value */
+    int n_images;            /* images in one turn; -1: 1 when the model has vision */
+    int image_width;         /* input image assumed for the decode and resize */
+    int image_height;        /* buffers; 0: 4032 x 3024 (a 12 MP photo) */
+    int64_t chunk;           /* prefill chunk; 0: the session's default (128) */
+    vlm_dtype kv_dtype;      /* F32 (default) or BF16 */
+    int logit_positions;     /* positions of logits kept; 0: 1 */
+    int n_threads;           /* 0: vlm_threadpool_default_size() */
+    uint64_t mem_budget;     /* host bytes; 0: from the machine */
+    uint64_t gpu_mem_budget; /* device bytes; 0: from gpu_free_bytes (none without a GPU) */
+    bool gpu_available;      /* a usable GPU (plan_request_detect_gpu) */
+    uint64_t gpu_free_bytes; /* its free memory when asked */
+    plan_device_choice device;
+    int gpu_from;          /* skip GPU rungs of step < gpu_from (a load's fallback after a device
+                              out-of-memory); 0: all */
     bool allow_degrade;    /* fewer crops, then a smaller context */
     int64_t min_context;   /* floor when degrading the context; 0: 1024 */
     int precision;         /* -1: walk the ladder; a vlm_precision: only that one */
@@ -183,18 +234,30 @@ typedef struct plan_request {
 
 void plan_request_init(plan_request *r);
 
+/* Fill gpu_available and gpu_free_bytes from vlm_gpu_query (no GPU in a
+ * build without CUDA). The message of the query is kept in why (may be NULL)
+ * when there is no GPU. */
+void plan_request_detect_gpu(plan_request *r, char *why, size_t why_cap);
+
 typedef struct plan_estimate {
     plan_setting s;
     uint64_t bytes[PLAN_COMP_COUNT];
-    int n_images;           /* images planned for */
-    int image_tokens;       /* worst case per image at num_crops */
-    int crops;              /* 1 + tiles, worst case */
-    uint64_t vision_group1; /* PLAN_VISION at crop group 1 */
-    uint64_t vision_all;    /* PLAN_VISION with every crop at once */
-    uint64_t load_peak;     /* weights + load scratch + overhead */
-    uint64_t run_peak;      /* everything resident while an image is encoded */
-    uint64_t peak;          /* max of the two: what must fit the budget */
-    uint64_t host_bytes, gpu_bytes;
+    int n_images;                                   /* images planned for */
+    int image_tokens;                               /* worst case per image at num_crops */
+    int crops;                                      /* 1 + tiles, worst case */
+    uint64_t vision_group1;                         /* PLAN_VISION at crop group 1 */
+    uint64_t vision_all;                            /* PLAN_VISION with every crop at once */
+    uint64_t image_decoded, image_hd, image_pixels; /* one image's RGB8, HD and pixel bytes */
+    uint64_t load_peak;                             /* weights + load scratch + overhead */
+    uint64_t run_peak; /* everything resident while an image is encoded */
+    uint64_t peak;     /* max of the two: what must fit the budget */
+    /* GPU settings: bytes[] above are the host's share (what stays on the
+     * CPU, the pinned staging, the transient uploads); gpu[] the device's. */
+    uint64_t gpu[PLAN_GPU_COMP_COUNT];
+    bool head_on_gpu; /* embedding, final norm, lm_head: with every layer */
+    int n_layers;
+    uint64_t host_bytes; /* = peak: must fit the host budget */
+    uint64_t gpu_bytes;  /* sum of gpu[]: must fit the GPU budget */
 } plan_estimate;
 
 /* Estimate one setting (request r gives what the setting does not). */
@@ -214,6 +277,15 @@ bool plan_as_headroom(uint64_t *left);
 /* headroom minus max(10%, 512 MiB) (0 when that is negative). */
 uint64_t plan_budget_from_headroom(uint64_t headroom);
 
+/* The GPU budget from the device's free memory: free minus max(5%, 256 MiB)
+ * (0 when that is negative). The margin is smaller than the host's: nothing
+ * else of ours allocates on the device behind the plan's back, and what the
+ * driver takes is PLAN_GPU_CONTEXT_BYTES inside the estimate; it covers
+ * allocator rounding (2 MiB pages) and other processes' growth. */
+#define PLAN_GPU_MARGIN_PERCENT 5
+#define PLAN_GPU_MARGIN_MIN     ((uint64_t)256 << 20)
+uint64_t plan_gpu_budget_from_free(uint64_t free_bytes);
+
 /* --- the ladder ------------------------------------------------------------- */
 
 /* The CPU precisions of the ladder, best (most bytes) first: native, bf16
@@ -223,20 +295,30 @@ int vlm_plan_ladder(const plan_model *pm, vlm_precision *out);
 
 #define PLAN_MAX_RUNGS 64
 
+/* GPU rungs in ladder order get a step: the all-on-GPU rungs at each
+ * GPU precision, then the partial rungs at each. A load that runs out of
+ * device memory on step s plans again from step s + 1. */
 typedef struct plan_rung {
-    char label[96]; /* "cpu q8_0", "cpu q4_K, num_crops 4", "gpu all bf16" */
+    char label[96]; /* "cpu q8_0", "cpu q4_K, num_crops 4", "gpu bf16", "gpu native, 20/32
+                       layers, vision cpu" */
     plan_estimate e;
-    bool available; /* false: listed for the structure (no GPU backend) */
+    bool available;    /* false: a GPU rung without a GPU (estimated all the same) */
+    bool fits_budgets; /* the estimate fits both budgets (availability aside) */
+    int gpu_step;      /* -1: a CPU rung */
     bool fits;
     bool degraded;    /* gave up crops or context */
     char reason[192]; /* why it was turned down, or what it gave up */
 } plan_rung;
 
 typedef struct vlm_plan {
-    uint64_t budget;   /* host bytes the plan must fit */
-    bool budget_given; /* from the request, not the machine */
-    uint64_t headroom; /* what the monitor saw (0: not read) */
-    uint64_t gpu_budget;
+    uint64_t budget;         /* host bytes the plan must fit */
+    bool budget_given;       /* from the request, not the machine */
+    uint64_t headroom;       /* what the monitor saw (0: not read) */
+    uint64_t gpu_budget;     /* device bytes the GPU rungs must fit (0: none) */
+    bool gpu_budget_given;   /* from the request, not the device */
+    bool gpu_available;      /* as the request said */
+    uint64_t gpu_free_bytes; /* the device's free memory when planned */
+    plan_device_choice device;
     uint64_t alarm_threshold;        /* min(usage threshold, budget): the sampler's alarm */
     plan_rung rungs[PLAN_MAX_RUNGS]; /* in ladder order, up to and including the choice */
     int n_rungs;

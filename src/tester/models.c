@@ -80,9 +80,9 @@ static vlm_status get_small_int(const cJSON *o, const char *key, const char *whe
 
 static vlm_status parse_opts(const cJSON *o, const char *where, tester_model_opts *opts,
                              vlm_err *err) {
-    static const char *const known[] = {"device",          "precision", "num_crops", "max_context",
-                                        "mem_budget",      "mem_limit", "n_threads", "test_crash",
-                                        "test_leak_bytes", NULL};
+    static const char *const known[] = {
+        "device",    "precision",  "num_crops",       "max_context",    "mem_budget", "mem_limit",
+        "n_threads", "test_crash", "test_leak_bytes", "gpu_mem_budget", NULL};
     memset(opts, 0, sizeof *opts);
     snprintf(opts->device, sizeof opts->device, "auto");
     if (!o || cJSON_IsNull(o)) return VLM_OK;
@@ -123,6 +123,7 @@ static vlm_status parse_opts(const cJSON *o, const char *where, tester_model_opt
         return st;
     if ((st = get_small_int(o, "n_threads", where, 0, 4096, &opts->n_threads, err))) return st;
     if ((st = get_size(o, "mem_budget", where, &opts->mem_budget, err))) return st;
+    if ((st = get_size(o, "gpu_mem_budget", where, &opts->gpu_mem_budget, err))) return st;
     if ((st = get_size(o, "mem_limit", where, &opts->mem_limit, err))) return st;
     if ((st = get_size(o, "test_leak_bytes", where, &opts->test_leak_bytes, err))) return st;
     s = NULL;
@@ -310,6 +311,7 @@ cJSON *tester_model_opts_json(const tester_model_opts *o) {
     cJSON_AddNumberToObject(j, "num_crops", o->num_crops);
     cJSON_AddNumberToObject(j, "max_context", o->max_context);
     cJSON_AddNumberToObject(j, "mem_budget", (double)o->mem_budget);
+    if (o->gpu_mem_budget) cJSON_AddNumberToObject(j, "gpu_mem_budget", (double)o->gpu_mem_budget);
     if (o->mem_limit) cJSON_AddNumberToObject(j, "mem_limit", (double)o->mem_limit);
     if (o->n_threads) cJSON_AddNumberToObject(j, "n_threads", o->n_threads);
     if (o->test_crash)

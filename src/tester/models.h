@@ -3,7 +3,8 @@
  *   {"models": [ {"name": "phi-3.5-vision-instruct",
  *                 "source": "../shared/models/phi-3.5-vision-instruct",
  *                 "options": {"device": "cpu", "precision": "bf16", "num_crops": 4,
- *                             "max_context": 4096, "mem_budget": "8G"}} ]}
+ *                             "max_context": 4096, "mem_budget": "8G",
+ *                             "gpu_mem_budget": "20G"}} ]}
  * (a bare top-level array is accepted too). A source is a path (relative to
  * the models file's folder) or a Hugging Face reference org/name[@rev],
  * looked up in the local HF cache. Names are unique without regard to case.
@@ -32,12 +33,13 @@ typedef enum tester_crash_mode {
 } tester_crash_mode;
 
 typedef struct tester_model_opts {
-    char device[16];     /* "auto", "cpu", "cuda" */
-    char precision[16];  /* "" = as stored */
-    int num_crops;       /* 0 = the model's default */
-    int max_context;     /* 0 = the default */
-    uint64_t mem_budget; /* bytes; 0 = derived from the machine */
-    uint64_t mem_limit;  /* bytes of worker RSS at which the parent kills it; 0 = none */
+    char device[16];         /* "auto", "cpu", "cuda" */
+    char precision[16];      /* "" = as stored */
+    int num_crops;           /* 0 = the model's default */
+    int max_context;         /* 0 = the default */
+    uint64_t mem_budget;     /* bytes; 0 = derived from the machine */
+    uint64_t gpu_mem_budget; /* device bytes; 0 = the GPU's free memory less 5% */
+    uint64_t mem_limit;      /* bytes of worker RSS at which the parent kills it; 0 = none */
     int n_threads;
     tester_crash_mode test_crash;
     uint64_t test_leak_bytes;

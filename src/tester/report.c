@@ -101,12 +101,35 @@ static cJSON *model_entry(cJSON *models, const char *name) {
     cJSON_AddNumberToObject(m, "passed", 0);
     cJSON_AddNumberToObject(m, "failed", 0);
     cJSON_AddNumberToObject(m, "errors", 0);
+    /* device peaks (accounted, and as the device reports its use) and the
+     * most fallbacks a case went through: 0 on the CPU */
+    cJSON_AddNumberToObject(m, "max_case_gpu_peak", 0);
+    cJSON_AddNumberToObject(m, "max_case_gpu_used", 0);
+    cJSON_AddNumberToObject(m, "fallbacks", 0);
     if (!tjson_add(m, "suites", cJSON_CreateArray()) ||
         !tjson_add(m, "attempts", cJSON_CreateArray())) {
         cJSON_Delete(m);
         return NULL;
     }
     return tjson_push(models, m) ? m : NULL;
+}
+
+/* Set o[k] = v (replacing it). */
+static void set_max(cJSON *o, const char *k, double v) {
+    cJSON_DeleteItemFromObjectCaseSensitive(o, k);
+    cJSON_AddNumberToObject(o, k, v);
+}
+
+/* "cpu", or "cuda 20/32 layers, vision cpu" from a case's placement. */
+static void placement_text(const cJSON *pl, char *out, size_t cap) {
+    const char *dev = str_at(pl, "device");
+    if (!dev[0] || strcmp(dev, "cpu") == 0) {
+        snprintf(out, cap, "cpu");
+        return;
+    }
+    snprintf(out, cap, "cuda %d/%d layers, vision %s", (int)num_at(pl, "gpu_layers"),
+             (int)num_at(pl, "n_layers"),
+             strcmp(str_at(pl, "vision_device"), "cuda") == 0 ? "cuda" : "cpu");
 }
 
 static const char *const model_fields[] = {"outcome",
@@ -200,6 +223,21 @@ vlm_status tester_report_summary(const cJSON *records, cJSON **out, vlm_err *err
             bump(m, "sum_case_ms", num_at(r, "total_ms"));
             bump(m, "sum_decode_tps", num_at(r, "decode_tps"));
         }
+        /* Device: where the case ran, its device peaks, the fallbacks. */
+        const cJSON *pl = cJSON_GetObjectItemCaseSensitive(r, "placement");
+        if (pl) {
+            char dev[64];
+            placement_text(pl, dev, sizeof dev);
+            cJSON_DeleteItemFromObjectCaseSensitive(m, "device");
+            ok = ok && cJSON_AddStringToObject(m, "device", dev);
+        }
+        const cJSON *gpu = cJSON_GetObjectItemCaseSensitive(r, "gpu");
+        double ga = num_at(cJSON_GetObjectItemCaseSensitive(gpu, "peak_accounted"), "case");
+        double gd = num_at(cJSON_GetObjectItemCaseSensitive(gpu, "peak_device"), "case");
+        if (ga > num_at(m, "max_case_gpu_peak")) set_max(m, "max_case_gpu_peak", ga);
+        if (gd > num_at(m, "max_case_gpu_used")) set_max(m, "max_case_gpu_used", gd);
+        int nfb = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(r, "fallbacks"));
+        if (nfb > num_at(m, "fallbacks")) set_max(m, "fallbacks", nfb);
         if (num_at(r, "peak_rss") > num_at(m, "max_case_peak_rss")) {
             cJSON_DeleteItemFromObjectCaseSensitive(m, "max_case_peak_rss");
             cJSON_AddNumberToObject(m, "max_case_peak_rss", num_at(r, "peak_rss"));
@@ -340,8 +378,8 @@ static char *render_md(const cJSON *sum) {
                (int)num_at(sum, "passed"));
     tsb_puts(&b, "## Summary per model\n\n| model | outcome | cases | passed | failed | errors | "
                  "pass rate | load ms | after load | peak | residual after unload | first "
-                 "token ms | decode tok/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-                 "\n");
+                 "token ms | decode tok/s | device | GPU peak | GPU in use | fallbacks |\n"
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     const cJSON *models = cJSON_GetObjectItemCaseSensitive(sum, "models");
     const cJSON *m;
     cJSON_ArrayForEach(m, models) {
@@ -350,11 +388,16 @@ static char *render_md(const cJSON *sum) {
         fmt_bytes(z, sizeof z, num_at(m, "residual"));
         tsb_puts(&b, "| ");
         md_cell(&b, str_at(m, "model"));
-        tsb_printf(&b, " | %s | %d | %d | %d | %d | %.1f%% | %.0f | %s | %s | %s | %.1f | %.1f |\n",
+        char gp[32], gu[32];
+        fmt_bytes(gp, sizeof gp, num_at(m, "max_case_gpu_peak"));
+        fmt_bytes(gu, sizeof gu, num_at(m, "max_case_gpu_used"));
+        tsb_printf(&b, " | %s | %d | %d | %d | %d | %.1f%% | %.0f | %s | %s | %s | %.1f | %.1f | ",
                    str_at(m, "outcome")[0] ? str_at(m, "outcome") : "-", (int)num_at(m, "cases"),
                    (int)num_at(m, "passed"), (int)num_at(m, "failed"), (int)num_at(m, "errors"),
                    100 * num_at(m, "pass_rate"), num_at(m, "load_ms"), x, y, z,
                    num_at(m, "mean_first_token_ms"), num_at(m, "mean_decode_tps"));
+        md_cell(&b, str_at(m, "device")[0] ? str_at(m, "device") : "-");
+        tsb_printf(&b, " | %s | %s | %d |\n", gp, gu, (int)num_at(m, "fallbacks"));
     }
     tsb_puts(&b, "\n## Summary per suite\n\n| model | suite | cases | passed | pass rate | turns "
                  "passed |\n|---|---|---|---|---|---|\n");
@@ -642,6 +685,80 @@ static const char html_style[] =
     "svg text{font-family:sans-serif;font-size:12px}svg .ct{font-size:14px;font-weight:bold}"
     "svg .ax{font-size:11px;fill:#555}.pre{white-space:pre-wrap;font-family:monospace}";
 
+/* Per case: where it ran, device memory per phase (accounted / as the
+ * device reports it), and the fallbacks with the rung before and after.
+ * Cases on the CPU without a fallback are counted, not listed, and at most
+ * DEVICE_ROWS rows are written, so the report stays small on long sweeps
+ * (results.jsonl has every case). */
+#define DEVICE_ROWS 200
+
+static void render_device_cases(tsb *b, const cJSON *records) {
+    int plain = 0, listed = 0, more = 0;
+    tsb_puts(b, "<h2>Device per case</h2>\n<table class=\"device-cases\"><thead><tr><th>model"
+                "</th><th>case</th><th>device</th><th>precision</th><th>GPU load</th><th>GPU "
+                "image</th><th>GPU prefill</th><th>GPU decode</th><th>GPU in use (device)</th>"
+                "<th>fallbacks</th></tr></thead><tbody>\n");
+    const cJSON *r;
+    cJSON_ArrayForEach(r, records) {
+        if (strcmp(str_at(r, "type"), "case") != 0) continue;
+        const cJSON *pl = cJSON_GetObjectItemCaseSensitive(r, "placement");
+        int n_fb = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(r, "fallbacks"));
+        const char *where = str_at(pl, "device");
+        if (n_fb == 0 && (!where[0] || strcmp(where, "cpu") == 0)) {
+            plain++;
+            continue;
+        }
+        if (listed == DEVICE_ROWS) {
+            more++;
+            continue;
+        }
+        listed++;
+        const cJSON *gpu = cJSON_GetObjectItemCaseSensitive(r, "gpu");
+        const cJSON *ga = cJSON_GetObjectItemCaseSensitive(gpu, "peak_accounted");
+        const cJSON *gd = cJSON_GetObjectItemCaseSensitive(gpu, "peak_device");
+        char dev[64], v[4][32], u[32];
+        if (pl)
+            placement_text(pl, dev, sizeof dev);
+        else
+            snprintf(dev, sizeof dev, "-");
+        static const char *const ph[4] = {"load", "image", "prefill", "decode"};
+        for (int i = 0; i < 4; i++) fmt_bytes(v[i], sizeof v[i], num_at(ga, ph[i]));
+        fmt_bytes(u, sizeof u, num_at(gd, "case"));
+        tsb_puts(b, "<tr class=\"device-case\"><td>");
+        tsb_html(b, str_at(r, "model"));
+        tsb_puts(b, "</td><td>");
+        tsb_html(b, str_at(r, "suite"));
+        tsb_puts(b, "/");
+        tsb_html(b, str_at(r, "case_id"));
+        tsb_puts(b, "</td><td>");
+        tsb_html(b, dev);
+        tsb_puts(b, "</td><td>");
+        tsb_html(b, str_at(pl, "precision"));
+        tsb_printf(b,
+                   "</td><td class=\"num\">%s</td><td class=\"num\">%s</td><td class=\"num\">"
+                   "%s</td><td class=\"num\">%s</td><td class=\"num\">%s</td><td>",
+                   v[0], v[1], v[2], v[3], u);
+        const cJSON *f;
+        int nf = 0;
+        cJSON_ArrayForEach(f, cJSON_GetObjectItemCaseSensitive(r, "fallbacks")) {
+            if (nf++) tsb_puts(b, "<br>");
+            tsb_html(b, str_at(f, "phase"));
+            tsb_puts(b, ": ");
+            tsb_html(b, str_at(f, "before"));
+            tsb_puts(b, " &rarr; ");
+            tsb_html(b, str_at(f, "after"));
+        }
+        if (!nf) tsb_puts(b, "none");
+        tsb_puts(b, "</td></tr>\n");
+    }
+    tsb_printf(b,
+               "</tbody></table>\n<p class=\"device-note\">%d case(s) ran on the CPU without a "
+               "fallback (device peak 0)%s",
+               plain, more ? "; " : ".");
+    if (more) tsb_printf(b, "%d more on the GPU or after a fallback: see results.jsonl.", more);
+    tsb_puts(b, "</p>\n");
+}
+
 static char *render_html(const cJSON *sum, const cJSON *records) {
     tsb b = {0};
     char x[64], y[64], z[64], w[64];
@@ -664,7 +781,8 @@ static char *render_html(const cJSON *sum, const cJSON *records) {
                  "<th>outcome</th><th>cases</th><th>passed</th><th>failed</th><th>errors</th>"
                  "<th>pass rate</th><th>load ms</th><th>RSS before load</th><th>after load</th>"
                  "<th>peak</th><th>after unload</th><th>residual</th><th>first token ms</th>"
-                 "<th>decode tok/s</th></tr></thead><tbody>\n");
+                 "<th>decode tok/s</th><th>device</th><th>GPU peak</th><th>GPU in use</th>"
+                 "<th>fallbacks</th></tr></thead><tbody>\n");
     const cJSON *m;
     cJSON_ArrayForEach(m, models) {
         const char *outcome = str_at(m, "outcome");
@@ -691,10 +809,18 @@ static char *render_html(const cJSON *sum, const cJSON *records) {
                    "class=\"num\">%d</td><td class=\"num\">%d</td><td class=\"num\">%.1f%%</td>"
                    "<td class=\"num\">%.0f</td><td class=\"num\">%s</td><td class=\"num\">%s</td>"
                    "<td class=\"num\">%s</td><td class=\"num\">%s</td><td class=\"num\">%s</td>"
-                   "<td class=\"num\">%.1f</td><td class=\"num\">%.1f</td></tr>\n",
+                   "<td class=\"num\">%.1f</td><td class=\"num\">%.1f</td><td class=\"device\">",
                    (int)num_at(m, "cases"), (int)num_at(m, "passed"), (int)num_at(m, "failed"),
                    (int)num_at(m, "errors"), 100 * num_at(m, "pass_rate"), num_at(m, "load_ms"), x,
                    y, z, w, r, num_at(m, "mean_first_token_ms"), num_at(m, "mean_decode_tps"));
+        tsb_html(&b, str_at(m, "device")[0] ? str_at(m, "device") : "-");
+        char gp[32], gu[32];
+        fmt_bytes(gp, sizeof gp, num_at(m, "max_case_gpu_peak"));
+        fmt_bytes(gu, sizeof gu, num_at(m, "max_case_gpu_used"));
+        tsb_printf(&b,
+                   "</td><td class=\"num gpu-peak\">%s</td><td class=\"num\">%s</td>"
+                   "<td class=\"num\">%d</td></tr>\n",
+                   gp, gu, (int)num_at(m, "fallbacks"));
     }
     tsb_puts(&b, "</tbody></table>\n<h2>Pass rate</h2>\n");
     /* pass_rate is 0..1; show percent. */
@@ -741,6 +867,7 @@ static char *render_html(const cJSON *sum, const cJSON *records) {
             vlm_free(cfg);
         }
     }
+    render_device_cases(&b, records);
     tsb_puts(&b,
              "<h2>Per suite</h2>\n<table class=\"suites\"><thead><tr><th>model</th><th>"
              "suite</th><th>cases</th><th>passed</th><th>pass rate</th><th>turns passed</th></tr>"

@@ -30,6 +30,10 @@
     "  --shard K/N         run the K-th of N deterministic slices of the cases\n"                  \
     "  --retry-fallback    re-run a crashed or OOM-killed model once with fewer\n"                 \
     "                      crops and a smaller context\n"                                          \
+    "  --device D          run every model on D (cuda, cpu, auto), over the models\n"              \
+    "                      file's \"device\" option\n"                                             \
+    "  --gpu-mem-budget SIZE  device bytes for every model's GPU rungs (over\n"                    \
+    "                      \"gpu_mem_budget\")\n"                                                  \
     "  --case-timeout S    kill a worker whose case runs longer (default 600)\n"                   \
     "  --model-timeout S   kill a worker whose model runs longer (default: none)\n"                \
     "  --json              print the summary (report.json) on stdout\n"                            \
@@ -77,6 +81,8 @@ typedef struct run_args {
     int shard_k, shard_n;
     bool retry_fallback;
     bool json;
+    const char *device;      /* --device: overrides every model's option */
+    uint64_t gpu_mem_budget; /* --gpu-mem-budget: likewise */
     tester_limits limits;
 } run_args;
 
@@ -116,7 +122,8 @@ static int parse_run_args(int argc, char **argv, run_args *a) {
                      strcmp(o, "--out") == 0 || strcmp(o, "--resume") == 0 ||
                      strcmp(o, "--shard") == 0 || strcmp(o, "--case-timeout") == 0 ||
                      strcmp(o, "--model-timeout") == 0 || strcmp(o, "--run-id") == 0 ||
-                     strcmp(o, "--load-timeout") == 0;
+                     strcmp(o, "--load-timeout") == 0 || strcmp(o, "--device") == 0 ||
+                     strcmp(o, "--gpu-mem-budget") == 0;
         if (takes && !v) {
             err_msg(cmd, "%s needs a value", o);
             return 2;
@@ -135,7 +142,19 @@ static int parse_run_args(int argc, char **argv, run_args *a) {
             a->retry_fallback = true;
         else if (strcmp(o, "--json") == 0)
             a->json = true;
-        else if (strcmp(o, "--shard") == 0) {
+        else if (strcmp(o, "--device") == 0) {
+            const char *d = argv[++i];
+            if (strcmp(d, "cuda") && strcmp(d, "cpu") && strcmp(d, "auto")) {
+                err_msg(cmd, "--device %s: expected cuda, cpu or auto", d);
+                return 2;
+            }
+            a->device = d;
+        } else if (strcmp(o, "--gpu-mem-budget") == 0) {
+            if (!tester_parse_size(argv[++i], &a->gpu_mem_budget) || a->gpu_mem_budget == 0) {
+                err_msg(cmd, "--gpu-mem-budget %s: expected a size such as 24G", argv[i]);
+                return 2;
+            }
+        } else if (strcmp(o, "--shard") == 0) {
             if (!tester_shard_parse(argv[++i], &a->shard_k, &a->shard_n)) {
                 err_msg(cmd, "--shard %s: expected K/N with 1 <= K <= N", argv[i]);
                 return 2;
@@ -413,11 +432,32 @@ static void on_case_end(model_run *mr, const cJSON *ev) {
         }
         cJSON_AddNumberToObject(r, "decode_tps", n ? tps / n : 0);
     }
-    static const char *const mem_keys[] = {"peak_rss", "peak_accounted", "peak_cat", NULL};
+    static const char *const mem_keys[] = {
+        "peak_rss", "peak_accounted", "peak_cat", "placement", "gpu", NULL};
     for (const char *const *k = mem_keys; *k; k++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(ev, *k);
         if (v) tjson_add(r, *k, cJSON_Duplicate(v, true));
     }
+    /* Fallbacks: the load's (from the worker) and this run's own retry with
+     * fewer crops and a smaller context (attempt 2). */
+    cJSON *fb = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(ev, "fallbacks"), true);
+    if (!fb) fb = cJSON_CreateArray();
+    if (fb && mr->fallback) {
+        cJSON *f = cJSON_CreateObject();
+        if (f) {
+            char before[96], after[96];
+            const tester_model_opts *o0 = &mr->job->model->opts, *o1 = &mr->job->opts;
+            snprintf(before, sizeof before, "num_crops %d, max_context %d", o0->num_crops,
+                     o0->max_context);
+            snprintf(after, sizeof after, "num_crops %d, max_context %d", o1->num_crops,
+                     o1->max_context);
+            cJSON_AddStringToObject(f, "phase", "worker");
+            cJSON_AddStringToObject(f, "before", before);
+            cJSON_AddStringToObject(f, "after", after);
+            tjson_push(fb, f);
+        }
+    }
+    if (fb) tjson_add(r, "fallbacks", fb);
     tjson_add(r, "turns", out_turns);
     if (passed)
         mr->n_passed++;
@@ -536,6 +576,8 @@ static bool run_model(const tester_backend *be, const run_args *a, const char *r
                       tester_results *res, const tester_model *model, tester_job_item *items,
                       size_t n_items, progress *prog, size_t *n_passed, size_t *n_failed) {
     tester_job job = {model, model->opts, items, n_items};
+    if (a->device) snprintf(job.opts.device, sizeof job.opts.device, "%s", a->device);
+    if (a->gpu_mem_budget) job.opts.gpu_mem_budget = a->gpu_mem_budget;
     bool ok = true;
     for (int attempt = 1; attempt <= 2 && job.n_items; attempt++) {
         model_run mr = {"run", run_id, res, &job, attempt, attempt > 1, prog, 0, 0, false};

@@ -129,6 +129,8 @@ static void handle_event(sup_state *s, const cJSON *ev, tester_event_fn on_event
     } else if (strcmp(name, "loaded") == 0) {
         s->loaded = true;
         set_num(r->record, "load_ms", num_at(ev, "load_ms"));
+        set_num(r->record, "gpu_peak_load", num_at(ev, "gpu_peak_load"));
+        set_num(r->record, "gpu_used_load", num_at(ev, "gpu_used_load"));
         set_num(r->record, "mem_after_load", rss);
         set_num(r->record, "accounted_after_load", num_at(mem, "accounted"));
         set_num(r->record, "mapped_after_load", num_at(mem, "mapped"));

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backend/gpu.h"
 #include "base/alloc.h"
 #include "base/json.h"
 #include "mem/monitor.h"
@@ -76,6 +77,76 @@ static void crash_oom(void) {
     raise(SIGABRT);
 }
 
+/* Device memory of the load (bytes; 0 without a GPU), and where the model's
+ * parts run with the load's fallbacks: what every case record carries. */
+typedef struct worker_model_info {
+    uint64_t gpu_peak_load, gpu_used_load;
+    cJSON *placement; /* {"device", "gpu_layers", "n_layers", "head_device", "vision_device",
+                         "precision", "rung"} */
+    cJSON *fallbacks; /* [{"phase": "load", "before", "after", "note"}] */
+} worker_model_info;
+
+static uint64_t gpu_used_now(void) {
+    vlm_gpu_info gi;
+    if (!vlm_gpu_built() || vlm_gpu_query(&gi, NULL) != VLM_OK || gi.total_bytes < gi.free_bytes)
+        return 0;
+    return gi.total_bytes - gi.free_bytes;
+}
+
+static const char *cfg_str(const cJSON *o, const char *k, const char *def) {
+    const char *s = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, k));
+    return s ? s : def;
+}
+
+static double cfg_num(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
+/* From the config the backend reported (a backend that says nothing of
+ * placement ran on the CPU). */
+static void model_info_from_config(const cJSON *config, worker_model_info *wi) {
+    const cJSON *plan = cJSON_GetObjectItemCaseSensitive(config, "plan");
+    wi->placement = cJSON_CreateObject();
+    if (wi->placement) {
+        cJSON *p = wi->placement;
+        cJSON_AddStringToObject(p, "device", cfg_str(config, "device", "cpu"));
+        cJSON_AddNumberToObject(p, "gpu_layers", cfg_num(config, "gpu_layers"));
+        cJSON_AddNumberToObject(p, "n_layers", cfg_num(config, "n_layers"));
+        cJSON_AddStringToObject(p, "head_device", cfg_str(config, "head_device", "cpu"));
+        cJSON_AddStringToObject(p, "vision_device", cfg_str(config, "vision_device", "cpu"));
+        cJSON_AddStringToObject(p, "precision", cfg_str(plan, "precision", ""));
+        cJSON_AddStringToObject(p, "rung", cfg_str(plan, "rung", ""));
+    }
+    wi->fallbacks = cJSON_CreateArray();
+    if (wi->fallbacks && cfg_num(plan, "fallbacks") > 0) {
+        cJSON *f = cJSON_CreateObject();
+        if (f) {
+            cJSON_AddStringToObject(f, "phase", "load");
+            cJSON_AddStringToObject(f, "before", cfg_str(plan, "first_rung", ""));
+            cJSON_AddStringToObject(f, "after", cfg_str(plan, "rung", ""));
+            cJSON_AddNumberToObject(f, "steps", cfg_num(plan, "fallbacks"));
+            cJSON_AddStringToObject(f, "note", cfg_str(plan, "fallback_note", ""));
+            tjson_push(wi->fallbacks, f);
+        }
+    }
+}
+
+/* {"load", "image", "prefill", "decode", "case"} of device bytes. */
+static cJSON *gpu_phases(uint64_t load, const uint64_t ph[3]) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    uint64_t c = load;
+    static const char *const names[3] = {"image", "prefill", "decode"};
+    cJSON_AddNumberToObject(o, "load", (double)load);
+    for (int i = 0; i < 3; i++) {
+        cJSON_AddNumberToObject(o, names[i], (double)ph[i]);
+        if (ph[i] > c) c = ph[i];
+    }
+    cJSON_AddNumberToObject(o, "case", (double)c);
+    return o;
+}
+
 static cJSON *turn_json(const char *answer, const vlm_gen_stats *st, double ms, const vlm_err *e) {
     cJSON *t = cJSON_CreateObject();
     if (!t) return NULL;
@@ -97,8 +168,9 @@ static cJSON *turn_json(const char *answer, const vlm_gen_stats *st, double ms, 
     return t;
 }
 
-static bool run_case(const tester_backend *be, void *model, const tester_job_item *it, int fd,
-                     size_t index) {
+static bool run_case(const tester_backend *be, void *model, const worker_model_info *wi,
+                     const tester_job_item *it, int fd, size_t index) {
+    uint64_t gpu_peak[3] = {0}, gpu_used[3] = {0}; /* image, prefill, decode: max over turns */
     cJSON *ev = event("case_start");
     if (ev) cJSON_AddNumberToObject(ev, "i", (double)index);
     if (!emit(fd, ev)) return false;
@@ -129,6 +201,12 @@ static bool run_case(const tester_backend *be, void *model, const tester_job_ite
             vlm_err_clear(&e);
             double t0 = memprobe_now_ms();
             vlm_status s = be->chat(sess, turn, &g, &answer, &st, &e);
+            const uint64_t pk[3] = {st.gpu_peak_image, st.gpu_peak_prefill, st.gpu_peak_decode};
+            const uint64_t us[3] = {st.gpu_used_image, st.gpu_used_prefill, st.gpu_used_decode};
+            for (int q = 0; q < 3; q++) {
+                if (pk[q] > gpu_peak[q]) gpu_peak[q] = pk[q];
+                if (us[q] > gpu_used[q]) gpu_used[q] = us[q];
+            }
             cJSON *t = turn_json(answer, &st, memprobe_now_ms() - t0, s ? &e : NULL);
             if (answer) be->answer_free(answer);
             if (t && turns)
@@ -153,6 +231,16 @@ static bool run_case(const tester_backend *be, void *model, const tester_job_ite
         cJSON *pc = cJSON_AddObjectToObject(ev, "peak_cat");
         for (int c = 0; pc && c < VLM_MEM_CAT_COUNT; c++)
             cJSON_AddNumberToObject(pc, vlm_mem_cat_name((vlm_mem_cat)c), (double)ms.peak[c]);
+        /* where it ran, device memory per phase, the fallbacks taken */
+        if (wi->placement) tjson_add(ev, "placement", cJSON_Duplicate(wi->placement, true));
+        cJSON *gpu = cJSON_AddObjectToObject(ev, "gpu");
+        if (gpu) {
+            cJSON *a = gpu_phases(wi->gpu_peak_load, gpu_peak);
+            if (a) tjson_add(gpu, "peak_accounted", a);
+            cJSON *d = gpu_phases(wi->gpu_used_load, gpu_used);
+            if (d) tjson_add(gpu, "peak_device", d);
+        }
+        if (wi->fallbacks) tjson_add(ev, "fallbacks", cJSON_Duplicate(wi->fallbacks, true));
     }
     cJSON_Delete(turns);
     return emit(fd, ev);
@@ -166,10 +254,18 @@ int tester_worker_run(const tester_backend *be, const tester_job *job, int fd) {
     vlm_err e;
     vlm_err_clear(&e);
     cJSON *config = cJSON_CreateObject();
+    worker_model_info wi;
+    memset(&wi, 0, sizeof wi);
+    vlm_gpu_monitor_install();
+    vlm_gpu_mem_reset_peak();
     double t0 = memprobe_now_ms();
     vlm_status st = config ? be->load(job, &model, config, &e)
                            : vlm_err_set(&e, VLM_ERR_NOMEM, "worker: out of memory");
     double load_ms = memprobe_now_ms() - t0;
+    vlm_gpu_mem_stats gs;
+    vlm_gpu_mem_stats_get(&gs);
+    wi.gpu_peak_load = gs.total_peak;
+    wi.gpu_used_load = gpu_used_now();
     if (st) {
         cJSON_Delete(config);
         cJSON *ev = event("load_error");
@@ -180,9 +276,12 @@ int tester_worker_run(const tester_backend *be, const tester_job *job, int fd) {
         emit(fd, ev);
         return TESTER_WORKER_LOAD_FAILED;
     }
+    model_info_from_config(config, &wi);
     cJSON *ev = event("loaded");
     if (ev) {
         cJSON_AddNumberToObject(ev, "load_ms", load_ms);
+        cJSON_AddNumberToObject(ev, "gpu_peak_load", (double)wi.gpu_peak_load);
+        cJSON_AddNumberToObject(ev, "gpu_used_load", (double)wi.gpu_used_load);
         tjson_add(ev, "config", config);
     } else {
         cJSON_Delete(config);
@@ -202,8 +301,12 @@ int tester_worker_run(const tester_backend *be, const tester_job *job, int fd) {
         break;
     }
 
-    for (size_t i = 0; i < job->n_items; i++)
-        if (!run_case(be, model, &job->items[i], fd, i)) return TESTER_WORKER_PIPE;
+    bool pipe_ok = true;
+    for (size_t i = 0; i < job->n_items && pipe_ok; i++)
+        pipe_ok = run_case(be, model, &wi, &job->items[i], fd, i);
+    cJSON_Delete(wi.placement);
+    cJSON_Delete(wi.fallbacks);
+    if (!pipe_ok) return TESTER_WORKER_PIPE;
 
     if (!emit(fd, event("unload_start"))) return TESTER_WORKER_PIPE;
     t0 = memprobe_now_ms();

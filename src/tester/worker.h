@@ -9,7 +9,12 @@
  *   {"ev":"start", "mem":{...}}                       before loading
  *   {"ev":"loaded", "load_ms", "config", "mem"}      or {"ev":"load_error", "msg"}
  *   {"ev":"case_start", "i"}                          i: index into the job's items
- *   {"ev":"case_end", "i", "turns":[...], "peak_rss", "peak_accounted", "peak_cat", "mem"}
+ *   {"ev":"case_end", "i", "turns":[...], "peak_rss", "peak_accounted", "peak_cat", "mem",
+ *    "placement": {"device", "gpu_layers", "n_layers", "head_device", "vision_device",
+ *                  "precision", "rung"},
+ *    "gpu": {"peak_accounted": {"load", "image", "prefill", "decode", "case"},
+ *            "peak_device": {...the same, as the device reports it in use}},
+ *    "fallbacks": [{"phase": "load", "before", "after", "steps", "note"}]}
  *   {"ev":"unloaded", "unload_ms", "mem"}
  *   {"ev":"done"}
  * where "mem" is {"rss", "hwm", "accounted", "cat": {"weights": bytes, ...}}. */

@@ -17,6 +17,7 @@ static vlm_status be_load(const tester_job *job, void **model, cJSON *config, vl
     lo.num_crops = o->num_crops;
     lo.max_context = o->max_context;
     lo.mem_budget = o->mem_budget;
+    lo.gpu_mem_budget = o->gpu_mem_budget;
     lo.n_threads = o->n_threads;
     vlm_model *m = NULL;
     vlm_status st = vlm_model_load(job->model->resolved, &lo, &m, err);
@@ -26,7 +27,11 @@ static vlm_status be_load(const tester_job *job, void **model, cJSON *config, vl
     vlm_model_desc d;
     vlm_model_describe(m, &d);
     cJSON_AddStringToObject(config, "backend", "libvlm");
-    cJSON_AddStringToObject(config, "device", "cpu"); /* the only backend this build has */
+    /* where the parts run: "cpu", "cuda" (all on the GPU), "cuda+cpu" */
+    cJSON_AddStringToObject(config, "device", d.device);
+    cJSON_AddNumberToObject(config, "gpu_layers", d.gpu_layers);
+    cJSON_AddStringToObject(config, "head_device", d.head_on_gpu ? "cuda" : "cpu");
+    cJSON_AddStringToObject(config, "vision_device", d.vision_on_gpu ? "cuda" : "cpu");
     cJSON_AddStringToObject(config, "arch", d.arch);
     cJSON_AddStringToObject(config, "dtype", d.dtype);
     cJSON_AddStringToObject(config, "path", d.path);
@@ -40,6 +45,8 @@ static vlm_status be_load(const tester_job *job, void **model, cJSON *config, vl
     cJSON_AddNumberToObject(config, "params_total", (double)d.params_total);
     cJSON_AddNumberToObject(config, "weight_bytes", (double)d.weight_bytes);
     if (lo.mem_budget) cJSON_AddNumberToObject(config, "mem_budget", (double)lo.mem_budget);
+    if (lo.gpu_mem_budget)
+        cJSON_AddNumberToObject(config, "gpu_mem_budget", (double)lo.gpu_mem_budget);
     /* the memory plan the load followed (docs/planner.md) */
     cJSON *plan = cJSON_AddObjectToObject(config, "plan");
     if (plan) {
@@ -52,6 +59,9 @@ static vlm_status be_load(const tester_job *job, void **model, cJSON *config, vl
         cJSON_AddNumberToObject(plan, "weight_bytes", (double)d.loaded_weight_bytes);
         cJSON_AddNumberToObject(plan, "fallbacks", d.fallbacks);
         cJSON_AddStringToObject(plan, "fallback_note", d.fallback_note);
+        cJSON_AddStringToObject(plan, "first_rung", d.first_rung);
+        cJSON_AddNumberToObject(plan, "gpu_estimated_bytes", (double)d.gpu_plan_bytes);
+        cJSON_AddNumberToObject(plan, "gpu_budget", (double)d.gpu_budget);
     }
     if (d.degraded || d.fallbacks > 0)
         fprintf(stderr, "vlmtest: warning: %s loaded at %s (%s%s%s)%s%s\n", job->model->resolved,

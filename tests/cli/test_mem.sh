@@ -3,6 +3,8 @@
 # this machine and on fixture copies of /proc and /sys; the table prints;
 # --watch repeats; bad arguments are usage errors.
 set -euo pipefail
+# The GPU part checks the machine without one; on the GPU machine it is hidden.
+export CUDA_VISIBLE_DEVICES=""
 : "${VLM_BIN:?}" "${VLM_SOURCE_DIR:?}"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -27,7 +29,10 @@ for k in ["some_avg10", "full_avg10"]:
     assert k in p and (p[k] is None or isinstance(p[k], num))
 cats = ["weights", "kv_cache", "activations", "image", "scratch", "other", "total"]
 assert all(isinstance(d["accounted"][c], num) for c in cats), d["accounted"]
+# no GPU in this build (or on this machine): said so
+assert d["gpu"] == "none", d["gpu"]
 PY
+"$VLM_BIN" mem | grep -q "^gpu none$"
 
 # The v1 fixture: values from its files.
 "$VLM_BIN" mem --json --root "$VLM_SOURCE_DIR/tests/data/proc/v1" >"$tmp/v1.json"

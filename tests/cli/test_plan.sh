@@ -6,6 +6,9 @@
 # Python from the shapes and the documented policy (docs/planner.md), not by
 # our code; the ladder's decisions are checked against the budget.
 set -euo pipefail
+# What is checked here is the machine without a GPU (the CI machine's case):
+# on the GPU machine the device is hidden, so the answers stay the same.
+export CUDA_VISIBLE_DEVICES=""
 tmp=$(mktemp -d /tmp/vlmtest-plan-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 TINY=$VLM_SOURCE_DIR/tests/data/tiny/f32
@@ -16,7 +19,7 @@ IDX=$VLM_SHARED_DIR/models/phi-3-vision-128k-instruct/model.safetensors.index.js
 "$VLM_BIN" plan "$TINY" --mem-budget 1G --threads 2 --context 1024 --json >"$tmp/tiny.json"
 "$VLM_BIN" plan "$TINY" --mem-budget 1G --threads 2 >"$tmp/tiny.txt"
 grep -q "chosen    cpu native" "$tmp/tiny.txt"
-grep -q "no GPU backend" "$tmp/tiny.txt"
+grep -q "not available (no GPU)" "$tmp/tiny.txt"
 python3 - "$tmp/tiny.json" "$TINY" <<'PY'
 import json, struct, sys, glob, os
 j = json.load(open(sys.argv[1]))
@@ -180,7 +183,7 @@ def check(j, budget):
     rungs = [r for r in j["rungs"] if r["device"] == "cpu"]
     for r in j["rungs"]:
         if r["device"] == "gpu":
-            assert not r["available"] and "no GPU backend" in r["reason"]
+            assert not r["available"] and "not available (no GPU)" in r["reason"]
     order = [r["precision"] for r in rungs if not r["degraded"]]
     assert order == ["native", "q8_0", "q4_K", "q4_0"][: len(order)], order
     for r in rungs[:-1]:
@@ -203,3 +206,65 @@ assert crops[:2] == [4, 1] and last["num_crops"] == 1 and last["context"] < 4096
 print("full size: native", big["chosen"]["peak"], "6G ->", six["chosen"]["label"],
       "4G ->", deg["chosen"]["label"])
 PY
+
+# --- GPU rungs planned without a GPU ----------------------------------------
+# A GPU budget of the fixed device part + 10.5 decoder layers: the partial
+# rung at native precision takes k = 10 (hand arithmetic from the spec's
+# shapes), listed as not available but with its estimate; --device cuda
+# fails with a clear message; --device cpu lists no GPU rung.
+read -r GPU_B <<<"$(python3 -c "
+H, I = 3072, 8192
+layer = 2 * (3 * H * H + H * H + 2 * I * H + H * I + 2 * H)   # bf16 weights
+kv = 2 * 4096 * 32 * 96 * 4                                    # f32 K and V, 4096 rows
+ws = 4 * (128 * H + 128 * (H + (32 + 2 * 32) * 96 + 32 * 96 + 3 * I + 96) + 4096)  # 1 stream
+# + the decoder's GPU context (cuBLAS 32 MiB + 512 x ff x 2 + 1 MiB) + CUDA context
+fixed = ws + (32 << 20) + 512 * I * 2 + (1 << 20) + (512 << 20)
+print(fixed + 10 * (layer + kv) + (layer + kv) // 2)")"
+"$VLM_BIN" plan "$full" --mem-budget 64G --gpu-mem-budget "$GPU_B" --num-crops 4 --threads 1 \
+    --json >"$tmp/gpu.json"
+python3 - "$tmp/gpu.json" "$GPU_B" <<'PY'
+import json, sys
+j, budget = json.load(open(sys.argv[1])), int(sys.argv[2])
+H, I = 3072, 8192
+layer = 2 * (3 * H * H + H * H + 2 * I * H + H * I + 2 * H)
+kv = 2 * 4096 * 32 * 96 * 4
+assert j["budget"]["gpu_bytes"] == budget and j["budget"]["gpu_source"] == "--gpu-mem-budget"
+assert j["gpu"]["available"] is False and j["device"] == "auto"
+gpu = [r for r in j["rungs"] if r["device"] == "gpu"]
+assert [r["label"].split(",")[0] for r in gpu[:3]] == ["gpu native", "gpu q8_0", "gpu q4_0"]
+for r in gpu:
+    assert not r["available"] and not r["fits"] and "not available (no GPU)" in r["reason"], r
+for r in gpu[:3]:  # everything on the GPU does not fit this budget
+    assert not r["fits_budgets"] and r["gpu_bytes"] > budget and r["gpu_layers"] == 32, r
+part = gpu[3]
+assert part["label"] == "gpu native, 10/32 layers, vision cpu", part["label"]
+assert part["fits_budgets"] and part["gpu_layers"] == 10 and not part["vision_on_gpu"]
+assert part["gpu"]["weights"] == 10 * layer and part["gpu"]["kv_cache"] == 10 * kv
+assert part["gpu"]["cuda_context"] == 512 << 20
+assert part["gpu"]["cublas_workspace"] == (32 << 20) + 512 * I * 2 + (1 << 20)
+assert part["gpu_bytes"] == sum(part["gpu"].values()) <= budget
+# the host keeps the 22 other layers' cache
+assert part["bytes"]["kv_cache"] - 22 * kv in range(0, 256)
+assert j["chosen"]["device"] == "cpu" and j["chosen"]["precision"] == "native"
+print("gpu budget", budget, "->", part["label"])
+PY
+# --device cuda without a GPU: exit 1, says so, still shows the estimate
+rc=0; "$VLM_BIN" plan "$full" --device cuda --mem-budget 64G --gpu-mem-budget "$GPU_B" \
+    --num-crops 4 --threads 1 >"$tmp/cuda.txt" 2>"$tmp/err" || rc=$?
+[ "$rc" = 1 ] || { echo "plan --device cuda exit $rc" >&2; exit 1; }
+grep -q -- "--device cuda: no GPU" "$tmp/err"
+grep -q "would fit:    gpu native, 10/32 layers, vision cpu" "$tmp/cuda.txt"
+grep -q "cuda_context" "$tmp/cuda.txt"
+if grep -q "cpu native" "$tmp/cuda.txt"; then echo "cpu rung under --device cuda" >&2; exit 1; fi
+# --device cpu: no GPU rung
+"$VLM_BIN" plan "$full" --device cpu --gpu-mem-budget 80G --num-crops 4 --json >"$tmp/cpu.json"
+python3 -c "
+import json; j = json.load(open('$tmp/cpu.json'))
+assert j['device'] == 'cpu' and all(r['device'] == 'cpu' for r in j['rungs']), j['rungs']"
+# bad values: usage errors (exit 2)
+for bad in "--device tpu" "--device ''" "--gpu-mem-budget lots" "--gpu-mem-budget 0" \
+    "--gpu-mem-budget -3G"; do
+    rc=0; eval "\"\$VLM_BIN\" plan \"\$TINY\" $bad" 2>"$tmp/err" || rc=$?
+    [ "$rc" = 2 ] || { echo "plan $bad: exit $rc" >&2; exit 1; }
+done
+grep -q "gpu-mem-budget wants a size" "$tmp/err"

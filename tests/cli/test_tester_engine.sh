@@ -11,6 +11,9 @@
 #   - the HTML report of these real results opens in headless Chromium with
 #     one summary row and one memory timeline per model.
 set -euo pipefail
+# What is checked here is the machine without a GPU (the CI machine's case):
+# on the GPU machine the device is hidden, so the answers stay the same.
+export CUDA_VISIBLE_DEVICES=""
 : "${VLM_BIN:?}" "${VLM_SOURCE_DIR:?}"
 src=$VLM_SOURCE_DIR
 tmp=$(mktemp -d /tmp/vlmtest-engine-XXXXXX)
@@ -53,7 +56,7 @@ PY
 # --- 1. a crashing model, then good ones
 rc=0
 "$VLM_BIN" run tiny-crash tiny-f32 --models models.json --suite "$src/suites/colors" \
-  --out res --run-id crash > crash.log 2>&1 || rc=$?
+  --out res --run-id crash --device cpu > crash.log 2>&1 || rc=$?
 [ "$rc" -eq 1 ] || { cat crash.log; fail "run with a crashing model: exit $rc, expected 1"; }
 python3 - res/crash/results.jsonl <<'PY' || { cat crash.log; fail "crash run records"; }
 import json, sys
@@ -84,11 +87,68 @@ for c in ran:
     assert c["peak_rss"] > 0 and c["peak_accounted"] > 0, c
     assert sum(c["peak_cat"].values()) >= c["peak_accounted"] > 0, c["peak_cat"]
     assert c["peak_cat"]["kv_cache"] > 0, c["peak_cat"]
+# Where each part ran (--device cpu: everything on the CPU), device memory
+# per phase (0 without a GPU), no fallback.
+assert good["options"]["device"] == "cpu", good["options"]
+assert cfg["device"] == "cpu" and cfg["gpu_layers"] == 0 and cfg["vision_device"] == "cpu", cfg
+assert cfg["plan"]["gpu_estimated_bytes"] == 0 and cfg["plan"]["first_rung"] == "cpu native", cfg
+assert good["gpu_peak_load"] == 0 and good["gpu_used_load"] == 0, good
+for c in ran:
+    pl = c["placement"]
+    assert pl["device"] == "cpu" and pl["gpu_layers"] == 0 and pl["n_layers"] == 2, pl
+    assert pl["head_device"] == "cpu" and pl["vision_device"] == "cpu", pl
+    assert pl["precision"] == "native" and pl["rung"] == "cpu native", pl
+    for k in ("peak_accounted", "peak_device"):
+        g = c["gpu"][k]
+        assert set(g) == {"load", "image", "prefill", "decode", "case"}, g
+        assert all(v == 0 for v in g.values()), g
+    assert c["fallbacks"] == [], c["fallbacks"]
 # The timeline draws each case with its peak bytes per category.
 starts = [e for e in good["timeline"]["events"] if e["ev"] == "case_start"]
 assert len(starts) == 9 and all(e.get("cat_is_peak") for e in starts), starts[:2]
 assert all(sum(e["cat"].values()) > 0 for e in starts), starts[:2]
 PY
+
+# The summary, the Markdown table and the HTML say where it ran.
+python3 - res/crash <<'PY' || fail "device fields in the reports"
+import json, sys, os
+d = sys.argv[1]
+rep = json.load(open(os.path.join(d, "report.json")))
+m = {x["model"]: x for x in rep["models"]}["Tiny-F32"]
+assert m["device"] == "cpu" and m["max_case_gpu_peak"] == 0 and m["max_case_gpu_used"] == 0, m
+assert m["fallbacks"] == 0, m
+md = open(os.path.join(d, "report.md")).read()
+assert "| device | GPU peak | GPU in use | fallbacks |" in md
+row = [l for l in md.splitlines() if l.startswith("| Tiny-F32 |")][0]
+assert row.endswith("| cpu | 0 B | 0 B | 0 |"), row
+html = open(os.path.join(d, "report.html")).read()
+assert "<th>GPU peak</th>" in html and "Device per case" in html
+# 9 cases of Tiny-F32 and the crashed model's 9 (never placed): no row
+assert "18 case(s) ran on the CPU without a fallback (device peak 0)" in html
+assert 'class="device-case"' not in html
+PY
+
+# --device cuda without a GPU: the load fails with a clear message
+# and the run exits 1; a bad --device or --gpu-mem-budget is a usage error.
+rc=0
+"$VLM_BIN" run tiny-f32 --models models.json --suite "$src/suites/colors" --out res \
+  --run-id cuda --device cuda > cuda.log 2>&1 || rc=$?
+[ "$rc" -eq 1 ] || { cat cuda.log; fail "run --device cuda: exit $rc, expected 1"; }
+python3 - res/cuda/results.jsonl <<'PY' || { cat cuda.log; fail "run --device cuda records"; }
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+m = [r for r in recs if r["type"] == "model"][0]
+# no CUDA backend built, or built and no device visible
+assert m["outcome"] == "load_error", m
+assert "no CUDA backend" in m["detail"] or "no GPU: " in m["detail"], m
+assert m["options"]["device"] == "cuda", m["options"]
+PY
+for bad in "--device tpu" "--gpu-mem-budget lots" "--gpu-mem-budget 0"; do
+  rc=0
+  # shellcheck disable=SC2086
+  "$VLM_BIN" run tiny-f32 --models models.json --out res $bad > bad.log 2>&1 || rc=$?
+  [ "$rc" -eq 2 ] || { cat bad.log; fail "run $bad: exit $rc, expected 2"; }
+done
 
 # --- 2. memcheck
 for m in tiny-f32 TINY-BF16; do

@@ -99,6 +99,72 @@ static void test_sampler_ring_wraps(void **state) {
     vlm_mem_sampler_destroy(s);
 }
 
+/* A device as the GPU backend's probe would report it: 80 GiB, a used
+ * figure the test moves, accounted bytes below it. */
+static _Atomic uint64_t fake_free;
+
+static bool fake_probe(vlm_gpu_mem *out) {
+    snprintf(out->name, sizeof out->name, "Fake GPU");
+    out->total_bytes = 80ull << 30;
+    out->free_bytes = atomic_load(&fake_free);
+    out->accounted_bytes = 1000;
+    out->accounted_peak = 3000;
+    return true;
+}
+
+/* The probe's figures reach the snapshot (and its JSON: "none" without
+ * one) and the sampler's timeline and device peak. */
+static void test_gpu_probe(void **state) {
+    (void)state;
+    vlm_mem_snapshot snap;
+    vlm_mem_snapshot_take(NULL, &snap);
+    assert_false(snap.gpu.have);
+    cJSON *j = vlm_mem_snapshot_to_json(&snap);
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(j, "gpu")), "none");
+    cJSON_Delete(j);
+
+    atomic_store(&fake_free, 70ull << 30);
+    vlm_mem_set_gpu_probe(fake_probe);
+    vlm_mem_snapshot_take(NULL, &snap);
+    assert_true(snap.gpu.have);
+    assert_int_equal(snap.gpu.used_bytes, 10ull << 30);
+    j = vlm_mem_snapshot_to_json(&snap);
+    cJSON *g = cJSON_GetObjectItem(j, "gpu");
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(g, "name")), "Fake GPU");
+    assert_int_equal((uint64_t)cJSON_GetNumberValue(cJSON_GetObjectItem(g, "used_bytes")),
+                     10ull << 30);
+    assert_int_equal((uint64_t)cJSON_GetNumberValue(cJSON_GetObjectItem(g, "accounted_peak_bytes")),
+                     3000);
+    /* NVML: absent here (no driver), and said so */
+    if (!snap.gpu.have_process)
+        assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(g, "process_source")),
+                            "none (no NVML)");
+    cJSON_Delete(j);
+
+    vlm_mem_sampler_config cfg = {.interval_ms = 5, .threshold_bytes = VLM_MEM_NO_LIMIT};
+    vlm_mem_sampler *s;
+    assert_int_equal(vlm_mem_sampler_start(&cfg, &s, NULL), VLM_OK);
+    sleep_ms(40);
+    atomic_store(&fake_free, 60ull << 30); /* 20 GiB in use for a while */
+    sleep_ms(40);
+    atomic_store(&fake_free, 75ull << 30);
+    sleep_ms(40);
+    vlm_mem_sampler_stop(s);
+    vlm_mem_sample pk, last;
+    vlm_mem_sampler_gpu_peak(s, &pk);
+    assert_int_equal(pk.gpu_bytes, 20ull << 30);
+    assert_int_equal(pk.gpu_accounted, 1000);
+    assert_true(vlm_mem_sampler_get(s, vlm_mem_sampler_count(s) - 1, &last));
+    assert_int_equal(last.gpu_bytes, 5ull << 30);
+    j = vlm_mem_sampler_to_json(s);
+    assert_int_equal((uint64_t)cJSON_GetNumberValue(
+                         cJSON_GetObjectItem(cJSON_GetObjectItem(j, "peak_gpu"), "gpu_bytes")),
+                     20ull << 30);
+    cJSON_Delete(j);
+    vlm_mem_sampler_destroy(s);
+    vlm_mem_set_gpu_probe(NULL);
+}
+
 typedef struct alarm_seen {
     _Atomic int calls; /* read by the test while the sampler runs */
     uint64_t rss;
@@ -224,6 +290,7 @@ int main(void) {
         cmocka_unit_test(test_nested_scopes),
         cmocka_unit_test(test_sampler_timeline_and_peak),
         cmocka_unit_test(test_sampler_ring_wraps),
+        cmocka_unit_test(test_gpu_probe),
         cmocka_unit_test(test_sampler_alarm),
         cmocka_unit_test(test_sampler_nomem),
     };

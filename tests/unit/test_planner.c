@@ -247,7 +247,7 @@ static void test_ladder(void **state) {
     assert_int_equal(chosen(p)->e.s.precision, VLM_PREC_NATIVE);
     assert_int_equal(chosen(p)->e.s.crop_group, 17);
     assert_true(p->rungs[0].e.s.device == PLAN_GPU && !p->rungs[0].available);
-    assert_non_null(strstr(p->rungs[0].reason, "no GPU backend"));
+    assert_non_null(strstr(p->rungs[0].reason, "not available (no GPU)"));
 
     /* between q8_0 and native: q8_0, native rejected with its bytes */
     r.mem_budget = q8 + 1;
@@ -499,6 +499,311 @@ static void sweep(const char *dir, uint64_t stride) {
     free(p);
 }
 
+/* ---------------------------------------------------------------------------
+ * the GPU rungs (planned with a GPU budget given; no GPU is needed) */
+
+/* Full-size bf16, by hand from spec §8 (shapes in docs/planner.md):
+ * one decoder layer: qkv 9216 x 3072 + o 3072 x 3072 + gate_up 16384 x 3072
+ * + down 3072 x 8192 + 2 norms x 3072 = 113,252,352 params = 226,504,704 B;
+ * its KV at 4096 f32: 2 x 4096 x (32 x 96) x 4 = 100,663,296 B;
+ * embed_tokens and lm_head 32064 x 3072 = 197,001,216 B each, model.norm
+ * 6,144 B; vision tower (CLIP layers 0..22, embeddings, pre-LN) + projector +
+ * separators: 312,943,616 params = 625,887,232 B. */
+#define LAYER_W   226504704ull
+#define LAYER_KV  100663296ull
+#define HEAD_W    (2 * 197001216ull + 6144ull)
+#define VISION_W  625887232ull
+#define PREFILL_1 (5521408ull * 4) /* chunk 128, one thread (test_full_components) */
+/* the decoder's GPU context: cuBLAS 32 MiB + 512 x 8192 x 2 + 1 MiB; the
+ * tower's: cuBLAS 32 MiB + 1024 x 4096 x 2 (models/phi3_gpu.c, clip_gpu.c) */
+#define CTX_DEC   (PLAN_GPU_CUBLAS_BYTES + 512ull * 8192 * 2 + (1ull << 20))
+#define CTX_VIS   (PLAN_GPU_CUBLAS_BYTES + 1024ull * 4096 * 2)
+#define GPU_FIXED (PREFILL_1 + CTX_DEC + PLAN_GPU_CONTEXT_BYTES)
+
+static void test_gpu_components(void **state) {
+    (void)state;
+    plan_model pm;
+    full_model(&pm);
+    plan_request r;
+    plan_request_init(&r);
+    r.n_threads = 1;
+    plan_setting s = {VLM_PREC_NATIVE, 4096, 16, 1, PLAN_GPU, 32, true};
+    plan_estimate e, cpu;
+    vlm_err err;
+    assert_int_equal(plan_estimate_setting(&pm, &r, &s, &e, &err), VLM_OK);
+    /* everything on the GPU: every used weight, the whole cache, logits */
+    assert_int_equal(e.gpu[PLAN_GPU_WEIGHTS], 8268046336ull);
+    assert_int_equal(e.gpu[PLAN_GPU_WEIGHTS], 32 * LAYER_W + HEAD_W + VISION_W);
+    assert_int_equal(e.gpu[PLAN_GPU_KV_CACHE], 32 * LAYER_KV);
+    assert_int_equal(e.gpu[PLAN_GPU_PREFILL], PREFILL_1);
+    assert_int_equal(e.gpu[PLAN_GPU_VISION], e.vision_group1);
+    assert_int_equal(e.gpu[PLAN_GPU_LOGITS], 32064ull * 4);
+    assert_int_equal(e.gpu[PLAN_GPU_CUBLAS], CTX_DEC + CTX_VIS);
+    assert_int_equal(e.gpu[PLAN_GPU_CONTEXT], PLAN_GPU_CONTEXT_BYTES);
+    uint64_t sum = 0;
+    for (int i = 0; i < PLAN_GPU_COMP_COUNT; i++) sum += e.gpu[i];
+    assert_int_equal(e.gpu_bytes, sum);
+    assert_true(e.head_on_gpu);
+    /* the host keeps no weight, no cache row, no decoder workspace, no
+     * vision workspace; it stages the largest transfer (a chunk of 128
+     * hidden rows: 393,216 floats > 32,064 logits > one crop's 338,688
+     * pixels) and holds one tensor on its way up (embed_tokens: mapped +
+     * copy) */
+    assert_int_equal(e.bytes[PLAN_WEIGHTS], 0);
+    assert_true(e.bytes[PLAN_KV_CACHE] < 256); /* the struct */
+    assert_int_equal(e.bytes[PLAN_PREFILL], 0);
+    assert_int_equal(e.bytes[PLAN_VISION], 0);
+    assert_int_equal(e.bytes[PLAN_PINNED_STAGING], 128ull * 3072 * 4);
+    assert_int_equal(e.bytes[PLAN_LOAD_SCRATCH], 2 * 197001216ull);
+    assert_int_equal(e.bytes[PLAN_LOGITS], 32064ull * 4); /* the sampler's copy */
+
+    /* the first 10 layers, vision on the CPU: the host holds the other 22
+     * layers, the head and the tower, their cache and its workspace */
+    s.gpu_layers = 10;
+    s.vision_on_gpu = false;
+    assert_int_equal(plan_estimate_setting(&pm, &r, &s, &e, &err), VLM_OK);
+    assert_false(e.head_on_gpu);
+    assert_int_equal(e.gpu[PLAN_GPU_WEIGHTS], 10 * LAYER_W);
+    assert_int_equal(e.gpu[PLAN_GPU_KV_CACHE], 10 * LAYER_KV);
+    assert_int_equal(e.gpu[PLAN_GPU_VISION] + e.gpu[PLAN_GPU_LOGITS], 0);
+    assert_int_equal(e.gpu_bytes, 10 * (LAYER_W + LAYER_KV) + GPU_FIXED);
+    assert_int_equal(e.bytes[PLAN_WEIGHTS], 22 * LAYER_W + HEAD_W + VISION_W);
+    plan_setting c = {VLM_PREC_NATIVE, 4096, 16, 1, PLAN_CPU, 0, false};
+    assert_int_equal(plan_estimate_setting(&pm, &r, &c, &cpu, &err), VLM_OK);
+    assert_int_equal(e.bytes[PLAN_KV_CACHE], cpu.bytes[PLAN_KV_CACHE] - 10 * LAYER_KV);
+    assert_int_equal(e.bytes[PLAN_PREFILL], cpu.bytes[PLAN_PREFILL]);
+    assert_int_equal(e.bytes[PLAN_VISION], cpu.bytes[PLAN_VISION]);
+
+    /* the tower alone on the GPU (no layer): its weights and one group */
+    s.gpu_layers = 0;
+    s.vision_on_gpu = true;
+    assert_int_equal(plan_estimate_setting(&pm, &r, &s, &e, &err), VLM_OK);
+    assert_int_equal(e.gpu[PLAN_GPU_WEIGHTS], VISION_W);
+    assert_int_equal(e.gpu[PLAN_GPU_PREFILL] + e.gpu[PLAN_GPU_KV_CACHE], 0);
+
+    /* the placement handed to the model */
+    vlm_placement pl;
+    s.gpu_layers = 32;
+    plan_setting_placement(&s, 32, &pl);
+    assert_true(pl.gpu_layers == 32 && pl.head_on_gpu && pl.vision_on_gpu);
+    s.gpu_layers = 31;
+    s.vision_on_gpu = false;
+    plan_setting_placement(&s, 32, &pl);
+    assert_true(pl.gpu_layers == 31 && !pl.head_on_gpu && !pl.vision_on_gpu);
+    plan_setting_placement(&c, 32, &pl);
+    assert_false(vlm_placement_uses_gpu(&pl));
+    plan_model_free(&pm);
+}
+
+static uint64_t gpu_need(const plan_model *pm, const plan_request *r, vlm_precision p, int k,
+                         bool vision) {
+    plan_setting s = {p, 4096, 4, 1, PLAN_GPU, k, vision}; /* one crop at a time */
+    plan_estimate e;
+    vlm_err err;
+    assert_int_equal(plan_estimate_setting(pm, r, &s, &e, &err), VLM_OK);
+    return e.gpu_bytes;
+}
+
+static void test_gpu_ladder(void **state) {
+    (void)state;
+    plan_model pm;
+    full_model(&pm);
+    plan_request r;
+    plan_request_init(&r);
+    r.n_threads = 1;
+    r.num_crops = 4;
+    r.mem_budget = 64 * GiB;
+    r.gpu_available = true; /* as plan_request_detect_gpu would say on a GPU machine */
+    vlm_plan *p = calloc(1, sizeof *p);
+    vlm_err err;
+
+    /* the default budget from the free memory: 5%, at least 256 MiB */
+    assert_int_equal(plan_gpu_budget_from_free(80 * GiB), 80 * GiB - 80 * GiB / 100 * 5);
+    assert_int_equal(plan_gpu_budget_from_free(2 * GiB), 2 * GiB - 256 * (1u << 20));
+    assert_int_equal(plan_gpu_budget_from_free(200u << 20), 0);
+    r.gpu_free_bytes = 80 * GiB;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_int_equal(p->gpu_budget, plan_gpu_budget_from_free(80 * GiB));
+    assert_false(p->gpu_budget_given);
+    /* a big card: everything on it at the stored precision, step 0 */
+    assert_int_equal(p->chosen, 0);
+    assert_string_equal(chosen(p)->label, "gpu native");
+    assert_true(chosen(p)->e.head_on_gpu && chosen(p)->e.s.vision_on_gpu);
+    assert_int_equal(chosen(p)->e.s.gpu_layers, 32);
+    assert_int_equal(chosen(p)->e.s.crop_group, 5);
+
+    /* between all-q8_0 and all-native: q8_0, native turned down for the GPU */
+    uint64_t nat = gpu_need(&pm, &r, VLM_PREC_NATIVE, 32, true);
+    uint64_t q8 = gpu_need(&pm, &r, VLM_PREC_Q8_0, 32, true);
+    uint64_t q4 = gpu_need(&pm, &r, VLM_PREC_Q4_0, 32, true);
+    assert_true(nat > q8 && q8 > q4);
+    r.gpu_mem_budget = q8;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_true(p->gpu_budget_given);
+    assert_string_equal(chosen(p)->label, "gpu q8_0");
+    assert_int_equal(chosen(p)->gpu_step, 1);
+    assert_non_null(strstr(p->rungs[0].reason, "on the GPU > gpu budget"));
+    r.gpu_mem_budget = q8 - 1;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_string_equal(chosen(p)->label, "gpu q4_0");
+
+    /* below all-q4_0: the first k layers at native, k the most that fit:
+     * 10 layers and half of an 11th beyond the fixed part */
+    r.gpu_mem_budget = GPU_FIXED + 10 * (LAYER_W + LAYER_KV) + (LAYER_W + LAYER_KV) / 2;
+    assert_true(r.gpu_mem_budget < q4);
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    const plan_rung *g = chosen(p);
+    assert_int_equal(g->gpu_step, 3);
+    assert_int_equal(g->e.s.precision, VLM_PREC_NATIVE);
+    assert_int_equal(g->e.s.gpu_layers, 10);
+    assert_false(g->e.s.vision_on_gpu); /* 625 MB do not fit in half a layer */
+    assert_false(g->e.head_on_gpu);
+    assert_string_equal(g->label, "gpu native, 10/32 layers, vision cpu");
+    assert_int_equal(g->e.gpu_bytes, GPU_FIXED + 10 * (LAYER_W + LAYER_KV));
+    /* exactly 11 layers' worth: 11 */
+    r.gpu_mem_budget = GPU_FIXED + 11 * (LAYER_W + LAYER_KV);
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_int_equal(chosen(p)->e.s.gpu_layers, 11);
+
+    /* native asked for (all-q8_0 would fit first otherwise): every layer
+     * and the head fit, the tower does not: placed on its own, on the CPU,
+     * with all 32 layers on the GPU */
+    uint64_t all_layers = gpu_need(&pm, &r, VLM_PREC_NATIVE, 32, false);
+    assert_true(all_layers < nat);
+    r.gpu_mem_budget = all_layers;
+    r.precision = VLM_PREC_NATIVE;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    g = chosen(p);
+    assert_int_equal(g->gpu_step, 1); /* native only: all, then partial */
+    assert_int_equal(g->e.s.gpu_layers, 32);
+    assert_true(g->e.head_on_gpu);
+    assert_false(g->e.s.vision_on_gpu);
+    assert_string_equal(g->label, "gpu native, 32/32 layers, vision cpu");
+    r.precision = -1;
+
+    /* both budgets: the host's too. A GPU rung whose host share does not
+     * fit is turned down, and so is the CPU. */
+    r.gpu_mem_budget = 0;
+    r.mem_budget = 256u << 20;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_int_equal(p->chosen, -1);
+    assert_non_null(strstr(p->rungs[0].reason, "on the host > budget"));
+    assert_true(p->rungs[0].e.gpu_bytes <= p->gpu_budget);
+    r.mem_budget = 64 * GiB;
+
+    /* without a GPU: listed with estimates, never chosen; "would fit" */
+    r.gpu_available = false;
+    r.gpu_mem_budget = 80 * GiB;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_int_equal(chosen(p)->e.s.device, PLAN_CPU);
+    assert_false(p->rungs[0].available);
+    assert_true(p->rungs[0].fits_budgets);
+    assert_non_null(strstr(p->rungs[0].reason, "not available (no GPU); would fit"));
+    /* every crop at once: nat (one at a time) + the larger vision group */
+    assert_int_equal(p->rungs[0].e.s.crop_group, 5);
+    assert_int_equal(p->rungs[0].e.gpu_bytes,
+                     nat - p->rungs[0].e.vision_group1 + p->rungs[0].e.gpu[PLAN_GPU_VISION]);
+
+    /* --device cpu: no GPU rung; --device cuda: no CPU rung */
+    r.gpu_available = true;
+    r.device = PLAN_DEVICE_CPU;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    for (int i = 0; i < p->n_rungs; i++) assert_int_equal(p->rungs[i].e.s.device, PLAN_CPU);
+    r.device = PLAN_DEVICE_CUDA;
+    r.gpu_mem_budget = 1u << 20;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_int_equal(p->chosen, -1);
+    assert_int_equal(p->n_rungs, 6); /* native, q8_0, q4_0; all and partial */
+    for (int i = 0; i < p->n_rungs; i++) assert_int_equal(p->rungs[i].e.s.device, PLAN_GPU);
+
+    /* the fallback after device out-of-memory at step 0 starts at step 1 */
+    r.device = PLAN_DEVICE_AUTO;
+    r.gpu_mem_budget = 80 * GiB;
+    r.gpu_from = 1;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_string_equal(chosen(p)->label, "gpu q8_0");
+    assert_int_equal(p->rungs[0].gpu_step, 1);
+    r.gpu_from = 0;
+
+    /* JSON: device and host components, the split, the placement */
+    vlm_json_init();
+    r.gpu_mem_budget = GPU_FIXED + 10 * (LAYER_W + LAYER_KV);
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    cJSON *j = vlm_plan_to_json(&pm, p);
+    assert_non_null(j);
+    assert_string_equal(cJSON_GetObjectItem(j, "device")->valuestring, "auto");
+    cJSON *b = cJSON_GetObjectItem(j, "budget");
+    assert_string_equal(cJSON_GetObjectItem(b, "gpu_source")->valuestring, "--gpu-mem-budget");
+    cJSON *c = cJSON_GetObjectItem(j, "chosen");
+    assert_string_equal(cJSON_GetObjectItem(c, "device")->valuestring, "gpu");
+    assert_int_equal((int)cJSON_GetObjectItem(c, "gpu_layers")->valuedouble, 10);
+    assert_int_equal((int)cJSON_GetObjectItem(c, "n_layers")->valuedouble, 32);
+    assert_true(cJSON_IsFalse(cJSON_GetObjectItem(c, "vision_on_gpu")));
+    cJSON *gc = cJSON_GetObjectItem(c, "gpu");
+    assert_int_equal((uint64_t)cJSON_GetObjectItem(gc, "weights")->valuedouble, 10 * LAYER_W);
+    assert_int_equal((uint64_t)cJSON_GetObjectItem(gc, "kv_cache")->valuedouble, 10 * LAYER_KV);
+    assert_int_equal((uint64_t)cJSON_GetObjectItem(gc, "cuda_context")->valuedouble,
+                     PLAN_GPU_CONTEXT_BYTES);
+    assert_int_equal((uint64_t)cJSON_GetObjectItem(c, "gpu_bytes")->valuedouble,
+                     GPU_FIXED + 10 * (LAYER_W + LAYER_KV));
+    cJSON *hb = cJSON_GetObjectItem(c, "bytes");
+    assert_int_equal((uint64_t)cJSON_GetObjectItem(hb, "weights")->valuedouble,
+                     22 * LAYER_W + HEAD_W + VISION_W);
+    cJSON_Delete(j);
+    free(p);
+    plan_model_free(&pm);
+}
+
+/* The tower's placement does not follow the layers': it joins the GPU
+ * beside fewer than all layers when the budget leaves room for it after k.
+ * That needs a layer heavier than the tower: at the model's full 131,072
+ * positions one layer's f32 cache is 3 GiB (2 x 131072 x 3072 x 4 B), the
+ * tower with its GPU context about 0.7 GB. */
+static uint64_t gpu_need_ctx(const plan_model *pm, const plan_request *r, int64_t ctx, int k,
+                             bool vision) {
+    plan_setting s = {VLM_PREC_NATIVE, ctx, 4, 1, PLAN_GPU, k, vision};
+    plan_estimate e;
+    vlm_err err;
+    assert_int_equal(plan_estimate_setting(pm, r, &s, &e, &err), VLM_OK);
+    return e.gpu_bytes;
+}
+
+static void test_gpu_vision_independent(void **state) {
+    (void)state;
+    plan_model pm;
+    full_model(&pm);
+    plan_request r;
+    plan_request_init(&r);
+    r.n_threads = 1;
+    r.num_crops = 4;
+    r.context = 131072;
+    r.mem_budget = 1024 * GiB; /* the host's share is not what this test is about */
+    r.gpu_available = true;
+    vlm_err err;
+    uint64_t k5_vis = gpu_need_ctx(&pm, &r, 131072, 5, true);
+    uint64_t k6 = gpu_need_ctx(&pm, &r, 131072, 6, false);
+    assert_true(k5_vis < k6); /* the precondition: the tower weighs less than a layer here */
+    r.gpu_mem_budget = k5_vis;
+    vlm_plan *p = calloc(1, sizeof *p);
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    const plan_rung *g = chosen(p);
+    assert_int_equal(g->e.s.device, PLAN_GPU);
+    assert_int_equal(g->e.s.precision, VLM_PREC_NATIVE);
+    assert_int_equal(g->e.s.gpu_layers, 5);
+    assert_true(g->e.s.vision_on_gpu);
+    assert_false(g->e.head_on_gpu);
+    assert_true(g->e.gpu_bytes <= r.gpu_mem_budget);
+    assert_string_equal(g->label, "gpu native, 5/32 layers, vision gpu");
+    /* one byte less: the tower goes back to the CPU, the layers stay */
+    r.gpu_mem_budget = k5_vis - 1;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    g = chosen(p);
+    assert_int_equal(g->e.s.gpu_layers, 5);
+    assert_false(g->e.s.vision_on_gpu);
+    free(p);
+    plan_model_free(&pm);
+}
+
 static void test_alloc_failures(void **state) {
     (void)state;
     char *tmp = tu_mkdtemp();
@@ -527,9 +832,15 @@ static void test_alloc_failures(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_policy),          cmocka_unit_test(test_full_weights),
-        cmocka_unit_test(test_full_components), cmocka_unit_test(test_budget),
-        cmocka_unit_test(test_ladder),          cmocka_unit_test(test_measured_tiny),
+        cmocka_unit_test(test_policy),
+        cmocka_unit_test(test_full_weights),
+        cmocka_unit_test(test_full_components),
+        cmocka_unit_test(test_budget),
+        cmocka_unit_test(test_ladder),
+        cmocka_unit_test(test_measured_tiny),
+        cmocka_unit_test(test_gpu_components),
+        cmocka_unit_test(test_gpu_ladder),
+        cmocka_unit_test(test_gpu_vision_independent),
         cmocka_unit_test(test_alloc_failures),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

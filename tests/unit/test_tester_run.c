@@ -5,7 +5,9 @@
  *   SLEEP:s     sleeps s seconds first  ABORT     raises SIGABRT
  *   ALLOC       allocates until killed
  * and from the model: a name with "wrong" answers "nonsense", "loadfail"
- * cannot load, "bigcrops" aborts while loading with num_crops > 2.
+ * cannot load, "bigcrops" aborts while loading with num_crops > 2, "gpu"
+ * reports a split placement with a load fallback and device bytes per phase
+ * (as the engine does on a GPU machine).
  *
  * Run as `test_tester_run --as-cli COMMAND ARGS...` it is the vlmtest command
  * line on this backend (the kill -9 test and the HTML report test use that). */
@@ -35,6 +37,7 @@
 typedef struct tmodel {
     char *weights; /* 4 MiB, touched, so load shows in RSS and accounting */
     bool wrong;
+    bool gpu;
 } tmodel;
 
 typedef struct tsession {
@@ -60,7 +63,21 @@ static vlm_status tb_load(const tester_job *job, void **model, cJSON *config, vl
     }
     memset(m->weights, 1, WEIGHTS_BYTES);
     m->wrong = strstr(name, "wrong") != NULL;
+    m->gpu = strstr(name, "gpu") != NULL;
     cJSON_AddStringToObject(config, "backend", "test");
+    if (m->gpu) {
+        cJSON_AddStringToObject(config, "device", "cuda+cpu");
+        cJSON_AddNumberToObject(config, "gpu_layers", 20);
+        cJSON_AddNumberToObject(config, "n_layers", 32);
+        cJSON_AddStringToObject(config, "head_device", "cpu");
+        cJSON_AddStringToObject(config, "vision_device", "cuda");
+        cJSON *plan = cJSON_AddObjectToObject(config, "plan");
+        cJSON_AddStringToObject(plan, "precision", "native");
+        cJSON_AddStringToObject(plan, "rung", "gpu native, 20/32 layers, vision gpu");
+        cJSON_AddStringToObject(plan, "first_rung", "gpu native");
+        cJSON_AddNumberToObject(plan, "fallbacks", 1);
+        cJSON_AddStringToObject(plan, "fallback_note", "gpu native (out of memory)");
+    }
     cJSON_AddNumberToObject(config, "num_crops", job->opts.num_crops);
     cJSON_AddNumberToObject(config, "max_context", job->opts.max_context);
     *model = m;
@@ -119,6 +136,12 @@ static vlm_status tb_chat(void *session, const tester_turn *turn, const tester_g
     st->first_token_ms = 2;
     st->decode_ms = 3;
     st->decode_tps = 100;
+    if (s->m->gpu) {
+        st->gpu_peak_image = 3000;
+        st->gpu_peak_prefill = 5000;
+        st->gpu_peak_decode = 4000;
+        st->gpu_used_prefill = 9000;
+    }
     snprintf(st->stop_reason, sizeof st->stop_reason, "eos");
     return VLM_OK;
 }
@@ -240,6 +263,10 @@ static cJSON *records_of(const char *out) {
 static const char *s_at(const cJSON *o, const char *k) {
     const char *s = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, k));
     return s ? s : "";
+}
+
+static double n_at(const cJSON *o, const char *k) {
+    return cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(o, k));
 }
 
 static const cJSON *find_rec(const cJSON *all, const char *type, const char *model,
@@ -548,6 +575,71 @@ static void test_load_error(void **state) {
     cJSON_Delete(all);
 }
 
+/* Where a case ran, device bytes per phase and the load's fallback reach
+ * the records, the summary and both reports (from the test backend's
+ * figures: no GPU is needed). */
+static void test_device_fields(void **state) {
+    (void)state;
+    const char *m[] = {"gpu-split", "plain"};
+    models("m15.json", m, 2);
+    const char *args[] = {"--models",          p("m15.json"), "--suite",
+                          p("suites/scorers"), "--out",       p("out15"),
+                          "--run-id",          "r",           NULL};
+    assert_int_equal(run_cli(false, args), 0);
+    cJSON *all = records_of(p("out15"));
+    const cJSON *c = find_rec(all, "case", "gpu-split", NULL, 0);
+    assert_non_null(c);
+    const cJSON *pl = cJSON_GetObjectItem(c, "placement");
+    assert_string_equal(s_at(pl, "device"), "cuda+cpu");
+    assert_int_equal((int)n_at(pl, "gpu_layers"), 20);
+    assert_string_equal(s_at(pl, "vision_device"), "cuda");
+    const cJSON *ga = cJSON_GetObjectItem(cJSON_GetObjectItem(c, "gpu"), "peak_accounted");
+    assert_int_equal((int)n_at(ga, "image"), 3000);
+    assert_int_equal((int)n_at(ga, "prefill"), 5000);
+    assert_int_equal((int)n_at(ga, "decode"), 4000);
+    assert_int_equal((int)n_at(ga, "case"), 5000); /* the largest phase */
+    const cJSON *gd = cJSON_GetObjectItem(cJSON_GetObjectItem(c, "gpu"), "peak_device");
+    assert_int_equal((int)n_at(gd, "case"), 9000);
+    const cJSON *fb = cJSON_GetArrayItem(cJSON_GetObjectItem(c, "fallbacks"), 0);
+    assert_string_equal(s_at(fb, "phase"), "load");
+    assert_string_equal(s_at(fb, "before"), "gpu native");
+    assert_string_equal(s_at(fb, "after"), "gpu native, 20/32 layers, vision gpu");
+    /* the other model: on the CPU, nothing on a device, no fallback */
+    c = find_rec(all, "case", "plain", NULL, 0);
+    assert_string_equal(s_at(cJSON_GetObjectItem(c, "placement"), "device"), "cpu");
+    ga = cJSON_GetObjectItem(cJSON_GetObjectItem(c, "gpu"), "peak_accounted");
+    assert_int_equal((int)n_at(ga, "case"), 0);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(c, "fallbacks")), 0);
+    cJSON_Delete(all);
+
+    cJSON *rep = NULL;
+    vlm_err e;
+    assert_int_equal(vlm_json_parse_file(p("out15/r/report.json"), &rep, &e), VLM_OK);
+    const cJSON *ms = cJSON_GetObjectItem(rep, "models");
+    const cJSON *g = cJSON_GetArrayItem(ms, 0), *q = cJSON_GetArrayItem(ms, 1);
+    if (strcmp(s_at(g, "model"), "gpu-split") != 0) {
+        const cJSON *t = g;
+        g = q;
+        q = t;
+    }
+    assert_string_equal(s_at(g, "device"), "cuda 20/32 layers, vision cuda");
+    assert_int_equal((int)n_at(g, "max_case_gpu_peak"), 5000);
+    assert_int_equal((int)n_at(g, "max_case_gpu_used"), 9000);
+    assert_int_equal((int)n_at(g, "fallbacks"), 1);
+    assert_string_equal(s_at(q, "device"), "cpu");
+    assert_int_equal((int)n_at(q, "max_case_gpu_peak"), 0);
+    cJSON_Delete(rep);
+    size_t len;
+    char *html = tu_read_file(p("out15/r/report.html"), &len);
+    assert_non_null(strstr(html, "<tr class=\"device-case\"><td>gpu-split</td>"));
+    assert_non_null(strstr(html, "load: gpu native &rarr; gpu native, 20/32 layers, vision gpu"));
+    assert_null(strstr(html, "<tr class=\"device-case\"><td>plain</td>"));
+    free(html);
+    char *md = tu_read_file(p("out15/r/report.md"), &len);
+    assert_non_null(strstr(md, "| cuda 20/32 layers, vision cuda | 4.9 KiB | 8.8 KiB | 1 |"));
+    free(md);
+}
+
 static void test_context_three_turns(void **state) {
     (void)state;
     put("suites/ctx/suite.json", "{\"name\":\"ctx\",\"kind\":\"context\"}");
@@ -848,6 +940,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_case_and_model_timeouts),
         cmocka_unit_test(test_retry_fallback),
         cmocka_unit_test(test_load_error),
+        cmocka_unit_test(test_device_fields),
         cmocka_unit_test(test_context_three_turns),
         cmocka_unit_test(test_shards_merge_equal_unsharded),
         cmocka_unit_test(test_resume_after_kill9),
