@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "backend/gpu.h"
 #include "cli.h"
 #include "gen_opts.h"
 #include "runtime/api_internal.h"
@@ -76,7 +77,22 @@ static void print_json(const vlm_model *m, const char *answer, const vlm_gen_sta
     for (int i = 0; i < n; i++) printf("%s%d", i ? ", " : "", ids[i]);
     fputs("], \"plan\": ", stdout);
     gen_plan_json(stdout, m);
-    fputs("}\n", stdout);
+    /* the object is closed by print_teardown, after the model is freed */
+}
+
+/* Device memory before the load and after the unload: what a run leaves
+ * behind on the card (free bytes as the device reports them, and bytes still
+ * held through the accounted device allocator). Zeros without a GPU. */
+static void print_teardown(uint64_t free_before) {
+    vlm_gpu_info gi;
+    vlm_err err = {0};
+    uint64_t free_after = vlm_gpu_query(&gi, &err) == VLM_OK ? gi.free_bytes : 0;
+    vlm_gpu_mem_stats ms;
+    vlm_gpu_mem_stats_get(&ms);
+    printf(", \"teardown\": {\"gpu_free_before_load\": %llu, \"gpu_free_after_unload\": %llu, "
+           "\"gpu_accounted_after_unload\": %llu}}\n",
+           (unsigned long long)free_before, (unsigned long long)free_after,
+           (unsigned long long)ms.total_current);
 }
 
 static int run(int argc, char **argv) {
@@ -97,6 +113,12 @@ static int run(int argc, char **argv) {
     }
     vlm_model *m = NULL;
     vlm_image *imgs[GEN_MAX_IMAGES] = {0};
+    uint64_t gpu_free_before = 0;
+    if (o.json) {
+        vlm_gpu_info gi;
+        vlm_err gerr = {0};
+        if (vlm_gpu_query(&gi, &gerr) == VLM_OK) gpu_free_before = gi.free_bytes;
+    }
     double t0 = now_ms();
     if (!gen_load(cmd, &o, &m, imgs)) return CLI_FAIL;
     double load_ms = now_ms() - t0; /* images decoded + model opened */
@@ -129,6 +151,7 @@ static int run(int argc, char **argv) {
     vlm_session_free(s);
     vlm_model_free(m);
     for (int i = 0; i < o.n_images; i++) vlm_image_free(imgs[i]);
+    if (o.json && rc == CLI_OK) print_teardown(gpu_free_before);
     return rc;
 }
 
