@@ -3,9 +3,9 @@
  * and streaming.
  *
  * Loading: resolve the reference (folder, file or org/name[@rev] in the HF
- * cache) -> the JSON files (io/config) -> the tensors (memory-mapped) ->
+ * cache) -> the JSON files (io/config) -> the tensor headers (read, not mapped) ->
  * the family's tensor check -> the family's model over a weight source that
- * hands out views into the mapping -> tokenizer.json -> stop ids
+ * maps each kept tensor or reads and converts it -> tokenizer.json -> stop ids
  * (generation_config, else {32007, 32000, 2}) -> num_crops.
  *
  * Sessions (the rule the demo model was trained with, see docs/model.md):
@@ -173,8 +173,7 @@ static vlm_status plan_load(vlm_model *m, const vlm_load_options *opts, int forc
     r.gpu_mem_budget = opts->gpu_mem_budget;
     r.allow_degrade = opts->allow_degrade;
     r.precision = forced;
-    for (size_t i = 0; i < vlm_tensor_set_file_count(m->ts); i++)
-        r.mapped_bytes += vlm_st_file_size(vlm_tensor_set_file(m->ts, i));
+    r.mapped_bytes = vlm_tensor_set_mapped_bytes(m->ts);
     st = vlm_plan_make(&pm, &r, plan, err);
     if (!st && plan->chosen < 0 && pm.arch.has_vision && plan->n_rungs > 0 &&
         strstr(plan->rungs[plan->n_rungs - 1].reason, "cannot hold")) {
@@ -239,7 +238,11 @@ static vlm_status load_attempt(const char *ref, const vlm_load_options *opts, in
     const vlm_arch *arch = NULL;
     if ((st = vlm_arch_for_config(&m->cfgs.config, path, &arch, err))) goto fail;
 
-    if ((st = vlm_tensor_set_open(is_dir(resolved) ? m->dir : resolved, &m->ts, err))) goto fail;
+    /* Unmapped: the weight source maps or reads each tensor as the plan
+     * says, so the address space holds no more of the checkpoint than the
+     * plan counts (a limit below its size can still hold a quantized rung). */
+    if ((st = vlm_tensor_set_open_unmapped(is_dir(resolved) ? m->dir : resolved, &m->ts, err)))
+        goto fail;
     bool is_phi3v = strcmp(arch->name, PHI3V_ARCH) == 0;
     if (is_phi3v && (st = phi3v_check_tensors(&m->cfgs.config, m->ts, err))) goto fail;
     m->num_crops = opts->num_crops > 0 ? opts->num_crops : m->cfgs.preproc.num_crops;

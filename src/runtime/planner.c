@@ -93,8 +93,9 @@ vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, co
     if (!c->has_vision) n_images = 0;
     uint64_t *b = out->bytes;
 
-    /* Weights, and the scratch of converting them at load: the source
-     * tensor being read (mapped pages) plus one f32 row. */
+    /* Weights, and the scratch of converting them at load: one block of
+     * the source tensor's rows read with pread (vlm_plan_read_block_bytes)
+     * plus one f32 row per thread. */
     uint64_t all;
     plan_weight_bytes(pm, s->precision, &b[PLAN_WEIGHTS], &all);
     for (size_t i = 0; i < pm->n_tensors; i++) {
@@ -102,8 +103,10 @@ vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, co
         if (!t->used) continue;
         vlm_dtype d = vlm_plan_tensor_dtype(s->precision, t->name, t->rank, t->shape, t->stored);
         if (d == t->stored) continue;
-        uint64_t sc = vlm_plan_dtype_bytes(t->stored, t->nelem) +
-                      (uint64_t)t->shape[t->rank - 1] * sizeof(float);
+        const uint64_t row = (uint64_t)t->shape[t->rank - 1];
+        uint64_t sc = vlm_plan_read_block_bytes(vlm_plan_dtype_bytes(t->stored, row),
+                                                vlm_plan_dtype_bytes(t->stored, t->nelem)) +
+                      (uint64_t)threads * row * sizeof(float);
         b[PLAN_LOAD_SCRATCH] = max_u64(b[PLAN_LOAD_SCRATCH], sc);
     }
 

@@ -76,6 +76,13 @@ vlm_dtype vlm_plan_tensor_dtype(vlm_precision p, const char *name, int rank, con
 /* Bytes of nelem elements in dtype t (block types: whole blocks). */
 uint64_t vlm_plan_dtype_bytes(vlm_dtype t, uint64_t nelem);
 
+/* Converting a tensor at load reads its stored rows in blocks of at most
+ * this many bytes (whole rows, at least one). */
+#define PLAN_READ_BLOCK ((uint64_t)4 << 20)
+/* The read block for a tensor of `nbytes` stored bytes in rows of
+ * `row_bytes`: min(nbytes, the whole rows PLAN_READ_BLOCK holds, >= 1 row). */
+uint64_t vlm_plan_read_block_bytes(uint64_t row_bytes, uint64_t nbytes);
+
 /* --- the model as the planner sees it ------------------------------------- */
 
 typedef struct plan_tensor {
