@@ -183,8 +183,8 @@ vlm_status load_weights_lookup(void *ctx, const char *name, vlm_tensor_view *out
         uint64_t nr = rows - r0 < blk_rows ? rows - r0 : blk_rows;
         j.dst = dst + (size_t)r0 * j.out_row_bytes;
         if (blk) {
-            st = vlm_st_tensor_read(t, r0 * j.in_row_bytes, blk, (size_t)(nr * j.in_row_bytes),
-                                    err);
+            st =
+                vlm_st_tensor_read(t, r0 * j.in_row_bytes, blk, (size_t)(nr * j.in_row_bytes), err);
             if (st) break;
             j.src = blk;
         } else {
