@@ -121,6 +121,12 @@ typedef struct vlm_gen_stats {
     double decode_ms;
     double decode_tps;    /* tokens/s over the decode steps after the first token */
     char stop_reason[16]; /* "eos", "stop_string", "max_tokens", "callback", "context" */
+    /* Out of memory inside the turn, and the model reloaded lower to finish
+     * it (see vlm_session_chat): reloads, the precision before and after,
+     * and where the first failure happened ("image", "prompt", "prefill",
+     * "decode"). 0 / "" when none. */
+    int fallbacks;
+    char fallback_from[16], fallback_to[16], fallback_phase[16];
 } vlm_gen_stats;
 
 vlm_status vlm_session_new(vlm_model *m, vlm_session **out, vlm_err *err);
