@@ -18,6 +18,9 @@
 #include "base/file.h"
 #include "base/json.h"
 
+/* Parse-scope chunk for a header (Phi-3.5-vision's shards: ~50 KB of JSON each). */
+#define ST_JSON_CHUNK ((size_t)64 << 10)
+
 /* Largest integer a JSON number (a double in cJSON) holds exactly. */
 #define JSON_INT_MAX 9007199254740992.0
 
@@ -291,17 +294,26 @@ static vlm_status parse_file(vlm_st_file *f, vlm_err *err) {
     vlm_json_init();
     const char *end = NULL;
     vlm_json_alloc_reset();
+    /* The tree lives only while the tensor table is filled (names are
+     * copied out): parse it into a scope, ~20 nodes and strings per tensor
+     * in a few chunks instead of one allocation each. */
+    vlm_json_scope sc;
+    vlm_json_scope_begin(&sc, ST_JSON_CHUNK);
+    vlm_status st = VLM_OK;
     cJSON *root = cJSON_ParseWithLengthOpts(hdr, (size_t)hlen, &end, 0);
-    if (!root && vlm_json_alloc_failed())
-        return vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory parsing the header", path);
+    if (!root && vlm_json_alloc_failed()) {
+        st = vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory parsing the header", path);
+        goto out;
+    }
     if (!root) {
         if (end && end >= hdr && end <= hdr + hlen)
-            return vlm_err_set(err, VLM_ERR_FORMAT, "%s: header is not valid JSON (byte %zu)", path,
-                               (size_t)(end - hdr));
-        return vlm_err_set(err, VLM_ERR_FORMAT, "%s: header is not valid JSON (or out of memory)",
-                           path);
+            st = vlm_err_set(err, VLM_ERR_FORMAT, "%s: header is not valid JSON (byte %zu)", path,
+                             (size_t)(end - hdr));
+        else
+            st = vlm_err_set(err, VLM_ERR_FORMAT, "%s: header is not valid JSON (or out of memory)",
+                             path);
+        goto out;
     }
-    vlm_status st = VLM_OK;
     /* After the JSON value only padding may follow (HF pads with spaces). */
     for (const char *p = end; p && p < hdr + hlen; p++) {
         if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
@@ -419,6 +431,7 @@ static vlm_status parse_file(vlm_st_file *f, vlm_err *err) {
     }
 out:
     cJSON_Delete(root);
+    vlm_json_scope_end(&sc);
     return st;
 }
 
@@ -1011,8 +1024,13 @@ vlm_status vlm_st_index_parse(const char *text, size_t len, const char *what,
                                                  vlm_err *err),
                               void *user, vlm_err *err) {
     cJSON *root = NULL;
+    vlm_json_scope sc; /* the tree dies here: a few chunks, not 2 allocations per entry */
+    vlm_json_scope_begin(&sc, ST_JSON_CHUNK);
     vlm_status st = vlm_json_parse(text, len, what, &root, err);
-    if (st != VLM_OK) return st;
+    if (st != VLM_OK) {
+        vlm_json_scope_end(&sc);
+        return st;
+    }
     const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     const cJSON *md = cJSON_GetObjectItemCaseSensitive(root, "metadata");
     if (!cJSON_IsObject(root)) {
@@ -1047,6 +1065,7 @@ vlm_status vlm_st_index_parse(const char *text, size_t len, const char *what,
         if (each) st = each(user, name, file, err);
     }
     cJSON_Delete(root);
+    vlm_json_scope_end(&sc);
     return st;
 }
 

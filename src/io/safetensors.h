@@ -180,7 +180,9 @@ const char *vlm_tensor_set_path(const vlm_tensor_set *s);
  * entry (stops at the first error it returns). Checks the structure: an
  * object with "weight_map" mapping names to file names that are plain file
  * names (no '/', not "." or ".."), and an optional "metadata" object. For
- * the fuzzer and for vlm_tensor_set_open. */
+ * the fuzzer and for vlm_tensor_set_open. The tree is parsed inside a
+ * base/json parse scope: `each` must copy what it keeps and make no cJSON
+ * value that outlives the call. */
 vlm_status vlm_st_index_parse(const char *text, size_t len, const char *what,
                               vlm_status (*each)(void *user, const char *name, const char *file,
                                                  vlm_err *err),
