@@ -261,6 +261,8 @@ static void test_alloc_sweep(void **state) {
             assert_memory_equal(got, refs[k].ids, sizeof got);
         } else {
             nomem++;
+            if (getenv("VLM_SWEEP_VERBOSE"))
+                fprintf(stderr, "N=%llu: out of memory\n", (unsigned long long)i);
         }
         if (fixed_step)
             i += fixed_step;
