@@ -7,7 +7,8 @@
  * weights leave near-ties among its 32,064 logits, so later greedy steps
  * flip under q8_0 noise on 2 of the 5 prompts) and bounded loosely. Also: the quantized CPU matmul
  * against the dequantized weights and across thread counts, what the policy quantizes in the tiny
- * model, and the accounted peak while loading (no second full-precision copy). */
+ * model, and the accounted peak while loading (no second full-precision copy); and on the trained
+ * demo model (models/demo), q8_0's greedy ids against native's (test_demo_greedy). */
 #include "testutil.h"
 
 #include <math.h>
