@@ -137,6 +137,12 @@ typedef struct vlm_gen_stats {
      * every process and the CUDA context included). */
     uint64_t gpu_peak_image, gpu_peak_prefill, gpu_peak_decode;
     uint64_t gpu_used_image, gpu_used_prefill, gpu_used_decode;
+    /* Out of memory inside the turn, and the model reloaded lower to finish
+     * it (see vlm_session_chat): reloads, the precision before and after,
+     * and where the first failure happened ("image", "prompt", "prefill",
+     * "decode"). 0 / "" when none. */
+    int fallbacks;
+    char fallback_from[16], fallback_to[16], fallback_phase[16];
 } vlm_gen_stats;
 
 vlm_status vlm_session_new(vlm_model *m, vlm_session **out, vlm_err *err);
@@ -150,7 +156,15 @@ vlm_status vlm_session_set_system(vlm_session *s, const char *text, vlm_err *err
  * <|image_N|> tags in front of the text, numbered across the conversation),
  * then the assistant's answer is generated and kept in the history. Only the
  * new tokens are prefilled. *answer is allocated by libvlm: free it with
- * vlm_string_free. */
+ * vlm_string_free.
+ *
+ * Out of memory inside the turn (its images, prefill or decode): when the
+ * model has a rung below its precision and s is its only session, the model
+ * is reloaded one rung down under the same handle, the conversation so far
+ * replayed (earlier images encoded again) and the turn retried; stats
+ * record it (fallbacks, fallback_from/_to/_phase). Otherwise, or with no
+ * rung left, VLM_ERR_NOMEM and the session stays usable. If the reload
+ * itself fails the model is lost: only the _free functions remain. */
 vlm_status vlm_session_chat(vlm_session *s, const char *text, vlm_image *const *images,
                             int n_images, const vlm_gen_params *p, char **answer,
                             vlm_gen_stats *stats, vlm_err *err);

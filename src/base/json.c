@@ -10,10 +10,76 @@
  * tells the two apart. */
 static _Thread_local bool json_alloc_failed;
 
+/* The innermost parse scope of this thread, NULL outside any. */
+static _Thread_local vlm_json_scope *json_scope;
+
+struct vlm_json_chunk {
+    vlm_json_chunk *next; /* older */
+    size_t used, cap;     /* bytes of data */
+    _Alignas(16) unsigned char data[];
+};
+
+#define JSON_ALIGN 8 /* cJSON stores doubles and pointers, nothing wider */
+
+static void *scope_alloc(vlm_json_scope *s, size_t n) {
+    n = (n + JSON_ALIGN - 1) & ~(size_t)(JSON_ALIGN - 1);
+    vlm_json_chunk *c = s->chunks;
+    if (!c || c->cap - c->used < n) {
+        size_t cap = n > s->chunk_bytes ? n : s->chunk_bytes;
+        c = vlm_alloc(sizeof *c + cap, VLM_MEM_OTHER);
+        if (!c) return NULL;
+        c->used = 0;
+        c->cap = cap;
+        if (n > s->chunk_bytes && s->chunks) {
+            /* an oversized piece: keep filling the current chunk */
+            c->next = s->chunks->next;
+            s->chunks->next = c;
+        } else {
+            c->next = s->chunks;
+            s->chunks = c;
+        }
+        s->n_chunks++;
+    }
+    void *p = c->data + c->used;
+    c->used += n;
+    return p;
+}
+
+static bool scope_owns(const vlm_json_scope *s, const void *p) {
+    for (; s; s = s->outer)
+        for (const vlm_json_chunk *c = s->chunks; c; c = c->next)
+            if ((const unsigned char *)p >= c->data && (const unsigned char *)p < c->data + c->cap)
+                return true;
+    return false;
+}
+
 static void *json_malloc(size_t n) {
-    void *p = vlm_alloc(n, VLM_MEM_OTHER);
+    void *p = json_scope ? scope_alloc(json_scope, n) : vlm_alloc(n, VLM_MEM_OTHER);
     if (!p) json_alloc_failed = true;
     return p;
+}
+
+static void json_free(void *p) {
+    if (p && json_scope && scope_owns(json_scope, p)) return; /* freed with the scope */
+    vlm_free(p);
+}
+
+void vlm_json_scope_begin(vlm_json_scope *s, size_t chunk_bytes) {
+    s->chunks = NULL;
+    s->n_chunks = 0;
+    s->chunk_bytes = chunk_bytes ? chunk_bytes : VLM_JSON_SCOPE_CHUNK;
+    s->outer = json_scope;
+    json_scope = s;
+}
+
+void vlm_json_scope_end(vlm_json_scope *s) {
+    for (vlm_json_chunk *c = s->chunks, *next; c; c = next) {
+        next = c->next;
+        vlm_free(c);
+    }
+    s->chunks = NULL;
+    s->n_chunks = 0;
+    if (json_scope == s) json_scope = s->outer;
 }
 
 void vlm_json_alloc_reset(void) {
@@ -27,7 +93,7 @@ bool vlm_json_alloc_failed(void) {
 static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
 
 static void install_hooks(void) {
-    cJSON_Hooks h = {json_malloc, vlm_free};
+    cJSON_Hooks h = {json_malloc, json_free};
     cJSON_InitHooks(&h);
 }
 

@@ -21,6 +21,30 @@ void vlm_json_init(void);
 void vlm_json_alloc_reset(void);
 bool vlm_json_alloc_failed(void);
 
+/* A parse scope: between begin and end, every cJSON allocation made on this
+ * thread comes from a bump arena of accounted chunks (chunk_bytes each, 0:
+ * VLM_JSON_SCOPE_CHUNK; larger requests get a chunk of their own), and
+ * cJSON's frees of that memory do nothing; end releases every chunk at once.
+ * A large parse (the Phi-3 tokenizer.json: ~220,000 nodes and strings) then
+ * costs a dozen allocations instead of one per node, which keeps the
+ * fault-injection walks of a load short. Every cJSON value made inside the
+ * scope must be dead by its end (cJSON_Delete is allowed, not needed), and
+ * nothing made inside may be freed with vlm_free. Scopes nest (the inner
+ * one serves until it ends); a failed chunk allocation fails the cJSON call
+ * as any allocation failure does (vlm_json_alloc_failed). */
+typedef struct vlm_json_chunk vlm_json_chunk;
+typedef struct vlm_json_scope {
+    vlm_json_chunk *chunks; /* newest first */
+    size_t chunk_bytes;
+    size_t n_chunks;
+    struct vlm_json_scope *outer;
+} vlm_json_scope;
+
+#define VLM_JSON_SCOPE_CHUNK ((size_t)1 << 20) /* 1 MiB */
+
+void vlm_json_scope_begin(vlm_json_scope *s, size_t chunk_bytes);
+void vlm_json_scope_end(vlm_json_scope *s);
+
 /* Parse len bytes (need not be NUL-terminated). `what` names the source in
  * messages (a path, "tokenizer.json", ...). Reports the byte offset of a
  * syntax error. Free the result with cJSON_Delete. */

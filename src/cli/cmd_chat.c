@@ -110,6 +110,7 @@ static int run(int argc, char **argv) {
         vlm_string_free(answer);
         fputs("\n\n", stdout);
         fflush(stdout);
+        gen_turn_warning(cmd, &st);
     }
     free(line);
     for (int i = 0; i < n_imgs; i++) vlm_image_free(imgs[i]);

@@ -73,7 +73,12 @@ static void print_json(const vlm_model *m, const char *answer, const vlm_gen_sta
            (unsigned long long)st->gpu_peak_image, (unsigned long long)st->gpu_peak_prefill,
            (unsigned long long)st->gpu_peak_decode, (unsigned long long)st->gpu_used_image,
            (unsigned long long)st->gpu_used_prefill, (unsigned long long)st->gpu_used_decode);
-    printf(", \"stop_reason\": \"%s\", \"ids\": [", st->stop_reason);
+    printf(", \"stop_reason\": \"%s\"", st->stop_reason);
+    if (st->fallbacks > 0)
+        printf(", \"turn_fallback\": {\"from\": \"%s\", \"to\": \"%s\", \"phase\": \"%s\", "
+               "\"reloads\": %d}",
+               st->fallback_from, st->fallback_to, st->fallback_phase, st->fallbacks);
+    fputs(", \"ids\": [", stdout);
     for (int i = 0; i < n; i++) printf("%s%d", i ? ", " : "", ids[i]);
     fputs("], \"plan\": ", stdout);
     gen_plan_json(stdout, m);
@@ -138,6 +143,8 @@ static int run(int argc, char **argv) {
         if (!o.json) fflush(stdout);
         cli_error(cmd, "%s", err.msg);
     } else {
+        if (!o.json) fflush(stdout);
+        gen_turn_warning(cmd, &st);
         if (o.json) {
             int n = 0;
             const int32_t *ids = vlm_session_last_ids(s, &n);

@@ -183,6 +183,14 @@ bool gen_load(const char *cmd, const gen_opts *o, vlm_model **m, vlm_image **img
     return true;
 }
 
+void gen_turn_warning(const char *cmd, const vlm_gen_stats *st) {
+    if (st->fallbacks > 0)
+        fprintf(stderr,
+                "vlmtest %s: warning: out of memory in the %s at %s; the model was reloaded at %s "
+                "and the turn finished there\n",
+                cmd, st->fallback_phase, st->fallback_from, st->fallback_to);
+}
+
 void gen_plan_json(FILE *f, const vlm_model *m) {
     vlm_model_desc d;
     vlm_model_describe(m, &d);

@@ -42,6 +42,10 @@ bool gen_load(const char *cmd, const gen_opts *o, vlm_model **m, vlm_image **img
  * gpu_budget. */
 void gen_plan_json(FILE *f, const vlm_model *m);
 
+/* One warning line when a turn ran out of memory and finished on a lower
+ * rung (vlm_gen_stats.fallbacks). */
+void gen_turn_warning(const char *cmd, const vlm_gen_stats *st);
+
 /* Write a JSON string (with quotes) of s[0..n) to f. */
 void gen_json_string(FILE *f, const char *s, size_t n);
 

@@ -9,6 +9,10 @@
 #include "base/file.h"
 #include "base/json.h"
 
+/* Parse-scope chunk for the config files (config.json ~4 KB, tokenizer_config.json
+ * up to ~30 KB with its added tokens): a few chunks per file. */
+#define CONFIG_JSON_CHUNK ((size_t)64 << 10)
+
 /* JSON files of a model folder are small; refuse anything absurd. */
 #define CONFIG_MAX_BYTES ((size_t)64 << 20)
 
@@ -374,10 +378,16 @@ vlm_status vlm_config_parse(const char *text, size_t len, const char *what, vlm_
                             vlm_err *err) {
     memset(out, 0, sizeof *out);
     cJSON *root = NULL;
+    vlm_json_scope sc; /* the tree dies here: one chunk, not one allocation per node */
+    vlm_json_scope_begin(&sc, CONFIG_JSON_CHUNK);
     vlm_status st = vlm_json_parse(text, len, what, &root, err);
-    if (st) return st;
+    if (st) {
+        vlm_json_scope_end(&sc);
+        return st;
+    }
     st = parse_config(root, what, out, err);
     cJSON_Delete(root);
+    vlm_json_scope_end(&sc);
     if (st) vlm_config_free(out);
     return st;
 }
@@ -418,8 +428,13 @@ vlm_status vlm_gen_config_parse(const char *text, size_t len, const char *what, 
                                 vlm_err *err) {
     vlm_gen_config_default(g);
     cJSON *root = NULL;
+    vlm_json_scope sc; /* the tree dies here: one chunk, not one allocation per node */
+    vlm_json_scope_begin(&sc, CONFIG_JSON_CHUNK);
     vlm_status st = vlm_json_parse(text, len, what, &root, err);
-    if (st) return st;
+    if (st) {
+        vlm_json_scope_end(&sc);
+        return st;
+    }
     g->present = true;
     const int64_t max_id = (1 << 24) - 1;
     double temp = 1, top_p = 1;
@@ -470,6 +485,7 @@ vlm_status vlm_gen_config_parse(const char *text, size_t len, const char *what, 
     g->top_p = (float)top_p;
 out:
     cJSON_Delete(root);
+    vlm_json_scope_end(&sc);
     if (st) vlm_gen_config_default(g);
     return st;
 }
@@ -522,8 +538,13 @@ vlm_status vlm_preproc_config_parse(const char *text, size_t len, const char *wh
                                     vlm_preproc_config *p, vlm_err *err) {
     vlm_preproc_config_default(p);
     cJSON *root = NULL;
+    vlm_json_scope sc; /* the tree dies here: one chunk, not one allocation per node */
+    vlm_json_scope_begin(&sc, CONFIG_JSON_CHUNK);
     vlm_status st = vlm_json_parse(text, len, what, &root, err);
-    if (st) return st;
+    if (st) {
+        vlm_json_scope_end(&sc);
+        return st;
+    }
     p->present = true;
     if (!cJSON_IsObject(root)) st = vlm_err_set(err, VLM_ERR_FORMAT, "%s: not a JSON object", what);
     if (!st) st = get_int32(root, "num_crops", what, 1, 256, false, &p->num_crops, err);
@@ -534,6 +555,7 @@ vlm_status vlm_preproc_config_parse(const char *text, size_t len, const char *wh
     if (!st)
         st = get_str(root, "image_processor_type", what, p->image_processor_type, VLM_CFG_STR, err);
     cJSON_Delete(root);
+    vlm_json_scope_end(&sc);
     if (st) vlm_preproc_config_default(p);
     return st;
 }
@@ -614,8 +636,13 @@ vlm_status vlm_tokenizer_config_parse(const char *text, size_t len, const char *
     memset(t, 0, sizeof *t);
     t->add_bos_token = true;
     cJSON *root = NULL;
+    vlm_json_scope sc; /* the tree dies here: one chunk, not one allocation per node */
+    vlm_json_scope_begin(&sc, CONFIG_JSON_CHUNK);
     vlm_status st = vlm_json_parse(text, len, what, &root, err);
-    if (st) return st;
+    if (st) {
+        vlm_json_scope_end(&sc);
+        return st;
+    }
     t->present = true;
     double mml = 0;
     if (!cJSON_IsObject(root)) st = vlm_err_set(err, VLM_ERR_FORMAT, "%s: not a JSON object", what);
@@ -631,6 +658,7 @@ vlm_status vlm_tokenizer_config_parse(const char *text, size_t len, const char *
     /* HF writes 1e30 (VERY_LARGE_INTEGER) for "no limit". */
     if (!st) t->model_max_length = (mml >= 1 && mml <= 1e15) ? (int64_t)mml : 0;
     cJSON_Delete(root);
+    vlm_json_scope_end(&sc);
     if (st) {
         vlm_tokenizer_config_free(t);
         t->present = false;

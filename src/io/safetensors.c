@@ -9,12 +9,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base/alloc.h"
 #include "base/mapfile.h"
 #include "base/file.h"
 #include "base/json.h"
+
+/* Parse-scope chunk for a header (Phi-3.5-vision's shards: ~50 KB of JSON each). */
+#define ST_JSON_CHUNK ((size_t)64 << 10)
 
 /* Largest integer a JSON number (a double in cJSON) holds exactly. */
 #define JSON_INT_MAX 9007199254740992.0
@@ -149,9 +154,11 @@ static bool json_uint(const cJSON *it, uint64_t *out) {
 
 struct vlm_st_file {
     char *path;
-    const uint8_t *base; /* the whole file image */
-    uint64_t size;
+    const uint8_t *base; /* the whole file image; unmapped: the first 8 + N bytes only */
+    uint64_t size;       /* bytes of the file */
     bool mapped;
+    int fd;        /* unmapped: the open file tensors are read from; else -1 */
+    uint8_t *head; /* unmapped: the header bytes read (accounted), base points here */
     uint64_t header_len;
     vlm_st_tensor *tensors; /* [n], sorted by offset */
     size_t n;
@@ -287,17 +294,26 @@ static vlm_status parse_file(vlm_st_file *f, vlm_err *err) {
     vlm_json_init();
     const char *end = NULL;
     vlm_json_alloc_reset();
+    /* The tree lives only while the tensor table is filled (names are
+     * copied out): parse it into a scope, ~20 nodes and strings per tensor
+     * in a few chunks instead of one allocation each. */
+    vlm_json_scope sc;
+    vlm_json_scope_begin(&sc, ST_JSON_CHUNK);
+    vlm_status st = VLM_OK;
     cJSON *root = cJSON_ParseWithLengthOpts(hdr, (size_t)hlen, &end, 0);
-    if (!root && vlm_json_alloc_failed())
-        return vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory parsing the header", path);
+    if (!root && vlm_json_alloc_failed()) {
+        st = vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory parsing the header", path);
+        goto out;
+    }
     if (!root) {
         if (end && end >= hdr && end <= hdr + hlen)
-            return vlm_err_set(err, VLM_ERR_FORMAT, "%s: header is not valid JSON (byte %zu)", path,
-                               (size_t)(end - hdr));
-        return vlm_err_set(err, VLM_ERR_FORMAT, "%s: header is not valid JSON (or out of memory)",
-                           path);
+            st = vlm_err_set(err, VLM_ERR_FORMAT, "%s: header is not valid JSON (byte %zu)", path,
+                             (size_t)(end - hdr));
+        else
+            st = vlm_err_set(err, VLM_ERR_FORMAT, "%s: header is not valid JSON (or out of memory)",
+                             path);
+        goto out;
     }
-    vlm_status st = VLM_OK;
     /* After the JSON value only padding may follow (HF pads with spaces). */
     for (const char *p = end; p && p < hdr + hlen; p++) {
         if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
@@ -409,11 +425,13 @@ static vlm_status parse_file(vlm_st_file *f, vlm_err *err) {
         }
     }
     for (size_t i = 0; i < f->n; i++) {
-        f->tensors[i].data = f->base + 8 + hlen + f->tensors[i].offset;
+        f->tensors[i].data = f->fd >= 0 ? NULL : f->base + 8 + hlen + f->tensors[i].offset;
         f->tensors[i].offset += 8 + hlen;
+        f->tensors[i].fd = f->fd;
     }
 out:
     cJSON_Delete(root);
+    vlm_json_scope_end(&sc);
     return st;
 }
 
@@ -425,6 +443,7 @@ static vlm_st_file *file_new(const char *path, vlm_err *err) {
         vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory", path);
         return NULL;
     }
+    f->fd = -1;
     return f;
 }
 
@@ -466,9 +485,131 @@ vlm_status vlm_st_open(const char *path, vlm_st_file **out, vlm_err *err) {
     return VLM_OK;
 }
 
+/* pread exactly len bytes at off, or fail naming the file. */
+static vlm_status read_at(int fd, const char *path, uint64_t off, void *buf, size_t len,
+                          vlm_err *err) {
+    uint8_t *p = buf;
+    while (len > 0) {
+        ssize_t got = pread(fd, p, len, (off_t)off);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0)
+            return vlm_err_set(err, VLM_ERR_IO, "%s: read of %zu bytes at offset %llu failed: %s",
+                               path, len, (unsigned long long)off,
+                               got < 0 ? strerror(errno) : "unexpected end of file");
+        p += got;
+        off += (uint64_t)got;
+        len -= (size_t)got;
+    }
+    return VLM_OK;
+}
+
+vlm_status vlm_st_open_unmapped(const char *path, vlm_st_file **out, vlm_err *err) {
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        return vlm_err_set(err, e == ENOENT ? VLM_ERR_NOT_FOUND : VLM_ERR_IO, "%s: %s", path,
+                           strerror(e));
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return vlm_err_set(err, VLM_ERR_IO, "%s: not a regular file", path);
+    }
+    vlm_st_file *f = file_new(path, err);
+    if (!f) {
+        close(fd);
+        return VLM_ERR_NOMEM;
+    }
+    f->fd = fd;
+    f->size = (uint64_t)sb.st_size;
+    /* The 8-byte length first; the JSON only when the length is one
+     * parse_file accepts (it rejects the others before reading further). */
+    uint8_t len8[8];
+    size_t want = f->size < 8 ? (size_t)f->size : 8;
+    vlm_status st = read_at(fd, path, 0, len8, want, err);
+    if (st == VLM_OK && want == 8) {
+        uint64_t hlen = 0;
+        for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | len8[i];
+        if (hlen >= 2 && hlen <= VLM_ST_MAX_HEADER && hlen <= f->size - 8) want = 8 + (size_t)hlen;
+    }
+    if (st == VLM_OK) {
+        f->head = vlm_alloc(want ? want : 1, VLM_MEM_OTHER);
+        if (!f->head)
+            st = vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory for a %zu-byte header", path,
+                             want);
+    }
+    if (st == VLM_OK) st = read_at(fd, path, 0, f->head, want, err);
+    if (st == VLM_OK) {
+        f->base = f->head;
+        st = parse_file(f, err);
+    }
+    if (st != VLM_OK) {
+        vlm_st_close(f);
+        return st;
+    }
+    *out = f;
+    return VLM_OK;
+}
+
+vlm_status vlm_st_tensor_read(const vlm_st_tensor *t, uint64_t off, void *buf, size_t len,
+                              vlm_err *err) {
+    if (off > t->nbytes || len > t->nbytes - off)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                           "%s: tensor \"%s\": read of %zu bytes at %llu is outside its %llu bytes",
+                           t->file, t->name, len, (unsigned long long)off,
+                           (unsigned long long)t->nbytes);
+    if (t->data) {
+        memcpy(buf, (const uint8_t *)t->data + off, len);
+        return VLM_OK;
+    }
+    vlm_status st = read_at(t->fd, t->file, t->offset + off, buf, len, err);
+    if (st) vlm_err_prefix(err, "tensor \"%s\"", t->name);
+    return st;
+}
+
+vlm_status vlm_st_tensor_map(const vlm_st_tensor *t, vlm_st_range *out, vlm_err *err) {
+    memset(out, 0, sizeof *out);
+    if (t->data || t->nbytes == 0) {
+        out->data = t->data;
+        return VLM_OK;
+    }
+    long pg = sysconf(_SC_PAGESIZE);
+    uint64_t page = pg > 0 ? (uint64_t)pg : 4096;
+    uint64_t start = t->offset & ~(page - 1);
+    uint64_t len = t->offset + t->nbytes - start;
+    void *p = mmap(NULL, (size_t)len, PROT_READ, MAP_PRIVATE, t->fd, (off_t)start);
+    if (p == MAP_FAILED) {
+        int e = errno;
+        return vlm_err_set(err, e == ENOMEM ? VLM_ERR_NOMEM : VLM_ERR_IO,
+                           "%s: tensor \"%s\": mmap of %llu bytes failed: %s", t->file, t->name,
+                           (unsigned long long)len, strerror(e));
+    }
+    vlm_alloc_note_mapped((int64_t)len);
+    out->base = p;
+    out->len = (size_t)len;
+    out->data = (const uint8_t *)p + (t->offset - start);
+    return VLM_OK;
+}
+
+void vlm_st_range_unmap(vlm_st_range *r) {
+    if (r && r->base) {
+        munmap(r->base, r->len);
+        vlm_alloc_note_mapped(-(int64_t)r->len);
+    }
+    if (r) memset(r, 0, sizeof *r);
+}
+
+void vlm_st_tensor_drop_cache(const vlm_st_tensor *t) {
+    if (!t->data && t->fd >= 0 && t->nbytes > 0)
+        (void)posix_fadvise(t->fd, (off_t)t->offset, (off_t)t->nbytes, POSIX_FADV_DONTNEED);
+}
+
 void vlm_st_close(vlm_st_file *f) {
     if (!f) return;
     if (f->mapped) vlm_unmap_file(&(vlm_mapped_file){f->base, f->size, true});
+    if (f->fd >= 0) close(f->fd);
+    vlm_free(f->head);
     table_free(&f->table);
     vlm_free(f->tensors);
     vlm_free(f->meta);
@@ -874,6 +1015,7 @@ struct vlm_tensor_set {
     size_t n_files;
     vlm_st_tensor *all; /* [n] copies; names and data point into the files */
     size_t n;
+    bool unmapped; /* files opened with vlm_st_open_unmapped */
     name_table table;
 };
 
@@ -882,8 +1024,13 @@ vlm_status vlm_st_index_parse(const char *text, size_t len, const char *what,
                                                  vlm_err *err),
                               void *user, vlm_err *err) {
     cJSON *root = NULL;
+    vlm_json_scope sc; /* the tree dies here: a few chunks, not 2 allocations per entry */
+    vlm_json_scope_begin(&sc, ST_JSON_CHUNK);
     vlm_status st = vlm_json_parse(text, len, what, &root, err);
-    if (st != VLM_OK) return st;
+    if (st != VLM_OK) {
+        vlm_json_scope_end(&sc);
+        return st;
+    }
     const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     const cJSON *md = cJSON_GetObjectItemCaseSensitive(root, "metadata");
     if (!cJSON_IsObject(root)) {
@@ -918,6 +1065,7 @@ vlm_status vlm_st_index_parse(const char *text, size_t len, const char *what,
         if (each) st = each(user, name, file, err);
     }
     cJSON_Delete(root);
+    vlm_json_scope_end(&sc);
     return st;
 }
 
@@ -995,7 +1143,8 @@ static vlm_status set_add_file(vlm_tensor_set *s, const char *path, vlm_err *err
     vlm_st_file **nf = vlm_realloc(s->files, (s->n_files + 1) * sizeof *nf, VLM_MEM_OTHER);
     if (!nf) return vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory", path);
     s->files = nf;
-    vlm_status st = vlm_st_open(path, &s->files[s->n_files], err);
+    vlm_status st = s->unmapped ? vlm_st_open_unmapped(path, &s->files[s->n_files], err)
+                                : vlm_st_open(path, &s->files[s->n_files], err);
     if (st == VLM_OK) s->n_files++;
     return st;
 }
@@ -1139,7 +1288,7 @@ static vlm_status folder_pick(const char *dir, char **out, vlm_err *err) {
     return VLM_OK;
 }
 
-vlm_status vlm_tensor_set_open(const char *path, vlm_tensor_set **out, vlm_err *err) {
+static vlm_status set_open(const char *path, bool unmapped, vlm_tensor_set **out, vlm_err *err) {
     *out = NULL;
     vlm_tensor_set *s = vlm_calloc(1, sizeof *s, VLM_MEM_OTHER);
     if (s) s->path = vlm_strdup(path, VLM_MEM_OTHER);
@@ -1147,6 +1296,7 @@ vlm_status vlm_tensor_set_open(const char *path, vlm_tensor_set **out, vlm_err *
         vlm_free(s);
         return vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory", path);
     }
+    s->unmapped = unmapped;
     char *src = NULL;
     vlm_status st = VLM_OK;
     if (vlm_file_is_dir(path)) {
@@ -1170,6 +1320,21 @@ vlm_status vlm_tensor_set_open(const char *path, vlm_tensor_set **out, vlm_err *
     }
     *out = s;
     return VLM_OK;
+}
+
+vlm_status vlm_tensor_set_open(const char *path, vlm_tensor_set **out, vlm_err *err) {
+    return set_open(path, false, out, err);
+}
+
+vlm_status vlm_tensor_set_open_unmapped(const char *path, vlm_tensor_set **out, vlm_err *err) {
+    return set_open(path, true, out, err);
+}
+
+uint64_t vlm_tensor_set_mapped_bytes(const vlm_tensor_set *s) {
+    uint64_t b = 0;
+    for (size_t i = 0; i < s->n_files; i++)
+        if (s->files[i]->mapped) b += s->files[i]->size;
+    return b;
 }
 
 void vlm_tensor_set_close(vlm_tensor_set *s) {

@@ -49,8 +49,9 @@ typedef struct vlm_st_tensor {
     uint64_t nelem;                 /* product of shape (1 for rank 0) */
     uint64_t offset;                /* bytes from the start of the file */
     uint64_t nbytes;
-    const void *data;
+    const void *data; /* NULL when opened unmapped: read or map it (below) */
     const char *file; /* path of the file holding it */
+    int fd;           /* unmapped: the open file it is read from; else -1 */
 } vlm_st_tensor;
 
 typedef struct vlm_st_file vlm_st_file;
@@ -61,7 +62,32 @@ vlm_status vlm_st_open(const char *path, vlm_st_file **out, vlm_err *err);
  * outlive the handle). `what` names it in messages. */
 vlm_status vlm_st_open_memory(const void *data, size_t len, const char *what, vlm_st_file **out,
                               vlm_err *err);
+/* Open and validate without mapping the data area: the header is read with
+ * pread into accounted memory and the file stays open; every tensor's data
+ * is NULL. A limit on the address space (RLIMIT_AS) then only has to hold
+ * what is read or mapped tensor by tensor (vlm_st_tensor_read / _map), not
+ * the whole checkpoint. */
+vlm_status vlm_st_open_unmapped(const char *path, vlm_st_file **out, vlm_err *err);
 void vlm_st_close(vlm_st_file *f);
+
+/* Copy bytes [off, off + len) of tensor t into buf: pread for an unmapped
+ * tensor, memcpy from the mapping otherwise. */
+vlm_status vlm_st_tensor_read(const vlm_st_tensor *t, uint64_t off, void *buf, size_t len,
+                              vlm_err *err);
+
+/* A read-only mapping of just one tensor: the page-aligned range of the file
+ * covering it (at most one page more on each side), counted as mapped
+ * bytes. For a tensor of a mapped file, data is t->data and nothing is
+ * mapped. Unmap with vlm_st_range_unmap (safe on a zeroed range). */
+typedef struct vlm_st_range {
+    void *base; /* the mapping, NULL when nothing was mapped */
+    size_t len; /* bytes mapped */
+    const void *data;
+} vlm_st_range;
+vlm_status vlm_st_tensor_map(const vlm_st_tensor *t, vlm_st_range *out, vlm_err *err);
+void vlm_st_range_unmap(vlm_st_range *r);
+/* Unmapped tensor read once (converted): drop its pages from the page cache. */
+void vlm_st_tensor_drop_cache(const vlm_st_tensor *t);
 
 const char *vlm_st_path(const vlm_st_file *f);
 uint64_t vlm_st_file_size(const vlm_st_file *f);
@@ -135,6 +161,10 @@ typedef struct vlm_tensor_set vlm_tensor_set;
  * shard but absent from the weight map is an error too (the index is the
  * contract). */
 vlm_status vlm_tensor_set_open(const char *path, vlm_tensor_set **out, vlm_err *err);
+/* The same, every file opened with vlm_st_open_unmapped (tensor data NULL). */
+vlm_status vlm_tensor_set_open_unmapped(const char *path, vlm_tensor_set **out, vlm_err *err);
+/* Bytes of the whole-file mappings the set holds (0 when unmapped). */
+uint64_t vlm_tensor_set_mapped_bytes(const vlm_tensor_set *s);
 void vlm_tensor_set_close(vlm_tensor_set *s);
 
 size_t vlm_tensor_set_count(const vlm_tensor_set *s);
@@ -150,7 +180,9 @@ const char *vlm_tensor_set_path(const vlm_tensor_set *s);
  * entry (stops at the first error it returns). Checks the structure: an
  * object with "weight_map" mapping names to file names that are plain file
  * names (no '/', not "." or ".."), and an optional "metadata" object. For
- * the fuzzer and for vlm_tensor_set_open. */
+ * the fuzzer and for vlm_tensor_set_open. The tree is parsed inside a
+ * base/json parse scope: `each` must copy what it keeps and make no cJSON
+ * value that outlives the call. */
 vlm_status vlm_st_index_parse(const char *text, size_t len, const char *what,
                               vlm_status (*each)(void *user, const char *name, const char *file,
                                                  vlm_err *err),

@@ -3,9 +3,9 @@
  * and streaming.
  *
  * Loading: resolve the reference (folder, file or org/name[@rev] in the HF
- * cache) -> the JSON files (io/config) -> the tensors (memory-mapped) ->
+ * cache) -> the JSON files (io/config) -> the tensor headers (read, not mapped) ->
  * the family's tensor check -> the family's model over a weight source that
- * hands out views into the mapping -> tokenizer.json -> stop ids
+ * maps each kept tensor or reads and converts it -> tokenizer.json -> stop ids
  * (generation_config, else {32007, 32000, 2}) -> num_crops.
  *
  * Sessions (the rule the demo model was trained with, see docs/model.md):
@@ -38,6 +38,19 @@
 #include "runtime/sampler.h"
 #include "text/chat.h"
 
+/* What the attempts of one load share: the ladder (known once the first
+ * attempt has planned) and the precision the last attempt used. */
+typedef struct load_ladder {
+    vlm_precision prec[VLM_PREC_COUNT];
+    uint64_t bytes[VLM_PREC_COUNT]; /* weight bytes of the used tensors at each */
+    int n;
+    int tried;     /* precision of the last attempt, -1 before the plan chose one */
+    int tried_gpu; /* GPU step of the last attempt's rung, -1: a CPU rung (or none) */
+    char tried_label[96];
+    int gpu_from; /* GPU rungs before this step failed already (PLAN_MAX_RUNGS: none left) */
+    bool no_fit;  /* the plan found no rung: an answer, not a failure to retry */
+} load_ladder;
+
 struct vlm_model {
     char *dir; /* the model folder (accounted) */
     vlm_model_configs cfgs;
@@ -62,6 +75,13 @@ struct vlm_model {
     vlm_placement place;
     uint64_t gpu_plan_bytes, gpu_budget;
     char first_rung[96]; /* the first attempt's plan, for reports of a fallback */
+    /* What a run-time fallback reloads from (see chat_turn): the reference
+     * and options of the load, the ladder it used, and the sessions open on
+     * the model (a reload is done only under a single session). */
+    char *ref;
+    vlm_load_options opts;
+    load_ladder ladder;
+    int n_sessions;
 };
 
 struct vlm_session {
@@ -73,6 +93,12 @@ struct vlm_session {
     bool need_end; /* the last answer did not end with <|end|> */
     int32_t *gen;  /* [gen_cap] ids of the last turn */
     int n_gen, gen_cap;
+    /* Copies of the images of the turns so far (accounted, image): a
+     * fallback re-encodes them on the lower rung to replay the conversation.
+     * no_replay: a copy failed, so this session does not fall back. */
+    vlm_image **hist;
+    int n_hist, cap_hist;
+    bool no_replay;
 };
 
 /* Device memory of one phase: the accounted peak is restarted at the
@@ -154,19 +180,6 @@ static vlm_dtype stored_dtype(const char *torch_dtype) {
     return VLM_DTYPE_BF16;
 }
 
-/* What the attempts of one load share: the ladder (known once the first
- * attempt has planned) and the precision the last attempt used. */
-typedef struct load_ladder {
-    vlm_precision prec[VLM_PREC_COUNT];
-    uint64_t bytes[VLM_PREC_COUNT]; /* weight bytes of the used tensors at each */
-    int n;
-    int tried;     /* precision of the last attempt, -1 before the plan chose one */
-    int tried_gpu; /* GPU step of the last attempt's rung, -1: a CPU rung (or none) */
-    char tried_label[96];
-    int gpu_from; /* GPU rungs before this step failed already (PLAN_MAX_RUNGS: none left) */
-    bool no_fit;  /* the plan found no rung: an answer, not a failure to retry */
-} load_ladder;
-
 /* Plan the load: the rung (precision, and crops/context when degraded) and
  * its record in m. forced >= 0: that precision only (the user's or a
  * fallback's). VLM_ERR_NOMEM when no rung fits and nothing was forced. */
@@ -212,8 +225,7 @@ static vlm_status plan_load(vlm_model *m, const vlm_load_options *opts, int forc
         ld->no_fit = true;
         return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "device \"cuda\": %s", no_gpu);
     }
-    for (size_t i = 0; i < vlm_tensor_set_file_count(m->ts); i++)
-        r.mapped_bytes += vlm_st_file_size(vlm_tensor_set_file(m->ts, i));
+    r.mapped_bytes = vlm_tensor_set_mapped_bytes(m->ts);
     st = vlm_plan_make(&pm, &r, plan, err);
     if (!st && plan->chosen < 0 && pm.arch.has_vision && plan->n_rungs > 0 &&
         strstr(plan->rungs[plan->n_rungs - 1].reason, "cannot hold")) {
@@ -294,7 +306,11 @@ static vlm_status load_attempt(const char *ref, const vlm_load_options *opts, in
     const vlm_arch *arch = NULL;
     if ((st = vlm_arch_for_config(&m->cfgs.config, path, &arch, err))) goto fail;
 
-    if ((st = vlm_tensor_set_open(is_dir(resolved) ? m->dir : resolved, &m->ts, err))) goto fail;
+    /* Unmapped: the weight source maps or reads each tensor as the plan
+     * says, so the address space holds no more of the checkpoint than the
+     * plan counts (a limit below its size can still hold a quantized rung). */
+    if ((st = vlm_tensor_set_open_unmapped(is_dir(resolved) ? m->dir : resolved, &m->ts, err)))
+        goto fail;
     bool is_phi3v = strcmp(arch->name, PHI3V_ARCH) == 0;
     if (is_phi3v && (st = phi3v_check_tensors(&m->cfgs.config, m->ts, err))) goto fail;
     m->num_crops = opts->num_crops > 0 ? opts->num_crops : m->cfgs.preproc.num_crops;
@@ -437,15 +453,26 @@ vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_mod
         forced = next;
     }
     if (st == VLM_OK) {
-        (*out)->fallbacks = fallbacks;
-        snprintf((*out)->first_rung, sizeof(*out)->first_rung, "%s", first);
-        snprintf((*out)->fallback_note, sizeof(*out)->fallback_note, "%s", note);
+        vlm_model *m = *out;
+        m->fallbacks = fallbacks;
+        snprintf(m->first_rung, sizeof m->first_rung, "%s", first);
+        snprintf(m->fallback_note, sizeof m->fallback_note, "%s", note);
+        m->ladder = ld;
+        m->opts = *opts;
+        m->opts.device = NULL;    /* the caller's string: not kept (a fallback reloads on */
+        m->opts.precision = NULL; /* the CPU, at the rung it names) */
+        m->ref = vlm_strdup(ref, VLM_MEM_OTHER);
+        if (!m->ref) {
+            vlm_model_free(m);
+            *out = NULL;
+            st = vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory", ref);
+        }
     }
     return st;
 }
 
-void vlm_model_free(vlm_model *m) {
-    if (!m) return;
+/* Everything a load attempt made (what a fallback frees before reloading). */
+static void model_release(vlm_model *m) {
     tokenizer_free(m->tok);
     arch_model_free(m->am);
     load_weights_free(&m->lw);
@@ -453,6 +480,18 @@ void vlm_model_free(vlm_model *m) {
     vlm_tensor_set_close(m->ts);
     vlm_model_configs_free(&m->cfgs);
     vlm_free(m->dir);
+    m->tok = NULL;
+    m->am = NULL;
+    m->pool = NULL;
+    m->ts = NULL;
+    m->dir = NULL;
+    memset(&m->cfgs, 0, sizeof m->cfgs);
+}
+
+void vlm_model_free(vlm_model *m) {
+    if (!m) return;
+    model_release(m);
+    vlm_free(m->ref);
     vlm_free(m);
     /* The mapping is gone and every block is freed; malloc keeps freed
      * small blocks in its arenas, so the monitor's cleanup trims them back
@@ -475,7 +514,7 @@ static const char *dtype_short(vlm_dtype d) {
 
 void vlm_model_describe(const vlm_model *m, vlm_model_desc *o) {
     memset(o, 0, sizeof *o);
-    if (!m) return;
+    if (!m || !m->am) return; /* none, or lost in a failed run-time fallback */
     const vlm_model_info *info = &m->am->info;
     snprintf(o->arch, sizeof o->arch, "%s", info->arch);
     snprintf(o->path, sizeof o->path, "%s", m->dir);
@@ -637,6 +676,9 @@ vlm_status vlm_session_new(vlm_model *m, vlm_session **out, vlm_err *err) {
     if (!out) return vlm_err_set(err, VLM_ERR_INVALID_ARG, "vlm_session_new: out is NULL");
     *out = NULL;
     if (!m) return vlm_err_set(err, VLM_ERR_INVALID_ARG, "vlm_session_new: no model");
+    if (!m->am)
+        return vlm_err_set(err, VLM_ERR_NOMEM,
+                           "vlm_session_new: the model was lost when a fallback failed");
     vlm_session *s = vlm_calloc(1, sizeof *s, VLM_MEM_OTHER);
     if (!s) return vlm_err_set(err, VLM_ERR_NOMEM, "session: out of memory");
     s->m = m;
@@ -648,12 +690,23 @@ vlm_status vlm_session_new(vlm_model *m, vlm_session **out, vlm_err *err) {
         vlm_free(s);
         return st;
     }
+    m->n_sessions++;
     *out = s;
     return VLM_OK;
 }
 
+static void hist_clear(vlm_session *s) {
+    for (int i = 0; i < s->n_hist; i++) vlm_image_free(s->hist[i]);
+    vlm_free(s->hist);
+    s->hist = NULL;
+    s->n_hist = s->cap_hist = 0;
+    s->no_replay = false;
+}
+
 void vlm_session_free(vlm_session *s) {
     if (!s) return;
+    s->m->n_sessions--;
+    hist_clear(s);
     session_free(s->s);
     vlm_free(s->system);
     vlm_free(s->gen);
@@ -663,7 +716,8 @@ void vlm_session_free(vlm_session *s) {
 
 void vlm_session_reset(vlm_session *s) {
     if (!s) return;
-    session_reset(s->s);
+    if (s->s) session_reset(s->s);
+    hist_clear(s);
     s->n_turns = 0;
     s->n_images = 0;
     s->need_end = false;
@@ -858,10 +912,11 @@ static vlm_status check_params(const vlm_gen_params *p, vlm_err *err) {
 /* Prefill the prompt (and the <|end|> owed by the last answer), generate,
  * and record the turn. */
 static vlm_status run_turn(vlm_session *vs, vlm_prompt *pr, const vlm_gen_params *p, double t0,
-                           char **answer, vlm_gen_stats *stats, vlm_err *err) {
+                           char **answer, vlm_gen_stats *stats, const char **phase, vlm_err *err) {
     vlm_model *m = vs->m;
     session *s = vs->s;
     vlm_status st;
+    *phase = "prefill";
     if (vs->need_end && m->end_id >= 0) {
         /* the last answer's <|end|> leads this turn */
         if ((st = tok_ids_push(&pr->ids, 0, err))) return st;
@@ -914,6 +969,7 @@ static vlm_status run_turn(vlm_session *vs, vlm_prompt *pr, const vlm_gen_params
         return st;
     }
     /* The prompt is in the conversation now. */
+    *phase = "decode";
     vs->n_turns++;
     vs->n_images += pr->n_images;
     vs->need_end = true;
@@ -995,6 +1051,218 @@ static vlm_status run_turn(vlm_session *vs, vlm_prompt *pr, const vlm_gen_params
     return VLM_OK;
 }
 
+/* One attempt at a turn: render (chat) or take (raw) the prompt, encode its
+ * images, prefill, generate. *phase: where a failure happened ("image",
+ * "prompt", "prefill", "decode"). */
+static vlm_status turn_once(vlm_session *s, bool raw, const char *text, vlm_image *const *images,
+                            int n_images, const vlm_gen_params *p, double t0, char **answer,
+                            vlm_gen_stats *stats, const char **phase, vlm_err *err) {
+    vlm_status st;
+    sbuf b = {0};
+    *phase = "prompt";
+    if (!raw && (st = render_turn(s, text, n_images, &b, err))) {
+        vlm_free(b.s);
+        return st;
+    }
+    vlm_prompt pr;
+    *phase = n_images > 0 ? "image" : "prompt";
+    st = vlm_prompt_build(s->m, raw ? text : b.s, raw || s->n_turns == 0, raw ? 0 : s->n_images,
+                          images, n_images, &pr, err);
+    vlm_free(b.s);
+    if (!st) st = run_turn(s, &pr, p, t0, answer, stats, phase, err);
+    vlm_prompt_free(&pr);
+    return st;
+}
+
+/* ---------------------------------------------------------------------------
+ * the run-time fallback
+ *
+ * An allocation failure inside a turn (host memory, or a device's
+ * VLM_ERR_NOMEM once a GPU backend reports one: the same status takes the
+ * same path) leaves the turn's own buffers freed by the code that failed.
+ * Then, when the model has a rung below its precision and this is its only
+ * session: the session's cache and the model's weights are freed, the model
+ * is loaded again one rung down under the same handle (vlm_model_load's own
+ * ladder: a reload that fails goes further down), the conversation before
+ * the turn is replayed (its token ids as they were, the earlier images
+ * encoded again on the new rung), and the turn is tried again. Each rung is
+ * tried at most once: the precision only goes down. With no rung left the
+ * turn ends in VLM_ERR_NOMEM as before, the session usable. */
+
+/* The conversation before a turn, to return to. */
+typedef struct turn_mark {
+    int64_t n_past;
+    bool has_pending;
+    int32_t pending;
+    int n_turns, n_images;
+    bool need_end;
+} turn_mark;
+
+static bool can_fall_back(const vlm_session *s) {
+    const vlm_model *m = s->m;
+    return m->am && m->n_sessions == 1 && !s->no_replay && m->ladder.n > 0 &&
+           rung_below(&m->ladder, (int)m->precision) >= 0;
+}
+
+/* Reload m one rung below its precision, in place. On failure the model is
+ * empty (am NULL: lost) and only vlm_model_free is left to call. */
+static vlm_status model_step_down(vlm_model *m, vlm_err *err) {
+    int next = rung_below(&m->ladder, (int)m->precision);
+    vlm_load_options lo = m->opts;
+    lo.precision = vlm_precision_name((vlm_precision)next);
+    /* the same crops and context as the rung gave up (if it did) */
+    lo.num_crops = m->num_crops;
+    lo.max_context = (int)m->max_context;
+    lo.allow_degrade = false;
+    char from[16];
+    snprintf(from, sizeof from, "%s", vlm_precision_name(m->precision));
+    model_release(m);
+    vlm_model *nm = NULL;
+    vlm_status st = vlm_model_load(m->ref, &lo, &nm, err);
+    if (st) return st;
+    /* Move the new model's parts under the old handle; the handle keeps its
+     * reference, options, ladder and session count. */
+    vlm_model keep = *m;
+    *m = *nm;
+    vlm_free(m->ref);
+    m->ref = keep.ref;
+    m->opts = keep.opts;
+    m->ladder = keep.ladder;
+    m->n_sessions = keep.n_sessions;
+    m->fallbacks = keep.fallbacks + 1 + nm->fallbacks;
+    size_t len = strlen(keep.fallback_note);
+    snprintf(keep.fallback_note + len, sizeof keep.fallback_note - len, "%s%s -> %s%s%s",
+             len ? ", " : "", from, vlm_precision_name(m->precision),
+             nm->fallback_note[0] ? ", " : "", nm->fallback_note);
+    snprintf(m->fallback_note, sizeof m->fallback_note, "%s", keep.fallback_note);
+    vlm_free(nm);
+    return VLM_OK;
+}
+
+static vlm_image *image_copy(const vlm_image *src) {
+    vlm_image *c = vlm_calloc(1, sizeof *c, VLM_MEM_IMAGE);
+    size_t bytes = (size_t)src->width * (size_t)src->height * 3;
+    if (c) c->rgb = vlm_alloc(bytes ? bytes : 1, VLM_MEM_IMAGE);
+    if (!c || !c->rgb) {
+        vlm_free(c);
+        return NULL;
+    }
+    c->width = src->width;
+    c->height = src->height;
+    memcpy(c->rgb, src->rgb, bytes);
+    return c;
+}
+
+/* Keep copies of a finished turn's images for a later replay. */
+static void hist_add(vlm_session *s, vlm_image *const *images, int n) {
+    if (s->no_replay || n == 0) return;
+    if (s->n_hist + n > s->cap_hist) {
+        int cap = s->cap_hist ? s->cap_hist : 4;
+        while (cap < s->n_hist + n) cap *= 2;
+        vlm_image **nh = vlm_realloc(s->hist, (size_t)cap * sizeof *nh, VLM_MEM_OTHER);
+        if (!nh) {
+            s->no_replay = true;
+            return;
+        }
+        s->hist = nh;
+        s->cap_hist = cap;
+    }
+    for (int i = 0; i < n; i++) {
+        vlm_image *c = image_copy(images[i]);
+        if (!c) {
+            s->no_replay = true;
+            return;
+        }
+        s->hist[s->n_hist++] = c;
+    }
+}
+
+/* Free the session's cache, reload the model one rung down, make a new
+ * cache and replay ids[0..mark->n_past) with the history's images. */
+static vlm_status fall_back(vlm_session *s, const turn_mark *mark, const int32_t *ids,
+                            vlm_err *err) {
+    vlm_model *m = s->m;
+    session_free(s->s);
+    s->s = NULL;
+    vlm_status st = model_step_down(m, err);
+    if (st) return st;
+    session_options so;
+    session_options_init(&so);
+    so.max_ctx = m->max_context;
+    if ((st = session_create(m->am, &so, &s->s, err))) return st;
+    s->n_turns = mark->n_turns;
+    s->n_images = mark->n_images;
+    s->need_end = mark->need_end;
+    s->n_gen = 0;
+    if (mark->n_past == 0) return VLM_OK;
+    vlm_prompt pr;
+    memset(&pr, 0, sizeof pr);
+    st = encode_images(m, s->hist, s->n_hist, &pr, err);
+    if (!st) st = session_append(s->s, ids, mark->n_past, pr.rows, pr.n_rows, NULL, err);
+    vlm_prompt_free(&pr);
+    if (st) return st;
+    s->s->pending = mark->pending;
+    s->s->has_pending = mark->has_pending;
+    return VLM_OK;
+}
+
+static vlm_status chat_turn(vlm_session *s, bool raw, const char *text, vlm_image *const *images,
+                            int n_images, const vlm_gen_params *p, char **answer,
+                            vlm_gen_stats *stats, vlm_err *err) {
+    if (!s->s || !s->m->am)
+        return vlm_err_set(err, VLM_ERR_NOMEM,
+                           "chat: the session lost its model when a fallback failed (free it)");
+    vlm_status st = check_params(p, err);
+    if (st) return st;
+    double t0 = now_ms();
+    turn_mark mark = {s->s->n_past, s->s->has_pending, s->s->pending,
+                      s->n_turns,   s->n_images,       s->need_end};
+    char from[16], phase_at[16] = "";
+    snprintf(from, sizeof from, "%s", vlm_precision_name(s->m->precision));
+    int32_t *ids = NULL; /* the conversation's ids before the turn, once a fallback needs them */
+    int fallbacks = 0;
+    for (;;) {
+        const char *phase = "prompt";
+        st = turn_once(s, raw, text, images, n_images, p, t0, answer, stats, &phase, err);
+        if (st != VLM_ERR_NOMEM || !can_fall_back(s)) break;
+        if (!ids && mark.n_past > 0) {
+            ids = VLM_NEW_ARRAY(int32_t, (size_t)mark.n_past, VLM_MEM_OTHER);
+            if (!ids) break; /* the turn's own NOMEM stands */
+            memcpy(ids, s->s->ids, (size_t)mark.n_past * sizeof *ids);
+        }
+        if (!phase_at[0]) snprintf(phase_at, sizeof phase_at, "%s", phase);
+        VLM_INFO("out of memory in the %s of a turn at %s (%s); reloading one rung down", phase,
+                 vlm_precision_name(s->m->precision), err ? err->msg : "");
+        /* down until the replay fits too, or no rung is left */
+        vlm_status fst;
+        do {
+            fallbacks++;
+            fst = fall_back(s, &mark, ids, err);
+        } while (fst == VLM_ERR_NOMEM && s->m->am && can_fall_back(s));
+        if (fst != VLM_OK) {
+            /* a half-made replay is no conversation: the session is lost */
+            session_free(s->s);
+            s->s = NULL;
+            st = fst;
+            break;
+        }
+    }
+    vlm_free(ids);
+    if (st == VLM_OK) {
+        hist_add(s, images, n_images);
+        if (stats) {
+            stats->fallbacks = fallbacks;
+            if (fallbacks) {
+                snprintf(stats->fallback_from, sizeof stats->fallback_from, "%s", from);
+                snprintf(stats->fallback_to, sizeof stats->fallback_to, "%s",
+                         vlm_precision_name(s->m->precision));
+                snprintf(stats->fallback_phase, sizeof stats->fallback_phase, "%s", phase_at);
+            }
+        }
+    }
+    return st;
+}
+
 vlm_status vlm_session_chat(vlm_session *s, const char *text, vlm_image *const *images,
                             int n_images, const vlm_gen_params *p, char **answer,
                             vlm_gen_stats *stats, vlm_err *err) {
@@ -1007,20 +1275,7 @@ vlm_status vlm_session_chat(vlm_session *s, const char *text, vlm_image *const *
         vlm_gen_params_init(&def);
         p = &def;
     }
-    vlm_status st = check_params(p, err);
-    if (st) return st;
-    double t0 = now_ms();
-    sbuf b = {0};
-    if ((st = render_turn(s, text, n_images, &b, err))) {
-        vlm_free(b.s);
-        return st;
-    }
-    vlm_prompt pr;
-    st = vlm_prompt_build(s->m, b.s, s->n_turns == 0, s->n_images, images, n_images, &pr, err);
-    vlm_free(b.s);
-    if (!st) st = run_turn(s, &pr, p, t0, answer, stats, err);
-    vlm_prompt_free(&pr);
-    return st;
+    return chat_turn(s, false, text, images, n_images, p, answer, stats, err);
 }
 
 vlm_status vlm_session_chat_raw(vlm_session *s, const char *raw, vlm_image *const *images,
@@ -1028,7 +1283,7 @@ vlm_status vlm_session_chat_raw(vlm_session *s, const char *raw, vlm_image *cons
                                 vlm_gen_stats *stats, vlm_err *err) {
     if (answer) *answer = NULL;
     if (!s || !raw) return vlm_err_set(err, VLM_ERR_INVALID_ARG, "chat: no session or no prompt");
-    if (s->n_turns > 0 || s->s->n_past > 0)
+    if (s->s && (s->n_turns > 0 || s->s->n_past > 0))
         return vlm_err_set(err, VLM_ERR_INVALID_ARG,
                            "raw prompt: the session already holds a conversation");
     vlm_gen_params def;
@@ -1036,12 +1291,5 @@ vlm_status vlm_session_chat_raw(vlm_session *s, const char *raw, vlm_image *cons
         vlm_gen_params_init(&def);
         p = &def;
     }
-    vlm_status st = check_params(p, err);
-    if (st) return st;
-    double t0 = now_ms();
-    vlm_prompt pr;
-    st = vlm_prompt_build(s->m, raw, true, 0, images, n_images, &pr, err);
-    if (!st) st = run_turn(s, &pr, p, t0, answer, stats, err);
-    vlm_prompt_free(&pr);
-    return st;
+    return chat_turn(s, true, raw, images, n_images, p, answer, stats, err);
 }

@@ -26,6 +26,10 @@ void load_weights_free(load_weights *lw) {
     vlm_free(lw->bufs);
     lw->bufs = NULL;
     lw->n_bufs = lw->cap_bufs = 0;
+    for (size_t i = 0; i < lw->n_maps; i++) vlm_st_range_unmap(&lw->maps[i]);
+    vlm_free(lw->maps);
+    lw->maps = NULL;
+    lw->n_maps = lw->cap_maps = 0;
     lw->converted_bytes = lw->source_bytes = lw->kept_bytes = 0;
 }
 
@@ -108,6 +112,28 @@ vlm_status load_weights_lookup(void *ctx, const char *name, vlm_tensor_view *out
                                t->file, name);
         out->dtype = t->dtype;
         out->data = t->data;
+        if (!t->data && nelem > 0) {
+            /* unmapped set: map just this tensor's pages */
+            if (lw->n_maps == lw->cap_maps) {
+                size_t cap = lw->cap_maps ? lw->cap_maps * 2 : 64;
+                vlm_st_range *nm = vlm_realloc(lw->maps, cap * sizeof *nm, VLM_MEM_OTHER);
+                if (!nm)
+                    return vlm_err_set(err, VLM_ERR_NOMEM, "tensor \"%s\": out of memory", name);
+                lw->maps = nm;
+                lw->cap_maps = cap;
+            }
+            vlm_st_range r;
+            vlm_status st = vlm_st_tensor_map(t, &r, err);
+            if (st) return st;
+            if ((t->dtype == VLM_DTYPE_BF16 || t->dtype == VLM_DTYPE_F16) &&
+                ((uintptr_t)r.data & 1)) {
+                vlm_st_range_unmap(&r);
+                return vlm_err_set(err, VLM_ERR_FORMAT, "%s: tensor \"%s\" is not 2-byte aligned",
+                                   t->file, name);
+            }
+            lw->maps[lw->n_maps++] = r;
+            out->data = r.data;
+        }
         lw->kept_bytes += t->nbytes;
         return VLM_OK;
     }
@@ -137,23 +163,48 @@ vlm_status load_weights_lookup(void *ctx, const char *name, vlm_tensor_view *out
         lw->cap_bufs = cap;
     }
     int threads = lw->pool ? cpu_pool_threads(lw->pool) : 1;
-    j.dst = vlm_alloc(total, VLM_MEM_WEIGHTS);
+    /* Unmapped: the stored rows are read block by block (pread) into one
+     * accounted buffer of at most LOAD_READ_BLOCK bytes (whole rows). */
+    const uint64_t blk_bytes = t->data ? 0 : vlm_plan_read_block_bytes(j.in_row_bytes, t->nbytes);
+    const uint64_t blk_rows = t->data ? rows : blk_bytes / j.in_row_bytes;
+    uint8_t *blk = NULL, *dst = vlm_alloc(total, VLM_MEM_WEIGHTS);
     j.scratch = VLM_NEW_ARRAY(float, (size_t)threads *(size_t)j.row, VLM_MEM_SCRATCH);
-    if (!j.dst || !j.scratch) {
-        vlm_free(j.dst);
+    if (dst && j.scratch && blk_bytes) blk = vlm_alloc((size_t)blk_bytes, VLM_MEM_SCRATCH);
+    if (!dst || !j.scratch || (blk_bytes && !blk)) {
+        vlm_free(dst);
         vlm_free(j.scratch);
+        vlm_free(blk);
         return vlm_err_set(err, VLM_ERR_NOMEM,
                            "tensor \"%s\": out of memory converting to %s (%zu bytes)", name,
                            ti->name, total);
     }
-    parallel_for(lw->pool, (int64_t)rows, conv_rows, &j);
+    vlm_status st = VLM_OK;
+    for (uint64_t r0 = 0; r0 < rows && !j.bad; r0 += blk_rows) {
+        uint64_t nr = rows - r0 < blk_rows ? rows - r0 : blk_rows;
+        j.dst = dst + (size_t)r0 * j.out_row_bytes;
+        if (blk) {
+            st =
+                vlm_st_tensor_read(t, r0 * j.in_row_bytes, blk, (size_t)(nr * j.in_row_bytes), err);
+            if (st) break;
+            j.src = blk;
+        } else {
+            j.src = (const uint8_t *)t->data + (size_t)r0 * j.in_row_bytes;
+        }
+        parallel_for(lw->pool, (int64_t)nr, conv_rows, &j);
+    }
     vlm_free(j.scratch);
-    if (j.bad) {
-        vlm_free(j.dst);
+    vlm_free(blk);
+    if (st || j.bad) {
+        vlm_free(dst);
+        if (st) return st;
         return vlm_err_set(err, VLM_ERR_INTERNAL, "tensor \"%s\": conversion %s -> %s failed", name,
                            fi->name, ti->name);
     }
-    drop_pages(t->data, (size_t)t->nbytes);
+    j.dst = dst;
+    if (t->data)
+        drop_pages(t->data, (size_t)t->nbytes);
+    else
+        vlm_st_tensor_drop_cache(t);
     lw->bufs[lw->n_bufs++] = j.dst;
     lw->converted_bytes += total;
     lw->source_bytes += t->nbytes;

@@ -9,7 +9,16 @@
  * an accounted buffer of category weights. No second full-precision copy is
  * made: the peak during load is the converted bytes plus n_threads rows of
  * f32. The source pages are dropped from the page cache mapping after each
- * conversion (madvise), so resident memory follows the converted size. */
+ * conversion (madvise), so resident memory follows the converted size.
+ *
+ * Over a set opened unmapped (vlm_tensor_set_open_unmapped, as vlm_model_load
+ * does) nothing of the checkpoint is mapped up front: a tensor kept as
+ * stored is mapped on its own (the page-aligned range covering it), and a
+ * tensor converted is read with pread, vlm_plan_read_block_bytes at a time
+ * (whole rows), into one accounted scratch buffer. Address space then
+ * follows what the plan counts (weights + scratch), so a limit on it
+ * (prlimit --as) below the checkpoint's size can still hold a quantized
+ * rung. */
 #ifndef VLM_RUNTIME_LOAD_WEIGHTS_H
 #define VLM_RUNTIME_LOAD_WEIGHTS_H
 
@@ -27,6 +36,8 @@ typedef struct load_weights {
     cpu_pool *pool; /* converts rows in parallel; may be NULL */
     void **bufs;    /* [n_bufs] converted tensors (accounted, weights) */
     size_t n_bufs, cap_bufs;
+    vlm_st_range *maps; /* [n_maps] unmapped set: the kept tensors' own mappings */
+    size_t n_maps, cap_maps;
     uint64_t converted_bytes; /* bytes of the converted tensors */
     uint64_t source_bytes;    /* their stored bytes */
     uint64_t kept_bytes;      /* stored bytes of the tensors kept mapped */

@@ -151,10 +151,11 @@ vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, co
     out->n_layers = L;
     uint64_t *dev = out->gpu;
 
-    /* Weights, and the scratch of converting them at load: the source
-     * tensor being read (mapped pages) plus one f32 row. A tensor bound for
-     * the device passes through the host once: its mapped source pages
-     * plus its converted (or pinned) copy, one tensor at a time. */
+    /* Weights, and the scratch of converting them at load. A tensor bound
+     * for the device passes through the host once: its mapped source pages
+     * plus its converted (or pinned) copy, one tensor at a time. A tensor
+     * converted on the host: one block of the source rows read with pread
+     * (vlm_plan_read_block_bytes) plus one f32 row per thread. */
     uint64_t all;
     plan_weight_bytes(pm, s->precision, &b[PLAN_WEIGHTS], &all);
     for (size_t i = 0; i < pm->n_tensors; i++) {
@@ -169,7 +170,10 @@ vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, co
             continue;
         }
         if (d == t->stored) continue;
-        uint64_t sc = src + (uint64_t)t->shape[t->rank - 1] * sizeof(float);
+        const uint64_t row = (uint64_t)t->shape[t->rank - 1];
+        uint64_t sc = vlm_plan_read_block_bytes(vlm_plan_dtype_bytes(t->stored, row),
+                                                vlm_plan_dtype_bytes(t->stored, t->nelem)) +
+                      (uint64_t)threads * row * sizeof(float);
         b[PLAN_LOAD_SCRATCH] = max_u64(b[PLAN_LOAD_SCRATCH], sc);
     }
     b[PLAN_WEIGHTS] -= dev[PLAN_GPU_WEIGHTS];

@@ -43,6 +43,13 @@ uint64_t vlm_plan_dtype_bytes(vlm_dtype t, uint64_t nelem) {
     return (nelem + d->block_elems - 1) / d->block_elems * d->block_bytes;
 }
 
+uint64_t vlm_plan_read_block_bytes(uint64_t row_bytes, uint64_t nbytes) {
+    if (row_bytes == 0) return nbytes;
+    uint64_t rows = PLAN_READ_BLOCK / row_bytes;
+    uint64_t b = (rows ? rows : 1) * row_bytes;
+    return b < nbytes ? b : nbytes;
+}
+
 /* ---------------------------------------------------------------------------
  * the quantization policy (the one place it is decided) */
 
@@ -162,7 +169,7 @@ vlm_status plan_model_open(plan_model *pm, const char *ref, vlm_err *err) {
     /* Headers only: opening maps the files and parses the JSON headers. */
     vlm_mem_stats a, b;
     vlm_alloc_get_stats(&a);
-    if ((st = vlm_tensor_set_open(pm->path, &set, err)) != VLM_OK) goto fail;
+    if ((st = vlm_tensor_set_open_unmapped(pm->path, &set, err)) != VLM_OK) goto fail;
     vlm_alloc_get_stats(&b);
     pm->index_bytes = b.total_current > a.total_current ? b.total_current - a.total_current : 0;
     st = plan_model_init(pm, &pm->cfg, set, dtype_from_torch(pm->cfg.torch_dtype), err);

@@ -59,14 +59,42 @@ if "$bin" generate -m "$model" -p "Hello" --max-tokens 1 --mem-budget 1M >"$tmp/
 fi
 grep -q "does not fit the memory budget of 1048576 bytes" "$tmp/no.err" || fail "no-fit message: $(cat "$tmp/no.err")"
 
-# an allocation failure inside the tokenizer's load: one rung down (q8_0),
-# the ids of an unfaulted q8_0 load, one warning line naming the fallback
-VLM_FAIL_ALLOC_AT=100000 gen fb
-[ "$(field "$tmp/fb.json" "d['plan']['fallbacks']")" = 1 ] || fail "no fallback recorded"
-[ "$(field "$tmp/fb.json" "d['plan']['precision']")" = q8_0 ] || fail "fallback precision"
-[ "$(field "$tmp/fb.json" "d['ids']")" = "$(field "$tmp/q8.json" "d['ids']")" ] || fail "fallback ids"
-[ "$(wc -l <"$tmp/fb.err")" -eq 1 ] || fail "fallback: not one line: $(cat "$tmp/fb.err")"
-grep -q "after out of memory: native -> q8_0" "$tmp/fb.err" || fail "fallback warning"
+# An allocation failure at the end of the load (the tokenizer), then one in
+# the turn: each ends one rung down (q8_0) with the ids of an unfaulted q8_0
+# load and one warning line naming the fallback. VLM_FAIL_ALLOC_AT counts
+# from the process start: walk back from the run's last allocation
+# (VLM_ALLOC_STATS) until each kind of fallback shows.
+total=$(VLM_ALLOC_STATS=1 "$bin" generate -m "$model" -p "Hello" --max-tokens 8 --ignore-eos \
+        --threads 1 --json 2>&1 >/dev/null | sed -n 's/.*allocations=\([0-9]*\).*/\1/p')
+[ "${total:-0}" -gt 200 ] || fail "allocation count: '$total'"
+load_fb=0 turn_fb=0
+for ((n = total - 4; n > total - 400 && (load_fb == 0 || turn_fb == 0); n -= 6)); do
+    if ! VLM_FAIL_ALLOC_AT=$n gen fb; then
+        # outside the load and the turn (the session's cache): a clean error
+        grep -q "out of memory" "$tmp/fb.err" || fail "N=$n: $(cat "$tmp/fb.err")"
+        continue
+    fi
+    if [ "$(field "$tmp/fb.json" "d['plan']['fallbacks']")" = 0 ]; then
+        [ "$(field "$tmp/fb.json" "d['ids']")" = "$(field "$tmp/native.json" "d['ids']")" ] ||
+            fail "N=$n: absorbed, but not native's ids"
+        continue
+    fi
+    [ "$(field "$tmp/fb.json" "d['plan']['precision']")" = q8_0 ] || fail "N=$n: fallback precision"
+    [ "$(field "$tmp/fb.json" "d['ids']")" = "$(field "$tmp/q8.json" "d['ids']")" ] || fail "N=$n: fallback ids"
+    [ "$(wc -l <"$tmp/fb.err")" -eq 1 ] || fail "N=$n: not one line: $(cat "$tmp/fb.err")"
+    if [ "$(field "$tmp/fb.json" "'turn_fallback' in d")" = True ]; then
+        [ "$(field "$tmp/fb.json" "d['turn_fallback']['from'] + ' ' + d['turn_fallback']['to']")" = "native q8_0" ] ||
+            fail "N=$n: turn fallback record"
+        grep -q "out of memory in the .* at native; the model was reloaded at q8_0" "$tmp/fb.err" ||
+            fail "N=$n: turn fallback warning: $(cat "$tmp/fb.err")"
+        turn_fb=$((turn_fb + 1))
+    else
+        grep -q "after out of memory: native -> q8_0" "$tmp/fb.err" || fail "N=$n: load fallback warning"
+        load_fb=$((load_fb + 1))
+    fi
+done
+[ "$load_fb" -gt 0 ] || fail "no load fallback found below N=$total"
+[ "$turn_fb" -gt 0 ] || fail "no turn fallback found below N=$total"
 
 # a bad precision is refused
 if "$bin" generate -m "$model" -p "Hello" --precision q3 >/dev/null 2>"$tmp/bad.err"; then

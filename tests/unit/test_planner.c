@@ -180,11 +180,14 @@ static void test_full_components(void **state) {
     assert_int_equal(e.crops, 2);
     assert_true((double)v16 <= 1.2 * (double)e.vision_group1);
     s.num_crops = 16;
-    /* q4_K: converting at load holds one source tensor: the largest is
-     * embed_tokens / lm_head, 32064 x 3072 bf16, plus a 3072-float row */
+    /* q4_K: converting at load holds one read block of whole source rows
+     * (at most 4 MiB) plus one f32 row per thread (1 here). The largest:
+     * down_proj, rows of 8192 bf16 (16 KiB): 256 rows = 4 MiB exactly, and
+     * an 8192-float row; rows of 3072 (embed_tokens, qkv) fit 682 rows,
+     * 4,190,208 bytes. */
     s.precision = VLM_PREC_Q4_K;
     assert_int_equal(plan_estimate_setting(&pm, &r, &s, &e, &err), VLM_OK);
-    assert_int_equal(e.bytes[PLAN_LOAD_SCRATCH], 32064ull * 3072 * 2 + 3072 * 4);
+    assert_int_equal(e.bytes[PLAN_LOAD_SCRATCH], 256ull * 8192 * 2 + 8192 * 4);
     assert_int_equal(e.bytes[PLAN_WEIGHTS], 2532818944ull);
     /* bf16 KV halves it; beyond 4096 the session keeps image rows
      * (capacity 1024 doubled to 4096 rows >= 2653) */

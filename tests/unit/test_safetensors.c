@@ -208,14 +208,47 @@ static unsigned char *image(const char *header, size_t data_len, size_t *len) {
     return b;
 }
 
-static vlm_status open_header(const char *header, size_t data_len, vlm_err *err) {
-    size_t len;
-    unsigned char *b = image(header, data_len, &len);
+/* Open the image in memory, and as a file without mapping it: both must
+ * give the same status and message (after the path). */
+static vlm_status open_image(const unsigned char *b, size_t len, vlm_err *err) {
     vlm_st_file *f = NULL;
     vlm_status st = vlm_st_open_memory(b, len, "mem.safetensors", &f, err);
     vlm_st_close(f);
+    char *dir = tu_mkdtemp();
+    char path[4200];
+    snprintf(path, sizeof path, "%s/mem.safetensors", dir);
+    assert_true(tu_write_file(path, b, len));
+    vlm_err e2 = {0};
+    f = NULL;
+    vlm_status st2 = vlm_st_open_unmapped(path, &f, &e2);
+    vlm_st_close(f);
+    if (st2 != st || (st && !strstr(e2.msg, err->msg + strlen("mem.safetensors"))))
+        fail_msg("unmapped open: status %d \"%s\", in memory: %d \"%s\"", st2, e2.msg, st,
+                 err->msg);
+    tu_rmtree(dir);
+    free(dir);
+    return st;
+}
+
+static vlm_status open_header(const char *header, size_t data_len, vlm_err *err) {
+    size_t len;
+    unsigned char *b = image(header, data_len, &len);
+    vlm_status st = open_image(b, len, err);
     free(b);
     return st;
+}
+
+/* Truncated files: shorter than the length field, and a length past the end. */
+static void test_truncated(void **state) {
+    (void)state;
+    vlm_err err = {0};
+    const unsigned char short5[5] = {1, 2, 3, 4, 5};
+    assert_int_equal(open_image(short5, sizeof short5, &err), VLM_ERR_FORMAT);
+    assert_non_null(strstr(err.msg, "too short"));
+    unsigned char past[12] = {200, 0, 0, 0, 0, 0, 0, 0, '{', '}', ' ', ' '};
+    memset(&err, 0, sizeof err);
+    assert_int_equal(open_image(past, sizeof past, &err), VLM_ERR_FORMAT);
+    assert_non_null(strstr(err.msg, "truncated: header length 200"));
 }
 
 static void test_handcrafted_headers(void **state) {
@@ -338,6 +371,45 @@ static void check_set(const char *path, float vals[N_SHARD_TENSORS][6],
     vlm_tensor_set_close(s);
 }
 
+/* The same set opened unmapped: no data pointer, nothing mapped; every
+ * tensor read (whole and in part) and mapped on its own gives the bytes
+ * written; a read outside a tensor is refused. */
+static void check_set_unmapped(const char *path, float vals[N_SHARD_TENSORS][6],
+                               char names[N_SHARD_TENSORS][32]) {
+    vlm_mem_stats m0, m1;
+    vlm_alloc_get_stats(&m0);
+    vlm_tensor_set *s = NULL;
+    vlm_err err = {0};
+    assert_int_equal(vlm_tensor_set_open_unmapped(path, &s, &err), VLM_OK);
+    assert_int_equal(vlm_tensor_set_count(s), N_SHARD_TENSORS);
+    assert_int_equal(vlm_tensor_set_mapped_bytes(s), 0);
+    vlm_alloc_get_stats(&m1);
+    assert_int_equal(m1.mapped_current, m0.mapped_current);
+    for (int i = 0; i < N_SHARD_TENSORS; i++) {
+        const vlm_st_tensor *t = vlm_tensor_set_find(s, names[i]);
+        assert_non_null(t);
+        assert_null(t->data);
+        float got[6] = {0};
+        assert_int_equal(vlm_st_tensor_read(t, 0, got, 24, &err), VLM_OK);
+        assert_memory_equal(got, vals[i], 24);
+        assert_int_equal(vlm_st_tensor_read(t, 8, got, 8, &err), VLM_OK);
+        assert_memory_equal(got, vals[i] + 2, 8);
+        assert_int_equal(vlm_st_tensor_read(t, 20, got, 8, &err), VLM_ERR_INVALID_ARG);
+        assert_non_null(strstr(err.msg, names[i]));
+        vlm_st_range r;
+        assert_int_equal(vlm_st_tensor_map(t, &r, &err), VLM_OK);
+        assert_non_null(r.base);
+        assert_memory_equal(r.data, vals[i], 24);
+        vlm_alloc_get_stats(&m1);
+        assert_int_equal(m1.mapped_current, m0.mapped_current + r.len);
+        vlm_st_range_unmap(&r);
+        vlm_st_range_unmap(&r); /* safe twice */
+        vlm_alloc_get_stats(&m1);
+        assert_int_equal(m1.mapped_current, m0.mapped_current);
+    }
+    vlm_tensor_set_close(s);
+}
+
 static void test_sharded_round_trip(void **state) {
     (void)state;
     char *dir = tu_mkdtemp();
@@ -348,6 +420,7 @@ static void test_sharded_round_trip(void **state) {
     check_set(dir, vals, names, 3);
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
     check_set(path, vals, names, 3);
+    check_set_unmapped(dir, vals, names);
     /* The index carries total_size = the tensor bytes. */
     char *text = tu_read_file(path, NULL);
     assert_non_null(strstr(text, "\"total_size\": 168"));
@@ -450,8 +523,7 @@ static void test_folder_rules(void **state) {
 
 /* Every allocation of an open, failed in turn: success or a clean NOMEM,
  * nothing leaked. */
-static void test_open_alloc_failures(void **state) {
-    (void)state;
+static void open_alloc_failures(bool unmapped) {
     char *dir = tu_mkdtemp();
     float vals[N_SHARD_TENSORS][6];
     char names[N_SHARD_TENSORS][32];
@@ -462,7 +534,8 @@ static void test_open_alloc_failures(void **state) {
         vlm_tensor_set *s = NULL;
         vlm_err err = {0};
         vlm_alloc_fail_at(vlm_alloc_count() + k, false);
-        vlm_status st = vlm_tensor_set_open(dir, &s, &err);
+        vlm_status st = unmapped ? vlm_tensor_set_open_unmapped(dir, &s, &err)
+                                 : vlm_tensor_set_open(dir, &s, &err);
         vlm_alloc_fail_at(0, false);
         if (st == VLM_OK) {
             ok++;
@@ -479,6 +552,12 @@ static void test_open_alloc_failures(void **state) {
     assert_true(ok >= 1);
     tu_rmtree(dir);
     free(dir);
+}
+
+static void test_open_alloc_failures(void **state) {
+    (void)state;
+    open_alloc_failures(false);
+    open_alloc_failures(true);
 }
 
 static void test_write_alloc_failures(void **state) {
@@ -518,6 +597,7 @@ int main(void) {
         cmocka_unit_test(test_streamed_write),
         cmocka_unit_test(test_writer_refuses_bad_input),
         cmocka_unit_test(test_handcrafted_headers),
+        cmocka_unit_test(test_truncated),
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_sharded_round_trip),
         cmocka_unit_test(test_index_disagreements),
