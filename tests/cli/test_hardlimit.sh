@@ -29,7 +29,9 @@ gen big "$big" || fail "4 GiB limit: $(cat "$tmp/big.err")"
 [ "$(field "$tmp/big.json" "d['plan']['precision']")" = native ] || fail "4 GiB: not native"
 [ "$(field "$tmp/big.json" "d['plan']['budget_source']")" = machine ] || fail "budget source"
 used=$((big - margin - $(field "$tmp/big.json" "d['plan']['budget']")))
-[ "$used" -gt 0 ] && [ "$used" -lt $((256 << 20)) ] || fail "address space at planning: $used"
+# (the program and its libraries: ~100 MB, ~700 MB in a CUDA build, where
+# cuBLAS and cuBLASLt are mapped)
+[ "$used" -gt 0 ] && [ "$used" -lt $((1 << 30)) ] || fail "address space at planning: $used"
 
 # the reference: q8_0 asked for
 gen q8 "$big" --precision q8_0 || fail "q8_0: $(cat "$tmp/q8.err")"
