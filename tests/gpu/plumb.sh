@@ -83,14 +83,17 @@ def plan(b):
     out = subprocess.run([v, "plan", tiny, "--precision", "native", "--gpu-mem-budget", str(b),
                           "--context", "1024", "--threads", "4", "--json"], capture_output=True).stdout
     return json.loads(out)
-b = [r for r in plan(1 << 40)["rungs"] if r["label"] == "gpu native"][0]["gpu_bytes"]
-while b > 1 << 20:
-    c = plan(b)["chosen"]
-    if c and c["device"] == "gpu" and c["gpu_layers"] == 1:
-        print(b); break
-    b = int(b * 0.98)
-else:
-    print(0)
+def partial(b):
+    return [r for r in plan(b)["rungs"] if r["label"].startswith("gpu native, ")][0]
+# Step the budget to one byte under what the partial rung needs, until it
+# holds one layer: first the tower leaves the GPU, then a layer does.
+b = [r for r in plan(1 << 40)["rungs"] if r["label"] == "gpu native"][0]["gpu_bytes"] - 1
+for _ in range(8):
+    r = partial(b)
+    if r["gpu_layers"] <= 1:
+        break
+    b = min(b, r["gpu_bytes"]) - 1
+print(b if r["gpu_layers"] == 1 else 0)
 PY
 )
 run_gen split VLM_X=1 -- --device auto --precision native --gpu-mem-budget "$SPLIT"
