@@ -18,6 +18,7 @@ ROOT=$(pwd)
 BUILD=${BUILD:-build-gpu}
 LOGS=${OUT:-$ROOT/$BUILD/logs}
 mkdir -p "$LOGS"
+rm -f "$LOGS/notes.txt"
 T0=$(date +%s)
 declare -a NAMES=() RESULTS=() SECS=()
 BUDGET=${BUDGET:-450} # seconds for the whole run; later steps are skipped past it
@@ -88,6 +89,39 @@ step configure 120 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVL
   BUILT=1 || BUILT=0
 
 # --- 3-5. test, sanitizers, bench ------------------------------------------
+# memcheck_run LIMIT PROGRAM: memcheck with leak check, API errors reported.
+# gpu_test_cuda_ops asks the card for more than it has on purpose
+# (test_dev_alloc: the allocator must return NULL and count nothing), and
+# memcheck reports each refused cudaMalloc, and the cudaGetLastError that
+# clears it, as an API error. Those, and only those, are accepted: every
+# "Program hit" record must be cudaErrorMemoryAllocation with test_dev_alloc
+# in its backtrace, and the error summary must count nothing else (memory
+# access errors, leaks, other API errors all fail the step). The count goes
+# to notes.txt and the summary.
+memcheck_run() {
+  local limit=$1 prog=$2 raw
+  raw="$LOGS/memcheck-raw-$(basename "$prog").log"
+  timeout --kill-after=10 "$limit" env VLM_SOURCE_DIR="$ROOT" VLM_SHARED_DIR="$ROOT/../shared" \
+    VLM_BUILD_DIR="$ROOT/$BUILD" "$SAN" --tool memcheck --leak-check full --error-exitcode 3 \
+    "$prog" >"$raw" 2>&1
+  local rc=$?
+  cat "$raw"
+  [ $rc -eq 3 ] || return $rc # clean (0), or the test itself failed / timed out
+  awk -v name="$(basename "$prog")" '
+    function close_rec() { if (inrec) { if (ok && frame) expected++; else other++ } inrec = 0 }
+    /========= Program hit/ { close_rec(); inrec = 1; frame = 0
+      ok = /cudaErrorMemoryAllocation/ && /API call to (cudaMalloc|cudaGetLastError)\./; next }
+    /Host Frame:.*test_dev_alloc/ { if (inrec) frame = 1; next }
+    /=========[ ]*$/ { close_rec(); next }
+    /ERROR SUMMARY:/ { close_rec(); match($0, /[0-9]+ error/); total = substr($0, RSTART, RLENGTH) + 0 }
+    END { close_rec()
+      if (other == 0 && expected > 0 && total == expected) {
+        printf "%s memcheck: %d API errors, all the deliberate cudaMalloc refusals of test_dev_alloc; no memory errors, no leaks\n", name, expected
+        exit 0 }
+      printf "%s memcheck: %d errors, %d of them expected refusals, %d other API records\n", name, total, expected, other
+      exit 3 }' "$raw" | tee -a "$LOGS/notes.txt"
+  return "${PIPESTATUS[0]}"
+}
 if [ "$BUILT" = 1 ]; then
   nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv \
     >"$LOGS/nvidia-smi.txt" 2>/dev/null || true
@@ -102,11 +136,12 @@ if [ "$BUILT" = 1 ]; then
       tools=(memcheck)
       [ "$n" = gpu_test_cuda_ops ] && tools+=(racecheck)
       for tool in "${tools[@]}"; do
-        extra=()
-        [ "$tool" = memcheck ] && extra=(--leak-check full)
-        step "$tool-$n" 90 env VLM_SOURCE_DIR="$ROOT" VLM_SHARED_DIR="$ROOT/../shared" \
-          VLM_BUILD_DIR="$ROOT/$BUILD" "$SAN" --tool "$tool" "${extra[@]}" \
-          --error-exitcode 3 "$t"
+        if [ "$tool" = memcheck ]; then
+          step "$tool-$n" 90 memcheck_run 90 "$t"
+        else
+          step "$tool-$n" 90 env VLM_SOURCE_DIR="$ROOT" VLM_SHARED_DIR="$ROOT/../shared" \
+            VLM_BUILD_DIR="$ROOT/$BUILD" "$SAN" --tool "$tool" --error-exitcode 3 "$t"
+        fi
       done
     done
   else
@@ -125,6 +160,7 @@ for r in "${RESULTS[@]}"; do case "$r" in ok | absent) ;; *) fail=1 ;; esac; don
   for i in "${!NAMES[@]}"; do
     printf "%-40s %-14s %6s\n" "${NAMES[$i]}" "${RESULTS[$i]}" "${SECS[$i]}"
   done
+  [ -f "$LOGS/notes.txt" ] && { echo; cat "$LOGS/notes.txt"; }
   if [ -f "$LOGS/gpubench.log" ]; then echo; grep -E "ms|device" "$LOGS/gpubench.log"; fi
   echo "total $(($(date +%s) - T0)) s; logs in $LOGS"
 } | tee "$LOGS/summary.txt"
