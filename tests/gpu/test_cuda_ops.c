@@ -160,6 +160,23 @@ static void test_matmul(void **state) {
     mm_case(VLM_DTYPE_Q8_0, 1, 3072, 70, false, 1e-5);
     mm_case(VLM_DTYPE_Q4_0, 4, 256, 64, true, 1e-5);
     mm_case(VLM_DTYPE_Q8_0, 20, 96, 32, false, 1e-5); /* quantized: GEMV in chunks of 8 */
+    mm_case(VLM_DTYPE_Q4_0, 2, 160, 9, false, 1e-5);  /* 5 blocks a row: k_gemv, not 16-byte */
+    /* the 16-byte GEMVs (k_gemv16: in % 8 == 0; k_gemv_quant16: blocks per
+     * row a multiple of 8): one, two and four warps per row (>= 6144,
+     * >= 1536, fewer rows), a row that ends inside a step of 4 loads per
+     * lane (1000 = 125 vectors), 1..8 tokens, the real model's rows, a
+     * quantized row of one full 128-block staging chunk and a partial one */
+    mm_case(VLM_DTYPE_BF16, 1, 3072, 6200, false, 1e-5);
+    mm_case(VLM_DTYPE_BF16, 1, 8192, 1600, false, 1e-5);
+    mm_case(VLM_DTYPE_BF16, 5, 1000, 1537, true, 1e-5);
+    mm_case(VLM_DTYPE_BF16, 3, 1000, 7, false, 1e-5);
+    mm_case(VLM_DTYPE_F16, 7, 3072, 33, false, 1e-5);
+    mm_case(VLM_DTYPE_BF16, 6, 64, 6145, false, 1e-5);
+    mm_case(VLM_DTYPE_Q8_0, 1, 4352, 40, false, 1e-5);
+    mm_case(VLM_DTYPE_Q4_0, 1, 4352, 40, false, 1e-5);
+    mm_case(VLM_DTYPE_Q8_0, 8, 8192, 19, true, 1e-5);
+    mm_case(VLM_DTYPE_Q4_0, 3, 3072, 1601, false, 1e-5);
+    mm_case(VLM_DTYPE_Q8_0, 5, 256, 5, false, 1e-5);
     /* cuBLAS (n > 8) */
     mm_case(VLM_DTYPE_F32, 40, 256, 96, true, 1e-5);
     mm_case(VLM_DTYPE_BF16, 40, 256, 96, false, 1e-2);

@@ -494,6 +494,236 @@ __global__ void k_gemv(float *y, const float *x, int64_t n, int64_t in, int64_t 
     }
 }
 
+/* --- GEMV, the fast paths ----------------------------------------------------
+ * Decoding is bound by reading the weights once per token, so these kernels
+ * are written for DRAM bandwidth: every weight byte is read with a 16-byte
+ * load that bypasses L1 (ld.global.nc.L1::no_allocate: x, re-read by every
+ * row, stays in L1), each lane keeps GV_LOADS such loads in flight, and the
+ * token count NT (1..8) is a template argument so the accumulators live in
+ * registers with no runtime bounds. k_gemv above stays for the shapes these
+ * do not take (rows not a multiple of 8 weights, unaligned blocks). */
+
+constexpr int GV_LOADS = 4; /* 16-byte weight loads in flight per lane */
+
+__device__ __forceinline__ uint4 ld_stream16(const void *p) {
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
+/* BF16 / F16 rows of in % 8 == 0 weights, 16-byte aligned. WS warps share a
+ * row (WS = 1, 2, 4; the block's GEMV_WARPS / WS rows) so that short
+ * matrices (3072 rows) still give every SM enough loads in flight; warp s of
+ * a row takes the 16-byte vectors [i0 + s * 32 * GV_LOADS, + 32 * GV_LOADS)
+ * of every stride of WS * 32 * GV_LOADS. y[t][row] = sum_i W[row][i] x[t][i]. */
+template <int NT, int WS>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+    k_gemv16(float *y, const float *x, int64_t in, int64_t out, bool bf16, const uint4 *w) {
+    constexpr int RPB = GEMV_WARPS / WS; /* rows per block */
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int64_t row = (int64_t)blockIdx.x * RPB + warp / WS;
+    int s = warp % WS;
+    bool live = row < out;
+    int64_t nv = in / 8; /* 16-byte vectors per row */
+    const uint4 *wr = w + (live ? row : 0) * nv;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    vlm_dtype dt = bf16 ? VLM_DTYPE_BF16 : VLM_DTYPE_F16;
+    for (int64_t i0 = (int64_t)s * 32 * GV_LOADS; live && i0 < nv; i0 += WS * 32 * GV_LOADS) {
+        uint4 u[GV_LOADS];
+#pragma unroll
+        for (int k = 0; k < GV_LOADS; k++) { /* all loads first: GV_LOADS in flight */
+            int64_t i = i0 + k * 32 + lane;
+            u[k] = i < nv ? ld_stream16(wr + i) : make_uint4(0u, 0u, 0u, 0u);
+        }
+#pragma unroll
+        for (int k = 0; k < GV_LOADS; k++) {
+            int64_t i = i0 + k * 32 + lane;
+            if (i >= nv) break;
+            float wv[8];
+            unpack8(dt, u[k], wv);
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                const float4 *xv = (const float4 *)(x + t * in + i * 8);
+                float4 a = __ldg(xv), b = __ldg(xv + 1);
+                acc[t] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w + wv[4] * b.x +
+                          wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = warp_sum(acc[t]);
+    if (WS == 1) {
+        if (live && lane == 0)
+#pragma unroll
+            for (int t = 0; t < NT; t++) y[t * out + row] = acc[t];
+        return;
+    }
+    __shared__ float part[GEMV_WARPS][NT];
+    if (lane == 0)
+#pragma unroll
+        for (int t = 0; t < NT; t++) part[warp][t] = acc[t];
+    __syncthreads();
+    if (live && s == 0 && lane < NT) {
+        float v = 0.0f;
+#pragma unroll
+        for (int j = 0; j < WS; j++) v += part[warp + j][lane];
+        y[lane * out + row] = v;
+    }
+}
+
+/* Q8_0 / Q4_0 rows whose byte length is a multiple of 16 (blocks per row a
+ * multiple of 8) at a 16-byte aligned address. The 34- and 18-byte blocks
+ * straddle 16-byte words, so a warp first copies GVQ_CHUNK blocks of its row
+ * to shared memory with coalesced 16-byte loads (Q8_0: 272 words, 9 per lane
+ * in flight; Q4_0: 144, 5 per lane), then each lane dequantizes whole blocks
+ * from there in registers (block lane, lane + 32, ...) and multiplies them
+ * with x. One warp per row. */
+constexpr int GVQ_CHUNK = 128; /* blocks per staging step; 4352 bytes for Q8_0 */
+
+template <int NT, bool Q8>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+    k_gemv_quant16(float *y, const float *x, int64_t in, int64_t out, const uint8_t *w) {
+    constexpr int BB = Q8 ? (int)sizeof(vlm_block_q8_0) : (int)sizeof(vlm_block_q4_0);
+    constexpr int CW = GVQ_CHUNK * BB / 16;  /* 16-byte words per full chunk */
+    constexpr int PER_LANE = (CW + 31) / 32; /* loads in flight per lane */
+    __shared__ uint4 stage[GEMV_WARPS][CW];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int64_t row = (int64_t)blockIdx.x * GEMV_WARPS + warp;
+    if (row >= out) return; /* no block-wide barrier below: a warp's own rows only */
+    int64_t nb = in / VLM_QK;
+    const uint4 *wr = (const uint4 *)(w + row * nb * BB);
+    const uint8_t *sb = (const uint8_t *)stage[warp];
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    for (int64_t b0 = 0; b0 < nb; b0 += GVQ_CHUNK) {
+        int cnt = nb - b0 < GVQ_CHUNK ? (int)(nb - b0) : GVQ_CHUNK;
+        int words = cnt * BB / 16; /* whole: b0 * BB and the row's end are 16-byte aligned */
+        const uint4 *src = wr + b0 * BB / 16;
+        uint4 u[PER_LANE];
+#pragma unroll
+        for (int k = 0; k < PER_LANE; k++) {
+            int i = k * 32 + lane;
+            u[k] = i < words ? ld_stream16(src + i) : make_uint4(0u, 0u, 0u, 0u);
+        }
+        __syncwarp(); /* the previous chunk's reads of stage are done */
+#pragma unroll
+        for (int k = 0; k < PER_LANE; k++) {
+            int i = k * 32 + lane;
+            if (i < words) stage[warp][i] = u[k];
+        }
+        __syncwarp();
+        for (int lb = lane; lb < cnt; lb += 32) {
+            const uint8_t *blk = sb + lb * BB;
+            float d = half_bits_to_f32(*(const uint16_t *)blk);
+            float wv[VLM_QK];
+            if (Q8) {
+#pragma unroll
+                for (int j = 0; j < VLM_QK; j++) wv[j] = d * (float)(int8_t)blk[2 + j];
+            } else {
+                /* byte j: element j (low nibble) and j + 16 (high) */
+#pragma unroll
+                for (int j = 0; j < VLM_QK / 2; j++) {
+                    uint8_t q = blk[2 + j];
+                    wv[j] = d * (float)((int)(q & 15) - 8);
+                    wv[j + 16] = d * (float)((int)(q >> 4) - 8);
+                }
+            }
+            int64_t col = (b0 + lb) * VLM_QK;
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                const float4 *xv = (const float4 *)(x + t * in + col);
+                float s = 0.0f;
+#pragma unroll
+                for (int j = 0; j < VLM_QK / 4; j++) {
+                    float4 a = __ldg(xv + j);
+                    s += wv[4 * j] * a.x + wv[4 * j + 1] * a.y + wv[4 * j + 2] * a.z +
+                         wv[4 * j + 3] * a.w;
+                }
+                acc[t] += s;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float v = warp_sum(acc[t]);
+        if (lane == 0) y[t * out + row] = v;
+    }
+}
+
+/* Launches k_gemv16 / k_gemv_quant16 for nt (1..8) tokens. */
+template <int NT>
+void launch_gemv_fast(cudaStream_t st, float *y, const float *x, int64_t in, int64_t out,
+                      vlm_dtype t, const void *w) {
+    if (t == VLM_DTYPE_Q8_0 || t == VLM_DTYPE_Q4_0) {
+        unsigned grid = (unsigned)((out + GEMV_WARPS - 1) / GEMV_WARPS);
+        if (t == VLM_DTYPE_Q8_0)
+            k_gemv_quant16<NT, true>
+                <<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, (const uint8_t *)w);
+        else
+            k_gemv_quant16<NT, false>
+                <<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, (const uint8_t *)w);
+        return;
+    }
+    /* Warps per row: enough rows in flight for the 132 SMs of an H100 at
+     * ~24+ warps each (qkv 9216, gate_up 16384, lm_head 32064 rows: one warp;
+     * o and down, 3072 rows: two; small test shapes: four). */
+    int ws = out >= 6144 ? 1 : out >= 1536 ? 2 : 4;
+    unsigned grid = (unsigned)((out * ws + GEMV_WARPS - 1) / GEMV_WARPS);
+    bool bf = t == VLM_DTYPE_BF16;
+    const uint4 *wv = (const uint4 *)w;
+    if (ws == 1)
+        k_gemv16<NT, 1><<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, bf, wv);
+    else if (ws == 2)
+        k_gemv16<NT, 2><<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, bf, wv);
+    else
+        k_gemv16<NT, 4><<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, bf, wv);
+}
+
+void launch_gemv_fast_n(cudaStream_t st, int nt, float *y, const float *x, int64_t in, int64_t out,
+                        vlm_dtype t, const void *w) {
+    switch (nt) {
+    case 1:
+        launch_gemv_fast<1>(st, y, x, in, out, t, w);
+        break;
+    case 2:
+        launch_gemv_fast<2>(st, y, x, in, out, t, w);
+        break;
+    case 3:
+        launch_gemv_fast<3>(st, y, x, in, out, t, w);
+        break;
+    case 4:
+        launch_gemv_fast<4>(st, y, x, in, out, t, w);
+        break;
+    case 5:
+        launch_gemv_fast<5>(st, y, x, in, out, t, w);
+        break;
+    case 6:
+        launch_gemv_fast<6>(st, y, x, in, out, t, w);
+        break;
+    case 7:
+        launch_gemv_fast<7>(st, y, x, in, out, t, w);
+        break;
+    default:
+        launch_gemv_fast<8>(st, y, x, in, out, t, w);
+        break;
+    }
+}
+
+/* Whether the fast GEMV takes this product: 16-byte aligned W and x, rows of
+ * whole 16-byte words (BF16/F16: in % 8 == 0; Q8_0/Q4_0: blocks per row a
+ * multiple of 8). */
+bool gemv_fast_ok(vlm_dtype t, int64_t in, const void *w, const float *x) {
+    if ((uintptr_t)w % 16 || (uintptr_t)x % 16 || in % 8) return false;
+    if (t == VLM_DTYPE_BF16 || t == VLM_DTYPE_F16) return true;
+    if (t == VLM_DTYPE_Q8_0 || t == VLM_DTYPE_Q4_0) return in % (VLM_QK * 8) == 0;
+    return false;
+}
+
 } // namespace
 
 /* --- the C interface --------------------------------------------------------- */
@@ -655,6 +885,13 @@ vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t 
             /* 16-byte vectors need 8-weight rows and aligned x and W. */
             bool vec = in % 8 == 0 && ((uintptr_t)w.data % 16) == 0 &&
                        ((uintptr_t)(x + t0 * in) % 16) == 0;
+            if (t != VLM_DTYPE_F32 && gemv_fast_ok(t, in, w.data, x + t0 * in)) {
+                launch_gemv_fast_n(ctx->stream, (int)nn, y + t0 * out, x + t0 * in, in, out, t,
+                                   w.data);
+                st = launched("matmul (gemv)", err);
+                if (st != VLM_OK) return st;
+                continue;
+            }
             unsigned grid = (unsigned)((out + GEMV_WARPS - 1) / GEMV_WARPS);
             k_gemv<<<grid, GEMV_WARPS * 32, 0, ctx->stream>>>(y + t0 * out, x + t0 * in, nn, in,
                                                               out, t, w.data, vec);
