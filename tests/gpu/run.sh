@@ -9,9 +9,13 @@
 #    -j16, into build-gpu/;
 # 3. ctest -L gpu;
 # 4. compute-sanitizer memcheck and racecheck over the gpu test programs;
-# 5. build-gpu/gpubench;
+# 5. build-gpu/gpubench; a full-size synthetic checkpoint (mkcheckpoint, in
+#    /tmp) through build-gpu/gpu_model_bench; reference/bench_hf.py
+#    (transformers on the same shapes);
 # then a summary table, last. Logs go to $OUT (if set) or build-gpu/logs.
-# Bounded: every step has a timeout; the whole is well under 8 minutes.
+# Bounded: every step has a timeout, the whole a budget (BUDGET, 540 s: one
+# command of the GPU machine may run 10 minutes);
+# phase 1's steps took 21 s, the model benches are about a minute or two each.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -21,7 +25,7 @@ mkdir -p "$LOGS"
 rm -f "$LOGS/notes.txt"
 T0=$(date +%s)
 declare -a NAMES=() RESULTS=() SECS=()
-BUDGET=${BUDGET:-450} # seconds for the whole run; later steps are skipped past it
+BUDGET=${BUDGET:-540} # seconds for the whole run; later steps are skipped past it
 step() { # step NAME TIMEOUT_S CMD... : run, log to $LOGS/NAME.log, record
   local name=$1 limit=$2
   shift 2
@@ -85,7 +89,7 @@ step configure 120 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVL
   -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_C_FLAGS="-I$P/usr/include" \
   -DCMAKE_EXE_LINKER_FLAGS="$LDFLAGS" &&
   step build 300 cmake --build "$BUILD" -j "${JOBS:-16}" --target gpu_test_cuda_ops gpu_test_cuda_model \
-    gpubench &&
+    gpubench mkcheckpoint gpu_model_bench &&
   BUILT=1 || BUILT=0
 
 # --- 3-5. test, sanitizers, bench ------------------------------------------
@@ -147,7 +151,14 @@ if [ "$BUILT" = 1 ]; then
   else
     NAMES+=("compute-sanitizer"); RESULTS+=("absent"); SECS+=(0)
   fi
-  [ -x "$BUILD/gpubench" ] && step gpubench 90 "$BUILD/gpubench"
+  [ -x "$BUILD/gpubench" ] && step gpubench 120 "$BUILD/gpubench"
+  # The whole model on the GPU: a full-size synthetic Phi-3.5-vision
+  # checkpoint (bf16, 8.3 GB, random weights; /tmp has the room), then the
+  # same shapes in transformers for comparison.
+  CK=/tmp/vlm-synth-phi35v
+  step mkcheckpoint 240 "$BUILD/mkcheckpoint" --out "$CK" --shared "$ROOT/../shared" &&
+    step gpu_model_bench 240 "$BUILD/gpu_model_bench" "$CK" 64 800
+  step bench_hf 300 python3 reference/bench_hf.py "$LOGS/bench_hf.json"
 fi
 
 # --- summary, last -----------------------------------------------------------
@@ -162,6 +173,14 @@ for r in "${RESULTS[@]}"; do case "$r" in ok | absent) ;; *) fail=1 ;; esac; don
   done
   [ -f "$LOGS/notes.txt" ] && { echo; cat "$LOGS/notes.txt"; }
   if [ -f "$LOGS/gpubench.log" ]; then echo; grep -E "ms|device" "$LOGS/gpubench.log"; fi
+  if [ -f "$LOGS/gpu_model_bench.log" ]; then
+    echo; echo "whole model, vlmtest (build-gpu/gpu_model_bench):"
+    grep -E "tok/s|ms|GB/s" "$LOGS/gpu_model_bench.log" | grep -v '^{'
+  fi
+  if [ -f "$LOGS/bench_hf.log" ]; then
+    echo; echo "whole model, transformers (reference/bench_hf.py):"
+    grep -E "^device|tok/s| ms$" "$LOGS/bench_hf.log"
+  fi
   echo "total $(($(date +%s) - T0)) s; logs in $LOGS"
 } | tee "$LOGS/summary.txt"
 exit $fail
