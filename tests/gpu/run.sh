@@ -4,8 +4,8 @@
 # 1. deps: libraries the machine lacks (libcjson, libpcre2, libutf8proc,
 #    libwebp, libcmocka dev packages) unpacked from .debs/*.deb into a
 #    private prefix (/tmp/vlmdeps; never into /), .pc prefixes rewritten;
-# 2. configure + build with CUDA=ON, RelWithDebInfo (-O2 -g, the build the
-#    project tests; -O3 Release trips -Wmaybe-uninitialized in io/gguf.c),
+# 2. configure + build with CUDA=ON, Release (-O3: what the benchmarks
+#    measure; BUILD_TYPE=RelWithDebInfo for source lines in sanitizer reports),
 #    -j16, into build-gpu/;
 # 3. ctest -L gpu;
 # 4. compute-sanitizer memcheck and racecheck over the gpu test programs;
@@ -85,7 +85,7 @@ export PATH="/usr/local/cuda/bin:$PATH"
 step deps 120 deps
 
 # --- 2. build -------------------------------------------------------------
-step configure 120 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVLM_CUDA=ON \
+step configure 120 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-Release}" -DVLM_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_C_FLAGS="-I$P/usr/include" \
   -DCMAKE_EXE_LINKER_FLAGS="$LDFLAGS" &&
   step build 300 cmake --build "$BUILD" -j "${JOBS:-16}" --target gpu_test_cuda_ops gpu_test_cuda_model \
