@@ -621,16 +621,26 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
             const uint8_t *blk = sb + lb * BB;
             float d = half_bits_to_f32(*(const uint16_t *)blk);
             float wv[VLM_QK];
+            /* the quants from shared memory in 16-bit words (a block starts
+             * at an even byte: 34 and 18 are even) */
+            const uint16_t *q16 = (const uint16_t *)(blk + 2);
             if (Q8) {
 #pragma unroll
-                for (int j = 0; j < VLM_QK; j++) wv[j] = d * (float)(int8_t)blk[2 + j];
+                for (int j = 0; j < VLM_QK / 2; j++) {
+                    uint16_t u = q16[j];
+                    wv[2 * j] = d * (float)(int8_t)(u & 0xff);
+                    wv[2 * j + 1] = d * (float)(int8_t)(u >> 8);
+                }
             } else {
                 /* byte j: element j (low nibble) and j + 16 (high) */
 #pragma unroll
-                for (int j = 0; j < VLM_QK / 2; j++) {
-                    uint8_t q = blk[2 + j];
-                    wv[j] = d * (float)((int)(q & 15) - 8);
-                    wv[j + 16] = d * (float)((int)(q >> 4) - 8);
+                for (int j = 0; j < VLM_QK / 4; j++) {
+                    uint16_t u = q16[j];
+                    uint8_t c0 = (uint8_t)(u & 0xff), c1 = (uint8_t)(u >> 8);
+                    wv[2 * j] = d * (float)((int)(c0 & 15) - 8);
+                    wv[2 * j + 16] = d * (float)((int)(c0 >> 4) - 8);
+                    wv[2 * j + 1] = d * (float)((int)(c1 & 15) - 8);
+                    wv[2 * j + 17] = d * (float)((int)(c1 >> 4) - 8);
                 }
             }
             int64_t col = (b0 + lb) * VLM_QK;
