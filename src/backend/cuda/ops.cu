@@ -156,6 +156,7 @@ __global__ void k_rope(float *x, int64_t n, int64_t row_stride, int n_heads, int
 
 constexpr int ATT_MAXD = 128;
 constexpr int ATT_PER_LANE = ATT_MAXD / 32;
+constexpr int ATT_KB = 4; /* keys per step of a warp */
 
 __global__ void k_attention(float *out, const float *q, int64_t q_stride, vlm_dtype kvt,
                             const void *k, const void *v, int64_t kv_stride, int64_t n_q,
@@ -184,24 +185,45 @@ __global__ void k_attention(float *out, const float *q, int64_t q_stride, vlm_dt
     }
     float m = -INFINITY, l = 0.0f;
     int64_t kvoff = (int64_t)kvh * head_dim;
-    for (int64_t t = k0; t < k1; t++) {
-        int64_t base = t * kv_stride + kvoff;
-        float s = 0.0f;
+    /* ATT_KB keys per step: their K and V elements are all loaded before
+     * any arithmetic (2 * ATT_KB * ATT_PER_LANE loads in flight per lane,
+     * where one key at a time waited a memory latency per key), then the
+     * block's scores join the online softmax at once. Keys past k1 score
+     * -inf and weigh exp(-inf) = 0. */
+    for (int64_t t = k0; t < k1; t += ATT_KB) {
+        float kk[ATT_KB][ATT_PER_LANE], vv[ATT_KB][ATT_PER_LANE], sc[ATT_KB];
 #pragma unroll
-        for (int j = 0; j < ATT_PER_LANE; j++) {
-            int d = lane + 32 * j;
-            if (d < head_dim) s += qv[j] * ld_w(kvt, k, base + d);
+        for (int b = 0; b < ATT_KB; b++) {
+            bool in = t + b < k1;
+            int64_t base = (t + b) * kv_stride + kvoff;
+#pragma unroll
+            for (int j = 0; j < ATT_PER_LANE; j++) {
+                int d = lane + 32 * j;
+                bool ok = in && d < head_dim;
+                kk[b][j] = ok ? ld_w(kvt, k, base + d) : 0.0f;
+                vv[b][j] = ok ? ld_w(kvt, v, base + d) : 0.0f;
+            }
         }
-        s = warp_sum(s) * scale;
-        float mn = fmaxf(m, s);
-        float corr = __expf(m - mn); /* m = -inf at the first key: 0 */
-        float p = __expf(s - mn);
-        l = l * corr + p;
+        float mn = m;
 #pragma unroll
-        for (int j = 0; j < ATT_PER_LANE; j++) {
-            int d = lane + 32 * j;
-            float vv = d < head_dim ? ld_w(kvt, v, base + d) : 0.0f;
-            acc[j] = acc[j] * corr + p * vv;
+        for (int b = 0; b < ATT_KB; b++) {
+            float sv = 0.0f;
+#pragma unroll
+            for (int j = 0; j < ATT_PER_LANE; j++) sv += qv[j] * kk[b][j];
+            sv = warp_sum(sv) * scale;
+            sc[b] = t + b < k1 ? sv : -INFINITY;
+            mn = fmaxf(mn, sc[b]);
+        }
+        float corr = __expf(m - mn); /* m = -inf before the first key: 0 */
+        l *= corr;
+#pragma unroll
+        for (int j = 0; j < ATT_PER_LANE; j++) acc[j] *= corr;
+#pragma unroll
+        for (int b = 0; b < ATT_KB; b++) {
+            float p = __expf(sc[b] - mn);
+            l += p;
+#pragma unroll
+            for (int j = 0; j < ATT_PER_LANE; j++) acc[j] += p * vv[b][j];
         }
         m = mn;
     }
@@ -780,11 +802,12 @@ vlm_status vlm_cuda_attention(vlm_cuda_ctx *ctx, float *out, const float *q, int
     int64_t n_qh = n_q * n_heads;
     if (n_qh <= 0) return VLM_OK;
     /* Split the keys when there are too few (query, head) warps to fill the
-     * card: aim for ~4 warps of work per SM-ish, each split >= 64 keys. */
+     * card: aim for ~2048 warps, each split >= 16 keys (4 steps of ATT_KB;
+     * decoding at 80 cached tokens: 32 heads x 5 splits). */
     int n_split = 1;
-    if (n_qh < 1024 && n_kv >= 128) {
+    if (n_qh < 1024 && n_kv >= 32) {
         int64_t want = 2048 / n_qh;
-        int64_t by_len = n_kv / 64;
+        int64_t by_len = n_kv / 16;
         n_split = (int)(want < by_len ? want : by_len);
         if (n_split > 64) n_split = 64;
         if (n_split < 1) n_split = 1;
