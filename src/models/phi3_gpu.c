@@ -217,8 +217,9 @@ vlm_status phi3_gpu_forward(phi3_gpu *g, const vlm_kv *kv, float *x, int64_t n, 
         const int64_t lo = (int64_t)l * kv->max_ctx * kvd;
         RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->in_norm, c->rms_eps, err));
         RUN(vlm_cuda_matmul(g->ctx, qkv, xb, n, d, qkvd, L->qkv, nob, err));
-        RUN(vlm_cuda_rope_apply(g->ctx, qkv, n, qkvd, H, (int)hd, cos_t, sin_t, err));
-        RUN(vlm_cuda_rope_apply(g->ctx, qkv + qd, n, qkvd, KV, (int)hd, cos_t, sin_t, err));
+        /* q's H heads and k's KV heads lie side by side at the start of
+         * each qkv row: one rotation over H + KV heads */
+        RUN(vlm_cuda_rope_apply(g->ctx, qkv, n, qkvd, H + KV, (int)hd, cos_t, sin_t, err));
         /* K/V rows of the chunk into the cache (positions pos0..pos0+n-1),
          * one launch each */
         RUN(vlm_cuda_store_rows_strided(g->ctx, g->k, kv->dtype, lo + pos0 * kvd, qkv + qd, qkvd, n,
@@ -229,13 +230,12 @@ vlm_status phi3_gpu_forward(phi3_gpu *g, const vlm_kv *kv, float *x, int64_t n, 
         vlm_cuda_weight vc = {kv->dtype, (const char *)g->v + (size_t)lo * esz};
         RUN(vlm_cuda_attention(g->ctx, att, qkv, qkvd, kc, vc, kvd, n, pos0 + n, H, KV, (int)hd,
                                true, pos0, scale, err));
-        RUN(vlm_cuda_matmul(g->ctx, xb, att, n, qd, d, L->o, nob, err));
-        RUN(vlm_cuda_add(g->ctx, dx, xb, n * d, err));
+        /* x += o(att): the residual add fused into the product */
+        RUN(vlm_cuda_matmul_acc(g->ctx, dx, att, n, qd, d, L->o, err));
         RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->post_norm, c->rms_eps, err));
         RUN(vlm_cuda_matmul(g->ctx, gu, xb, n, d, 2 * ff, L->gate_up, nob, err));
         RUN(vlm_cuda_silu_mul(g->ctx, hmid, gu, n, ff, err));
-        RUN(vlm_cuda_matmul(g->ctx, xb, hmid, n, ff, d, L->down, nob, err));
-        RUN(vlm_cuda_add(g->ctx, dx, xb, n * d, err));
+        RUN(vlm_cuda_matmul_acc(g->ctx, dx, hmid, n, ff, d, L->down, err));
     }
     if (want_logits) {
         RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx + first * d, n - first, d, g->norm, c->rms_eps, err));

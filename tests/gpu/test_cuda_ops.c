@@ -141,6 +141,18 @@ static void mm_case(vlm_dtype t, int64_t n, int64_t in, int64_t out, bool bias, 
     snprintf(what, sizeof what, "matmul %s n=%lld in=%lld out=%lld", vlm_dtype_get(t)->name,
              (long long)n, (long long)in, (long long)out);
     close_to(what, got, want, (size_t)(n * out), rtol);
+    /* the fused residual form: y0 + x W^T (no bias) */
+    float *y0 = rnd((size_t)(n * out), 2.0f);
+    for (int64_t i = 0; i < n * out; i++) want[i] += y0[i] - (bias ? bf[i % out] : 0.0f);
+    float *dy0 = up(y0, (size_t)(n * out) * 4);
+    OK(vlm_cuda_matmul_acc(CTX, dy0, dx, n, in, out, (vlm_cuda_weight){t, dw}, E));
+    free(got);
+    got = down(dy0, (size_t)(n * out));
+    snprintf(what, sizeof what, "matmul_acc %s n=%lld in=%lld out=%lld", vlm_dtype_get(t)->name,
+             (long long)n, (long long)in, (long long)out);
+    close_to(what, got, want, (size_t)(n * out), rtol);
+    vlm_dev_free(dy0);
+    free(y0);
     vlm_dev_free(dx);
     vlm_dev_free(dw);
     vlm_dev_free(db);

@@ -426,7 +426,7 @@ __device__ __forceinline__ void unpack8(vlm_dtype t, uint4 u, float (&w)[8]) {
 }
 
 __global__ void k_gemv(float *y, const float *x, int64_t n, int64_t in, int64_t out, vlm_dtype t,
-                       const void *w, bool vec) {
+                       const void *w, bool vec, bool acc_y) {
     int64_t row = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (row >= out) return;
@@ -512,7 +512,7 @@ __global__ void k_gemv(float *y, const float *x, int64_t n, int64_t in, int64_t 
     for (int tk = 0; tk < GEMV_MAXN; tk++) {
         if (tk >= nn) break;
         float s = warp_sum(acc[tk]);
-        if (lane == 0) y[tk * out + row] = s;
+        if (lane == 0) y[tk * out + row] = acc_y ? y[tk * out + row] + s : s;
     }
 }
 
@@ -542,7 +542,8 @@ __device__ __forceinline__ uint4 ld_stream16(const void *p) {
  * of every stride of WS * 32 * GV_LOADS. y[t][row] = sum_i W[row][i] x[t][i]. */
 template <int NT, int WS>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
-    k_gemv16(float *y, const float *x, int64_t in, int64_t out, bool bf16, const uint4 *w) {
+    k_gemv16(float *y, const float *x, int64_t in, int64_t out, bool bf16, const uint4 *w,
+             bool acc_y) {
     constexpr int RPB = GEMV_WARPS / WS; /* rows per block */
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int64_t row = (int64_t)blockIdx.x * RPB + warp / WS;
@@ -581,7 +582,8 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     if (WS == 1) {
         if (live && lane == 0)
 #pragma unroll
-            for (int t = 0; t < NT; t++) y[t * out + row] = acc[t];
+            for (int t = 0; t < NT; t++)
+                y[t * out + row] = acc_y ? y[t * out + row] + acc[t] : acc[t];
         return;
     }
     __shared__ float part[GEMV_WARPS][NT];
@@ -593,7 +595,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
         float v = 0.0f;
 #pragma unroll
         for (int j = 0; j < WS; j++) v += part[warp + j][lane];
-        y[lane * out + row] = v;
+        y[lane * out + row] = acc_y ? y[lane * out + row] + v : v;
     }
 }
 
@@ -608,7 +610,8 @@ constexpr int GVQ_CHUNK = 128; /* blocks per staging step; 4352 bytes for Q8_0 *
 
 template <int NT, bool Q8>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
-    k_gemv_quant16(float *y, const float *x, int64_t in, int64_t out, const uint8_t *w) {
+    k_gemv_quant16(float *y, const float *x, int64_t in, int64_t out, const uint8_t *w,
+                   bool acc_y) {
     constexpr int BB = Q8 ? (int)sizeof(vlm_block_q8_0) : (int)sizeof(vlm_block_q4_0);
     constexpr int CW = GVQ_CHUNK * BB / 16;  /* 16-byte words per full chunk */
     constexpr int PER_LANE = (CW + 31) / 32; /* loads in flight per lane */
@@ -683,22 +686,22 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         float v = warp_sum(acc[t]);
-        if (lane == 0) y[t * out + row] = v;
+        if (lane == 0) y[t * out + row] = acc_y ? y[t * out + row] + v : v;
     }
 }
 
 /* Launches k_gemv16 / k_gemv_quant16 for nt (1..8) tokens. */
 template <int NT>
 void launch_gemv_fast(cudaStream_t st, float *y, const float *x, int64_t in, int64_t out,
-                      vlm_dtype t, const void *w) {
+                      vlm_dtype t, const void *w, bool acc_y) {
     if (t == VLM_DTYPE_Q8_0 || t == VLM_DTYPE_Q4_0) {
         unsigned grid = (unsigned)((out + GEMV_WARPS - 1) / GEMV_WARPS);
         if (t == VLM_DTYPE_Q8_0)
             k_gemv_quant16<NT, true>
-                <<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, (const uint8_t *)w);
+                <<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, (const uint8_t *)w, acc_y);
         else
             k_gemv_quant16<NT, false>
-                <<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, (const uint8_t *)w);
+                <<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, (const uint8_t *)w, acc_y);
         return;
     }
     /* Warps per row: enough rows in flight for the 132 SMs of an H100 at
@@ -709,39 +712,39 @@ void launch_gemv_fast(cudaStream_t st, float *y, const float *x, int64_t in, int
     bool bf = t == VLM_DTYPE_BF16;
     const uint4 *wv = (const uint4 *)w;
     if (ws == 1)
-        k_gemv16<NT, 1><<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, bf, wv);
+        k_gemv16<NT, 1><<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, bf, wv, acc_y);
     else if (ws == 2)
-        k_gemv16<NT, 2><<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, bf, wv);
+        k_gemv16<NT, 2><<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, bf, wv, acc_y);
     else
-        k_gemv16<NT, 4><<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, bf, wv);
+        k_gemv16<NT, 4><<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, bf, wv, acc_y);
 }
 
 void launch_gemv_fast_n(cudaStream_t st, int nt, float *y, const float *x, int64_t in, int64_t out,
-                        vlm_dtype t, const void *w) {
+                        vlm_dtype t, const void *w, bool acc_y) {
     switch (nt) {
     case 1:
-        launch_gemv_fast<1>(st, y, x, in, out, t, w);
+        launch_gemv_fast<1>(st, y, x, in, out, t, w, acc_y);
         break;
     case 2:
-        launch_gemv_fast<2>(st, y, x, in, out, t, w);
+        launch_gemv_fast<2>(st, y, x, in, out, t, w, acc_y);
         break;
     case 3:
-        launch_gemv_fast<3>(st, y, x, in, out, t, w);
+        launch_gemv_fast<3>(st, y, x, in, out, t, w, acc_y);
         break;
     case 4:
-        launch_gemv_fast<4>(st, y, x, in, out, t, w);
+        launch_gemv_fast<4>(st, y, x, in, out, t, w, acc_y);
         break;
     case 5:
-        launch_gemv_fast<5>(st, y, x, in, out, t, w);
+        launch_gemv_fast<5>(st, y, x, in, out, t, w, acc_y);
         break;
     case 6:
-        launch_gemv_fast<6>(st, y, x, in, out, t, w);
+        launch_gemv_fast<6>(st, y, x, in, out, t, w, acc_y);
         break;
     case 7:
-        launch_gemv_fast<7>(st, y, x, in, out, t, w);
+        launch_gemv_fast<7>(st, y, x, in, out, t, w, acc_y);
         break;
     default:
-        launch_gemv_fast<8>(st, y, x, in, out, t, w);
+        launch_gemv_fast<8>(st, y, x, in, out, t, w, acc_y);
         break;
     }
 }
@@ -898,8 +901,10 @@ vlm_status vlm_cuda_embed_rows(vlm_cuda_ctx *ctx, float *out, vlm_cuda_weight ta
     return launched("embed_rows", err);
 }
 
-vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n, int64_t in,
-                           int64_t out, vlm_cuda_weight w, vlm_cuda_weight b, vlm_err *err) {
+/* y = x W^T (+ b), or with acc_y y += x W^T (+ b). */
+static vlm_status matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n, int64_t in,
+                         int64_t out, vlm_cuda_weight w, vlm_cuda_weight b, bool acc_y,
+                         vlm_err *err) {
     if (n <= 0 || out <= 0) return VLM_OK;
     vlm_dtype t = w.dtype;
     bool plain = t == VLM_DTYPE_F32 || t == VLM_DTYPE_F16 || t == VLM_DTYPE_BF16;
@@ -920,14 +925,14 @@ vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t 
                        ((uintptr_t)(x + t0 * in) % 16) == 0;
             if (t != VLM_DTYPE_F32 && gemv_fast_ok(t, in, w.data, x + t0 * in)) {
                 launch_gemv_fast_n(ctx->stream, (int)nn, y + t0 * out, x + t0 * in, in, out, t,
-                                   w.data);
+                                   w.data, acc_y);
                 st = launched("matmul (gemv)", err);
                 if (st != VLM_OK) return st;
                 continue;
             }
             unsigned grid = (unsigned)((out + GEMV_WARPS - 1) / GEMV_WARPS);
             k_gemv<<<grid, GEMV_WARPS * 32, 0, ctx->stream>>>(y + t0 * out, x + t0 * in, nn, in,
-                                                              out, t, w.data, vec);
+                                                              out, t, w.data, vec, acc_y);
             st = launched("matmul (gemv)", err);
             if (st != VLM_OK) return st;
         }
@@ -935,7 +940,7 @@ vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t 
         /* cuBLAS is column-major: row-major y[n][out] is Y (out x n, ld out),
          * W[out][in] is an (in x out, ld in) matrix taken transposed, x[n][in]
          * is (in x n, ld in): Y = op_T(W) * X. */
-        const float alpha = 1.0f, beta = 0.0f;
+        const float alpha = 1.0f, beta = acc_y ? 1.0f : 0.0f;
         cublasStatus_t bs;
         if (t == VLM_DTYPE_F32) {
             bs = cublasGemmEx(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in,
@@ -994,6 +999,17 @@ vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t 
                                (long long)out, cublasGetStatusString(bs));
     }
     return vlm_cuda_add_bias(ctx, y, n, out, b, err);
+}
+
+vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n, int64_t in,
+                           int64_t out, vlm_cuda_weight w, vlm_cuda_weight b, vlm_err *err) {
+    return matmul(ctx, y, x, n, in, out, w, b, false, err);
+}
+
+vlm_status vlm_cuda_matmul_acc(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n, int64_t in,
+                               int64_t out, vlm_cuda_weight w, vlm_err *err) {
+    const vlm_cuda_weight none = {VLM_DTYPE_F32, NULL};
+    return matmul(ctx, y, x, n, in, out, w, none, true, err);
 }
 
 vlm_status vlm_cuda_patch_embed(vlm_cuda_ctx *ctx, float *out, const float *img, int s, int p,
