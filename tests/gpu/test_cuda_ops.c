@@ -324,6 +324,14 @@ static void test_attention(void **state) {
     attn_case("attn decode 33 keys split", VLM_DTYPE_F32, 1, 33, 4, 2, 64, true, 32);
     attn_case("attn chunk at pos 60 split", VLM_DTYPE_BF16, 3, 63, 4, 4, 96, true, 60);
     attn_case("attn decode 31 keys", VLM_DTYPE_F32, 1, 31, 2, 2, 96, true, 30);
+    /* the tiled kernel (>= 32 queries): key tiles of 32 shared by 16
+     * queries; partial query blocks, partial key tiles, a chunk at a later
+     * position (queries of a block see different key counts), GQA */
+    attn_case("attn tiled prefill 100 GQA bf16", VLM_DTYPE_BF16, 100, 100, 8, 2, 96, true, 0);
+    attn_case("attn tiled chunk 70 at pos 40", VLM_DTYPE_BF16, 70, 110, 4, 4, 96, true, 40);
+    attn_case("attn tiled vision 150 hd64", VLM_DTYPE_F32, 150, 150, 4, 4, 64, false, 0);
+    attn_case("attn tiled hd8 33 queries", VLM_DTYPE_F32, 33, 33, 2, 2, 8, true, 0);
+    attn_case("attn tiled hd128 full 47", VLM_DTYPE_BF16, 47, 61, 2, 1, 128, false, 0);
 }
 
 /* --- the rest ----------------------------------------------------------------- */

@@ -250,6 +250,122 @@ __global__ void k_attention(float *out, const float *q, int64_t q_stride, vlm_dt
     }
 }
 
+/* --- attention, tiled (prefill chunks and the vision tower) -----------------
+ * Many queries: a block takes FA_QT consecutive queries of one head (4 per
+ * warp) and walks the keys in tiles of FA_KT, each tile's K and V loaded
+ * once into shared memory for all FA_QT queries (the one-warp-per-query
+ * kernel read every key from L2 once per query). Lane j scores key j of the
+ * tile for the warp's 4 queries (q from shared memory as one float4 per
+ * dimension: Qs is [dim][query]); the tile's scores join each query's online
+ * softmax (f32, __expf) at once; then lane l accumulates output dims l,
+ * l+32, ... over the tile's keys, p broadcast by shuffles. Keys a query may
+ * not see (causal, or past the end) score -inf and weigh 0. Ks rows are
+ * padded to ATT_MAXD + 1 floats so that the 32 lanes reading 32 different
+ * keys at one dim hit 32 banks. Shared memory: 41 KB. */
+constexpr int FA_QT = 16;           /* queries per block: 4 warps x 4 */
+constexpr int FA_KT = 32;           /* keys per tile: one per lane */
+constexpr int FA_KP = ATT_MAXD + 1; /* padded K row */
+constexpr int FA_MIN_Q = 32;        /* queries from which the tiled kernel is used */
+
+__global__ void __launch_bounds__(128)
+    k_attn_tiled(float *out, const float *q, int64_t q_stride, vlm_dtype kvt, const void *k,
+                 const void *v, int64_t kv_stride, int64_t n_q, int64_t n_kv, int n_heads,
+                 int n_kv_heads, int head_dim, bool causal, int64_t q_pos0, float scale) {
+    __shared__ __align__(16) float Qs[ATT_MAXD][FA_QT];
+    __shared__ float Ks[FA_KT][FA_KP];
+    __shared__ float Vs[FA_KT][ATT_MAXD];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
+    const int64_t q0 = (int64_t)blockIdx.x * FA_QT;
+    for (int i = tid; i < FA_QT * head_dim; i += blockDim.x) {
+        int r = i / head_dim, d = i % head_dim;
+        int64_t qi = q0 + r;
+        Qs[d][r] = qi < n_q ? q[qi * q_stride + (int64_t)h * head_dim + d] : 0.0f;
+    }
+    /* the keys any query of the block sees */
+    int64_t q_hi = q0 + FA_QT < n_q ? q0 + FA_QT : n_q;
+    int64_t kend = causal ? q_pos0 + q_hi : n_kv;
+    if (kend > n_kv) kend = n_kv;
+    /* the keys each of the warp's 4 queries sees (0 past the last query) */
+    int64_t see[4];
+    float m[4], l[4], acc[4][ATT_PER_LANE];
+#pragma unroll
+    for (int a = 0; a < 4; a++) {
+        int64_t qi = q0 + warp * 4 + a;
+        int64_t ns = causal ? q_pos0 + qi + 1 : n_kv;
+        see[a] = qi < n_q ? (ns < n_kv ? ns : n_kv) : 0;
+        m[a] = -INFINITY;
+        l[a] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < ATT_PER_LANE; j++) acc[a][j] = 0.0f;
+    }
+    const int64_t kvoff = (int64_t)kvh * head_dim;
+    for (int64_t t0 = 0; t0 < kend; t0 += FA_KT) {
+        __syncthreads(); /* the previous tile is used up (and Qs written) */
+        for (int i = tid; i < FA_KT * head_dim; i += blockDim.x) {
+            int r = i / head_dim, d = i % head_dim;
+            int64_t key = t0 + r;
+            bool in = key < kend;
+            int64_t at = key * kv_stride + kvoff + d;
+            Ks[r][d] = in ? ld_w(kvt, k, at) : 0.0f;
+            Vs[r][d] = in ? ld_w(kvt, v, at) : 0.0f;
+        }
+        __syncthreads();
+        /* scores of key t0 + lane for the warp's 4 queries */
+        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int d = 0; d < head_dim; d++) {
+            float kd = Ks[lane][d];
+            float4 qd = *(const float4 *)&Qs[d][warp * 4];
+            s[0] += qd.x * kd;
+            s[1] += qd.y * kd;
+            s[2] += qd.z * kd;
+            s[3] += qd.w * kd;
+        }
+        int64_t key = t0 + lane;
+        float p[4];
+#pragma unroll
+        for (int a = 0; a < 4; a++) {
+            float sa = key < see[a] ? s[a] * scale : -INFINITY;
+            float tmax = sa;
+            for (int o = 16; o > 0; o >>= 1)
+                tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
+            float mn = fmaxf(m[a], tmax);
+            /* nothing seen yet and nothing in this tile: keep the state */
+            float corr = mn == -INFINITY ? 1.0f : __expf(m[a] - mn);
+            p[a] = sa == -INFINITY ? 0.0f : __expf(sa - mn);
+            l[a] = l[a] * corr + warp_sum(p[a]);
+#pragma unroll
+            for (int j = 0; j < ATT_PER_LANE; j++) acc[a][j] *= corr;
+            m[a] = mn;
+        }
+        int kn = kend - t0 < FA_KT ? (int)(kend - t0) : FA_KT;
+        for (int kk = 0; kk < kn; kk++) {
+            float pk[4];
+#pragma unroll
+            for (int a = 0; a < 4; a++) pk[a] = __shfl_sync(0xffffffffu, p[a], kk);
+#pragma unroll
+            for (int j = 0; j < ATT_PER_LANE; j++) {
+                int d = lane + 32 * j;
+                float vd = d < head_dim ? Vs[kk][d] : 0.0f;
+#pragma unroll
+                for (int a = 0; a < 4; a++) acc[a][j] += pk[a] * vd;
+            }
+        }
+    }
+#pragma unroll
+    for (int a = 0; a < 4; a++) {
+        int64_t qi = q0 + warp * 4 + a;
+        if (qi >= n_q) break;
+        float inv = l[a] > 0.0f ? 1.0f / l[a] : 0.0f;
+        float *orow = out + qi * (int64_t)n_heads * head_dim + (int64_t)h * head_dim;
+#pragma unroll
+        for (int j = 0; j < ATT_PER_LANE; j++) {
+            int d = lane + 32 * j;
+            if (d < head_dim) orow[d] = acc[a][j] * inv;
+        }
+    }
+}
+
 /* One warp per (query, head): merge the splits' partial softmaxes. */
 __global__ void k_attn_combine(float *out, const float *part, int64_t n_qh, int n_heads,
                                int head_dim, int n_split) {
@@ -804,6 +920,13 @@ vlm_status vlm_cuda_attention(vlm_cuda_ctx *ctx, float *out, const float *q, int
         return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "attention: KV dtype %d", (int)k.dtype);
     int64_t n_qh = n_q * n_heads;
     if (n_qh <= 0) return VLM_OK;
+    if (n_q >= FA_MIN_Q) { /* prefill chunks, the vision tower: K/V tiles shared by 16 queries */
+        dim3 fgrid((unsigned)((n_q + FA_QT - 1) / FA_QT), (unsigned)n_heads);
+        k_attn_tiled<<<fgrid, 128, 0, ctx->stream>>>(out, q, q_stride, k.dtype, k.data, v.data,
+                                                     kv_stride, n_q, n_kv, n_heads, n_kv_heads,
+                                                     head_dim, causal, q_pos0, scale);
+        return launched("attention (tiled)", err);
+    }
     /* Split the keys when there are too few (query, head) warps to fill the
      * card: aim for ~2048 warps, each split >= 16 keys (4 steps of ATT_KB;
      * decoding at 80 cached tokens: 32 heads x 5 splits). */
