@@ -26,7 +26,7 @@ import transformers
 from transformers import CLIPVisionConfig, CLIPVisionModel, Phi3Config, Phi3ForCausalLM
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED = os.environ.get("VLM_SHARED_DIR", os.path.join(HERE, "..", "..", "shared"))
+SHARED = os.environ.get("VLM_SHARED_DIR") or os.path.join(HERE, "..", "..", "shared")
 DEV = "cuda"
 DT = torch.bfloat16
 
@@ -39,7 +39,15 @@ def load_config():
         if os.path.exists(p):
             with open(p) as f:
                 return json.load(f), p
-    raise SystemExit(f"bench_hf: no Phi-3.5-vision config under {SHARED}/models")
+    # No shared folder on this machine: Phi-3.5-vision's sizes as published,
+    # LongRoPE factors of 1 (the same work per token; named in the report).
+    print(f"bench_hf: no config under {SHARED}/models: built-in Phi-3.5-vision sizes")
+    return dict(vocab_size=32064, hidden_size=3072, intermediate_size=8192,
+                num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                max_position_embeddings=131072, original_max_position_embeddings=4096,
+                rope_theta=10000.0, rms_norm_eps=1e-5,
+                rope_scaling={"short_factor": [1.0] * 48, "long_factor": [1.0] * 48}), \
+        "built-in (no shared folder)"
 
 
 def sync_ms(t0):
@@ -70,27 +78,36 @@ def build_decoder(cfg):
         rope_theta=cfg["rope_theta"], rms_norm_eps=cfg["rms_norm_eps"], hidden_act="silu",
         tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, attn_implementation="sdpa")
+    sf, lf = rs["short_factor"], rs["long_factor"]
+    # transformers 4.x takes rope_scaling {"type": "longrope" (or "su")};
+    # 5.x rope_parameters {"rope_type": "longrope", "rope_theta": ...}.
+    variants = [
+        dict(rope_parameters={"rope_type": "longrope", "rope_theta": cfg["rope_theta"],
+                              "short_factor": sf, "long_factor": lf}),
+        dict(rope_scaling={"rope_type": "longrope", "short_factor": sf, "long_factor": lf}),
+        dict(rope_scaling={"type": "longrope", "short_factor": sf, "long_factor": lf}),
+        dict(rope_scaling={"type": "su", "short_factor": sf, "long_factor": lf}),
+    ]
     last = None
-    for rtype in ("longrope", "su"):
+    for v in variants:
         try:
-            conf = Phi3Config(rope_scaling={"type": rtype, "short_factor": rs["short_factor"],
-                                            "long_factor": rs["long_factor"]}, **common)
-            break
-        except Exception as e:  # older versions accept only "su"
-            last, conf = e, None
-    if conf is None:
-        raise last
-    with torch.device(DEV):  # random init on the card: seconds, not minutes
-        torch.manual_seed(0)
-        lm = Phi3ForCausalLM(conf).to(DT).eval()
-    return lm
+            conf = Phi3Config(**v, **common)
+            with torch.device(DEV):  # random init on the card: seconds, not minutes
+                torch.manual_seed(0)
+                lm = Phi3ForCausalLM(conf).to(DT).eval()
+            lm(torch.tensor([[1, 2, 3]], device=DEV))  # the RoPE setup runs here in some versions
+            return lm
+        except Exception as e:  # this version wants another spelling
+            last = e
+            torch.cuda.empty_cache()
+    raise last
 
 
 def main():
     out_path = sys.argv[1] if len(sys.argv) > 1 else "bench_hf.json"
     cfg, cfg_path = load_config()
     rep = {"transformers": transformers.__version__, "torch": torch.__version__,
-           "device": torch.cuda.get_device_name(0), "config": os.path.basename(cfg_path)}
+           "device": torch.cuda.get_device_name(0), "config": cfg_path}
     print(f"device: {rep['device']}  transformers {rep['transformers']}  torch {rep['torch']}")
     lm = build_decoder(cfg)
     n_params = sum(p.numel() for p in lm.parameters())
