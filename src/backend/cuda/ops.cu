@@ -721,7 +721,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
  * to shared memory with coalesced 16-byte loads (Q8_0: 272 words, 9 per lane
  * in flight; Q4_0: 144, 5 per lane), then each lane dequantizes whole blocks
  * from there in registers (block lane, lane + 32, ...) and multiplies them
- * with x. One warp per row. */
+ * with x. One warp per row; block barriers around the staging. */
 constexpr int GVQ_CHUNK = 128; /* blocks per staging step; 4352 bytes for Q8_0 */
 
 template <int NT, bool Q8>
@@ -734,9 +734,11 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     __shared__ uint4 stage[GEMV_WARPS][CW];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int64_t row = (int64_t)blockIdx.x * GEMV_WARPS + warp;
-    if (row >= out) return; /* no block-wide barrier below: a warp's own rows only */
+    /* every warp of the block runs the same steps (rows of one length), so
+     * the staging can use block barriers; a warp past the last row idles */
+    bool live = row < out;
     int64_t nb = in / VLM_QK;
-    const uint4 *wr = (const uint4 *)(w + row * nb * BB);
+    const uint4 *wr = (const uint4 *)(w + (live ? row : 0) * nb * BB);
     const uint8_t *sb = (const uint8_t *)stage[warp];
     float acc[NT];
 #pragma unroll
@@ -749,16 +751,16 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 #pragma unroll
         for (int k = 0; k < PER_LANE; k++) {
             int i = k * 32 + lane;
-            u[k] = i < words ? ld_stream16(src + i) : make_uint4(0u, 0u, 0u, 0u);
+            u[k] = live && i < words ? ld_stream16(src + i) : make_uint4(0u, 0u, 0u, 0u);
         }
-        __syncwarp(); /* the previous chunk's reads of stage are done */
+        __syncthreads(); /* the previous chunk's reads of stage are done */
 #pragma unroll
         for (int k = 0; k < PER_LANE; k++) {
             int i = k * 32 + lane;
             if (i < words) stage[warp][i] = u[k];
         }
-        __syncwarp();
-        for (int lb = lane; lb < cnt; lb += 32) {
+        __syncthreads();
+        for (int lb = lane; live && lb < cnt; lb += 32) {
             const uint8_t *blk = sb + lb * BB;
             float d = half_bits_to_f32(*(const uint16_t *)blk);
             float wv[VLM_QK];
@@ -802,7 +804,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         float v = warp_sum(acc[t]);
-        if (lane == 0) y[t * out + row] = acc_y ? y[t * out + row] + v : v;
+        if (live && lane == 0) y[t * out + row] = acc_y ? y[t * out + row] + v : v;
     }
 }
 
