@@ -642,6 +642,11 @@ __global__ void k_gemv(float *y, const float *x, int64_t n, int64_t in, int64_t 
  * do not take (rows not a multiple of 8 weights, unaligned blocks). */
 
 constexpr int GV_LOADS = 4; /* 16-byte weight loads in flight per lane */
+/* Blocks per SM k_gemv16 for one token (decoding) is compiled to keep
+ * resident (<= 40 registers a thread, no spills): 12 x 132 SMs = 1584
+ * blocks, so the 3072-row products at two warps a row (1536 blocks) run in
+ * one wave, without a tail. More tokens need their accumulators: no bound. */
+constexpr int GV_MIN_BLOCKS = 12;
 
 __device__ __forceinline__ uint4 ld_stream16(const void *p) {
     uint4 r;
@@ -657,7 +662,7 @@ __device__ __forceinline__ uint4 ld_stream16(const void *p) {
  * a row takes the 16-byte vectors [i0 + s * 32 * GV_LOADS, + 32 * GV_LOADS)
  * of every stride of WS * 32 * GV_LOADS. y[t][row] = sum_i W[row][i] x[t][i]. */
 template <int NT, int WS>
-__global__ void __launch_bounds__(GEMV_WARPS * 32)
+__global__ void __launch_bounds__(GEMV_WARPS * 32, NT == 1 ? GV_MIN_BLOCKS : 1)
     k_gemv16(float *y, const float *x, int64_t in, int64_t out, bool bf16, const uint4 *w,
              bool acc_y) {
     constexpr int RPB = GEMV_WARPS / WS; /* rows per block */
