@@ -296,7 +296,7 @@ static vlm_status rd_str(parser *ps, vlm_gguf_str *out, const char *what) {
 
 /* A key or tensor name: non-empty, bounded, valid UTF-8; copied with a NUL. */
 static vlm_status rd_name(parser *ps, uint64_t max, const char *what, char **out) {
-    vlm_gguf_str s;
+    vlm_gguf_str s = {0}; /* initialized: -O3 cannot see rd_str fills it on success */
     vlm_status st = rd_str(ps, &s, what);
     if (st) return st;
     char shown[80];
@@ -619,7 +619,7 @@ static vlm_status check_layout(parser *ps) {
 
 static vlm_status parse(vlm_gguf *g, vlm_err *err) {
     parser ps = {.g = g, .err = err};
-    uint64_t n_tensors, n_kv;
+    uint64_t n_tensors = 0, n_kv = 0; /* set by parse_header on success; -O3 cannot see it */
     vlm_status s = parse_header(&ps, &n_tensors, &n_kv);
     if (!s) s = parse_kv(&ps, n_kv);
     if (!s) s = parse_alignment(&ps);
@@ -661,7 +661,7 @@ vlm_status vlm_gguf_open_memory(const void *data, size_t size, const char *name,
     *out = NULL;
     if (!data && size)
         return vlm_err_set(err, VLM_ERR_INVALID_ARG, "%s: no data", name ? name : "(memory)");
-    vlm_gguf *g;
+    vlm_gguf *g = NULL;
     vlm_status s = gguf_new(name, &g, err);
     if (s) return s;
     g->base = data ? data : (const uint8_t *)"";
@@ -681,7 +681,7 @@ vlm_status vlm_gguf_open(const char *path, vlm_gguf **out, vlm_err *err) {
                            "%s: file truncated: %llu bytes is shorter than a GGUF header (24)",
                            path, (unsigned long long)map.size);
     }
-    vlm_gguf *g;
+    vlm_gguf *g = NULL;
     s = gguf_new(path, &g, err);
     if (s) {
         vlm_unmap_file(&map);

@@ -28,14 +28,18 @@ typedef struct vlm_kv {
     int64_t max_ctx; /* rows per layer */
     int64_t kv_dim;  /* n_kv_heads * head_dim */
     vlm_dtype dtype; /* F32 or BF16 */
-    void *k;         /* [n_layers][max_ctx][kv_dim] */
-    void *v;         /* [n_layers][max_ctx][kv_dim] */
+    void *k;         /* host: [n_layers - gpu_layers][max_ctx][kv_dim], layer l at l - gpu_layers */
+    void *v;         /* the same for V; NULL when every layer is on the GPU */
+    int gpu_layers;  /* layers [0, gpu_layers) keep their rows on the GPU */
+    void *dev_k;     /* device: [gpu_layers][max_ctx][kv_dim] (vlm_dev_alloc), or NULL */
+    void *dev_v;
 } vlm_kv;
 
 /* What the runtime needs to know about a loaded model. */
 typedef struct vlm_model_info {
     const char *arch; /* "Phi3VForCausalLM" */
     int n_layers;
+    int gpu_layers;        /* decoder layers [0, gpu_layers) run on the GPU, their KV there */
     int64_t kv_dim;        /* floats per token per layer, K and V each */
     int hidden;            /* width of an embedding row (image feature rows too) */
     int vocab;             /* logits per position */

@@ -129,7 +129,8 @@ void phi3_forward_layers(const phi3_model *m, cpu_pool *pool, vlm_kv *kv, int l0
 
     for (int l = l0; l < c->n_layers; l++) {
         const phi3_layer *L = &m->layers[l];
-        const int64_t lo = (int64_t)l * kv->max_ctx * kv->kv_dim; /* layer l, element offset */
+        /* layer l's element offset; the host cache starts at the first CPU layer */
+        const int64_t lo = (int64_t)(l - kv->gpu_layers) * kv->max_ctx * kv->kv_dim;
 
         /* x = x + o_proj(attention(rope(qkv_proj(rmsnorm(x))))) */
         cpu_rmsnorm(xb, x, n, d, L->in_norm, c->rms_eps);

@@ -22,11 +22,6 @@ struct phi3_gpu {
     vlm_cuda_weight norm, lm_head;
     void **owned; /* device buffers of the weights */
     int n_owned;
-    /* the device KV cache, bound to one vlm_kv */
-    const vlm_kv *kv_of;
-    int64_t kv_max_ctx;
-    vlm_dtype kv_dtype;
-    void *k, *v;
     /* device activations, grown to the largest call */
     float *act;
     size_t act_floats;
@@ -113,8 +108,6 @@ void phi3_gpu_free(phi3_gpu *g) {
     if (!g) return;
     if (g->ctx) vlm_cuda_sync(g->ctx, "GPU decoder free", NULL);
     for (int i = 0; i < g->n_owned; i++) vlm_dev_free(g->owned[i]);
-    vlm_dev_free(g->k);
-    vlm_dev_free(g->v);
     vlm_dev_free(g->act);
     vlm_cuda_ctx_destroy(g->ctx);
     vlm_free(g->owned);
@@ -130,35 +123,16 @@ bool phi3_gpu_head(const phi3_gpu *g) {
     return g->head;
 }
 
-/* The device KV for kv: kept when it is the one already bound (same size
- * and dtype), else allocated anew at position 0. */
-static vlm_status bind_kv(phi3_gpu *g, const vlm_kv *kv, int64_t pos0, vlm_err *err) {
-    if (g->k && g->kv_of == kv && g->kv_max_ctx == kv->max_ctx && g->kv_dtype == kv->dtype)
-        return VLM_OK;
-    if (pos0 != 0)
+/* kv must hold this part's layers on the device (runtime/kv_cache
+ * allocates them there when the model info says gpu_layers). */
+static vlm_status check_kv(const phi3_gpu *g, const vlm_kv *kv, vlm_err *err) {
+    if (kv->gpu_layers != g->n_layers || !kv->dev_k || !kv->dev_v)
         return vlm_err_set(err, VLM_ERR_INVALID_ARG,
-                           "GPU decoder: the device KV cache holds another session's positions "
-                           "(a forward at position %lld needs its earlier rows)",
-                           (long long)pos0);
-    vlm_dev_free(g->k);
-    vlm_dev_free(g->v);
-    g->k = g->v = NULL;
-    g->kv_of = NULL;
-    size_t esz = kv->dtype == VLM_DTYPE_BF16 ? 2 : 4;
-    size_t half = (size_t)g->n_layers * (size_t)kv->max_ctx * (size_t)kv->kv_dim * esz;
-    g->k = vlm_dev_alloc(half, VLM_MEM_KV_CACHE);
-    g->v = g->k ? vlm_dev_alloc(half, VLM_MEM_KV_CACHE) : NULL;
-    if (!g->v) {
-        vlm_dev_free(g->k);
-        g->k = NULL;
-        return vlm_err_set(err, VLM_ERR_NOMEM,
-                           "GPU decoder: out of GPU memory for the KV cache of %d layers x %lld "
-                           "tokens (%zu bytes)",
-                           g->n_layers, (long long)kv->max_ctx, 2 * half);
-    }
-    g->kv_of = kv;
-    g->kv_max_ctx = kv->max_ctx;
-    g->kv_dtype = kv->dtype;
+                           "GPU decoder: the KV cache keeps %d layers on the GPU (%s), the model "
+                           "runs %d there",
+                           kv->gpu_layers, kv->dev_k ? "allocated" : "none allocated", g->n_layers);
+    if (kv->dtype != VLM_DTYPE_F32 && kv->dtype != VLM_DTYPE_BF16)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "GPU decoder: KV dtype %d", (int)kv->dtype);
     return VLM_OK;
 }
 
@@ -171,7 +145,7 @@ vlm_status phi3_gpu_forward(phi3_gpu *g, const vlm_kv *kv, float *x, int64_t n, 
     const int64_t qd = H * hd, kvd = KV * hd, qkvd = qd + 2 * kvd, half = hd / 2;
     const bool want_logits = g->head && logits && logits_mode != VLM_LOGITS_NONE;
     const int64_t first = logits_mode == VLM_LOGITS_LAST ? n - 1 : 0;
-    vlm_status st = bind_kv(g, kv, pos0, err);
+    vlm_status st = check_kv(g, kv, err);
     if (st != VLM_OK) return st;
 
     /* x, xb [n][d]; qkv [n][qkvd]; att [n][qd]; gu [n][2ff]; hmid [n][ff];
@@ -217,25 +191,25 @@ vlm_status phi3_gpu_forward(phi3_gpu *g, const vlm_kv *kv, float *x, int64_t n, 
         const int64_t lo = (int64_t)l * kv->max_ctx * kvd;
         RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->in_norm, c->rms_eps, err));
         RUN(vlm_cuda_matmul(g->ctx, qkv, xb, n, d, qkvd, L->qkv, nob, err));
-        RUN(vlm_cuda_rope_apply(g->ctx, qkv, n, qkvd, H, (int)hd, cos_t, sin_t, err));
-        RUN(vlm_cuda_rope_apply(g->ctx, qkv + qd, n, qkvd, KV, (int)hd, cos_t, sin_t, err));
+        /* q's H heads and k's KV heads lie side by side at the start of
+         * each qkv row: one rotation over H + KV heads */
+        RUN(vlm_cuda_rope_apply(g->ctx, qkv, n, qkvd, H + KV, (int)hd, cos_t, sin_t, err));
         /* K/V rows of the chunk into the cache (positions pos0..pos0+n-1),
          * one launch each */
-        RUN(vlm_cuda_store_rows_strided(g->ctx, g->k, kv->dtype, lo + pos0 * kvd, qkv + qd, qkvd, n,
-                                        kvd, err));
-        RUN(vlm_cuda_store_rows_strided(g->ctx, g->v, kv->dtype, lo + pos0 * kvd, qkv + qd + kvd,
+        RUN(vlm_cuda_store_rows_strided(g->ctx, kv->dev_k, kv->dtype, lo + pos0 * kvd, qkv + qd,
                                         qkvd, n, kvd, err));
-        vlm_cuda_weight kc = {kv->dtype, (const char *)g->k + (size_t)lo * esz};
-        vlm_cuda_weight vc = {kv->dtype, (const char *)g->v + (size_t)lo * esz};
+        RUN(vlm_cuda_store_rows_strided(g->ctx, kv->dev_v, kv->dtype, lo + pos0 * kvd,
+                                        qkv + qd + kvd, qkvd, n, kvd, err));
+        vlm_cuda_weight kc = {kv->dtype, (const char *)kv->dev_k + (size_t)lo * esz};
+        vlm_cuda_weight vc = {kv->dtype, (const char *)kv->dev_v + (size_t)lo * esz};
         RUN(vlm_cuda_attention(g->ctx, att, qkv, qkvd, kc, vc, kvd, n, pos0 + n, H, KV, (int)hd,
                                true, pos0, scale, err));
-        RUN(vlm_cuda_matmul(g->ctx, xb, att, n, qd, d, L->o, nob, err));
-        RUN(vlm_cuda_add(g->ctx, dx, xb, n * d, err));
+        /* x += o(att): the residual add fused into the product */
+        RUN(vlm_cuda_matmul_acc(g->ctx, dx, att, n, qd, d, L->o, err));
         RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->post_norm, c->rms_eps, err));
         RUN(vlm_cuda_matmul(g->ctx, gu, xb, n, d, 2 * ff, L->gate_up, nob, err));
         RUN(vlm_cuda_silu_mul(g->ctx, hmid, gu, n, ff, err));
-        RUN(vlm_cuda_matmul(g->ctx, xb, hmid, n, ff, d, L->down, nob, err));
-        RUN(vlm_cuda_add(g->ctx, dx, xb, n * d, err));
+        RUN(vlm_cuda_matmul_acc(g->ctx, dx, hmid, n, ff, d, L->down, err));
     }
     if (want_logits) {
         RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx + first * d, n - first, d, g->norm, c->rms_eps, err));

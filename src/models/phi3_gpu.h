@@ -4,11 +4,10 @@
  *
  * Weights of the GPU part are uploaded once at create (device category
  * WEIGHTS); the host copies stay where they are (mapped or owned by the
- * weight source). The device KV cache of the GPU layers belongs to this
- * object and is bound to one vlm_kv: it is (re)allocated, at
- * [gpu_layers][max_ctx][kv_dim] of the vlm_kv's dtype, by a forward at
- * position 0 of a new or resized vlm_kv; a forward at pos0 > 0 on another
- * vlm_kv fails (VLM_ERR_INVALID_ARG). The host vlm_kv keeps its rows for
+ * weight source). The KV rows of the GPU layers are the vlm_kv's device
+ * part (kv->dev_k / dev_v, [gpu_layers][max_ctx][kv_dim], allocated by
+ * runtime/kv_cache when the model info says gpu_layers); a vlm_kv without
+ * them fails the forward with VLM_ERR_INVALID_ARG. The host vlm_kv holds
  * the CPU layers only. Compiled only with VLM_HAVE_CUDA. */
 #ifndef VLM_MODELS_PHI3_GPU_H
 #define VLM_MODELS_PHI3_GPU_H

@@ -326,6 +326,15 @@ vlm_status phi3v_forward(phi3v_model *m, vlm_kv *kv, const vlm_forward_args *a, 
         return vlm_err_set(err, VLM_ERR_LIMIT, "positions %lld..%lld exceed the cache of %lld",
                            (long long)a->pos0, (long long)(a->pos0 + a->n - 1),
                            (long long)kv->max_ctx);
+    int on_gpu = 0;
+#ifdef VLM_HAVE_CUDA
+    on_gpu = m->gpu ? phi3_gpu_layers(m->gpu) : 0;
+#endif
+    if (kv->gpu_layers != on_gpu)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                           "forward: the KV cache keeps %d layers on the GPU, the model runs %d "
+                           "there",
+                           kv->gpu_layers, on_gpu);
     float *x = ws;
     vlm_status st = phi3v_embed(m, a->ids, a->n, a->img_rows, x, err);
     if (st != VLM_OK) return st;
@@ -410,7 +419,11 @@ void phi3v_info_from_config(const phi3v_config *c, vlm_model_info *o) {
 }
 
 static void arch_info(const void *model, vlm_model_info *o) {
-    phi3v_info_from_config(&((const phi3v_model *)model)->cfg, o);
+    const phi3v_model *m = model;
+    phi3v_info_from_config(&m->cfg, o);
+#ifdef VLM_HAVE_CUDA
+    o->gpu_layers = m->gpu ? phi3_gpu_layers(m->gpu) : 0;
+#endif
 }
 
 static int arch_image_tokens(const void *model, int hc, int wc) {

@@ -31,7 +31,9 @@ static vlm_status jbool(const cJSON *o, const char *k, const char *path, bool *o
     if (!it) return VLM_OK;
     if (!cJSON_IsBool(it)) {
         char p[PATH_MAX_LEN];
-        snprintf(p, sizeof p, "%s.%s", path, k);
+        /* a path longer than p is cut in the message (the result is read so
+         * that -O3's -Wformat-truncation knows the cut is meant) */
+        if (snprintf(p, sizeof p, "%s.%s", path, k) >= (int)sizeof p) p[sizeof p - 1] = '\0';
         return jerr(err, p, "must be true or false%s", "");
     }
     *out = cJSON_IsTrue(it);

@@ -27,6 +27,7 @@
 #include "base/alloc.h"
 #include "models/phi3v.h"
 #include "models/registry.h"
+#include "runtime/kv_cache.h"
 #include "runtime/sampler.h"
 #include "runtime/session.h"
 #include "tensor/quant.h"
@@ -172,6 +173,16 @@ static void test_greedy(void **state) {
         session *s;
         vlm_err err;
         assert_int_equal(open_session(m, 16, &s, &err), VLM_OK);
+        /* runtime/kv_cache put the GPU layers' rows on the card, the rest
+         * on the host (none with every layer there) */
+        assert_int_equal(s->kv->kv.gpu_layers, PLACES[p].gpu_layers);
+        assert_non_null(s->kv->kv.dev_k);
+        assert_int_equal(s->kv->device_bytes,
+                         2LL * PLACES[p].gpu_layers * s->max_ctx * m->info.kv_dim * 4);
+        if (PLACES[p].gpu_layers == m->info.n_layers)
+            assert_null(s->kv->kv.k);
+        else
+            assert_non_null(s->kv->kv.k);
         assert_int_equal(session_append(s, ids, (int64_t)n, rows, nr, NULL, &err), VLM_OK);
         sampler_params sp;
         sampler_params_init(&sp);
@@ -412,6 +423,27 @@ static void test_placement_errors(void **state) {
     assert_null(m);
     assert_int_equal(create(&too_many, &m, &err), VLM_ERR_INVALID_ARG);
     assert_null(m);
+    /* a KV cache made for the CPU (no device rows) on a model with its
+     * layers on the GPU, and the other way round: refused, not run */
+    const vlm_placement all = {2, true, true};
+    arch_model *g = load(&all), *c = load(NULL);
+    vlm_model_info cpu_info = g->info;
+    cpu_info.gpu_layers = 0;
+    kv_cache *kc = NULL, *kg = NULL;
+    assert_int_equal(kv_cache_create(&cpu_info, 64, VLM_DTYPE_F32, &kc, &err), VLM_OK);
+    assert_int_equal(kv_cache_create(&g->info, 64, VLM_DTYPE_F32, &kg, &err), VLM_OK);
+    float *ws = malloc(g->arch->workspace_floats(g->impl, 4, 64) * sizeof *ws);
+    const int32_t ids[4] = {1, 2, 3, 4};
+    vlm_forward_args a = {ids, 4, NULL, 0, false, VLM_LOGITS_NONE, NULL};
+    assert_int_equal(g->arch->forward(g->impl, &kc->kv, &a, ws, &err), VLM_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.msg, "GPU"));
+    assert_int_equal(c->arch->forward(c->impl, &kg->kv, &a, ws, &err), VLM_ERR_INVALID_ARG);
+    assert_int_equal(g->arch->forward(g->impl, &kg->kv, &a, ws, &err), VLM_OK);
+    free(ws);
+    kv_cache_free(kc);
+    kv_cache_free(kg);
+    arch_model_free(g);
+    arch_model_free(c);
     vlm_gpu_mem_stats st;
     vlm_gpu_mem_stats_get(&st);
     assert_int_equal(st.total_current, 0);

@@ -141,6 +141,18 @@ static void mm_case(vlm_dtype t, int64_t n, int64_t in, int64_t out, bool bias, 
     snprintf(what, sizeof what, "matmul %s n=%lld in=%lld out=%lld", vlm_dtype_get(t)->name,
              (long long)n, (long long)in, (long long)out);
     close_to(what, got, want, (size_t)(n * out), rtol);
+    /* the fused residual form: y0 + x W^T (no bias) */
+    float *y0 = rnd((size_t)(n * out), 2.0f);
+    for (int64_t i = 0; i < n * out; i++) want[i] += y0[i] - (bias ? bf[i % out] : 0.0f);
+    float *dy0 = up(y0, (size_t)(n * out) * 4);
+    OK(vlm_cuda_matmul_acc(CTX, dy0, dx, n, in, out, (vlm_cuda_weight){t, dw}, E));
+    free(got);
+    got = down(dy0, (size_t)(n * out));
+    snprintf(what, sizeof what, "matmul_acc %s n=%lld in=%lld out=%lld", vlm_dtype_get(t)->name,
+             (long long)n, (long long)in, (long long)out);
+    close_to(what, got, want, (size_t)(n * out), rtol);
+    vlm_dev_free(dy0);
+    free(y0);
     vlm_dev_free(dx);
     vlm_dev_free(dw);
     vlm_dev_free(db);
@@ -160,6 +172,23 @@ static void test_matmul(void **state) {
     mm_case(VLM_DTYPE_Q8_0, 1, 3072, 70, false, 1e-5);
     mm_case(VLM_DTYPE_Q4_0, 4, 256, 64, true, 1e-5);
     mm_case(VLM_DTYPE_Q8_0, 20, 96, 32, false, 1e-5); /* quantized: GEMV in chunks of 8 */
+    mm_case(VLM_DTYPE_Q4_0, 2, 160, 9, false, 1e-5);  /* 5 blocks a row: k_gemv, not 16-byte */
+    /* the 16-byte GEMVs (k_gemv16: in % 8 == 0; k_gemv_quant16: blocks per
+     * row a multiple of 8): one, two and four warps per row (>= 6144,
+     * >= 1536, fewer rows), a row that ends inside a step of 4 loads per
+     * lane (1000 = 125 vectors), 1..8 tokens, the real model's rows, a
+     * quantized row of one full 128-block staging chunk and a partial one */
+    mm_case(VLM_DTYPE_BF16, 1, 3072, 6200, false, 1e-5);
+    mm_case(VLM_DTYPE_BF16, 1, 8192, 1600, false, 1e-5);
+    mm_case(VLM_DTYPE_BF16, 5, 1000, 1537, true, 1e-5);
+    mm_case(VLM_DTYPE_BF16, 3, 1000, 7, false, 1e-5);
+    mm_case(VLM_DTYPE_F16, 7, 3072, 33, false, 1e-5);
+    mm_case(VLM_DTYPE_BF16, 6, 64, 6145, false, 1e-5);
+    mm_case(VLM_DTYPE_Q8_0, 1, 4352, 40, false, 1e-5);
+    mm_case(VLM_DTYPE_Q4_0, 1, 4352, 40, false, 1e-5);
+    mm_case(VLM_DTYPE_Q8_0, 8, 8192, 19, true, 1e-5);
+    mm_case(VLM_DTYPE_Q4_0, 3, 3072, 1601, false, 1e-5);
+    mm_case(VLM_DTYPE_Q8_0, 5, 256, 5, false, 1e-5);
     /* cuBLAS (n > 8) */
     mm_case(VLM_DTYPE_F32, 40, 256, 96, true, 1e-5);
     mm_case(VLM_DTYPE_BF16, 40, 256, 96, false, 1e-2);
@@ -288,6 +317,21 @@ static void test_attention(void **state) {
     attn_case("attn decode split-K f32", VLM_DTYPE_F32, 1, 700, 32, 32, 96, true, 699);
     attn_case("attn decode split-K bf16", VLM_DTYPE_BF16, 1, 1500, 8, 2, 128, true, 1499);
     attn_case("attn tiny hd8", VLM_DTYPE_F32, 9, 9, 4, 4, 8, true, 0);
+    /* short contexts split too (>= 16 keys a split), keys not a multiple
+     * of the 4-key step, a causal chunk whose queries see different key
+     * counts across splits */
+    attn_case("attn decode 80 keys split", VLM_DTYPE_BF16, 1, 80, 32, 32, 96, true, 79);
+    attn_case("attn decode 33 keys split", VLM_DTYPE_F32, 1, 33, 4, 2, 64, true, 32);
+    attn_case("attn chunk at pos 60 split", VLM_DTYPE_BF16, 3, 63, 4, 4, 96, true, 60);
+    attn_case("attn decode 31 keys", VLM_DTYPE_F32, 1, 31, 2, 2, 96, true, 30);
+    /* the tiled kernel (>= 32 queries): key tiles of 32 shared by 16
+     * queries; partial query blocks, partial key tiles, a chunk at a later
+     * position (queries of a block see different key counts), GQA */
+    attn_case("attn tiled prefill 100 GQA bf16", VLM_DTYPE_BF16, 100, 100, 8, 2, 96, true, 0);
+    attn_case("attn tiled chunk 70 at pos 40", VLM_DTYPE_BF16, 70, 110, 4, 4, 96, true, 40);
+    attn_case("attn tiled vision 150 hd64", VLM_DTYPE_F32, 150, 150, 4, 4, 64, false, 0);
+    attn_case("attn tiled hd8 33 queries", VLM_DTYPE_F32, 33, 33, 2, 2, 8, true, 0);
+    attn_case("attn tiled hd128 full 47", VLM_DTYPE_BF16, 47, 61, 2, 1, 128, false, 0);
 }
 
 /* --- the rest ----------------------------------------------------------------- */

@@ -90,6 +90,11 @@ typedef struct vlm_cuda_weight {
 #define VLM_CUDA_GEMV_MAX_N 8
 vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n, int64_t in,
                            int64_t out, vlm_cuda_weight w, vlm_cuda_weight b, vlm_err *err);
+/* y[n][out] += x[n][in] . W[out][in]^T: the residual add fused into the
+ * product (the GEMV adds its sums to y; cuBLAS with beta = 1), one launch
+ * and one pass over y fewer than matmul + add. y must not alias x. */
+vlm_status vlm_cuda_matmul_acc(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n, int64_t in,
+                               int64_t out, vlm_cuda_weight w, vlm_err *err);
 
 /* As cpu_rmsnorm / cpu_layernorm (out may equal x). */
 vlm_status vlm_cuda_rmsnorm(vlm_cuda_ctx *ctx, float *out, const float *x, int64_t n, int64_t dim,

@@ -156,6 +156,7 @@ __global__ void k_rope(float *x, int64_t n, int64_t row_stride, int n_heads, int
 
 constexpr int ATT_MAXD = 128;
 constexpr int ATT_PER_LANE = ATT_MAXD / 32;
+constexpr int ATT_KB = 4; /* keys per step of a warp */
 
 __global__ void k_attention(float *out, const float *q, int64_t q_stride, vlm_dtype kvt,
                             const void *k, const void *v, int64_t kv_stride, int64_t n_q,
@@ -184,24 +185,45 @@ __global__ void k_attention(float *out, const float *q, int64_t q_stride, vlm_dt
     }
     float m = -INFINITY, l = 0.0f;
     int64_t kvoff = (int64_t)kvh * head_dim;
-    for (int64_t t = k0; t < k1; t++) {
-        int64_t base = t * kv_stride + kvoff;
-        float s = 0.0f;
+    /* ATT_KB keys per step: their K and V elements are all loaded before
+     * any arithmetic (2 * ATT_KB * ATT_PER_LANE loads in flight per lane,
+     * where one key at a time waited a memory latency per key), then the
+     * block's scores join the online softmax at once. Keys past k1 score
+     * -inf and weigh exp(-inf) = 0. */
+    for (int64_t t = k0; t < k1; t += ATT_KB) {
+        float kk[ATT_KB][ATT_PER_LANE], vv[ATT_KB][ATT_PER_LANE], sc[ATT_KB];
 #pragma unroll
-        for (int j = 0; j < ATT_PER_LANE; j++) {
-            int d = lane + 32 * j;
-            if (d < head_dim) s += qv[j] * ld_w(kvt, k, base + d);
+        for (int b = 0; b < ATT_KB; b++) {
+            bool in = t + b < k1;
+            int64_t base = (t + b) * kv_stride + kvoff;
+#pragma unroll
+            for (int j = 0; j < ATT_PER_LANE; j++) {
+                int d = lane + 32 * j;
+                bool ok = in && d < head_dim;
+                kk[b][j] = ok ? ld_w(kvt, k, base + d) : 0.0f;
+                vv[b][j] = ok ? ld_w(kvt, v, base + d) : 0.0f;
+            }
         }
-        s = warp_sum(s) * scale;
-        float mn = fmaxf(m, s);
-        float corr = __expf(m - mn); /* m = -inf at the first key: 0 */
-        float p = __expf(s - mn);
-        l = l * corr + p;
+        float mn = m;
 #pragma unroll
-        for (int j = 0; j < ATT_PER_LANE; j++) {
-            int d = lane + 32 * j;
-            float vv = d < head_dim ? ld_w(kvt, v, base + d) : 0.0f;
-            acc[j] = acc[j] * corr + p * vv;
+        for (int b = 0; b < ATT_KB; b++) {
+            float sv = 0.0f;
+#pragma unroll
+            for (int j = 0; j < ATT_PER_LANE; j++) sv += qv[j] * kk[b][j];
+            sv = warp_sum(sv) * scale;
+            sc[b] = t + b < k1 ? sv : -INFINITY;
+            mn = fmaxf(mn, sc[b]);
+        }
+        float corr = __expf(m - mn); /* m = -inf before the first key: 0 */
+        l *= corr;
+#pragma unroll
+        for (int j = 0; j < ATT_PER_LANE; j++) acc[j] *= corr;
+#pragma unroll
+        for (int b = 0; b < ATT_KB; b++) {
+            float p = __expf(sc[b] - mn);
+            l += p;
+#pragma unroll
+            for (int j = 0; j < ATT_PER_LANE; j++) acc[j] += p * vv[b][j];
         }
         m = mn;
     }
@@ -225,6 +247,122 @@ __global__ void k_attention(float *out, const float *q, int64_t q_stride, vlm_dt
     for (int j = 0; j < ATT_PER_LANE; j++) {
         int d = lane + 32 * j;
         if (d < head_dim) pr[2 + d] = acc[j];
+    }
+}
+
+/* --- attention, tiled (prefill chunks and the vision tower) -----------------
+ * Many queries: a block takes FA_QT consecutive queries of one head (4 per
+ * warp) and walks the keys in tiles of FA_KT, each tile's K and V loaded
+ * once into shared memory for all FA_QT queries (the one-warp-per-query
+ * kernel read every key from L2 once per query). Lane j scores key j of the
+ * tile for the warp's 4 queries (q from shared memory as one float4 per
+ * dimension: Qs is [dim][query]); the tile's scores join each query's online
+ * softmax (f32, __expf) at once; then lane l accumulates output dims l,
+ * l+32, ... over the tile's keys, p broadcast by shuffles. Keys a query may
+ * not see (causal, or past the end) score -inf and weigh 0. Ks rows are
+ * padded to ATT_MAXD + 1 floats so that the 32 lanes reading 32 different
+ * keys at one dim hit 32 banks. Shared memory: 41 KB. */
+constexpr int FA_QT = 16;           /* queries per block: 4 warps x 4 */
+constexpr int FA_KT = 32;           /* keys per tile: one per lane */
+constexpr int FA_KP = ATT_MAXD + 1; /* padded K row */
+constexpr int FA_MIN_Q = 32;        /* queries from which the tiled kernel is used */
+
+__global__ void __launch_bounds__(128)
+    k_attn_tiled(float *out, const float *q, int64_t q_stride, vlm_dtype kvt, const void *k,
+                 const void *v, int64_t kv_stride, int64_t n_q, int64_t n_kv, int n_heads,
+                 int n_kv_heads, int head_dim, bool causal, int64_t q_pos0, float scale) {
+    __shared__ __align__(16) float Qs[ATT_MAXD][FA_QT];
+    __shared__ float Ks[FA_KT][FA_KP];
+    __shared__ float Vs[FA_KT][ATT_MAXD];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
+    const int64_t q0 = (int64_t)blockIdx.x * FA_QT;
+    for (int i = tid; i < FA_QT * head_dim; i += blockDim.x) {
+        int r = i / head_dim, d = i % head_dim;
+        int64_t qi = q0 + r;
+        Qs[d][r] = qi < n_q ? q[qi * q_stride + (int64_t)h * head_dim + d] : 0.0f;
+    }
+    /* the keys any query of the block sees */
+    int64_t q_hi = q0 + FA_QT < n_q ? q0 + FA_QT : n_q;
+    int64_t kend = causal ? q_pos0 + q_hi : n_kv;
+    if (kend > n_kv) kend = n_kv;
+    /* the keys each of the warp's 4 queries sees (0 past the last query) */
+    int64_t see[4];
+    float m[4], l[4], acc[4][ATT_PER_LANE];
+#pragma unroll
+    for (int a = 0; a < 4; a++) {
+        int64_t qi = q0 + warp * 4 + a;
+        int64_t ns = causal ? q_pos0 + qi + 1 : n_kv;
+        see[a] = qi < n_q ? (ns < n_kv ? ns : n_kv) : 0;
+        m[a] = -INFINITY;
+        l[a] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < ATT_PER_LANE; j++) acc[a][j] = 0.0f;
+    }
+    const int64_t kvoff = (int64_t)kvh * head_dim;
+    for (int64_t t0 = 0; t0 < kend; t0 += FA_KT) {
+        __syncthreads(); /* the previous tile is used up (and Qs written) */
+        for (int i = tid; i < FA_KT * head_dim; i += blockDim.x) {
+            int r = i / head_dim, d = i % head_dim;
+            int64_t key = t0 + r;
+            bool in = key < kend;
+            int64_t at = key * kv_stride + kvoff + d;
+            Ks[r][d] = in ? ld_w(kvt, k, at) : 0.0f;
+            Vs[r][d] = in ? ld_w(kvt, v, at) : 0.0f;
+        }
+        __syncthreads();
+        /* scores of key t0 + lane for the warp's 4 queries */
+        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int d = 0; d < head_dim; d++) {
+            float kd = Ks[lane][d];
+            float4 qd = *(const float4 *)&Qs[d][warp * 4];
+            s[0] += qd.x * kd;
+            s[1] += qd.y * kd;
+            s[2] += qd.z * kd;
+            s[3] += qd.w * kd;
+        }
+        int64_t key = t0 + lane;
+        float p[4];
+#pragma unroll
+        for (int a = 0; a < 4; a++) {
+            float sa = key < see[a] ? s[a] * scale : -INFINITY;
+            float tmax = sa;
+            for (int o = 16; o > 0; o >>= 1)
+                tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
+            float mn = fmaxf(m[a], tmax);
+            /* nothing seen yet and nothing in this tile: keep the state */
+            float corr = mn == -INFINITY ? 1.0f : __expf(m[a] - mn);
+            p[a] = sa == -INFINITY ? 0.0f : __expf(sa - mn);
+            l[a] = l[a] * corr + warp_sum(p[a]);
+#pragma unroll
+            for (int j = 0; j < ATT_PER_LANE; j++) acc[a][j] *= corr;
+            m[a] = mn;
+        }
+        int kn = kend - t0 < FA_KT ? (int)(kend - t0) : FA_KT;
+        for (int kk = 0; kk < kn; kk++) {
+            float pk[4];
+#pragma unroll
+            for (int a = 0; a < 4; a++) pk[a] = __shfl_sync(0xffffffffu, p[a], kk);
+#pragma unroll
+            for (int j = 0; j < ATT_PER_LANE; j++) {
+                int d = lane + 32 * j;
+                float vd = d < head_dim ? Vs[kk][d] : 0.0f;
+#pragma unroll
+                for (int a = 0; a < 4; a++) acc[a][j] += pk[a] * vd;
+            }
+        }
+    }
+#pragma unroll
+    for (int a = 0; a < 4; a++) {
+        int64_t qi = q0 + warp * 4 + a;
+        if (qi >= n_q) break;
+        float inv = l[a] > 0.0f ? 1.0f / l[a] : 0.0f;
+        float *orow = out + qi * (int64_t)n_heads * head_dim + (int64_t)h * head_dim;
+#pragma unroll
+        for (int j = 0; j < ATT_PER_LANE; j++) {
+            int d = lane + 32 * j;
+            if (d < head_dim) orow[d] = acc[a][j] * inv;
+        }
     }
 }
 
@@ -404,7 +542,7 @@ __device__ __forceinline__ void unpack8(vlm_dtype t, uint4 u, float (&w)[8]) {
 }
 
 __global__ void k_gemv(float *y, const float *x, int64_t n, int64_t in, int64_t out, vlm_dtype t,
-                       const void *w, bool vec) {
+                       const void *w, bool vec, bool acc_y) {
     int64_t row = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (row >= out) return;
@@ -490,8 +628,258 @@ __global__ void k_gemv(float *y, const float *x, int64_t n, int64_t in, int64_t 
     for (int tk = 0; tk < GEMV_MAXN; tk++) {
         if (tk >= nn) break;
         float s = warp_sum(acc[tk]);
-        if (lane == 0) y[tk * out + row] = s;
+        if (lane == 0) y[tk * out + row] = acc_y ? y[tk * out + row] + s : s;
     }
+}
+
+/* --- GEMV, the fast paths ----------------------------------------------------
+ * Decoding is bound by reading the weights once per token, so these kernels
+ * are written for DRAM bandwidth: every weight byte is read with a 16-byte
+ * load that bypasses L1 (ld.global.nc.L1::no_allocate: x, re-read by every
+ * row, stays in L1), each lane keeps GV_LOADS such loads in flight, and the
+ * token count NT (1..8) is a template argument so the accumulators live in
+ * registers with no runtime bounds. k_gemv above stays for the shapes these
+ * do not take (rows not a multiple of 8 weights, unaligned blocks). */
+
+constexpr int GV_LOADS = 4; /* 16-byte weight loads in flight per lane */
+/* Blocks per SM k_gemv16 for one token (decoding) is compiled to keep
+ * resident (<= 40 registers a thread, no spills): 12 x 132 SMs = 1584
+ * blocks, so the 3072-row products at two warps a row (1536 blocks) run in
+ * one wave, without a tail. More tokens need their accumulators: no bound. */
+constexpr int GV_MIN_BLOCKS = 12;
+
+__device__ __forceinline__ uint4 ld_stream16(const void *p) {
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
+/* BF16 / F16 rows of in % 8 == 0 weights, 16-byte aligned. WS warps share a
+ * row (WS = 1, 2, 4; the block's GEMV_WARPS / WS rows) so that short
+ * matrices (3072 rows) still give every SM enough loads in flight; warp s of
+ * a row takes the 16-byte vectors [i0 + s * 32 * GV_LOADS, + 32 * GV_LOADS)
+ * of every stride of WS * 32 * GV_LOADS. y[t][row] = sum_i W[row][i] x[t][i]. */
+template <int NT, int WS>
+__global__ void __launch_bounds__(GEMV_WARPS * 32, NT == 1 ? GV_MIN_BLOCKS : 1)
+    k_gemv16(float *y, const float *x, int64_t in, int64_t out, bool bf16, const uint4 *w,
+             bool acc_y) {
+    constexpr int RPB = GEMV_WARPS / WS; /* rows per block */
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int64_t row = (int64_t)blockIdx.x * RPB + warp / WS;
+    int s = warp % WS;
+    bool live = row < out;
+    int64_t nv = in / 8; /* 16-byte vectors per row */
+    const uint4 *wr = w + (live ? row : 0) * nv;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    vlm_dtype dt = bf16 ? VLM_DTYPE_BF16 : VLM_DTYPE_F16;
+    for (int64_t i0 = (int64_t)s * 32 * GV_LOADS; live && i0 < nv; i0 += WS * 32 * GV_LOADS) {
+        uint4 u[GV_LOADS];
+#pragma unroll
+        for (int k = 0; k < GV_LOADS; k++) { /* all loads first: GV_LOADS in flight */
+            int64_t i = i0 + k * 32 + lane;
+            u[k] = i < nv ? ld_stream16(wr + i) : make_uint4(0u, 0u, 0u, 0u);
+        }
+#pragma unroll
+        for (int k = 0; k < GV_LOADS; k++) {
+            int64_t i = i0 + k * 32 + lane;
+            if (i >= nv) break;
+            float wv[8];
+            unpack8(dt, u[k], wv);
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                const float4 *xv = (const float4 *)(x + t * in + i * 8);
+                float4 a = __ldg(xv), b = __ldg(xv + 1);
+                acc[t] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w + wv[4] * b.x +
+                          wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = warp_sum(acc[t]);
+    if (WS == 1) {
+        if (live && lane == 0)
+#pragma unroll
+            for (int t = 0; t < NT; t++)
+                y[t * out + row] = acc_y ? y[t * out + row] + acc[t] : acc[t];
+        return;
+    }
+    __shared__ float part[GEMV_WARPS][NT];
+    if (lane == 0)
+#pragma unroll
+        for (int t = 0; t < NT; t++) part[warp][t] = acc[t];
+    __syncthreads();
+    if (live && s == 0 && lane < NT) {
+        float v = 0.0f;
+#pragma unroll
+        for (int j = 0; j < WS; j++) v += part[warp + j][lane];
+        y[lane * out + row] = acc_y ? y[lane * out + row] + v : v;
+    }
+}
+
+/* Q8_0 / Q4_0 rows whose byte length is a multiple of 16 (blocks per row a
+ * multiple of 8) at a 16-byte aligned address. The 34- and 18-byte blocks
+ * straddle 16-byte words, so a warp first copies GVQ_CHUNK blocks of its row
+ * to shared memory with coalesced 16-byte loads (Q8_0: 272 words, 9 per lane
+ * in flight; Q4_0: 144, 5 per lane), then each lane dequantizes whole blocks
+ * from there in registers (block lane, lane + 32, ...) and multiplies them
+ * with x. One warp per row; block barriers around the staging. */
+constexpr int GVQ_CHUNK = 128; /* blocks per staging step; 4352 bytes for Q8_0 */
+
+template <int NT, bool Q8>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+    k_gemv_quant16(float *y, const float *x, int64_t in, int64_t out, const uint8_t *w,
+                   bool acc_y) {
+    constexpr int BB = Q8 ? (int)sizeof(vlm_block_q8_0) : (int)sizeof(vlm_block_q4_0);
+    constexpr int CW = GVQ_CHUNK * BB / 16;  /* 16-byte words per full chunk */
+    constexpr int PER_LANE = (CW + 31) / 32; /* loads in flight per lane */
+    __shared__ uint4 stage[GEMV_WARPS][CW];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int64_t row = (int64_t)blockIdx.x * GEMV_WARPS + warp;
+    /* every warp of the block runs the same steps (rows of one length), so
+     * the staging can use block barriers; a warp past the last row idles */
+    bool live = row < out;
+    int64_t nb = in / VLM_QK;
+    const uint4 *wr = (const uint4 *)(w + (live ? row : 0) * nb * BB);
+    const uint8_t *sb = (const uint8_t *)stage[warp];
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    for (int64_t b0 = 0; b0 < nb; b0 += GVQ_CHUNK) {
+        int cnt = nb - b0 < GVQ_CHUNK ? (int)(nb - b0) : GVQ_CHUNK;
+        int words = cnt * BB / 16; /* whole: b0 * BB and the row's end are 16-byte aligned */
+        const uint4 *src = wr + b0 * BB / 16;
+        uint4 u[PER_LANE];
+#pragma unroll
+        for (int k = 0; k < PER_LANE; k++) {
+            int i = k * 32 + lane;
+            u[k] = live && i < words ? ld_stream16(src + i) : make_uint4(0u, 0u, 0u, 0u);
+        }
+        __syncthreads(); /* the previous chunk's reads of stage are done */
+#pragma unroll
+        for (int k = 0; k < PER_LANE; k++) {
+            int i = k * 32 + lane;
+            if (i < words) stage[warp][i] = u[k];
+        }
+        __syncthreads();
+        for (int lb = lane; live && lb < cnt; lb += 32) {
+            const uint8_t *blk = sb + lb * BB;
+            float d = half_bits_to_f32(*(const uint16_t *)blk);
+            float wv[VLM_QK];
+            /* the quants from shared memory in 16-bit words (a block starts
+             * at an even byte: 34 and 18 are even) */
+            const uint16_t *q16 = (const uint16_t *)(blk + 2);
+            if (Q8) {
+#pragma unroll
+                for (int j = 0; j < VLM_QK / 2; j++) {
+                    uint16_t u = q16[j];
+                    wv[2 * j] = d * (float)(int8_t)(u & 0xff);
+                    wv[2 * j + 1] = d * (float)(int8_t)(u >> 8);
+                }
+            } else {
+                /* byte j: element j (low nibble) and j + 16 (high) */
+#pragma unroll
+                for (int j = 0; j < VLM_QK / 4; j++) {
+                    uint16_t u = q16[j];
+                    uint8_t c0 = (uint8_t)(u & 0xff), c1 = (uint8_t)(u >> 8);
+                    wv[2 * j] = d * (float)((int)(c0 & 15) - 8);
+                    wv[2 * j + 16] = d * (float)((int)(c0 >> 4) - 8);
+                    wv[2 * j + 1] = d * (float)((int)(c1 & 15) - 8);
+                    wv[2 * j + 17] = d * (float)((int)(c1 >> 4) - 8);
+                }
+            }
+            int64_t col = (b0 + lb) * VLM_QK;
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                const float4 *xv = (const float4 *)(x + t * in + col);
+                float s = 0.0f;
+#pragma unroll
+                for (int j = 0; j < VLM_QK / 4; j++) {
+                    float4 a = __ldg(xv + j);
+                    s += wv[4 * j] * a.x + wv[4 * j + 1] * a.y + wv[4 * j + 2] * a.z +
+                         wv[4 * j + 3] * a.w;
+                }
+                acc[t] += s;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float v = warp_sum(acc[t]);
+        if (live && lane == 0) y[t * out + row] = acc_y ? y[t * out + row] + v : v;
+    }
+}
+
+/* Launches k_gemv16 / k_gemv_quant16 for nt (1..8) tokens. */
+template <int NT>
+void launch_gemv_fast(cudaStream_t st, float *y, const float *x, int64_t in, int64_t out,
+                      vlm_dtype t, const void *w, bool acc_y) {
+    if (t == VLM_DTYPE_Q8_0 || t == VLM_DTYPE_Q4_0) {
+        unsigned grid = (unsigned)((out + GEMV_WARPS - 1) / GEMV_WARPS);
+        if (t == VLM_DTYPE_Q8_0)
+            k_gemv_quant16<NT, true>
+                <<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, (const uint8_t *)w, acc_y);
+        else
+            k_gemv_quant16<NT, false>
+                <<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, (const uint8_t *)w, acc_y);
+        return;
+    }
+    /* Warps per row: enough rows in flight for the 132 SMs of an H100 at
+     * ~24+ warps each (qkv 9216, gate_up 16384, lm_head 32064 rows: one warp;
+     * o and down, 3072 rows: two; small test shapes: four). */
+    int ws = out >= 6144 ? 1 : out >= 1536 ? 2 : 4;
+    unsigned grid = (unsigned)((out * ws + GEMV_WARPS - 1) / GEMV_WARPS);
+    bool bf = t == VLM_DTYPE_BF16;
+    const uint4 *wv = (const uint4 *)w;
+    if (ws == 1)
+        k_gemv16<NT, 1><<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, bf, wv, acc_y);
+    else if (ws == 2)
+        k_gemv16<NT, 2><<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, bf, wv, acc_y);
+    else
+        k_gemv16<NT, 4><<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, bf, wv, acc_y);
+}
+
+void launch_gemv_fast_n(cudaStream_t st, int nt, float *y, const float *x, int64_t in, int64_t out,
+                        vlm_dtype t, const void *w, bool acc_y) {
+    switch (nt) {
+    case 1:
+        launch_gemv_fast<1>(st, y, x, in, out, t, w, acc_y);
+        break;
+    case 2:
+        launch_gemv_fast<2>(st, y, x, in, out, t, w, acc_y);
+        break;
+    case 3:
+        launch_gemv_fast<3>(st, y, x, in, out, t, w, acc_y);
+        break;
+    case 4:
+        launch_gemv_fast<4>(st, y, x, in, out, t, w, acc_y);
+        break;
+    case 5:
+        launch_gemv_fast<5>(st, y, x, in, out, t, w, acc_y);
+        break;
+    case 6:
+        launch_gemv_fast<6>(st, y, x, in, out, t, w, acc_y);
+        break;
+    case 7:
+        launch_gemv_fast<7>(st, y, x, in, out, t, w, acc_y);
+        break;
+    default:
+        launch_gemv_fast<8>(st, y, x, in, out, t, w, acc_y);
+        break;
+    }
+}
+
+/* Whether the fast GEMV takes this product: 16-byte aligned W and x, rows of
+ * whole 16-byte words (BF16/F16: in % 8 == 0; Q8_0/Q4_0: blocks per row a
+ * multiple of 8). */
+bool gemv_fast_ok(vlm_dtype t, int64_t in, const void *w, const float *x) {
+    if ((uintptr_t)w % 16 || (uintptr_t)x % 16 || in % 8) return false;
+    if (t == VLM_DTYPE_BF16 || t == VLM_DTYPE_F16) return true;
+    if (t == VLM_DTYPE_Q8_0 || t == VLM_DTYPE_Q4_0) return in % (VLM_QK * 8) == 0;
+    return false;
 }
 
 } // namespace
@@ -539,12 +927,20 @@ vlm_status vlm_cuda_attention(vlm_cuda_ctx *ctx, float *out, const float *q, int
         return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "attention: KV dtype %d", (int)k.dtype);
     int64_t n_qh = n_q * n_heads;
     if (n_qh <= 0) return VLM_OK;
+    if (n_q >= FA_MIN_Q) { /* prefill chunks, the vision tower: K/V tiles shared by 16 queries */
+        dim3 fgrid((unsigned)((n_q + FA_QT - 1) / FA_QT), (unsigned)n_heads);
+        k_attn_tiled<<<fgrid, 128, 0, ctx->stream>>>(out, q, q_stride, k.dtype, k.data, v.data,
+                                                     kv_stride, n_q, n_kv, n_heads, n_kv_heads,
+                                                     head_dim, causal, q_pos0, scale);
+        return launched("attention (tiled)", err);
+    }
     /* Split the keys when there are too few (query, head) warps to fill the
-     * card: aim for ~4 warps of work per SM-ish, each split >= 64 keys. */
+     * card: aim for ~2048 warps, each split >= 16 keys (4 steps of ATT_KB;
+     * decoding at 80 cached tokens: 32 heads x 5 splits). */
     int n_split = 1;
-    if (n_qh < 1024 && n_kv >= 128) {
+    if (n_qh < 1024 && n_kv >= 32) {
         int64_t want = 2048 / n_qh;
-        int64_t by_len = n_kv / 64;
+        int64_t by_len = n_kv / 16;
         n_split = (int)(want < by_len ? want : by_len);
         if (n_split > 64) n_split = 64;
         if (n_split < 1) n_split = 1;
@@ -635,8 +1031,10 @@ vlm_status vlm_cuda_embed_rows(vlm_cuda_ctx *ctx, float *out, vlm_cuda_weight ta
     return launched("embed_rows", err);
 }
 
-vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n, int64_t in,
-                           int64_t out, vlm_cuda_weight w, vlm_cuda_weight b, vlm_err *err) {
+/* y = x W^T (+ b), or with acc_y y += x W^T (+ b). */
+static vlm_status matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n, int64_t in,
+                         int64_t out, vlm_cuda_weight w, vlm_cuda_weight b, bool acc_y,
+                         vlm_err *err) {
     if (n <= 0 || out <= 0) return VLM_OK;
     vlm_dtype t = w.dtype;
     bool plain = t == VLM_DTYPE_F32 || t == VLM_DTYPE_F16 || t == VLM_DTYPE_BF16;
@@ -655,9 +1053,16 @@ vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t 
             /* 16-byte vectors need 8-weight rows and aligned x and W. */
             bool vec = in % 8 == 0 && ((uintptr_t)w.data % 16) == 0 &&
                        ((uintptr_t)(x + t0 * in) % 16) == 0;
+            if (t != VLM_DTYPE_F32 && gemv_fast_ok(t, in, w.data, x + t0 * in)) {
+                launch_gemv_fast_n(ctx->stream, (int)nn, y + t0 * out, x + t0 * in, in, out, t,
+                                   w.data, acc_y);
+                st = launched("matmul (gemv)", err);
+                if (st != VLM_OK) return st;
+                continue;
+            }
             unsigned grid = (unsigned)((out + GEMV_WARPS - 1) / GEMV_WARPS);
             k_gemv<<<grid, GEMV_WARPS * 32, 0, ctx->stream>>>(y + t0 * out, x + t0 * in, nn, in,
-                                                              out, t, w.data, vec);
+                                                              out, t, w.data, vec, acc_y);
             st = launched("matmul (gemv)", err);
             if (st != VLM_OK) return st;
         }
@@ -665,7 +1070,7 @@ vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t 
         /* cuBLAS is column-major: row-major y[n][out] is Y (out x n, ld out),
          * W[out][in] is an (in x out, ld in) matrix taken transposed, x[n][in]
          * is (in x n, ld in): Y = op_T(W) * X. */
-        const float alpha = 1.0f, beta = 0.0f;
+        const float alpha = 1.0f, beta = acc_y ? 1.0f : 0.0f;
         cublasStatus_t bs;
         if (t == VLM_DTYPE_F32) {
             bs = cublasGemmEx(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in,
@@ -724,6 +1129,17 @@ vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t 
                                (long long)out, cublasGetStatusString(bs));
     }
     return vlm_cuda_add_bias(ctx, y, n, out, b, err);
+}
+
+vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n, int64_t in,
+                           int64_t out, vlm_cuda_weight w, vlm_cuda_weight b, vlm_err *err) {
+    return matmul(ctx, y, x, n, in, out, w, b, false, err);
+}
+
+vlm_status vlm_cuda_matmul_acc(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n, int64_t in,
+                               int64_t out, vlm_cuda_weight w, vlm_err *err) {
+    const vlm_cuda_weight none = {VLM_DTYPE_F32, NULL};
+    return matmul(ctx, y, x, n, in, out, w, none, true, err);
 }
 
 vlm_status vlm_cuda_patch_embed(vlm_cuda_ctx *ctx, float *out, const float *img, int s, int p,
