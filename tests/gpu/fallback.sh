@@ -10,6 +10,8 @@
 # before load. From the repo root on the GPU machine, after tests/gpu/run.sh
 # (it reuses build-gpu/ and /tmp/vlmdeps):
 #     OUT=/path bash tests/gpu/fallback.sh            (X list: LEAVE="20 6 1")
+# (the checkpoint needs the shared reference files: tests/gpu/stage_shared.sh
+# copies them into .gpu/shared, which the device run carries)
 # Writes gen_X.json, cpu_PRECISION.json and a summary table (printed last).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,7 +19,7 @@ ROOT=$(pwd)
 BUILD=${BUILD:-build-gpu}
 OUT=${OUT:-$ROOT/$BUILD/fallback}
 LEAVE=${LEAVE:-"20 6 1"}
-CK=${CK:-/tmp/vlm-full-bf16}
+CK=${CK:-/tmp/vlm-synth-phi35v}   # the checkpoint run.sh makes, reused
 mkdir -p "$OUT"
 P=/tmp/vlmdeps
 MA=$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
@@ -35,9 +37,15 @@ if ! timeout 300 cmake --build "$BUILD" -j "${JOBS:-16}" --target vlmtest gpubal
     >"$OUT/build.log" 2>&1; then
   tail -30 "$OUT/build.log"; echo "build failed"; exit 1
 fi
+SHARED=""
+for d in "${VLM_SHARED_DIR:-}" "$ROOT/shared" "$ROOT/.gpu/shared" "$ROOT/../shared"; do
+  if [ -n "$d" ] && [ -d "$d/models" ]; then SHARED=$(cd "$d" && pwd); break; fi
+done
 if [ ! -f "$CK/config.json" ]; then
+  [ -n "$SHARED" ] || { echo "no shared folder: run tests/gpu/stage_shared.sh and carry .gpu/shared"; exit 1; }
   t=$(date +%s)
-  "$BUILD/mkcheckpoint" --out "$CK" >"$OUT/mkcheckpoint.log" 2>&1 || { tail "$OUT/mkcheckpoint.log"; exit 1; }
+  "$BUILD/mkcheckpoint" --out "$CK" --shared "$SHARED" >"$OUT/mkcheckpoint.log" 2>&1 ||
+    { tail "$OUT/mkcheckpoint.log"; exit 1; }
   echo "checkpoint: $CK ($(du -sh "$CK" | cut -f1), $(( $(date +%s) - t )) s)"
 fi
 IMG=tests/data/images/landscape.jpg
