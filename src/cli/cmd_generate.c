@@ -31,10 +31,12 @@ static const char usage[] =
     "  --ctx N             KV cache tokens (default min(4096, the model's positions))\n"
     "  --stop STR          stop when the answer contains STR (not included in it)\n"
     "  --ignore-eos        do not stop on the generation_config stop ids\n"
-    "  --precision P       load the weights at P: f32, bf16, f16, q8_0, q4_0, q4_K\n"
+    "  --precision P       load the weights at P: f32, bf16, f16, q8_0, q4_0, q4_K,\n"
+    "                      q4_0_all (every matrix q4_0, KV cache bf16)\n"
     "                      (default: the best rung of the memory plan that fits)\n"
     "  --mem-budget SIZE   plan against SIZE bytes (8G, 512M) instead of the machine\n"
-    "  --allow-degrade     the plan may drop crops, then context, to fit\n"
+    "  --allow-degrade     the plan may drop crops, then context, then lift the q8_0\n"
+    "                      floor (q4_0_all, KV bf16, context down to 512) to fit\n"
     "  --json              print {answer, tokens_in, tokens_out, image_tokens, timings,\n"
     "                      stop_reason, ids, plan} instead of streaming the text\n";
 

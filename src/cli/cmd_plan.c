@@ -35,6 +35,10 @@ static void print_text(const plan_model *pm, const vlm_plan *p, const plan_reque
     printf("model:        %s\n", pm->path);
     if (p->budget_given)
         printf("budget:       %s (--mem-budget)\n", cli_human_bytes(p->budget, a, sizeof a));
+    else if (p->as_limited)
+        printf("budget:       %s (address space left %s under the limit, less 5%%, at least "
+               "128 MiB)\n",
+               cli_human_bytes(p->budget, a, sizeof a), cli_human_bytes(p->headroom, b, sizeof b));
     else
         printf("budget:       %s (available %s less 10%%, at least 512 MiB)\n",
                cli_human_bytes(p->budget, a, sizeof a), cli_human_bytes(p->headroom, b, sizeof b));
@@ -132,7 +136,8 @@ static int run(int argc, char **argv) {
         } else if (!strcmp(a, "--precision") && v) {
             r.precision = vlm_precision_parse(v);
             if (r.precision < 0) {
-                cli_error("plan", "--precision wants native, f32, bf16, f16, q8_0, q4_0 or q4_K");
+                cli_error("plan",
+                          "--precision wants native, f32, bf16, f16, q8_0, q4_0, q4_K or q4_0_all");
                 return CLI_USAGE;
             }
             i++;
@@ -223,12 +228,15 @@ const struct cli_command cli_command_plan = {
     "prefill workspace, logits, image buffers, vision activations, fixed\n"
     "overhead) and walks the ladder, best first: GPU rungs (not available: no GPU\n"
     "backend yet), the stored precision on the CPU, q8_0, q4_K, q4_0, and with\n"
-    "--allow-degrade fewer crops (16, 4, 1) then a context halved down to 1024.\n"
+    "--allow-degrade fewer crops (16, 4, 1), then a context halved down to 1024,\n"
+    "then q4_0_all (every matrix q4_0, KV cache bf16) at a context down to 512.\n"
     "Prints the chosen rung with its bytes and why each better one was turned\n"
     "down. Exits 0 when a rung fits, 1 when none does.\n"
     "\n"
     "  --mem-budget SIZE      host bytes (e.g. 8G); default: available memory\n"
-    "                         (capped by the cgroup) less 10%, at least 512 MiB\n"
+    "                         (capped by the cgroup) less 10%, at least 512 MiB;\n"
+    "                         under a tighter address-space limit (prlimit --as),\n"
+    "                         what is left of it less 5%, at least 128 MiB\n"
     "  --gpu-mem-budget SIZE  device bytes for the GPU rungs\n"
     "  --context N            KV cache tokens (default 4096, capped by the model)\n"
     "  --num-crops N          HD crops per image (default: preprocessor_config.json)\n"
@@ -236,8 +244,9 @@ const struct cli_command cli_command_plan = {
     "  --image WxH            the input image size (default: the worst crop grid,\n"
     "                         decoded as a 4032x3024 photo)\n"
     "  --precision P          only this rung: native f32 bf16 f16 q8_0 q4_0 q4_K\n"
+    "                         q4_0_all\n"
     "  --kv-dtype f32|bf16    KV cache element type (default f32)\n"
     "  --threads N            threads (the attention scratch grows with them)\n"
-    "  --allow-degrade        may drop crops, then context, to fit\n"
+    "  --allow-degrade        may drop crops, then context, then lift the q8_0 floor\n"
     "  --json                 machine-readable output\n",
 };
