@@ -14,9 +14,12 @@
  *              function here, so plan and code agree.
  *   budget     host bytes: min(MemAvailable, cgroup limit - usage) (the
  *              monitor's headroom) minus a margin of 10%, at least 512 MiB;
- *              or the caller's figure.
+ *              under a tighter address-space limit, what is left of it
+ *              minus 5%, at least 128 MiB; or the caller's figure.
  *   ladder     rungs best first; the first that fits is chosen and every
- *              better one is kept with the reason it was turned down.
+ *              better one is kept with the reason it was turned down. With
+ *              allow_degrade: fewer crops, a smaller context, and last
+ *              q4_0_all (every matrix q4_0, KV cache bf16, context >= 512).
  *
  * The planner sits above models/ and runtime/ (it calls their size
  * functions) although it lives in mem/ beside the monitor. */
