@@ -1,11 +1,11 @@
 /* plan_check - the memory planner's estimate against a real run: load a
  * model through the public API, answer one turn (text, or one image), unload,
  * and compare the accounted peak plus the mapped bytes with the plan's peak
- * for the same setting (native precision, crops one at a time, as the engine
- * encodes them).
+ * for the same setting (native precision unless --precision names one, the
+ * crop group the load chose).
  *
  *   plan_check MODEL [--ctx N] [--num-crops N] [--image FILE] [--tokens N]
- *              [--threads N]
+ *              [--threads N] [--precision P]
  *
  * Prints one JSON object: measured and estimated bytes, the estimate's load
  * and run peaks and its components, the difference in percent. A benchmark
@@ -21,7 +21,7 @@
 #include "vlm/vlm.h"
 
 int main(int argc, char **argv) {
-    const char *model = NULL, *image = NULL;
+    const char *model = NULL, *image = NULL, *precision = NULL;
     int ctx = 0, crops = 0, tokens = 4, threads = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -35,11 +35,13 @@ int main(int argc, char **argv) {
             tokens = atoi(argv[++i]);
         else if (!strcmp(a, "--threads") && v)
             threads = atoi(argv[++i]);
+        else if (!strcmp(a, "--precision") && v && vlm_precision_parse(v) >= 0)
+            precision = argv[++i];
         else if (a[0] != '-' && !model)
             model = a;
         else {
             fprintf(stderr, "usage: plan_check MODEL [--ctx N] [--num-crops N] [--image FILE] "
-                            "[--tokens N] [--threads N]\n");
+                            "[--tokens N] [--threads N] [--precision P]\n");
             return 2;
         }
     }
@@ -64,6 +66,7 @@ int main(int argc, char **argv) {
     lo.n_threads = threads;
     lo.num_crops = crops;
     lo.max_context = ctx;
+    lo.precision = precision;
     vlm_model *m = NULL;
     vlm_session *s = NULL;
     vlm_image *img = NULL;
@@ -106,18 +109,20 @@ int main(int argc, char **argv) {
     r.n_images = img || image ? 1 : 0;
     r.image_width = w;
     r.image_height = h;
-    plan_setting set = {
-        VLM_PREC_NATIVE, desc.context, desc.num_crops, desc.crop_group, PLAN_CPU, 0, false};
+    vlm_precision prec =
+        precision ? (vlm_precision)vlm_precision_parse(precision) : VLM_PREC_NATIVE;
+    plan_setting set = {prec, desc.context, desc.num_crops, desc.crop_group, PLAN_CPU, 0, false};
     plan_estimate e;
     if (plan_estimate_setting(&pm, &r, &set, &e, &err)) {
         fprintf(stderr, "plan_check: %s\n", err.msg);
         plan_model_free(&pm);
         return 1;
     }
-    printf("{\"model\": \"%s\", \"context\": %lld, \"num_crops\": %d, \"image\": \"%s\", "
+    printf("{\"model\": \"%s\", \"precision\": \"%s\", \"context\": %lld, \"num_crops\": %d, "
+           "\"image\": \"%s\", "
            "\"image_tokens\": %d, \"tokens_out\": %d, \"threads\": %d,\n",
-           model, (long long)desc.context, desc.num_crops, image ? image : "", gs.image_tokens,
-           gs.tokens_out, desc.n_threads);
+           model, vlm_precision_name(prec), (long long)desc.context, desc.num_crops,
+           image ? image : "", gs.image_tokens, gs.tokens_out, desc.n_threads);
     printf(" \"measured\": %llu, \"accounted_peak\": %llu, \"mapped\": %llu,\n",
            (unsigned long long)measured,
            (unsigned long long)(res.accounted_peak - res.accounted_start),

@@ -66,7 +66,8 @@ typedef struct vlm_model_desc {
     /* The memory plan the load followed (docs/planner.md). */
     char precision[16];           /* weights as loaded: "native", "q8_0", "q4_K", ... */
     char rung[96];                /* the ladder rung used, "cpu q8_0" */
-    char gave_up[192];            /* "" or what the rung gave up ("num_crops 16 -> 4") */
+    char gave_up[256];            /* "" or what the rung gave up ("num_crops 16 -> 4") */
+    char kv_dtype[8];             /* the KV cache's sessions: "f32", "bf16" (q4_0_all) */
     bool degraded;                /* a rung below native precision, or with fewer crops/context */
     uint64_t plan_bytes;          /* estimated peak host bytes at that rung */
     uint64_t plan_budget;         /* the budget it was planned against */

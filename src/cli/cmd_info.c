@@ -27,8 +27,9 @@ typedef struct precision {
 } precision;
 
 static const precision precisions[] = {
-    {"f32", VLM_PREC_F32},   {"bf16", VLM_PREC_BF16}, {"f16", VLM_PREC_F16},
-    {"q8_0", VLM_PREC_Q8_0}, {"q4_0", VLM_PREC_Q4_0}, {"q4_K", VLM_PREC_Q4_K},
+    {"f32", VLM_PREC_F32},           {"bf16", VLM_PREC_BF16}, {"f16", VLM_PREC_F16},
+    {"q8_0", VLM_PREC_Q8_0},         {"q4_0", VLM_PREC_Q4_0}, {"q4_K", VLM_PREC_Q4_K},
+    {"q4_0_all", VLM_PREC_Q4_0_ALL},
 };
 #define N_PREC (sizeof precisions / sizeof *precisions)
 

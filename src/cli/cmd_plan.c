@@ -50,6 +50,10 @@ static void print_text(const plan_model *pm, const vlm_plan *p, const plan_reque
     printf("model:        %s\n", pm->path);
     if (p->budget_given)
         printf("budget:       %s (--mem-budget)\n", cli_human_bytes(p->budget, a, sizeof a));
+    else if (p->as_limited)
+        printf("budget:       %s (address space left %s under the limit, less 5%%, at least "
+               "128 MiB)\n",
+               cli_human_bytes(p->budget, a, sizeof a), cli_human_bytes(p->headroom, b, sizeof b));
     else
         printf("budget:       %s (available %s less 10%%, at least 512 MiB)\n",
                cli_human_bytes(p->budget, a, sizeof a), cli_human_bytes(p->headroom, b, sizeof b));
@@ -175,7 +179,8 @@ static int run(int argc, char **argv) {
         } else if (!strcmp(a, "--precision") && v) {
             r.precision = vlm_precision_parse(v);
             if (r.precision < 0) {
-                cli_error("plan", "--precision wants native, f32, bf16, f16, q8_0, q4_0 or q4_K");
+                cli_error("plan",
+                          "--precision wants native, f32, bf16, f16, q8_0, q4_0, q4_K or q4_0_all");
                 return CLI_USAGE;
             }
             i++;
@@ -274,14 +279,17 @@ const struct cli_command cli_command_plan = {
     "the ladder, best first: everything on the GPU at the stored precision, q8_0,\n"
     "q4_0; the first k decoder layers on the GPU (k the most that fit, the vision\n"
     "tower there too if it still fits); the stored precision on the CPU, q8_0,\n"
-    "q4_K, q4_0, and with --allow-degrade fewer crops (16, 4, 1) then a context\n"
-    "halved down to 1024. A rung fits both budgets. Without a GPU the GPU rungs\n"
+    "q4_K, q4_0, and with --allow-degrade fewer crops (16, 4, 1), a context\n"
+    "halved down to 1024, then q4_0_all (every matrix q4_0, KV cache bf16) at a\n"
+    "context down to 512. A rung fits both budgets. Without a GPU the GPU rungs\n"
     "are listed as not available, with their estimates. Prints the chosen rung\n"
     "with its host and device bytes and why each better one was turned down.\n"
     "Exits 0 when a rung fits, 1 when none does.\n"
     "\n"
     "  --mem-budget SIZE      host bytes (e.g. 8G); default: available memory\n"
-    "                         (capped by the cgroup) less 10%, at least 512 MiB\n"
+    "                         (capped by the cgroup) less 10%, at least 512 MiB;\n"
+    "                         under a tighter address-space limit (prlimit --as),\n"
+    "                         what is left of it less 5%, at least 128 MiB\n"
     "  --device D             auto (the plan decides), cuda (GPU rungs only), cpu\n"
     "  --gpu-mem-budget SIZE  device bytes for the GPU rungs (default: the GPU's\n"
     "                         free memory less 5%, at least 256 MiB)\n"
@@ -291,8 +299,9 @@ const struct cli_command cli_command_plan = {
     "  --image WxH            the input image size (default: the worst crop grid,\n"
     "                         decoded as a 4032x3024 photo)\n"
     "  --precision P          only this rung: native f32 bf16 f16 q8_0 q4_0 q4_K\n"
+    "                         q4_0_all\n"
     "  --kv-dtype f32|bf16    KV cache element type (default f32)\n"
     "  --threads N            threads (the attention scratch grows with them)\n"
-    "  --allow-degrade        may drop crops, then context, to fit\n"
+    "  --allow-degrade        may drop crops, then context, then lift the q8_0 floor\n"
     "  --json                 machine-readable output\n",
 };

@@ -200,6 +200,8 @@ void gen_plan_json(FILE *f, const vlm_model *m) {
     gen_json_string(f, d.rung, strlen(d.rung));
     fputs(", \"gave_up\": ", f);
     gen_json_string(f, d.gave_up, strlen(d.gave_up));
+    fprintf(f, ", \"kv_dtype\": \"%s\", \"context\": %lld, \"num_crops\": %d", d.kv_dtype,
+            (long long)d.context, d.num_crops);
     fprintf(f,
             ", \"degraded\": %s, \"estimated_bytes\": %llu, \"budget\": %llu, "
             "\"budget_source\": \"%s\", \"weight_bytes\": %llu, \"fallbacks\": %d, "

@@ -67,7 +67,7 @@ struct vlm_model {
     load_weights lw;     /* the weight source: converted tensors */
     /* the plan followed (see vlm_model_desc) */
     vlm_precision precision;
-    char rung[96], gave_up[192], fallback_note[192];
+    char rung[96], gave_up[256], fallback_note[192];
     uint64_t plan_bytes, plan_budget;
     bool budget_given, plan_fits;
     int fallbacks;
@@ -374,6 +374,7 @@ fail:
  * bytes than p (-1: none). Before the ladder is known: the fixed order
  * native -> q8_0 -> q4_K -> q4_0. */
 static int rung_below(const load_ladder *ld, int p) {
+    if (p == VLM_PREC_Q4_0_ALL) return -1; /* the last rung: nothing is below it */
     if (ld->n == 0) {
         static const vlm_precision fixed[] = {VLM_PREC_NATIVE, VLM_PREC_Q8_0, VLM_PREC_Q4_K,
                                               VLM_PREC_Q4_0};
@@ -540,6 +541,8 @@ void vlm_model_describe(const vlm_model *m, vlm_model_desc *o) {
     snprintf(o->precision, sizeof o->precision, "%s", vlm_precision_name(m->precision));
     snprintf(o->rung, sizeof o->rung, "%s", m->rung);
     snprintf(o->gave_up, sizeof o->gave_up, "%s", m->gave_up);
+    snprintf(o->kv_dtype, sizeof o->kv_dtype, "%s",
+             vlm_plan_kv_dtype(m->precision, VLM_DTYPE_F32) == VLM_DTYPE_BF16 ? "bf16" : "f32");
     /* degraded: some weights were stored smaller than in the checkpoint, or
      * the rung gave up crops or context */
     o->degraded = m->lw.converted_bytes < m->lw.source_bytes || m->gave_up[0] != '\0';
@@ -685,6 +688,7 @@ vlm_status vlm_session_new(vlm_model *m, vlm_session **out, vlm_err *err) {
     session_options so;
     session_options_init(&so);
     so.max_ctx = m->max_context;
+    so.kv_dtype = vlm_plan_kv_dtype(m->precision, so.kv_dtype); /* bf16 on the last rung */
     vlm_status st = session_create(m->am, &so, &s->s, err);
     if (st) {
         vlm_free(s);
@@ -1189,6 +1193,7 @@ static vlm_status fall_back(vlm_session *s, const turn_mark *mark, const int32_t
     session_options so;
     session_options_init(&so);
     so.max_ctx = m->max_context;
+    so.kv_dtype = vlm_plan_kv_dtype(m->precision, so.kv_dtype); /* bf16 on the last rung */
     if ((st = session_create(m->am, &so, &s->s, err))) return st;
     s->n_turns = mark->n_turns;
     s->n_images = mark->n_images;

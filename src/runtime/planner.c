@@ -184,14 +184,14 @@ vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, co
     session_options_init(&so);
     so.max_ctx = s->context;
     so.chunk = r->chunk;
-    so.kv_dtype = r->kv_dtype;
+    so.kv_dtype = vlm_plan_kv_dtype(s->precision, r->kv_dtype);
     int64_t ctx, chunk;
     session_sizes(&info, &so, &ctx, &chunk);
     if (info.max_positions > 0 && ctx > info.max_positions)
         return vlm_err_set(err, VLM_ERR_INVALID_ARG,
                            "plan: context %lld is beyond the model's %lld positions",
                            (long long)ctx, (long long)info.max_positions);
-    uint64_t kv = kv_cache_bytes(&info, ctx, r->kv_dtype);
+    uint64_t kv = kv_cache_bytes(&info, ctx, so.kv_dtype);
     if (kv == 0)
         return vlm_err_set(err, VLM_ERR_INVALID_ARG, "plan: bad context %lld or KV dtype",
                            (long long)ctx);
@@ -331,6 +331,11 @@ uint64_t plan_budget_from_headroom(uint64_t headroom) {
 uint64_t plan_gpu_budget_from_free(uint64_t free_bytes) {
     uint64_t margin = max_u64(free_bytes / 100 * PLAN_GPU_MARGIN_PERCENT, PLAN_GPU_MARGIN_MIN);
     return free_bytes > margin ? free_bytes - margin : 0;
+}
+
+uint64_t plan_budget_from_as_headroom(uint64_t as_left) {
+    uint64_t margin = max_u64(as_left / 100 * PLAN_AS_MARGIN_PERCENT, PLAN_AS_MARGIN_MIN);
+    return as_left > margin ? as_left - margin : 0;
 }
 
 /* ---------------------------------------------------------------------------
@@ -491,13 +496,21 @@ vlm_status vlm_plan_make(const plan_model *pm, const plan_request *r, vlm_plan *
         p->headroom = snap.headroom_bytes;
         /* A limit on the address space (prlimit --as) is a cap too: what
          * is left of it, plus the checkpoint mapping the caller already
-         * holds (the estimate counts the weights it keeps mapped). */
+         * holds (the estimate counts the weights it keeps mapped). When it
+         * is the tighter cap its own, smaller margin applies: the limit is
+         * exact and only this process draws on it, unlike MemAvailable. */
         uint64_t as_left = 0;
+        uint64_t budget = plan_budget_from_headroom(p->headroom);
         if (plan_as_headroom(&as_left)) {
             as_left += r->mapped_bytes;
-            if (as_left < p->headroom) p->headroom = as_left;
+            uint64_t as_budget = plan_budget_from_as_headroom(as_left);
+            if (as_budget < budget) {
+                p->headroom = as_left;
+                p->as_limited = true;
+                budget = as_budget;
+            }
         }
-        p->budget = plan_budget_from_headroom(p->headroom);
+        p->budget = budget;
     }
     p->device = r->device;
     p->gpu_available = r->gpu_available;
@@ -615,19 +628,42 @@ vlm_status vlm_plan_make(const plan_model *pm, const plan_request *r, vlm_plan *
             const plan_estimate *e = &p->rungs[p->n_rungs - 1].e;
             if ((int64_t)e->n_images * e->image_tokens >= e->s.context) break; /* too short */
         }
+        /* The last rung, when nothing above fits: the q8_0 floor of lm_head,
+         * the vision tower and the projector lifted (every matrix q4_0), the
+         * KV cache in bf16, at the crops reached above; the context from the
+         * request halved down to 512, the largest that fits. Forcing one
+         * precision (r->precision) leaves it out. */
+        int64_t last_floor = PLAN_LAST_RUNG_MIN_CONTEXT;
+        if (r->min_context > 0 && r->min_context < last_floor) last_floor = r->min_context;
+        s.precision = VLM_PREC_Q4_0_ALL;
+        s.context = ctx;
+        while (!fits && r->precision < 0 && s.context >= last_floor) {
+            snprintf(label, sizeof label, "cpu q4_0_all (kv bf16), num_crops %d, context %lld",
+                     n_images > 0 ? s.num_crops : 0, (long long)s.context);
+            if ((st = try_rung(pm, r, p, s, label, true, -1, true, &fits, err)) != VLM_OK)
+                return st;
+            const plan_estimate *e = &p->rungs[p->n_rungs - 1].e;
+            if ((int64_t)e->n_images * e->image_tokens >= e->s.context) break; /* too short */
+            s.context /= 2;
+        }
     }
     if (fits) {
         p->chosen = p->n_rungs - 1;
         plan_rung *g = &p->rungs[p->chosen];
         if (g->degraded) {
-            char gave[192] = "";
+            char gave[256] = "";
             size_t o = 0;
             if (g->e.s.num_crops != crops && n_images > 0)
                 o += (size_t)snprintf(gave + o, sizeof gave - o, "num_crops %d -> %d", crops,
                                       g->e.s.num_crops);
             if (g->e.s.context != ctx && o < sizeof gave)
-                snprintf(gave + o, sizeof gave - o, "%scontext %lld -> %lld", o ? ", " : "",
-                         (long long)ctx, (long long)g->e.s.context);
+                o += (size_t)snprintf(gave + o, sizeof gave - o, "%scontext %lld -> %lld",
+                                      o ? ", " : "", (long long)ctx, (long long)g->e.s.context);
+            if (g->e.s.precision == VLM_PREC_Q4_0_ALL && o < sizeof gave)
+                snprintf(gave + o, sizeof gave - o,
+                         "%sthe q8_0 floor (lm_head, vision tower, projector at q4_0)%s",
+                         o ? ", " : "",
+                         r->kv_dtype == VLM_DTYPE_BF16 ? "" : ", KV cache f32 -> bf16");
             size_t len = strlen(g->reason);
             snprintf(g->reason + len, sizeof g->reason - len, "; gave up %s", gave);
         }
@@ -698,6 +734,7 @@ cJSON *vlm_plan_to_json(const plan_model *pm, const vlm_plan *p) {
     J(cJSON_AddNumberToObject(b, "bytes", (double)p->budget));
     J(cJSON_AddStringToObject(b, "source", p->budget_given ? "--mem-budget" : "machine"));
     J(cJSON_AddNumberToObject(b, "headroom", (double)p->headroom));
+    J(cJSON_AddBoolToObject(b, "address_space_limit", p->as_limited));
     J(cJSON_AddNumberToObject(b, "gpu_bytes", (double)p->gpu_budget));
     J(cJSON_AddStringToObject(b, "gpu_source",
                               p->gpu_budget_given ? "--gpu-mem-budget"

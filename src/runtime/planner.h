@@ -14,10 +14,14 @@
  *              function here, so plan and code agree.
  *   budget     host bytes: min(MemAvailable, cgroup limit - usage) (the
  *              monitor's headroom) minus a margin of 10%, at least 512 MiB;
- *              or the caller's figure. Device bytes: the GPU's free memory
- *              minus 5%, at least 256 MiB; or the caller's figure.
+ *              under a tighter address-space limit, what is left of it
+ *              minus 5%, at least 128 MiB; or the caller's figure. Device
+ *              bytes: the GPU's free memory minus 5%, at least 256 MiB; or
+ *              the caller's figure.
  *   ladder     rungs best first; the first that fits is chosen and every
- *              better one is kept with the reason it was turned down.
+ *              better one is kept with the reason it was turned down. With
+ *              allow_degrade: fewer crops, a smaller context, and last
+ *              q4_0_all (every matrix q4_0, KV cache bf16, context >= 512).
  *
  * The planner sits above models/ and runtime/ (it calls their size
  * functions) although it lives in mem/ beside the monitor. */
@@ -47,10 +51,14 @@ typedef enum vlm_precision {
     VLM_PREC_Q8_0, /* 34 B / 32 weights */
     VLM_PREC_Q4_0, /* 18 B / 32 */
     VLM_PREC_Q4_K, /* 144 B / 256 */
+    /* The last rung of --allow-degrade ("q4 floor lifted"): every weight
+     * matrix at q4_0, lm_head, the vision tower and the projector included,
+     * and the KV cache in bf16 (vlm_plan_kv_dtype). Not on the plain ladder. */
+    VLM_PREC_Q4_0_ALL,
     VLM_PREC_COUNT
 } vlm_precision;
 
-/* "native", "f32", "bf16", "f16", "q8_0", "q4_0", "q4_K". */
+/* "native", "f32", "bf16", "f16", "q8_0", "q4_0", "q4_K", "q4_0_all". */
 const char *vlm_precision_name(vlm_precision p);
 /* -1 if unknown. */
 int vlm_precision_parse(const char *name);
@@ -68,12 +76,17 @@ int vlm_precision_parse(const char *name);
  *   - lm_head, the vision tower and the projector go no lower than q8_0: the
  *     head makes the logits directly, the tower's errors reach every image
  *     token (llama.cpp likewise keeps the output at q6_K in its q4 mixes and
- *     the CLIP projector file at f16); q8_0 is our best block type;
+ *     the CLIP projector file at f16); q8_0 is our best block type. Only
+ *     q4_0_all (the last degraded rung) lifts that floor: every matrix q4_0;
  *   - a row (the last dimension) that is not a whole number of blocks: q4_K
  *     falls back to q4_0 (the same 4.5 bits per weight) when rows are whole
  *     32-blocks, anything else stays as stored. */
 vlm_dtype vlm_plan_tensor_dtype(vlm_precision p, const char *name, int rank, const int64_t *shape,
                                 vlm_dtype stored);
+
+/* The KV cache's dtype at precision p for a requested one: bf16 at
+ * q4_0_all (half the bytes of f32), the request's otherwise. */
+vlm_dtype vlm_plan_kv_dtype(vlm_precision p, vlm_dtype requested);
 
 /* Bytes of nelem elements in dtype t (block types: whole blocks). */
 uint64_t vlm_plan_dtype_bytes(vlm_dtype t, uint64_t nelem);
@@ -236,7 +249,8 @@ typedef struct plan_request {
     int gpu_from;          /* skip GPU rungs of step < gpu_from (a load's fallback after a device
                               out-of-memory); 0: all */
     bool allow_degrade;    /* fewer crops, then a smaller context */
-    int64_t min_context;   /* floor when degrading the context; 0: 1024 */
+    int64_t min_context;   /* floor when degrading the context; 0: 1024 (512 on the
+                              last rung, q4_0_all) */
     int precision;         /* -1: walk the ladder; a vlm_precision: only that one */
     uint64_t mapped_bytes; /* checkpoint bytes the caller has mapped already (they
                               count against an address-space limit) */
@@ -278,6 +292,15 @@ vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, co
 
 #define PLAN_MARGIN_PERCENT 10
 #define PLAN_MARGIN_MIN     ((uint64_t)512 << 20)
+/* Under an address-space limit (RLIMIT_AS) the cap is exact and nothing
+ * else draws on it, so the margin only covers what the estimate does not
+ * count (thread stacks, the allocator's own mappings, code mapped later)
+ * and the estimate's error: 5% of what is left, at least 128 MiB
+ * (docs/planner.md, "Budget and alarm"). */
+#define PLAN_AS_MARGIN_PERCENT 5
+#define PLAN_AS_MARGIN_MIN     ((uint64_t)128 << 20)
+/* The context floor of the last degraded rung (q4_0_all). */
+#define PLAN_LAST_RUNG_MIN_CONTEXT 512
 
 /* The address space left under RLIMIT_AS (limit - /proc/self/statm size);
  * false when there is no limit. The machine budget takes the smaller of
@@ -286,6 +309,9 @@ bool plan_as_headroom(uint64_t *left);
 
 /* headroom minus max(10%, 512 MiB) (0 when that is negative). */
 uint64_t plan_budget_from_headroom(uint64_t headroom);
+/* Address space left under RLIMIT_AS minus max(5%, 128 MiB) (0 when
+ * negative). */
+uint64_t plan_budget_from_as_headroom(uint64_t as_left);
 
 /* The GPU budget from the device's free memory: free minus max(5%, 256 MiB)
  * (0 when that is negative). The margin is smaller than the host's: nothing
@@ -317,13 +343,14 @@ typedef struct plan_rung {
     int gpu_step;      /* -1: a CPU rung */
     bool fits;
     bool degraded;    /* gave up crops or context */
-    char reason[192]; /* why it was turned down, or what it gave up */
+    char reason[256]; /* why it was turned down, or what it gave up */
 } plan_rung;
 
 typedef struct vlm_plan {
     uint64_t budget;         /* host bytes the plan must fit */
     bool budget_given;       /* from the request, not the machine */
-    uint64_t headroom;       /* what the monitor saw (0: not read) */
+    uint64_t headroom;       /* what the monitor saw, or the address space left (0: not read) */
+    bool as_limited;         /* the address-space limit was the tighter cap (its margin applied) */
     uint64_t gpu_budget;     /* device bytes the GPU rungs must fit (0: none) */
     bool gpu_budget_given;   /* from the request, not the device */
     bool gpu_available;      /* as the request said */

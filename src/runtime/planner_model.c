@@ -17,7 +17,7 @@
  * precisions */
 
 static const char *const prec_names[VLM_PREC_COUNT] = {
-    "native", "f32", "bf16", "f16", "q8_0", "q4_0", "q4_K",
+    "native", "f32", "bf16", "f16", "q8_0", "q4_0", "q4_K", "q4_0_all",
 };
 
 const char *vlm_precision_name(vlm_precision p) {
@@ -33,9 +33,13 @@ int vlm_precision_parse(const char *name) {
 static vlm_dtype prec_dtype(vlm_precision p) {
     static const vlm_dtype d[VLM_PREC_COUNT] = {
         VLM_DTYPE_F32,  VLM_DTYPE_F32,  VLM_DTYPE_BF16, VLM_DTYPE_F16,
-        VLM_DTYPE_Q8_0, VLM_DTYPE_Q4_0, VLM_DTYPE_Q4_K,
+        VLM_DTYPE_Q8_0, VLM_DTYPE_Q4_0, VLM_DTYPE_Q4_K, VLM_DTYPE_Q4_0,
     };
     return d[p];
+}
+
+vlm_dtype vlm_plan_kv_dtype(vlm_precision p, vlm_dtype requested) {
+    return p == VLM_PREC_Q4_0_ALL ? VLM_DTYPE_BF16 : requested;
 }
 
 uint64_t vlm_plan_dtype_bytes(vlm_dtype t, uint64_t nelem) {
@@ -76,8 +80,10 @@ vlm_dtype vlm_plan_tensor_dtype(vlm_precision p, const char *name, int rank, con
     bool matrix =
         rank == 2 && ends_with(name, ".weight") && strstr(name, "position_embedding") == NULL;
     if (!matrix) return stored;
-    /* The output head, the vision tower and the projector: not below q8_0. */
-    bool floor_q8 = strcmp(name, "lm_head.weight") == 0 || phi3v_part_of(name) != PHI3V_PART_LM;
+    /* The output head, the vision tower and the projector: not below q8_0,
+     * except on the last degraded rung (q4_0_all). */
+    bool floor_q8 = p != VLM_PREC_Q4_0_ALL &&
+                    (strcmp(name, "lm_head.weight") == 0 || phi3v_part_of(name) != PHI3V_PART_LM);
     if (floor_q8) target = VLM_DTYPE_Q8_0;
     int t = fit_rows(target, shape[rank - 1]);
     return t < 0 ? stored : (vlm_dtype)t;

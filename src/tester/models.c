@@ -108,13 +108,14 @@ static vlm_status parse_opts(const cJSON *o, const char *where, tester_model_opt
     s = NULL;
     if ((st = vlm_json_get_string_opt(o, "precision", where, &s, err))) return st;
     if (s) {
-        static const char *const precs[] = {"f32", "bf16", "f16", "q8_0", "q4_0", "q4_K", NULL};
+        static const char *const precs[] = {"f32",  "bf16", "f16",      "q8_0",
+                                            "q4_0", "q4_K", "q4_0_all", NULL};
         bool ok = false;
         for (const char *const *p = precs; *p; p++) ok = ok || strcmp(*p, s) == 0;
         if (!ok)
             return vlm_err_set(err, VLM_ERR_FORMAT,
                                "%s: \"precision\" must be one of f32, bf16, f16, q8_0, q4_0, "
-                               "q4_K, not \"%s\"",
+                               "q4_K, q4_0_all, not \"%s\"",
                                where, s);
         snprintf(opts->precision, sizeof opts->precision, "%s", s);
     }

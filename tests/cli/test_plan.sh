@@ -145,11 +145,15 @@ rc=0; "$VLM_BIN" plan "$full" --mem-budget 4G --num-crops 16 --threads 1 --json 
 [ "$rc" = 1 ]
 "$VLM_BIN" plan "$full" --mem-budget 4G --num-crops 16 --threads 1 --allow-degrade --json \
     >"$tmp/four_d.json"
-# 3 GiB: q4 weights (2.36 GiB) + a 1024-token cache (0.75 GiB) do not fit
-rc=0; "$VLM_BIN" plan "$full" --mem-budget 3G --num-crops 16 --allow-degrade \
+# 3 GiB: q4 weights (2.36 GiB) + a 1024-token cache (0.75 GiB) do not fit;
+# the last rung does: every matrix q4_0 (2.17 GiB) and a bf16 cache
+"$VLM_BIN" plan "$full" --mem-budget 3G --num-crops 16 --threads 1 --allow-degrade --json \
+    >"$tmp/three_d.json"
+# 2 GiB: not even that at context 512
+rc=0; "$VLM_BIN" plan "$full" --mem-budget 2G --num-crops 16 --allow-degrade \
     >/dev/null 2>"$tmp/err" || rc=$?
 [ "$rc" = 1 ]
-grep -q "smallest rung (cpu q4_0, num_crops 1, context 1024)" "$tmp/err"
+grep -q "smallest rung (cpu q4_0_all (kv bf16), num_crops 1, context 512)" "$tmp/err"
 python3 - "$tmp" <<'PY'
 import json, sys, os
 d = sys.argv[1]
@@ -174,6 +178,7 @@ assert w["native"]["loaded"] == 8293242880 - 2 * (12596224 + 2048)
 assert w["q8_0"]["loaded"] == q8(dec + emb + head + clip + proj) + 2 * rest, (w["q8_0"], rest)
 assert w["q4_0"]["loaded"] == q4(dec + emb) + q8(head + clip + proj) + 2 * rest
 assert w["q4_K"]["loaded"] == w["q4_0"]["loaded"]  # 144/256 = 18/32 B per weight
+assert w["q4_0_all"]["loaded"] == q4(dec + emb + head + clip + proj) + 2 * rest
 c = big["chosen"]
 assert c["precision"] == "native" and c["crop_group"] == 17 and c["image_tokens"] == 2653
 assert c["bytes"]["kv_cache"] - 3 * 2**30 in range(0, 256)
@@ -185,6 +190,7 @@ def check(j, budget):
         if r["device"] == "gpu":
             assert not r["available"] and "not available (no GPU)" in r["reason"]
     order = [r["precision"] for r in rungs if not r["degraded"]]
+    assert "q4_0_all" not in order  # only a degraded rung
     assert order == ["native", "q8_0", "q4_K", "q4_0"][: len(order)], order
     for r in rungs[:-1]:
         assert not r["fits"] and r["peak"] > budget and str(r["peak"]) in r["reason"], r
@@ -203,8 +209,16 @@ assert deg["fits"] and last["degraded"] and last["peak"] <= 4 << 30
 # crops went first (16 -> 4 -> 1), then the context was halved
 crops = [r["num_crops"] for r in deg["rungs"] if r["degraded"]]
 assert crops[:2] == [4, 1] and last["num_crops"] == 1 and last["context"] < 4096, crops
+# 3 GiB: q4_0 down to one crop and context 1024 first, then the last rung
+three = json.load(open(os.path.join(d, "three_d.json")))
+last = check(three, 3 << 30)
+q4r = [r for r in three["rungs"] if r["degraded"] and r["precision"] == "q4_0"]
+assert q4r[-1]["num_crops"] == 1 and q4r[-1]["context"] == 1024 and not q4r[-1]["fits"], q4r[-1]
+assert last["precision"] == "q4_0_all" and last["fits"] and last["peak"] <= 3 << 30, last
+assert last["bytes"]["kv_cache"] - last["context"] * 32 * 2 * 3072 * 2 in range(0, 256), last
+assert "the q8_0 floor" in last["reason"] and "KV cache f32 -> bf16" in last["reason"], last
 print("full size: native", big["chosen"]["peak"], "6G ->", six["chosen"]["label"],
-      "4G ->", deg["chosen"]["label"])
+      "4G ->", deg["chosen"]["label"], "3G ->", three["chosen"]["label"])
 PY
 
 # --- GPU rungs planned without a GPU ----------------------------------------

@@ -282,9 +282,9 @@ static void test_demo_greedy(void **state) {
     (void)state;
     static int32_t native[DEMO_CASES][N_GREEDY], got[DEMO_CASES][N_GREEDY];
     demo_ids(NULL, native);
-    static const char *const precs[] = {"q8_0", "q4_0", "q4_K"};
+    static const char *const precs[] = {"q8_0", "q4_0", "q4_K", "q4_0_all"};
     /* under a sanitizer only the asserted precision (the q4 figures are a record) */
-    for (int p = 0; p < (SLOW_BUILD ? 1 : 3); p++) {
+    for (int p = 0; p < (SLOW_BUILD ? 1 : 4); p++) {
         demo_ids(precs[p], got);
         int same = 0, same_answer = 0;
         fprintf(stderr, "demo %s vs native, first divergence (answer length) per case:", precs[p]);
@@ -302,6 +302,10 @@ static void test_demo_greedy(void **state) {
             assert_int_equal(same_answer, DEMO_CASES);
             assert_true(same >= DEMO_CASES - 1);
         }
+        /* q4_0_all (the last degraded rung) still answers as native does on
+         * all but one prompt (smoke-006: native "diamond", q4_0_all
+         * "square", the suite's expected answer; docs/planner.md) */
+        if (p == 3) assert_true(same_answer >= DEMO_CASES - 1);
     }
 }
 

@@ -67,6 +67,25 @@ static void test_policy(void **state) {
                                            "model.vision_embed_tokens.img_projection.2.weight", 2,
                                            mat, B),
                      VLM_DTYPE_Q8_0);
+    /* the last degraded rung lifts that floor: every matrix q4_0, the rest as
+     * stored, rows not whole 32-blocks as stored; its KV cache is bf16 */
+    const vlm_precision A = VLM_PREC_Q4_0_ALL;
+    assert_int_equal(vlm_plan_tensor_dtype(A, "lm_head.weight", 2, mat, B), VLM_DTYPE_Q4_0);
+    assert_int_equal(
+        vlm_plan_tensor_dtype(A, "model.vision_embed_tokens.img_projection.2.weight", 2, mat, B),
+        VLM_DTYPE_Q4_0);
+    assert_int_equal(vlm_plan_tensor_dtype(A,
+                                           "model.vision_embed_tokens.img_processor.vision_model."
+                                           "encoder.layers.0.mlp.fc1.weight",
+                                           2, mat, B),
+                     VLM_DTYPE_Q4_0);
+    assert_int_equal(vlm_plan_tensor_dtype(A, o, 2, mat, B), VLM_DTYPE_Q4_0);
+    assert_int_equal(vlm_plan_tensor_dtype(A, o, 2, r32, B), VLM_DTYPE_Q4_0);
+    assert_int_equal(vlm_plan_tensor_dtype(A, o, 2, odd, B), B);
+    assert_int_equal(vlm_plan_tensor_dtype(A, "model.norm.weight", 1, v1, B), B);
+    assert_int_equal(vlm_plan_kv_dtype(A, VLM_DTYPE_F32), VLM_DTYPE_BF16);
+    assert_int_equal(vlm_plan_kv_dtype(VLM_PREC_Q4_0, VLM_DTYPE_F32), VLM_DTYPE_F32);
+    assert_int_equal(vlm_plan_kv_dtype(VLM_PREC_Q4_0, VLM_DTYPE_BF16), VLM_DTYPE_BF16);
     /* rows not whole blocks: q4_K -> q4_0 on 32-rows, else stored */
     assert_int_equal(vlm_plan_tensor_dtype(VLM_PREC_Q4_K, o, 2, r32, B), VLM_DTYPE_Q4_0);
     assert_int_equal(vlm_plan_tensor_dtype(VLM_PREC_Q8_0, o, 2, odd, B), B);
@@ -136,6 +155,16 @@ static void test_full_weights(void **state) {
     assert_int_equal(loaded, 2532818944ull);
     plan_weight_bytes(&pm, VLM_PREC_Q4_K, &loaded, NULL);
     assert_int_equal(loaded, 2532818944ull);
+    /* q4_0_all: every quantized matrix at q4_0, (3,722,379,264 +
+     * 409,927,680) / 32 x 18 = 2,324,422,656, + 3,432,448 = 2,327,855,104
+     * (28.2% of native's 8,268,046,336 instead of 30.6%) */
+    plan_weight_bytes(&pm, VLM_PREC_Q4_0_ALL, &loaded, NULL);
+    assert_int_equal(loaded, 2327855104ull);
+    /* it is not on the plain ladder (the run-time fallback's) */
+    vlm_precision lad[VLM_PREC_COUNT];
+    int n = vlm_plan_ladder(&pm, lad);
+    assert_int_equal(n, 4);
+    for (int i = 0; i < n; i++) assert_int_not_equal(lad[i], VLM_PREC_Q4_0_ALL);
     plan_model_free(&pm);
 }
 
@@ -196,6 +225,16 @@ static void test_full_components(void **state) {
     assert_int_equal(plan_estimate_setting(&pm, &r, &s, &e, &err), VLM_OK);
     assert_true(e.bytes[PLAN_KV_CACHE] >= 3 * GiB && e.bytes[PLAN_KV_CACHE] < 3 * GiB + 256);
     assert_true(e.bytes[PLAN_SESSION] >= 8192ull * 4 + 4096ull * 3072 * 4);
+    /* q4_0_all: the KV cache is bf16 whatever the request says:
+     * 2 x 32 x 512 x 3072 x 2 B = 192 MiB at context 512 */
+    r.kv_dtype = VLM_DTYPE_F32;
+    s.precision = VLM_PREC_Q4_0_ALL;
+    s.context = 512;
+    assert_int_equal(plan_estimate_setting(&pm, &r, &s, &e, &err), VLM_OK);
+    assert_true(e.bytes[PLAN_KV_CACHE] >= 192ull << 20 &&
+                e.bytes[PLAN_KV_CACHE] < (192ull << 20) + 256);
+    assert_int_equal(e.bytes[PLAN_WEIGHTS], 2327855104ull);
+    s.precision = VLM_PREC_Q4_K;
     /* beyond the model's positions: an error naming the context */
     s.context = 200000;
     assert_int_equal(plan_estimate_setting(&pm, &r, &s, &e, &err), VLM_ERR_INVALID_ARG);
@@ -208,6 +247,11 @@ static void test_budget(void **state) {
     assert_int_equal(plan_budget_from_headroom(16 * GiB), 16 * GiB - 16 * GiB / 100 * 10);
     assert_int_equal(plan_budget_from_headroom(2 * GiB), 2 * GiB - 512 * (1u << 20));
     assert_int_equal(plan_budget_from_headroom(100u << 20), 0);
+    /* under an address-space limit: 5%, at least 128 MiB */
+    assert_int_equal(plan_budget_from_as_headroom(16 * GiB), 16 * GiB - 16 * GiB / 100 * 5);
+    assert_int_equal(plan_budget_from_as_headroom(2885189166ull), 2885189166ull - 144259455ull);
+    assert_int_equal(plan_budget_from_as_headroom(1 * GiB), 1 * GiB - 128 * (1u << 20));
+    assert_int_equal(plan_budget_from_as_headroom(100u << 20), 0);
 }
 
 /* ---------------------------------------------------------------------------
@@ -301,11 +345,44 @@ static void test_ladder(void **state) {
     assert_int_equal(chosen(p)->e.s.context, 2048);
     assert_non_null(strstr(chosen(p)->reason, "context 4096 -> 2048"));
 
-    /* nothing at all: the floor stops it */
+    /* below q4_0 at one crop and the 1024 floor: the last rung, q4_0_all
+     * with a bf16 KV cache, at the largest context that fits. Its weights
+     * are 205 MB smaller and a bf16 cache of 2048 rows is an f32 one of
+     * 1024, so 2048 fits where q4_0 at 1024 did not. */
+    uint64_t q4_1024 = peak_at(&pm, &r, VLM_PREC_Q4_0, 1, 1024, 1);
+    uint64_t all_2048 = peak_at(&pm, &r, VLM_PREC_Q4_0_ALL, 1, 2048, 1);
+    uint64_t all_512 = peak_at(&pm, &r, VLM_PREC_Q4_0_ALL, 1, 512, 1);
+    assert_true(all_2048 < q4_1024 && all_512 < all_2048);
+    r.mem_budget = q4_1024 - 1;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_int_equal(chosen(p)->e.s.precision, VLM_PREC_Q4_0_ALL);
+    assert_int_equal(chosen(p)->e.s.context, 2048);
+    assert_int_equal(chosen(p)->e.s.num_crops, 1);
+    assert_int_equal(p->rungs[p->chosen - 1].e.s.precision, VLM_PREC_Q4_0_ALL); /* 4096 */
+    assert_int_equal(p->rungs[p->chosen - 2].e.s.precision, VLM_PREC_Q4_0);     /* 1024 */
+    assert_int_equal(p->rungs[p->chosen - 2].e.s.context, 1024);
+    assert_non_null(strstr(chosen(p)->reason, "num_crops 16 -> 1, context 4096 -> 2048"));
+    assert_non_null(strstr(chosen(p)->reason, "the q8_0 floor"));
+    assert_non_null(strstr(chosen(p)->reason, "KV cache f32 -> bf16"));
+    /* down to 512 */
+    r.mem_budget = all_512;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_int_equal(chosen(p)->e.s.precision, VLM_PREC_Q4_0_ALL);
+    assert_int_equal(chosen(p)->e.s.context, 512);
+    /* a precision asked for never lifts the floor */
+    r.precision = VLM_PREC_Q4_0;
+    assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
+    assert_int_equal(p->chosen, -1);
+    for (int i = 0; i < p->n_rungs; i++)
+        assert_int_not_equal(p->rungs[i].e.s.precision, VLM_PREC_Q4_0_ALL);
+    r.precision = -1;
+
+    /* nothing at all: the last rung's floor (512) stops it */
     r.mem_budget = 1u << 20;
     assert_int_equal(vlm_plan_make(&pm, &r, p, &err), VLM_OK);
     assert_int_equal(p->chosen, -1);
-    assert_int_equal(p->rungs[p->n_rungs - 1].e.s.context, 1024);
+    assert_int_equal(p->rungs[p->n_rungs - 1].e.s.precision, VLM_PREC_Q4_0_ALL);
+    assert_int_equal(p->rungs[p->n_rungs - 1].e.s.context, 512);
 
     /* one precision asked for */
     r.allow_degrade = false;
