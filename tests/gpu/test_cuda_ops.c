@@ -334,6 +334,57 @@ static void test_attention(void **state) {
     attn_case("attn tiled hd128 full 47", VLM_DTYPE_BF16, 47, 61, 2, 1, 128, false, 0);
 }
 
+/* n_seq sequences in one vlm_cuda_attention_seqs call against cpu_attention
+ * per sequence. bf16: the caller's q, K, V count as bf16 precision, so the
+ * tensor-core kernel runs where it applies (>= 32 queries, head_dim a
+ * multiple of 16): it rounds q, K, V and P to bf16, so it is held to 1e-2 of
+ * the largest output (bf16's relative step is 2^-8; the outputs are convex
+ * combinations of V rows, so the errors do not grow with the key count),
+ * and must differ from the f32 result (the tensor-core path really ran). */
+static void attn_seqs_case(const char *what, vlm_dtype kvt, int n_seq, int64_t n_q, int64_t n_kv,
+                           int nh, int nkv, int hd, bool causal, int64_t q_pos0, bool bf16) {
+    int64_t q_stride = (int64_t)nh * hd + 3 * 16, kv_stride = (int64_t)nkv * hd + 16;
+    int64_t QR = n_seq * n_q, KR = n_seq * n_kv, O = (int64_t)nh * hd;
+    float *q = rnd((size_t)(QR * q_stride), 1.0f);
+    float *kf = rnd((size_t)(KR * kv_stride), 1.0f), *vf = rnd((size_t)(KR * kv_stride), 1.0f);
+    size_t esz = kvt == VLM_DTYPE_BF16 ? 2 : 4;
+    char *kh = malloc((size_t)(KR * kv_stride) * esz), *vh = malloc((size_t)(KR * kv_stride) * esz);
+    cpu_store_rows(kh, kvt, 0, kf, KR * kv_stride);
+    cpu_store_rows(vh, kvt, 0, vf, KR * kv_stride);
+    float scale = 1.0f / sqrtf((float)hd);
+    float *want = malloc((size_t)(QR * O) * 4);
+    float *scratch = malloc((size_t)(cpu_pool_threads(POOL) * n_kv) * 4);
+    for (int z = 0; z < n_seq; z++) {
+        size_t ko = (size_t)(z * n_kv * kv_stride) * esz;
+        cpu_attention(POOL, want + z * n_q * O, q + z * n_q * q_stride, q_stride,
+                      (cpu_weight){kvt, kh + ko}, (cpu_weight){kvt, vh + ko}, kv_stride, n_q, n_kv,
+                      nh, nkv, hd, causal, q_pos0, scale, scratch);
+    }
+    float *dq = up(q, (size_t)(QR * q_stride) * 4);
+    void *dk = up(kh, (size_t)(KR * kv_stride) * esz), *dv = up(vh, (size_t)(KR * kv_stride) * esz);
+    float *dout = vlm_dev_alloc((size_t)(QR * O) * 4, VLM_MEM_ACTIVATIONS);
+    OK(vlm_cuda_attention_seqs(CTX, dout, dq, q_stride, (vlm_cuda_weight){kvt, dk},
+                               (vlm_cuda_weight){kvt, dv}, kv_stride, n_seq, n_q, n_kv, nh, nkv, hd,
+                               causal, q_pos0, scale, bf16, E));
+    float *got = down(dout, (size_t)(QR * O));
+    close_to(what, got, want, (size_t)(QR * O), bf16 ? 1e-2 : 1e-4);
+    if (bf16) {
+        double dmax = 0;
+        for (int64_t i = 0; i < QR * O; i++) dmax = fmax(dmax, fabs((double)got[i] - want[i]));
+        assert_true(dmax > 1e-6); /* rounded to bf16: not the f32 kernel */
+    }
+    vlm_dev_free(dq), vlm_dev_free(dk), vlm_dev_free(dv), vlm_dev_free(dout);
+    free(q), free(kf), free(vf), free(kh), free(vh), free(want), free(scratch), free(got);
+}
+
+static void test_attention_seqs(void **state) {
+    (void)state;
+    /* the f32 kernels, several sequences: tiled (blockIdx.z), and a launch
+     * a sequence below 32 queries */
+    attn_seqs_case("seqs tiled vision 3 x 77", VLM_DTYPE_F32, 3, 77, 77, 4, 4, 64, false, 0, false);
+    attn_seqs_case("seqs few queries 2 x 5", VLM_DTYPE_BF16, 2, 5, 25, 4, 2, 96, true, 20, false);
+}
+
 /* --- the rest ----------------------------------------------------------------- */
 
 static void test_elementwise(void **state) {
@@ -535,8 +586,9 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dev_alloc),   cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_norms),       cmocka_unit_test(test_rope),
-        cmocka_unit_test(test_attention),   cmocka_unit_test(test_elementwise),
-        cmocka_unit_test(test_patch_embed), cmocka_unit_test(test_merge2x2),
+        cmocka_unit_test(test_attention),   cmocka_unit_test(test_attention_seqs),
+        cmocka_unit_test(test_elementwise), cmocka_unit_test(test_patch_embed),
+        cmocka_unit_test(test_merge2x2),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -118,6 +118,21 @@ vlm_status vlm_cuda_attention(vlm_cuda_ctx *ctx, float *out, const float *q, int
                               int64_t n_kv, int n_heads, int n_kv_heads, int head_dim, bool causal,
                               int64_t q_pos0, float scale, vlm_err *err);
 
+/* n_seq independent sequences of the same shape in one launch: sequence s's
+ * queries are rows [s * n_q, (s + 1) * n_q) of q (and of out), its keys
+ * rows [s * n_kv, (s + 1) * n_kv) of k and v (the vision tower's crops).
+ * bf16_inputs: q, K and V carry bf16 precision already (the caller's
+ * products round activations to bf16), so with >= 32 queries a sequence
+ * and head_dim a multiple of 16 the tensor-core kernel may round them to
+ * bf16 (~4e-3 relative); not in f32 mode, nor with VLM_CUDA_MMA_ATTN=0 set
+ * when the context was created. vlm_cuda_attention is n_seq 1 without
+ * bf16_inputs. */
+vlm_status vlm_cuda_attention_seqs(vlm_cuda_ctx *ctx, float *out, const float *q, int64_t q_stride,
+                                   vlm_cuda_weight k, vlm_cuda_weight v, int64_t kv_stride,
+                                   int n_seq, int64_t n_q, int64_t n_kv, int n_heads,
+                                   int n_kv_heads, int head_dim, bool causal, int64_t q_pos0,
+                                   float scale, bool bf16_inputs, vlm_err *err);
+
 /* As cpu_store_rows: n f32 values at element offset of dst as F32 or BF16
  * (round to nearest even). */
 vlm_status vlm_cuda_store_rows(vlm_cuda_ctx *ctx, void *dst, vlm_dtype dtype, int64_t offset,

@@ -277,6 +277,11 @@ __global__ void __launch_bounds__(128)
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
     const int64_t q0 = (int64_t)blockIdx.x * FA_QT;
+    /* sequence blockIdx.z: its queries, keys and outputs follow the previous
+     * sequence's n_q (n_kv) rows */
+    const int64_t z = blockIdx.z;
+    q += z * n_q * q_stride;
+    out += z * n_q * (int64_t)n_heads * head_dim;
     for (int i = tid; i < FA_QT * head_dim; i += blockDim.x) {
         int r = i / head_dim, d = i % head_dim;
         int64_t qi = q0 + r;
@@ -299,7 +304,7 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
         for (int j = 0; j < ATT_PER_LANE; j++) acc[a][j] = 0.0f;
     }
-    const int64_t kvoff = (int64_t)kvh * head_dim;
+    const int64_t kvoff = z * n_kv * kv_stride + (int64_t)kvh * head_dim;
     for (int64_t t0 = 0; t0 < kend; t0 += FA_KT) {
         __syncthreads(); /* the previous tile is used up (and Qs written) */
         for (int i = tid; i < FA_KT * head_dim; i += blockDim.x) {
@@ -914,10 +919,13 @@ vlm_status vlm_cuda_rope_apply(vlm_cuda_ctx *ctx, float *x, int64_t n, int64_t r
     return launched("rope", err);
 }
 
-vlm_status vlm_cuda_attention(vlm_cuda_ctx *ctx, float *out, const float *q, int64_t q_stride,
-                              vlm_cuda_weight k, vlm_cuda_weight v, int64_t kv_stride, int64_t n_q,
-                              int64_t n_kv, int n_heads, int n_kv_heads, int head_dim, bool causal,
-                              int64_t q_pos0, float scale, vlm_err *err) {
+/* One sequence (n_seq 1) or, for the tiled kernels, n_seq sequences in one
+ * launch (blockIdx.z). */
+static vlm_status attention(vlm_cuda_ctx *ctx, float *out, const float *q, int64_t q_stride,
+                            vlm_cuda_weight k, vlm_cuda_weight v, int64_t kv_stride, int n_seq,
+                            int64_t n_q, int64_t n_kv, int n_heads, int n_kv_heads, int head_dim,
+                            bool causal, int64_t q_pos0, float scale, bool bf16_inputs,
+                            vlm_err *err) {
     if (head_dim <= 0 || head_dim > ATT_MAXD || n_kv_heads <= 0 || n_heads % n_kv_heads)
         return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
                            "attention: head_dim %d, %d heads over %d kv heads (CUDA kernel takes "
@@ -925,14 +933,30 @@ vlm_status vlm_cuda_attention(vlm_cuda_ctx *ctx, float *out, const float *q, int
                            head_dim, n_heads, n_kv_heads, ATT_MAXD);
     if (k.dtype != VLM_DTYPE_F32 && k.dtype != VLM_DTYPE_BF16)
         return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "attention: KV dtype %d", (int)k.dtype);
+    if (n_seq < 1 || n_seq > 65535)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "attention: %d sequences (1..65535)", n_seq);
     int64_t n_qh = n_q * n_heads;
     if (n_qh <= 0) return VLM_OK;
     if (n_q >= FA_MIN_Q) { /* prefill chunks, the vision tower: K/V tiles shared by 16 queries */
-        dim3 fgrid((unsigned)((n_q + FA_QT - 1) / FA_QT), (unsigned)n_heads);
+        dim3 fgrid((unsigned)((n_q + FA_QT - 1) / FA_QT), (unsigned)n_heads, (unsigned)n_seq);
         k_attn_tiled<<<fgrid, 128, 0, ctx->stream>>>(out, q, q_stride, k.dtype, k.data, v.data,
                                                      kv_stride, n_q, n_kv, n_heads, n_kv_heads,
                                                      head_dim, causal, q_pos0, scale);
         return launched("attention (tiled)", err);
+    }
+    if (n_seq > 1) { /* few queries a sequence: one launch each */
+        const size_t esz = k.dtype == VLM_DTYPE_BF16 ? 2 : 4;
+        for (int z = 0; z < n_seq; z++) {
+            const size_t kvo = (size_t)(z * n_kv * kv_stride) * esz;
+            vlm_cuda_weight kz = {k.dtype, (const char *)k.data + kvo},
+                            vz = {v.dtype, (const char *)v.data + kvo};
+            vlm_status st =
+                attention(ctx, out + z * n_q * n_heads * head_dim, q + z * n_q * q_stride, q_stride,
+                          kz, vz, kv_stride, 1, n_q, n_kv, n_heads, n_kv_heads, head_dim, causal,
+                          q_pos0, scale, bf16_inputs, err);
+            if (st != VLM_OK) return st;
+        }
+        return VLM_OK;
     }
     /* Split the keys when there are too few (query, head) warps to fill the
      * card: aim for ~2048 warps, each split >= 16 keys (4 steps of ATT_KB;
@@ -959,6 +983,23 @@ vlm_status vlm_cuda_attention(vlm_cuda_ctx *ctx, float *out, const float *q, int
     k_attn_combine<<<(unsigned)((n_qh + warps - 1) / warps), warps * 32, 0, ctx->stream>>>(
         out, (const float *)ctx->workspace, n_qh, n_heads, head_dim, n_split);
     return launched("attention (combine)", err);
+}
+
+vlm_status vlm_cuda_attention(vlm_cuda_ctx *ctx, float *out, const float *q, int64_t q_stride,
+                              vlm_cuda_weight k, vlm_cuda_weight v, int64_t kv_stride, int64_t n_q,
+                              int64_t n_kv, int n_heads, int n_kv_heads, int head_dim, bool causal,
+                              int64_t q_pos0, float scale, vlm_err *err) {
+    return attention(ctx, out, q, q_stride, k, v, kv_stride, 1, n_q, n_kv, n_heads, n_kv_heads,
+                     head_dim, causal, q_pos0, scale, false, err);
+}
+
+vlm_status vlm_cuda_attention_seqs(vlm_cuda_ctx *ctx, float *out, const float *q, int64_t q_stride,
+                                   vlm_cuda_weight k, vlm_cuda_weight v, int64_t kv_stride,
+                                   int n_seq, int64_t n_q, int64_t n_kv, int n_heads,
+                                   int n_kv_heads, int head_dim, bool causal, int64_t q_pos0,
+                                   float scale, bool bf16_inputs, vlm_err *err) {
+    return attention(ctx, out, q, q_stride, k, v, kv_stride, n_seq, n_q, n_kv, n_heads, n_kv_heads,
+                     head_dim, causal, q_pos0, scale, bf16_inputs, err);
 }
 
 vlm_status vlm_cuda_store_rows(vlm_cuda_ctx *ctx, void *dst, vlm_dtype dtype, int64_t offset,
