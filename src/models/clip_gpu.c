@@ -271,13 +271,14 @@ static vlm_status encode_group(clip_gpu *g, const float *pixels, int gc, float *
             RUN(vlm_cuda_attention_seqs(g->ctx, att, q, D, kw, vw, D, gc, NP, NP, c->n_heads,
                                         c->n_heads, hd, false, 0, scale, g->bf16_attn, err));
         }
-        RUN(vlm_cuda_matmul(g->ctx, h, att, T, D, D, L->o_w, L->o_b, err));
-        RUN(vlm_cuda_add(g->ctx, x, h, T * D, err));
+        /* x += att Wo^T + bo: the residual add fused into the product */
+        RUN(vlm_cuda_matmul_acc(g->ctx, x, att, T, D, D, L->o_w, err));
+        RUN(vlm_cuda_add_bias(g->ctx, x, T, D, L->o_b, err));
         RUN(vlm_cuda_layernorm(g->ctx, h, x, T, D, L->ln2_w, L->ln2_b, c->ln_eps, err));
         RUN(vlm_cuda_matmul(g->ctx, mlp, h, T, D, I, L->fc1_w, L->fc1_b, err));
         RUN(vlm_cuda_quick_gelu(g->ctx, mlp, T * I, err));
-        RUN(vlm_cuda_matmul(g->ctx, h, mlp, T, I, D, L->fc2_w, L->fc2_b, err));
-        RUN(vlm_cuda_add(g->ctx, x, h, T * D, err));
+        RUN(vlm_cuda_matmul_acc(g->ctx, x, mlp, T, I, D, L->fc2_w, err));
+        RUN(vlm_cuda_add_bias(g->ctx, x, T, D, L->fc2_b, err));
     }
     if (!out) return VLM_OK;
     /* without CLS: rows 1..NP-1 of each crop */
