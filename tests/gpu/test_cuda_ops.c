@@ -279,6 +279,57 @@ static void test_rope(void **state) {
     free(cs), free(sn), free(x), free(got);
 }
 
+/* rope_store: the decoder's rotation and K/V stores in one launch against
+ * cpu_rope_apply + cpu_store_rows, with GQA (8 q heads over 2 kv heads), at
+ * a cache offset, into an F32 and a BF16 cache. */
+static void test_rope_store(void **state) {
+    (void)state;
+    const int hd = 96, nh = 8, nkv = 2;
+    const int64_t n = 5, kvd = (int64_t)nkv * hd, stride = (int64_t)(nh + 2 * nkv) * hd + 4;
+    const int64_t off = 3 * kvd, cache = off + n * kvd;
+    float factor[48], inv[48];
+    for (int i = 0; i < hd / 2; i++) factor[i] = 1.0f + 0.05f * (float)i;
+    cpu_rope_inv_freq(inv, hd, 10000.0, factor);
+    float *cs = malloc((size_t)(n * hd / 2) * 4), *sn = malloc((size_t)(n * hd / 2) * 4);
+    cpu_rope_cos_sin(cs, sn, 40, n, hd, inv, 1.0);
+    float *dc = up(cs, (size_t)(n * hd / 2) * 4), *ds = up(sn, (size_t)(n * hd / 2) * 4);
+    for (int bf = 0; bf < 2; bf++) {
+        vlm_dtype t = bf ? VLM_DTYPE_BF16 : VLM_DTYPE_F32;
+        size_t esz = bf ? 2 : 4;
+        float *x = rnd((size_t)(n * stride), 1.0f);
+        float *dx = up(x, (size_t)(n * stride) * 4);
+        char *zeros = calloc((size_t)cache, esz);
+        void *dk = up(zeros, (size_t)cache * esz), *dv = up(zeros, (size_t)cache * esz);
+        char *hk = calloc((size_t)cache, esz), *hv = calloc((size_t)cache, esz);
+        cpu_rope_apply(x, n, stride, nh + nkv, hd, cs, sn);
+        for (int64_t r = 0; r < n; r++) {
+            cpu_store_rows(hk, t, off + r * kvd, x + r * stride + nh * hd, kvd);
+            cpu_store_rows(hv, t, off + r * kvd, x + r * stride + (nh + nkv) * hd, kvd);
+        }
+        OK(vlm_cuda_rope_store(CTX, dx, n, stride, nh, nkv, hd, dc, ds, dk, dv, t, off, E));
+        float *got = down(dx, (size_t)(n * stride));
+        close_to(bf ? "rope_store rows (bf16 cache)" : "rope_store rows (f32 cache)", got, x,
+                 (size_t)(n * stride), 1e-6);
+        char *gk = malloc((size_t)cache * esz), *gv = malloc((size_t)cache * esz);
+        OK(vlm_cuda_download(CTX, gk, dk, (size_t)cache * esz, "k", E));
+        OK(vlm_cuda_download(CTX, gv, dv, (size_t)cache * esz, "v", E));
+        float *wk = malloc((size_t)cache * 4), *wv = malloc((size_t)cache * 4),
+              *gkf = malloc((size_t)cache * 4), *gvf = malloc((size_t)cache * 4);
+        cpu_weight hkw = {t, hk}, hvw = {t, hv}, gkw = {t, gk}, gvw = {t, gv};
+        cpu_widen(hkw, 0, wk, cache), cpu_widen(hvw, 0, wv, cache);
+        cpu_widen(gkw, 0, gkf, cache), cpu_widen(gvw, 0, gvf, cache);
+        /* v is copied: exact; k is rotated: f32 within 1e-6, bf16 within
+         * one bf16 step (a rounding tie may fall either way) */
+        close_to("rope_store k cache", gkf, wk, (size_t)cache, bf ? 8e-3 : 1e-6);
+        close_to("rope_store v cache", gvf, wv, (size_t)cache, 0);
+        vlm_dev_free(dx), vlm_dev_free(dk), vlm_dev_free(dv);
+        free(x), free(zeros), free(hk), free(hv), free(got), free(gk), free(gv);
+        free(wk), free(wv), free(gkf), free(gvf);
+    }
+    vlm_dev_free(dc), vlm_dev_free(ds);
+    free(cs), free(sn);
+}
+
 /* --- attention -------------------------------------------------------------- */
 
 static void attn_case(const char *what, vlm_dtype kvt, int64_t n_q, int64_t n_kv, int nh, int nkv,
@@ -596,11 +647,11 @@ static void test_dev_alloc(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dev_alloc),   cmocka_unit_test(test_matmul),
-        cmocka_unit_test(test_norms),       cmocka_unit_test(test_rope),
-        cmocka_unit_test(test_attention),   cmocka_unit_test(test_attention_seqs),
-        cmocka_unit_test(test_elementwise), cmocka_unit_test(test_patch_embed),
-        cmocka_unit_test(test_merge2x2),
+        cmocka_unit_test(test_dev_alloc),      cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_norms),          cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_rope_store),     cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_seqs), cmocka_unit_test(test_elementwise),
+        cmocka_unit_test(test_patch_embed),    cmocka_unit_test(test_merge2x2),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

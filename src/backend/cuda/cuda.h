@@ -109,6 +109,18 @@ vlm_status vlm_cuda_rope_apply(vlm_cuda_ctx *ctx, float *x, int64_t n, int64_t r
                                int n_heads, int head_dim, const float *cos_t, const float *sin_t,
                                vlm_err *err);
 
+/* The decoder's rotation and K/V stores in one launch, for n fused qkv rows
+ * (row_stride floats apart; q's n_heads heads, then k's n_kv_heads, then
+ * v's): rope_apply over the q and k heads in place, then k's and v's
+ * n_kv_heads * head_dim values of row r stored (as store_rows: F32 or
+ * BF16) at element offset + r * n_kv_heads * head_dim of k_dst and v_dst.
+ * The same values as rope_apply + two store_rows_strided, two launches
+ * fewer. */
+vlm_status vlm_cuda_rope_store(vlm_cuda_ctx *ctx, float *qkv, int64_t n, int64_t row_stride,
+                               int n_heads, int n_kv_heads, int head_dim, const float *cos_t,
+                               const float *sin_t, void *k_dst, void *v_dst, vlm_dtype dtype,
+                               int64_t offset, vlm_err *err);
+
 /* As cpu_attention (k, v F32 or BF16; head_dim <= 128), online softmax in
  * f32. The key range of each (query, head) is cut into splits when there
  * are few queries (decode), partial results combined in a second kernel;

@@ -147,6 +147,50 @@ __global__ void k_rope(float *x, int64_t n, int64_t row_stride, int n_heads, int
     }
 }
 
+/* The decoder's RoPE and K/V stores in one launch: ids below n * (H + KV) *
+ * half rotate a pair of q or k as k_rope (and a k pair also goes to the
+ * cache), the next n * KV * head_dim ids copy one v element each. */
+__global__ void k_rope_store(float *x, int64_t n, int64_t row_stride, int n_heads, int n_kv_heads,
+                             int head_dim, const float *cos_t, const float *sin_t, void *kd,
+                             void *vd, vlm_dtype t, int64_t offset) {
+    const int half = head_dim / 2, nr = n_heads + n_kv_heads;
+    const int64_t kvd = (int64_t)n_kv_heads * head_dim, n_rot = n * nr * half;
+    const bool bf = t == VLM_DTYPE_BF16;
+    for (int64_t id = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; id < n_rot + n * kvd;
+         id += (int64_t)gridDim.x * blockDim.x) {
+        if (id >= n_rot) { /* v element e of row r */
+            int64_t j = id - n_rot, r = j / kvd, e = j % kvd;
+            float val = x[r * row_stride + (int64_t)nr * head_dim + e];
+            int64_t at = offset + r * kvd + e;
+            if (bf)
+                ((uint16_t *)vd)[at] = f32_to_bf16_bits(val);
+            else
+                ((float *)vd)[at] = val;
+            continue;
+        }
+        int i = (int)(id % half);
+        int64_t rh = id / half;
+        int h = (int)(rh % nr);
+        int64_t r = rh / nr;
+        float *v = x + r * row_stride + (int64_t)h * head_dim;
+        float c = cos_t[r * half + i], s = sin_t[r * half + i];
+        float a = v[i], b = v[i + half];
+        /* rotate_half(x) = (-x2, x1) */
+        float a2 = a * c - b * s, b2 = b * c + a * s;
+        v[i] = a2;
+        v[i + half] = b2;
+        if (h < n_heads) continue;
+        int64_t at = offset + r * kvd + (int64_t)(h - n_heads) * head_dim + i;
+        if (bf) {
+            ((uint16_t *)kd)[at] = f32_to_bf16_bits(a2);
+            ((uint16_t *)kd)[at + half] = f32_to_bf16_bits(b2);
+        } else {
+            ((float *)kd)[at] = a2;
+            ((float *)kd)[at + half] = b2;
+        }
+    }
+}
+
 /* --- attention --------------------------------------------------------------
  * One warp per (query, head, key split). Lane l holds output dims
  * l, l+32, l+64, l+96 (head_dim <= 128); q.k is a warp sum. Online softmax
@@ -1054,6 +1098,21 @@ vlm_status vlm_cuda_rope_apply(vlm_cuda_ctx *ctx, float *x, int64_t n, int64_t r
     k_rope<<<blocks_for(total, 256), 256, 0, ctx->stream>>>(x, n, row_stride, n_heads, head_dim,
                                                             cos_t, sin_t);
     return launched("rope", err);
+}
+
+vlm_status vlm_cuda_rope_store(vlm_cuda_ctx *ctx, float *qkv, int64_t n, int64_t row_stride,
+                               int n_heads, int n_kv_heads, int head_dim, const float *cos_t,
+                               const float *sin_t, void *k_dst, void *v_dst, vlm_dtype dtype,
+                               int64_t offset, vlm_err *err) {
+    if (dtype != VLM_DTYPE_F32 && dtype != VLM_DTYPE_BF16)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "rope_store: KV dtype %d", (int)dtype);
+    int64_t total = n * ((int64_t)(n_heads + n_kv_heads) * (head_dim / 2) +
+                         (int64_t)n_kv_heads * head_dim);
+    if (total <= 0) return VLM_OK;
+    k_rope_store<<<blocks_for(total, 256), 256, 0, ctx->stream>>>(
+        qkv, n, row_stride, n_heads, n_kv_heads, head_dim, cos_t, sin_t, k_dst, v_dst, dtype,
+        offset);
+    return launched("rope_store", err);
 }
 
 /* One sequence (n_seq 1) or, for the tiled kernels, n_seq sequences in one
