@@ -10,6 +10,7 @@
  * d = 3072, ff = 8192, 32 heads of 96, vocab 32064; CLIP width 1024. The
  * decode estimate sums the GEMVs of one token over 32 layers plus lm_head;
  * the decode sweep runs them back to back on 32 layers of their own weights. */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -101,13 +102,15 @@ typedef struct {
     int64_t n_q, n_kv;
     int nh, nkv, hd;
     bool causal;
+    int n_seq; /* sequences in one launch (the vision tower's crops) */
+    bool mma;  /* bf16 inputs: the tensor-core kernel where it applies */
 } att_arg;
 static vlm_status do_att(void *a, vlm_err *err) {
     att_arg *t = a;
-    return vlm_cuda_attention(ctx, t->out, t->q, (int64_t)t->nh * t->hd, t->k, t->v,
-                              (int64_t)t->nkv * t->hd, t->n_q, t->n_kv, t->nh, t->nkv, t->hd,
-                              t->causal, t->causal ? t->n_kv - t->n_q : 0, 1.0f / 9.797958971f,
-                              err);
+    return vlm_cuda_attention_seqs(ctx, t->out, t->q, (int64_t)t->nh * t->hd, t->k, t->v,
+                                   (int64_t)t->nkv * t->hd, t->n_seq, t->n_q, t->n_kv, t->nh,
+                                   t->nkv, t->hd, t->causal, t->causal ? t->n_kv - t->n_q : 0,
+                                   1.0f / sqrtf((float)t->hd), t->mma, err);
 }
 
 static size_t wbytes(vlm_dtype t, int64_t n) {
@@ -231,19 +234,26 @@ int main(int argc, char **argv) {
     }
 
     /* attention: decode (split-K) at 1000 and 4000 cached tokens, prefill
-     * of 800, the vision tower's 577 tokens x 16 heads of 64 (one crop) */
-    int64_t kv_max = 4096;
-    float *q = dev(800 * 32 * 96 * 4), *o = dev(800 * 32 * 96 * 4);
+     * of 800, the vision tower's 577 tokens x 16 heads of 64 (one crop, and
+     * 17 crops in one launch); "mma": the tensor-core kernel (bf16 inputs) */
+    int64_t kv_max = 4096, q_floats = 17 * 577 * 16 * 64; /* >= 800 x 32 x 96 */
+    float *q = dev((size_t)q_floats * 4), *o = dev((size_t)q_floats * 4);
     void *kc = dev((size_t)kv_max * 32 * 96 * 2), *vc = dev((size_t)kv_max * 32 * 96 * 2);
     const struct {
         const char *name;
         int64_t n_q, n_kv;
         int nh, hd;
         bool causal;
-    } at[] = {{"attn decode 1000 ctx bf16", 1, 1000, 32, 96, true},
-              {"attn decode 4000 ctx bf16", 1, 4000, 32, 96, true},
-              {"attn prefill 800 bf16", 800, 800, 32, 96, true},
-              {"attn vision 577 x 16h x 64", 577, 577, 16, 64, false}};
+        int n_seq;
+        bool mma;
+    } at[] = {{"attn decode 1000 ctx bf16", 1, 1000, 32, 96, true, 1, false},
+              {"attn decode 4000 ctx bf16", 1, 4000, 32, 96, true, 1, false},
+              {"attn prefill 800 bf16", 800, 800, 32, 96, true, 1, false},
+              {"attn prefill 800 bf16 mma", 800, 800, 32, 96, true, 1, true},
+              {"attn vision 577 x 16h x 64", 577, 577, 16, 64, false, 1, false},
+              {"attn vision 577 x 16h x 64 mma", 577, 577, 16, 64, false, 1, true},
+              {"attn vision 17 crops one launch", 577, 577, 16, 64, false, 17, false},
+              {"attn vision 17 crops one launch mma", 577, 577, 16, 64, false, 17, true}};
     for (size_t i = 0; i < sizeof at / sizeof at[0]; i++) {
         att_arg a = {o,
                      q,
@@ -254,7 +264,9 @@ int main(int argc, char **argv) {
                      at[i].nh,
                      at[i].nh,
                      at[i].hd,
-                     at[i].causal};
+                     at[i].causal,
+                     at[i].n_seq,
+                     at[i].mma};
         ms = time_ms(do_att, &a, reps);
         printf("%-40s %9.3f ms\n", at[i].name, ms);
     }

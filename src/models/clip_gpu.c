@@ -9,9 +9,13 @@
 #include "backend/cuda/cuda.h"
 #include "base/alloc.h"
 
+/* q, k and v are packed at upload into qkv_w [3D][D] and qkv_b [3D] (one
+ * GEMM instead of three) when their weights share one dtype and their
+ * biases another; otherwise qkv_w.data is NULL and the three stay apart. */
 typedef struct gpu_clip_layer {
     vlm_cuda_weight ln1_w, ln1_b, q_w, k_w, v_w, o_w, q_b, k_b, v_b, o_b, ln2_w, ln2_b, fc1_w,
         fc1_b, fc2_w, fc2_b;
+    vlm_cuda_weight qkv_w, qkv_b;
 } gpu_clip_layer;
 
 struct clip_gpu {
@@ -22,7 +26,8 @@ struct clip_gpu {
     int32_t *pos_ids; /* device [n_pos]: 0..n_pos-1, rows of pos_emb gathered by embed_rows */
     void **owned;
     int n_owned;
-    float *act; /* device, act_floats */
+    bool bf16_attn; /* the layers' products round activations to bf16 (BF16 weights) */
+    float *act;     /* device, act_floats */
     size_t act_floats;
     /* the projector (clip_gpu_set_projector), or has_proj false */
     bool has_proj;
@@ -50,6 +55,37 @@ static vlm_status upload(clip_gpu *g, cpu_weight w, int64_t n, const char *name,
     return vlm_cuda_upload(g->ctx, d, w.data, (size_t)bytes, name, err);
 }
 
+/* q, k, v weights ([D][D] each) into one [3D][D] buffer and their biases
+ * into one [3D], rows in q, k, v order, so that row j of the product is
+ * q | k | v of token j. The caller has checked the dtypes agree. */
+static vlm_status upload_qkv(clip_gpu *g, const clip_layer *H, int64_t D, int layer,
+                             gpu_clip_layer *G, vlm_err *err) {
+    const cpu_weight w[3] = {H->q_w, H->k_w, H->v_w}, b[3] = {H->q_b, H->k_b, H->v_b};
+    uint64_t wb = 0, bb = 0;
+    if (!vlm_dtype_nbytes(w[0].dtype, (uint64_t)(D * D), &wb) ||
+        !vlm_dtype_nbytes(b[0].dtype, (uint64_t)D, &bb))
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "vision layer %d qkv: bad size", layer);
+    char *dw = vlm_dev_alloc((size_t)(3 * wb), VLM_MEM_WEIGHTS);
+    if (dw) g->owned[g->n_owned++] = dw;
+    char *db = dw ? vlm_dev_alloc((size_t)(3 * bb), VLM_MEM_WEIGHTS) : NULL;
+    if (db) g->owned[g->n_owned++] = db;
+    if (!dw || !db)
+        return vlm_err_set(err, VLM_ERR_NOMEM,
+                           "vision layer %d q/k/v_proj: out of GPU memory for %llu bytes of "
+                           "packed weights",
+                           layer, (unsigned long long)(3 * (wb + bb)));
+    static const char *const names[3] = {"q_proj", "k_proj", "v_proj"};
+    for (int i = 0; i < 3; i++) {
+        vlm_status st = vlm_cuda_upload(g->ctx, dw + i * wb, w[i].data, (size_t)wb, names[i], err);
+        if (st == VLM_OK)
+            st = vlm_cuda_upload(g->ctx, db + i * bb, b[i].data, (size_t)bb, names[i], err);
+        if (st != VLM_OK) return st;
+    }
+    G->qkv_w = (vlm_cuda_weight){w[0].dtype, dw};
+    G->qkv_b = (vlm_cuda_weight){b[0].dtype, db};
+    return VLM_OK;
+}
+
 vlm_status clip_gpu_create(const clip_model *m, clip_gpu **out, vlm_err *err) {
     *out = NULL;
     const clip_config *c = &m->cfg;
@@ -60,7 +96,7 @@ vlm_status clip_gpu_create(const clip_model *m, clip_gpu **out, vlm_err *err) {
     vlm_status st = vlm_cuda_ctx_create(&g->ctx, (size_t)1024 * (size_t)c->intermediate * 2, err);
     if (st != VLM_OK) goto fail;
     g->L = VLM_NEW_ARRAY(gpu_clip_layer, (size_t)(m->n_run > 0 ? m->n_run : 1), VLM_MEM_OTHER);
-    g->owned = VLM_NEW_ARRAY(void *, (size_t)m->n_run * 16 + 12, VLM_MEM_OTHER);
+    g->owned = VLM_NEW_ARRAY(void *, (size_t)m->n_run * 18 + 12, VLM_MEM_OTHER);
     int32_t *ids = VLM_NEW_ARRAY(int32_t, (size_t)m->n_pos, VLM_MEM_SCRATCH);
     if (!g->L || !g->owned || !ids) {
         vlm_free(ids);
@@ -86,14 +122,19 @@ vlm_status clip_gpu_create(const clip_model *m, clip_gpu **out, vlm_err *err) {
     for (int l = 0; l < m->n_run; l++) {
         const clip_layer *H = &m->layers[l];
         gpu_clip_layer *G = &g->L[l];
+        bool pack = H->q_w.dtype == H->k_w.dtype && H->q_w.dtype == H->v_w.dtype &&
+                    H->q_b.dtype == H->k_b.dtype && H->q_b.dtype == H->v_b.dtype;
+        if (pack) {
+            if ((st = upload_qkv(g, H, D, l, G, err)) != VLM_OK) goto fail;
+        } else if ((st = upload(g, H->q_w, D * D, "q_proj.weight", l, &G->q_w, err)) ||
+                   (st = upload(g, H->q_b, D, "q_proj.bias", l, &G->q_b, err)) ||
+                   (st = upload(g, H->k_w, D * D, "k_proj.weight", l, &G->k_w, err)) ||
+                   (st = upload(g, H->k_b, D, "k_proj.bias", l, &G->k_b, err)) ||
+                   (st = upload(g, H->v_w, D * D, "v_proj.weight", l, &G->v_w, err)) ||
+                   (st = upload(g, H->v_b, D, "v_proj.bias", l, &G->v_b, err)))
+            goto fail;
         if ((st = upload(g, H->ln1_w, D, "layer_norm1.weight", l, &G->ln1_w, err)) ||
             (st = upload(g, H->ln1_b, D, "layer_norm1.bias", l, &G->ln1_b, err)) ||
-            (st = upload(g, H->q_w, D * D, "q_proj.weight", l, &G->q_w, err)) ||
-            (st = upload(g, H->q_b, D, "q_proj.bias", l, &G->q_b, err)) ||
-            (st = upload(g, H->k_w, D * D, "k_proj.weight", l, &G->k_w, err)) ||
-            (st = upload(g, H->k_b, D, "k_proj.bias", l, &G->k_b, err)) ||
-            (st = upload(g, H->v_w, D * D, "v_proj.weight", l, &G->v_w, err)) ||
-            (st = upload(g, H->v_b, D, "v_proj.bias", l, &G->v_b, err)) ||
             (st = upload(g, H->o_w, D * D, "out_proj.weight", l, &G->o_w, err)) ||
             (st = upload(g, H->o_b, D, "out_proj.bias", l, &G->o_b, err)) ||
             (st = upload(g, H->ln2_w, D, "layer_norm2.weight", l, &G->ln2_w, err)) ||
@@ -103,6 +144,16 @@ vlm_status clip_gpu_create(const clip_model *m, clip_gpu **out, vlm_err *err) {
             (st = upload(g, H->fc2_w, D * I, "fc2.weight", l, &G->fc2_w, err)) ||
             (st = upload(g, H->fc2_b, D, "fc2.bias", l, &G->fc2_b, err)))
             goto fail;
+    }
+    /* Attention may run on tensor cores (q, K, V rounded to bf16) only where
+     * every product before it already rounds its activations to bf16: BF16
+     * weights, f32 mode off (vlm_cuda_attention_seqs checks the mode). */
+    g->bf16_attn = m->n_run > 0;
+    for (int l = 0; l < m->n_run; l++) {
+        const clip_layer *H = &m->layers[l];
+        if (H->q_w.dtype != VLM_DTYPE_BF16 || H->k_w.dtype != VLM_DTYPE_BF16 ||
+            H->v_w.dtype != VLM_DTYPE_BF16)
+            g->bf16_attn = false;
     }
     *out = g;
     return VLM_OK;
@@ -204,22 +255,30 @@ static vlm_status encode_group(clip_gpu *g, const float *pixels, int gc, float *
     for (int l = 0; l < m->n_run; l++) {
         const gpu_clip_layer *L = &g->L[l];
         RUN(vlm_cuda_layernorm(g->ctx, h, x, T, D, L->ln1_w, L->ln1_b, c->ln_eps, err));
-        RUN(vlm_cuda_matmul(g->ctx, q, h, T, D, D, L->q_w, L->q_b, err));
-        RUN(vlm_cuda_matmul(g->ctx, k, h, T, D, D, L->k_w, L->k_b, err));
-        RUN(vlm_cuda_matmul(g->ctx, v, h, T, D, D, L->v_w, L->v_b, err));
-        for (int i = 0; i < gc; i++) {
-            int64_t o = (int64_t)i * NP * D;
-            vlm_cuda_weight kw = {VLM_DTYPE_F32, k + o}, vw = {VLM_DTYPE_F32, v + o};
-            RUN(vlm_cuda_attention(g->ctx, att + o, q + o, D, kw, vw, D, NP, NP, c->n_heads,
-                                   c->n_heads, hd, false, 0, scale, err));
+        if (L->qkv_w.data) {
+            /* one product into [T][3D] (q | k | v of each token; the q, k,
+             * v buffers are consecutive), attention reads it strided */
+            RUN(vlm_cuda_matmul(g->ctx, q, h, T, D, 3 * D, L->qkv_w, L->qkv_b, err));
+            vlm_cuda_weight kw = {VLM_DTYPE_F32, q + D}, vw = {VLM_DTYPE_F32, q + 2 * D};
+            RUN(vlm_cuda_attention_seqs(g->ctx, att, q, 3 * D, kw, vw, 3 * D, gc, NP, NP,
+                                        c->n_heads, c->n_heads, hd, false, 0, scale, g->bf16_attn,
+                                        err));
+        } else {
+            RUN(vlm_cuda_matmul(g->ctx, q, h, T, D, D, L->q_w, L->q_b, err));
+            RUN(vlm_cuda_matmul(g->ctx, k, h, T, D, D, L->k_w, L->k_b, err));
+            RUN(vlm_cuda_matmul(g->ctx, v, h, T, D, D, L->v_w, L->v_b, err));
+            vlm_cuda_weight kw = {VLM_DTYPE_F32, k}, vw = {VLM_DTYPE_F32, v};
+            RUN(vlm_cuda_attention_seqs(g->ctx, att, q, D, kw, vw, D, gc, NP, NP, c->n_heads,
+                                        c->n_heads, hd, false, 0, scale, g->bf16_attn, err));
         }
-        RUN(vlm_cuda_matmul(g->ctx, h, att, T, D, D, L->o_w, L->o_b, err));
-        RUN(vlm_cuda_add(g->ctx, x, h, T * D, err));
+        /* x += att Wo^T + bo: the residual add fused into the product */
+        RUN(vlm_cuda_matmul_acc(g->ctx, x, att, T, D, D, L->o_w, err));
+        RUN(vlm_cuda_add_bias(g->ctx, x, T, D, L->o_b, err));
         RUN(vlm_cuda_layernorm(g->ctx, h, x, T, D, L->ln2_w, L->ln2_b, c->ln_eps, err));
         RUN(vlm_cuda_matmul(g->ctx, mlp, h, T, D, I, L->fc1_w, L->fc1_b, err));
         RUN(vlm_cuda_quick_gelu(g->ctx, mlp, T * I, err));
-        RUN(vlm_cuda_matmul(g->ctx, h, mlp, T, I, D, L->fc2_w, L->fc2_b, err));
-        RUN(vlm_cuda_add(g->ctx, x, h, T * D, err));
+        RUN(vlm_cuda_matmul_acc(g->ctx, x, mlp, T, I, D, L->fc2_w, err));
+        RUN(vlm_cuda_add_bias(g->ctx, x, T, D, L->fc2_b, err));
     }
     if (!out) return VLM_OK;
     /* without CLS: rows 1..NP-1 of each crop */

@@ -192,18 +192,19 @@ vlm_status phi3_gpu_forward(phi3_gpu *g, const vlm_kv *kv, float *x, int64_t n, 
         RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->in_norm, c->rms_eps, err));
         RUN(vlm_cuda_matmul(g->ctx, qkv, xb, n, d, qkvd, L->qkv, nob, err));
         /* q's H heads and k's KV heads lie side by side at the start of
-         * each qkv row: one rotation over H + KV heads */
-        RUN(vlm_cuda_rope_apply(g->ctx, qkv, n, qkvd, H + KV, (int)hd, cos_t, sin_t, err));
-        /* K/V rows of the chunk into the cache (positions pos0..pos0+n-1),
-         * one launch each */
-        RUN(vlm_cuda_store_rows_strided(g->ctx, kv->dev_k, kv->dtype, lo + pos0 * kvd, qkv + qd,
-                                        qkvd, n, kvd, err));
-        RUN(vlm_cuda_store_rows_strided(g->ctx, kv->dev_v, kv->dtype, lo + pos0 * kvd,
-                                        qkv + qd + kvd, qkvd, n, kvd, err));
+         * each qkv row: one rotation over H + KV heads, and in the same
+         * launch the chunk's K/V rows into the cache (positions
+         * pos0..pos0+n-1) */
+        RUN(vlm_cuda_rope_store(g->ctx, qkv, n, qkvd, H, KV, (int)hd, cos_t, sin_t, kv->dev_k,
+                                kv->dev_v, kv->dtype, lo + pos0 * kvd, err));
         vlm_cuda_weight kc = {kv->dtype, (const char *)kv->dev_k + (size_t)lo * esz};
         vlm_cuda_weight vc = {kv->dtype, (const char *)kv->dev_v + (size_t)lo * esz};
-        RUN(vlm_cuda_attention(g->ctx, att, qkv, qkvd, kc, vc, kvd, n, pos0 + n, H, KV, (int)hd,
-                               true, pos0, scale, err));
+        /* BF16 qkv weights: above the GEMV size the qkv product rounded
+         * its input to bf16, so prefill chunks may take the tensor-core
+         * attention (the op keeps f32 in f32 mode and below 32 queries) */
+        RUN(vlm_cuda_attention_seqs(g->ctx, att, qkv, qkvd, kc, vc, kvd, 1, n, pos0 + n, H, KV,
+                                    (int)hd, true, pos0, scale, L->qkv.dtype == VLM_DTYPE_BF16,
+                                    err));
         /* x += o(att): the residual add fused into the product */
         RUN(vlm_cuda_matmul_acc(g->ctx, dx, att, n, qd, d, L->o, err));
         RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->post_norm, c->rms_eps, err));

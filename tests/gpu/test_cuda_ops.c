@@ -279,6 +279,57 @@ static void test_rope(void **state) {
     free(cs), free(sn), free(x), free(got);
 }
 
+/* rope_store: the decoder's rotation and K/V stores in one launch against
+ * cpu_rope_apply + cpu_store_rows, with GQA (8 q heads over 2 kv heads), at
+ * a cache offset, into an F32 and a BF16 cache. */
+static void test_rope_store(void **state) {
+    (void)state;
+    const int hd = 96, nh = 8, nkv = 2;
+    const int64_t n = 5, kvd = (int64_t)nkv * hd, stride = (int64_t)(nh + 2 * nkv) * hd + 4;
+    const int64_t off = 3 * kvd, cache = off + n * kvd;
+    float factor[48], inv[48];
+    for (int i = 0; i < hd / 2; i++) factor[i] = 1.0f + 0.05f * (float)i;
+    cpu_rope_inv_freq(inv, hd, 10000.0, factor);
+    float *cs = malloc((size_t)(n * hd / 2) * 4), *sn = malloc((size_t)(n * hd / 2) * 4);
+    cpu_rope_cos_sin(cs, sn, 40, n, hd, inv, 1.0);
+    float *dc = up(cs, (size_t)(n * hd / 2) * 4), *ds = up(sn, (size_t)(n * hd / 2) * 4);
+    for (int bf = 0; bf < 2; bf++) {
+        vlm_dtype t = bf ? VLM_DTYPE_BF16 : VLM_DTYPE_F32;
+        size_t esz = bf ? 2 : 4;
+        float *x = rnd((size_t)(n * stride), 1.0f);
+        float *dx = up(x, (size_t)(n * stride) * 4);
+        char *zeros = calloc((size_t)cache, esz);
+        void *dk = up(zeros, (size_t)cache * esz), *dv = up(zeros, (size_t)cache * esz);
+        char *hk = calloc((size_t)cache, esz), *hv = calloc((size_t)cache, esz);
+        cpu_rope_apply(x, n, stride, nh + nkv, hd, cs, sn);
+        for (int64_t r = 0; r < n; r++) {
+            cpu_store_rows(hk, t, off + r * kvd, x + r * stride + nh * hd, kvd);
+            cpu_store_rows(hv, t, off + r * kvd, x + r * stride + (nh + nkv) * hd, kvd);
+        }
+        OK(vlm_cuda_rope_store(CTX, dx, n, stride, nh, nkv, hd, dc, ds, dk, dv, t, off, E));
+        float *got = down(dx, (size_t)(n * stride));
+        close_to(bf ? "rope_store rows (bf16 cache)" : "rope_store rows (f32 cache)", got, x,
+                 (size_t)(n * stride), 1e-6);
+        char *gk = malloc((size_t)cache * esz), *gv = malloc((size_t)cache * esz);
+        OK(vlm_cuda_download(CTX, gk, dk, (size_t)cache * esz, "k", E));
+        OK(vlm_cuda_download(CTX, gv, dv, (size_t)cache * esz, "v", E));
+        float *wk = malloc((size_t)cache * 4), *wv = malloc((size_t)cache * 4),
+              *gkf = malloc((size_t)cache * 4), *gvf = malloc((size_t)cache * 4);
+        cpu_weight hkw = {t, hk}, hvw = {t, hv}, gkw = {t, gk}, gvw = {t, gv};
+        cpu_widen(hkw, 0, wk, cache), cpu_widen(hvw, 0, wv, cache);
+        cpu_widen(gkw, 0, gkf, cache), cpu_widen(gvw, 0, gvf, cache);
+        /* v is copied: exact; k is rotated: f32 within 1e-6, bf16 within
+         * one bf16 step (a rounding tie may fall either way) */
+        close_to("rope_store k cache", gkf, wk, (size_t)cache, bf ? 8e-3 : 1e-6);
+        close_to("rope_store v cache", gvf, wv, (size_t)cache, 0);
+        vlm_dev_free(dx), vlm_dev_free(dk), vlm_dev_free(dv);
+        free(x), free(zeros), free(hk), free(hv), free(got), free(gk), free(gv);
+        free(wk), free(wv), free(gkf), free(gvf);
+    }
+    vlm_dev_free(dc), vlm_dev_free(ds);
+    free(cs), free(sn);
+}
+
 /* --- attention -------------------------------------------------------------- */
 
 static void attn_case(const char *what, vlm_dtype kvt, int64_t n_q, int64_t n_kv, int nh, int nkv,
@@ -332,6 +383,69 @@ static void test_attention(void **state) {
     attn_case("attn tiled vision 150 hd64", VLM_DTYPE_F32, 150, 150, 4, 4, 64, false, 0);
     attn_case("attn tiled hd8 33 queries", VLM_DTYPE_F32, 33, 33, 2, 2, 8, true, 0);
     attn_case("attn tiled hd128 full 47", VLM_DTYPE_BF16, 47, 61, 2, 1, 128, false, 0);
+}
+
+/* n_seq sequences in one vlm_cuda_attention_seqs call against cpu_attention
+ * per sequence. bf16: the caller's q, K, V count as bf16 precision, so the
+ * tensor-core kernel runs where it applies (>= 32 queries, head_dim a
+ * multiple of 16): it rounds q, K, V and P to bf16, so it is held to 1e-2 of
+ * the largest output (bf16's relative step is 2^-8; the outputs are convex
+ * combinations of V rows, so the errors do not grow with the key count),
+ * and must differ from the f32 result (the tensor-core path really ran). */
+static void attn_seqs_case(const char *what, vlm_dtype kvt, int n_seq, int64_t n_q, int64_t n_kv,
+                           int nh, int nkv, int hd, bool causal, int64_t q_pos0, bool bf16) {
+    int64_t q_stride = (int64_t)nh * hd + 3 * 16, kv_stride = (int64_t)nkv * hd + 16;
+    int64_t QR = n_seq * n_q, KR = n_seq * n_kv, O = (int64_t)nh * hd;
+    float *q = rnd((size_t)(QR * q_stride), 1.0f);
+    float *kf = rnd((size_t)(KR * kv_stride), 1.0f), *vf = rnd((size_t)(KR * kv_stride), 1.0f);
+    size_t esz = kvt == VLM_DTYPE_BF16 ? 2 : 4;
+    char *kh = malloc((size_t)(KR * kv_stride) * esz), *vh = malloc((size_t)(KR * kv_stride) * esz);
+    cpu_store_rows(kh, kvt, 0, kf, KR * kv_stride);
+    cpu_store_rows(vh, kvt, 0, vf, KR * kv_stride);
+    float scale = 1.0f / sqrtf((float)hd);
+    float *want = malloc((size_t)(QR * O) * 4);
+    float *scratch = malloc((size_t)(cpu_pool_threads(POOL) * n_kv) * 4);
+    for (int z = 0; z < n_seq; z++) {
+        size_t ko = (size_t)(z * n_kv * kv_stride) * esz;
+        cpu_attention(POOL, want + z * n_q * O, q + z * n_q * q_stride, q_stride,
+                      (cpu_weight){kvt, kh + ko}, (cpu_weight){kvt, vh + ko}, kv_stride, n_q, n_kv,
+                      nh, nkv, hd, causal, q_pos0, scale, scratch);
+    }
+    float *dq = up(q, (size_t)(QR * q_stride) * 4);
+    void *dk = up(kh, (size_t)(KR * kv_stride) * esz), *dv = up(vh, (size_t)(KR * kv_stride) * esz);
+    float *dout = vlm_dev_alloc((size_t)(QR * O) * 4, VLM_MEM_ACTIVATIONS);
+    OK(vlm_cuda_attention_seqs(CTX, dout, dq, q_stride, (vlm_cuda_weight){kvt, dk},
+                               (vlm_cuda_weight){kvt, dv}, kv_stride, n_seq, n_q, n_kv, nh, nkv, hd,
+                               causal, q_pos0, scale, bf16, E));
+    float *got = down(dout, (size_t)(QR * O));
+    close_to(what, got, want, (size_t)(QR * O), bf16 ? 1e-2 : 1e-4);
+    if (bf16) {
+        double dmax = 0;
+        for (int64_t i = 0; i < QR * O; i++) dmax = fmax(dmax, fabs((double)got[i] - want[i]));
+        assert_true(dmax > 1e-6); /* rounded to bf16: not the f32 kernel */
+    }
+    vlm_dev_free(dq), vlm_dev_free(dk), vlm_dev_free(dv), vlm_dev_free(dout);
+    free(q), free(kf), free(vf), free(kh), free(vh), free(want), free(scratch), free(got);
+}
+
+static void test_attention_seqs(void **state) {
+    (void)state;
+    /* the f32 kernels, several sequences: tiled (blockIdx.z), and a launch
+     * a sequence below 32 queries */
+    attn_seqs_case("seqs tiled vision 3 x 77", VLM_DTYPE_F32, 3, 77, 77, 4, 4, 64, false, 0, false);
+    attn_seqs_case("seqs few queries 2 x 5", VLM_DTYPE_BF16, 2, 5, 25, 4, 2, 96, true, 20, false);
+    /* tensor cores: causal prefill with GQA and partial query (64) and key
+     * (32) tiles; a chunk at a later position; the vision case (577 keys,
+     * head_dim 64, crops as sequences); head_dims 16, 80, 128 */
+    attn_seqs_case("mma prefill 100 GQA bf16", VLM_DTYPE_BF16, 1, 100, 100, 8, 2, 96, true, 0,
+                   true);
+    attn_seqs_case("mma chunk 70 at pos 40", VLM_DTYPE_F32, 1, 70, 110, 4, 4, 64, true, 40, true);
+    attn_seqs_case("mma chunk 33 at pos 300", VLM_DTYPE_BF16, 1, 33, 333, 4, 1, 96, true, 300,
+                   true);
+    attn_seqs_case("mma vision 2 x 577 hd64", VLM_DTYPE_F32, 2, 577, 577, 4, 4, 64, false, 0, true);
+    attn_seqs_case("mma hd16 33 causal", VLM_DTYPE_F32, 1, 33, 33, 2, 2, 16, true, 0, true);
+    attn_seqs_case("mma hd80 3 x 40", VLM_DTYPE_BF16, 3, 40, 50, 2, 2, 80, false, 0, true);
+    attn_seqs_case("mma hd128 full 47 x 61", VLM_DTYPE_BF16, 1, 47, 61, 2, 1, 128, false, 0, true);
 }
 
 /* --- the rest ----------------------------------------------------------------- */
@@ -533,10 +647,11 @@ static void test_dev_alloc(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dev_alloc),   cmocka_unit_test(test_matmul),
-        cmocka_unit_test(test_norms),       cmocka_unit_test(test_rope),
-        cmocka_unit_test(test_attention),   cmocka_unit_test(test_elementwise),
-        cmocka_unit_test(test_patch_embed), cmocka_unit_test(test_merge2x2),
+        cmocka_unit_test(test_dev_alloc),      cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_norms),          cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_rope_store),     cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_seqs), cmocka_unit_test(test_elementwise),
+        cmocka_unit_test(test_patch_embed),    cmocka_unit_test(test_merge2x2),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -15,7 +15,8 @@ struct vlm_cuda_ctx {
     void *blas_ws;   /* device: cuBLAS's workspace, from the accounted allocator */
     void *workspace; /* device, workspace_bytes */
     size_t workspace_bytes;
-    bool f32_products; /* BF16/F16 weights: widen to f32 and SGEMM (VLM_CUDA_F32_GEMM=1) */
+    bool f32_products;  /* BF16/F16 weights: widen to f32 and SGEMM (VLM_CUDA_F32_GEMM=1) */
+    bool mma_attention; /* tensor-core attention allowed (VLM_CUDA_MMA_ATTN unset or not 0) */
 };
 
 #endif

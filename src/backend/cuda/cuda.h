@@ -109,6 +109,18 @@ vlm_status vlm_cuda_rope_apply(vlm_cuda_ctx *ctx, float *x, int64_t n, int64_t r
                                int n_heads, int head_dim, const float *cos_t, const float *sin_t,
                                vlm_err *err);
 
+/* The decoder's rotation and K/V stores in one launch, for n fused qkv rows
+ * (row_stride floats apart; q's n_heads heads, then k's n_kv_heads, then
+ * v's): rope_apply over the q and k heads in place, then k's and v's
+ * n_kv_heads * head_dim values of row r stored (as store_rows: F32 or
+ * BF16) at element offset + r * n_kv_heads * head_dim of k_dst and v_dst.
+ * The same values as rope_apply + two store_rows_strided, two launches
+ * fewer. */
+vlm_status vlm_cuda_rope_store(vlm_cuda_ctx *ctx, float *qkv, int64_t n, int64_t row_stride,
+                               int n_heads, int n_kv_heads, int head_dim, const float *cos_t,
+                               const float *sin_t, void *k_dst, void *v_dst, vlm_dtype dtype,
+                               int64_t offset, vlm_err *err);
+
 /* As cpu_attention (k, v F32 or BF16; head_dim <= 128), online softmax in
  * f32. The key range of each (query, head) is cut into splits when there
  * are few queries (decode), partial results combined in a second kernel;
@@ -117,6 +129,21 @@ vlm_status vlm_cuda_attention(vlm_cuda_ctx *ctx, float *out, const float *q, int
                               vlm_cuda_weight k, vlm_cuda_weight v, int64_t kv_stride, int64_t n_q,
                               int64_t n_kv, int n_heads, int n_kv_heads, int head_dim, bool causal,
                               int64_t q_pos0, float scale, vlm_err *err);
+
+/* n_seq independent sequences of the same shape in one launch: sequence s's
+ * queries are rows [s * n_q, (s + 1) * n_q) of q (and of out), its keys
+ * rows [s * n_kv, (s + 1) * n_kv) of k and v (the vision tower's crops).
+ * bf16_inputs: q, K and V carry bf16 precision already (the caller's
+ * products round activations to bf16), so with >= 32 queries a sequence
+ * and head_dim a multiple of 16 the tensor-core kernel may round them to
+ * bf16 (~4e-3 relative); not in f32 mode, nor with VLM_CUDA_MMA_ATTN=0 set
+ * when the context was created. vlm_cuda_attention is n_seq 1 without
+ * bf16_inputs. */
+vlm_status vlm_cuda_attention_seqs(vlm_cuda_ctx *ctx, float *out, const float *q, int64_t q_stride,
+                                   vlm_cuda_weight k, vlm_cuda_weight v, int64_t kv_stride,
+                                   int n_seq, int64_t n_q, int64_t n_kv, int n_heads,
+                                   int n_kv_heads, int head_dim, bool causal, int64_t q_pos0,
+                                   float scale, bool bf16_inputs, vlm_err *err);
 
 /* As cpu_store_rows: n f32 values at element offset of dst as F32 or BF16
  * (round to nearest even). */

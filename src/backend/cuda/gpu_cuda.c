@@ -244,6 +244,8 @@ vlm_status vlm_cuda_ctx_create(vlm_cuda_ctx **out, size_t workspace_bytes, vlm_e
     }
     const char *f32 = getenv("VLM_CUDA_F32_GEMM");
     c->f32_products = f32 && *f32 && strcmp(f32, "0") != 0;
+    const char *mma = getenv("VLM_CUDA_MMA_ATTN");
+    c->mma_attention = !(mma && !strcmp(mma, "0"));
     c->workspace_bytes = workspace_bytes;
     if (workspace_bytes) {
         c->workspace = vlm_dev_alloc(workspace_bytes, VLM_MEM_SCRATCH);

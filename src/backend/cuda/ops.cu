@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #include <stdint.h>
 
@@ -146,6 +147,50 @@ __global__ void k_rope(float *x, int64_t n, int64_t row_stride, int n_heads, int
     }
 }
 
+/* The decoder's RoPE and K/V stores in one launch: ids below n * (H + KV) *
+ * half rotate a pair of q or k as k_rope (and a k pair also goes to the
+ * cache), the next n * KV * head_dim ids copy one v element each. */
+__global__ void k_rope_store(float *x, int64_t n, int64_t row_stride, int n_heads, int n_kv_heads,
+                             int head_dim, const float *cos_t, const float *sin_t, void *kd,
+                             void *vd, vlm_dtype t, int64_t offset) {
+    const int half = head_dim / 2, nr = n_heads + n_kv_heads;
+    const int64_t kvd = (int64_t)n_kv_heads * head_dim, n_rot = n * nr * half;
+    const bool bf = t == VLM_DTYPE_BF16;
+    for (int64_t id = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; id < n_rot + n * kvd;
+         id += (int64_t)gridDim.x * blockDim.x) {
+        if (id >= n_rot) { /* v element e of row r */
+            int64_t j = id - n_rot, r = j / kvd, e = j % kvd;
+            float val = x[r * row_stride + (int64_t)nr * head_dim + e];
+            int64_t at = offset + r * kvd + e;
+            if (bf)
+                ((uint16_t *)vd)[at] = f32_to_bf16_bits(val);
+            else
+                ((float *)vd)[at] = val;
+            continue;
+        }
+        int i = (int)(id % half);
+        int64_t rh = id / half;
+        int h = (int)(rh % nr);
+        int64_t r = rh / nr;
+        float *v = x + r * row_stride + (int64_t)h * head_dim;
+        float c = cos_t[r * half + i], s = sin_t[r * half + i];
+        float a = v[i], b = v[i + half];
+        /* rotate_half(x) = (-x2, x1) */
+        float a2 = a * c - b * s, b2 = b * c + a * s;
+        v[i] = a2;
+        v[i + half] = b2;
+        if (h < n_heads) continue;
+        int64_t at = offset + r * kvd + (int64_t)(h - n_heads) * head_dim + i;
+        if (bf) {
+            ((uint16_t *)kd)[at] = f32_to_bf16_bits(a2);
+            ((uint16_t *)kd)[at + half] = f32_to_bf16_bits(b2);
+        } else {
+            ((float *)kd)[at] = a2;
+            ((float *)kd)[at + half] = b2;
+        }
+    }
+}
+
 /* --- attention --------------------------------------------------------------
  * One warp per (query, head, key split). Lane l holds output dims
  * l, l+32, l+64, l+96 (head_dim <= 128); q.k is a warp sum. Online softmax
@@ -277,6 +322,11 @@ __global__ void __launch_bounds__(128)
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
     const int64_t q0 = (int64_t)blockIdx.x * FA_QT;
+    /* sequence blockIdx.z: its queries, keys and outputs follow the previous
+     * sequence's n_q (n_kv) rows */
+    const int64_t z = blockIdx.z;
+    q += z * n_q * q_stride;
+    out += z * n_q * (int64_t)n_heads * head_dim;
     for (int i = tid; i < FA_QT * head_dim; i += blockDim.x) {
         int r = i / head_dim, d = i % head_dim;
         int64_t qi = q0 + r;
@@ -299,7 +349,7 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
         for (int j = 0; j < ATT_PER_LANE; j++) acc[a][j] = 0.0f;
     }
-    const int64_t kvoff = (int64_t)kvh * head_dim;
+    const int64_t kvoff = z * n_kv * kv_stride + (int64_t)kvh * head_dim;
     for (int64_t t0 = 0; t0 < kend; t0 += FA_KT) {
         __syncthreads(); /* the previous tile is used up (and Qs written) */
         for (int i = tid; i < FA_KT * head_dim; i += blockDim.x) {
@@ -364,6 +414,142 @@ __global__ void __launch_bounds__(128)
             if (d < head_dim) orow[d] = acc[a][j] * inv;
         }
     }
+}
+
+/* --- attention on tensor cores (bf16 mode: prefill and the vision tower) ----
+ * A block takes MA_QT = 64 consecutive queries of one head (16 per warp) and
+ * walks the keys in tiles of MA_KT = 32. Q (once) and each tile's K and V
+ * are rounded to bf16 into shared memory; each warp computes its 16 x 32
+ * scores with WMMA 16x16x16 bf16 fragments (f32 accumulation), stores them
+ * to its own shared slice, and the lane pair of each query row (lane 2r,
+ * 2r + 1: 16 keys each) runs the online softmax in f32 (__expf), writes P
+ * as bf16 and rescales the row's running output; then O += P V with WMMA,
+ * O held in shared memory as f32 ([16][head_dim + 4] a warp) between tiles.
+ * Only for callers whose q, K and V have bf16 precision already (their
+ * products round activations to bf16): the result differs from the f32
+ * kernels by bf16 rounding of q, K, V and P (~4e-3 relative). head_dim a
+ * multiple of 16, <= 128. Every fragment pointer is 32-byte aligned: row
+ * pitches (bf16 head_dim + 8, scores 36 floats, P 40 bf16, O head_dim + 4
+ * floats) times 16 rows are multiples of 32 bytes. Shared memory: 50 KB at
+ * head_dim 64, 83 KB at 128 (dynamic, opted in above 48 KB). */
+constexpr int MA_QT = 64;
+constexpr int MA_KT = 32;
+constexpr int MA_WARPS = MA_QT / 16;
+constexpr int MA_SP = MA_KT + 4; /* score row pitch (floats) */
+constexpr int MA_PP = MA_KT + 8; /* P row pitch (bf16) */
+
+__host__ __device__ constexpr size_t mma_smem_bytes(int hd) {
+    return (size_t)(MA_QT + 2 * MA_KT) * (size_t)(hd + 8) * 2 + (size_t)MA_WARPS * 16 * MA_SP * 4 +
+           (size_t)MA_WARPS * 16 * MA_PP * 2 + (size_t)MA_WARPS * 16 * (size_t)(hd + 4) * 4;
+}
+
+__global__ void __launch_bounds__(MA_WARPS * 32)
+    k_attn_mma(float *out, const float *q, int64_t q_stride, vlm_dtype kvt, const void *k,
+               const void *v, int64_t kv_stride, int64_t n_q, int64_t n_kv, int n_heads,
+               int n_kv_heads, int head_dim, bool causal, int64_t q_pos0, float scale) {
+    using namespace nvcuda;
+    extern __shared__ __align__(128) unsigned char ma_smem[];
+    const int hd = head_dim, HP = hd + 8, OP = hd + 4;
+    __nv_bfloat16 *Qs = (__nv_bfloat16 *)ma_smem;                      /* [MA_QT][HP] */
+    __nv_bfloat16 *Ks = Qs + MA_QT * HP;                               /* [MA_KT][HP] */
+    __nv_bfloat16 *Vs = Ks + MA_KT * HP;                               /* [MA_KT][HP] */
+    float *Ss = (float *)(Vs + MA_KT * HP);                            /* [warps][16][MA_SP] */
+    __nv_bfloat16 *Ps = (__nv_bfloat16 *)(Ss + MA_WARPS * 16 * MA_SP); /* [warps][16][MA_PP] */
+    float *Os = (float *)(Ps + MA_WARPS * 16 * MA_PP);                 /* [warps][16][OP] */
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
+    const int64_t z = blockIdx.z; /* the sequence, as k_attn_tiled */
+    q += z * n_q * q_stride;
+    out += z * n_q * (int64_t)n_heads * hd;
+    const int64_t kvoff = z * n_kv * kv_stride + (int64_t)kvh * hd;
+    const int64_t q0 = (int64_t)blockIdx.x * MA_QT;
+    for (int i = tid; i < MA_QT * hd; i += blockDim.x) {
+        int r = i / hd, d = i % hd;
+        int64_t qi = q0 + r;
+        Qs[r * HP + d] =
+            __float2bfloat16_rn(qi < n_q ? q[qi * q_stride + (int64_t)h * hd + d] : 0.0f);
+    }
+    float *Sw = Ss + warp * 16 * MA_SP, *Ow = Os + warp * 16 * OP;
+    __nv_bfloat16 *Pw = Ps + warp * 16 * MA_PP;
+    for (int i = lane; i < 16 * OP; i += 32) Ow[i] = 0.0f;
+    /* row r of the warp's 16 queries belongs to lanes 2r and 2r + 1, keys
+     * half * 16 .. half * 16 + 15 of each tile; both keep its m and l */
+    const int r = lane >> 1, half = lane & 1;
+    const int64_t qi = q0 + warp * 16 + r;
+    int64_t see = causal ? q_pos0 + qi + 1 : n_kv;
+    if (see > n_kv) see = n_kv;
+    float m = -INFINITY, l = 0.0f;
+    const int64_t q_hi = q0 + MA_QT < n_q ? q0 + MA_QT : n_q;
+    int64_t kend = causal ? q_pos0 + q_hi : n_kv;
+    if (kend > n_kv) kend = n_kv;
+    for (int64_t t0 = 0; t0 < kend; t0 += MA_KT) {
+        __syncthreads(); /* the previous tile is used up (and Qs written) */
+        for (int i = tid; i < MA_KT * hd; i += blockDim.x) {
+            int kr = i / hd, d = i % hd;
+            int64_t key = t0 + kr;
+            bool in = key < kend;
+            int64_t at = kvoff + key * kv_stride + d;
+            Ks[kr * HP + d] = __float2bfloat16_rn(in ? ld_w(kvt, k, at) : 0.0f);
+            Vs[kr * HP + d] = __float2bfloat16_rn(in ? ld_w(kvt, v, at) : 0.0f);
+        }
+        __syncthreads();
+        /* S = Q K^T: the warp's 16 queries x the tile's 32 keys */
+        for (int kc = 0; kc < MA_KT / 16; kc++) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> sf;
+            wmma::fill_fragment(sf, 0.0f);
+            for (int dc = 0; dc < hd / 16; dc++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> af;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> bf;
+                wmma::load_matrix_sync(af, Qs + warp * 16 * HP + dc * 16, HP);
+                wmma::load_matrix_sync(bf, Ks + kc * 16 * HP + dc * 16, HP);
+                wmma::mma_sync(sf, af, bf, sf);
+            }
+            wmma::store_matrix_sync(Sw + kc * 16, sf, MA_SP, wmma::mem_row_major);
+        }
+        __syncwarp();
+        /* online softmax of row r over this lane's 16 keys of the tile */
+        float sv[16], tmax = -INFINITY;
+#pragma unroll
+        for (int c = 0; c < 16; c++) {
+            int col = half * 16 + c;
+            sv[c] = t0 + col < see ? Sw[r * MA_SP + col] * scale : -INFINITY;
+            tmax = fmaxf(tmax, sv[c]);
+        }
+        tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
+        const float mn = fmaxf(m, tmax);
+        /* nothing seen yet and nothing in this tile: keep the state */
+        const float corr = mn == -INFINITY ? 1.0f : __expf(m - mn);
+        float ps = 0.0f;
+#pragma unroll
+        for (int c = 0; c < 16; c++) {
+            float p = sv[c] == -INFINITY ? 0.0f : __expf(sv[c] - mn);
+            ps += p;
+            Pw[r * MA_PP + half * 16 + c] = __float2bfloat16_rn(p);
+        }
+        ps += __shfl_xor_sync(0xffffffffu, ps, 1);
+        l = l * corr + ps;
+        m = mn;
+        for (int d = half; d < hd; d += 2) Ow[r * OP + d] *= corr;
+        __syncwarp();
+        /* O += P V, 16 output dims at a time */
+        for (int dc = 0; dc < hd / 16; dc++) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> of;
+            wmma::load_matrix_sync(of, Ow + dc * 16, OP, wmma::mem_row_major);
+            for (int kc = 0; kc < MA_KT / 16; kc++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> pf;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> vf;
+                wmma::load_matrix_sync(pf, Pw + kc * 16, MA_PP);
+                wmma::load_matrix_sync(vf, Vs + kc * 16 * HP + dc * 16, HP);
+                wmma::mma_sync(of, pf, vf, of);
+            }
+            wmma::store_matrix_sync(Ow + dc * 16, of, OP, wmma::mem_row_major);
+        }
+        __syncwarp();
+    }
+    if (qi >= n_q) return; /* no barrier follows */
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    float *orow = out + qi * (int64_t)n_heads * hd + (int64_t)h * hd;
+    for (int d = half; d < hd; d += 2) orow[d] = Ow[r * OP + d] * inv;
 }
 
 /* One warp per (query, head): merge the splits' partial softmaxes. */
@@ -914,10 +1100,28 @@ vlm_status vlm_cuda_rope_apply(vlm_cuda_ctx *ctx, float *x, int64_t n, int64_t r
     return launched("rope", err);
 }
 
-vlm_status vlm_cuda_attention(vlm_cuda_ctx *ctx, float *out, const float *q, int64_t q_stride,
-                              vlm_cuda_weight k, vlm_cuda_weight v, int64_t kv_stride, int64_t n_q,
-                              int64_t n_kv, int n_heads, int n_kv_heads, int head_dim, bool causal,
-                              int64_t q_pos0, float scale, vlm_err *err) {
+vlm_status vlm_cuda_rope_store(vlm_cuda_ctx *ctx, float *qkv, int64_t n, int64_t row_stride,
+                               int n_heads, int n_kv_heads, int head_dim, const float *cos_t,
+                               const float *sin_t, void *k_dst, void *v_dst, vlm_dtype dtype,
+                               int64_t offset, vlm_err *err) {
+    if (dtype != VLM_DTYPE_F32 && dtype != VLM_DTYPE_BF16)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "rope_store: KV dtype %d", (int)dtype);
+    int64_t total = n * ((int64_t)(n_heads + n_kv_heads) * (head_dim / 2) +
+                         (int64_t)n_kv_heads * head_dim);
+    if (total <= 0) return VLM_OK;
+    k_rope_store<<<blocks_for(total, 256), 256, 0, ctx->stream>>>(
+        qkv, n, row_stride, n_heads, n_kv_heads, head_dim, cos_t, sin_t, k_dst, v_dst, dtype,
+        offset);
+    return launched("rope_store", err);
+}
+
+/* One sequence (n_seq 1) or, for the tiled kernels, n_seq sequences in one
+ * launch (blockIdx.z). */
+static vlm_status attention(vlm_cuda_ctx *ctx, float *out, const float *q, int64_t q_stride,
+                            vlm_cuda_weight k, vlm_cuda_weight v, int64_t kv_stride, int n_seq,
+                            int64_t n_q, int64_t n_kv, int n_heads, int n_kv_heads, int head_dim,
+                            bool causal, int64_t q_pos0, float scale, bool bf16_inputs,
+                            vlm_err *err) {
     if (head_dim <= 0 || head_dim > ATT_MAXD || n_kv_heads <= 0 || n_heads % n_kv_heads)
         return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
                            "attention: head_dim %d, %d heads over %d kv heads (CUDA kernel takes "
@@ -925,14 +1129,52 @@ vlm_status vlm_cuda_attention(vlm_cuda_ctx *ctx, float *out, const float *q, int
                            head_dim, n_heads, n_kv_heads, ATT_MAXD);
     if (k.dtype != VLM_DTYPE_F32 && k.dtype != VLM_DTYPE_BF16)
         return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "attention: KV dtype %d", (int)k.dtype);
+    if (n_seq < 1 || n_seq > 65535)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "attention: %d sequences (1..65535)", n_seq);
     int64_t n_qh = n_q * n_heads;
     if (n_qh <= 0) return VLM_OK;
+    /* Tensor cores where the caller's q, K, V are of bf16 precision already
+     * and f32 mode is off (VLM_CUDA_MMA_ATTN=0 at context creation turns
+     * them off too); the f32 kernels otherwise. */
+    if (bf16_inputs && ctx->mma_attention && !ctx->f32_products && n_q >= FA_MIN_Q &&
+        head_dim % 16 == 0) {
+        static int opted_in; /* 0 not yet, 1 yes, -1 refused (the f32 kernel then) */
+        const size_t smem = mma_smem_bytes(head_dim);
+        if (!opted_in) {
+            cudaError_t e =
+                cudaFuncSetAttribute(k_attn_mma, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     (int)mma_smem_bytes(ATT_MAXD));
+            if (e != cudaSuccess) (void)cudaGetLastError();
+            opted_in = e == cudaSuccess ? 1 : -1;
+        }
+        if (opted_in > 0) {
+            dim3 mgrid((unsigned)((n_q + MA_QT - 1) / MA_QT), (unsigned)n_heads, (unsigned)n_seq);
+            k_attn_mma<<<mgrid, MA_WARPS * 32, smem, ctx->stream>>>(
+                out, q, q_stride, k.dtype, k.data, v.data, kv_stride, n_q, n_kv, n_heads,
+                n_kv_heads, head_dim, causal, q_pos0, scale);
+            return launched("attention (tensor cores)", err);
+        }
+    }
     if (n_q >= FA_MIN_Q) { /* prefill chunks, the vision tower: K/V tiles shared by 16 queries */
-        dim3 fgrid((unsigned)((n_q + FA_QT - 1) / FA_QT), (unsigned)n_heads);
+        dim3 fgrid((unsigned)((n_q + FA_QT - 1) / FA_QT), (unsigned)n_heads, (unsigned)n_seq);
         k_attn_tiled<<<fgrid, 128, 0, ctx->stream>>>(out, q, q_stride, k.dtype, k.data, v.data,
                                                      kv_stride, n_q, n_kv, n_heads, n_kv_heads,
                                                      head_dim, causal, q_pos0, scale);
         return launched("attention (tiled)", err);
+    }
+    if (n_seq > 1) { /* few queries a sequence: one launch each */
+        const size_t esz = k.dtype == VLM_DTYPE_BF16 ? 2 : 4;
+        for (int z = 0; z < n_seq; z++) {
+            const size_t kvo = (size_t)(z * n_kv * kv_stride) * esz;
+            vlm_cuda_weight kz = {k.dtype, (const char *)k.data + kvo},
+                            vz = {v.dtype, (const char *)v.data + kvo};
+            vlm_status st =
+                attention(ctx, out + z * n_q * n_heads * head_dim, q + z * n_q * q_stride, q_stride,
+                          kz, vz, kv_stride, 1, n_q, n_kv, n_heads, n_kv_heads, head_dim, causal,
+                          q_pos0, scale, bf16_inputs, err);
+            if (st != VLM_OK) return st;
+        }
+        return VLM_OK;
     }
     /* Split the keys when there are too few (query, head) warps to fill the
      * card: aim for ~2048 warps, each split >= 16 keys (4 steps of ATT_KB;
@@ -959,6 +1201,23 @@ vlm_status vlm_cuda_attention(vlm_cuda_ctx *ctx, float *out, const float *q, int
     k_attn_combine<<<(unsigned)((n_qh + warps - 1) / warps), warps * 32, 0, ctx->stream>>>(
         out, (const float *)ctx->workspace, n_qh, n_heads, head_dim, n_split);
     return launched("attention (combine)", err);
+}
+
+vlm_status vlm_cuda_attention(vlm_cuda_ctx *ctx, float *out, const float *q, int64_t q_stride,
+                              vlm_cuda_weight k, vlm_cuda_weight v, int64_t kv_stride, int64_t n_q,
+                              int64_t n_kv, int n_heads, int n_kv_heads, int head_dim, bool causal,
+                              int64_t q_pos0, float scale, vlm_err *err) {
+    return attention(ctx, out, q, q_stride, k, v, kv_stride, 1, n_q, n_kv, n_heads, n_kv_heads,
+                     head_dim, causal, q_pos0, scale, false, err);
+}
+
+vlm_status vlm_cuda_attention_seqs(vlm_cuda_ctx *ctx, float *out, const float *q, int64_t q_stride,
+                                   vlm_cuda_weight k, vlm_cuda_weight v, int64_t kv_stride,
+                                   int n_seq, int64_t n_q, int64_t n_kv, int n_heads,
+                                   int n_kv_heads, int head_dim, bool causal, int64_t q_pos0,
+                                   float scale, bool bf16_inputs, vlm_err *err) {
+    return attention(ctx, out, q, q_stride, k, v, kv_stride, n_seq, n_q, n_kv, n_heads, n_kv_heads,
+                     head_dim, causal, q_pos0, scale, bf16_inputs, err);
 }
 
 vlm_status vlm_cuda_store_rows(vlm_cuda_ctx *ctx, void *dst, vlm_dtype dtype, int64_t offset,
