@@ -83,17 +83,23 @@ def plan(b):
     out = subprocess.run([v, "plan", tiny, "--precision", "native", "--gpu-mem-budget", str(b),
                           "--context", "1024", "--threads", "4", "--json"], capture_output=True).stdout
     return json.loads(out)
-def partial(b):
-    return [r for r in plan(b)["rungs"] if r["label"].startswith("gpu native, ")][0]
-# Step the budget to one byte under what the partial rung needs, until it
-# holds one layer: first the tower leaves the GPU, then a layer does.
-b = [r for r in plan(1 << 40)["rungs"] if r["label"] == "gpu native"][0]["gpu_bytes"] - 1
-for _ in range(8):
-    r = partial(b)
-    if r["gpu_layers"] <= 1:
+# Step the budget to one byte under what the last GPU-native rung listed
+# needs, until that rung holds exactly one layer: first the tower leaves the
+# GPU, then a layer does. (With a real GPU the ladder stops at the first rung
+# that fits, so the last one listed is the one that would be taken.)
+b = 1 << 40
+for _ in range(16):
+    rs = [r for r in plan(b)["rungs"] if r["label"].startswith("gpu native")]
+    r = rs[-1]
+    if r["gpu_layers"] == 1 and r["gpu_bytes"] <= b:
+        print(b)
+        break
+    if r["gpu_layers"] < 1:
+        print(0)
         break
     b = min(b, r["gpu_bytes"]) - 1
-print(b if r["gpu_layers"] == 1 else 0)
+else:
+    print(0)
 PY
 )
 run_gen split VLM_X=1 -- --device auto --precision native --gpu-mem-budget "$SPLIT"
