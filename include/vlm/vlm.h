@@ -32,6 +32,11 @@ typedef struct vlm_load_options {
     uint64_t gpu_mem_budget; /* device bytes; 0: the GPU's free memory less 5% (>= 256 MiB) */
     int n_threads;           /* 0: VLM_THREADS, else the CPUs this process may use */
     bool allow_degrade;      /* the planner may drop crops or context to fit */
+    /* Watch the process's memory while the model is loaded (the monitor's
+     * sampler, every 50 ms): when RSS passes the plan's alarm threshold
+     * (VLM_MEM_THRESHOLD, 12 GiB by default, capped by the budget) it cleans
+     * up (malloc_trim), then warns once per crossing. */
+    bool watch_memory;
 } vlm_load_options;
 
 void vlm_load_options_init(vlm_load_options *o);
@@ -71,6 +76,8 @@ typedef struct vlm_model_desc {
     bool degraded;                /* a rung below native precision, or with fewer crops/context */
     uint64_t plan_bytes;          /* estimated peak host bytes at that rung */
     uint64_t plan_budget;         /* the budget it was planned against */
+    uint64_t alarm_threshold;     /* RSS above which the watch cleans up and warns */
+    unsigned mem_alarms;          /* times the watch fired (0 without watch_memory) */
     bool budget_given;            /* from vlm_load_options.mem_budget, not the machine */
     uint64_t loaded_weight_bytes; /* converted (accounted) + kept mapped, used tensors */
     int fallbacks;                /* rungs stepped down after an allocation failure */

@@ -50,6 +50,7 @@ static bool known_value_opt(const char *a) {
 bool gen_opts_parse(const char *cmd, int argc, char **argv, gen_opts *o) {
     memset(o, 0, sizeof *o);
     vlm_load_options_init(&o->lo);
+    o->lo.watch_memory = true; /* the plan's alarm threshold: clean up, then warn */
     vlm_gen_params_init(&o->gp);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -213,10 +214,10 @@ void gen_plan_json(FILE *f, const vlm_model *m) {
     fprintf(f,
             ", \"device\": \"%s\", \"gpu_layers\": %d, \"n_layers\": %d, \"head_device\": "
             "\"%s\", \"vision_device\": \"%s\", \"gpu_estimated_bytes\": %llu, \"gpu_budget\": "
-            "%llu}",
+            "%llu, \"alarm_threshold\": %llu, \"mem_alarms\": %u}",
             d.device, d.gpu_layers, d.n_layers, d.head_on_gpu ? "cuda" : "cpu",
             d.vision_on_gpu ? "cuda" : "cpu", (unsigned long long)d.gpu_plan_bytes,
-            (unsigned long long)d.gpu_budget);
+            (unsigned long long)d.gpu_budget, (unsigned long long)d.alarm_threshold, d.mem_alarms);
 }
 
 void gen_json_string(FILE *f, const char *s, size_t n) {

@@ -68,7 +68,8 @@ struct vlm_model {
     /* the plan followed (see vlm_model_desc) */
     vlm_precision precision;
     char rung[96], gave_up[256], fallback_note[192];
-    uint64_t plan_bytes, plan_budget;
+    uint64_t plan_bytes, plan_budget, alarm_threshold;
+    vlm_mem_sampler *watch; /* opts.watch_memory: the sampler with the plan's alarm */
     bool budget_given, plan_fits;
     int fallbacks;
     /* where the parts run (the rung's placement; all zero on the CPU) */
@@ -266,6 +267,7 @@ static vlm_status plan_load(vlm_model *m, const vlm_load_options *opts, int forc
         snprintf(m->gave_up, sizeof m->gave_up, "%s", gave ? gave + 8 : "");
         m->plan_bytes = g->e.peak;
         m->plan_budget = plan->budget;
+        m->alarm_threshold = plan->alarm_threshold;
         m->budget_given = plan->budget_given;
         m->plan_fits = plan->chosen >= 0;
         m->crop_group = g->e.s.crop_group > 0 ? g->e.s.crop_group : 1;
@@ -467,6 +469,17 @@ vlm_status vlm_model_load(const char *ref, const vlm_load_options *opts, vlm_mod
             vlm_model_free(m);
             *out = NULL;
             st = vlm_err_set(err, VLM_ERR_NOMEM, "%s: out of memory", ref);
+        } else if (opts->watch_memory) {
+            /* The plan's alarm: above it the sampler cleans up, then warns.
+             * Watching is a help, not a need: without it the model works. */
+            vlm_mem_sampler_config sc = {0};
+            sc.capacity = 64;
+            sc.threshold_bytes = m->alarm_threshold ? m->alarm_threshold : VLM_MEM_NO_LIMIT;
+            vlm_err we = {0};
+            if (vlm_mem_sampler_start(&sc, &m->watch, &we) != VLM_OK) {
+                VLM_WARN("%s: memory watch not started: %s", ref, we.msg);
+                m->watch = NULL;
+            }
         }
     }
     return st;
@@ -491,6 +504,11 @@ static void model_release(vlm_model *m) {
 
 void vlm_model_free(vlm_model *m) {
     if (!m) return;
+    if (m->watch) {
+        vlm_mem_sampler_stop(m->watch);
+        vlm_mem_sampler_destroy(m->watch);
+        m->watch = NULL;
+    }
     model_release(m);
     vlm_free(m->ref);
     vlm_free(m);
@@ -548,6 +566,8 @@ void vlm_model_describe(const vlm_model *m, vlm_model_desc *o) {
     o->degraded = m->lw.converted_bytes < m->lw.source_bytes || m->gave_up[0] != '\0';
     o->plan_bytes = m->plan_bytes;
     o->plan_budget = m->plan_budget;
+    o->alarm_threshold = m->alarm_threshold;
+    o->mem_alarms = m->watch ? vlm_mem_sampler_alarms(m->watch) : 0;
     o->budget_given = m->budget_given;
     o->loaded_weight_bytes = m->lw.converted_bytes + m->lw.kept_bytes;
     o->fallbacks = m->fallbacks;
