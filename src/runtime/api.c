@@ -1138,6 +1138,7 @@ static vlm_status model_step_down(vlm_model *m, vlm_err *err) {
     lo.num_crops = m->num_crops;
     lo.max_context = (int)m->max_context;
     lo.allow_degrade = false;
+    lo.watch_memory = false; /* the handle's watch, if any, keeps running */
     char from[16];
     snprintf(from, sizeof from, "%s", vlm_precision_name(m->precision));
     model_release(m);
@@ -1153,6 +1154,7 @@ static vlm_status model_step_down(vlm_model *m, vlm_err *err) {
     m->opts = keep.opts;
     m->ladder = keep.ladder;
     m->n_sessions = keep.n_sessions;
+    m->watch = keep.watch;
     m->fallbacks = keep.fallbacks + 1 + nm->fallbacks;
     size_t len = strlen(keep.fallback_note);
     snprintf(keep.fallback_note + len, sizeof keep.fallback_note - len, "%s%s -> %s%s%s",
