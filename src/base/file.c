@@ -17,22 +17,34 @@ int vlm_file_is_dir(const char *path) {
     return path && stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-vlm_status vlm_file_read_all(const char *path, size_t max_bytes, vlm_mem_cat cat, char **out,
-                             size_t *len, vlm_err *err) {
-    *out = NULL;
-    if (len) *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
+vlm_status vlm_file_open_regular(const char *path, int *fd, uint64_t *size, vlm_err *err) {
+    *fd = -1;
+    *size = 0;
+    int f = open(path, O_RDONLY | O_CLOEXEC);
+    if (f < 0) {
         int e = errno;
         return vlm_err_set(err, e == ENOENT ? VLM_ERR_NOT_FOUND : VLM_ERR_IO, "%s: %s", path,
                            strerror(e));
     }
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
+    if (fstat(f, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(f);
         return vlm_err_set(err, VLM_ERR_IO, "%s: not a regular file", path);
     }
-    size_t size = (size_t)st.st_size;
+    *fd = f;
+    *size = (uint64_t)st.st_size;
+    return VLM_OK;
+}
+
+vlm_status vlm_file_read_all(const char *path, size_t max_bytes, vlm_mem_cat cat, char **out,
+                             size_t *len, vlm_err *err) {
+    *out = NULL;
+    if (len) *len = 0;
+    int fd;
+    uint64_t fsize;
+    vlm_status rs = vlm_file_open_regular(path, &fd, &fsize, err);
+    if (rs != VLM_OK) return rs;
+    size_t size = (size_t)fsize;
     if (max_bytes && size > max_bytes) {
         close(fd);
         return vlm_err_set(err, VLM_ERR_LIMIT, "%s: file is %zu bytes, over the limit of %zu", path,

@@ -8,6 +8,11 @@
 #include "base/alloc.h"
 #include "base/status.h"
 
+/* Open a regular file read-only (close-on-exec): *fd and its size. A
+ * missing file is VLM_ERR_NOT_FOUND, anything else that is not a readable
+ * regular file VLM_ERR_IO; messages name the path. */
+vlm_status vlm_file_open_regular(const char *path, int *fd, uint64_t *size, vlm_err *err);
+
 /* Read a whole regular file into an accounted buffer with a NUL appended
  * (not counted in *len). Refuses files larger than max_bytes (0: no limit)
  * with VLM_ERR_LIMIT. Messages name the path. */

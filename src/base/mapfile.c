@@ -8,36 +8,30 @@
 #include <unistd.h>
 
 #include "base/alloc.h"
+#include "base/file.h"
 
 vlm_status vlm_map_file(const char *path, vlm_mapped_file *out, vlm_err *err) {
     *out = (vlm_mapped_file){(const uint8_t *)"", 0, false};
     if (!path) return vlm_err_set(err, VLM_ERR_INVALID_ARG, "no path given");
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        return vlm_err_set(err, e == ENOENT ? VLM_ERR_NOT_FOUND : VLM_ERR_IO, "%s: %s", path,
-                           strerror(e));
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return vlm_err_set(err, VLM_ERR_IO, "%s: not a regular file", path);
-    }
-    if (sb.st_size == 0) {
+    int fd;
+    uint64_t fsize;
+    vlm_status rs = vlm_file_open_regular(path, &fd, &fsize, err);
+    if (rs != VLM_OK) return rs;
+    if (fsize == 0) {
         close(fd);
         return VLM_OK;
     }
     /* A private read-only mapping: opening a checkpoint touches only the
      * pages that are read (headers), not the tensor data. */
-    void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    void *p = mmap(NULL, (size_t)fsize, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
     close(fd);
     if (p == MAP_FAILED)
         return vlm_err_set(err, e == ENOMEM ? VLM_ERR_NOMEM : VLM_ERR_IO,
-                           "%s: mmap of %llu bytes failed: %s", path,
-                           (unsigned long long)sb.st_size, strerror(e));
+                           "%s: mmap of %llu bytes failed: %s", path, (unsigned long long)fsize,
+                           strerror(e));
     out->data = p;
-    out->size = (uint64_t)sb.st_size;
+    out->size = fsize;
     out->mapped = true;
     vlm_alloc_note_mapped((int64_t)out->size);
     return VLM_OK;

@@ -505,24 +505,17 @@ static vlm_status read_at(int fd, const char *path, uint64_t off, void *buf, siz
 
 vlm_status vlm_st_open_unmapped(const char *path, vlm_st_file **out, vlm_err *err) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        return vlm_err_set(err, e == ENOENT ? VLM_ERR_NOT_FOUND : VLM_ERR_IO, "%s: %s", path,
-                           strerror(e));
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return vlm_err_set(err, VLM_ERR_IO, "%s: not a regular file", path);
-    }
+    int fd;
+    uint64_t fsize;
+    vlm_status st0 = vlm_file_open_regular(path, &fd, &fsize, err);
+    if (st0 != VLM_OK) return st0;
     vlm_st_file *f = file_new(path, err);
     if (!f) {
         close(fd);
         return VLM_ERR_NOMEM;
     }
     f->fd = fd;
-    f->size = (uint64_t)sb.st_size;
+    f->size = fsize;
     /* The 8-byte length first; the JSON only when the length is one
      * parse_file accepts (it rejects the others before reading further). */
     uint8_t len8[8];
