@@ -55,7 +55,7 @@ fuzz:
 	@cmake --build build-fuzz -j $(JOBS)
 
 format:
-	@git ls-files '*.c' '*.h' | xargs clang-format -i
+	@git ls-files '*.c' '*.h' '*.cu' | xargs clang-format -i
 
 format-check:
 	@scripts/format-check.sh

@@ -9,5 +9,5 @@ while IFS= read -r f; do
     echo "format: $f is not clang-formatted (run: make format)" >&2
     bad=1
   fi
-done < <(git ls-files --cached --others --exclude-standard '*.c' '*.h')
+done < <(git ls-files --cached --others --exclude-standard '*.c' '*.h' '*.cu')
 exit $bad

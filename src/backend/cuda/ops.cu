@@ -1106,8 +1106,8 @@ vlm_status vlm_cuda_rope_store(vlm_cuda_ctx *ctx, float *qkv, int64_t n, int64_t
                                int64_t offset, vlm_err *err) {
     if (dtype != VLM_DTYPE_F32 && dtype != VLM_DTYPE_BF16)
         return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "rope_store: KV dtype %d", (int)dtype);
-    int64_t total = n * ((int64_t)(n_heads + n_kv_heads) * (head_dim / 2) +
-                         (int64_t)n_kv_heads * head_dim);
+    int64_t total =
+        n * ((int64_t)(n_heads + n_kv_heads) * (head_dim / 2) + (int64_t)n_kv_heads * head_dim);
     if (total <= 0) return VLM_OK;
     k_rope_store<<<blocks_for(total, 256), 256, 0, ctx->stream>>>(
         qkv, n, row_stride, n_heads, n_kv_heads, head_dim, cos_t, sin_t, k_dst, v_dst, dtype,
