@@ -10,7 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/cpu/parallel.h"
 #include "base/json.h"
+#include "io/config.h"
+#include "models/registry.h"
 #include "models/weights.h"
 #include "tensor/dtype.h"
 
@@ -146,6 +149,57 @@ static inline double fx_rel_l2(const float *a, const float *b, size_t n) {
         den += (double)b[i] * b[i];
     }
     return den > 0 ? __builtin_sqrt(num / den) : __builtin_sqrt(num);
+}
+
+/* The reference fixture of the model tests: tests/data/model_ref's tiny
+ * checkpoint (W) and PyTorch's expected outputs (E), its config.json as a
+ * cJSON tree (tests edit it), a 2-thread pool and W as a weight source. */
+typedef struct fx_ref {
+    fx_file *W, *E;
+    cJSON *config;
+    cpu_pool *pool;
+    vlm_weight_source src;
+} fx_ref;
+
+static inline void fx_ref_close(fx_ref *r) {
+    fx_close(r->W);
+    fx_close(r->E);
+    cJSON_Delete(r->config);
+    cpu_pool_free(r->pool);
+    memset(r, 0, sizeof *r);
+}
+
+/* paths relative to the source tree: tu_src() of the test. 0 on success. */
+static inline int fx_ref_open(fx_ref *r, const char *weights, const char *expected,
+                              const char *config) {
+    memset(r, 0, sizeof *r);
+    vlm_err err;
+    r->W = fx_open(weights);
+    r->E = fx_open(expected);
+    if (!r->W || !r->E) return -1;
+    if (vlm_json_parse_file(config, &r->config, &err) != VLM_OK) {
+        fprintf(stderr, "%s\n", err.msg);
+        return -1;
+    }
+    if (cpu_pool_create(2, &r->pool, &err) != VLM_OK) return -1;
+    r->src = (vlm_weight_source){fx_lookup, r->W};
+    return 0;
+}
+
+/* Create the model from a config tree through the one parser (io/config),
+ * as the loader does: tests edit the cJSON tree and hand it over as text. */
+static inline vlm_status fx_arch_create(const cJSON *c, const char *what,
+                                        const vlm_weight_source *s, cpu_pool *p,
+                                        const vlm_placement *place, arch_model **m, vlm_err *err) {
+    char *text = cJSON_PrintUnformatted(c);
+    if (!text) return vlm_err_set(err, VLM_ERR_NOMEM, "print config");
+    vlm_config vc;
+    vlm_status st = vlm_config_parse(text, strlen(text), what, &vc, err);
+    cJSON_free(text);
+    *m = NULL;
+    if (st == VLM_OK) st = arch_model_create(&vc, what, s, p, place, m, err);
+    vlm_config_free(&vc);
+    return st;
 }
 
 #endif

@@ -32,45 +32,23 @@
 #include "runtime/session.h"
 #include "tensor/quant.h"
 
-static fx_file *W, *E;
-static cJSON *config;
-static cpu_pool *pool;
-static vlm_weight_source src;
+static fx_ref R; /* the tiny checkpoint, PyTorch's outputs, config, pool, weights */
 
 static int setup(void **state) {
     (void)state;
-    W = fx_open(tu_src("tests/data/model_ref/tiny/model.safetensors"));
-    E = fx_open(tu_src("tests/data/model_ref/expected.safetensors"));
-    vlm_err err;
-    if (!W || !E) return -1;
-    if (vlm_json_parse_file(tu_src("tests/data/model_ref/tiny/config.json"), &config, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        return -1;
-    }
-    if (cpu_pool_create(2, &pool, &err) != VLM_OK) return -1;
-    src = (vlm_weight_source){fx_lookup, W};
-    return 0;
+    return fx_ref_open(&R, tu_src("tests/data/model_ref/tiny/model.safetensors"),
+                       tu_src("tests/data/model_ref/expected.safetensors"),
+                       tu_src("tests/data/model_ref/tiny/config.json"));
 }
 
 static int teardown(void **state) {
     (void)state;
-    fx_close(W);
-    fx_close(E);
-    cJSON_Delete(config);
-    cpu_pool_free(pool);
+    fx_ref_close(&R);
     return 0;
 }
 
 static vlm_status create(const vlm_placement *place, arch_model **m, vlm_err *err) {
-    char *text = cJSON_PrintUnformatted(config);
-    if (!text) return vlm_err_set(err, VLM_ERR_NOMEM, "print config");
-    vlm_config vc;
-    vlm_status st = vlm_config_parse(text, strlen(text), "tiny/config.json", &vc, err);
-    cJSON_free(text);
-    *m = NULL;
-    if (st == VLM_OK) st = arch_model_create(&vc, "tiny", &src, pool, place, m, err);
-    vlm_config_free(&vc);
-    return st;
+    return fx_arch_create(R.config, "tiny", &R.src, R.pool, place, m, err);
 }
 
 static arch_model *load(const vlm_placement *place) {
@@ -93,8 +71,8 @@ static vlm_status open_session(arch_model *m, int64_t chunk, session **s, vlm_er
 
 /* Image rows of the fixture image "a" (the CPU vision tower). */
 static float *encode(arch_model *m, int *n_rows) {
-    float *px = fx_f32(E, "img_a.pixels", NULL);
-    int32_t *grid = fx_i32(E, "img_a.grid", NULL);
+    float *px = fx_f32(R.E, "img_a.pixels", NULL);
+    int32_t *grid = fx_i32(R.E, "img_a.grid", NULL);
     vlm_image_input in = {px, 6, grid[0], grid[1]};
     int n = m->arch->image_tokens(m->impl, grid[0], grid[1]);
     float *out = malloc((size_t)n * (size_t)m->info.hidden * sizeof *out);
@@ -119,7 +97,7 @@ static void test_logits_vs_cpu(void **state) {
     int nr;
     float *rows = encode(cpu, &nr);
     size_t n;
-    int32_t *ids = fx_i32(E, "p1.ids", &n);
+    int32_t *ids = fx_i32(R.E, "p1.ids", &n);
     vlm_err err;
     session *s;
     float *want = malloc(n * 300 * sizeof *want), *got = malloc(n * 300 * sizeof *got);
@@ -166,8 +144,8 @@ static void test_greedy(void **state) {
     float *rows = encode(cpu, &nr);
     arch_model_free(cpu);
     size_t n, ng;
-    int32_t *ids = fx_i32(E, "p1.ids", &n);
-    int32_t *want = fx_i32(E, "p1.greedy", &ng);
+    int32_t *ids = fx_i32(R.E, "p1.ids", &n);
+    int32_t *want = fx_i32(R.E, "p1.greedy", &ng);
     for (size_t p = 0; p < sizeof PLACES / sizeof PLACES[0]; p++) {
         arch_model *m = load(&PLACES[p]);
         session *s;
@@ -218,9 +196,9 @@ static void test_device_fault_walk(void **state) {
     float *rows = encode(cpu, &nr);
     arch_model_free(cpu);
     size_t n;
-    int32_t *ids = fx_i32(E, "p1.ids", &n);
-    float *px = fx_f32(E, "img_a.pixels", NULL);
-    int32_t *grid = fx_i32(E, "img_a.grid", NULL);
+    int32_t *ids = fx_i32(R.E, "p1.ids", &n);
+    float *px = fx_f32(R.E, "img_a.pixels", NULL);
+    int32_t *grid = fx_i32(R.E, "img_a.grid", NULL);
     vlm_image_input img = {px, 6, grid[0], grid[1]};
     vlm_mem_stats h0, h1;
     vlm_alloc_get_stats(&h0);
@@ -287,8 +265,8 @@ static void test_vision(void **state) {
     arch_model_free(cpu);
     const vlm_placement vis = {0, false, true}, all = {2, true, true};
     arch_model *m = load(&vis);
-    float *px = fx_f32(E, "img_a.pixels", NULL);
-    int32_t *grid = fx_i32(E, "img_a.grid", NULL);
+    float *px = fx_f32(R.E, "img_a.pixels", NULL);
+    int32_t *grid = fx_i32(R.E, "img_a.grid", NULL);
     vlm_image_input in = {px, 6, grid[0], grid[1]};
     float *got = malloc((size_t)nr * (size_t)m->info.hidden * sizeof *got);
     const int groups[] = {5, 2};
@@ -308,8 +286,8 @@ static void test_vision(void **state) {
     vlm_err err;
     assert_int_equal(m->arch->encode_image(m->impl, &in, 5, got, &err), VLM_OK);
     size_t n, ng;
-    int32_t *ids = fx_i32(E, "p1.ids", &n);
-    int32_t *gw = fx_i32(E, "p1.greedy", &ng);
+    int32_t *ids = fx_i32(R.E, "p1.ids", &n);
+    int32_t *gw = fx_i32(R.E, "p1.greedy", &ng);
     session *s;
     assert_int_equal(open_session(m, 16, &s, &err), VLM_OK);
     assert_int_equal(session_append(s, ids, (int64_t)n, got, nr, NULL, &err), VLM_OK);
@@ -370,12 +348,12 @@ static void q8_release(void) {
  * path with the same weights within 2e-3 relative L2, greedy ids equal. */
 static void test_q8_0(void **state) {
     (void)state;
-    src = (vlm_weight_source){q8_lookup, W};
+    R.src = (vlm_weight_source){q8_lookup, R.W};
     arch_model *cpu = load(NULL);
     int nr;
     float *rows = encode(cpu, &nr);
     size_t n;
-    int32_t *ids = fx_i32(E, "p1.ids", &n);
+    int32_t *ids = fx_i32(R.E, "p1.ids", &n);
     vlm_err err;
     float *want = malloc(n * 300 * sizeof *want), *got = malloc(n * 300 * sizeof *got);
     int32_t gw[24], gg[24];
@@ -409,7 +387,7 @@ static void test_q8_0(void **state) {
 /* Runs even when test_q8_0 fails: later tests get the stored weights. */
 static int q8_teardown(void **state) {
     (void)state;
-    src = (vlm_weight_source){fx_lookup, W};
+    R.src = (vlm_weight_source){fx_lookup, R.W};
     q8_release();
     return 0;
 }

@@ -19,54 +19,25 @@
 #include "runtime/sampler.h"
 #include "runtime/session.h"
 
-static fx_file *W, *E;
-static cJSON *config;
-static cpu_pool *pool;
-static vlm_weight_source src;
+static fx_ref R; /* the tiny checkpoint, PyTorch's outputs, config, pool, weights */
 
 static int setup(void **state) {
     (void)state;
-    W = fx_open(tu_src("tests/data/model_ref/tiny/model.safetensors"));
-    E = fx_open(tu_src("tests/data/model_ref/expected.safetensors"));
-    vlm_err err;
-    if (!W || !E) return -1;
-    if (vlm_json_parse_file(tu_src("tests/data/model_ref/tiny/config.json"), &config, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        return -1;
-    }
-    if (cpu_pool_create(2, &pool, &err) != VLM_OK) return -1;
-    src = (vlm_weight_source){fx_lookup, W};
-    return 0;
+    return fx_ref_open(&R, tu_src("tests/data/model_ref/tiny/model.safetensors"),
+                       tu_src("tests/data/model_ref/expected.safetensors"),
+                       tu_src("tests/data/model_ref/tiny/config.json"));
 }
 
 static int teardown(void **state) {
     (void)state;
-    fx_close(W);
-    fx_close(E);
-    cJSON_Delete(config);
-    cpu_pool_free(pool);
+    fx_ref_close(&R);
     return 0;
-}
-
-/* config.json goes through the one parser (io/config) as the loader does;
- * tests edit the cJSON tree and hand it over as text. */
-static vlm_status create_json(const cJSON *c, const char *what, const vlm_weight_source *s,
-                              cpu_pool *p, arch_model **m, vlm_err *err) {
-    char *text = cJSON_PrintUnformatted(c);
-    if (!text) return vlm_err_set(err, VLM_ERR_NOMEM, "print config");
-    vlm_config vc;
-    vlm_status st = vlm_config_parse(text, strlen(text), what, &vc, err);
-    cJSON_free(text);
-    *m = NULL;
-    if (st == VLM_OK) st = arch_model_create(&vc, what, s, p, NULL, m, err);
-    vlm_config_free(&vc);
-    return st;
 }
 
 static arch_model *load(void) {
     arch_model *m = NULL;
     vlm_err err;
-    vlm_status st = create_json(config, "tiny/config.json", &src, pool, &m, &err);
+    vlm_status st = fx_arch_create(R.config, "tiny/config.json", &R.src, R.pool, NULL, &m, &err);
     if (st != VLM_OK) fprintf(stderr, "%s\n", err.msg);
     assert_int_equal(st, VLM_OK);
     return m;
@@ -94,9 +65,9 @@ static session *open_session(arch_model *m, int64_t max_ctx, int64_t chunk) {
 static float *encode(arch_model *m, const char *key, int group, int *n_rows) {
     char k[64];
     snprintf(k, sizeof k, "img_%s.pixels", key);
-    float *px = fx_f32(E, k, NULL);
+    float *px = fx_f32(R.E, k, NULL);
     snprintf(k, sizeof k, "img_%s.grid", key);
-    int32_t *grid = fx_i32(E, k, NULL);
+    int32_t *grid = fx_i32(R.E, k, NULL);
     vlm_image_input in = {px, 6, grid[0], grid[1]};
     int n = m->arch->image_tokens(m->impl, grid[0], grid[1]);
     float *out = malloc((size_t)n * (size_t)m->info.hidden * sizeof *out);
@@ -148,13 +119,13 @@ static void test_clip_features(void **state) {
     (void)state;
     arch_model *m = load();
     phi3v_model *pm = m->impl;
-    float *px = fx_f32(E, "img_a.pixels", NULL);
+    float *px = fx_f32(R.E, "img_a.pixels", NULL);
     size_t n;
-    float *want = fx_f32(E, "img_a.clip", &n);
+    float *want = fx_f32(R.E, "img_a.clip", &n);
     assert_int_equal(n, 5 * 16 * 64);
     float *got = malloc(n * sizeof *got);
     float *ws = malloc(clip_workspace_floats(&pm->clip, 2, 2) * sizeof *ws);
-    clip_encode(&pm->clip, pool, px, 5, 2, got, ws);
+    clip_encode(&pm->clip, R.pool, px, 5, 2, got, ws);
     double rel = fx_rel_l2(got, want, n);
     assert_true(rel < 1e-5);
     expect_close("clip", got, want, n, 1e-4);
@@ -177,7 +148,7 @@ static void test_image_features(void **state) {
         char k[64];
         snprintf(k, sizeof k, "img_%s.features", keys[i]);
         size_t nw;
-        float *want = fx_f32(E, k, &nw);
+        float *want = fx_f32(R.E, k, &nw);
         assert_int_equal(nw, (size_t)n * 64);
         assert_true(fx_rel_l2(got, want, nw) < 1e-5);
         expect_close("image features", got, want, nw, 1e-4);
@@ -193,17 +164,17 @@ static float *encode_all_at_once(arch_model *m, const char *key, int *n_rows) {
     phi3v_model *pm = m->impl;
     char k[64];
     snprintf(k, sizeof k, "img_%s.pixels", key);
-    float *px = fx_f32(E, k, NULL);
+    float *px = fx_f32(R.E, k, NULL);
     snprintf(k, sizeof k, "img_%s.grid", key);
-    int32_t *grid = fx_i32(E, k, NULL);
+    int32_t *grid = fx_i32(R.E, k, NULL);
     int crops = 1 + grid[0] * grid[1], g2 = pm->clip.grid * pm->clip.grid;
     int n = m->arch->image_tokens(m->impl, grid[0], grid[1]);
     float *feats = malloc((size_t)crops * (size_t)g2 * 64 * sizeof *feats);
     float *ws =
-        malloc(clip_workspace_floats(&pm->clip, crops, cpu_pool_threads(pool)) * sizeof *ws);
+        malloc(clip_workspace_floats(&pm->clip, crops, cpu_pool_threads(R.pool)) * sizeof *ws);
     float *gws = malloc(phi3v_glue_all_workspace_floats(pm, grid[0], grid[1]) * sizeof *gws);
     float *out = malloc((size_t)n * (size_t)m->info.hidden * sizeof *out);
-    clip_encode(&pm->clip, pool, px, crops, crops, feats, ws);
+    clip_encode(&pm->clip, R.pool, px, crops, crops, feats, ws);
     phi3v_glue_all(pm, feats, grid[0], grid[1], out, gws);
     free(px);
     free(grid);
@@ -243,8 +214,8 @@ static void test_prefill_logits(void **state) {
     int nr;
     float *rows = encode(m, "a", 2, &nr);
     size_t n;
-    int32_t *ids = fx_i32(E, "p1.ids", &n);
-    float *want = fx_f32(E, "p1.logits", NULL);
+    int32_t *ids = fx_i32(R.E, "p1.ids", &n);
+    float *want = fx_f32(R.E, "p1.logits", NULL);
     assert_int_equal(count_neg(ids, n), nr);
     float *first = NULL;
     const int64_t chunks[] = {7, 1, 128};
@@ -275,17 +246,17 @@ static void test_prefill_logits(void **state) {
 /* Without rope_scaling the decoder uses plain RoPE and never switches. */
 static void test_plain_rope(void **state) {
     (void)state;
-    cJSON *c = cJSON_Duplicate(config, 1);
+    cJSON *c = cJSON_Duplicate(R.config, 1);
     cJSON_DeleteItemFromObject(c, "rope_scaling");
     arch_model *m = NULL;
     vlm_err err;
-    assert_int_equal(create_json(c, "cfg", &src, pool, &m, &err), VLM_OK);
+    assert_int_equal(fx_arch_create(c, "cfg", &R.src, R.pool, NULL, &m, &err), VLM_OK);
     assert_int_equal(m->info.rope_switch_len, 0);
     int nr;
     float *rows = encode(m, "a", 2, &nr);
     size_t n;
-    int32_t *ids = fx_i32(E, "p1.ids", &n);
-    float *want = fx_f32(E, "p1.logits_plain_rope", NULL);
+    int32_t *ids = fx_i32(R.E, "p1.ids", &n);
+    float *want = fx_f32(R.E, "p1.logits_plain_rope", NULL);
     session *s = open_session(m, 128, 16);
     float *lg = malloc(n * 300 * sizeof *lg);
     assert_int_equal(session_append(s, ids, (int64_t)n, rows, nr, lg, &err), VLM_OK);
@@ -305,8 +276,8 @@ static void test_greedy(void **state) {
     int nr;
     float *rows = encode(m, "a", 5, &nr);
     size_t n, ng;
-    int32_t *ids = fx_i32(E, "p1.ids", &n);
-    int32_t *want = fx_i32(E, "p1.greedy", &ng);
+    int32_t *ids = fx_i32(R.E, "p1.ids", &n);
+    int32_t *want = fx_i32(R.E, "p1.greedy", &ng);
     session *s = open_session(m, 256, 16);
     vlm_err err;
     assert_int_equal(session_append(s, ids, (int64_t)n, rows, nr, NULL, &err), VLM_OK);
@@ -340,12 +311,12 @@ static void test_decode_equals_recompute(void **state) {
     int nr;
     float *rows = encode(m, "a", 5, &nr);
     size_t n, ng;
-    int32_t *p1 = fx_i32(E, "p1.ids", &n);
-    int32_t *g1 = fx_i32(E, "p1.greedy", &ng);
+    int32_t *p1 = fx_i32(R.E, "p1.ids", &n);
+    int32_t *g1 = fx_i32(R.E, "p1.greedy", &ng);
     int32_t *seq = malloc((n + ng) * sizeof *seq);
     memcpy(seq, p1, n * sizeof *seq);
     memcpy(seq + n, g1, ng * sizeof *seq);
-    float *steps = fx_f32(E, "p1.step_logits", NULL);
+    float *steps = fx_f32(R.E, "p1.step_logits", NULL);
     session *a = open_session(m, 256, 16);
     vlm_err err;
     assert_int_equal(session_append(a, p1, (int64_t)n, rows, nr, NULL, &err), VLM_OK);
@@ -382,9 +353,9 @@ static void test_kv_bf16(void **state) {
     int nr;
     float *rows = encode(m, "a", 5, &nr);
     size_t n, ng;
-    int32_t *p1 = fx_i32(E, "p1.ids", &n);
-    int32_t *g1 = fx_i32(E, "p1.greedy", &ng);
-    float *want = fx_f32(E, "p1.logits", NULL);
+    int32_t *p1 = fx_i32(R.E, "p1.ids", &n);
+    int32_t *g1 = fx_i32(R.E, "p1.greedy", &ng);
+    float *want = fx_f32(R.E, "p1.logits", NULL);
     int32_t *seq = malloc((n + ng) * sizeof *seq);
     memcpy(seq, p1, n * sizeof *seq);
     memcpy(seq + n, g1, ng * sizeof *seq);
@@ -430,9 +401,9 @@ static void multiturn(const char *t1_name, const char *t2_name, const char *want
     float *r1 = img1 ? encode(m, img1, 2, &nr1) : NULL;
     float *r2 = img2 ? encode(m, img2, 2, &nr2) : NULL;
     size_t n1, n2, nw;
-    int32_t *t1 = fx_i32(E, t1_name, &n1);
-    int32_t *t2 = fx_i32(E, t2_name, &n2);
-    float *want = fx_f32(E, want_name, &nw);
+    int32_t *t1 = fx_i32(R.E, t1_name, &n1);
+    int32_t *t2 = fx_i32(R.E, t2_name, &n2);
+    float *want = fx_f32(R.E, want_name, &nw);
     assert_int_equal(nw, n2 * 300);
     vlm_err err;
 
@@ -510,7 +481,7 @@ static void test_seeded_sampling(void **state) {
     (void)state;
     arch_model *m = load();
     size_t n;
-    int32_t *ids = fx_i32(E, "st.turn1", &n);
+    int32_t *ids = fx_i32(R.E, "st.turn1", &n);
     int32_t runs[3][24];
     const uint64_t seeds[3] = {7, 7, 8};
     vlm_err err;
@@ -550,8 +521,8 @@ static void test_generation_stops(void **state) {
     (void)state;
     arch_model *m = load();
     size_t n, ng;
-    int32_t *ids = fx_i32(E, "st.turn1", &n);
-    int32_t *gs = fx_i32(E, "st.greedy", &ng);
+    int32_t *ids = fx_i32(R.E, "st.turn1", &n);
+    int32_t *gs = fx_i32(R.E, "st.greedy", &ng);
     vlm_err err;
     sampler_params sp;
     sampler_params_init(&sp);
@@ -616,31 +587,32 @@ static vlm_status faulty_lookup(void *ctx, const char *name, vlm_tensor_view *ou
 
 static void test_errors(void **state) {
     (void)state;
-    vlm_weight_source bad = {faulty_lookup, W};
+    vlm_weight_source bad = {faulty_lookup, R.W};
     arch_model *m = NULL;
     vlm_err err;
     fault = (faulty){"model.layers.1.mlp.down_proj.weight", NULL};
-    assert_int_equal(create_json(config, "cfg", &bad, NULL, &m, &err), VLM_ERR_NOT_FOUND);
+    assert_int_equal(fx_arch_create(R.config, "cfg", &bad, NULL, NULL, &m, &err),
+                     VLM_ERR_NOT_FOUND);
     assert_non_null(strstr(err.msg, "model.layers.1.mlp.down_proj.weight"));
     assert_null(m);
     fault = (faulty){NULL, "model.layers.0.self_attn.qkv_proj.weight"};
-    assert_int_equal(create_json(config, "cfg", &bad, NULL, &m, &err), VLM_ERR_FORMAT);
+    assert_int_equal(fx_arch_create(R.config, "cfg", &bad, NULL, NULL, &m, &err), VLM_ERR_FORMAT);
     assert_non_null(strstr(err.msg, "model.layers.0.self_attn.qkv_proj.weight"));
     assert_non_null(strstr(err.msg, "[191, 64]"));
     fault = (faulty){NULL, "model.vision_embed_tokens.img_processor.vision_model.encoder."
                            "layers.1.mlp.fc1.weight"};
-    assert_int_equal(create_json(config, "cfg", &bad, NULL, &m, &err), VLM_ERR_FORMAT);
+    assert_int_equal(fx_arch_create(R.config, "cfg", &bad, NULL, NULL, &m, &err), VLM_ERR_FORMAT);
     assert_non_null(strstr(err.msg, "layers.1.mlp.fc1.weight"));
     /* The last CLIP layer is not used, so it need not exist. */
     fault = (faulty){"model.vision_embed_tokens.img_processor.vision_model.encoder.layers.2."
                      "mlp.fc1.weight",
                      NULL};
-    assert_int_equal(create_json(config, "cfg", &bad, NULL, &m, &err), VLM_OK);
+    assert_int_equal(fx_arch_create(R.config, "cfg", &bad, NULL, NULL, &m, &err), VLM_OK);
     arch_model_free(m);
 
     m = load();
     size_t n;
-    int32_t *ids = fx_i32(E, "p1.ids", &n);
+    int32_t *ids = fx_i32(R.E, "p1.ids", &n);
     session *s = open_session(m, 32, 8);
     /* Longer than the context. */
     assert_int_equal(session_append(s, ids, (int64_t)n, NULL, 27, NULL, &err), VLM_ERR_LIMIT);
@@ -657,15 +629,15 @@ static void test_errors(void **state) {
     free(ids);
 
     /* Bad configs. */
-    cJSON *c = cJSON_Duplicate(config, 1);
+    cJSON *c = cJSON_Duplicate(R.config, 1);
     cJSON_ReplaceItemInObject(c, "num_attention_heads", cJSON_CreateNumber(5));
-    assert_int_not_equal(create_json(c, "cfg", &src, NULL, &m, &err), VLM_OK);
+    assert_int_not_equal(fx_arch_create(c, "cfg", &R.src, NULL, NULL, &m, &err), VLM_OK);
     assert_non_null(strstr(err.msg, "num_attention_heads"));
     cJSON_Delete(c);
-    c = cJSON_Duplicate(config, 1);
+    c = cJSON_Duplicate(R.config, 1);
     cJSON *rs = cJSON_GetObjectItem(c, "rope_scaling");
     cJSON_DeleteItemFromArray(cJSON_GetObjectItem(rs, "long_factor"), 0);
-    assert_int_equal(create_json(c, "cfg", &src, NULL, &m, &err), VLM_ERR_FORMAT);
+    assert_int_equal(fx_arch_create(c, "cfg", &R.src, NULL, NULL, &m, &err), VLM_ERR_FORMAT);
     assert_non_null(strstr(err.msg, "long_factor"));
     cJSON_Delete(c);
     arch_model_free(m);
@@ -678,11 +650,11 @@ static int workload(void) {
     arch_model *m = NULL;
     session *s = NULL;
     sampler *smp = NULL;
-    float *px = fx_f32(E, "img_b.pixels", NULL);
+    float *px = fx_f32(R.E, "img_b.pixels", NULL);
     float rows[17 * 64];
     size_t n;
-    int32_t *ids = fx_i32(E, "mt.turn2", &n);
-    vlm_status st = create_json(config, "cfg", &src, pool, &m, &err);
+    int32_t *ids = fx_i32(R.E, "mt.turn2", &n);
+    vlm_status st = fx_arch_create(R.config, "cfg", &R.src, R.pool, NULL, &m, &err);
     if (st == VLM_OK) {
         session_options o;
         session_options_init(&o);
