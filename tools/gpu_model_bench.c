@@ -2,7 +2,7 @@
  * checkpoint folder (a full-size synthetic one from mkcheckpoint), every part
  * placed there as vlm_placement {L, head, vision} says:
  *
- *   gpu_model_bench DIR [decode_tokens=64] [prefill_tokens=800]
+ *   gpu_model_bench DIR [decode_tokens=64] [prefill_tokens=800] [parts=dpv]
  *
  * Measures, after one warm-up each (median of 3 where it says so):
  *   - decode: a 16-token prompt, then decode_tokens greedy tokens through
@@ -13,7 +13,8 @@
  *     median of 3);
  *   - the vision tower + 2x2 merge + projector for 1 + 4 and 1 + 16 crops,
  *     all crops in one group (ms, median of 3).
- * Prints one line per figure and a JSON line last. A benchmark, not a test:
+ * parts picks what runs (d decode, p prefill, v vision: a profiler run of
+ * one part). Prints one line per figure and a JSON line last. A benchmark, not a test:
  * synthetic weights, so the generated ids mean nothing. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,12 +94,16 @@ static vlm_status open_session(arch_model *m, int64_t chunk, session **s, vlm_er
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: gpu_model_bench DIR [decode_tokens=64] [prefill_tokens=800]\n");
+        fprintf(stderr,
+                "usage: gpu_model_bench DIR [decode_tokens=64] [prefill_tokens=800] [parts=dpv]\n");
         return 2;
     }
     const char *dir = argv[1];
     int n_dec = argc > 2 ? atoi(argv[2]) : 64;
     int n_pre = argc > 3 ? atoi(argv[3]) : 800;
+    const char *parts = argc > 4 ? argv[4] : "dpv";
+    bool do_dec = strchr(parts, 'd') != NULL, do_pre = strchr(parts, 'p') != NULL,
+         do_vis = strchr(parts, 'v') != NULL;
     if (n_dec < 1 || n_dec > 512 || n_pre < 1 || n_pre > 1000) {
         fprintf(stderr, "gpu_model_bench: decode 1..512, prefill 1..1000 tokens\n");
         return 2;
@@ -156,7 +161,7 @@ int main(int argc, char **argv) {
     sampler *smp = NULL;
     if (sampler_create(&sp, mi->vocab, &smp, &err) != VLM_OK) return fail("sampler", &err);
     double dec_ms = 0;
-    for (int rep = 0; rep < 2; rep++) { /* the first is the warm-up */
+    for (int rep = 0; rep < 2 && do_dec; rep++) { /* the first is the warm-up */
         session *s = NULL;
         if (open_session(m, 16, &s, &err) != VLM_OK) return fail("session", &err);
         if (session_append(s, ids, 16, NULL, 0, NULL, &err) != VLM_OK) return fail("prompt", &err);
@@ -173,14 +178,14 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    double tok_s = n_dec / (dec_ms * 1e-3);
+    double tok_s = do_dec ? n_dec / (dec_ms * 1e-3) : 0;
     double pct = 100.0 * tok_s * step_bytes / 1e9 / bw;
     printf("%-36s %10.1f tok/s  %5.1f%% of bound (%.2f GB per token, bound %.1f tok/s)\n",
            "decode (16-token prompt, greedy)", tok_s, pct, step_bytes / 1e9, bw * 1e9 / step_bytes);
 
     /* --- prefill --- */
-    double pre[3], pre_ms;
-    for (int rep = 0; rep < 4; rep++) {
+    double pre[3] = {0, 0, 0}, pre_ms;
+    for (int rep = 0; rep < 4 && do_pre; rep++) {
         session *s = NULL;
         if (open_session(m, n_pre, &s, &err) != VLM_OK) return fail("session", &err);
         t0 = now_ms();
@@ -196,7 +201,7 @@ int main(int argc, char **argv) {
     double vis_ms[2] = {0, 0};
     const int grids[2] = {2, 4};
     int S = mi->image_size;
-    for (int gidx = 0; gidx < 2 && mi->has_vision; gidx++) {
+    for (int gidx = 0; gidx < 2 && mi->has_vision && do_vis; gidx++) {
         int g = grids[gidx], nc = 1 + g * g;
         size_t npx = (size_t)nc * 3 * (size_t)S * (size_t)S;
         float *px = VLM_NEW_ARRAY(float, npx, VLM_MEM_IMAGE);

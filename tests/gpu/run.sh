@@ -92,6 +92,11 @@ step configure 120 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-Rele
     gpubench mkcheckpoint gpu_model_bench &&
   BUILT=1 || BUILT=0
 
+# ONLY_BUILD=1: stop here (tests/gpu/profile.sh builds through this script).
+if [ "${ONLY_BUILD:-0}" = 1 ]; then
+  [ "$BUILT" = 1 ] && exit 0 || exit 1
+fi
+
 # The shared reference folder: the ../shared beside a developer's checkout
 # does not travel to the GPU machine; tests/gpu/stage_shared.sh copies what
 # the benchmarks read into .gpu/shared, which the run's `carry` takes along.
