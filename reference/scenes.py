@@ -274,8 +274,10 @@ def _text_box(text, px):
     return _font(px).getbbox(text)
 
 
-def make_text_scene(rng, number=None):
+def make_text_scene(rng, number=None, size=None):
     """A scene with one word or one 1-3 digit number in large bold letters.
+
+    size (w, h) fixes the image size (the checks use it to get every grid).
 
     The font is sized in HD-frame pixels (about 60-100 px, i.e. 4-7 patches of
     14 px in a high-resolution crop), so the text is legible in the crops and
@@ -283,7 +285,7 @@ def make_text_scene(rng, number=None):
     """
     if number is None:
         number = rng.random() < 0.5
-    w, h = pick_size(rng)
+    w, h = size if size else pick_size(rng)
     sc = Scene(w, h, pick_background(rng))
     if number:
         digits = rng.randint(1, 3)
@@ -330,6 +332,117 @@ def render(sc):
         shown = sc.text if sc.text_is_number else sc.text.upper()
         d.text(sc.text_xy, shown, fill=COLOURS[sc.text_colour], font=_font(sc.font_px))
     return img
+
+
+# ---------------------------------------------------------------------------
+# Per-pixel class maps (dense supervision for the vision tower)
+#
+# Class of a pixel, uint8:
+#   0                                   background (nothing drawn)
+#   1 + kind_index * 7 + colour_index   a shape: KINDS[kind_index] in
+#                                       COLOUR_NAMES[colour_index] (1-35)
+#   CHAR_BASE + CHARS.index(c)          a pixel of the text glyph c (36-71)
+# The text colour is not part of a glyph's class (the scene's text_colour
+# says it; one colour per scene).
+
+CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+N_SHAPE_CLASSES = len(KINDS) * len(COLOUR_NAMES)
+CHAR_BASE = 1 + N_SHAPE_CLASSES
+N_CLASSES = CHAR_BASE + len(CHARS)
+
+
+def shape_class(kind, colour):
+    return 1 + KINDS.index(kind) * len(COLOUR_NAMES) + COLOUR_NAMES.index(colour)
+
+
+def char_class(ch):
+    return CHAR_BASE + CHARS.index(ch.upper())
+
+
+def class_kind(c):
+    """KINDS index of a shape class, -1 for background and glyphs."""
+    return (c - 1) // len(COLOUR_NAMES) if 1 <= c < CHAR_BASE else -1
+
+
+def class_colour(c):
+    """COLOUR_NAMES index of a shape class, -1 for background and glyphs."""
+    return (c - 1) % len(COLOUR_NAMES) if 1 <= c < CHAR_BASE else -1
+
+
+def class_char(c):
+    """CHARS index of a glyph class, -1 otherwise."""
+    return c - CHAR_BASE if CHAR_BASE <= c < N_CLASSES else -1
+
+
+# Lookup tables over all N_CLASSES classes (index = class), for vectorised use.
+CLASS_KIND = [class_kind(c) for c in range(N_CLASSES)]
+CLASS_COLOUR = [class_colour(c) for c in range(N_CLASSES)]
+CLASS_CHAR = [class_char(c) for c in range(N_CLASSES)]
+
+
+def _glyph_offsets(shown, font):
+    """Pen x offset of every glyph of shown from the drawing origin, in px.
+
+    getlength(prefix + c) - getlength(c) is the pen position of c including
+    the kerning against its left neighbour, as the whole-string layout has it.
+    """
+    return [font.getlength(shown[:i + 1]) - font.getlength(shown[i])
+            for i in range(len(shown))]
+
+
+def render_labels(sc):
+    """The scene's class map: uint8 numpy array [sc.h, sc.w] (classes above).
+
+    Drawn with exactly the calls of render() (same ellipse/polygon geometry,
+    no anti-aliasing), so a pixel has a shape class exactly where render()
+    draws that shape's colour. Text: the ink is the whole string drawn as
+    render() draws it (fontmode "1"); each ink pixel takes the class of the
+    glyph that covers it when that glyph is drawn alone at its own advance
+    offset. A few edge pixels can differ between the two layouts by rounding
+    of the fractional pen position; those take the nearest glyph along x.
+    """
+    import numpy as np
+
+    img = Image.new("L", (sc.w, sc.h), 0)
+    d = ImageDraw.Draw(img)
+    for s in sc.shapes:
+        cls = shape_class(s.kind, s.colour)
+        if s.kind == "circle":
+            r = s.s / 2
+            d.ellipse([s.cx - r, s.cy - r, s.cx + r, s.cy + r], fill=cls)
+        else:
+            d.polygon([(s.cx + x * s.s, s.cy + y * s.s) for x, y in POLYGONS[s.kind]],
+                      fill=cls)
+    out = np.array(img, dtype=np.uint8)
+    if sc.text is not None:
+        shown = sc.text if sc.text_is_number else sc.text.upper()
+        font = _font(sc.font_px)
+        ink_img = Image.new("L", (sc.w, sc.h), 0)
+        di = ImageDraw.Draw(ink_img)
+        di.fontmode = "1"
+        di.text(sc.text_xy, shown, fill=255, font=font)
+        ink = np.asarray(ink_img) > 0
+        ys, xs = np.nonzero(ink)
+        owner = np.full(len(ys), -1, dtype=np.int32)
+        x0, y0 = sc.text_xy
+        spans = []
+        for i, off in enumerate(_glyph_offsets(shown, font)):
+            g_img = Image.new("L", (sc.w, sc.h), 0)
+            dg = ImageDraw.Draw(g_img)
+            dg.fontmode = "1"
+            dg.text((x0 + off, y0), shown[i], fill=255, font=font)
+            g = np.asarray(g_img) > 0
+            gx = np.nonzero(g.any(axis=0))[0]
+            spans.append((gx.min() + gx.max()) / 2 if len(gx) else x0 + off)
+            hit = g[ys, xs] & (owner < 0)
+            owner[hit] = i
+        if np.any(owner < 0):
+            miss = owner < 0
+            centres = np.asarray(spans)
+            owner[miss] = np.abs(xs[miss][:, None] - centres[None, :]).argmin(axis=1)
+        cls = np.asarray([char_class(c) for c in shown], dtype=np.uint8)
+        out[ys, xs] = cls[owner]
+    return out
 
 
 # ---------------------------------------------------------------------------

@@ -275,5 +275,74 @@ class Suites(unittest.TestCase):
         self.assertLess(total, 3 * 1024 * 1024)
 
 
+class Labels(unittest.TestCase):
+    def test_classes_decode(self):
+        self.assertLessEqual(scenes.N_CLASSES, 256)
+        seen = {0}
+        for k, kind in enumerate(scenes.KINDS):
+            for c, colour in enumerate(scenes.COLOUR_NAMES):
+                cls = scenes.shape_class(kind, colour)
+                seen.add(cls)
+                self.assertEqual((scenes.CLASS_KIND[cls], scenes.CLASS_COLOUR[cls],
+                                  scenes.CLASS_CHAR[cls]), (k, c, -1))
+        for i, ch in enumerate(scenes.CHARS):
+            cls = scenes.char_class(ch)
+            seen.add(cls)
+            self.assertEqual((scenes.CLASS_KIND[cls], scenes.CLASS_COLOUR[cls],
+                              scenes.CLASS_CHAR[cls]), (-1, -1, i))
+        self.assertEqual(seen, set(range(scenes.N_CLASSES)))
+        self.assertEqual((scenes.CLASS_KIND[0], scenes.CLASS_COLOUR[0],
+                          scenes.CLASS_CHAR[0]), (-1, -1, -1))
+        # every text character has a class
+        for w in scenes.WORDS:
+            for ch in w.upper():
+                self.assertIn(ch, scenes.CHARS)
+
+    def test_shape_labels_are_the_drawn_pixels(self):
+        # A pixel has the class of (kind, colour) exactly where render() drew
+        # that colour; background pixels are class 0.
+        rng = random.Random(21)
+        for _ in range(60):
+            sc = None
+            while sc is None:
+                sc = scenes.make_shape_scene(rng)
+            lab = scenes.render_labels(sc)
+            self.assertEqual(lab.dtype, np.uint8)
+            self.assertEqual(lab.shape, (sc.h, sc.w))
+            c = _codes(scenes.render(sc))
+            self.assertTrue(np.array_equal(lab == 0, c == _code(sc.bg)))
+            for s in sc.shapes:
+                self.assertTrue(np.array_equal(lab == scenes.shape_class(s.kind, s.colour),
+                                               c == _code(scenes.COLOURS[s.colour])))
+
+    def test_text_labels_are_the_glyphs(self):
+        # The ink is exactly render()'s text pixels, each glyph class occurs,
+        # and the glyphs run left to right in the order of the shown string.
+        rng = random.Random(22)
+        for _ in range(60):
+            sc = scenes.make_text_scene(rng)
+            lab = scenes.render_labels(sc)
+            c = _codes(scenes.render(sc))
+            self.assertTrue(np.array_equal(lab > 0, c == _code(scenes.COLOURS[sc.text_colour])))
+            shown = sc.text if sc.text_is_number else sc.text.upper()
+            xs = []
+            for ch in shown:
+                ys_, xs_ = np.nonzero(lab == scenes.char_class(ch))
+                self.assertGreater(len(xs_), 10, (shown, ch))
+                xs.append(xs_.mean())
+            self.assertTrue(np.all(lab[lab > 0] >= scenes.CHAR_BASE))
+            if len(set(shown)) == len(shown):
+                self.assertEqual(xs, sorted(xs), shown)
+                # A glyph's pixels sit within its own advance cell (1 px slack).
+                font = scenes._font(sc.font_px)
+                offs = scenes._glyph_offsets(shown, font)
+                for i, ch in enumerate(shown):
+                    _, xs_ = np.nonzero(lab == scenes.char_class(ch))
+                    lo = sc.text_xy[0] + offs[i] + font.getbbox(ch)[0]
+                    hi = sc.text_xy[0] + offs[i] + font.getbbox(ch)[2]
+                    self.assertGreaterEqual(xs_.min(), lo - 1)
+                    self.assertLessEqual(xs_.max(), hi + 1)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -10,7 +10,13 @@ number of data workers). Writes to --out:
     pytorch_answers.jsonl   greedy answers of the shipped (bf16) weights on the
                      held-out suites, computed in float32 with the reference
                      preprocessing (the C engine must give the same answers)
-    loss.png, train_log.json
+    loss.png, train_log.json  (answer loss per step; with the aux loss on, its
+                     three parts and patch accuracies under "aux")
+
+The vision tower also gets a dense per-patch loss (--aux-weight, default 1):
+linear heads on its feature layer predict each patch's shape kind, colour and
+character from the scenes' class maps (scenes.render_labels) carried through
+the HD transform; the heads are never exported. See docs/demo.md.
 """
 import argparse
 import json
@@ -164,15 +170,122 @@ def packed_sample(rng):
             if len(turns) == 5:
                 break
         if turns:
-            return {"images": [scenes.render(sc)], "turns": turns, "tag": "packed"}
-    return scenes.sample(rng)
+            return {"scenes": [sc], "turns": turns, "tag": "packed"}
+    return scenes.sample_scenes(rng)
 
 
 def training_sample(rng):
+    """A training sample as unrendered scenes + turns (the worker renders the
+    images, and their class maps when the aux loss is on). scenes.sample()
+    is sample_scenes() then render(), so the random stream is the same."""
     r = rng.random()
     if r < 0.4:
         return packed_sample(rng)
-    return scenes.sample(rng, p_dialogue=0.45, weights={"number": 2.5, "word": 2.0})
+    return scenes.sample_scenes(rng, p_dialogue=0.45, weights={"number": 2.5, "word": 2.0})
+
+
+# --- patch labels for the auxiliary loss --------------------------------------------
+PATCH = 14
+GRID = 24            # patches per crop side (336 / 14)
+CROP = 336
+
+
+def hd_labels(lab, num_crops=NUM_CROPS):
+    """The class map [h, w] (scenes.render_labels) taken through the geometry of
+    R.hd_transform: transpose portrait images, resize to scale*336 wide with
+    NEAREST (classes must not blend; the image itself is resized bilinearly),
+    pad top/bottom with class 0 where the image gets white, transpose back.
+    Returns uint8 [H, W], H and W multiples of 336, the HD frame's size."""
+    from PIL import Image
+    img = Image.fromarray(lab, mode="L")
+    w, h = img.size
+    trans = w < h
+    if trans:
+        img = img.transpose(Image.TRANSPOSE)
+        w, h = img.size
+    ratio = w / h
+    scale = 1
+    while scale * math.ceil(scale / ratio) <= num_crops:
+        scale += 1
+    scale -= 1
+    new_w = int(scale * CROP)
+    new_h = int(new_w / ratio)
+    img = img.resize((new_w, new_h), Image.NEAREST)
+    tar = int(math.ceil(new_h / CROP) * CROP)
+    top = int((tar - new_h) / 2)
+    out = np.zeros((tar, new_w), dtype=np.uint8)
+    out[top:top + new_h] = np.asarray(img)
+    return np.ascontiguousarray(out.T) if trans else out
+
+
+def _block_labels(hd, bh, bw, mode):
+    """One label per bh x bw block of hd [H, W] -> [H/bh, W/bw] uint8.
+    centre: the class at the block's centre pixel (bh//2, bw//2).
+    cover: the most frequent drawn (non-zero) class of the block when it covers
+    at least a quarter of it, else 0. Glyph strokes of the bold font are about
+    one patch wide, so a plain majority would call most glyph patches
+    background; a quarter also keeps a patch that only grazes a shape out."""
+    H, W = hd.shape
+    if mode == "centre":
+        return np.ascontiguousarray(hd[bh // 2::bh, bw // 2::bw])
+    gh, gw = H // bh, W // bw
+    blocks = hd.reshape(gh, bh, gw, bw)
+    # Most blocks hold one class only: count classes only in the mixed ones.
+    lo, hi = blocks.min(axis=(1, 3)), blocks.max(axis=(1, 3))
+    out = lo.copy()
+    mixed = np.nonzero(lo != hi)
+    if len(mixed[0]):
+        sub = blocks.transpose(0, 2, 1, 3)[mixed].reshape(len(mixed[0]), bh * bw)
+        k = scenes.N_CLASSES
+        cnt = np.bincount((sub + k * np.arange(len(sub))[:, None]).ravel(),
+                          minlength=k * len(sub)).reshape(len(sub), k)
+        cnt[:, 0] = 0
+        best = cnt.argmax(axis=1)
+        out[mixed] = np.where(4 * cnt[np.arange(len(sub)), best] >= bh * bw, best, 0)
+    return out
+
+
+def patch_labels(hd, mode="cover"):
+    """Per-crop patch labels [1 + hc*wc, 576] uint8 in the order the crops go
+    into CLIP: crop 0 the global view (the HD frame squeezed to 336x336, so its
+    patch (i, j) covers the (14*hc) x (14*wc) block (i, j) of the HD frame),
+    then the hc x wc tiles row-major, each 24 x 24 patches of 14 px row-major
+    (CLIP's patch order). hd: the HD-frame class map from hd_labels."""
+    H, W = hd.shape
+    hc, wc = H // CROP, W // CROP
+    glb = _block_labels(hd, PATCH * hc, PATCH * wc, mode).reshape(1, GRID * GRID)
+    tiles = _block_labels(hd, PATCH, PATCH, mode)  # [hc*24, wc*24]
+    tiles = tiles.reshape(hc, GRID, wc, GRID).transpose(0, 2, 1, 3).reshape(hc * wc,
+                                                                           GRID * GRID)
+    return np.concatenate([glb, tiles], 0)
+
+
+def text_colour_class(sc):
+    """1 + COLOUR_NAMES index of a text scene's ink, 0 for a shape scene: the
+    colour target of its glyph patches (a glyph's class names the character
+    only)."""
+    return 1 + scenes.COLOUR_NAMES.index(sc.text_colour) if sc.text is not None else 0
+
+
+def render_sample(s, aux=False, label_mode="cover"):
+    """Render a training_sample's scenes and run the HD transform: the uint8
+    HD frames [3, H, W], their grids, their image token counts and, with aux,
+    the patch labels [1 + hc*wc, 576] and text colour class of every image."""
+    out = {"hd": [], "grid": [], "ntok": [], "lab": [], "tcol": []}
+    for sc in s["scenes"][:s["turns"][-1]["n_images_before"]]:
+        img = scenes.render(sc)
+        hd = R.hd_transform(img, NUM_CROPS)
+        arr = np.ascontiguousarray(np.asarray(hd, dtype=np.uint8).transpose(2, 0, 1))
+        hc, wc = arr.shape[1] // CROP, arr.shape[2] // CROP
+        out["hd"].append(arr)
+        out["grid"].append((hc, wc))
+        out["ntok"].append((hc * wc + 1) * 144 + 1 + (hc + 1) * 12)
+        if aux:
+            lab = hd_labels(scenes.render_labels(sc))
+            assert lab.shape == arr.shape[1:], (lab.shape, arr.shape)
+            out["lab"].append(patch_labels(lab, label_mode))
+            out["tcol"].append(text_colour_class(sc))
+    return out
 
 
 
@@ -234,6 +347,8 @@ def make_batch(samples):
         tgt.append(a[nxt + 1])
         for k, (arr, (hc, wc)) in enumerate(zip(s["hd"], s["grid"])):
             images.append((b, k, hc, wc, arr))
+    aux = bool(samples) and "lab" in samples[0]
+    lab, tcol = [], []
     groups = {}
     for im in images:
         groups.setdefault((im[2], im[3]), []).append(im)
@@ -246,15 +361,27 @@ def make_batch(samples):
         for im in ims:
             start[(im[0], im[1])] = off
             off += 1 + hc * wc
+            if aux:  # the crops of this image, in the order gpu_pixels emits them
+                b, k = im[0], im[1]
+                lab.append(samples[b]["lab"][k])
+                tcol.append(np.full(1 + hc * wc, samples[b]["tcol"][k], dtype=np.uint8))
     glue_idx = []
     for b, k, hc, wc, _ in images:  # batch order, image order: as img_pos
         t = template(hc, wc)
         glue_idx.append(np.where(t >= 0, t + start[(b, k)] * TOK_PER_CROP, t))
     cat = (lambda xs: torch.from_numpy(np.concatenate(xs)) if xs
            else torch.zeros(0, dtype=torch.int64))
-    return {"ids": torch.from_numpy(ids), "pix": pix, "n_crops": off, "glue_idx": cat(glue_idx),
-            "img_pos": cat(img_pos), "sel": cat(sel), "tgt": cat(tgt),
-            "n_samples": B, "n_tokens": int(sum(len(s["ids"]) for s in samples))}
+    bt = {"ids": torch.from_numpy(ids), "pix": pix, "n_crops": off, "glue_idx": cat(glue_idx),
+          "img_pos": cat(img_pos), "sel": cat(sel), "tgt": cat(tgt),
+          "n_samples": B, "n_tokens": int(sum(len(s["ids"]) for s in samples))}
+    if aux:
+        # uint8 to keep the worker -> trainer transfer small; the step widens
+        # them to int64 on the GPU. patch_cls [n_crops, 576], crop_tcol [n_crops].
+        bt["patch_cls"] = torch.from_numpy(np.concatenate(lab) if lab else
+                                           np.zeros((0, GRID * GRID), np.uint8))
+        bt["crop_tcol"] = torch.from_numpy(np.concatenate(tcol) if tcol else
+                                           np.zeros(0, np.uint8))
+    return bt
 
 
 class SceneStream(torch.utils.data.IterableDataset):
@@ -262,22 +389,20 @@ class SceneStream(torch.utils.data.IterableDataset):
     sorted by length and cut into batches (little padding), which are then
     yielded in a shuffled order."""
 
-    def __init__(self, seed, tok_json, batch, pool=4):
+    def __init__(self, seed, tok_json, batch, pool=4, aux=False, label_mode="cover"):
         self.seed, self.tok_json, self.batch, self.pool = seed, tok_json, batch, pool
+        self.aux, self.label_mode = aux, label_mode
 
     def sample(self, rng, tok, end_id):
         s = training_sample(rng)
-        hds, grids, ntoks = [], [], []
-        for imgs in turn_images(s):
-            for img in imgs:
-                hd = R.hd_transform(img.convert("RGB"), NUM_CROPS)
-                arr = np.ascontiguousarray(np.asarray(hd, dtype=np.uint8).transpose(2, 0, 1))
-                hc, wc = arr.shape[1] // 336, arr.shape[2] // 336
-                hds.append(arr)
-                grids.append((hc, wc))
-                ntoks.append((hc * wc + 1) * 144 + 1 + (hc + 1) * 12)
-        ids, mask = conversation_ids(tok, render_turns(s), ntoks, end_id)
-        return {"hd": hds, "grid": grids, "ids": ids, "mask": mask}
+        r = render_sample(s, self.aux, self.label_mode)
+        # render_turns only counts the images of each turn.
+        s["images"] = s["scenes"]
+        ids, mask = conversation_ids(tok, render_turns(s), r["ntok"], end_id)
+        out = {"hd": r["hd"], "grid": r["grid"], "ids": ids, "mask": mask}
+        if self.aux:
+            out["lab"], out["tcol"] = r["lab"], r["tcol"]
+        return out
 
     def __iter__(self):
         from tokenizers import Tokenizer
@@ -346,6 +471,69 @@ class Glue(torch.nn.Module):
         return self.p2(F.gelu(self.p0(table[idx])))
 
 
+class AuxHeads(torch.nn.Module):
+    """Linear read-outs of the tower's feature layer (R.clip_features, the
+    features the glue projects) for the dense auxiliary loss: per patch, the
+    shape kind (none + 5), the colour (none + 7: a shape's colour or a glyph's
+    ink) and the character (none + 36). They train with the model and are
+    never exported: export() gets only clip, lm and the glue."""
+
+    def __init__(self, d_img):
+        super().__init__()
+        self.kind = torch.nn.Linear(d_img, 1 + len(scenes.KINDS))
+        self.colour = torch.nn.Linear(d_img, 1 + len(scenes.COLOUR_NAMES))
+        self.char = torch.nn.Linear(d_img, 1 + len(scenes.CHARS))
+        # class -> target of each head (0 = none); a glyph's colour comes from
+        # its crop's text colour instead of the table.
+        self.register_buffer("kind_lut", torch.tensor(scenes.CLASS_KIND) + 1, persistent=False)
+        self.register_buffer("colour_lut", torch.tensor(scenes.CLASS_COLOUR) + 1,
+                             persistent=False)
+        self.register_buffer("char_lut", torch.tensor(scenes.CLASS_CHAR) + 1, persistent=False)
+
+
+AUX_NAMES = ["kind_loss", "colour_loss", "char_loss", "kind_acc", "colour_acc", "char_acc"]
+
+
+def aux_loss(heads, feats, cls, tcol):
+    """Dense loss on the tower's features. feats [N, 576, C] (crop order of
+    gpu_pixels), cls [N, 576] int64 patch classes, tcol [N] int64 text colour
+    class of each crop's image (0 for shape images). Returns the summed loss
+    (a scalar) and the stats [6] of AUX_NAMES, on the device, no host sync.
+
+    kind and colour: cross-entropy over every patch (background included, so
+    the heads also say where nothing is; it is learnt early and then costs
+    little). char: only on crops of text images, and the mean over glyph
+    patches and the mean over the other patches weigh half each: glyphs cover
+    about a tenth of a text crop, so a plain mean would be met by answering
+    "none" everywhere. Shape images carry no text, so they would only teach
+    "none" again. The accuracies are over the patches that carry a kind /
+    colour / character (background is easy and would hide the signal)."""
+    f = feats.to(heads.kind.weight.dtype)  # (autocast still runs the heads in bf16)
+    kind_t = heads.kind_lut[cls]
+    char_t = heads.char_lut[cls]
+    colour_t = torch.where(char_t > 0, tcol[:, None].expand_as(cls), heads.colour_lut[cls])
+    kind_l = heads.kind(f)
+    colour_l = heads.colour(f)
+    char_l = heads.char(f)
+    l_kind = F.cross_entropy(kind_l.flatten(0, 1), kind_t.flatten())
+    l_colour = F.cross_entropy(colour_l.flatten(0, 1), colour_t.flatten())
+    ce_char = F.cross_entropy(char_l.flatten(0, 1), char_t.flatten(), reduction="none")
+    text = (tcol > 0)[:, None].expand_as(cls).flatten()
+    glyph = (char_t.flatten() > 0)
+    other = text & ~glyph
+
+    def mean_over(v, m):
+        m = m.float()
+        return (v * m).sum() / m.sum().clamp(min=1.0)
+
+    l_char = 0.5 * mean_over(ce_char, glyph) + 0.5 * mean_over(ce_char, other)
+    acc_kind = mean_over((kind_l.argmax(-1) == kind_t).flatten(), kind_t.flatten() > 0)
+    acc_colour = mean_over((colour_l.argmax(-1) == colour_t).flatten(), colour_t.flatten() > 0)
+    acc_char = mean_over((char_l.argmax(-1) == char_t).flatten(), glyph)
+    stats = torch.stack([l_kind, l_colour, l_char, acc_kind, acc_colour, acc_char]).detach()
+    return l_kind + l_colour + l_char, stats
+
+
 def build(vocab_size):
     # phi3v_ref's module settings describe the tiny test model; point them at
     # the demo's sizes (its functions read them at call time).
@@ -375,11 +563,15 @@ def phase(name, t0):
 PROFILE = [False]
 
 
-def train_loss(clip, lm, glue, bt, dev):
-    """Cross-entropy on the supervised tokens of a batch from make_batch.
+def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0):
+    """Cross-entropy on the supervised tokens of a batch from make_batch,
+    plus aux_weight times the dense aux loss on the tower's features when
+    heads are given (and the batch has patch labels). Returns (total loss,
+    answer loss, aux stats [6] or None).
     No attention mask: padding sits after each sample's last token and
     attention is causal, so no real token sees it (and the fused causal
     kernel applies)."""
+    aux, stats = None, None
     t0 = phase("_", time.time())
     ids = bt["ids"].to(dev, non_blocking=True)
     B, L = ids.shape
@@ -389,6 +581,11 @@ def train_loss(clip, lm, glue, bt, dev):
         t0 = phase("pixels", t0)
         feats = R.clip_features(clip, pv)
         t0 = phase("clip", t0)
+        if heads is not None and aux_weight > 0:
+            aux, stats = aux_loss(heads, feats,
+                                  bt["patch_cls"].to(dev, non_blocking=True).long(),
+                                  bt["crop_tcol"].to(dev, non_blocking=True).long())
+            t0 = phase("aux", t0)
         rows = glue.rows(feats, bt["glue_idx"].to(dev, non_blocking=True))
         x = x.reshape(B * L, -1).index_put((bt["img_pos"].to(dev, non_blocking=True),),
                                             rows.to(x.dtype)).reshape(B, L, -1)
@@ -398,7 +595,9 @@ def train_loss(clip, lm, glue, bt, dev):
     logits = lm.lm_head(hs).float()
     loss = F.cross_entropy(logits, bt["tgt"].to(dev, non_blocking=True))
     phase("lm fwd", t0)
-    return loss
+    if aux is None:
+        return loss, loss, None
+    return loss + aux_weight * aux, loss, stats
 
 
 def self_test():
@@ -449,6 +648,234 @@ def self_test():
         assert (bt["img_pos"] // L == b).sum() == sum(1 for i in s["ids"] if i < 0)
         assert n <= L
     print("self-test: batched glue == hd_glue on", len(want), "rows; loss positions ok")
+    self_test_labels()
+    self_test_aux_loss()
+
+
+# --- checks of the patch labels (CPU, no transformers) ------------------------------
+def _label_groups(sc):
+    """The palette of a scene's HD frame and, per class, the palette entry its
+    pixels must show: entry 0 is the background and the white pad together."""
+    pal = [sc.bg, (255, 255, 255)]
+    group = [0, 0]
+    names = [s.colour for s in sc.shapes] + ([sc.text_colour] if sc.text is not None else [])
+    for n in names:
+        pal.append(scenes.COLOURS[n])
+        group.append(1 + scenes.COLOUR_NAMES.index(n))
+    want = np.zeros(scenes.N_CLASSES, dtype=np.int64)
+    for c in range(1, scenes.N_CLASSES):
+        col = scenes.CLASS_COLOUR[c]
+        want[c] = 1 + col if col >= 0 else (text_colour_class(sc) if sc.text else -1)
+    return np.asarray(pal, dtype=np.float64), np.asarray(group), want
+
+
+def _nearest_group(rgb, pal, group):
+    """Palette group of the nearest palette colour of every pixel of rgb [..., 3]
+    (the bilinear resize blends colours at edges only)."""
+    d = ((rgb[..., None, :].astype(np.float64) - pal) ** 2).sum(-1)
+    return group[d.argmin(-1)]
+
+
+def _check_centres(name, lab, rgb_at, want, ok_min=0.95):
+    """lab [n] patch labels, rgb_at(i) -> (centre group, groups within +-3 px);
+    every centre shows its label's colour, or (at edges) has it within 3 px,
+    and at least ok_min of them show it at the centre itself."""
+    exact = 0
+    for i, c in enumerate(lab):
+        g, near = rgb_at(i)
+        if g == want[c]:
+            exact += 1
+        else:
+            assert want[c] in near, (name, i, int(c), g)
+    assert exact >= ok_min * len(lab), (name, exact, len(lab))
+    return exact
+
+
+def check_scene_labels(name, sc):
+    """The patch labels of one scene against its HD crops (R.hd_transform,
+    uint8): with centre labels, the pixel at a patch's centre has the colour
+    of its label (a shape's colour, the text colour for a glyph, background or
+    the white pad for 0); with cover labels, a labelled patch shows its colour
+    on at least 15% of its pixels and a background patch shows no single
+    colour on 40% or more."""
+    hd = np.asarray(R.hd_transform(scenes.render(sc), NUM_CROPS), dtype=np.uint8)
+    H, W = hd.shape[:2]
+    hc, wc = H // CROP, W // CROP
+    pal, group, want = _label_groups(sc)
+    grp = _nearest_group(hd, pal, group)  # [H, W]
+    lab_hd = hd_labels(scenes.render_labels(sc))
+    assert lab_hd.shape == (H, W), (name, lab_hd.shape, hd.shape)
+    cen = patch_labels(lab_hd, "centre")
+    cov = patch_labels(lab_hd, "cover")
+    assert cen.shape == cov.shape == (1 + hc * wc, GRID * GRID), (name, cen.shape)
+    n_fg = 0
+    for k in range(1 + hc * wc):
+        if k == 0:  # the global view: block (a, b) of (14 hc) x (14 wc) HD pixels
+            bh, bw, y0, x0 = PATCH * hc, PATCH * wc, 0, 0
+        else:
+            i, j = divmod(k - 1, wc)
+            bh, bw, y0, x0 = PATCH, PATCH, i * CROP, j * CROP
+
+        def at(p):
+            a, b = divmod(p, GRID)
+            y, x = y0 + a * bh + bh // 2, x0 + b * bw + bw // 2
+            return grp[y, x], set(grp[max(0, y - 3):y + 4, max(0, x - 3):x + 4].ravel().tolist())
+        _check_centres("%s crop %d" % (name, k), cen[k], at, want)
+        n_fg += int((cen[k] > 0).sum())
+        blocks = grp[y0:y0 + GRID * bh, x0:x0 + GRID * bw].reshape(GRID, bh, GRID, bw)
+        blocks = blocks.transpose(0, 2, 1, 3).reshape(GRID * GRID, bh * bw)
+        for p, c in enumerate(cov[k]):
+            share = np.bincount(blocks[p], minlength=len(scenes.COLOUR_NAMES) + 1)
+            share = share / (bh * bw)
+            if c:
+                assert share[want[c]] >= 0.15, (name, "cover", k, p, int(c), share)
+            else:
+                assert share[1:].max() < 0.4, (name, "cover", k, p, share)
+    # the scene's things are seen at all (a check that cannot pass on empty labels)
+    assert n_fg > 0, name
+    if sc.text is not None:
+        assert (cen >= scenes.CHAR_BASE).sum() > 0, name
+    return hc, wc
+
+
+def self_test_scenes():
+    """Scenes of every kind of grid (num_crops 4 never gives 1x1: the smallest
+    images are scaled up to 2 crops wide), shapes and text."""
+    rng = random.Random(3)
+    out = []
+    for name, size in [("small 2x2", (200, 150)), ("small 1x2", (320, 150)),
+                       ("2x2", (800, 760)), ("1x4", (1300, 300)), ("4x1", (300, 1300))]:
+        for _ in range(2):
+            sc = None
+            while sc is None:
+                sc = scenes.make_shape_scene(rng, n=rng.randint(2, 4), size=size)
+            out.append((name, sc))
+    out.append(("word 1x3", scenes.make_text_scene(rng, number=False, size=(1000, 330))))
+    out.append(("number 2x1", scenes.make_text_scene(rng, number=True, size=(300, 700))))
+    out.append(("word 1x4", scenes.make_text_scene(rng, number=False, size=(1340, 320))))
+    return out
+
+
+def self_test_labels():
+    grids = {}
+    all_sc = self_test_scenes()
+    for name, sc in all_sc:
+        grids[name] = check_scene_labels(name, sc)
+    for name, g in [("small 2x2", (2, 2)), ("small 1x2", (1, 2)), ("2x2", (2, 2)),
+                    ("1x4", (1, 4)), ("4x1", (4, 1)), ("word 1x3", (1, 3)),
+                    ("number 2x1", (2, 1))]:
+        assert grids[name] == g, (name, grids[name], g)
+    # A batch of mixed grids: make_batch regroups the images by grid; the label
+    # rows must follow the crops of gpu_pixels.
+    samples, sc_of = [], {}
+    for b in range(5):
+        picks = [all_sc[(3 * b + j) % len(all_sc)][1] for j in range(1 + b % 2)]
+        r = render_sample({"scenes": picks, "turns": [{"n_images_before": len(picks)}]},
+                          aux=True, label_mode="centre")
+        ids = []
+        for k, nt in enumerate(r["ntok"]):
+            ids += [5] + [-(k + 1)] * nt
+        ids += [7, 8]
+        samples.append({"hd": r["hd"], "grid": r["grid"], "ids": ids,
+                        "mask": [0] * (len(ids) - 1) + [1], "lab": r["lab"], "tcol": r["tcol"]})
+        for k, sc in enumerate(picks):
+            sc_of[(b, k)] = sc
+    bt = make_batch(samples)
+    pv = gpu_pixels(bt["pix"], torch.device("cpu"))
+    rgb = ((pv * STD_T + MEAN_T) * 255).permute(0, 2, 3, 1).numpy()  # [n, 336, 336, 3]
+    assert bt["patch_cls"].shape == (bt["n_crops"], GRID * GRID), bt["patch_cls"].shape
+    assert bt["crop_tcol"].shape == (bt["n_crops"],)
+    row = 0
+    for key in sorted({g for s in samples for g in s["grid"]}):  # the order make_batch uses
+        for b, s in enumerate(samples):
+            for k, g in enumerate(s["grid"]):
+                if g != key:
+                    continue
+                sc = sc_of[(b, k)]
+                pal, group, want = _label_groups(sc)
+                for c in range(1 + g[0] * g[1]):
+                    lab = bt["patch_cls"][row].numpy()
+                    assert np.array_equal(lab, s["lab"][k][c]), (b, k, c)
+                    assert int(bt["crop_tcol"][row]) == text_colour_class(sc)
+                    grp = _nearest_group(rgb[row], pal, group)
+
+                    def at(p):
+                        a, bb = divmod(p, GRID)
+                        y, x = a * PATCH + PATCH // 2, bb * PATCH + PATCH // 2
+                        return grp[y, x], set(grp[max(0, y - 3):y + 4,
+                                                  max(0, x - 3):x + 4].ravel().tolist())
+                    # the bicubic global view blurs edges a little more
+                    _check_centres("batch row %d" % row, lab, at, want,
+                                   ok_min=0.9 if c == 0 else 0.95)
+                    row += 1
+    assert row == bt["n_crops"]
+    print("self-test: patch labels agree with the HD crops on %d scenes (grids %s); batch "
+          "labels follow the %d crops of gpu_pixels" % (len(all_sc), sorted(set(grids.values())),
+                                                         row))
+
+
+def self_test_aux_loss():
+    """aux_loss's targets: with oracle features (one-hot class, plus the text
+    colour on glyph patches) and heads that read them out, every accuracy is 1
+    and the losses are near 0; with zero features each loss is log(#classes)
+    (char: both halves uniform). Checks the class tables and that a glyph's
+    colour target is its crop's text colour."""
+    samples = []
+    for name, sc in self_test_scenes()[-5:]:  # 4x1 shapes and the three text scenes
+        r = render_sample({"scenes": [sc], "turns": [{"n_images_before": 1}]}, aux=True)
+        samples.append({"hd": r["hd"], "grid": r["grid"], "ids": [-1] * r["ntok"][0] + [7, 8],
+                        "mask": [0] * (r["ntok"][0] + 1) + [1], "lab": r["lab"],
+                        "tcol": r["tcol"]})
+    bt = make_batch(samples)
+    cls, tcol = bt["patch_cls"].long(), bt["crop_tcol"].long()
+    C = VISION["hidden_size"]
+    K = scenes.N_CLASSES
+    heads = AuxHeads(C).double()
+    glyph = heads.char_lut[cls] > 0
+    feats = torch.zeros(cls.shape + (C,), dtype=torch.float64)
+    feats.scatter_(2, cls[..., None], 1.0)
+    feats[..., K:K + 8] = torch.where(glyph[..., None], F.one_hot(tcol, 8)[:, None].double(), 0.)
+    with torch.no_grad():
+        for h in (heads.kind, heads.colour, heads.char):
+            h.weight.zero_()
+            h.bias.zero_()
+        for c in range(K):
+            heads.kind.weight[heads.kind_lut[c], c] = 30.0
+            heads.char.weight[heads.char_lut[c], c] = 30.0
+            if heads.char_lut[c] == 0:
+                heads.colour.weight[heads.colour_lut[c], c] = 30.0
+        for j in range(1, 8):
+            heads.colour.weight[j, K + j] = 30.0
+    loss, st = aux_loss(heads, feats, cls, tcol)
+    st = dict(zip(AUX_NAMES, st.tolist()))
+    assert all(st[k] == 1.0 for k in ("kind_acc", "colour_acc", "char_acc")), st
+    assert float(loss) < 1e-6, (float(loss), st)
+    assert glyph.sum() > 0 and (heads.kind_lut[cls] > 0).sum() > 0
+    loss0, st0 = aux_loss(heads, torch.zeros_like(feats), cls, tcol)
+    want = math.log(6) + math.log(8) + math.log(37)
+    assert abs(float(loss0) - want) < 1e-9, (float(loss0), want)
+    print("self-test: aux targets ok on %d crops (%d glyph patches); zero features give "
+          "log(6) + log(8) + log(37)" % (bt["n_crops"], int(glyph.sum())))
+
+
+def bench_data(n, seed):
+    """Per-sample cost of the worker's image work (training_sample, render,
+    HD transform, and the labels), without the tokenizer; one core."""
+    res = {}
+    for aux, mode in [(False, None), (True, "centre"), (True, "cover")]:
+        rng = random.Random(seed)
+        t0 = time.perf_counter()
+        n_img = 0
+        for _ in range(n):
+            r = render_sample(training_sample(rng), aux, mode or "cover")
+            n_img += len(r["hd"])
+        dt = (time.perf_counter() - t0) / n
+        res[(aux, mode)] = dt
+        print("%-16s %.2f ms/sample (%.2f images/sample)" % (
+            "aux " + mode if aux else "no aux", 1000 * dt, n_img / n), flush=True)
+    extra = res[(True, "cover")] - res[(False, None)]
+    print("labels (cover) add %.2f ms/sample; at 15 workers x 1 core, 60 batches of 128 a "
+          "minute need <= %.0f ms/sample in all" % (1000 * extra, 15 * 60e3 / (60 * 128)))
 
 
 # --- scoring (the suite scorers used by the held-out evaluation) -------------------
@@ -603,10 +1030,21 @@ def main():
                     help="torch.compile the vision tower and the decoder (dynamic shapes)")
     ap.add_argument("--eval-only", action="store_true",
                     help="only evaluate the model folder given with --init")
+    ap.add_argument("--aux-weight", type=float, default=1.0,
+                    help="weight of the dense patch loss on the vision tower (0: off, the "
+                         "answer loss alone as before)")
+    ap.add_argument("--patch-label", choices=["cover", "centre"], default="cover",
+                    help="patch label: the class covering >= 1/4 of the patch, or the class "
+                         "at its centre pixel")
+    ap.add_argument("--bench-data", type=int, default=0, metavar="N",
+                    help="time N samples of the worker's image work (no tokenizer) and exit")
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.self_test:
         self_test()
+        return
+    if args.bench_data:
+        bench_data(args.bench_data, args.seed)
         return
     if not args.out:
         ap.error("--out is required")
@@ -656,12 +1094,20 @@ def main():
     if args.eval_only:
         evaluate_shipped(clip, lm, glue, tok, args, dev, t0)
         return
+    # Made only when used: with --aux-weight 0 nothing (not even the random
+    # stream) differs from the answer-loss-only recipe.
+    aux_on = args.aux_weight > 0
+    heads = AuxHeads(VISION["hidden_size"]).to(dev).train() if aux_on else None
     fwd_clip, fwd_lm = clip.forward, lm.model.forward
     if args.compile:
         clip.forward = torch.compile(fwd_clip, dynamic=True)
         lm.model.forward = torch.compile(fwd_lm, dynamic=True)
     params = list(clip.parameters()) + list(lm.parameters()) + list(glue.parameters())
     print("params:", sum(p.numel() for p in params), flush=True)
+    if aux_on:
+        params += list(heads.parameters())
+        print(f"aux heads: {sum(p.numel() for p in heads.parameters())} params (not exported), "
+              f"weight {args.aux_weight}, patch labels by {args.patch_label}", flush=True)
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     warm = args.warmup
 
@@ -671,7 +1117,8 @@ def main():
         p = (step - warm) / max(1, args.steps - warm)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
-    dl = torch.utils.data.DataLoader(SceneStream(args.seed, tok_json, args.batch, args.pool),
+    dl = torch.utils.data.DataLoader(SceneStream(args.seed, tok_json, args.batch, args.pool,
+                                                 aux_on, args.patch_label),
                                      batch_size=None, num_workers=args.workers,
                                      prefetch_factor=6, persistent_workers=True, pin_memory=True)
     log = []
@@ -692,7 +1139,8 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = train_loss(clip, lm, glue, bt, dev)
+            loss, ans_loss, aux_stats = train_loss(clip, lm, glue, bt, dev, heads,
+                                                   args.aux_weight)
         tp = time.time()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -708,12 +1156,10 @@ def main():
         opt.step()
         phase("optim", tp)
         # Losses stay on the GPU until printed: no synchronisation per step.
-        pending.append((step, loss.detach(), time.time() - t_train))
+        pending.append((step, ans_loss.detach(), aux_stats, time.time() - t_train))
         t_comp += time.time() - tb
         if step % args.print_every == 0:
-            for st_, lt, tt in pending:
-                log.append({"step": st_, "loss": float(lt), "t": tt})
-            pending.clear()
+            flush_log(log, pending)
             lv = log[-1]["loss"]
             if int(skipped):
                 print(f"  steps skipped so far: {int(skipped)}", flush=True)
@@ -721,11 +1167,14 @@ def main():
             print(f"step {step} loss {lv:.4f} t {el:.0f}s {n_samples / max(el, 1e-9):.0f} "
                   f"samples/s {n_tokens / max(el, 1e-9) / 1e3:.0f}k tok/s "
                   f"(waiting for data {t_data:.0f}s, compute {t_comp:.0f}s)", flush=True)
+            if "aux" in log[-1]:
+                a = log[-1]["aux"]
+                print("  aux loss kind %.3f colour %.3f char %.3f; patch acc kind %.3f "
+                      "colour %.3f char %.3f" % tuple(a[k] for k in AUX_NAMES), flush=True)
         if time.time() - t_train > args.time_limit:
             print(f"time limit reached at step {step}", flush=True)
             break
-    for st_, lt, tt in pending:
-        log.append({"step": st_, "loss": float(lt), "t": tt})
+    flush_log(log, pending)
     train_s = time.time() - t_train
     # The workers sit blocked on full queues; a polite shutdown waits for
     # each in turn, so end them now.
@@ -763,12 +1212,45 @@ def main():
 
     demo_dir = os.path.join(args.out, "demo")
     export(clip, lm, glue, tok_json, demo_dir)
+    check_exported_names(os.path.join(demo_dir, "model.safetensors"),
+                         os.path.join(here, "..", "models", "demo", "model.safetensors"))
     if args.compile:
         clip.forward, lm.model.forward = fwd_clip, fwd_lm
     if args.no_eval:
         print(f"total {time.time() - t0:.0f}s", flush=True)
         return
     evaluate_shipped(clip, lm, glue, tok, args, dev, t0)
+
+
+def flush_log(log, pending):
+    """Move the per-step losses kept on the GPU into the log (one sync)."""
+    for st_, lt, stats, tt in pending:
+        rec = {"step": st_, "loss": float(lt), "t": tt}
+        if stats is not None:
+            rec["aux"] = dict(zip(AUX_NAMES, (round(v, 5) for v in stats.tolist())))
+        log.append(rec)
+    pending.clear()
+
+
+def safetensors_names(path):
+    """Tensor names from a safetensors header (8-byte length, then JSON)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        hdr = json.loads(f.read(n))
+    return sorted(k for k in hdr if k != "__metadata__")
+
+
+def check_exported_names(new, old):
+    """The export writes exactly the tensors of the shipped model (the aux
+    heads are training-only); raises if not."""
+    if not os.path.exists(old):
+        print("no", old, "to compare tensor names with", flush=True)
+        return
+    a, b = safetensors_names(new), safetensors_names(old)
+    if a != b:
+        raise SystemExit("exported tensor names differ from models/demo: extra %s, missing %s"
+                         % (sorted(set(a) - set(b))[:5], sorted(set(b) - set(a))[:5]))
+    print(f"exported tensor names: the {len(a)} of models/demo", flush=True)
 
 
 def evaluate_shipped(clip, lm, glue, tok, args, dev, t0):
