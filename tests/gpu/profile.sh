@@ -6,7 +6,7 @@
 # under Nsight Compute (ncu, kernel durations only, clocks left alone) once
 # per part: d = decode of 8 tokens, p = prefill of 800 tokens, v = the vision
 # tower for 1 + 4 and 1 + 16 crops. Per-kernel summaries go to
-# $OUT/ncu-PART.txt; the sum of kernel time against the wall time says how
+# $OUT/ncu-PART.txt (CTEST=1 runs ctest -L gpu first); the sum of kernel time against the wall time says how
 # much is launch gaps and host work. A measurement, not a test.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,11 +25,12 @@ SHARED=$(cd .gpu/shared 2>/dev/null && pwd || echo ../shared)
 CK=/tmp/vlm-synth-phi35v
 [ -f "$CK/config.json" ] || timeout 240 build-gpu/mkcheckpoint --out "$CK" --shared "$SHARED" \
   >"$LOGS/mkcheckpoint.log" 2>&1 || { tail "$LOGS/mkcheckpoint.log"; exit 1; }
+[ -n "${CTEST:-}" ] && timeout 200 ctest --test-dir build-gpu -L gpu --output-on-failure 2>&1 | tail -30 | tee "$LOGS/ctest.txt"
 timeout 200 build-gpu/gpu_model_bench "$CK" 64 800 "$PARTS" 2>&1 | tee "$LOGS/bench.txt"
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 [ -n "$NCU" ] || { echo "no ncu"; exit 0; }
 for p in $(echo "$PARTS" | grep -o .); do
-  timeout 200 "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv \
+  timeout 200 "$NCU" --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv \
     build-gpu/gpu_model_bench "$CK" 8 800 "$p" >"/tmp/ncu-raw-$p.txt" 2>&1
   # per kernel name: launches, total and mean duration (the CSV has one row
   # per launch and metric)

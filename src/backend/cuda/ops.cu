@@ -7,7 +7,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-#include <mma.h>
 
 #include <stdint.h>
 
@@ -417,139 +416,224 @@ __global__ void __launch_bounds__(128)
 }
 
 /* --- attention on tensor cores (bf16 mode: prefill and the vision tower) ----
- * A block takes MA_QT = 64 consecutive queries of one head (16 per warp) and
- * walks the keys in tiles of MA_KT = 32. Q (once) and each tile's K and V
- * are rounded to bf16 into shared memory; each warp computes its 16 x 32
- * scores with WMMA 16x16x16 bf16 fragments (f32 accumulation), stores them
- * to its own shared slice, and the lane pair of each query row (lane 2r,
- * 2r + 1: 16 keys each) runs the online softmax in f32 (__expf), writes P
- * as bf16 and rescales the row's running output; then O += P V with WMMA,
- * O held in shared memory as f32 ([16][head_dim + 4] a warp) between tiles.
+ * Flash-style: a block of 4 warps takes MA_QT = 64 consecutive queries of
+ * one head (16 a warp) and walks the keys in tiles of MA_KT = 64. Each warp
+ * keeps its queries (rounded to bf16) as mma A fragments in registers, and
+ * its 16 x head_dim output and the online softmax state (max, sum; f32) in
+ * registers too; only the K and V tiles pass through shared memory, rounded
+ * to bf16 by the whole block ([key][head_dim + 8]: the 8 extra keep the
+ * fragment loads free of bank conflicts). Per tile and warp: S = Q K^T with
+ * mma.m16n8k16 (bf16 in, f32 accumulate; K fragments read as 32-bit words),
+ * the online softmax on the accumulators (row max and sum over the 4 lanes
+ * of a row by shuffles, exp2 of the scaled scores), P rounded to bf16 as the
+ * A operand of O += P V straight from the S accumulators (the m16n8 C layout
+ * of two key octets is the m16k16 A layout), V's B fragments by ldmatrix
+ * .trans from the row-major tile. Keys a query may not see (causal, or past
+ * the end) weigh 0; tiles wholly after the block's last query are skipped.
  * Only for callers whose q, K and V have bf16 precision already (their
  * products round activations to bf16): the result differs from the f32
- * kernels by bf16 rounding of q, K, V and P (~4e-3 relative). head_dim a
- * multiple of 16, <= 128. Every fragment pointer is 32-byte aligned: row
- * pitches (bf16 head_dim + 8, scores 36 floats, P 40 bf16, O head_dim + 4
- * floats) times 16 rows are multiples of 32 bytes. Shared memory: 50 KB at
- * head_dim 64, 83 KB at 128 (dynamic, opted in above 48 KB). */
+ * kernels by the bf16 rounding of q, K, V and P (~4e-3 relative). head_dim a
+ * multiple of 16, <= 128 (a template argument, so every loop over it
+ * unrolls into registers). Shared memory: 2 x 64 x (head_dim + 8) bf16,
+ * 18 KB at head_dim 64, 34 KB at 128 (static). */
 constexpr int MA_QT = 64;
-constexpr int MA_KT = 32;
+constexpr int MA_KT = 64;
 constexpr int MA_WARPS = MA_QT / 16;
-constexpr int MA_SP = MA_KT + 4; /* score row pitch (floats) */
-constexpr int MA_PP = MA_KT + 8; /* P row pitch (bf16) */
 
-__host__ __device__ constexpr size_t mma_smem_bytes(int hd) {
-    return (size_t)(MA_QT + 2 * MA_KT) * (size_t)(hd + 8) * 2 + (size_t)MA_WARPS * 16 * MA_SP * 4 +
-           (size_t)MA_WARPS * 16 * MA_PP * 2 + (size_t)MA_WARPS * 16 * (size_t)(hd + 4) * 4;
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (low half) = lo */
+    return *reinterpret_cast<uint32_t *>(&v);
 }
 
+__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* Four 8x8 b16 matrices, transposed, from shared memory: lane l gives the
+ * address of row l % 8 of matrix l / 8. */
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void *smem_row) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(smem_row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+/* Four consecutive values of a K or V row (f32 or bf16 in global memory) as
+ * bf16 into shared memory. vec: the row start and kv_stride allow one
+ * 16-byte (f32) or 8-byte (bf16) load. */
+__device__ __forceinline__ void load4_bf16(__nv_bfloat16 *dst, vlm_dtype t, const void *src,
+                                           int64_t at, bool vec, bool in) {
+    float f[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (in) {
+        if (t == VLM_DTYPE_BF16) {
+            const __nv_bfloat16 *p = (const __nv_bfloat16 *)src + at;
+            if (vec) {
+                *reinterpret_cast<uint2 *>(dst) = __ldg(reinterpret_cast<const uint2 *>(p));
+                return;
+            }
+            for (int i = 0; i < 4; i++) f[i] = __bfloat162float(p[i]);
+        } else {
+            const float *p = (const float *)src + at;
+            if (vec) {
+                float4 v = __ldg(reinterpret_cast<const float4 *>(p));
+                f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w;
+            } else {
+                for (int i = 0; i < 4; i++) f[i] = p[i];
+            }
+        }
+    }
+    uint2 o;
+    o.x = pack_bf16(f[0], f[1]);
+    o.y = pack_bf16(f[2], f[3]);
+    *reinterpret_cast<uint2 *>(dst) = o;
+}
+
+template <int HD>
 __global__ void __launch_bounds__(MA_WARPS * 32)
     k_attn_mma(float *out, const float *q, int64_t q_stride, vlm_dtype kvt, const void *k,
                const void *v, int64_t kv_stride, int64_t n_q, int64_t n_kv, int n_heads,
-               int n_kv_heads, int head_dim, bool causal, int64_t q_pos0, float scale) {
-    using namespace nvcuda;
-    extern __shared__ __align__(128) unsigned char ma_smem[];
-    const int hd = head_dim, HP = hd + 8, OP = hd + 4;
-    __nv_bfloat16 *Qs = (__nv_bfloat16 *)ma_smem;                      /* [MA_QT][HP] */
-    __nv_bfloat16 *Ks = Qs + MA_QT * HP;                               /* [MA_KT][HP] */
-    __nv_bfloat16 *Vs = Ks + MA_KT * HP;                               /* [MA_KT][HP] */
-    float *Ss = (float *)(Vs + MA_KT * HP);                            /* [warps][16][MA_SP] */
-    __nv_bfloat16 *Ps = (__nv_bfloat16 *)(Ss + MA_WARPS * 16 * MA_SP); /* [warps][16][MA_PP] */
-    float *Os = (float *)(Ps + MA_WARPS * 16 * MA_PP);                 /* [warps][16][OP] */
+               int n_kv_heads, bool causal, int64_t q_pos0, float scale, bool vec) {
+    constexpr int HP = HD + 8; /* padded row (bf16) */
+    constexpr int NT = MA_KT / 8, DT = HD / 8, KS = HD / 16;
+    __shared__ __align__(16) __nv_bfloat16 Ks[MA_KT * HP];
+    __shared__ __align__(16) __nv_bfloat16 Vs[MA_KT * HP];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int g = lane >> 2, t4 = lane & 3; /* fragment row group, thread in group */
     const int h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
-    const int64_t z = blockIdx.z; /* the sequence, as k_attn_tiled */
+    const int64_t z = blockIdx.z; /* the sequence (the vision tower's crops) */
     q += z * n_q * q_stride;
-    out += z * n_q * (int64_t)n_heads * hd;
-    const int64_t kvoff = z * n_kv * kv_stride + (int64_t)kvh * hd;
+    out += z * n_q * (int64_t)n_heads * HD;
+    const int64_t kvoff = z * n_kv * kv_stride + (int64_t)kvh * HD;
     const int64_t q0 = (int64_t)blockIdx.x * MA_QT;
-    for (int i = tid; i < MA_QT * hd; i += blockDim.x) {
-        int r = i / hd, d = i % hd;
-        int64_t qi = q0 + r;
-        Qs[r * HP + d] =
-            __float2bfloat16_rn(qi < n_q ? q[qi * q_stride + (int64_t)h * hd + d] : 0.0f);
+    const int64_t r0 = q0 + warp * 16 + g, r1 = r0 + 8; /* this lane's two query rows */
+
+    /* Q as A fragments: a0 (row g, dims 2t..), a1 (row g + 8), a2, a3 the
+     * same 8 dims on */
+    uint32_t qa[KS][4];
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++) {
+        const int d = ks * 16 + 2 * t4;
+        const float *p0 = q + r0 * q_stride + (int64_t)h * HD + d;
+        const float *p1 = q + r1 * q_stride + (int64_t)h * HD + d;
+        bool in0 = r0 < n_q, in1 = r1 < n_q;
+        qa[ks][0] = pack_bf16(in0 ? p0[0] : 0.0f, in0 ? p0[1] : 0.0f);
+        qa[ks][1] = pack_bf16(in1 ? p1[0] : 0.0f, in1 ? p1[1] : 0.0f);
+        qa[ks][2] = pack_bf16(in0 ? p0[8] : 0.0f, in0 ? p0[9] : 0.0f);
+        qa[ks][3] = pack_bf16(in1 ? p1[8] : 0.0f, in1 ? p1[9] : 0.0f);
     }
-    float *Sw = Ss + warp * 16 * MA_SP, *Ow = Os + warp * 16 * OP;
-    __nv_bfloat16 *Pw = Ps + warp * 16 * MA_PP;
-    for (int i = lane; i < 16 * OP; i += 32) Ow[i] = 0.0f;
-    /* row r of the warp's 16 queries belongs to lanes 2r and 2r + 1, keys
-     * half * 16 .. half * 16 + 15 of each tile; both keep its m and l */
-    const int r = lane >> 1, half = lane & 1;
-    const int64_t qi = q0 + warp * 16 + r;
-    int64_t see = causal ? q_pos0 + qi + 1 : n_kv;
-    if (see > n_kv) see = n_kv;
-    float m = -INFINITY, l = 0.0f;
+    float o[DT][4];
+#pragma unroll
+    for (int j = 0; j < DT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    /* softmax state of rows r0 (index 0) and r1 (index 1), in log2 units */
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    const float sl2 = scale * 1.4426950408889634f;
+    int64_t see0 = causal ? q_pos0 + r0 + 1 : n_kv, see1 = causal ? q_pos0 + r1 + 1 : n_kv;
+    if (see0 > n_kv) see0 = n_kv;
+    if (see1 > n_kv) see1 = n_kv;
     const int64_t q_hi = q0 + MA_QT < n_q ? q0 + MA_QT : n_q;
     int64_t kend = causal ? q_pos0 + q_hi : n_kv;
     if (kend > n_kv) kend = n_kv;
+
     for (int64_t t0 = 0; t0 < kend; t0 += MA_KT) {
-        __syncthreads(); /* the previous tile is used up (and Qs written) */
-        for (int i = tid; i < MA_KT * hd; i += blockDim.x) {
-            int kr = i / hd, d = i % hd;
-            int64_t key = t0 + kr;
-            bool in = key < kend;
-            int64_t at = kvoff + key * kv_stride + d;
-            Ks[kr * HP + d] = __float2bfloat16_rn(in ? ld_w(kvt, k, at) : 0.0f);
-            Vs[kr * HP + d] = __float2bfloat16_rn(in ? ld_w(kvt, v, at) : 0.0f);
+        __syncthreads(); /* the previous tile is used up */
+        for (int i = tid; i < MA_KT * (HD / 4); i += MA_WARPS * 32) {
+            const int kr = i / (HD / 4), d = (i % (HD / 4)) * 4;
+            const int64_t key = t0 + kr;
+            const int64_t at = kvoff + key * kv_stride + d;
+            load4_bf16(Ks + kr * HP + d, kvt, k, at, vec, key < kend);
+            load4_bf16(Vs + kr * HP + d, kvt, v, at, vec, key < kend);
         }
         __syncthreads();
-        /* S = Q K^T: the warp's 16 queries x the tile's 32 keys */
+        /* S = Q K^T: 16 queries x 64 keys, NT accumulators of 8 keys */
+        float s[NT][4];
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+            const __nv_bfloat16 *kr = Ks + (j * 8 + g) * HP + 2 * t4;
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) {
+                uint32_t b0 = *reinterpret_cast<const uint32_t *>(kr + ks * 16);
+                uint32_t b1 = *reinterpret_cast<const uint32_t *>(kr + ks * 16 + 8);
+                mma_bf16(s[j], qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3], b0, b1);
+            }
+        }
+        /* online softmax: c0, c1 are row r0's keys 8j + 2t, +1; c2, c3 row r1's */
+        float tmax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int64_t key = t0 + j * 8 + 2 * t4 + (e & 1);
+                const int row = e >> 1;
+                float x = key < (row ? see1 : see0) ? s[j][e] * sl2 : -INFINITY;
+                s[j][e] = x;
+                tmax[row] = fmaxf(tmax[row], x);
+            }
+        }
+        float corr[2];
+#pragma unroll
+        for (int row = 0; row < 2; row++) {
+            tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 1));
+            tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 2));
+            const float mn = fmaxf(m[row], tmax[row]);
+            /* nothing seen yet and nothing in this tile: keep the state */
+            corr[row] = mn == -INFINITY ? 1.0f : exp2f(m[row] - mn);
+            m[row] = mn;
+            l[row] *= corr[row];
+        }
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int row = e >> 1;
+                float p = s[j][e] == -INFINITY ? 0.0f : exp2f(s[j][e] - m[row]);
+                s[j][e] = p;
+                l[row] += p; /* this lane's part; the row's 4 lanes add up at the end */
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < DT; j++) {
+            o[j][0] *= corr[0], o[j][1] *= corr[0];
+            o[j][2] *= corr[1], o[j][3] *= corr[1];
+        }
+        /* O += P V over 16 keys at a time: P's A fragment from the S
+         * accumulators of key octets 2kc and 2kc + 1 */
+#pragma unroll
         for (int kc = 0; kc < MA_KT / 16; kc++) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> sf;
-            wmma::fill_fragment(sf, 0.0f);
-            for (int dc = 0; dc < hd / 16; dc++) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> af;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> bf;
-                wmma::load_matrix_sync(af, Qs + warp * 16 * HP + dc * 16, HP);
-                wmma::load_matrix_sync(bf, Ks + kc * 16 * HP + dc * 16, HP);
-                wmma::mma_sync(sf, af, bf, sf);
-            }
-            wmma::store_matrix_sync(Sw + kc * 16, sf, MA_SP, wmma::mem_row_major);
-        }
-        __syncwarp();
-        /* online softmax of row r over this lane's 16 keys of the tile */
-        float sv[16], tmax = -INFINITY;
+            const uint32_t a0 = pack_bf16(s[2 * kc][0], s[2 * kc][1]);
+            const uint32_t a1 = pack_bf16(s[2 * kc][2], s[2 * kc][3]);
+            const uint32_t a2 = pack_bf16(s[2 * kc + 1][0], s[2 * kc + 1][1]);
+            const uint32_t a3 = pack_bf16(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+            /* matrix lane / 8: keys +0 / +8 (bit 0), dims +0 / +8 (bit 1) */
+            const int mi = lane >> 3;
+            const __nv_bfloat16 *vr =
+                Vs + (kc * 16 + (lane & 7) + (mi & 1) * 8) * HP + (mi >> 1) * 8;
 #pragma unroll
-        for (int c = 0; c < 16; c++) {
-            int col = half * 16 + c;
-            sv[c] = t0 + col < see ? Sw[r * MA_SP + col] * scale : -INFINITY;
-            tmax = fmaxf(tmax, sv[c]);
-        }
-        tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
-        const float mn = fmaxf(m, tmax);
-        /* nothing seen yet and nothing in this tile: keep the state */
-        const float corr = mn == -INFINITY ? 1.0f : __expf(m - mn);
-        float ps = 0.0f;
-#pragma unroll
-        for (int c = 0; c < 16; c++) {
-            float p = sv[c] == -INFINITY ? 0.0f : __expf(sv[c] - mn);
-            ps += p;
-            Pw[r * MA_PP + half * 16 + c] = __float2bfloat16_rn(p);
-        }
-        ps += __shfl_xor_sync(0xffffffffu, ps, 1);
-        l = l * corr + ps;
-        m = mn;
-        for (int d = half; d < hd; d += 2) Ow[r * OP + d] *= corr;
-        __syncwarp();
-        /* O += P V, 16 output dims at a time */
-        for (int dc = 0; dc < hd / 16; dc++) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> of;
-            wmma::load_matrix_sync(of, Ow + dc * 16, OP, wmma::mem_row_major);
-            for (int kc = 0; kc < MA_KT / 16; kc++) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> pf;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> vf;
-                wmma::load_matrix_sync(pf, Pw + kc * 16, MA_PP);
-                wmma::load_matrix_sync(vf, Vs + kc * 16 * HP + dc * 16, HP);
-                wmma::mma_sync(of, pf, vf, of);
+            for (int j = 0; j < DT; j += 2) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, vr + j * 8);
+                mma_bf16(o[j], a0, a1, a2, a3, b[0], b[1]);
+                mma_bf16(o[j + 1], a0, a1, a2, a3, b[2], b[3]);
             }
-            wmma::store_matrix_sync(Ow + dc * 16, of, OP, wmma::mem_row_major);
         }
-        __syncwarp();
     }
-    if (qi >= n_q) return; /* no barrier follows */
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    float *orow = out + qi * (int64_t)n_heads * hd + (int64_t)h * hd;
-    for (int d = half; d < hd; d += 2) orow[d] = Ow[r * OP + d] * inv;
+#pragma unroll
+    for (int row = 0; row < 2; row++) {
+        l[row] += __shfl_xor_sync(0xffffffffu, l[row], 1);
+        l[row] += __shfl_xor_sync(0xffffffffu, l[row], 2);
+    }
+    const float inv0 = l[0] > 0.0f ? 1.0f / l[0] : 0.0f, inv1 = l[1] > 0.0f ? 1.0f / l[1] : 0.0f;
+    float *o0 = out + r0 * (int64_t)n_heads * HD + (int64_t)h * HD + 2 * t4;
+    float *o1 = out + r1 * (int64_t)n_heads * HD + (int64_t)h * HD + 2 * t4;
+#pragma unroll
+    for (int j = 0; j < DT; j++) {
+        if (r0 < n_q) o0[j * 8] = o[j][0] * inv0, o0[j * 8 + 1] = o[j][1] * inv0;
+        if (r1 < n_q) o1[j * 8] = o[j][2] * inv1, o1[j * 8 + 1] = o[j][3] * inv1;
+    }
 }
 
 /* One warp per (query, head): merge the splits' partial softmaxes. */
@@ -1138,22 +1222,31 @@ static vlm_status attention(vlm_cuda_ctx *ctx, float *out, const float *q, int64
      * them off too); the f32 kernels otherwise. */
     if (bf16_inputs && ctx->mma_attention && !ctx->f32_products && n_q >= FA_MIN_Q &&
         head_dim % 16 == 0) {
-        static int opted_in; /* 0 not yet, 1 yes, -1 refused (the f32 kernel then) */
-        const size_t smem = mma_smem_bytes(head_dim);
-        if (!opted_in) {
-            cudaError_t e =
-                cudaFuncSetAttribute(k_attn_mma, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     (int)mma_smem_bytes(ATT_MAXD));
-            if (e != cudaSuccess) (void)cudaGetLastError();
-            opted_in = e == cudaSuccess ? 1 : -1;
+        dim3 mgrid((unsigned)((n_q + MA_QT - 1) / MA_QT), (unsigned)n_heads, (unsigned)n_seq);
+        /* one 16-byte (f32) or 8-byte (bf16) load per 4 values of a row where
+         * every row start allows it */
+        const size_t esz = k.dtype == VLM_DTYPE_BF16 ? 2 : 4;
+        const bool vec = ((uintptr_t)k.data % (4 * esz)) == 0 &&
+                         ((uintptr_t)v.data % (4 * esz)) == 0 && kv_stride % 4 == 0;
+#define MMA_CASE(D)                                                                                \
+    case D:                                                                                        \
+        k_attn_mma<D><<<mgrid, MA_WARPS * 32, 0, ctx->stream>>>(                                   \
+            out, q, q_stride, k.dtype, k.data, v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads,  \
+            causal, q_pos0, scale, vec);                                                           \
+        return launched("attention (tensor cores)", err);
+        switch (head_dim) {
+            MMA_CASE(16)
+            MMA_CASE(32)
+            MMA_CASE(48)
+            MMA_CASE(64)
+            MMA_CASE(80)
+            MMA_CASE(96)
+            MMA_CASE(112)
+            MMA_CASE(128)
+        default:
+            break;
         }
-        if (opted_in > 0) {
-            dim3 mgrid((unsigned)((n_q + MA_QT - 1) / MA_QT), (unsigned)n_heads, (unsigned)n_seq);
-            k_attn_mma<<<mgrid, MA_WARPS * 32, smem, ctx->stream>>>(
-                out, q, q_stride, k.dtype, k.data, v.data, kv_stride, n_q, n_kv, n_heads,
-                n_kv_heads, head_dim, causal, q_pos0, scale);
-            return launched("attention (tensor cores)", err);
-        }
+#undef MMA_CASE
     }
     if (n_q >= FA_MIN_Q) { /* prefill chunks, the vision tower: K/V tiles shared by 16 queries */
         dim3 fgrid((unsigned)((n_q + FA_QT - 1) / FA_QT), (unsigned)n_heads, (unsigned)n_seq);
