@@ -446,6 +446,12 @@ static void test_attention_seqs(void **state) {
     attn_seqs_case("mma hd16 33 causal", VLM_DTYPE_F32, 1, 33, 33, 2, 2, 16, true, 0, true);
     attn_seqs_case("mma hd80 3 x 40", VLM_DTYPE_BF16, 3, 40, 50, 2, 2, 80, false, 0, true);
     attn_seqs_case("mma hd128 full 47 x 61", VLM_DTYPE_BF16, 1, 47, 61, 2, 1, 128, false, 0, true);
+    /* enough blocks of 128 queries for the 8-warp kernel (>= 2 an SM on
+     * 132 SMs): f32 K/V loaded between barriers, and bf16 K/V through the
+     * cp.async double buffer, causal with GQA at a later position */
+    attn_seqs_case("mma 8 warps f32 8 x 577", VLM_DTYPE_F32, 8, 577, 577, 8, 8, 64, false, 0, true);
+    attn_seqs_case("mma 8 warps bf16 4 x 600 causal", VLM_DTYPE_BF16, 4, 600, 650, 16, 4, 96, true,
+                   50, true);
 }
 
 /* --- the rest ----------------------------------------------------------------- */

@@ -8,7 +8,9 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 extern "C" {
 #include "backend/cuda/ctx.h"
@@ -62,6 +64,23 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+/* Programmatic dependent launch (sm_90): a kernel that lets the next one
+ * start early calls pdl_trigger (a hint; the dependent still waits for the
+ * whole grid), and a kernel launched with the attribute calls pdl_wait
+ * before it reads anything an earlier kernel wrote. Both are no-ops on
+ * older cards and for kernels launched without the attribute. */
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 /* Sum over a block of blockDim.x (a multiple of 32, <= 1024) threads; every
  * thread gets the total. sh: 32 floats. */
 __device__ float block_sum(float v, float *sh) {
@@ -91,6 +110,7 @@ __device__ __forceinline__ float half_bits_to_f32(uint16_t h) {
 __global__ void k_rmsnorm(float *out, const float *x, int64_t dim, vlm_dtype wt, const void *w,
                           float eps) {
     __shared__ float sh[32];
+    pdl_trigger(); /* the next product may start loading its weights */
     const float *xr = x + blockIdx.x * dim;
     float *orow = out + blockIdx.x * dim;
     float ss = 0.0f;
@@ -416,29 +436,26 @@ __global__ void __launch_bounds__(128)
 }
 
 /* --- attention on tensor cores (bf16 mode: prefill and the vision tower) ----
- * Flash-style: a block of 4 warps takes MA_QT = 64 consecutive queries of
- * one head (16 a warp) and walks the keys in tiles of MA_KT = 64. Each warp
- * keeps its queries (rounded to bf16) as mma A fragments in registers, and
- * its 16 x head_dim output and the online softmax state (max, sum; f32) in
- * registers too; only the K and V tiles pass through shared memory, rounded
- * to bf16 by the whole block ([key][head_dim + 8]: the 8 extra keep the
- * fragment loads free of bank conflicts). Per tile and warp: S = Q K^T with
- * mma.m16n8k16 (bf16 in, f32 accumulate; K fragments read as 32-bit words),
- * the online softmax on the accumulators (row max and sum over the 4 lanes
- * of a row by shuffles, exp2 of the scaled scores), P rounded to bf16 as the
- * A operand of O += P V straight from the S accumulators (the m16n8 C layout
- * of two key octets is the m16k16 A layout), V's B fragments by ldmatrix
- * .trans from the row-major tile. Keys a query may not see (causal, or past
- * the end) weigh 0; tiles wholly after the block's last query are skipped.
- * Only for callers whose q, K and V have bf16 precision already (their
- * products round activations to bf16): the result differs from the f32
- * kernels by the bf16 rounding of q, K, V and P (~4e-3 relative). head_dim a
- * multiple of 16, <= 128 (a template argument, so every loop over it
- * unrolls into registers). Shared memory: 2 x 64 x (head_dim + 8) bf16,
- * 18 KB at head_dim 64, 34 KB at 128 (static). */
-constexpr int MA_QT = 64;
+ * Flash-style: a block of NW warps (4 or 8) takes 16 NW consecutive queries
+ * of one head and walks the keys in tiles of MA_KT = 64. Each warp keeps its
+ * 16 queries (rounded to bf16) as mma A fragments in registers, and its
+ * 16 x head_dim output and the online softmax state (max, sum; f32) in
+ * registers too; only the K and V tiles pass through shared memory, as bf16
+ * ([key][head_dim + 8]: the 8 extra keep the fragment loads free of bank
+ * conflicts). Per tile and warp: S = Q K^T with mma.m16n8k16 (bf16 in, f32
+ * accumulate; K fragments read as 32-bit words), the online softmax on the
+ * accumulators (row max and sum over the 4 lanes of a row by shuffles, exp2
+ * of the scaled scores), P rounded to bf16 as the A operand of O += P V
+ * straight from the S accumulators (the m16n8 C layout of two key octets is
+ * the m16k16 A layout), V's B fragments by ldmatrix .trans from the
+ * row-major tile. Keys a query may not see (causal, or past the end) weigh
+ * 0; tiles wholly after the block's last query are skipped. Only for
+ * callers whose q, K and V have bf16 precision already (their products
+ * round activations to bf16): the result differs from the f32 kernels by
+ * the bf16 rounding of q, K, V and P (~4e-3 relative). head_dim a multiple
+ * of 16, <= 128 (a template argument, so every loop over it unrolls into
+ * registers). */
 constexpr int MA_KT = 64;
-constexpr int MA_WARPS = MA_QT / 16;
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (low half) = lo */
@@ -492,15 +509,39 @@ __device__ __forceinline__ void load4_bf16(__nv_bfloat16 *dst, vlm_dtype t, cons
     *reinterpret_cast<uint2 *>(dst) = o;
 }
 
-template <int HD>
-__global__ void __launch_bounds__(MA_WARPS * 32)
+/* 16 bytes from global to shared memory without passing through registers
+ * (cp.async, sm_80+); n bytes of it read (0: the 16 bytes are zeroed). */
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int n) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* NW warps (16 queries each) a block. ASYNC: K and V are bf16 rows whose
+ * starts are 16-byte aligned, copied with cp.async into two buffers a tile
+ * apart (tile t + 1 loads while tile t is computed); otherwise (f32, or
+ * unaligned) each tile is loaded and rounded by the threads between two
+ * barriers. Shared memory (dynamic): (ASYNC ? 2 : 1) x 2 x 64 x
+ * (head_dim + 8) bf16. */
+template <int HD, bool ASYNC> constexpr size_t mma_smem() {
+    return (size_t)(ASYNC ? 2 : 1) * 2 * MA_KT * (HD + 8) * 2;
+}
+
+template <int HD, int NW, bool ASYNC>
+__global__ void __launch_bounds__(NW * 32)
     k_attn_mma(float *out, const float *q, int64_t q_stride, vlm_dtype kvt, const void *k,
                const void *v, int64_t kv_stride, int64_t n_q, int64_t n_kv, int n_heads,
                int n_kv_heads, bool causal, int64_t q_pos0, float scale, bool vec) {
     constexpr int HP = HD + 8; /* padded row (bf16) */
-    constexpr int NT = MA_KT / 8, DT = HD / 8, KS = HD / 16;
-    __shared__ __align__(16) __nv_bfloat16 Ks[MA_KT * HP];
-    __shared__ __align__(16) __nv_bfloat16 Vs[MA_KT * HP];
+    constexpr int NT = MA_KT / 8, DT = HD / 8, KS = HD / 16, QT = NW * 16;
+    extern __shared__ __align__(16) unsigned char ma_smem[];
+    __nv_bfloat16 *Kbuf = (__nv_bfloat16 *)ma_smem;            /* [buffers][MA_KT][HP] */
+    __nv_bfloat16 *Vbuf = Kbuf + (ASYNC ? 2 : 1) * MA_KT * HP; /* [buffers][MA_KT][HP] */
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, t4 = lane & 3; /* fragment row group, thread in group */
     const int h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
@@ -508,8 +549,36 @@ __global__ void __launch_bounds__(MA_WARPS * 32)
     q += z * n_q * q_stride;
     out += z * n_q * (int64_t)n_heads * HD;
     const int64_t kvoff = z * n_kv * kv_stride + (int64_t)kvh * HD;
-    const int64_t q0 = (int64_t)blockIdx.x * MA_QT;
+    const int64_t q0 = (int64_t)blockIdx.x * QT;
     const int64_t r0 = q0 + warp * 16 + g, r1 = r0 + 8; /* this lane's two query rows */
+    const int64_t q_hi = q0 + QT < n_q ? q0 + QT : n_q;
+    int64_t kend = causal ? q_pos0 + q_hi : n_kv;
+    if (kend > n_kv) kend = n_kv;
+
+    /* one tile of K and V rows [t0, t0 + MA_KT) into buffer b */
+    auto load_tile = [&](int64_t t0, int b) {
+        __nv_bfloat16 *Ks = Kbuf + b * MA_KT * HP, *Vs = Vbuf + b * MA_KT * HP;
+        if (ASYNC) {
+            for (int i = tid; i < MA_KT * (HD / 8); i += NW * 32) {
+                const int kr = i / (HD / 8), d = (i % (HD / 8)) * 8;
+                const int64_t key = t0 + kr;
+                const bool in = key < kend;
+                const int64_t at = kvoff + (in ? key : 0) * kv_stride + d;
+                cp_async16(Ks + kr * HP + d, (const __nv_bfloat16 *)k + at, in ? 16 : 0);
+                cp_async16(Vs + kr * HP + d, (const __nv_bfloat16 *)v + at, in ? 16 : 0);
+            }
+            cp_async_commit();
+        } else {
+            for (int i = tid; i < MA_KT * (HD / 4); i += NW * 32) {
+                const int kr = i / (HD / 4), d = (i % (HD / 4)) * 4;
+                const int64_t key = t0 + kr;
+                const int64_t at = kvoff + key * kv_stride + d;
+                load4_bf16(Ks + kr * HP + d, kvt, k, at, vec, key < kend);
+                load4_bf16(Vs + kr * HP + d, kvt, v, at, vec, key < kend);
+            }
+        }
+    };
+    if (ASYNC && kend > 0) load_tile(0, 0); /* in flight while Q is read */
 
     /* Q as A fragments: a0 (row g, dims 2t..), a1 (row g + 8), a2, a3 the
      * same 8 dims on */
@@ -534,20 +603,23 @@ __global__ void __launch_bounds__(MA_WARPS * 32)
     int64_t see0 = causal ? q_pos0 + r0 + 1 : n_kv, see1 = causal ? q_pos0 + r1 + 1 : n_kv;
     if (see0 > n_kv) see0 = n_kv;
     if (see1 > n_kv) see1 = n_kv;
-    const int64_t q_hi = q0 + MA_QT < n_q ? q0 + MA_QT : n_q;
-    int64_t kend = causal ? q_pos0 + q_hi : n_kv;
-    if (kend > n_kv) kend = n_kv;
 
+    int buf = 0;
     for (int64_t t0 = 0; t0 < kend; t0 += MA_KT) {
-        __syncthreads(); /* the previous tile is used up */
-        for (int i = tid; i < MA_KT * (HD / 4); i += MA_WARPS * 32) {
-            const int kr = i / (HD / 4), d = (i % (HD / 4)) * 4;
-            const int64_t key = t0 + kr;
-            const int64_t at = kvoff + key * kv_stride + d;
-            load4_bf16(Ks + kr * HP + d, kvt, k, at, vec, key < kend);
-            load4_bf16(Vs + kr * HP + d, kvt, v, at, vec, key < kend);
+        if (ASYNC) {
+            if (t0 + MA_KT < kend) { /* the next tile into the other buffer */
+                load_tile(t0 + MA_KT, buf ^ 1);
+                cp_async_wait<1>(); /* this tile's group is complete */
+            } else {
+                cp_async_wait<0>();
+            }
+            __syncthreads(); /* every thread's copies of this tile are visible */
+        } else {
+            __syncthreads(); /* the previous tile is used up */
+            load_tile(t0, 0);
+            __syncthreads();
         }
-        __syncthreads();
+        const __nv_bfloat16 *Ks = Kbuf + buf * MA_KT * HP, *Vs = Vbuf + buf * MA_KT * HP;
         /* S = Q K^T: 16 queries x 64 keys, NT accumulators of 8 keys */
         float s[NT][4];
 #pragma unroll
@@ -561,15 +633,21 @@ __global__ void __launch_bounds__(MA_WARPS * 32)
                 mma_bf16(s[j], qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3], b0, b1);
             }
         }
-        /* online softmax: c0, c1 are row r0's keys 8j + 2t, +1; c2, c3 row r1's */
+        /* online softmax: c0, c1 are row r0's keys 8j + 2t, +1; c2, c3 row
+         * r1's. Only tiles reaching past a row's last visible key need the
+         * per-key test. */
+        const bool full = t0 + MA_KT <= see0 && t0 + MA_KT <= see1;
         float tmax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int j = 0; j < NT; j++) {
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const int64_t key = t0 + j * 8 + 2 * t4 + (e & 1);
                 const int row = e >> 1;
-                float x = key < (row ? see1 : see0) ? s[j][e] * sl2 : -INFINITY;
+                float x = s[j][e] * sl2;
+                if (!full) {
+                    const int64_t key = t0 + j * 8 + 2 * t4 + (e & 1);
+                    if (key >= (row ? see1 : see0)) x = -INFINITY;
+                }
                 s[j][e] = x;
                 tmax[row] = fmaxf(tmax[row], x);
             }
@@ -620,6 +698,10 @@ __global__ void __launch_bounds__(MA_WARPS * 32)
                 mma_bf16(o[j + 1], a0, a1, a2, a3, b[2], b[3]);
             }
         }
+        if (ASYNC) {
+            __syncthreads(); /* this buffer is used up before the next-but-one tile lands in it */
+            buf ^= 1;
+        }
     }
 #pragma unroll
     for (int row = 0; row < 2; row++) {
@@ -634,6 +716,43 @@ __global__ void __launch_bounds__(MA_WARPS * 32)
         if (r0 < n_q) o0[j * 8] = o[j][0] * inv0, o0[j * 8 + 1] = o[j][1] * inv0;
         if (r1 < n_q) o1[j * 8] = o[j][2] * inv1, o1[j * 8 + 1] = o[j][3] * inv1;
     }
+}
+
+/* Launches k_attn_mma<HD, NW, ASYNC>; the dynamic shared memory limit is
+ * raised once per instance where it passes 48 KB. false: the card refused
+ * (the caller falls back to the f32 kernel). */
+template <int HD, int NW, bool ASYNC>
+bool launch_mma(dim3 grid, cudaStream_t st, float *out, const float *q, int64_t q_stride,
+                vlm_dtype kvt, const void *k, const void *v, int64_t kv_stride, int64_t n_q,
+                int64_t n_kv, int n_heads, int n_kv_heads, bool causal, int64_t q_pos0, float scale,
+                bool vec) {
+    constexpr size_t smem = mma_smem<HD, ASYNC>();
+    static int opted = smem <= 48 * 1024 ? 1 : 0; /* 1 yes, -1 refused */
+    if (!opted) {
+        cudaError_t e = cudaFuncSetAttribute(
+            k_attn_mma<HD, NW, ASYNC>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) (void)cudaGetLastError();
+        opted = e == cudaSuccess ? 1 : -1;
+    }
+    if (opted < 0) return false;
+    k_attn_mma<HD, NW, ASYNC><<<grid, NW * 32, smem, st>>>(out, q, q_stride, kvt, k, v, kv_stride,
+                                                           n_q, n_kv, n_heads, n_kv_heads, causal,
+                                                           q_pos0, scale, vec);
+    return true;
+}
+
+template <int HD>
+bool launch_mma_hd(int nw, bool async, dim3 grid, cudaStream_t st, float *out, const float *q,
+                   int64_t q_stride, vlm_dtype kvt, const void *k, const void *v, int64_t kv_stride,
+                   int64_t n_q, int64_t n_kv, int n_heads, int n_kv_heads, bool causal,
+                   int64_t q_pos0, float scale, bool vec) {
+#define MMA_ARGS                                                                                   \
+    grid, st, out, q, q_stride, kvt, k, v, kv_stride, n_q, n_kv, n_heads, n_kv_heads, causal,      \
+        q_pos0, scale, vec
+    if (nw == 8)
+        return async ? launch_mma<HD, 8, true>(MMA_ARGS) : launch_mma<HD, 8, false>(MMA_ARGS);
+    return async ? launch_mma<HD, 4, true>(MMA_ARGS) : launch_mma<HD, 4, false>(MMA_ARGS);
+#undef MMA_ARGS
 }
 
 /* One warp per (query, head): merge the splits' partial softmaxes. */
@@ -699,6 +818,7 @@ __global__ void k_add_bias(float *y, int64_t n, int64_t dim, vlm_dtype bt, const
 }
 
 __global__ void k_silu_mul(float *out, const float *gu, int64_t n, int64_t ff) {
+    pdl_trigger();
     GRID_LOOP(i, n * ff) {
         int64_t r = i / ff, c = i % ff;
         float g = gu[r * 2 * ff + c], u = gu[r * 2 * ff + ff + c];
@@ -946,12 +1066,24 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, NT == 1 ? GV_MIN_BLOCKS : 1)
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
     vlm_dtype dt = bf16 ? VLM_DTYPE_BF16 : VLM_DTYPE_F16;
-    for (int64_t i0 = (int64_t)s * 32 * GV_LOADS; live && i0 < nv; i0 += WS * 32 * GV_LOADS) {
-        uint4 u[GV_LOADS];
+    /* The first loads of the weights (which no earlier kernel writes) go out
+     * before waiting for the kernel that produces x (launched as a
+     * programmatic dependent, this overlaps that kernel's tail). */
+    uint4 u[GV_LOADS];
+    int64_t i0 = (int64_t)s * 32 * GV_LOADS;
 #pragma unroll
-        for (int k = 0; k < GV_LOADS; k++) { /* all loads first: GV_LOADS in flight */
-            int64_t i = i0 + k * 32 + lane;
-            u[k] = i < nv ? ld_stream16(wr + i) : make_uint4(0u, 0u, 0u, 0u);
+    for (int k = 0; k < GV_LOADS; k++) {
+        int64_t i = i0 + k * 32 + lane;
+        u[k] = live && i < nv ? ld_stream16(wr + i) : make_uint4(0u, 0u, 0u, 0u);
+    }
+    pdl_wait();
+    for (; live && i0 < nv; i0 += WS * 32 * GV_LOADS) {
+        if (i0 != (int64_t)s * 32 * GV_LOADS) {
+#pragma unroll
+            for (int k = 0; k < GV_LOADS; k++) { /* all loads first: GV_LOADS in flight */
+                int64_t i = i0 + k * 32 + lane;
+                u[k] = i < nv ? ld_stream16(wr + i) : make_uint4(0u, 0u, 0u, 0u);
+            }
         }
 #pragma unroll
         for (int k = 0; k < GV_LOADS; k++) {
@@ -1083,6 +1215,78 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     }
 }
 
+/* Card facts the launches use, read once: multiprocessors, whether
+ * programmatic dependent launch is there (sm_90+, VLM_CUDA_PDL=0 turns it
+ * off), VLM_GEMV_WS (1, 2 or 4 warps a row: a fixed choice, for measuring)
+ * and VLM_CUDA_ATTN_ASYNC=0 (the tensor-core attention loads its K/V tiles
+ * synchronously, for measuring). */
+struct gemv_card {
+    int sms = 0, fixed_ws = 0;
+    bool pdl = false, attn_async = true;
+    gemv_card() {
+        int dev = 0, major = 0;
+        if (cudaGetDevice(&dev) == cudaSuccess) {
+            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+        }
+        (void)cudaGetLastError();
+        const char *e = getenv("VLM_CUDA_PDL");
+        pdl = major >= 9 && !(e && e[0] == '0');
+        const char *a = getenv("VLM_CUDA_ATTN_ASYNC");
+        attn_async = !(a && a[0] == '0');
+        const char *w = getenv("VLM_GEMV_WS");
+        if (w && (w[0] == '1' || w[0] == '2' || w[0] == '4') && !w[1]) fixed_ws = w[0] - '0';
+    }
+};
+
+const gemv_card &card() {
+    static const gemv_card c; /* thread-safe initialisation (C++11) */
+    return c;
+}
+
+/* Warps per row of k_gemv16. One token (decoding): the choice of 1, 2 or 4
+ * whose grid fills its last wave best (GV_MIN_BLOCKS resident blocks per
+ * SM): at one warp a row the 9216-row qkv product is 1.45 waves, its last
+ * 0.45 wave reading at a fraction of the bandwidth; at two it is 2.9 waves.
+ * Ties go to fewer warps a row (longer runs of loads). More tokens: enough
+ * rows in flight for ~24+ warps an SM. */
+int gemv_warps_per_row(int nt, int64_t out) {
+    const gemv_card &c = card();
+    if (c.fixed_ws) return c.fixed_ws;
+    if (nt != 1 || c.sms <= 0) return out >= 6144 ? 1 : out >= 1536 ? 2 : 4;
+    const double slots = (double)c.sms * GV_MIN_BLOCKS;
+    int best = 1;
+    double best_fill = 0.0;
+    for (int ws = 1; ws <= 4; ws *= 2) {
+        double waves = (double)((out * ws + GEMV_WARPS - 1) / GEMV_WARPS) / slots;
+        double fill = waves / ceil(waves);
+        if (fill > best_fill + 0.02) best = ws, best_fill = fill;
+    }
+    return best;
+}
+
+/* A launch as a programmatic dependent of the kernel before it where the
+ * card has it (the kernel must call pdl_wait before reading what earlier
+ * kernels wrote); a plain launch otherwise. */
+template <typename... KArgs, typename... Args>
+void launch_pdl(void (*kern)(KArgs...), unsigned grid, cudaStream_t st, Args... args) {
+    if (!card().pdl) {
+        kern<<<grid, GEMV_WARPS * 32, 0, st>>>(args...);
+        return;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(grid);
+    cfg.blockDim = dim3(GEMV_WARPS * 32);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = st;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    cudaLaunchKernelEx(&cfg, kern, static_cast<KArgs>(args)...);
+}
+
 /* Launches k_gemv16 / k_gemv_quant16 for nt (1..8) tokens. */
 template <int NT>
 void launch_gemv_fast(cudaStream_t st, float *y, const float *x, int64_t in, int64_t out,
@@ -1097,19 +1301,16 @@ void launch_gemv_fast(cudaStream_t st, float *y, const float *x, int64_t in, int
                 <<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, (const uint8_t *)w, acc_y);
         return;
     }
-    /* Warps per row: enough rows in flight for the 132 SMs of an H100 at
-     * ~24+ warps each (qkv 9216, gate_up 16384, lm_head 32064 rows: one warp;
-     * o and down, 3072 rows: two; small test shapes: four). */
-    int ws = out >= 6144 ? 1 : out >= 1536 ? 2 : 4;
+    int ws = gemv_warps_per_row(NT, out);
     unsigned grid = (unsigned)((out * ws + GEMV_WARPS - 1) / GEMV_WARPS);
     bool bf = t == VLM_DTYPE_BF16;
     const uint4 *wv = (const uint4 *)w;
     if (ws == 1)
-        k_gemv16<NT, 1><<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, bf, wv, acc_y);
+        launch_pdl(k_gemv16<NT, 1>, grid, st, y, x, in, out, bf, wv, acc_y);
     else if (ws == 2)
-        k_gemv16<NT, 2><<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, bf, wv, acc_y);
+        launch_pdl(k_gemv16<NT, 2>, grid, st, y, x, in, out, bf, wv, acc_y);
     else
-        k_gemv16<NT, 4><<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, bf, wv, acc_y);
+        launch_pdl(k_gemv16<NT, 4>, grid, st, y, x, in, out, bf, wv, acc_y);
 }
 
 void launch_gemv_fast_n(cudaStream_t st, int nt, float *y, const float *x, int64_t in, int64_t out,
@@ -1222,18 +1423,28 @@ static vlm_status attention(vlm_cuda_ctx *ctx, float *out, const float *q, int64
      * them off too); the f32 kernels otherwise. */
     if (bf16_inputs && ctx->mma_attention && !ctx->f32_products && n_q >= FA_MIN_Q &&
         head_dim % 16 == 0) {
-        dim3 mgrid((unsigned)((n_q + MA_QT - 1) / MA_QT), (unsigned)n_heads, (unsigned)n_seq);
-        /* one 16-byte (f32) or 8-byte (bf16) load per 4 values of a row where
-         * every row start allows it */
+        /* 128 queries a block (8 warps) where that still gives two blocks
+         * an SM: K and V pass through shared memory half as often as with
+         * 64 (the vision tower's 17 x 16 x 5 blocks); 64 otherwise (prefill
+         * chunks: 32 heads x 13 blocks of 64 at 800 tokens). */
+        const int64_t blocks128 = (n_q + 127) / 128 * n_heads * n_seq;
+        const int nw = blocks128 >= 2 * (int64_t)card().sms ? 8 : 4;
+        dim3 mgrid((unsigned)((n_q + nw * 16 - 1) / (nw * 16)), (unsigned)n_heads, (unsigned)n_seq);
         const size_t esz = k.dtype == VLM_DTYPE_BF16 ? 2 : 4;
+        /* f32 rows: one 16-byte load per 4 values where every row start
+         * allows it; bf16 rows: cp.async of 8 values where every row start
+         * is 16-byte aligned */
         const bool vec = ((uintptr_t)k.data % (4 * esz)) == 0 &&
                          ((uintptr_t)v.data % (4 * esz)) == 0 && kv_stride % 4 == 0;
+        const bool async = k.dtype == VLM_DTYPE_BF16 && ((uintptr_t)k.data % 16) == 0 &&
+                           ((uintptr_t)v.data % 16) == 0 && kv_stride % 8 == 0 && card().attn_async;
+        bool ok = false;
 #define MMA_CASE(D)                                                                                \
     case D:                                                                                        \
-        k_attn_mma<D><<<mgrid, MA_WARPS * 32, 0, ctx->stream>>>(                                   \
-            out, q, q_stride, k.dtype, k.data, v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads,  \
-            causal, q_pos0, scale, vec);                                                           \
-        return launched("attention (tensor cores)", err);
+        ok = launch_mma_hd<D>(nw, async, mgrid, ctx->stream, out, q, q_stride, k.dtype, k.data,    \
+                              v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads, causal, q_pos0,   \
+                              scale, vec);                                                         \
+        break;
         switch (head_dim) {
             MMA_CASE(16)
             MMA_CASE(32)
@@ -1247,6 +1458,7 @@ static vlm_status attention(vlm_cuda_ctx *ctx, float *out, const float *q, int64
             break;
         }
 #undef MMA_CASE
+        if (ok) return launched("attention (tensor cores)", err);
     }
     if (n_q >= FA_MIN_Q) { /* prefill chunks, the vision tower: K/V tiles shared by 16 queries */
         dim3 fgrid((unsigned)((n_q + FA_QT - 1) / FA_QT), (unsigned)n_heads, (unsigned)n_seq);
