@@ -8,7 +8,9 @@
  *   - decode: a 16-token prompt, then decode_tokens greedy tokens through
  *     session_generate (logits copied to the host, host sampler); tokens/s
  *     and its fraction of the bound (tokens/s x decoder + lm_head weight
- *     bytes / the measured device-to-device copy bandwidth);
+ *     bytes / the measured device-to-device copy bandwidth); at the end
+ *     again with a model created under VLM_CUDA_GRAPHS=0 (plain launches
+ *     per token instead of the decode step's CUDA graph);
  *   - prefill: prefill_tokens tokens in one chunk into a fresh session (ms,
  *     median of 3);
  *   - the vision tower + 2x2 merge + projector for 1 + 4 and 1 + 16 crops,
@@ -92,6 +94,34 @@ static vlm_status open_session(arch_model *m, int64_t chunk, session **s, vlm_er
     return session_create(m, &o, s, err);
 }
 
+/* Greedy decode of n_dec tokens after a 16-token prompt, after one
+ * warm-up run: tokens/s of the second. */
+static vlm_status decode_rate(arch_model *m, sampler *smp, const int32_t *ids, int32_t *out,
+                              int n_dec, double *tok_s, vlm_err *err) {
+    double dec_ms = 0;
+    for (int rep = 0; rep < 2; rep++) { /* the first is the warm-up */
+        session *s = NULL;
+        vlm_status st = open_session(m, 16, &s, err);
+        if (st != VLM_OK) return st;
+        if ((st = session_append(s, ids, 16, NULL, 0, NULL, err)) != VLM_OK) {
+            session_free(s);
+            return st;
+        }
+        int n_out = 0;
+        session_stop why;
+        gen_options g = {n_dec, NULL, 0, NULL, NULL};
+        double t0 = now_ms();
+        st = session_generate(s, smp, &g, out, &n_out, &why, err);
+        dec_ms = now_ms() - t0;
+        session_free(s);
+        if (st != VLM_OK) return st;
+        if (n_out != n_dec)
+            return vlm_err_set(err, VLM_ERR_INTERNAL, "%d of %d tokens generated", n_out, n_dec);
+    }
+    *tok_s = n_dec / (dec_ms * 1e-3);
+    return VLM_OK;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr,
@@ -160,25 +190,9 @@ int main(int argc, char **argv) {
     sampler_params_init(&sp);
     sampler *smp = NULL;
     if (sampler_create(&sp, mi->vocab, &smp, &err) != VLM_OK) return fail("sampler", &err);
-    double dec_ms = 0;
-    for (int rep = 0; rep < 2 && do_dec; rep++) { /* the first is the warm-up */
-        session *s = NULL;
-        if (open_session(m, 16, &s, &err) != VLM_OK) return fail("session", &err);
-        if (session_append(s, ids, 16, NULL, 0, NULL, &err) != VLM_OK) return fail("prompt", &err);
-        int n_out = 0;
-        session_stop why;
-        gen_options g = {n_dec, NULL, 0, NULL, NULL};
-        t0 = now_ms();
-        if (session_generate(s, smp, &g, out, &n_out, &why, &err) != VLM_OK)
-            return fail("decode", &err);
-        dec_ms = now_ms() - t0;
-        session_free(s);
-        if (n_out != n_dec) {
-            fprintf(stderr, "gpu_model_bench: %d of %d tokens generated\n", n_out, n_dec);
-            return 1;
-        }
-    }
-    double tok_s = do_dec ? n_dec / (dec_ms * 1e-3) : 0;
+    double tok_s = 0;
+    if (do_dec && decode_rate(m, smp, ids, out, n_dec, &tok_s, &err) != VLM_OK)
+        return fail("decode", &err);
     double pct = 100.0 * tok_s * step_bytes / 1e9 / bw;
     printf("%-36s %10.1f tok/s  %5.1f%% of bound (%.2f GB per token, bound %.1f tok/s)\n",
            "decode (16-token prompt, greedy)", tok_s, pct, step_bytes / 1e9, bw * 1e9 / step_bytes);
@@ -232,10 +246,29 @@ int main(int argc, char **argv) {
         vlm_free(rows);
     }
 
+    /* --- decode again with plain launches (VLM_CUDA_GRAPHS=0 is read when
+     * the model is created: a second model, after the first is gone) --- */
+    arch_model_free(m);
+    m = NULL;
+    double tok_plain = 0;
+    if (do_dec) {
+        setenv("VLM_CUDA_GRAPHS", "0", 1);
+        if (arch_model_create(&vc, dir, &src, pool, &place, &m, &err) != VLM_OK)
+            return fail("create (plain launches)", &err);
+        unsetenv("VLM_CUDA_GRAPHS");
+        if (decode_rate(m, smp, ids, out, n_dec, &tok_plain, &err) != VLM_OK)
+            return fail("decode (plain launches)", &err);
+        printf("%-36s %10.1f tok/s  %5.1f%% of bound (CUDA graph: %.2fx)\n",
+               "decode, plain launches (no graph)", tok_plain,
+               100.0 * tok_plain * step_bytes / 1e9 / bw, tok_plain > 0 ? tok_s / tok_plain : 0);
+    }
+
     printf("{\"device\": \"%s\", \"copy_gbs\": %.1f, \"decode_tok_s\": %.2f, "
-           "\"decode_pct_of_bound\": %.1f, \"step_gb\": %.3f, \"prefill_tokens\": %d, "
+           "\"decode_pct_of_bound\": %.1f, \"decode_plain_tok_s\": %.2f, \"step_gb\": %.3f, "
+           "\"prefill_tokens\": %d, "
            "\"prefill_ms\": %.2f, \"vision_1p4_ms\": %.2f, \"vision_1p16_ms\": %.2f}\n",
-           gi.name, bw, tok_s, pct, step_bytes / 1e9, n_pre, pre_ms, vis_ms[0], vis_ms[1]);
+           gi.name, bw, tok_s, pct, tok_plain, step_bytes / 1e9, n_pre, pre_ms, vis_ms[0],
+           vis_ms[1]);
 
     sampler_free(smp);
     vlm_free(ids);

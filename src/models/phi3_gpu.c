@@ -4,10 +4,12 @@
 #ifdef VLM_HAVE_CUDA
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "backend/cuda/cuda.h"
 #include "base/alloc.h"
+#include "base/log.h"
 
 typedef struct gpu_layer {
     vlm_cuda_weight in_norm, qkv, o, post_norm, gate_up, down;
@@ -22,10 +24,31 @@ struct phi3_gpu {
     vlm_cuda_weight norm, lm_head;
     void **owned; /* device buffers of the weights */
     int n_owned;
-    /* device activations, grown to the largest call */
+    /* device activations, grown to the largest call; act[0] is the device
+     * position (int32) the graph's kernels read, the rows start at act + 4 */
     float *act;
     size_t act_floats;
-    int32_t pad;
+    /* RoPE cos/sin of positions [0, rope_rows) on the device (cos
+     * [rope_rows][hd/2], then sin), cpu_rope_cos_sin's values for the
+     * short (or, rope_long_tab, long) factors, filled up to rope_filled */
+    float *rope;
+    int64_t rope_rows, rope_filled;
+    bool rope_long_tab;
+    /* the decode step as a CUDA graph (head on the GPU, VLM_CUDA_GRAPHS not
+     * 0): recorded at the first n == 1 forward and again whenever a buffer
+     * it baked in changes (key) */
+    bool graphs;
+    vlm_cuda_graph *graph;
+    struct graph_key {
+        const void *act, *rope, *k, *v;
+        int64_t max_ctx;
+        int dtype;
+        bool logits;
+    } key;
+    /* host staging of a decode step (page-locked when the driver allows):
+     * [4 floats: the position as int32, padding][d: x][vocab: logits] */
+    float *stage;
+    bool stage_pinned;
 };
 
 /* Context workspace: bf16 activations of 512 rows of the widest input, the
@@ -72,6 +95,8 @@ vlm_status phi3_gpu_create(const phi3_model *m, int gpu_layers, bool head, phi3_
     g->m = m;
     g->n_layers = gpu_layers;
     g->head = head;
+    const char *ge = getenv("VLM_CUDA_GRAPHS");
+    g->graphs = head && !(ge && !strcmp(ge, "0"));
     vlm_status st = vlm_cuda_ctx_create(&g->ctx, workspace_bytes(c), err);
     if (st != VLM_OK) goto fail;
     g->L = VLM_NEW_ARRAY(gpu_layer, (size_t)gpu_layers, VLM_MEM_OTHER);
@@ -97,6 +122,15 @@ vlm_status phi3_gpu_create(const phi3_model *m, int gpu_layers, bool head, phi3_
         ((st = upload(g, m->norm, d, "model.norm", -1, &g->norm, err)) ||
          (st = upload(g, m->lm_head, (int64_t)c->vocab * d, "lm_head", -1, &g->lm_head, err))))
         goto fail;
+    if (head) {
+        g->stage =
+            vlm_cuda_host_alloc((size_t)(4 + d + c->vocab) * sizeof(float), &g->stage_pinned);
+        if (!g->stage) {
+            st = vlm_err_set(err, VLM_ERR_NOMEM,
+                             "GPU decoder: out of host memory for the decode staging buffer");
+            goto fail;
+        }
+    }
     *out = g;
     return VLM_OK;
 fail:
@@ -107,8 +141,11 @@ fail:
 void phi3_gpu_free(phi3_gpu *g) {
     if (!g) return;
     if (g->ctx) vlm_cuda_sync(g->ctx, "GPU decoder free", NULL);
+    vlm_cuda_graph_destroy(g->graph);
+    vlm_cuda_host_free(g->stage, g->stage_pinned);
     for (int i = 0; i < g->n_owned; i++) vlm_dev_free(g->owned[i]);
     vlm_dev_free(g->act);
+    vlm_dev_free(g->rope);
     vlm_cuda_ctx_destroy(g->ctx);
     vlm_free(g->owned);
     vlm_free(g->L);
@@ -136,21 +173,163 @@ static vlm_status check_kv(const phi3_gpu *g, const vlm_kv *kv, vlm_err *err) {
     return VLM_OK;
 }
 
+/* The RoPE tables on the device for positions [0, upto) of a cache of
+ * max_ctx positions: allocated once for max_ctx rows (category
+ * ACTIVATIONS), filled on the host by cpu_rope_cos_sin (the CPU path's
+ * values, bit for bit) in steps of 256 rows as positions are reached, and
+ * refilled from 0 when the factors switch (LongRoPE). */
+static vlm_status ensure_rope(phi3_gpu *g, int64_t max_ctx, int64_t upto, bool rope_long,
+                              vlm_err *err) {
+    const phi3_model *m = g->m;
+    const int64_t hd = m->cfg->head_dim, half = hd / 2;
+    if (!g->rope || g->rope_rows < max_ctx) {
+        vlm_dev_free(g->rope);
+        g->rope_rows = g->rope_filled = 0;
+        g->rope = vlm_dev_alloc((size_t)(max_ctx * hd) * sizeof(float), VLM_MEM_ACTIVATIONS);
+        if (!g->rope)
+            return vlm_err_set(err, VLM_ERR_NOMEM,
+                               "GPU decoder: out of GPU memory for the RoPE tables of %lld "
+                               "positions (%zu bytes)",
+                               (long long)max_ctx, (size_t)(max_ctx * hd) * sizeof(float));
+        g->rope_rows = max_ctx;
+    }
+    if (rope_long != g->rope_long_tab) {
+        g->rope_filled = 0;
+        g->rope_long_tab = rope_long;
+    }
+    if (upto <= g->rope_filled) return VLM_OK;
+    int64_t from = g->rope_filled, to = (upto + 255) / 256 * 256;
+    if (to > g->rope_rows) to = g->rope_rows;
+    const int64_t rows = to - from;
+    float *tab = vlm_alloc((size_t)(2 * rows * half) * sizeof(float), VLM_MEM_SCRATCH);
+    if (!tab) return vlm_err_set(err, VLM_ERR_NOMEM, "GPU decoder: out of memory for RoPE tables");
+    cpu_rope_cos_sin(tab, tab + rows * half, from, rows, (int)hd,
+                     rope_long ? m->inv_freq_long : m->inv_freq_short, m->mscale);
+    vlm_status st = vlm_cuda_upload(g->ctx, g->rope + from * half, tab,
+                                    (size_t)(rows * half) * sizeof(float), "RoPE cos table", err);
+    if (st == VLM_OK)
+        st = vlm_cuda_upload(g->ctx, g->rope + (g->rope_rows + from) * half, tab + rows * half,
+                             (size_t)(rows * half) * sizeof(float), "RoPE sin table", err);
+    vlm_free(tab);
+    if (st == VLM_OK) g->rope_filled = to;
+    return st;
+}
+
+/* Queue the layers (and with want_logits the head over rows [first, n)) on
+ * the activations in g->act. dpos non-NULL: the position is the device's
+ * int32 there (the graph's step, n == 1), the launches do not depend on
+ * pos0; otherwise pos0 is baked into the launches. */
+static vlm_status enqueue(phi3_gpu *g, const vlm_kv *kv, int64_t n, int64_t pos0,
+                          const int32_t *dpos, bool want_logits, int64_t first, vlm_err *err) {
+    const phi3v_config *c = g->m->cfg;
+    const int64_t d = c->hidden, ff = c->intermediate, hd = c->head_dim;
+    const int H = c->n_heads, KV = c->n_kv_heads;
+    const int64_t qd = H * hd, kvd = KV * hd, qkvd = qd + 2 * kvd, half = hd / 2;
+    float *dx = g->act + 4, *xb = dx + n * d, *qkv = xb + n * d, *att = qkv + n * qkvd,
+          *gu = att + n * qd, *hmid = gu + n * 2 * ff, *dlog = hmid + n * ff;
+    const float *cos_tab = g->rope, *sin_tab = g->rope + g->rope_rows * half;
+    const float scale = (float)(1.0 / sqrt((double)hd));
+    const vlm_cuda_weight nob = {VLM_DTYPE_F32, NULL};
+    const size_t esz = kv->dtype == VLM_DTYPE_BF16 ? 2 : 4;
+    vlm_status st;
+#define RUN(call)                                                                                  \
+    do {                                                                                           \
+        if ((st = (call)) != VLM_OK) return st;                                                    \
+    } while (0)
+    for (int l = 0; l < g->n_layers; l++) {
+        const gpu_layer *L = &g->L[l];
+        const int64_t lo = (int64_t)l * kv->max_ctx * kvd;
+        vlm_cuda_weight kc = {kv->dtype, (const char *)kv->dev_k + (size_t)lo * esz};
+        vlm_cuda_weight vc = {kv->dtype, (const char *)kv->dev_v + (size_t)lo * esz};
+        RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->in_norm, c->rms_eps, err));
+        RUN(vlm_cuda_matmul(g->ctx, qkv, xb, n, d, qkvd, L->qkv, nob, err));
+        /* q's H heads and k's KV heads lie side by side at the start of
+         * each qkv row: one rotation over H + KV heads, and in the same
+         * launch the chunk's K/V rows into the cache (positions
+         * pos0..pos0+n-1) */
+        if (dpos) {
+            RUN(vlm_cuda_rope_store_pos(g->ctx, qkv, n, qkvd, H, KV, (int)hd, cos_tab, sin_tab,
+                                        kv->dev_k, kv->dev_v, kv->dtype, lo, dpos, err));
+            RUN(vlm_cuda_attention_pos(g->ctx, att, qkv, qkvd, kc, vc, kvd, n, kv->max_ctx, H, KV,
+                                       (int)hd, scale, dpos, err));
+        } else {
+            RUN(vlm_cuda_rope_store(g->ctx, qkv, n, qkvd, H, KV, (int)hd, cos_tab + pos0 * half,
+                                    sin_tab + pos0 * half, kv->dev_k, kv->dev_v, kv->dtype,
+                                    lo + pos0 * kvd, err));
+            /* BF16 qkv weights: above the GEMV size the qkv product
+             * rounded its input to bf16, so prefill chunks may take the
+             * tensor-core attention (the op keeps f32 in f32 mode and
+             * below 32 queries) */
+            RUN(vlm_cuda_attention_seqs(g->ctx, att, qkv, qkvd, kc, vc, kvd, 1, n, pos0 + n, H, KV,
+                                        (int)hd, true, pos0, scale, L->qkv.dtype == VLM_DTYPE_BF16,
+                                        err));
+        }
+        /* x += o(att): the residual add fused into the product */
+        RUN(vlm_cuda_matmul_acc(g->ctx, dx, att, n, qd, d, L->o, err));
+        RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->post_norm, c->rms_eps, err));
+        RUN(vlm_cuda_matmul(g->ctx, gu, xb, n, d, 2 * ff, L->gate_up, nob, err));
+        RUN(vlm_cuda_silu_mul(g->ctx, hmid, gu, n, ff, err));
+        RUN(vlm_cuda_matmul_acc(g->ctx, dx, hmid, n, ff, d, L->down, err));
+    }
+    if (want_logits) {
+        RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx + first * d, n - first, d, g->norm, c->rms_eps, err));
+        RUN(vlm_cuda_matmul(g->ctx, dlog, xb, n - first, d, c->vocab, g->lm_head, nob, err));
+    }
+#undef RUN
+    return VLM_OK;
+}
+
+/* The decode step's graph for this cache and logits mode: the one recorded
+ * before when nothing it baked in changed, else recorded now. false when
+ * it cannot be had (the capture or instantiation failed: graphs are off for
+ * this model from then on, the step runs as plain launches). */
+static bool step_graph(phi3_gpu *g, const vlm_kv *kv, bool want_logits) {
+    struct graph_key k;
+    memset(&k, 0, sizeof k); /* padding too: keys are compared with memcmp */
+    k.act = g->act;
+    k.rope = g->rope;
+    k.k = kv->dev_k;
+    k.v = kv->dev_v;
+    k.max_ctx = kv->max_ctx;
+    k.dtype = (int)kv->dtype;
+    k.logits = want_logits;
+    if (g->graph && !memcmp(&k, &g->key, sizeof k)) return true;
+    vlm_cuda_graph_destroy(g->graph);
+    g->graph = NULL;
+    vlm_err e = {0};
+    vlm_status st = vlm_cuda_capture_begin(g->ctx, &e);
+    if (st == VLM_OK) {
+        vlm_status sq = enqueue(g, kv, 1, 0, (const int32_t *)g->act, want_logits, 0, &e);
+        vlm_err e2 = {0};
+        st = vlm_cuda_capture_end(g->ctx, &g->graph, sq == VLM_OK ? &e : &e2);
+        if (sq != VLM_OK) st = sq;
+    }
+    if (st != VLM_OK || !g->graph) {
+        vlm_log(VLM_LOG_WARN, "GPU decoder: no CUDA graph for the decode step (%s); plain launches",
+                e.msg);
+        vlm_cuda_graph_destroy(g->graph);
+        g->graph = NULL;
+        g->graphs = false;
+        return false;
+    }
+    g->key = k;
+    return true;
+}
+
 vlm_status phi3_gpu_forward(phi3_gpu *g, const vlm_kv *kv, float *x, int64_t n, int64_t pos0,
                             bool rope_long, int logits_mode, float *logits, vlm_err *err) {
     const phi3_model *m = g->m;
     const phi3v_config *c = m->cfg;
     const int64_t d = c->hidden, ff = c->intermediate, hd = c->head_dim;
-    const int H = c->n_heads, KV = c->n_kv_heads;
-    const int64_t qd = H * hd, kvd = KV * hd, qkvd = qd + 2 * kvd, half = hd / 2;
+    const int64_t qd = c->n_heads * hd, qkvd = qd + 2 * (int64_t)c->n_kv_heads * hd;
     const bool want_logits = g->head && logits && logits_mode != VLM_LOGITS_NONE;
     const int64_t first = logits_mode == VLM_LOGITS_LAST ? n - 1 : 0;
     vlm_status st = check_kv(g, kv, err);
     if (st != VLM_OK) return st;
 
-    /* x, xb [n][d]; qkv [n][qkvd]; att [n][qd]; gu [n][2ff]; hmid [n][ff];
-     * cos, sin [n][hd/2]; logits [n - first][vocab] */
-    size_t need = (size_t)n * (size_t)(2 * d + qkvd + qd + 3 * ff + hd) +
+    /* pos [4]; x, xb [n][d]; qkv [n][qkvd]; att [n][qd]; gu [n][2ff];
+     * hmid [n][ff]; logits [n - first][vocab] */
+    size_t need = 4 + (size_t)n * (size_t)(2 * d + qkvd + qd + 3 * ff) +
                   (want_logits ? (size_t)(n - first) * (size_t)c->vocab : 0);
     if (need > g->act_floats) {
         vlm_dev_free(g->act);
@@ -163,64 +342,43 @@ vlm_status phi3_gpu_forward(phi3_gpu *g, const vlm_kv *kv, float *x, int64_t n, 
                                (long long)n, need * sizeof(float));
         g->act_floats = need;
     }
-    float *dx = g->act, *xb = dx + n * d, *qkv = xb + n * d, *att = qkv + n * qkvd,
-          *gu = att + n * qd, *hmid = gu + n * 2 * ff, *cos_t = hmid + n * ff,
-          *sin_t = cos_t + n * half, *dlog = sin_t + n * half;
+    if ((st = ensure_rope(g, kv->max_ctx, pos0 + n, rope_long, err)) != VLM_OK) return st;
+    float *dx = g->act + 4;
+    float *dlog = dx + n * (2 * d + qkvd + qd + 3 * ff);
 
-    /* cos/sin on the host, exactly as the CPU path, then uploaded */
-    float *tab = vlm_alloc((size_t)(2 * n * half) * sizeof(float), VLM_MEM_SCRATCH);
-    if (!tab) return vlm_err_set(err, VLM_ERR_NOMEM, "GPU decoder: out of memory for RoPE tables");
-    cpu_rope_cos_sin(tab, tab + n * half, pos0, n, (int)hd,
-                     rope_long ? m->inv_freq_long : m->inv_freq_short, m->mscale);
-    st = vlm_cuda_upload(g->ctx, cos_t, tab, (size_t)(2 * n * half) * sizeof(float), "RoPE tables",
-                         err);
-    vlm_free(tab);
-    if (st != VLM_OK) return st;
+    if (n == 1 && g->graphs && step_graph(g, kv, want_logits)) {
+        /* One decode step: the position and x go up in one queued copy
+         * from the staging buffer, the graph runs every layer and the head,
+         * the logits row comes down into the staging buffer; one wait. The
+         * hidden state stays on the card (nobody reads it with the head
+         * here). */
+        int32_t p32 = (int32_t)pos0;
+        memcpy(g->stage, &p32, sizeof p32);
+        memcpy(g->stage + 4, x, (size_t)d * sizeof(float));
+        float *hlog = g->stage + 4 + d;
+        if ((st = vlm_cuda_upload_async(g->ctx, g->act, g->stage, (size_t)(4 + d) * sizeof(float),
+                                        "decode step input", err)) ||
+            (st = vlm_cuda_graph_launch(g->ctx, g->graph, err)) ||
+            (want_logits &&
+             (st = vlm_cuda_download_async(g->ctx, hlog, dlog, (size_t)c->vocab * sizeof(float),
+                                           "logits", err))) ||
+            (st = vlm_cuda_sync(g->ctx, "GPU decoder (graph)", err)))
+            return st;
+        if (want_logits) memcpy(logits, hlog, (size_t)c->vocab * sizeof(float));
+        return VLM_OK;
+    }
+
     if ((st = vlm_cuda_upload(g->ctx, dx, x, (size_t)(n * d) * sizeof(float), "hidden state", err)))
         return st;
-
-    const float scale = (float)(1.0 / sqrt((double)hd));
-    const vlm_cuda_weight nob = {VLM_DTYPE_F32, NULL};
-    const size_t esz = kv->dtype == VLM_DTYPE_BF16 ? 2 : 4;
-#define RUN(call)                                                                                  \
-    do {                                                                                           \
-        if ((st = (call)) != VLM_OK) return st;                                                    \
-    } while (0)
-    for (int l = 0; l < g->n_layers; l++) {
-        const gpu_layer *L = &g->L[l];
-        const int64_t lo = (int64_t)l * kv->max_ctx * kvd;
-        RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->in_norm, c->rms_eps, err));
-        RUN(vlm_cuda_matmul(g->ctx, qkv, xb, n, d, qkvd, L->qkv, nob, err));
-        /* q's H heads and k's KV heads lie side by side at the start of
-         * each qkv row: one rotation over H + KV heads, and in the same
-         * launch the chunk's K/V rows into the cache (positions
-         * pos0..pos0+n-1) */
-        RUN(vlm_cuda_rope_store(g->ctx, qkv, n, qkvd, H, KV, (int)hd, cos_t, sin_t, kv->dev_k,
-                                kv->dev_v, kv->dtype, lo + pos0 * kvd, err));
-        vlm_cuda_weight kc = {kv->dtype, (const char *)kv->dev_k + (size_t)lo * esz};
-        vlm_cuda_weight vc = {kv->dtype, (const char *)kv->dev_v + (size_t)lo * esz};
-        /* BF16 qkv weights: above the GEMV size the qkv product rounded
-         * its input to bf16, so prefill chunks may take the tensor-core
-         * attention (the op keeps f32 in f32 mode and below 32 queries) */
-        RUN(vlm_cuda_attention_seqs(g->ctx, att, qkv, qkvd, kc, vc, kvd, 1, n, pos0 + n, H, KV,
-                                    (int)hd, true, pos0, scale, L->qkv.dtype == VLM_DTYPE_BF16,
-                                    err));
-        /* x += o(att): the residual add fused into the product */
-        RUN(vlm_cuda_matmul_acc(g->ctx, dx, att, n, qd, d, L->o, err));
-        RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->post_norm, c->rms_eps, err));
-        RUN(vlm_cuda_matmul(g->ctx, gu, xb, n, d, 2 * ff, L->gate_up, nob, err));
-        RUN(vlm_cuda_silu_mul(g->ctx, hmid, gu, n, ff, err));
-        RUN(vlm_cuda_matmul_acc(g->ctx, dx, hmid, n, ff, d, L->down, err));
-    }
-    if (want_logits) {
-        RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx + first * d, n - first, d, g->norm, c->rms_eps, err));
-        RUN(vlm_cuda_matmul(g->ctx, dlog, xb, n - first, d, c->vocab, g->lm_head, nob, err));
-        RUN(vlm_cuda_download(g->ctx, logits, dlog,
-                              (size_t)((n - first) * c->vocab) * sizeof(float), "logits", err));
-    }
-#undef RUN
-    if ((st = vlm_cuda_download(g->ctx, x, dx, (size_t)(n * d) * sizeof(float), "hidden state",
-                                err)))
+    if ((st = enqueue(g, kv, n, pos0, NULL, want_logits, first, err)) != VLM_OK) return st;
+    if (want_logits &&
+        (st = vlm_cuda_download(g->ctx, logits, dlog,
+                                (size_t)((n - first) * c->vocab) * sizeof(float), "logits", err)))
+        return st;
+    /* With the head here the caller reads only the logits: x stays as it
+     * was (phi3_gpu.h). */
+    if (!g->head && (st = vlm_cuda_download(g->ctx, x, dx, (size_t)(n * d) * sizeof(float),
+                                            "hidden state", err)))
         return st;
     return vlm_cuda_sync(g->ctx, "GPU decoder", err);
 }

@@ -256,9 +256,12 @@ vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, co
         uint64_t kv_layer = kv / (uint64_t)L;
         dev[PLAN_GPU_KV_CACHE] = kv_layer * (uint64_t)k;
         b[PLAN_KV_CACHE] -= dev[PLAN_GPU_KV_CACHE];
+        /* plus the decoder's RoPE tables on the device: cos and sin of
+         * every position, head_dim floats a position */
         if (k > 0)
-            dev[PLAN_GPU_PREFILL] =
-                (uint64_t)phi3v_workspace_floats_cfg(c, chunk, ctx, 1) * sizeof(float);
+            dev[PLAN_GPU_PREFILL] = ((uint64_t)phi3v_workspace_floats_cfg(c, chunk, ctx, 1) +
+                                     (uint64_t)ctx * (uint64_t)c->head_dim) *
+                                    sizeof(float);
         if (k == L) b[PLAN_PREFILL] = 0;
         if (head) dev[PLAN_GPU_LOGITS] = b[PLAN_LOGITS];
         if (vis) {

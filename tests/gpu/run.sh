@@ -175,7 +175,7 @@ if [ "$BUILT" = 1 ]; then
   CK=/tmp/vlm-synth-phi35v
   if [ -n "$SHARED" ]; then
     step mkcheckpoint 240 "$BUILD/mkcheckpoint" --out "$CK" --shared "$SHARED" &&
-      step gpu_model_bench 240 "$BUILD/gpu_model_bench" "$CK" 64 800
+      step gpu_model_bench 360 "$BUILD/gpu_model_bench" "$CK" 64 800
   else
     NAMES+=("mkcheckpoint + gpu_model_bench"); RESULTS+=("SKIPPED (no shared folder)"); SECS+=(0)
   fi

@@ -10,8 +10,10 @@
  *   - the vision tower on the GPU: image rows vs the CPU's;
  *   - Q8_0 decoder weights: logits and greedy ids vs the CPU path with the
  *     same weights;
- *   - a device fault-injection walk over create + image + prompt + 4 tokens
- *     with everything on the GPU: each
+ *   - the decode step as a CUDA graph: ids and logits as plain launches;
+ *     a failed instantiation falls back to them;
+ *   - a device fault-injection walk over create + image + prompt + 8 tokens
+ *     (the graph decode) with everything on the GPU: each
  *     injected failure gives VLM_ERR_NOMEM (never a crash) and leaks
  *     nothing, on the device or the host.
  * Decoder placements: all layers + head; all layers, head on the CPU; the
@@ -187,8 +189,90 @@ static void test_greedy(void **state) {
     free(rows), free(ids), free(want);
 }
 
-/* create + prompt + 4 new tokens with the N-th device allocation failing,
- * for every N until a run sees no failure. */
+/* Greedy ids of the fixture prompt (image, chunk 16) and ng new tokens
+ * with the model of place; *last: the final logits (vocab 300). */
+static void greedy_run(const vlm_placement *place, const float *rows, int nr, int32_t *out, int ng,
+                       float *last) {
+    size_t n;
+    int32_t *ids = fx_i32(R.E, "p1.ids", &n);
+    arch_model *m = load(place);
+    session *s;
+    vlm_err err;
+    assert_int_equal(open_session(m, 16, &s, &err), VLM_OK);
+    assert_int_equal(session_append(s, ids, (int64_t)n, rows, nr, NULL, &err), VLM_OK);
+    sampler_params sp;
+    sampler_params_init(&sp);
+    sampler *smp = NULL;
+    assert_int_equal(sampler_create(&sp, 300, &smp, &err), VLM_OK);
+    int n_out;
+    session_stop why;
+    gen_options g = {ng, NULL, 0, NULL, NULL};
+    vlm_status st = session_generate(s, smp, &g, out, &n_out, &why, &err);
+    if (st != VLM_OK) fprintf(stderr, "%s\n", err.msg);
+    assert_int_equal(st, VLM_OK);
+    assert_int_equal(n_out, ng);
+    memcpy(last, session_logits(s), 300 * sizeof *last);
+    sampler_free(smp);
+    session_free(s);
+    arch_model_free(m);
+    free(ids);
+}
+
+/* The decode step as a CUDA graph (everything on the GPU, one token a
+ * forward): the greedy ids of the fixture over its 40 new tokens (across
+ * the LongRoPE switch, after which the graph reads the long tables) equal
+ * those of plain launches (VLM_CUDA_GRAPHS=0), of the CPU path and of
+ * PyTorch, and the last logits are bit for bit those of plain launches
+ * (same kernels, same key splits); the graph was really recorded (once: the
+ * switch changes the tables' contents, not what the graph baked in). Then
+ * an instantiation that fails (injected) falls back to plain launches:
+ * same ids, no error. */
+static void test_graph_decode(void **state) {
+    (void)state;
+    arch_model *cpu = load(NULL);
+    int nr;
+    float *rows = encode(cpu, &nr);
+    arch_model_free(cpu);
+    size_t ng;
+    int32_t *want = fx_i32(R.E, "p1.greedy", &ng);
+    assert_true(ng >= 40 && ng <= 64);
+    int32_t ids_cpu[64], ids_plain[64], ids_graph[64], ids_fb[64];
+    float l_cpu[300], l_plain[300], l_graph[300], l_fb[300];
+    const vlm_placement all = {2, true, false};
+    greedy_run(NULL, rows, nr, ids_cpu, (int)ng, l_cpu);
+    setenv("VLM_CUDA_GRAPHS", "0", 1);
+    uint64_t g0 = vlm_cuda_graph_count();
+    greedy_run(&all, rows, nr, ids_plain, (int)ng, l_plain);
+    assert_int_equal(vlm_cuda_graph_count(), g0); /* off: none recorded */
+    unsetenv("VLM_CUDA_GRAPHS");
+    greedy_run(&all, rows, nr, ids_graph, (int)ng, l_graph);
+    uint64_t recorded = vlm_cuda_graph_count() - g0;
+    printf("graph decode: %llu graph(s) recorded for %zu tokens\n", (unsigned long long)recorded,
+           ng);
+    assert_int_equal(recorded, 1);
+    assert_memory_equal(ids_graph, ids_plain, ng * sizeof *ids_graph);
+    assert_memory_equal(ids_graph, ids_cpu, ng * sizeof *ids_graph);
+    assert_memory_equal(ids_graph, want, ng * sizeof *ids_graph);
+    assert_memory_equal(l_graph, l_plain, sizeof l_graph);
+    double rel = fx_rel_l2(l_graph, l_cpu, 300);
+    printf("graph decode: %zu ids as plain launches, CPU and PyTorch; last logits bit-equal to "
+           "plain, rel L2 vs CPU %.3g\n",
+           ng, rel);
+    assert_true(rel <= 1e-2);
+    vlm_cuda_graph_fail_at(1);
+    greedy_run(&all, rows, nr, ids_fb, (int)ng, l_fb);
+    vlm_cuda_graph_fail_at(0);
+    assert_memory_equal(ids_fb, ids_plain, ng * sizeof *ids_fb);
+    assert_memory_equal(l_fb, l_plain, sizeof l_fb);
+    vlm_gpu_mem_stats st;
+    vlm_gpu_mem_stats_get(&st);
+    assert_int_equal(st.total_current, 0);
+    free(rows), free(want);
+}
+
+/* create + prompt + 8 new tokens with the N-th device allocation failing,
+ * for every N until a run sees no failure; the new tokens run as the CUDA
+ * graph (the clean run records one). */
 static void test_device_fault_walk(void **state) {
     (void)state;
     arch_model *cpu = load(NULL);
@@ -207,6 +291,7 @@ static void test_device_fault_walk(void **state) {
         vlm_gpu_mem_stats a, b;
         vlm_gpu_mem_stats_get(&a);
         vlm_dev_alloc_fail_at((uint64_t)N, false);
+        const uint64_t graphs0 = vlm_cuda_graph_count();
         vlm_err err = {0};
         arch_model *m = NULL;
         session *s = NULL;
@@ -220,10 +305,10 @@ static void test_device_fault_walk(void **state) {
         sampler_params_init(&sp);
         if (st == VLM_OK) st = sampler_create(&sp, 300, &smp, &err);
         if (st == VLM_OK) {
-            int32_t out[4];
+            int32_t out[8];
             int n_out;
             session_stop why;
-            gen_options g = {4, NULL, 0, NULL, NULL};
+            gen_options g = {8, NULL, 0, NULL, NULL};
             st = session_generate(s, smp, &g, out, &n_out, &why, &err);
         }
         sampler_free(smp);
@@ -239,6 +324,7 @@ static void test_device_fault_walk(void **state) {
             assert_true(injected);
             n_fail++;
         } else if (!injected) {
+            assert_true(vlm_cuda_graph_count() > graphs0); /* the decode ran as a graph */
             break; /* past the last device allocation of the workload */
         }
     }
@@ -431,6 +517,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_logits_vs_cpu),
         cmocka_unit_test(test_greedy),
+        cmocka_unit_test(test_graph_decode),
         cmocka_unit_test(test_vision),
         cmocka_unit_test_teardown(test_q8_0, q8_teardown),
         cmocka_unit_test(test_device_fault_walk),

@@ -385,6 +385,117 @@ static void test_attention(void **state) {
     attn_case("attn tiled hd128 full 47", VLM_DTYPE_BF16, 47, 61, 2, 1, 128, false, 0);
 }
 
+/* The decode step's device-position ops (what the CUDA graph records)
+ * against the ops with the position as an argument, bit for bit: attention
+ * over a cache of max_kv rows at positions on both sides of the split
+ * thresholds (32 keys, one split per 16 keys, the 64-split cap), and
+ * rope_store with the table rows and cache row of the position. Then the
+ * same launches recorded once as a graph and replayed at each position
+ * (only the device int32 changes): the same bits again. */
+static void pos_case(const char *what, vlm_dtype kvt, int nh, int nkv, int hd, int64_t max_kv) {
+    const int64_t q_stride = (int64_t)(nh + 2 * nkv) * hd, kvd = (int64_t)nkv * hd;
+    const int64_t half = hd / 2, out_n = (int64_t)nh * hd;
+    const size_t esz = kvt == VLM_DTYPE_BF16 ? 2 : 4;
+    float *q = rnd((size_t)q_stride, 1.0f), *kf = rnd((size_t)(max_kv * kvd), 1.0f),
+          *vf = rnd((size_t)(max_kv * kvd), 1.0f);
+    void *kh = malloc((size_t)(max_kv * kvd) * esz), *vh = malloc((size_t)(max_kv * kvd) * esz);
+    cpu_store_rows(kh, kvt, 0, kf, max_kv * kvd);
+    cpu_store_rows(vh, kvt, 0, vf, max_kv * kvd);
+    float inv[64];
+    cpu_rope_inv_freq(inv, hd, 10000.0, NULL);
+    float *tab = malloc((size_t)(2 * max_kv * half) * 4);
+    cpu_rope_cos_sin(tab, tab + max_kv * half, 0, max_kv, hd, inv, 1.0);
+    float *dtab = up(tab, (size_t)(2 * max_kv * half) * 4);
+    float *dq = up(q, (size_t)q_stride * 4), *dq2 = up(q, (size_t)q_stride * 4);
+    void *dk = up(kh, (size_t)(max_kv * kvd) * esz), *dv = up(vh, (size_t)(max_kv * kvd) * esz);
+    void *dk2 = up(kh, (size_t)(max_kv * kvd) * esz), *dv2 = up(vh, (size_t)(max_kv * kvd) * esz);
+    float *o1 = vlm_dev_alloc((size_t)out_n * 4, VLM_MEM_ACTIVATIONS),
+          *o2 = vlm_dev_alloc((size_t)out_n * 4, VLM_MEM_ACTIVATIONS);
+    int32_t *dpos = vlm_dev_alloc(sizeof(int32_t), VLM_MEM_ACTIVATIONS);
+    assert_non_null(o1), assert_non_null(o2), assert_non_null(dpos);
+    const vlm_cuda_weight K = {kvt, dk}, V = {kvt, dv};
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int64_t pos[] = {0, 5, 30, 31, 32, 47, 79, 700, 1023, 1499, max_kv - 1};
+    const int np = (int)(sizeof pos / sizeof pos[0]);
+    float *want[sizeof pos / sizeof pos[0]];
+    char msg[96];
+    for (int i = 0; i < np; i++) {
+        const int64_t p = pos[i];
+        int32_t p32 = (int32_t)p;
+        OK(vlm_cuda_upload(CTX, dpos, &p32, sizeof p32, "pos", E));
+        /* rope_store: the rotated rows and both caches equal */
+        OK(vlm_cuda_upload(CTX, dq, q, (size_t)q_stride * 4, "q", E));
+        OK(vlm_cuda_upload(CTX, dq2, q, (size_t)q_stride * 4, "q", E));
+        OK(vlm_cuda_rope_store(CTX, dq, 1, q_stride, nh, nkv, hd, dtab + p * half,
+                               dtab + (max_kv + p) * half, dk, dv, kvt, p * kvd, E));
+        OK(vlm_cuda_rope_store_pos(CTX, dq2, 1, q_stride, nh, nkv, hd, dtab, dtab + max_kv * half,
+                                   dk2, dv2, kvt, 0, dpos, E));
+        float *r1 = down(dq, (size_t)q_stride), *r2 = down(dq2, (size_t)q_stride);
+        assert_memory_equal(r1, r2, (size_t)q_stride * 4);
+        char *c1 = malloc((size_t)kvd * esz), *c2 = malloc((size_t)kvd * esz);
+        OK(vlm_cuda_download(CTX, c1, (char *)dk + p * kvd * esz, (size_t)kvd * esz, "k", E));
+        OK(vlm_cuda_download(CTX, c2, (char *)dk2 + p * kvd * esz, (size_t)kvd * esz, "k", E));
+        assert_memory_equal(c1, c2, (size_t)kvd * esz);
+        OK(vlm_cuda_download(CTX, c1, (char *)dv + p * kvd * esz, (size_t)kvd * esz, "v", E));
+        OK(vlm_cuda_download(CTX, c2, (char *)dv2 + p * kvd * esz, (size_t)kvd * esz, "v", E));
+        assert_memory_equal(c1, c2, (size_t)kvd * esz);
+        free(c1), free(c2), free(r1), free(r2);
+        /* attention over keys [0, p] from the rotated q */
+        OK(vlm_cuda_attention(CTX, o1, dq, q_stride, K, V, kvd, 1, p + 1, nh, nkv, hd, true, p,
+                              scale, E));
+        OK(vlm_cuda_attention_pos(CTX, o2, dq, q_stride, K, V, kvd, 1, max_kv, nh, nkv, hd, scale,
+                                  dpos, E));
+        want[i] = down(o1, (size_t)out_n);
+        float *got = down(o2, (size_t)out_n);
+        assert_memory_equal(got, want[i], (size_t)out_n * 4);
+        free(got);
+    }
+    /* recorded once, replayed per position; the output poisoned with NaN
+     * before each run */
+    float *nans = malloc((size_t)out_n * 4);
+    for (int64_t j = 0; j < out_n; j++) nans[j] = NAN;
+    vlm_cuda_graph *g = NULL;
+    OK(vlm_cuda_capture_begin(CTX, E));
+    OK(vlm_cuda_attention_pos(CTX, o2, dq, q_stride, K, V, kvd, 1, max_kv, nh, nkv, hd, scale, dpos,
+                              E));
+    OK(vlm_cuda_capture_end(CTX, &g, E));
+    assert_non_null(g);
+    for (int i = 0; i < np; i++) {
+        int32_t p32 = (int32_t)pos[i];
+        OK(vlm_cuda_upload(CTX, dq, q, (size_t)q_stride * 4, "q", E));
+        OK(vlm_cuda_rope_store(CTX, dq, 1, q_stride, nh, nkv, hd, dtab + pos[i] * half,
+                               dtab + (max_kv + pos[i]) * half, dk, dv, kvt, pos[i] * kvd, E));
+        OK(vlm_cuda_upload(CTX, dpos, &p32, sizeof p32, "pos", E));
+        OK(vlm_cuda_upload(CTX, o2, nans, (size_t)out_n * 4, "poison", E));
+        OK(vlm_cuda_graph_launch(CTX, g, E));
+        float *got = down(o2, (size_t)out_n);
+        snprintf(msg, sizeof msg, "%s graph at %lld", what, (long long)pos[i]);
+        if (memcmp(got, want[i], (size_t)out_n * 4)) fprintf(stderr, "%s: differs\n", msg);
+        assert_memory_equal(got, want[i], (size_t)out_n * 4);
+        free(got), free(want[i]);
+    }
+    printf("%-32s bit-equal at %d positions, direct and graph\n", what, np);
+    vlm_cuda_graph_destroy(g);
+    vlm_dev_free(dtab), vlm_dev_free(dq), vlm_dev_free(dq2), vlm_dev_free(dk), vlm_dev_free(dv);
+    vlm_dev_free(dk2), vlm_dev_free(dv2), vlm_dev_free(o1), vlm_dev_free(o2), vlm_dev_free(dpos);
+    free(q), free(kf), free(vf), free(kh), free(vh), free(tab), free(nans);
+}
+
+static void test_device_position(void **state) {
+    (void)state;
+    pos_case("pos decode 32h hd96 f32", VLM_DTYPE_F32, 32, 32, 96, 2048);
+    pos_case("pos decode GQA hd128 bf16", VLM_DTYPE_BF16, 8, 2, 128, 1600);
+    pos_case("pos decode 4h hd64 bf16", VLM_DTYPE_BF16, 4, 4, 64, 4096);
+    /* an instantiation that fails (injected) reports NOMEM and no graph */
+    vlm_cuda_graph *g = (vlm_cuda_graph *)1;
+    vlm_err err = {0};
+    vlm_cuda_graph_fail_at(1);
+    OK(vlm_cuda_capture_begin(CTX, E));
+    assert_int_equal(vlm_cuda_capture_end(CTX, &g, &err), VLM_ERR_NOMEM);
+    assert_null(g);
+    vlm_cuda_graph_fail_at(0);
+}
+
 /* n_seq sequences in one vlm_cuda_attention_seqs call against cpu_attention
  * per sequence. bf16: the caller's q, K, V count as bf16 precision, so the
  * tensor-core kernel runs where it applies (>= 32 queries, head_dim a
@@ -653,11 +764,12 @@ static void test_dev_alloc(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dev_alloc),      cmocka_unit_test(test_matmul),
-        cmocka_unit_test(test_norms),          cmocka_unit_test(test_rope),
-        cmocka_unit_test(test_rope_store),     cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_attention_seqs), cmocka_unit_test(test_elementwise),
-        cmocka_unit_test(test_patch_embed),    cmocka_unit_test(test_merge2x2),
+        cmocka_unit_test(test_dev_alloc),       cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_norms),           cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_rope_store),      cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_device_position), cmocka_unit_test(test_attention_seqs),
+        cmocka_unit_test(test_elementwise),     cmocka_unit_test(test_patch_embed),
+        cmocka_unit_test(test_merge2x2),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -594,11 +594,14 @@ static void sweep(const char *dir, uint64_t stride) {
 #define HEAD_W    (2 * 197001216ull + 6144ull)
 #define VISION_W  625887232ull
 #define PREFILL_1 (5521408ull * 4) /* chunk 128, one thread (test_full_components) */
+/* the GPU decoder's share: that workspace and the RoPE tables (cos, sin:
+ * 4096 positions x head_dim 96 floats) */
+#define PREFILL_GPU (PREFILL_1 + 4096ull * 96 * 4)
 /* the decoder's GPU context: cuBLAS 32 MiB + 512 x 8192 x 2 + 1 MiB; the
  * tower's: cuBLAS 32 MiB + 1024 x 4096 x 2 (models/phi3_gpu.c, clip_gpu.c) */
 #define CTX_DEC   (PLAN_GPU_CUBLAS_BYTES + 512ull * 8192 * 2 + (1ull << 20))
 #define CTX_VIS   (PLAN_GPU_CUBLAS_BYTES + 1024ull * 4096 * 2)
-#define GPU_FIXED (PREFILL_1 + CTX_DEC + PLAN_GPU_CONTEXT_BYTES)
+#define GPU_FIXED (PREFILL_GPU + CTX_DEC + PLAN_GPU_CONTEXT_BYTES)
 
 static void test_gpu_components(void **state) {
     (void)state;
@@ -615,7 +618,7 @@ static void test_gpu_components(void **state) {
     assert_int_equal(e.gpu[PLAN_GPU_WEIGHTS], 8268046336ull);
     assert_int_equal(e.gpu[PLAN_GPU_WEIGHTS], 32 * LAYER_W + HEAD_W + VISION_W);
     assert_int_equal(e.gpu[PLAN_GPU_KV_CACHE], 32 * LAYER_KV);
-    assert_int_equal(e.gpu[PLAN_GPU_PREFILL], PREFILL_1);
+    assert_int_equal(e.gpu[PLAN_GPU_PREFILL], PREFILL_GPU);
     assert_int_equal(e.gpu[PLAN_GPU_VISION], e.vision_group1);
     assert_int_equal(e.gpu[PLAN_GPU_LOGITS], 32064ull * 4);
     assert_int_equal(e.gpu[PLAN_GPU_CUBLAS], CTX_DEC + CTX_VIS);

@@ -182,6 +182,64 @@ vlm_status vlm_cuda_embed_rows(vlm_cuda_ctx *ctx, float *out, vlm_cuda_weight ta
 vlm_status vlm_cuda_patch_embed(vlm_cuda_ctx *ctx, float *out, const float *img, int s, int p,
                                 int64_t width, vlm_cuda_weight w, float *im2col_dev, vlm_err *err);
 
+/* --- the decode step as a CUDA graph ------------------------------------- */
+
+/* Ops whose position comes from device memory (dev_pos: one int32 the
+ * caller sets before each run), so that one recorded launch sequence serves
+ * every decode token.
+ *
+ * rope_store_pos: as rope_store for the rows at positions *dev_pos ..
+ * *dev_pos + n - 1: cos/sin rows from cos_table/sin_table ([max_ctx][hd/2],
+ * row p = position p, cpu_rope_cos_sin's values), K/V stored at element
+ * layer_offset + (*dev_pos + r) * n_kv_heads * head_dim. */
+vlm_status vlm_cuda_rope_store_pos(vlm_cuda_ctx *ctx, float *qkv, int64_t n, int64_t row_stride,
+                                   int n_heads, int n_kv_heads, int head_dim,
+                                   const float *cos_table, const float *sin_table, void *k_dst,
+                                   void *v_dst, vlm_dtype dtype, int64_t layer_offset,
+                                   const int32_t *dev_pos, vlm_err *err);
+/* attention_pos: causal attention of n_q (< 32) queries at positions
+ * *dev_pos.. over keys [0, *dev_pos + n_q), for any *dev_pos + n_q <=
+ * max_kv. The launch has the key splits of max_kv; the kernels use the
+ * split count of the actual length, so the result is bit for bit that of
+ * vlm_cuda_attention(n_kv = *dev_pos + n_q, q_pos0 = *dev_pos). */
+vlm_status vlm_cuda_attention_pos(vlm_cuda_ctx *ctx, float *out, const float *q, int64_t q_stride,
+                                  vlm_cuda_weight k, vlm_cuda_weight v, int64_t kv_stride,
+                                  int64_t n_q, int64_t max_kv, int n_heads, int n_kv_heads,
+                                  int head_dim, float scale, const int32_t *dev_pos, vlm_err *err);
+
+/* An instantiated graph of a context's stream (cudaGraphExec_t). */
+typedef struct vlm_cuda_graph vlm_cuda_graph;
+
+/* Record the ops queued on ctx's stream from capture_begin to capture_end
+ * (thread-local capture mode: other threads' CUDA calls are unaffected)
+ * instead of running them; capture_end instantiates them. capture_end
+ * always ends the capture, also after a failed op in between; on failure
+ * *out is NULL, the CUDA error is cleared and the status says why
+ * (VLM_ERR_NOMEM when the device had no memory for it). The n-th
+ * instantiation can be made to fail for tests (vlm_cuda_graph_fail_at). */
+vlm_status vlm_cuda_capture_begin(vlm_cuda_ctx *ctx, vlm_err *err);
+vlm_status vlm_cuda_capture_end(vlm_cuda_ctx *ctx, vlm_cuda_graph **out, vlm_err *err);
+/* Queue one run of the graph on ctx's stream. */
+vlm_status vlm_cuda_graph_launch(vlm_cuda_ctx *ctx, vlm_cuda_graph *g, vlm_err *err);
+void vlm_cuda_graph_destroy(vlm_cuda_graph *g);
+/* Fail the n-th graph instantiation from now (1 = the next); 0: off. */
+void vlm_cuda_graph_fail_at(uint64_t n);
+/* Graph instantiations so far (successful or not). */
+uint64_t vlm_cuda_graph_count(void);
+
+/* Page-locked host memory for the per-token copies (cudaHostAlloc); when
+ * the driver refuses it, ordinary host memory (category OTHER) instead,
+ * *pinned false: the copies still work, only synchronously. NULL when
+ * neither can be had. Free with the same pinned flag. */
+void *vlm_cuda_host_alloc(size_t bytes, bool *pinned);
+void vlm_cuda_host_free(void *p, bool pinned);
+/* Queued copies (cudaMemcpyAsync) on ctx's stream: the host side must stay
+ * valid until the next vlm_cuda_sync. */
+vlm_status vlm_cuda_upload_async(vlm_cuda_ctx *ctx, void *dst_dev, const void *src_host,
+                                 size_t bytes, const char *what, vlm_err *err);
+vlm_status vlm_cuda_download_async(vlm_cuda_ctx *ctx, void *dst_host, const void *src_dev,
+                                   size_t bytes, const char *what, vlm_err *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -304,3 +304,101 @@ vlm_status vlm_cuda_download(vlm_cuda_ctx *c, void *dst_host, const void *src_de
                              const char *what, vlm_err *err) {
     return copy(c, dst_host, src_dev, bytes, cudaMemcpyDeviceToHost, what, err);
 }
+
+/* --- graphs, pinned staging, queued copies -------------------------------- */
+
+static pthread_mutex_t graph_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t graph_count, graph_fail_at;
+
+void vlm_cuda_graph_fail_at(uint64_t n) {
+    pthread_mutex_lock(&graph_mu);
+    graph_fail_at = n ? graph_count + n : 0;
+    pthread_mutex_unlock(&graph_mu);
+}
+
+uint64_t vlm_cuda_graph_count(void) {
+    pthread_mutex_lock(&graph_mu);
+    uint64_t n = graph_count;
+    pthread_mutex_unlock(&graph_mu);
+    return n;
+}
+
+static vlm_status cuda_fail(cudaError_t e, const char *what, vlm_err *err) {
+    (void)cudaGetLastError();
+    return vlm_err_set(err, e == cudaErrorMemoryAllocation ? VLM_ERR_NOMEM : VLM_ERR_DEVICE,
+                       "%s: CUDA: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+vlm_status vlm_cuda_capture_begin(vlm_cuda_ctx *c, vlm_err *err) {
+    cudaError_t e = cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal);
+    return e == cudaSuccess ? VLM_OK : cuda_fail(e, "graph capture", err);
+}
+
+vlm_status vlm_cuda_capture_end(vlm_cuda_ctx *c, vlm_cuda_graph **out, vlm_err *err) {
+    *out = NULL;
+    cudaGraph_t graph = NULL;
+    cudaError_t e = cudaStreamEndCapture(c->stream, &graph);
+    if (e != cudaSuccess) {
+        if (graph) cudaGraphDestroy(graph);
+        return cuda_fail(e, "graph capture", err);
+    }
+    pthread_mutex_lock(&graph_mu);
+    uint64_t nth = ++graph_count;
+    bool inject = graph_fail_at && nth == graph_fail_at;
+    pthread_mutex_unlock(&graph_mu);
+    cudaGraphExec_t exec = NULL;
+    e = inject ? cudaErrorMemoryAllocation : cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph); /* the instance keeps what it needs */
+    if (e != cudaSuccess) return cuda_fail(e, "graph instantiation", err);
+    *out = (vlm_cuda_graph *)exec;
+    return VLM_OK;
+}
+
+vlm_status vlm_cuda_graph_launch(vlm_cuda_ctx *c, vlm_cuda_graph *g, vlm_err *err) {
+    cudaError_t e = cudaGraphLaunch((cudaGraphExec_t)g, c->stream);
+    return e == cudaSuccess ? VLM_OK : cuda_fail(e, "graph launch", err);
+}
+
+void vlm_cuda_graph_destroy(vlm_cuda_graph *g) {
+    if (g) cudaGraphExecDestroy((cudaGraphExec_t)g);
+}
+
+void *vlm_cuda_host_alloc(size_t bytes, bool *pinned) {
+    void *p = NULL;
+    if (cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault) == cudaSuccess) {
+        *pinned = true;
+        return p;
+    }
+    (void)cudaGetLastError();
+    *pinned = false;
+    return vlm_alloc(bytes ? bytes : 1, VLM_MEM_OTHER);
+}
+
+void vlm_cuda_host_free(void *p, bool pinned) {
+    if (!p) return;
+    if (pinned)
+        cudaFreeHost(p);
+    else
+        vlm_free(p);
+}
+
+static vlm_status copy_async(vlm_cuda_ctx *c, void *dst, const void *src, size_t bytes,
+                             enum cudaMemcpyKind kind, const char *what, vlm_err *err) {
+    if (bytes == 0) return VLM_OK;
+    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, c->stream);
+    if (e == cudaSuccess) return VLM_OK;
+    (void)cudaGetLastError();
+    return vlm_err_set(err, VLM_ERR_DEVICE, "%s: copy of %zu bytes %s the GPU: %s",
+                       what ? what : "GPU", bytes, kind == cudaMemcpyHostToDevice ? "to" : "from",
+                       cudaGetErrorString(e));
+}
+
+vlm_status vlm_cuda_upload_async(vlm_cuda_ctx *c, void *dst_dev, const void *src_host, size_t bytes,
+                                 const char *what, vlm_err *err) {
+    return copy_async(c, dst_dev, src_host, bytes, cudaMemcpyHostToDevice, what, err);
+}
+
+vlm_status vlm_cuda_download_async(vlm_cuda_ctx *c, void *dst_host, const void *src_dev,
+                                   size_t bytes, const char *what, vlm_err *err) {
+    return copy_async(c, dst_host, src_dev, bytes, cudaMemcpyDeviceToHost, what, err);
+}

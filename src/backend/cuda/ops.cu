@@ -171,10 +171,16 @@ __global__ void k_rope(float *x, int64_t n, int64_t row_stride, int n_heads, int
  * cache), the next n * KV * head_dim ids copy one v element each. */
 __global__ void k_rope_store(float *x, int64_t n, int64_t row_stride, int n_heads, int n_kv_heads,
                              int head_dim, const float *cos_t, const float *sin_t, void *kd,
-                             void *vd, vlm_dtype t, int64_t offset) {
+                             void *vd, vlm_dtype t, int64_t offset, const int32_t *dpos) {
     const int half = head_dim / 2, nr = n_heads + n_kv_heads;
     const int64_t kvd = (int64_t)n_kv_heads * head_dim, n_rot = n * nr * half;
     const bool bf = t == VLM_DTYPE_BF16;
+    if (dpos) { /* the position from the device: tables and cache rows from there */
+        const int64_t p = *dpos;
+        cos_t += p * half;
+        sin_t += p * half;
+        offset += p * kvd;
+    }
     for (int64_t id = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; id < n_rot + n * kvd;
          id += (int64_t)gridDim.x * blockDim.x) {
         if (id >= n_rot) { /* v element e of row r */
@@ -222,21 +228,48 @@ constexpr int ATT_MAXD = 128;
 constexpr int ATT_PER_LANE = ATT_MAXD / 32;
 constexpr int ATT_KB = 4; /* keys per step of a warp */
 
+/* Key splits of the few-query kernel for n_qh (query, head) warps over n_kv
+ * keys: aim for ~2048 warps, each split >= 16 keys (4 steps of ATT_KB;
+ * decoding at 80 cached tokens: 32 heads x 5 splits), at most cap. Grows
+ * with n_kv, so the count for the longest cache bounds every shorter one:
+ * the device-position kernels launch that many and use this count of the
+ * current length (the same splits, so the same sums, as a launch for that
+ * length). */
+__host__ __device__ __forceinline__ int att_splits(int64_t n_qh, int64_t n_kv, int cap) {
+    if (n_qh >= 1024 || n_kv < 32) return 1;
+    int64_t want = 2048 / n_qh, by_len = n_kv / 16;
+    int64_t s = want < by_len ? want : by_len;
+    if (s > cap) s = cap;
+    return s < 1 ? 1 : (int)s;
+}
+
 __global__ void k_attention(float *out, const float *q, int64_t q_stride, vlm_dtype kvt,
                             const void *k, const void *v, int64_t kv_stride, int64_t n_q,
                             int64_t n_kv, int n_heads, int n_kv_heads, int head_dim, bool causal,
-                            int64_t q_pos0, float scale, int n_split, float *part) {
+                            int64_t q_pos0, float scale, int n_split, float *part,
+                            const int32_t *dpos) {
     int warps = blockDim.x >> 5;
     int64_t qh = (int64_t)blockIdx.x * warps + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (qh >= n_q * n_heads) return;
     int split = blockIdx.y;
+    /* n_split: the launch's splits (the partials' layout); n_use of them
+     * take keys. With the position on the device (dpos: the graph's decode
+     * step) the queries sit at *dpos.., the keys are [0, *dpos + n_q), and
+     * n_use is the count a launch for that length would have had. */
+    int n_use = n_split;
+    if (dpos) {
+        q_pos0 = *dpos;
+        n_kv = q_pos0 + n_q;
+        n_use = att_splits(n_q * n_heads, n_kv, n_split);
+        if (split >= n_use) return;
+    }
     int64_t qi = qh / n_heads;
     int h = (int)(qh % n_heads);
     int kvh = h / (n_heads / n_kv_heads);
     int64_t n_see = causal ? q_pos0 + qi + 1 : n_kv;
     if (n_see > n_kv) n_see = n_kv;
-    int64_t per = (n_see + n_split - 1) / n_split;
+    int64_t per = (n_see + n_use - 1) / n_use;
     int64_t k0 = (int64_t)split * per, k1 = k0 + per < n_see ? k0 + per : n_see;
 
     const float *qr = q + qi * q_stride + (int64_t)h * head_dim;
@@ -757,17 +790,19 @@ bool launch_mma_hd(int nw, bool async, dim3 grid, cudaStream_t st, float *out, c
 
 /* One warp per (query, head): merge the splits' partial softmaxes. */
 __global__ void k_attn_combine(float *out, const float *part, int64_t n_qh, int n_heads,
-                               int head_dim, int n_split) {
+                               int head_dim, int n_split, const int32_t *dpos) {
     int warps = blockDim.x >> 5;
     int64_t qh = (int64_t)blockIdx.x * warps + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (qh >= n_qh) return;
+    /* with dpos, only the splits k_attention used (as it counts them) */
+    const int n_use = dpos ? att_splits(n_qh, *dpos + n_qh / n_heads, n_split) : n_split;
     const float *pr = part + qh * n_split * (int64_t)(2 + head_dim);
     float m = -INFINITY;
-    for (int s = 0; s < n_split; s++) m = fmaxf(m, pr[s * (int64_t)(2 + head_dim)]);
+    for (int s = 0; s < n_use; s++) m = fmaxf(m, pr[s * (int64_t)(2 + head_dim)]);
     float l = 0.0f;
     float acc[ATT_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int s = 0; s < n_split; s++) {
+    for (int s = 0; s < n_use; s++) {
         const float *ps = pr + s * (int64_t)(2 + head_dim);
         if (ps[1] == 0.0f) continue; /* an empty split (m = -inf) */
         float c = __expf(ps[0] - m);
@@ -1396,8 +1431,36 @@ vlm_status vlm_cuda_rope_store(vlm_cuda_ctx *ctx, float *qkv, int64_t n, int64_t
     if (total <= 0) return VLM_OK;
     k_rope_store<<<blocks_for(total, 256), 256, 0, ctx->stream>>>(
         qkv, n, row_stride, n_heads, n_kv_heads, head_dim, cos_t, sin_t, k_dst, v_dst, dtype,
-        offset);
+        offset, nullptr);
     return launched("rope_store", err);
+}
+
+/* The few-query kernel (decode, short chunks): split the keys when there
+ * are too few (query, head) warps to fill the card (att_splits), partials
+ * in the workspace merged by k_attn_combine. dpos non-NULL: the queries'
+ * position comes from the device at run time and n_kv is the largest key
+ * count it may give (the launch has the splits of that length). */
+static vlm_status attention_few(vlm_cuda_ctx *ctx, float *out, const float *q, int64_t q_stride,
+                                vlm_cuda_weight k, vlm_cuda_weight v, int64_t kv_stride,
+                                int64_t n_q, int64_t n_kv, int n_heads, int n_kv_heads,
+                                int head_dim, bool causal, int64_t q_pos0, float scale,
+                                const int32_t *dpos, vlm_err *err) {
+    const int64_t n_qh = n_q * n_heads;
+    int n_split = att_splits(n_qh, n_kv, 64);
+    size_t part_bytes = (size_t)n_qh * n_split * (2 + head_dim) * sizeof(float);
+    if (n_split > 1 && part_bytes > ctx->workspace_bytes) {
+        n_split = 1; /* correct without the partials, only slower */
+    }
+    const int warps = 4;
+    dim3 grid((unsigned)((n_qh + warps - 1) / warps), (unsigned)n_split);
+    k_attention<<<grid, warps * 32, 0, ctx->stream>>>(
+        out, q, q_stride, k.dtype, k.data, v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads,
+        head_dim, causal, q_pos0, scale, n_split, (float *)ctx->workspace, dpos);
+    vlm_status st = launched("attention", err);
+    if (st != VLM_OK || n_split == 1) return st;
+    k_attn_combine<<<(unsigned)((n_qh + warps - 1) / warps), warps * 32, 0, ctx->stream>>>(
+        out, (const float *)ctx->workspace, n_qh, n_heads, head_dim, n_split, dpos);
+    return launched("attention (combine)", err);
 }
 
 /* One sequence (n_seq 1) or, for the tiled kernels, n_seq sequences in one
@@ -1481,31 +1544,8 @@ static vlm_status attention(vlm_cuda_ctx *ctx, float *out, const float *q, int64
         }
         return VLM_OK;
     }
-    /* Split the keys when there are too few (query, head) warps to fill the
-     * card: aim for ~2048 warps, each split >= 16 keys (4 steps of ATT_KB;
-     * decoding at 80 cached tokens: 32 heads x 5 splits). */
-    int n_split = 1;
-    if (n_qh < 1024 && n_kv >= 32) {
-        int64_t want = 2048 / n_qh;
-        int64_t by_len = n_kv / 16;
-        n_split = (int)(want < by_len ? want : by_len);
-        if (n_split > 64) n_split = 64;
-        if (n_split < 1) n_split = 1;
-    }
-    size_t part_bytes = (size_t)n_qh * n_split * (2 + head_dim) * sizeof(float);
-    if (n_split > 1 && part_bytes > ctx->workspace_bytes) {
-        n_split = 1; /* correct without the partials, only slower */
-    }
-    const int warps = 4;
-    dim3 grid((unsigned)((n_qh + warps - 1) / warps), (unsigned)n_split);
-    k_attention<<<grid, warps * 32, 0, ctx->stream>>>(
-        out, q, q_stride, k.dtype, k.data, v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads,
-        head_dim, causal, q_pos0, scale, n_split, (float *)ctx->workspace);
-    vlm_status st = launched("attention", err);
-    if (st != VLM_OK || n_split == 1) return st;
-    k_attn_combine<<<(unsigned)((n_qh + warps - 1) / warps), warps * 32, 0, ctx->stream>>>(
-        out, (const float *)ctx->workspace, n_qh, n_heads, head_dim, n_split);
-    return launched("attention (combine)", err);
+    return attention_few(ctx, out, q, q_stride, k, v, kv_stride, n_q, n_kv, n_heads, n_kv_heads,
+                         head_dim, causal, q_pos0, scale, nullptr, err);
 }
 
 vlm_status vlm_cuda_attention(vlm_cuda_ctx *ctx, float *out, const float *q, int64_t q_stride,
@@ -1717,6 +1757,42 @@ vlm_status vlm_cuda_patch_embed(vlm_cuda_ctx *ctx, float *out, const float *img,
     if (st != VLM_OK) return st;
     vlm_cuda_weight none = {VLM_DTYPE_F32, NULL};
     return vlm_cuda_matmul(ctx, out, im2col_dev, g * g, per, width, w, none, err);
+}
+
+vlm_status vlm_cuda_rope_store_pos(vlm_cuda_ctx *ctx, float *qkv, int64_t n, int64_t row_stride,
+                                   int n_heads, int n_kv_heads, int head_dim,
+                                   const float *cos_table, const float *sin_table, void *k_dst,
+                                   void *v_dst, vlm_dtype dtype, int64_t layer_offset,
+                                   const int32_t *dev_pos, vlm_err *err) {
+    if (dtype != VLM_DTYPE_F32 && dtype != VLM_DTYPE_BF16)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "rope_store: KV dtype %d", (int)dtype);
+    if (!dev_pos) return vlm_err_set(err, VLM_ERR_INVALID_ARG, "rope_store: no device position");
+    int64_t total =
+        n * ((int64_t)(n_heads + n_kv_heads) * (head_dim / 2) + (int64_t)n_kv_heads * head_dim);
+    if (total <= 0) return VLM_OK;
+    k_rope_store<<<blocks_for(total, 256), 256, 0, ctx->stream>>>(
+        qkv, n, row_stride, n_heads, n_kv_heads, head_dim, cos_table, sin_table, k_dst, v_dst,
+        dtype, layer_offset, dev_pos);
+    return launched("rope_store (device position)", err);
+}
+
+vlm_status vlm_cuda_attention_pos(vlm_cuda_ctx *ctx, float *out, const float *q, int64_t q_stride,
+                                  vlm_cuda_weight k, vlm_cuda_weight v, int64_t kv_stride,
+                                  int64_t n_q, int64_t max_kv, int n_heads, int n_kv_heads,
+                                  int head_dim, float scale, const int32_t *dev_pos, vlm_err *err) {
+    if (head_dim <= 0 || head_dim > ATT_MAXD || n_kv_heads <= 0 || n_heads % n_kv_heads)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                           "attention: head_dim %d, %d heads over %d kv heads (CUDA kernel takes "
+                           "head_dim <= %d)",
+                           head_dim, n_heads, n_kv_heads, ATT_MAXD);
+    if (k.dtype != VLM_DTYPE_F32 && k.dtype != VLM_DTYPE_BF16)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "attention: KV dtype %d", (int)k.dtype);
+    if (!dev_pos || n_q < 1 || n_q >= FA_MIN_Q || max_kv < n_q)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                           "attention (device position): %lld queries, %lld keys at most%s",
+                           (long long)n_q, (long long)max_kv, dev_pos ? "" : ", no position");
+    return attention_few(ctx, out, q, q_stride, k, v, kv_stride, n_q, max_kv, n_heads, n_kv_heads,
+                         head_dim, true, 0, scale, dev_pos, err);
 }
 
 } // extern "C"
