@@ -347,6 +347,145 @@ __global__ void k_attention(float *out, const float *q, int64_t q_stride, vlm_dt
     }
 }
 
+/* --- attention, decode: a key per lane group ---------------------------------
+ * The same work split as k_attention (a warp per (query, head, key split),
+ * the same partials for k_attn_combine, the same device-position rule), but
+ * the warp takes 8 keys at a time: lane group g (lanes 4g .. 4g + 3) scores
+ * key g, each lane holding a quarter of the head's dims (HD / 4 values read
+ * as 16-byte vectors: one row of K or V is 4 lanes' contiguous loads), so a
+ * score needs two shuffles instead of a 32-lane sum per key, and every lane
+ * has 2 keys' K and V vectors in flight. Each group keeps its own online
+ * softmax (max, sum, its quarter of the output, in log2 units: q is
+ * pre-scaled by scale * log2(e)); the 8 groups merge by shuffles at the end.
+ * KV bf16 (HD a multiple of 32) or f32 (HD a multiple of 16), rows 16-byte
+ * aligned (the launcher checks). */
+constexpr int DEC_U = 2; /* keys per lane group in flight */
+
+template <int HD, bool BF>
+__global__ void __launch_bounds__(128)
+    k_attn_dec(float *out, const float *q, int64_t q_stride, const void *k, const void *v,
+               int64_t kv_stride, int64_t n_q, int64_t n_kv, int n_heads, int n_kv_heads,
+               bool causal, int64_t q_pos0, float scale, int n_split, float *part,
+               const int32_t *dpos) {
+    constexpr int EPL = HD / 4;    /* values a lane holds */
+    constexpr int PV = BF ? 8 : 4; /* values per 16-byte vector */
+    constexpr int NV = EPL / PV;   /* vectors per lane and row */
+    const int64_t qh = (int64_t)blockIdx.x * 4 + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    if (qh >= n_q * n_heads) return;
+    const int split = blockIdx.y;
+    int n_use = n_split;
+    if (dpos) { /* as k_attention */
+        q_pos0 = *dpos;
+        n_kv = q_pos0 + n_q;
+        n_use = att_splits(n_q * n_heads, n_kv, n_split);
+        if (split >= n_use) return;
+    }
+    const int64_t qi = qh / n_heads;
+    const int h = (int)(qh % n_heads), kvh = h / (n_heads / n_kv_heads);
+    int64_t n_see = causal ? q_pos0 + qi + 1 : n_kv;
+    if (n_see > n_kv) n_see = n_kv;
+    const int64_t per = (n_see + n_use - 1) / n_use;
+    const int64_t k0 = (int64_t)split * per, k1 = k0 + per < n_see ? k0 + per : n_see;
+
+    const float sl2 = scale * 1.4426950408889634f;
+    const float *qr = q + qi * q_stride + (int64_t)h * HD + t * EPL;
+    float qv[EPL], acc[EPL];
+#pragma unroll
+    for (int j = 0; j < EPL; j++) qv[j] = qr[j] * sl2, acc[j] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    const int64_t kvoff = (int64_t)kvh * HD + t * EPL;
+    const size_t esz = BF ? 2 : 4;
+    for (int64_t kb = k0; kb < k1; kb += 8 * DEC_U) {
+        uint4 kr[DEC_U][NV], vr[DEC_U][NV];
+#pragma unroll
+        for (int u = 0; u < DEC_U; u++) {
+            const int64_t key = kb + u * 8 + g;
+            const bool in = key < k1;
+            const size_t at = (size_t)(kvoff + (in ? key : k0) * kv_stride) * esz;
+            const uint4 *kp = (const uint4 *)((const char *)k + at);
+            const uint4 *vp = (const uint4 *)((const char *)v + at);
+#pragma unroll
+            for (int j = 0; j < NV; j++) {
+                kr[u][j] = in ? __ldg(kp + j) : make_uint4(0u, 0u, 0u, 0u);
+                vr[u][j] = in ? __ldg(vp + j) : make_uint4(0u, 0u, 0u, 0u);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < DEC_U; u++) {
+            float kf[EPL], vf[EPL];
+#pragma unroll
+            for (int j = 0; j < NV; j++) {
+                if (BF) { /* bf16 -> f32: the bits in the high half */
+                    const uint32_t kw[4] = {kr[u][j].x, kr[u][j].y, kr[u][j].z, kr[u][j].w};
+                    const uint32_t vw[4] = {vr[u][j].x, vr[u][j].y, vr[u][j].z, vr[u][j].w};
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        kf[j * 8 + 2 * e] = __uint_as_float(kw[e] << 16);
+                        kf[j * 8 + 2 * e + 1] = __uint_as_float(kw[e] & 0xffff0000u);
+                        vf[j * 8 + 2 * e] = __uint_as_float(vw[e] << 16);
+                        vf[j * 8 + 2 * e + 1] = __uint_as_float(vw[e] & 0xffff0000u);
+                    }
+                } else {
+                    kf[j * 4] = __uint_as_float(kr[u][j].x),
+                           kf[j * 4 + 1] = __uint_as_float(kr[u][j].y);
+                    kf[j * 4 + 2] = __uint_as_float(kr[u][j].z),
+                               kf[j * 4 + 3] = __uint_as_float(kr[u][j].w);
+                    vf[j * 4] = __uint_as_float(vr[u][j].x),
+                           vf[j * 4 + 1] = __uint_as_float(vr[u][j].y);
+                    vf[j * 4 + 2] = __uint_as_float(vr[u][j].z),
+                               vf[j * 4 + 3] = __uint_as_float(vr[u][j].w);
+                }
+            }
+            float sc = 0.0f;
+#pragma unroll
+            for (int j = 0; j < EPL; j++) sc += qv[j] * kf[j];
+            sc += __shfl_xor_sync(0xffffffffu, sc, 1);
+            sc += __shfl_xor_sync(0xffffffffu, sc, 2);
+            if (kb + u * 8 + g >= k1) continue; /* this group's key is past the split */
+            const float mn = fmaxf(m, sc);
+            const float corr = exp2f(m - mn); /* m = -inf before the first key: 0 */
+            const float p = exp2f(sc - mn);
+            l = l * corr + p;
+#pragma unroll
+            for (int j = 0; j < EPL; j++) acc[j] = acc[j] * corr + p * vf[j];
+            m = mn;
+        }
+    }
+    /* merge the 8 groups: lanes t, t + 4, ..., t + 28 hold the same dims */
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) {
+        const float mo = __shfl_xor_sync(0xffffffffu, m, off);
+        const float lo = __shfl_xor_sync(0xffffffffu, l, off);
+        const float mn = fmaxf(m, mo);
+        const float c = mn == -INFINITY ? 0.0f : exp2f(m - mn);
+        const float co = mn == -INFINITY ? 0.0f : exp2f(mo - mn);
+        l = l * c + lo * co;
+#pragma unroll
+        for (int j = 0; j < EPL; j++) {
+            const float ao = __shfl_xor_sync(0xffffffffu, acc[j], off);
+            acc[j] = acc[j] * c + ao * co;
+        }
+        m = mn;
+    }
+    if (g != 0) return; /* lanes 0..3 hold the merged state */
+    if (n_split == 1) {
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        float *orow = out + qi * (int64_t)n_heads * HD + (int64_t)h * HD + t * EPL;
+#pragma unroll
+        for (int j = 0; j < EPL; j++) orow[j] = acc[j] * inv;
+        return;
+    }
+    /* partials as k_attention's, m in natural-log units for k_attn_combine */
+    float *pr = part + (qh * n_split + split) * (int64_t)(2 + HD);
+    if (t == 0) {
+        pr[0] = m == -INFINITY ? -INFINITY : m * 0.6931471805599453f;
+        pr[1] = l;
+    }
+#pragma unroll
+    for (int j = 0; j < EPL; j++) pr[2 + t * EPL + j] = acc[j];
+}
+
 /* --- attention, tiled (prefill chunks and the vision tower) -----------------
  * Many queries: a block takes FA_QT consecutive queries of one head (4 per
  * warp) and walks the keys in tiles of FA_KT, each tile's K and V loaded
@@ -1253,11 +1392,12 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 /* Card facts the launches use, read once: multiprocessors, whether
  * programmatic dependent launch is there (sm_90+, VLM_CUDA_PDL=0 turns it
  * off), VLM_GEMV_WS (1, 2 or 4 warps a row: a fixed choice, for measuring)
- * and VLM_CUDA_ATTN_ASYNC=0 (the tensor-core attention loads its K/V tiles
- * synchronously, for measuring). */
+ * VLM_CUDA_ATTN_ASYNC=0 (the tensor-core attention loads its K/V tiles
+ * synchronously) and VLM_CUDA_DEC_GROUPS=0 (decode attention on the
+ * one-key-per-warp-step kernel), for measuring. */
 struct gemv_card {
     int sms = 0, fixed_ws = 0;
-    bool pdl = false, attn_async = true;
+    bool pdl = false, attn_async = true, dec_groups = true;
     gemv_card() {
         int dev = 0, major = 0;
         if (cudaGetDevice(&dev) == cudaSuccess) {
@@ -1269,6 +1409,8 @@ struct gemv_card {
         pdl = major >= 9 && !(e && e[0] == '0');
         const char *a = getenv("VLM_CUDA_ATTN_ASYNC");
         attn_async = !(a && a[0] == '0');
+        const char *dg = getenv("VLM_CUDA_DEC_GROUPS");
+        dec_groups = !(dg && dg[0] == '0');
         const char *w = getenv("VLM_GEMV_WS");
         if (w && (w[0] == '1' || w[0] == '2' || w[0] == '4') && !w[1]) fixed_ws = w[0] - '0';
     }
@@ -1453,9 +1595,39 @@ static vlm_status attention_few(vlm_cuda_ctx *ctx, float *out, const float *q, i
     }
     const int warps = 4;
     dim3 grid((unsigned)((n_qh + warps - 1) / warps), (unsigned)n_split);
-    k_attention<<<grid, warps * 32, 0, ctx->stream>>>(
-        out, q, q_stride, k.dtype, k.data, v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads,
-        head_dim, causal, q_pos0, scale, n_split, (float *)ctx->workspace, dpos);
+    /* the lane-group kernel where rows are 16-byte vectors of a quarter head */
+    const bool bf = k.dtype == VLM_DTYPE_BF16;
+    const size_t esz = bf ? 2 : 4;
+    const bool rows16 = ((uintptr_t)k.data % 16) == 0 && ((uintptr_t)v.data % 16) == 0 &&
+                        ((size_t)kv_stride * esz) % 16 == 0 &&
+                        ((size_t)head_dim / 4 * esz) % 16 == 0 && card().dec_groups;
+    bool done = false;
+#define DEC_CASE(D)                                                                                \
+    case D:                                                                                        \
+        if (bf)                                                                                    \
+            k_attn_dec<D, true><<<grid, warps * 32, 0, ctx->stream>>>(                             \
+                out, q, q_stride, k.data, v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads,       \
+                causal, q_pos0, scale, n_split, (float *)ctx->workspace, dpos);                    \
+        else                                                                                       \
+            k_attn_dec<D, false><<<grid, warps * 32, 0, ctx->stream>>>(                            \
+                out, q, q_stride, k.data, v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads,       \
+                causal, q_pos0, scale, n_split, (float *)ctx->workspace, dpos);                    \
+        done = true;                                                                               \
+        break;
+    if (rows16) {
+        switch (head_dim) {
+            DEC_CASE(64)
+            DEC_CASE(96)
+            DEC_CASE(128)
+        default:
+            break;
+        }
+    }
+#undef DEC_CASE
+    if (!done)
+        k_attention<<<grid, warps * 32, 0, ctx->stream>>>(
+            out, q, q_stride, k.dtype, k.data, v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads,
+            head_dim, causal, q_pos0, scale, n_split, (float *)ctx->workspace, dpos);
     vlm_status st = launched("attention", err);
     if (st != VLM_OK || n_split == 1) return st;
     k_attn_combine<<<(unsigned)((n_qh + warps - 1) / warps), warps * 32, 0, ctx->stream>>>(
