@@ -1240,24 +1240,17 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, NT == 1 ? GV_MIN_BLOCKS : 1)
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
     vlm_dtype dt = bf16 ? VLM_DTYPE_BF16 : VLM_DTYPE_F16;
-    /* The first loads of the weights (which no earlier kernel writes) go out
-     * before waiting for the kernel that produces x (launched as a
-     * programmatic dependent, this overlaps that kernel's tail). */
-    uint4 u[GV_LOADS];
-    int64_t i0 = (int64_t)s * 32 * GV_LOADS;
-#pragma unroll
-    for (int k = 0; k < GV_LOADS; k++) {
-        int64_t i = i0 + k * 32 + lane;
-        u[k] = live && i < nv ? ld_stream16(wr + i) : make_uint4(0u, 0u, 0u, 0u);
-    }
+    /* Launched as a programmatic dependent, the block may start while the
+     * kernel that writes x (or y) is finishing: wait for it first. (Loading
+     * or prefetching the first weights before the wait spilled under the
+     * 40-register bound of GV_MIN_BLOCKS.) */
     pdl_wait();
-    for (; live && i0 < nv; i0 += WS * 32 * GV_LOADS) {
-        if (i0 != (int64_t)s * 32 * GV_LOADS) {
+    for (int64_t i0 = (int64_t)s * 32 * GV_LOADS; live && i0 < nv; i0 += WS * 32 * GV_LOADS) {
+        uint4 u[GV_LOADS];
 #pragma unroll
-            for (int k = 0; k < GV_LOADS; k++) { /* all loads first: GV_LOADS in flight */
-                int64_t i = i0 + k * 32 + lane;
-                u[k] = i < nv ? ld_stream16(wr + i) : make_uint4(0u, 0u, 0u, 0u);
-            }
+        for (int k = 0; k < GV_LOADS; k++) { /* all loads first: GV_LOADS in flight */
+            int64_t i = i0 + k * 32 + lane;
+            u[k] = i < nv ? ld_stream16(wr + i) : make_uint4(0u, 0u, 0u, 0u);
         }
 #pragma unroll
         for (int k = 0; k < GV_LOADS; k++) {
@@ -1421,25 +1414,16 @@ const gemv_card &card() {
     return c;
 }
 
-/* Warps per row of k_gemv16. One token (decoding): the choice of 1, 2 or 4
- * whose grid fills its last wave best (GV_MIN_BLOCKS resident blocks per
- * SM): at one warp a row the 9216-row qkv product is 1.45 waves, its last
- * 0.45 wave reading at a fraction of the bandwidth; at two it is 2.9 waves.
- * Ties go to fewer warps a row (longer runs of loads). More tokens: enough
- * rows in flight for ~24+ warps an SM. */
-int gemv_warps_per_row(int nt, int64_t out) {
+/* Warps per row of k_gemv16: enough rows in flight for the 132 SMs of an
+ * H100 at ~24+ warps each (qkv 9216, gate_up 16384, lm_head 32064 rows: one
+ * warp; o and down, 3072 rows: two; small test shapes: four). Measured on
+ * the H100: more warps a row to fill the last wave made every product
+ * slower (gate_up 80% -> 51% of the copy bandwidth at four). VLM_GEMV_WS
+ * fixes it for measuring. */
+int gemv_warps_per_row(int64_t out) {
     const gemv_card &c = card();
     if (c.fixed_ws) return c.fixed_ws;
-    if (nt != 1 || c.sms <= 0) return out >= 6144 ? 1 : out >= 1536 ? 2 : 4;
-    const double slots = (double)c.sms * GV_MIN_BLOCKS;
-    int best = 1;
-    double best_fill = 0.0;
-    for (int ws = 1; ws <= 4; ws *= 2) {
-        double waves = (double)((out * ws + GEMV_WARPS - 1) / GEMV_WARPS) / slots;
-        double fill = waves / ceil(waves);
-        if (fill > best_fill + 0.02) best = ws, best_fill = fill;
-    }
-    return best;
+    return out >= 6144 ? 1 : out >= 1536 ? 2 : 4;
 }
 
 /* A launch as a programmatic dependent of the kernel before it where the
@@ -1478,7 +1462,7 @@ void launch_gemv_fast(cudaStream_t st, float *y, const float *x, int64_t in, int
                 <<<grid, GEMV_WARPS * 32, 0, st>>>(y, x, in, out, (const uint8_t *)w, acc_y);
         return;
     }
-    int ws = gemv_warps_per_row(NT, out);
+    int ws = gemv_warps_per_row(out);
     unsigned grid = (unsigned)((out * ws + GEMV_WARPS - 1) / GEMV_WARPS);
     bool bf = t == VLM_DTYPE_BF16;
     const uint4 *wv = (const uint4 *)w;
