@@ -236,12 +236,16 @@ vlm_status vlm_cuda_ctx_create(vlm_cuda_ctx **out, size_t workspace_bytes, vlm_e
                            "CUDA context: cuBLAS workspace of %zu bytes: out of device memory",
                            blas_bytes);
     }
+    c->blas_ws_bytes = blas_bytes;
     be = cublasSetWorkspace(c->blas, c->blas_ws, blas_bytes);
     if (be != CUBLAS_STATUS_SUCCESS) {
         vlm_cuda_ctx_destroy(c);
         return vlm_err_set(err, VLM_ERR_DEVICE, "CUDA context: cuBLAS workspace: %s",
                            cublasGetStatusString(be));
     }
+    /* cuBLASLt (the bias epilogue of matmul_h) is an extra: without a
+     * handle those products add their bias in a pass of their own. */
+    if (cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS) c->lt = NULL;
     const char *f32 = getenv("VLM_CUDA_F32_GEMM");
     c->f32_products = f32 && *f32 && strcmp(f32, "0") != 0;
     const char *mma = getenv("VLM_CUDA_MMA_ATTN");
@@ -264,6 +268,7 @@ void vlm_cuda_ctx_destroy(vlm_cuda_ctx *c) {
     if (!c) return;
     if (c->stream) cudaStreamSynchronize(c->stream);
     if (c->blas) cublasDestroy(c->blas); /* before its workspace goes */
+    if (c->lt) cublasLtDestroy(c->lt);
     vlm_dev_free(c->blas_ws);
     vlm_dev_free(c->workspace);
     if (c->stream) cudaStreamDestroy(c->stream);
@@ -303,4 +308,33 @@ vlm_status vlm_cuda_upload(vlm_cuda_ctx *c, void *dst_dev, const void *src_host,
 vlm_status vlm_cuda_download(vlm_cuda_ctx *c, void *dst_host, const void *src_dev, size_t bytes,
                              const char *what, vlm_err *err) {
     return copy(c, dst_host, src_dev, bytes, cudaMemcpyDeviceToHost, what, err);
+}
+
+/* --- pinned host memory ------------------------------------------------------ */
+
+void *vlm_cuda_host_alloc(size_t size, vlm_mem_cat cat) {
+    void *p = NULL;
+    if (size == 0) size = 1;
+    if (cudaHostAlloc(&p, size, cudaHostAllocDefault) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    vlm_alloc_note_external(cat, (int64_t)size);
+    return p;
+}
+
+void vlm_cuda_host_free(void *p, size_t size, vlm_mem_cat cat) {
+    if (!p) return;
+    cudaFreeHost(p);
+    vlm_alloc_note_external(cat, -(int64_t)(size ? size : 1));
+}
+
+vlm_status vlm_cuda_upload_async(vlm_cuda_ctx *c, void *dst_dev, const void *src_host, size_t bytes,
+                                 const char *what, vlm_err *err) {
+    if (bytes == 0) return VLM_OK;
+    cudaError_t e = cudaMemcpyAsync(dst_dev, src_host, bytes, cudaMemcpyHostToDevice, c->stream);
+    if (e == cudaSuccess) return VLM_OK;
+    (void)cudaGetLastError();
+    return vlm_err_set(err, VLM_ERR_DEVICE, "%s: copy of %zu bytes to the GPU: %s",
+                       what ? what : "GPU", bytes, cudaGetErrorString(e));
 }
