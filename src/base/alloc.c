@@ -298,6 +298,15 @@ void vlm_alloc_note_mapped(int64_t delta) {
                         &mapped_peak, &p, m, memory_order_relaxed, memory_order_relaxed)) {}
 }
 
+void vlm_alloc_note_external(vlm_mem_cat cat, int64_t delta) {
+    ensure_init();
+    if ((int)cat < 0 || cat >= VLM_MEM_CAT_COUNT || delta == 0) return;
+    if (delta > 0)
+        account_add(cat, (uint64_t)delta);
+    else
+        account_sub(cat, (uint64_t)-delta);
+}
+
 void vlm_alloc_set_tracking(bool on) {
     ensure_init();
     atomic_store(&tracking, on);

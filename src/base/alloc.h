@@ -91,6 +91,12 @@ void vlm_alloc_fail_at(uint64_t n, bool sticky);
  * touched, and the kernel can drop clean pages under pressure. */
 void vlm_alloc_note_mapped(int64_t delta_bytes);
 
+/* Host memory taken outside this allocator (the GPU runtime's pinned
+ * buffers, backend/cuda) counted under cat: +bytes when taken, -bytes when
+ * given back. Not subject to fault injection: the caller of such memory
+ * falls back to ordinary memory when it is refused. */
+void vlm_alloc_note_external(vlm_mem_cat cat, int64_t delta_bytes);
+
 /* Call-site tracking for leak reports (default: on in debug builds or with
  * VLM_ALLOC_TRACK=1). Only blocks allocated while tracking is on are listed. */
 void vlm_alloc_set_tracking(bool on);

@@ -124,6 +124,46 @@ size_t clip_workspace_floats_cfg(const clip_config *cfg, int group, int n_thread
            (size_t)(n_threads < 1 ? 1 : n_threads) * n_pos;
 }
 
+static size_t up64(size_t f) {
+    return (f + 63) / 64 * 64;
+}
+
+void clip_gpu_layout_cfg(const clip_config *cfg, int gc, int64_t proj_d, clip_gpu_layout *out) {
+    const size_t grid = (size_t)(cfg->image_size / cfg->patch_size), np = grid * grid + 1;
+    const size_t T = (size_t)gc * np, D = (size_t)cfg->hidden, I = (size_t)cfg->intermediate;
+    const size_t P = (size_t)cfg->patch_size, S = (size_t)cfg->image_size;
+    const size_t col = 3 * P * P, wide = I > col ? I : col, half = I > D ? I : D;
+    size_t at = 0;
+    out->x = at, at += up64(T * D);
+    out->h = at, at += up64(T * D);
+    /* q, k, v back to back, unpadded: the packed product writes [T][3D] */
+    out->q = at, out->k = at + T * D, out->v = at + 2 * T * D, at += up64(3 * T * D);
+    out->att = at, at += up64(T * D);
+    out->mlp = at, at += up64(T * wide);
+    out->xb = at, at += up64((T * half + 1) / 2);
+    out->px = at, at += up64((size_t)gc * 3 * S * S);
+    out->seq = out->hid = out->prj = at;
+    if (proj_d > 0) {
+        size_t mg = grid / 2, rows = (size_t)gc * mg * mg;
+        if (rows < 2) rows = 2;
+        out->seq = at, at += up64(rows * 4 * D);
+        out->hid = at, at += up64(rows * (size_t)proj_d);
+        out->prj = at, at += up64(rows * (size_t)proj_d);
+    }
+    out->total = at;
+}
+
+size_t clip_gpu_staging_bytes_cfg(const clip_config *cfg, int gc, int64_t proj_d) {
+    const size_t grid = (size_t)(cfg->image_size / cfg->patch_size), S = (size_t)cfg->image_size;
+    size_t px = (size_t)gc * 3 * S * S, rows = 0;
+    if (proj_d > 0) {
+        rows = (size_t)gc * (grid / 2) * (grid / 2);
+        if (rows < 2) rows = 2;
+        rows *= (size_t)proj_d;
+    }
+    return (px > rows ? px : rows) * sizeof(float);
+}
+
 size_t clip_workspace_floats(const clip_model *m, int group, int n_threads) {
     return clip_workspace_floats_cfg(&m->cfg, group, n_threads);
 }

@@ -60,6 +60,26 @@ size_t clip_workspace_floats(const clip_model *m, int group, int n_threads);
  * weight is loaded). */
 size_t clip_workspace_floats_cfg(const clip_config *cfg, int group, int n_threads);
 
+/* The GPU tower's device activations (models/clip_gpu.c) for a group of gc
+ * crops, here so that the planner (every build) sizes them as the tower
+ * lays them out. Offsets in floats, each region starting on 64 floats
+ * (256 bytes); T = gc * (grid^2 + 1). */
+typedef struct clip_gpu_layout {
+    size_t x, h, q, k, v, att; /* [T][D] f32 (q, k, v consecutive: the packed q|k|v rows) */
+    size_t mlp;                /* [T][max(I, 3P^2)] f32: fc1's output; the crops' im2col */
+    size_t xb;                 /* [T][max(D, I)] 16-bit: the products' rounded inputs */
+    size_t px;                 /* [gc][3][S][S] f32: the pixels */
+    size_t seq, hid, prj;      /* projector (proj_d > 0): [rows][4D], [rows][d], [rows][d] */
+    size_t total;              /* floats */
+} clip_gpu_layout;
+/* proj_d: the projector's width (the decoder's hidden), 0 without one;
+ * rows = max(gc * (grid/2)^2, 2). */
+void clip_gpu_layout_cfg(const clip_config *cfg, int gc, int64_t proj_d, clip_gpu_layout *out);
+/* The GPU tower's pinned host staging buffer for gc crops, bytes: the
+ * larger of the pixels going up ([gc][3][S][S] f32) and, with a
+ * projector, the projected rows coming down ([rows][proj_d] f32). */
+size_t clip_gpu_staging_bytes_cfg(const clip_config *cfg, int gc, int64_t proj_d);
+
 /* Encode n crops (CHW f32, [n][3][S][S], normalised) into features
  * out[n][grid*grid][D] (CLS dropped), `group` crops at a time. */
 void clip_encode(const clip_model *m, cpu_pool *pool, const float *pixels, int n, int group,

@@ -6,16 +6,25 @@
 #include <math.h>
 #include <stdio.h>
 
+#include <string.h>
+
 #include "backend/cuda/cuda.h"
 #include "base/alloc.h"
+#include "tensor/quant.h"
 
 /* q, k and v are packed at upload into qkv_w [3D][D] and qkv_b [3D] (one
- * GEMM instead of three) when their weights share one dtype and their
- * biases another; otherwise qkv_w.data is NULL and the three stay apart. */
+ * GEMM instead of three) when their weights share one dtype; otherwise
+ * qkv_w.data is NULL and the three stay apart. The products' biases are
+ * held in f32 whatever their stored type (cuBLASLt's bias epilogue takes
+ * the output's type, f32; runtime/planner.c counts them so). */
 typedef struct gpu_clip_layer {
     vlm_cuda_weight ln1_w, ln1_b, q_w, k_w, v_w, o_w, q_b, k_b, v_b, o_b, ln2_w, ln2_b, fc1_w,
         fc1_b, fc2_w, fc2_b;
     vlm_cuda_weight qkv_w, qkv_b;
+    /* BF16 or F16 when every matrix of the layer has that one type: the
+     * 16-bit path (each product's input rounded once, by the op before
+     * it); F32 for the f32-activation path (other types, mixed types) */
+    vlm_dtype half_t;
 } gpu_clip_layer;
 
 struct clip_gpu {
@@ -27,8 +36,12 @@ struct clip_gpu {
     void **owned;
     int n_owned;
     bool bf16_attn; /* the layers' products round activations to bf16 (BF16 weights) */
-    float *act;     /* device, act_floats */
+    float *act;     /* device, act_floats (clip_gpu_layout) */
     size_t act_floats;
+    /* pinned host staging for the pixels and the projected rows, or NULL
+     * (refused: the copies go through pageable memory) */
+    void *stage;
+    size_t stage_bytes;
     /* the projector (clip_gpu_set_projector), or has_proj false */
     bool has_proj;
     int64_t d;
@@ -55,15 +68,44 @@ static vlm_status upload(clip_gpu *g, cpu_weight w, int64_t n, const char *name,
     return vlm_cuda_upload(g->ctx, d, w.data, (size_t)bytes, name, err);
 }
 
+/* A bias ([n], any float dtype) to the device as f32 at dst. */
+static vlm_status upload_bias_to(clip_gpu *g, cpu_weight w, int64_t n, void *dst, const char *name,
+                                 int layer, vlm_err *err) {
+    float *f = VLM_NEW_ARRAY(float, (size_t)n, VLM_MEM_SCRATCH);
+    if (!f)
+        return vlm_err_set(err, VLM_ERR_NOMEM, "vision layer %d %s: out of host memory", layer,
+                           name);
+    vlm_status st = VLM_OK;
+    if (!vlm_to_f32(w.dtype, w.data, f, (size_t)n))
+        st = vlm_err_set(err, VLM_ERR_UNSUPPORTED, "vision layer %d %s: %s bias", layer, name,
+                         vlm_dtype_get(w.dtype)->name);
+    else
+        st = vlm_cuda_upload(g->ctx, dst, f, (size_t)n * sizeof(float), name, err);
+    vlm_free(f);
+    return st;
+}
+
+/* A product's bias [n], held on the device in f32. */
+static vlm_status upload_bias(clip_gpu *g, cpu_weight w, int64_t n, const char *name, int layer,
+                              vlm_cuda_weight *out, vlm_err *err) {
+    void *d = vlm_dev_alloc((size_t)n * sizeof(float), VLM_MEM_WEIGHTS);
+    if (!d)
+        return vlm_err_set(err, VLM_ERR_NOMEM,
+                           "vision layer %d %s: out of GPU memory for %lld bytes of weights", layer,
+                           name, (long long)n * 4);
+    g->owned[g->n_owned++] = d;
+    *out = (vlm_cuda_weight){VLM_DTYPE_F32, d};
+    return upload_bias_to(g, w, n, d, name, layer, err);
+}
+
 /* q, k, v weights ([D][D] each) into one [3D][D] buffer and their biases
- * into one [3D], rows in q, k, v order, so that row j of the product is
- * q | k | v of token j. The caller has checked the dtypes agree. */
+ * into one [3D] f32, rows in q, k, v order, so that row j of the product
+ * is q | k | v of token j. The caller has checked the dtypes agree. */
 static vlm_status upload_qkv(clip_gpu *g, const clip_layer *H, int64_t D, int layer,
                              gpu_clip_layer *G, vlm_err *err) {
     const cpu_weight w[3] = {H->q_w, H->k_w, H->v_w}, b[3] = {H->q_b, H->k_b, H->v_b};
-    uint64_t wb = 0, bb = 0;
-    if (!vlm_dtype_nbytes(w[0].dtype, (uint64_t)(D * D), &wb) ||
-        !vlm_dtype_nbytes(b[0].dtype, (uint64_t)D, &bb))
+    uint64_t wb = 0, bb = (uint64_t)D * sizeof(float);
+    if (!vlm_dtype_nbytes(w[0].dtype, (uint64_t)(D * D), &wb))
         return vlm_err_set(err, VLM_ERR_INVALID_ARG, "vision layer %d qkv: bad size", layer);
     char *dw = vlm_dev_alloc((size_t)(3 * wb), VLM_MEM_WEIGHTS);
     if (dw) g->owned[g->n_owned++] = dw;
@@ -77,12 +119,11 @@ static vlm_status upload_qkv(clip_gpu *g, const clip_layer *H, int64_t D, int la
     static const char *const names[3] = {"q_proj", "k_proj", "v_proj"};
     for (int i = 0; i < 3; i++) {
         vlm_status st = vlm_cuda_upload(g->ctx, dw + i * wb, w[i].data, (size_t)wb, names[i], err);
-        if (st == VLM_OK)
-            st = vlm_cuda_upload(g->ctx, db + i * bb, b[i].data, (size_t)bb, names[i], err);
+        if (st == VLM_OK) st = upload_bias_to(g, b[i], D, db + i * bb, names[i], layer, err);
         if (st != VLM_OK) return st;
     }
     G->qkv_w = (vlm_cuda_weight){w[0].dtype, dw};
-    G->qkv_b = (vlm_cuda_weight){b[0].dtype, db};
+    G->qkv_b = (vlm_cuda_weight){VLM_DTYPE_F32, db};
     return VLM_OK;
 }
 
@@ -122,28 +163,33 @@ vlm_status clip_gpu_create(const clip_model *m, clip_gpu **out, vlm_err *err) {
     for (int l = 0; l < m->n_run; l++) {
         const clip_layer *H = &m->layers[l];
         gpu_clip_layer *G = &g->L[l];
-        bool pack = H->q_w.dtype == H->k_w.dtype && H->q_w.dtype == H->v_w.dtype &&
-                    H->q_b.dtype == H->k_b.dtype && H->q_b.dtype == H->v_b.dtype;
+        bool pack = H->q_w.dtype == H->k_w.dtype && H->q_w.dtype == H->v_w.dtype;
         if (pack) {
             if ((st = upload_qkv(g, H, D, l, G, err)) != VLM_OK) goto fail;
         } else if ((st = upload(g, H->q_w, D * D, "q_proj.weight", l, &G->q_w, err)) ||
-                   (st = upload(g, H->q_b, D, "q_proj.bias", l, &G->q_b, err)) ||
+                   (st = upload_bias(g, H->q_b, D, "q_proj.bias", l, &G->q_b, err)) ||
                    (st = upload(g, H->k_w, D * D, "k_proj.weight", l, &G->k_w, err)) ||
-                   (st = upload(g, H->k_b, D, "k_proj.bias", l, &G->k_b, err)) ||
+                   (st = upload_bias(g, H->k_b, D, "k_proj.bias", l, &G->k_b, err)) ||
                    (st = upload(g, H->v_w, D * D, "v_proj.weight", l, &G->v_w, err)) ||
-                   (st = upload(g, H->v_b, D, "v_proj.bias", l, &G->v_b, err)))
+                   (st = upload_bias(g, H->v_b, D, "v_proj.bias", l, &G->v_b, err)))
             goto fail;
         if ((st = upload(g, H->ln1_w, D, "layer_norm1.weight", l, &G->ln1_w, err)) ||
             (st = upload(g, H->ln1_b, D, "layer_norm1.bias", l, &G->ln1_b, err)) ||
             (st = upload(g, H->o_w, D * D, "out_proj.weight", l, &G->o_w, err)) ||
-            (st = upload(g, H->o_b, D, "out_proj.bias", l, &G->o_b, err)) ||
+            (st = upload_bias(g, H->o_b, D, "out_proj.bias", l, &G->o_b, err)) ||
             (st = upload(g, H->ln2_w, D, "layer_norm2.weight", l, &G->ln2_w, err)) ||
             (st = upload(g, H->ln2_b, D, "layer_norm2.bias", l, &G->ln2_b, err)) ||
             (st = upload(g, H->fc1_w, I * D, "fc1.weight", l, &G->fc1_w, err)) ||
-            (st = upload(g, H->fc1_b, I, "fc1.bias", l, &G->fc1_b, err)) ||
+            (st = upload_bias(g, H->fc1_b, I, "fc1.bias", l, &G->fc1_b, err)) ||
             (st = upload(g, H->fc2_w, D * I, "fc2.weight", l, &G->fc2_w, err)) ||
-            (st = upload(g, H->fc2_b, D, "fc2.bias", l, &G->fc2_b, err)))
+            (st = upload_bias(g, H->fc2_b, D, "fc2.bias", l, &G->fc2_b, err)))
             goto fail;
+        /* the 16-bit path: one BF16/F16 type for every matrix, not f32 mode */
+        vlm_dtype t = H->o_w.dtype;
+        bool half = (t == VLM_DTYPE_BF16 || t == VLM_DTYPE_F16) && H->q_w.dtype == t &&
+                    H->k_w.dtype == t && H->v_w.dtype == t && H->fc1_w.dtype == t &&
+                    H->fc2_w.dtype == t && !vlm_cuda_f32_mode(g->ctx);
+        G->half_t = half ? t : VLM_DTYPE_F32;
     }
     /* Attention may run on tensor cores (q, K, V rounded to bf16) only where
      * every product before it already rounds its activations to bf16: BF16
@@ -168,6 +214,7 @@ void clip_gpu_free(clip_gpu *g) {
     for (int i = 0; i < g->n_owned; i++) vlm_dev_free(g->owned[i]);
     vlm_dev_free(g->pos_ids);
     vlm_dev_free(g->act);
+    vlm_cuda_host_free(g->stage, g->stage_bytes, VLM_MEM_IMAGE);
     vlm_cuda_ctx_destroy(g->ctx);
     vlm_free(g->owned);
     vlm_free(g->L);
@@ -208,77 +255,101 @@ static vlm_status grow(clip_gpu *g, size_t need, const char *what, vlm_err *err)
     return VLM_OK;
 }
 
-/* Floats of the tower's activations for gc crops (x first). */
-static size_t tower_floats(const clip_gpu *g, int gc) {
-    const clip_config *c = &g->m->cfg;
-    const int64_t D = c->hidden, I = c->intermediate, NP = g->m->n_pos, G2 = NP - 1;
-    const int64_t T = (int64_t)gc * NP, S = c->image_size, P = c->patch_size;
-    return (size_t)T * (size_t)(6 * D + I) + (size_t)(G2 * 3 * P * P) +
-           (size_t)gc * 3 * (size_t)(S * S);
-}
-
-/* Floats after the tower's for the projector: seq [rows][4D], hid and prj
- * [rows][d], rows = gc * (grid/2)^2 (at least 2, the separators). */
-static size_t proj_floats(const clip_gpu *g, int gc) {
-    int64_t mg = g->m->grid / 2, rows = (int64_t)gc * mg * mg;
-    if (rows < 2) rows = 2;
-    return (size_t)rows * (size_t)(4 * (int64_t)g->m->cfg.hidden + 2 * g->d);
+/* The pinned staging buffer of at least need bytes; NULL when the runtime
+ * refuses it (the copies then go through pageable memory: slower, never an
+ * error). Grown like the activations. */
+static void *staging(clip_gpu *g, size_t need) {
+    if (g->stage && g->stage_bytes >= need) return g->stage;
+    vlm_cuda_host_free(g->stage, g->stage_bytes, VLM_MEM_IMAGE);
+    g->stage = vlm_cuda_host_alloc(need, VLM_MEM_IMAGE);
+    g->stage_bytes = g->stage ? need : 0;
+    return g->stage;
 }
 
 /* One group of gc crops, as clip_encode_group; with out NULL the features
- * stay on the device (rows 1.. of each crop of the activations' x). */
+ * stay on the device (rows 1.. of each crop of the activations' x). The
+ * layout is clip_gpu_layout_cfg's (the planner counts the same). */
 static vlm_status encode_group(clip_gpu *g, const float *pixels, int gc, float *out, vlm_err *err) {
     const clip_model *m = g->m;
     const clip_config *c = &m->cfg;
     const int64_t D = c->hidden, I = c->intermediate, NP = m->n_pos, G2 = NP - 1;
     const int64_t T = (int64_t)gc * NP, S = c->image_size, P = c->patch_size;
     const int hd = c->hidden / c->n_heads;
-    /* x, h, q, k, v, att [T][D]; mlp [T][I]; col [G2][3PP]; px [gc][3][S][S];
-     * then the projector's (proj_floats) */
-    vlm_status st =
-        grow(g, tower_floats(g, gc) + (g->has_proj ? proj_floats(g, gc) : 0), "a crop group", err);
+    const int64_t proj_d = g->has_proj ? g->d : 0;
+    clip_gpu_layout lo;
+    clip_gpu_layout_cfg(c, gc, proj_d, &lo);
+    vlm_status st = grow(g, lo.total, "a crop group", err);
     if (st != VLM_OK) return st;
-    float *x = g->act, *h = x + T * D, *q = h + T * D, *k = q + T * D, *v = k + T * D,
-          *att = v + T * D, *mlp = att + T * D, *col = mlp + T * I, *px = col + G2 * 3 * P * P;
-    RUN(vlm_cuda_upload(g->ctx, px, pixels, (size_t)gc * 3 * (size_t)(S * S) * sizeof(float),
-                        "crop pixels", err));
-    for (int i = 0; i < gc; i++) {
-        float *xc = x + (int64_t)i * NP * D;
-        RUN(vlm_cuda_embed_rows(g->ctx, xc, g->class_emb, D, g->pos_ids, 1, err)); /* row 0 */
-        RUN(vlm_cuda_patch_embed(g->ctx, xc + D, px + (int64_t)i * 3 * S * S, (int)S, (int)P, D,
-                                 g->patch_w, col, err));
-        RUN(vlm_cuda_embed_rows(g->ctx, h, g->pos_emb, D, g->pos_ids, NP, err));
-        RUN(vlm_cuda_add(g->ctx, xc, h, NP * D, err));
+    float *A = g->act, *x = A + lo.x, *h = A + lo.h, *q = A + lo.q, *k = A + lo.k, *v = A + lo.v,
+          *att = A + lo.att, *mlp = A + lo.mlp, *px = A + lo.px;
+    void *xb = A + lo.xb;
+    /* pixels up through the pinned buffer (one host memcpy at memory speed,
+     * then DMA), or straight from the caller's pageable memory */
+    const size_t px_bytes = (size_t)gc * 3 * (size_t)(S * S) * sizeof(float);
+    void *sb = staging(g, clip_gpu_staging_bytes_cfg(c, gc, proj_d));
+    if (sb) {
+        memcpy(sb, pixels, px_bytes);
+        RUN(vlm_cuda_upload_async(g->ctx, px, sb, px_bytes, "crop pixels", err));
+    } else {
+        RUN(vlm_cuda_upload(g->ctx, px, pixels, px_bytes, "crop pixels", err));
     }
+    /* every crop's patches in one im2col and one product (the im2col in
+     * mlp, the patch rows in h), then class and positions in one launch */
+    RUN(vlm_cuda_patch_embed_crops(g->ctx, x, px, gc, (int)S, (int)P, D, g->patch_w, g->class_emb,
+                                   g->pos_emb, mlp, h, err));
     RUN(vlm_cuda_layernorm(g->ctx, x, x, T, D, g->pre_ln_w, g->pre_ln_b, c->ln_eps, err));
     const float scale = 1.0f / sqrtf((float)hd);
     for (int l = 0; l < m->n_run; l++) {
         const gpu_clip_layer *L = &g->L[l];
-        RUN(vlm_cuda_layernorm(g->ctx, h, x, T, D, L->ln1_w, L->ln1_b, c->ln_eps, err));
+        const vlm_dtype ht = L->half_t;
+        const bool hp = ht != VLM_DTYPE_F32;
+        /* q | k | v (one product into [T][3D] when packed: q, k, v are
+         * consecutive), attention over every crop in one launch */
+        if (hp)
+            RUN(vlm_cuda_layernorm_h(g->ctx, xb, ht, x, T, D, L->ln1_w, L->ln1_b, c->ln_eps, err));
+        else
+            RUN(vlm_cuda_layernorm(g->ctx, h, x, T, D, L->ln1_w, L->ln1_b, c->ln_eps, err));
+        int64_t qs = D;
         if (L->qkv_w.data) {
-            /* one product into [T][3D] (q | k | v of each token; the q, k,
-             * v buffers are consecutive), attention reads it strided */
-            RUN(vlm_cuda_matmul(g->ctx, q, h, T, D, 3 * D, L->qkv_w, L->qkv_b, err));
-            vlm_cuda_weight kw = {VLM_DTYPE_F32, q + D}, vw = {VLM_DTYPE_F32, q + 2 * D};
-            RUN(vlm_cuda_attention_seqs(g->ctx, att, q, 3 * D, kw, vw, 3 * D, gc, NP, NP,
-                                        c->n_heads, c->n_heads, hd, false, 0, scale, g->bf16_attn,
-                                        err));
+            qs = 3 * D;
+            if (hp)
+                RUN(vlm_cuda_matmul_h(g->ctx, q, xb, T, D, 3 * D, L->qkv_w, L->qkv_b, err));
+            else
+                RUN(vlm_cuda_matmul(g->ctx, q, h, T, D, 3 * D, L->qkv_w, L->qkv_b, err));
+        } else if (hp) {
+            RUN(vlm_cuda_matmul_h(g->ctx, q, xb, T, D, D, L->q_w, L->q_b, err));
+            RUN(vlm_cuda_matmul_h(g->ctx, k, xb, T, D, D, L->k_w, L->k_b, err));
+            RUN(vlm_cuda_matmul_h(g->ctx, v, xb, T, D, D, L->v_w, L->v_b, err));
         } else {
             RUN(vlm_cuda_matmul(g->ctx, q, h, T, D, D, L->q_w, L->q_b, err));
             RUN(vlm_cuda_matmul(g->ctx, k, h, T, D, D, L->k_w, L->k_b, err));
             RUN(vlm_cuda_matmul(g->ctx, v, h, T, D, D, L->v_w, L->v_b, err));
-            vlm_cuda_weight kw = {VLM_DTYPE_F32, k}, vw = {VLM_DTYPE_F32, v};
-            RUN(vlm_cuda_attention_seqs(g->ctx, att, q, D, kw, vw, D, gc, NP, NP, c->n_heads,
-                                        c->n_heads, hd, false, 0, scale, g->bf16_attn, err));
         }
-        /* x += att Wo^T + bo: the residual add fused into the product */
-        RUN(vlm_cuda_matmul_acc(g->ctx, x, att, T, D, D, L->o_w, err));
-        RUN(vlm_cuda_add_bias(g->ctx, x, T, D, L->o_b, err));
-        RUN(vlm_cuda_layernorm(g->ctx, h, x, T, D, L->ln2_w, L->ln2_b, c->ln_eps, err));
-        RUN(vlm_cuda_matmul(g->ctx, mlp, h, T, D, I, L->fc1_w, L->fc1_b, err));
-        RUN(vlm_cuda_quick_gelu(g->ctx, mlp, T * I, err));
-        RUN(vlm_cuda_matmul_acc(g->ctx, x, mlp, T, I, D, L->fc2_w, err));
-        RUN(vlm_cuda_add_bias(g->ctx, x, T, D, L->fc2_b, err));
+        const float *kp = L->qkv_w.data ? q + D : k, *vp = L->qkv_w.data ? q + 2 * D : v;
+        vlm_cuda_weight kw = {VLM_DTYPE_F32, kp}, vw = {VLM_DTYPE_F32, vp};
+        RUN(vlm_cuda_attention_seqs(g->ctx, att, q, qs, kw, vw, qs, gc, NP, NP, c->n_heads,
+                                    c->n_heads, hd, false, 0, scale, g->bf16_attn, err));
+        if (hp) {
+            /* x += att Wo^T + bo (bias in the product's epilogue); then the
+             * MLP: LN2 -> 16 bits, fc1 (f32 out), bias + quick-GELU -> 16
+             * bits, x += fc2 (+ bias) */
+            RUN(vlm_cuda_to_half(g->ctx, xb, ht, att, T * D, err));
+            RUN(vlm_cuda_matmul_h_acc(g->ctx, x, xb, T, D, D, L->o_w, L->o_b, err));
+            RUN(vlm_cuda_layernorm_h(g->ctx, xb, ht, x, T, D, L->ln2_w, L->ln2_b, c->ln_eps, err));
+            const vlm_cuda_weight none = {VLM_DTYPE_F32, NULL};
+            RUN(vlm_cuda_matmul_h(g->ctx, mlp, xb, T, D, I, L->fc1_w, none, err));
+            RUN(vlm_cuda_bias_quick_gelu_h(g->ctx, xb, ht, mlp, T, I, L->fc1_b, err));
+            RUN(vlm_cuda_matmul_h_acc(g->ctx, x, xb, T, I, D, L->fc2_w, L->fc2_b, err));
+        } else {
+            /* x += att Wo^T + bo: the residual add fused into the product */
+            RUN(vlm_cuda_matmul_acc(g->ctx, x, att, T, D, D, L->o_w, err));
+            RUN(vlm_cuda_add_bias(g->ctx, x, T, D, L->o_b, err));
+            RUN(vlm_cuda_layernorm(g->ctx, h, x, T, D, L->ln2_w, L->ln2_b, c->ln_eps, err));
+            RUN(vlm_cuda_matmul(g->ctx, mlp, h, T, D, I, L->fc1_w, L->fc1_b, err));
+            RUN(vlm_cuda_quick_gelu(g->ctx, mlp, T * I, err));
+            RUN(vlm_cuda_matmul_acc(g->ctx, x, mlp, T, I, D, L->fc2_w, err));
+            RUN(vlm_cuda_add_bias(g->ctx, x, T, D, L->fc2_b, err));
+        }
     }
     if (!out) return VLM_OK;
     /* without CLS: rows 1..NP-1 of each crop */
@@ -309,14 +380,22 @@ vlm_status clip_gpu_encode_project(clip_gpu *g, const float *pixels, int n, floa
     if (st != VLM_OK) return st;
     const int64_t D = g->m->cfg.hidden, D4 = 4 * D, d = g->d, mg = g->m->grid / 2;
     const int64_t rows = (int64_t)n * mg * mg;
-    float *x = g->act, *seq = g->act + tower_floats(g, n), *hid = seq + rows * D4,
-          *prj = hid + rows * d;
+    clip_gpu_layout lo;
+    clip_gpu_layout_cfg(&g->m->cfg, n, d, &lo);
+    float *x = g->act + lo.x, *seq = g->act + lo.seq, *hid = g->act + lo.hid,
+          *prj = g->act + lo.prj;
     RUN(vlm_cuda_merge2x2(g->ctx, seq, x, g->m->n_pos, 1, g->m->grid, D, n, err));
     RUN(vlm_cuda_matmul(g->ctx, hid, seq, rows, D4, d, g->proj0_w, g->proj0_b, err));
     RUN(vlm_cuda_gelu_erf(g->ctx, hid, rows * d, err));
     RUN(vlm_cuda_matmul(g->ctx, prj, hid, rows, d, d, g->proj2_w, g->proj2_b, err));
-    RUN(vlm_cuda_download(g->ctx, out, prj, (size_t)(rows * d) * sizeof(float),
-                          "projected image rows", err));
+    /* down through the pinned buffer encode_group sized for them */
+    const size_t bytes = (size_t)(rows * d) * sizeof(float);
+    if (g->stage && g->stage_bytes >= bytes) {
+        RUN(vlm_cuda_download(g->ctx, g->stage, prj, bytes, "projected image rows", err));
+        memcpy(out, g->stage, bytes);
+    } else {
+        RUN(vlm_cuda_download(g->ctx, out, prj, bytes, "projected image rows", err));
+    }
     return vlm_cuda_sync(g->ctx, "GPU image projector", err);
 }
 
@@ -324,9 +403,13 @@ vlm_status clip_gpu_project_separators(clip_gpu *g, float *out, vlm_err *err) {
     if (!g->has_proj)
         return vlm_err_set(err, VLM_ERR_INVALID_ARG, "GPU vision tower: no projector set");
     const int64_t D4 = 4 * (int64_t)g->m->cfg.hidden, d = g->d;
-    vlm_status st = grow(g, proj_floats(g, 1), "the separators", err);
+    /* the layout of one crop (the planner's smallest group): its
+     * projector rows hold the two separators */
+    clip_gpu_layout lo;
+    clip_gpu_layout_cfg(&g->m->cfg, 1, d, &lo);
+    vlm_status st = grow(g, lo.total, "the separators", err);
     if (st != VLM_OK) return st;
-    float *seq = g->act, *hid = seq + 2 * D4, *prj = hid + 2 * d;
+    float *seq = g->act + lo.seq, *hid = g->act + lo.hid, *prj = g->act + lo.prj;
     /* row 0 of each one-row table (pos_ids[0] is 0) */
     RUN(vlm_cuda_embed_rows(g->ctx, seq, g->sub_gn, D4, g->pos_ids, 1, err));
     RUN(vlm_cuda_embed_rows(g->ctx, seq + D4, g->glb_gn, D4, g->pos_ids, 1, err));

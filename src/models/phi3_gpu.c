@@ -47,7 +47,8 @@ struct phi3_gpu {
     } key;
     /* host staging of a decode step (page-locked when the driver allows):
      * [4 floats: the position as int32, padding][d: x][vocab: logits] */
-    float *stage;
+    float *stage; /* pinned where the driver gives it (else ordinary memory) */
+    size_t stage_bytes;
     bool stage_pinned;
 };
 
@@ -123,8 +124,11 @@ vlm_status phi3_gpu_create(const phi3_model *m, int gpu_layers, bool head, phi3_
          (st = upload(g, m->lm_head, (int64_t)c->vocab * d, "lm_head", -1, &g->lm_head, err))))
         goto fail;
     if (head) {
-        g->stage =
-            vlm_cuda_host_alloc((size_t)(4 + d + c->vocab) * sizeof(float), &g->stage_pinned);
+        g->stage_bytes = (size_t)(4 + d + c->vocab) * sizeof(float);
+        g->stage = vlm_cuda_host_alloc(g->stage_bytes, VLM_MEM_OTHER);
+        g->stage_pinned = g->stage != NULL;
+        /* refused pinned memory: ordinary memory, the copies then wait */
+        if (!g->stage) g->stage = vlm_alloc(g->stage_bytes, VLM_MEM_OTHER);
         if (!g->stage) {
             st = vlm_err_set(err, VLM_ERR_NOMEM,
                              "GPU decoder: out of host memory for the decode staging buffer");
@@ -142,7 +146,10 @@ void phi3_gpu_free(phi3_gpu *g) {
     if (!g) return;
     if (g->ctx) vlm_cuda_sync(g->ctx, "GPU decoder free", NULL);
     vlm_cuda_graph_destroy(g->graph);
-    vlm_cuda_host_free(g->stage, g->stage_pinned);
+    if (g->stage_pinned)
+        vlm_cuda_host_free(g->stage, g->stage_bytes, VLM_MEM_OTHER);
+    else
+        vlm_free(g->stage);
     for (int i = 0; i < g->n_owned; i++) vlm_dev_free(g->owned[i]);
     vlm_dev_free(g->act);
     vlm_dev_free(g->rope);

@@ -126,6 +126,14 @@ static bool tensor_on_gpu(const char *name, int k, bool head, bool vision) {
     return head;                                             /* embed_tokens, model.norm, lm_head */
 }
 
+/* The GPU vision tower (models/clip_gpu.c) holds its products' biases
+ * (q/k/v/out_proj, fc1, fc2 of each layer) in f32 whatever their stored
+ * type: cuBLASLt's bias epilogue takes the output's type. */
+static bool gpu_f32_bias(const char *name) {
+    if (phi3v_part_of(name) != PHI3V_PART_VISION || !strstr(name, "encoder.layers.")) return false;
+    return strstr(name, "_proj.bias") || strstr(name, ".fc1.bias") || strstr(name, ".fc2.bias");
+}
+
 vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, const plan_setting *s,
                                  plan_estimate *out, vlm_err *err) {
     memset(out, 0, sizeof *out);
@@ -156,7 +164,7 @@ vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, co
      * plus its converted (or pinned) copy, one tensor at a time. A tensor
      * converted on the host: one block of the source rows read with pread
      * (vlm_plan_read_block_bytes) plus one f32 row per thread. */
-    uint64_t all;
+    uint64_t all, moved = 0; /* moved: the host's bytes of the tensors placed on the GPU */
     plan_weight_bytes(pm, s->precision, &b[PLAN_WEIGHTS], &all);
     for (size_t i = 0; i < pm->n_tensors; i++) {
         const plan_tensor *t = &pm->tensors[i];
@@ -165,7 +173,8 @@ vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, co
         uint64_t src = vlm_plan_dtype_bytes(t->stored, t->nelem);
         uint64_t held = vlm_plan_dtype_bytes(d, t->nelem);
         if (on_gpu && tensor_on_gpu(t->name, k, head, vis)) {
-            dev[PLAN_GPU_WEIGHTS] += held;
+            moved += held;
+            dev[PLAN_GPU_WEIGHTS] += gpu_f32_bias(t->name) ? t->nelem * sizeof(float) : held;
             b[PLAN_LOAD_SCRATCH] = max_u64(b[PLAN_LOAD_SCRATCH], src + held);
             continue;
         }
@@ -176,7 +185,7 @@ vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, co
                       (uint64_t)threads * row * sizeof(float);
         b[PLAN_LOAD_SCRATCH] = max_u64(b[PLAN_LOAD_SCRATCH], sc);
     }
-    b[PLAN_WEIGHTS] -= dev[PLAN_GPU_WEIGHTS];
+    b[PLAN_WEIGHTS] -= moved;
 
     /* The session: KV cache, decoder workspace for one chunk, logits, token
      * ids, kept image rows. */
@@ -265,7 +274,13 @@ vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, co
         if (k == L) b[PLAN_PREFILL] = 0;
         if (head) dev[PLAN_GPU_LOGITS] = b[PLAN_LOGITS];
         if (vis) {
-            dev[PLAN_GPU_VISION] = b[PLAN_VISION];
+            /* the GPU tower's own layout for one crop group, projector
+             * rows included (clip_gpu_layout_cfg) */
+            if (n_images > 0) {
+                clip_gpu_layout lo;
+                clip_gpu_layout_cfg(&c->vision, out->s.crop_group, c->hidden, &lo);
+                dev[PLAN_GPU_VISION] = (uint64_t)lo.total * sizeof(float);
+            }
             b[PLAN_VISION] = 0;
         }
         bool any = k > 0 || vis;
@@ -273,8 +288,12 @@ vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, co
             dev[PLAN_GPU_CUBLAS] = gpu_ctx_bytes(c, k > 0, vis);
             dev[PLAN_GPU_CONTEXT] = PLAN_GPU_CONTEXT_BYTES;
             uint64_t stage = max_u64((uint64_t)chunk * (uint64_t)c->hidden, (uint64_t)info.vocab);
-            if (vis) stage = max_u64(stage, (uint64_t)out->s.crop_group * PHI3V_CROP_FLOATS);
             b[PLAN_PINNED_STAGING] = stage * sizeof(float);
+            /* the tower's own pinned buffer (pixels up, projected rows
+             * down), held while the tower is */
+            if (vis && n_images > 0)
+                b[PLAN_PINNED_STAGING] +=
+                    clip_gpu_staging_bytes_cfg(&c->vision, out->s.crop_group, c->hidden);
         }
         for (int i = 0; i < PLAN_GPU_COMP_COUNT; i++) out->gpu_bytes += dev[i];
     }

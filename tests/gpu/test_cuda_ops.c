@@ -17,6 +17,7 @@
 
 #include "backend/cpu/ops.h"
 #include "backend/cuda/cuda.h"
+#include "base/alloc.h"
 #include "tensor/quant.h"
 
 static vlm_cuda_ctx *CTX;
@@ -673,6 +674,219 @@ static void test_patch_embed(void **state) {
     free(img), free(w), free(want), free(col), free(got);
 }
 
+/* --- 16-bit product inputs (the vision tower's path) ------------------------ */
+
+static void to_half_host(vlm_dtype t, uint16_t *dst, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        dst[i] = t == VLM_DTYPE_BF16 ? vlm_f32_to_bf16(src[i]) : vlm_f32_to_f16(src[i]);
+}
+static float half_to_f32(vlm_dtype t, uint16_t h) {
+    return t == VLM_DTYPE_BF16 ? vlm_bf16_to_f32(h) : vlm_f16_to_f32(h);
+}
+
+/* layernorm_h: bit for bit layernorm's f32 output rounded to nearest even
+ * (what matmul's own rounding made of it), BF16 and F16, a full and a
+ * partial block of threads. */
+static void ln_h_case(vlm_dtype t, int64_t n, int64_t dim) {
+    float *x = rnd((size_t)(n * dim), 3.0f), *w = rnd((size_t)dim, 1.0f),
+          *b = rnd((size_t)dim, 0.5f);
+    for (int64_t i = 0; i < n * dim; i++) x[i] += 0.7f; /* a mean to remove */
+    float *dx = up(x, (size_t)(n * dim) * 4), *dw = up(w, (size_t)dim * 4),
+          *db = up(b, (size_t)dim * 4);
+    float *dy = vlm_dev_alloc((size_t)(n * dim) * 4, VLM_MEM_ACTIVATIONS);
+    void *dh = vlm_dev_alloc((size_t)(n * dim) * 2, VLM_MEM_ACTIVATIONS);
+    assert_non_null(dy);
+    assert_non_null(dh);
+    vlm_cuda_weight cw = {VLM_DTYPE_F32, dw}, cb = {VLM_DTYPE_F32, db};
+    OK(vlm_cuda_layernorm(CTX, dy, dx, n, dim, cw, cb, 1e-5f, E));
+    OK(vlm_cuda_layernorm_h(CTX, dh, t, dx, n, dim, cw, cb, 1e-5f, E));
+    float *y = down(dy, (size_t)(n * dim));
+    uint16_t *want = malloc((size_t)(n * dim) * 2), *got = malloc((size_t)(n * dim) * 2);
+    to_half_host(t, want, y, (size_t)(n * dim));
+    OK(vlm_cuda_download(CTX, got, dh, (size_t)(n * dim) * 2, "layernorm_h", E));
+    assert_memory_equal(got, want, (size_t)(n * dim) * 2);
+    printf("layernorm_h %s n=%lld dim=%lld: bit-identical to layernorm + rounding\n",
+           vlm_dtype_get(t)->name, (long long)n, (long long)dim);
+    /* and the CPU's LayerNorm, through the rounding (2^-8 relative) */
+    float *cpu = malloc((size_t)(n * dim) * 4), *gotf = malloc((size_t)(n * dim) * 4);
+    cpu_layernorm(cpu, x, n, dim, (cpu_weight){VLM_DTYPE_F32, w}, (cpu_weight){VLM_DTYPE_F32, b},
+                  1e-5f);
+    for (int64_t i = 0; i < n * dim; i++) gotf[i] = half_to_f32(t, got[i]);
+    close_to("layernorm_h vs cpu_layernorm", gotf, cpu, (size_t)(n * dim), 4e-3);
+    vlm_dev_free(dx), vlm_dev_free(dw), vlm_dev_free(db), vlm_dev_free(dy), vlm_dev_free(dh);
+    free(x), free(w), free(b), free(y), free(want), free(got), free(cpu), free(gotf);
+}
+
+/* matmul_h / matmul_h_acc against cpu_matmul on the same 16-bit inputs
+ * (x rounded on the host, widened for the CPU): only the summation order
+ * differs (16-bit products are exact in f32). Biases in f32 (cuBLASLt's
+ * epilogue) and bf16 (the epilogue or add_bias, whichever the library
+ * takes), none; n from 3 to 1000. */
+static void mm_h_case(vlm_dtype t, int64_t n, int64_t in, int64_t out, vlm_dtype bias_t) {
+    float *x = rnd((size_t)(n * in), 1.0f), *wf = rnd((size_t)(out * in), 0.1f);
+    float *bf = rnd((size_t)out, 0.5f), *y0 = rnd((size_t)(n * out), 2.0f);
+    uint16_t *xh = malloc((size_t)(n * in) * 2), *wh = malloc((size_t)(out * in) * 2),
+             *bh = malloc((size_t)out * 2);
+    to_half_host(t, xh, x, (size_t)(n * in));
+    to_half_host(t, wh, wf, (size_t)(out * in));
+    for (int64_t i = 0; i < n * in; i++) x[i] = half_to_f32(t, xh[i]);
+    to_bf16(bh, bf, (size_t)out);
+    const bool has_b = bias_t != VLM_DTYPE_COUNT;
+    if (bias_t == VLM_DTYPE_BF16)
+        for (int64_t i = 0; i < out; i++) bf[i] = vlm_bf16_to_f32(bh[i]);
+    float *want = malloc((size_t)(n * out) * 4);
+    cpu_matmul(POOL, want, x, n, in, out, (cpu_weight){t, wh},
+               (cpu_weight){VLM_DTYPE_F32, has_b ? bf : NULL});
+    void *dx = up(xh, (size_t)(n * in) * 2), *dw = up(wh, (size_t)(out * in) * 2);
+    void *db = bias_t == VLM_DTYPE_BF16 ? up(bh, (size_t)out * 2) : up(bf, (size_t)out * 4);
+    float *dy = vlm_dev_alloc((size_t)(n * out) * 4, VLM_MEM_ACTIVATIONS);
+    assert_non_null(dy);
+    vlm_cuda_weight cw = {t, dw}, cb = {has_b ? bias_t : VLM_DTYPE_F32, has_b ? db : NULL};
+    OK(vlm_cuda_matmul_h(CTX, dy, dx, n, in, out, cw, cb, E));
+    float *got = down(dy, (size_t)(n * out));
+    char what[96];
+    snprintf(what, sizeof what, "matmul_h %s n=%lld in=%lld out=%lld b=%s", vlm_dtype_get(t)->name,
+             (long long)n, (long long)in, (long long)out,
+             has_b ? vlm_dtype_get(bias_t)->name : "none");
+    close_to(what, got, want, (size_t)(n * out), 1e-4);
+    /* y0 + x W^T + b */
+    for (int64_t i = 0; i < n * out; i++) want[i] += y0[i];
+    float *dy0 = up(y0, (size_t)(n * out) * 4);
+    OK(vlm_cuda_matmul_h_acc(CTX, dy0, dx, n, in, out, cw, cb, E));
+    free(got);
+    got = down(dy0, (size_t)(n * out));
+    snprintf(what, sizeof what, "matmul_h_acc %s n=%lld in=%lld out=%lld", vlm_dtype_get(t)->name,
+             (long long)n, (long long)in, (long long)out);
+    close_to(what, got, want, (size_t)(n * out), 1e-4);
+    vlm_dev_free(dx), vlm_dev_free(dw), vlm_dev_free(db), vlm_dev_free(dy), vlm_dev_free(dy0);
+    free(x), free(wf), free(bf), free(y0), free(xh), free(wh), free(bh), free(want), free(got);
+}
+
+/* bias + quick-GELU + rounding in one pass against cpu_add_bias +
+ * cpu_quick_gelu (f32): each value within one rounding (2^-8 relative for
+ * bf16, 2^-11 for f16) plus expf's few ulps; to_half bit for bit as the
+ * host rounds. */
+static void gelu_h_case(vlm_dtype t, int64_t n, int64_t dim) {
+    float *x = rnd((size_t)(n * dim), 4.0f), *b = rnd((size_t)dim, 1.0f);
+    float *want = malloc((size_t)(n * dim) * 4);
+    memcpy(want, x, (size_t)(n * dim) * 4);
+    cpu_add_bias(want, n, dim, (cpu_weight){VLM_DTYPE_F32, b});
+    cpu_quick_gelu(want, n * dim);
+    float *dx = up(x, (size_t)(n * dim) * 4), *db = up(b, (size_t)dim * 4);
+    void *dh = vlm_dev_alloc((size_t)(n * dim) * 2, VLM_MEM_ACTIVATIONS);
+    assert_non_null(dh);
+    OK(vlm_cuda_bias_quick_gelu_h(CTX, dh, t, dx, n, dim, (vlm_cuda_weight){VLM_DTYPE_F32, db}, E));
+    OK(vlm_cuda_sync(CTX, "bias_quick_gelu_h", E));
+    uint16_t *got = malloc((size_t)(n * dim) * 2), *want_h = malloc((size_t)(n * dim) * 2);
+    OK(vlm_cuda_download(CTX, got, dh, (size_t)(n * dim) * 2, "bias_quick_gelu_h", E));
+    const double ulp = t == VLM_DTYPE_BF16 ? 1.0 / 256 : 1.0 / 2048;
+    size_t bad = 0;
+    for (int64_t i = 0; i < n * dim; i++) {
+        double g = half_to_f32(t, got[i]), w = want[i];
+        if (!(fabs(g - w) <= ulp * fabs(w) + 1e-6)) bad++;
+    }
+    printf("bias_quick_gelu_h %s n=%lld dim=%lld: %zu values beyond one rounding\n",
+           vlm_dtype_get(t)->name, (long long)n, (long long)dim, bad);
+    assert_int_equal(bad, 0);
+    /* to_half: the host's rounding of the same f32 values */
+    OK(vlm_cuda_to_half(CTX, dh, t, dx, n * dim, E));
+    OK(vlm_cuda_sync(CTX, "to_half", E));
+    OK(vlm_cuda_download(CTX, got, dh, (size_t)(n * dim) * 2, "to_half", E));
+    to_half_host(t, want_h, x, (size_t)(n * dim));
+    assert_memory_equal(got, want_h, (size_t)(n * dim) * 2);
+    vlm_dev_free(dx), vlm_dev_free(db), vlm_dev_free(dh);
+    free(x), free(b), free(want), free(got), free(want_h);
+}
+
+static void test_half_inputs(void **state) {
+    (void)state;
+    ln_h_case(VLM_DTYPE_BF16, 37, 1024);
+    ln_h_case(VLM_DTYPE_BF16, 5, 100);
+    ln_h_case(VLM_DTYPE_F16, 9, 1024);
+    mm_h_case(VLM_DTYPE_BF16, 40, 256, 96, VLM_DTYPE_F32);
+    mm_h_case(VLM_DTYPE_BF16, 1000, 1024, 3072, VLM_DTYPE_F32); /* the tower's q|k|v shape */
+    mm_h_case(VLM_DTYPE_BF16, 577, 4096, 1024, VLM_DTYPE_F32);  /* fc2 */
+    mm_h_case(VLM_DTYPE_BF16, 17, 64, 48, VLM_DTYPE_BF16);
+    mm_h_case(VLM_DTYPE_BF16, 3, 72, 40, VLM_DTYPE_COUNT); /* no bias, n below the GEMV size */
+    mm_h_case(VLM_DTYPE_F16, 33, 128, 80, VLM_DTYPE_F32);
+    mm_h_case(VLM_DTYPE_BF16, 19, 30, 7, VLM_DTYPE_F32); /* odd sizes: unaligned rows */
+    gelu_h_case(VLM_DTYPE_BF16, 7, 4096);
+    gelu_h_case(VLM_DTYPE_F16, 3, 1000);
+}
+
+/* Every crop's patch embedding, class and position rows at once against
+ * cpu_patch_embed per crop + the adds of the CPU tower: f32 weights (1e-5),
+ * bf16 weights (the GPU rounds the im2col to bf16: 1e-2). */
+static void patch_crops_case(vlm_dtype t, double rtol) {
+    const int s = 56, p = 14, nc = 3;
+    const int64_t width = 64, g = s / p, per = 3LL * p * p, np = g * g + 1;
+    float *img = rnd((size_t)(nc * 3 * s * s), 1.0f), *wf = rnd((size_t)(width * per), 0.05f);
+    float *cls = rnd((size_t)width, 1.0f), *pos = rnd((size_t)(np * width), 1.0f);
+    uint16_t *wh = malloc((size_t)(width * per) * 2);
+    to_bf16(wh, wf, (size_t)(width * per));
+    if (t == VLM_DTYPE_BF16)
+        for (int64_t i = 0; i < width * per; i++) wf[i] = vlm_bf16_to_f32(wh[i]);
+    float *want = malloc((size_t)(nc * np * width) * 4), *col = malloc((size_t)(g * g * per) * 4);
+    for (int c = 0; c < nc; c++) {
+        float *xc = want + (int64_t)c * np * width;
+        memcpy(xc, cls, (size_t)width * 4);
+        cpu_patch_embed(POOL, xc + width, img + (int64_t)c * 3 * s * s, s, p, width,
+                        (cpu_weight){VLM_DTYPE_F32, wf}, col);
+        cpu_add(xc, pos, np * width);
+    }
+    float *dimg = up(img, (size_t)(nc * 3 * s * s) * 4);
+    void *dw =
+        t == VLM_DTYPE_BF16 ? up(wh, (size_t)(width * per) * 2) : up(wf, (size_t)(width * per) * 4);
+    float *dcls = up(cls, (size_t)width * 4), *dpos = up(pos, (size_t)(np * width) * 4);
+    void *dcol = vlm_dev_alloc((size_t)(nc * g * g * per) * 4, VLM_MEM_SCRATCH);
+    float *dtmp = vlm_dev_alloc((size_t)(nc * g * g * width) * 4, VLM_MEM_SCRATCH);
+    float *dx = vlm_dev_alloc((size_t)(nc * np * width) * 4, VLM_MEM_ACTIVATIONS);
+    assert_non_null(dcol);
+    assert_non_null(dtmp);
+    assert_non_null(dx);
+    OK(vlm_cuda_patch_embed_crops(CTX, dx, dimg, nc, s, p, width, (vlm_cuda_weight){t, dw},
+                                  (vlm_cuda_weight){VLM_DTYPE_F32, dcls},
+                                  (vlm_cuda_weight){VLM_DTYPE_F32, dpos}, dcol, dtmp, E));
+    float *got = down(dx, (size_t)(nc * np * width));
+    char what[64];
+    snprintf(what, sizeof what, "patch_embed_crops %s x%d", vlm_dtype_get(t)->name, nc);
+    close_to(what, got, want, (size_t)(nc * np * width), rtol);
+    vlm_dev_free(dimg), vlm_dev_free(dw), vlm_dev_free(dcls), vlm_dev_free(dpos);
+    vlm_dev_free(dcol), vlm_dev_free(dtmp), vlm_dev_free(dx);
+    free(img), free(wf), free(cls), free(pos), free(wh), free(want), free(col), free(got);
+}
+
+static void test_patch_embed_crops(void **state) {
+    (void)state;
+    patch_crops_case(VLM_DTYPE_F32, 1e-5);
+    patch_crops_case(VLM_DTYPE_BF16, 1e-2);
+}
+
+/* Pinned host memory: counted by base/alloc while held, a copy through it
+ * arrives intact. */
+static void test_pinned(void **state) {
+    (void)state;
+    vlm_mem_stats before, during, after;
+    vlm_alloc_get_stats(&before);
+    size_t n = 1000;
+    float *h = vlm_cuda_host_alloc(n * 4, VLM_MEM_IMAGE);
+    assert_non_null(h); /* a card that runs this test has pinned memory to give */
+    vlm_alloc_get_stats(&during);
+    assert_int_equal(during.current[VLM_MEM_IMAGE], before.current[VLM_MEM_IMAGE] + n * 4);
+    float *src = rnd(n, 1.0f);
+    memcpy(h, src, n * 4);
+    float *d = vlm_dev_alloc(n * 4, VLM_MEM_ACTIVATIONS);
+    assert_non_null(d);
+    OK(vlm_cuda_upload_async(CTX, d, h, n * 4, "pinned", E));
+    float *got = down(d, n);
+    assert_memory_equal(got, src, n * 4);
+    vlm_cuda_host_free(h, n * 4, VLM_MEM_IMAGE);
+    vlm_alloc_get_stats(&after);
+    assert_int_equal(after.current[VLM_MEM_IMAGE], before.current[VLM_MEM_IMAGE]);
+    vlm_dev_free(d);
+    free(src), free(got);
+}
+
 /* The HD glue's 2x2 merge against the definition (spec 5.1): cell (i, j)
  * of crop c is TL | TR | BL | BR of feature rows (2i+dy)*grid + 2j+dx;
  * crops lie crop_rows rows apart after a CLS row. Exact (a gather). */
@@ -764,12 +978,20 @@ static void test_dev_alloc(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dev_alloc),       cmocka_unit_test(test_matmul),
-        cmocka_unit_test(test_norms),           cmocka_unit_test(test_rope),
-        cmocka_unit_test(test_rope_store),      cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_device_position), cmocka_unit_test(test_attention_seqs),
-        cmocka_unit_test(test_elementwise),     cmocka_unit_test(test_patch_embed),
+        cmocka_unit_test(test_dev_alloc),
+        cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_norms),
+        cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_rope_store),
+        cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_device_position),
+        cmocka_unit_test(test_attention_seqs),
+        cmocka_unit_test(test_elementwise),
+        cmocka_unit_test(test_patch_embed),
         cmocka_unit_test(test_merge2x2),
+        cmocka_unit_test(test_half_inputs),
+        cmocka_unit_test(test_patch_embed_crops),
+        cmocka_unit_test(test_pinned),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -30,6 +30,24 @@ static void test_category_accounting(void **state) {
     assert_true(b.peak[VLM_MEM_KV_CACHE] >= 3000);
 }
 
+/* Memory taken outside the allocator (the GPU runtime's pinned buffers)
+ * counted under its category while held: current and peak rise, and the
+ * current returns when it is given back. */
+static void test_note_external(void **state) {
+    (void)state;
+    vlm_mem_stats a, b, c;
+    vlm_alloc_get_stats(&a);
+    vlm_alloc_note_external(VLM_MEM_IMAGE, 4096);
+    vlm_alloc_get_stats(&b);
+    assert_int_equal(b.current[VLM_MEM_IMAGE], a.current[VLM_MEM_IMAGE] + 4096);
+    assert_true(b.peak[VLM_MEM_IMAGE] >= b.current[VLM_MEM_IMAGE]);
+    vlm_alloc_note_external(VLM_MEM_IMAGE, -4096);
+    vlm_alloc_note_external(VLM_MEM_CAT_COUNT, 123); /* no such category: ignored */
+    vlm_alloc_get_stats(&c);
+    assert_int_equal(c.current[VLM_MEM_IMAGE], a.current[VLM_MEM_IMAGE]);
+    for (int i = 0; i < VLM_MEM_CAT_COUNT; i++) assert_int_equal(c.current[i], a.current[i]);
+}
+
 static void test_realloc_keeps_category(void **state) {
     (void)state;
     vlm_mem_stats a, b;
@@ -182,10 +200,15 @@ static void test_cat_names(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_category_accounting),   cmocka_unit_test(test_realloc_keeps_category),
-        cmocka_unit_test(test_two_threads),           cmocka_unit_test(test_overflow_rejected),
-        cmocka_unit_test(test_fault_injection_exact), cmocka_unit_test(test_leak_report),
-        cmocka_unit_test(test_mapped_separate),       cmocka_unit_test(test_cat_names),
+        cmocka_unit_test(test_category_accounting),
+        cmocka_unit_test(test_note_external),
+        cmocka_unit_test(test_realloc_keeps_category),
+        cmocka_unit_test(test_two_threads),
+        cmocka_unit_test(test_overflow_rejected),
+        cmocka_unit_test(test_fault_injection_exact),
+        cmocka_unit_test(test_leak_report),
+        cmocka_unit_test(test_mapped_separate),
+        cmocka_unit_test(test_cat_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

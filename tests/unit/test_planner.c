@@ -588,20 +588,33 @@ static void sweep(const char *dir, uint64_t stride) {
  * its KV at 4096 f32: 2 x 4096 x (32 x 96) x 4 = 100,663,296 B;
  * embed_tokens and lm_head 32064 x 3072 = 197,001,216 B each, model.norm
  * 6,144 B; vision tower (CLIP layers 0..22, embeddings, pre-LN) + projector +
- * separators: 312,943,616 params = 625,887,232 B. */
-#define LAYER_W   226504704ull
-#define LAYER_KV  100663296ull
-#define HEAD_W    (2 * 197001216ull + 6144ull)
-#define VISION_W  625887232ull
-#define PREFILL_1 (5521408ull * 4) /* chunk 128, one thread (test_full_components) */
+ * separators: 312,943,616 params = 625,887,232 B as stored, + 423,936 B on
+ * the GPU, which holds the 23 layers' product biases (q, k, v, out_proj,
+ * fc2: 1024 each, fc1: 4096) in f32: 23 x 9216 x 2 more bytes. */
+#define LAYER_W       226504704ull
+#define LAYER_KV      100663296ull
+#define HEAD_W        (2 * 197001216ull + 6144ull)
+#define VISION_W_HOST 625887232ull
+#define VISION_W      (VISION_W_HOST + 23ull * 9216 * 2)
+#define PREFILL_1     (5521408ull * 4) /* chunk 128, one thread (test_full_components) */
 /* the GPU decoder's share: that workspace and the RoPE tables (cos, sin:
  * 4096 positions x head_dim 96 floats) */
 #define PREFILL_GPU (PREFILL_1 + 4096ull * 96 * 4)
 /* the decoder's GPU context: cuBLAS 32 MiB + 512 x 8192 x 2 + 1 MiB; the
  * tower's: cuBLAS 32 MiB + 1024 x 4096 x 2 (models/phi3_gpu.c, clip_gpu.c) */
-#define CTX_DEC   (PLAN_GPU_CUBLAS_BYTES + 512ull * 8192 * 2 + (1ull << 20))
-#define CTX_VIS   (PLAN_GPU_CUBLAS_BYTES + 1024ull * 4096 * 2)
-#define GPU_FIXED (PREFILL_GPU + CTX_DEC + PLAN_GPU_CONTEXT_BYTES)
+#define CTX_DEC (PLAN_GPU_CUBLAS_BYTES + 512ull * 8192 * 2 + (1ull << 20))
+#define CTX_VIS (PLAN_GPU_CUBLAS_BYTES + 1024ull * 4096 * 2)
+/* The GPU tower's activations for g crops (models/clip_gpu.c's layout),
+ * T = 577 g rows: x, h, q, k, v, att [T][1024] f32, fc1's output
+ * [T][4096] f32, the 16-bit product inputs [T][4096] x 2 B, the pixels
+ * [g][3][336][336] f32, the projector's rows (144 g) x (4096 + 2 x 3072)
+ * f32; every region a multiple of 256 B at these sizes. */
+#define GPU_VIS(g)                                                                                 \
+    ((g) * (577ull * (6 * 1024 + 4096 + 2048) + 3ull * 336 * 336 + 144ull * 10240) * 4)
+/* its pinned staging: the larger of the pixels and the projected rows
+ * (144 g x 3072 f32) */
+#define GPU_VIS_STAGE(g) ((g)*144ull * 3072 * 4)
+#define GPU_FIXED        (PREFILL_GPU + CTX_DEC + PLAN_GPU_CONTEXT_BYTES)
 
 static void test_gpu_components(void **state) {
     (void)state;
@@ -615,11 +628,11 @@ static void test_gpu_components(void **state) {
     vlm_err err;
     assert_int_equal(plan_estimate_setting(&pm, &r, &s, &e, &err), VLM_OK);
     /* everything on the GPU: every used weight, the whole cache, logits */
-    assert_int_equal(e.gpu[PLAN_GPU_WEIGHTS], 8268046336ull);
+    assert_int_equal(e.gpu[PLAN_GPU_WEIGHTS], 8268046336ull + 23ull * 9216 * 2);
     assert_int_equal(e.gpu[PLAN_GPU_WEIGHTS], 32 * LAYER_W + HEAD_W + VISION_W);
     assert_int_equal(e.gpu[PLAN_GPU_KV_CACHE], 32 * LAYER_KV);
     assert_int_equal(e.gpu[PLAN_GPU_PREFILL], PREFILL_GPU);
-    assert_int_equal(e.gpu[PLAN_GPU_VISION], e.vision_group1);
+    assert_int_equal(e.gpu[PLAN_GPU_VISION], GPU_VIS(1));
     assert_int_equal(e.gpu[PLAN_GPU_LOGITS], 32064ull * 4);
     assert_int_equal(e.gpu[PLAN_GPU_CUBLAS], CTX_DEC + CTX_VIS);
     assert_int_equal(e.gpu[PLAN_GPU_CONTEXT], PLAN_GPU_CONTEXT_BYTES);
@@ -636,7 +649,7 @@ static void test_gpu_components(void **state) {
     assert_true(e.bytes[PLAN_KV_CACHE] < 256); /* the struct */
     assert_int_equal(e.bytes[PLAN_PREFILL], 0);
     assert_int_equal(e.bytes[PLAN_VISION], 0);
-    assert_int_equal(e.bytes[PLAN_PINNED_STAGING], 128ull * 3072 * 4);
+    assert_int_equal(e.bytes[PLAN_PINNED_STAGING], 128ull * 3072 * 4 + GPU_VIS_STAGE(1));
     assert_int_equal(e.bytes[PLAN_LOAD_SCRATCH], 2 * 197001216ull);
     assert_int_equal(e.bytes[PLAN_LOGITS], 32064ull * 4); /* the sampler's copy */
 
@@ -650,7 +663,7 @@ static void test_gpu_components(void **state) {
     assert_int_equal(e.gpu[PLAN_GPU_KV_CACHE], 10 * LAYER_KV);
     assert_int_equal(e.gpu[PLAN_GPU_VISION] + e.gpu[PLAN_GPU_LOGITS], 0);
     assert_int_equal(e.gpu_bytes, 10 * (LAYER_W + LAYER_KV) + GPU_FIXED);
-    assert_int_equal(e.bytes[PLAN_WEIGHTS], 22 * LAYER_W + HEAD_W + VISION_W);
+    assert_int_equal(e.bytes[PLAN_WEIGHTS], 22 * LAYER_W + HEAD_W + VISION_W_HOST);
     plan_setting c = {VLM_PREC_NATIVE, 4096, 16, 1, PLAN_CPU, 0, false};
     assert_int_equal(plan_estimate_setting(&pm, &r, &c, &cpu, &err), VLM_OK);
     assert_int_equal(e.bytes[PLAN_KV_CACHE], cpu.bytes[PLAN_KV_CACHE] - 10 * LAYER_KV);
@@ -785,7 +798,8 @@ static void test_gpu_ladder(void **state) {
     /* every crop at once: nat (one at a time) + the larger vision group */
     assert_int_equal(p->rungs[0].e.s.crop_group, 5);
     assert_int_equal(p->rungs[0].e.gpu_bytes,
-                     nat - p->rungs[0].e.vision_group1 + p->rungs[0].e.gpu[PLAN_GPU_VISION]);
+                     nat - GPU_VIS(1) + p->rungs[0].e.gpu[PLAN_GPU_VISION]);
+    assert_int_equal(p->rungs[0].e.gpu[PLAN_GPU_VISION], GPU_VIS(5));
 
     /* --device cpu: no GPU rung; --device cuda: no CPU rung */
     r.gpu_available = true;
@@ -831,7 +845,7 @@ static void test_gpu_ladder(void **state) {
                      GPU_FIXED + 10 * (LAYER_W + LAYER_KV));
     cJSON *hb = cJSON_GetObjectItem(c, "bytes");
     assert_int_equal((uint64_t)cJSON_GetObjectItem(hb, "weights")->valuedouble,
-                     22 * LAYER_W + HEAD_W + VISION_W);
+                     22 * LAYER_W + HEAD_W + VISION_W_HOST);
     cJSON_Delete(j);
     free(p);
     plan_model_free(&pm);

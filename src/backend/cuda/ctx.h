@@ -3,6 +3,7 @@
 #ifndef VLM_BACKEND_CUDA_CTX_H
 #define VLM_BACKEND_CUDA_CTX_H
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
@@ -12,8 +13,10 @@ struct vlm_cuda_ctx {
     int device;
     cudaStream_t stream;
     cublasHandle_t blas;
-    void *blas_ws;   /* device: cuBLAS's workspace, from the accounted allocator */
-    void *workspace; /* device, workspace_bytes */
+    void *blas_ws; /* device: cuBLAS's workspace, from the accounted allocator */
+    size_t blas_ws_bytes;
+    cublasLtHandle_t lt; /* for products with a bias epilogue; NULL: add_bias instead */
+    void *workspace;     /* device, workspace_bytes */
     size_t workspace_bytes;
     bool f32_products;  /* BF16/F16 weights: widen to f32 and SGEMM (VLM_CUDA_F32_GEMM=1) */
     bool mma_attention; /* tensor-core attention allowed (VLM_CUDA_MMA_ATTN unset or not 0) */

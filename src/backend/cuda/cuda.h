@@ -68,6 +68,17 @@ vlm_status vlm_cuda_upload(vlm_cuda_ctx *ctx, void *dst_dev, const void *src_hos
 vlm_status vlm_cuda_download(vlm_cuda_ctx *ctx, void *dst_host, const void *src_dev, size_t bytes,
                              const char *what, vlm_err *err);
 
+/* Pinned (page-locked) host memory of size bytes, counted by base/alloc
+ * under cat (vlm_alloc_note_external). NULL when the runtime refuses: the
+ * caller falls back to its pageable copy, it is never an error. Free with
+ * the same size and cat. */
+void *vlm_cuda_host_alloc(size_t size, vlm_mem_cat cat);
+void vlm_cuda_host_free(void *p, size_t size, vlm_mem_cat cat);
+/* cudaMemcpyAsync host to device without waiting: src_host (pinned) must
+ * stay unchanged until the stream has passed the copy (a later sync). */
+vlm_status vlm_cuda_upload_async(vlm_cuda_ctx *ctx, void *dst_dev, const void *src_host,
+                                 size_t bytes, const char *what, vlm_err *err);
+
 /* --- ops (ops.cu) -------------------------------------------------------- */
 
 /* A weight on the device: F32, F16, BF16, or Q8_0 / Q4_0 rows of whole
@@ -227,18 +238,62 @@ void vlm_cuda_graph_fail_at(uint64_t n);
 /* Graph instantiations so far (successful or not). */
 uint64_t vlm_cuda_graph_count(void);
 
-/* Page-locked host memory for the per-token copies (cudaHostAlloc); when
- * the driver refuses it, ordinary host memory (category OTHER) instead,
- * *pinned false: the copies still work, only synchronously. NULL when
- * neither can be had. Free with the same pinned flag. */
-void *vlm_cuda_host_alloc(size_t bytes, bool *pinned);
-void vlm_cuda_host_free(void *p, bool pinned);
-/* Queued copies (cudaMemcpyAsync) on ctx's stream: the host side must stay
- * valid until the next vlm_cuda_sync. */
-vlm_status vlm_cuda_upload_async(vlm_cuda_ctx *ctx, void *dst_dev, const void *src_host,
-                                 size_t bytes, const char *what, vlm_err *err);
+/* Queued copies (cudaMemcpyAsync) on ctx's stream, for the per-token
+ * copies of the decode step through pinned memory (vlm_cuda_host_alloc):
+ * the host side must stay valid until the next vlm_cuda_sync. */
 vlm_status vlm_cuda_download_async(vlm_cuda_ctx *ctx, void *dst_host, const void *src_dev,
                                    size_t bytes, const char *what, vlm_err *err);
+
+/* --- bf16 GEMM inputs (the vision tower) ----------------------------------
+ * Products whose activations are already in the weight's 16-bit type
+ * ("_h": BF16 or F16, the same type as W), written by the op before the
+ * product, so the product has no rounding pass and no workspace and is one
+ * cuBLAS call for any n. The rounding is the one matmul does (round to
+ * nearest even), so layernorm_h + matmul_h give matmul's bits. Not for f32
+ * mode (the caller checks vlm_cuda_f32_mode). */
+
+/* True when the context was created with VLM_CUDA_F32_GEMM=1. */
+bool vlm_cuda_f32_mode(const vlm_cuda_ctx *ctx);
+
+/* y[n][out] = xh[n][in] . W[out][in]^T (+ b[out]); W BF16 or F16, xh of
+ * the same type, y f32, b any float dtype or b.data NULL. The bias is
+ * added by cuBLASLt's epilogue (no pass of its own) when the library takes
+ * it, by add_bias otherwise. */
+vlm_status vlm_cuda_matmul_h(vlm_cuda_ctx *ctx, float *y, const void *xh, int64_t n, int64_t in,
+                             int64_t out, vlm_cuda_weight w, vlm_cuda_weight b, vlm_err *err);
+/* y[n][out] += xh . W^T (+ b): cuBLAS with beta = 1, the bias in the same
+ * epilogue (the residual products of the tower: out_proj, fc2). */
+vlm_status vlm_cuda_matmul_h_acc(vlm_cuda_ctx *ctx, float *y, const void *xh, int64_t n, int64_t in,
+                                 int64_t out, vlm_cuda_weight w, vlm_cuda_weight b, vlm_err *err);
+
+/* As vlm_cuda_layernorm, the output rounded to dtype (BF16 or F16) in the
+ * same pass: bit for bit layernorm's f32 result as matmul would round it. */
+vlm_status vlm_cuda_layernorm_h(vlm_cuda_ctx *ctx, void *out, vlm_dtype dtype, const float *x,
+                                int64_t n, int64_t dim, vlm_cuda_weight w, vlm_cuda_weight b,
+                                float eps, vlm_err *err);
+
+/* out[i][j] = round(quick_gelu(x[i][j] + b[j])) to dtype (BF16 or F16):
+ * fc1's bias, the activation and fc2's input rounding in one pass (reads
+ * n * dim f32, writes n * dim 16-bit values). b.data may be NULL. */
+vlm_status vlm_cuda_bias_quick_gelu_h(vlm_cuda_ctx *ctx, void *out, vlm_dtype dtype, const float *x,
+                                      int64_t n, int64_t dim, vlm_cuda_weight b, vlm_err *err);
+
+/* n f32 values rounded to dtype (BF16 or F16), as matmul rounds x. */
+vlm_status vlm_cuda_to_half(vlm_cuda_ctx *ctx, void *out, vlm_dtype dtype, const float *x,
+                            int64_t n, vlm_err *err);
+
+/* The CLIP embeddings of n_crops crops at once: im2col of every crop
+ * (img [n_crops][3][s][s]) into col, one product with the patch weight
+ * w [width][3p^2] into tmp [n_crops * (s/p)^2][width], then one launch
+ * writing x [n_crops][(s/p)^2 + 1][width]: row 0 of each crop class_emb
+ * + pos_emb[0], row r the patch r - 1 + pos_emb[r] (as cpu_patch_embed and
+ * the CPU tower's embedding adds). col must hold n_crops * (s/p)^2 * 3p^2
+ * floats; with a BF16/F16 w outside f32 mode it is filled with 16-bit
+ * values (half of it) and the product is matmul_h. */
+vlm_status vlm_cuda_patch_embed_crops(vlm_cuda_ctx *ctx, float *x, const float *img, int n_crops,
+                                      int s, int p, int64_t width, vlm_cuda_weight w,
+                                      vlm_cuda_weight class_emb, vlm_cuda_weight pos_emb, void *col,
+                                      float *tmp, vlm_err *err);
 
 #ifdef __cplusplus
 }

@@ -236,12 +236,16 @@ vlm_status vlm_cuda_ctx_create(vlm_cuda_ctx **out, size_t workspace_bytes, vlm_e
                            "CUDA context: cuBLAS workspace of %zu bytes: out of device memory",
                            blas_bytes);
     }
+    c->blas_ws_bytes = blas_bytes;
     be = cublasSetWorkspace(c->blas, c->blas_ws, blas_bytes);
     if (be != CUBLAS_STATUS_SUCCESS) {
         vlm_cuda_ctx_destroy(c);
         return vlm_err_set(err, VLM_ERR_DEVICE, "CUDA context: cuBLAS workspace: %s",
                            cublasGetStatusString(be));
     }
+    /* cuBLASLt (the bias epilogue of matmul_h) is an extra: without a
+     * handle those products add their bias in a pass of their own. */
+    if (cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS) c->lt = NULL;
     const char *f32 = getenv("VLM_CUDA_F32_GEMM");
     c->f32_products = f32 && *f32 && strcmp(f32, "0") != 0;
     const char *mma = getenv("VLM_CUDA_MMA_ATTN");
@@ -264,6 +268,7 @@ void vlm_cuda_ctx_destroy(vlm_cuda_ctx *c) {
     if (!c) return;
     if (c->stream) cudaStreamSynchronize(c->stream);
     if (c->blas) cublasDestroy(c->blas); /* before its workspace goes */
+    if (c->lt) cublasLtDestroy(c->lt);
     vlm_dev_free(c->blas_ws);
     vlm_dev_free(c->workspace);
     if (c->stream) cudaStreamDestroy(c->stream);
@@ -363,23 +368,23 @@ void vlm_cuda_graph_destroy(vlm_cuda_graph *g) {
     if (g) cudaGraphExecDestroy((cudaGraphExec_t)g);
 }
 
-void *vlm_cuda_host_alloc(size_t bytes, bool *pinned) {
+/* --- pinned host memory ------------------------------------------------------ */
+
+void *vlm_cuda_host_alloc(size_t size, vlm_mem_cat cat) {
     void *p = NULL;
-    if (cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault) == cudaSuccess) {
-        *pinned = true;
-        return p;
+    if (size == 0) size = 1;
+    if (cudaHostAlloc(&p, size, cudaHostAllocDefault) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return NULL;
     }
-    (void)cudaGetLastError();
-    *pinned = false;
-    return vlm_alloc(bytes ? bytes : 1, VLM_MEM_OTHER);
+    vlm_alloc_note_external(cat, (int64_t)size);
+    return p;
 }
 
-void vlm_cuda_host_free(void *p, bool pinned) {
+void vlm_cuda_host_free(void *p, size_t size, vlm_mem_cat cat) {
     if (!p) return;
-    if (pinned)
-        cudaFreeHost(p);
-    else
-        vlm_free(p);
+    cudaFreeHost(p);
+    vlm_alloc_note_external(cat, -(int64_t)(size ? size : 1));
 }
 
 static vlm_status copy_async(vlm_cuda_ctx *c, void *dst, const void *src, size_t bytes,

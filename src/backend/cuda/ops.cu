@@ -120,6 +120,15 @@ __global__ void k_rmsnorm(float *out, const float *x, int64_t dim, vlm_dtype wt,
     for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) orow[i] = xr[i] * r * ld_w(wt, w, i);
 }
 
+/* One normalised value; explicit round-to-nearest intrinsics so that the
+ * compiler contracts nothing differently in k_layernorm and k_layernorm_h
+ * (layernorm_h must give layernorm's bits). */
+__device__ __forceinline__ float ln_value(float xv, float mean, float r, vlm_dtype wt,
+                                          const void *w, vlm_dtype bt, const void *b, int64_t i) {
+    float y = __fmul_rn(__fmul_rn(__fsub_rn(xv, mean), r), ld_w(wt, w, i));
+    return b ? __fadd_rn(y, ld_w(bt, b, i)) : y;
+}
+
 __global__ void k_layernorm(float *out, const float *x, int64_t dim, vlm_dtype wt, const void *w,
                             vlm_dtype bt, const void *b, float eps) {
     __shared__ float sh[32];
@@ -135,7 +144,32 @@ __global__ void k_layernorm(float *out, const float *x, int64_t dim, vlm_dtype w
     }
     float r = rsqrtf(block_sum(v, sh) / (float)dim + eps);
     for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
-        orow[i] = (xr[i] - mean) * r * ld_w(wt, w, i) + (b ? ld_w(bt, b, i) : 0.0f);
+        orow[i] = ln_value(xr[i], mean, r, wt, w, bt, b, i);
+}
+
+/* As k_layernorm (the same reductions in the same order, the same
+ * ln_value), the result rounded to bf16 or f16 as k_to_half rounds it. */
+__global__ void k_layernorm_h(void *out, bool bf16, const float *x, int64_t dim, vlm_dtype wt,
+                              const void *w, vlm_dtype bt, const void *b, float eps) {
+    __shared__ float sh[32];
+    const float *xr = x + blockIdx.x * dim;
+    const int64_t o = blockIdx.x * dim;
+    float s = 0.0f;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) s += xr[i];
+    float mean = block_sum(s, sh) / (float)dim;
+    float v = 0.0f;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+        float d = xr[i] - mean;
+        v += d * d;
+    }
+    float r = rsqrtf(block_sum(v, sh) / (float)dim + eps);
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+        float y = ln_value(xr[i], mean, r, wt, w, bt, b, i);
+        if (bf16)
+            ((__nv_bfloat16 *)out)[o + i] = __float2bfloat16_rn(y);
+        else
+            ((__half *)out)[o + i] = __float2half_rn(y);
+    }
 }
 
 int norm_threads(int64_t dim) {
@@ -1053,6 +1087,53 @@ __global__ void k_to_half(void *dst, bool bf16, const float *src, int64_t n) {
     }
 }
 
+/* fc1's bias, quick-GELU and the rounding of fc2's input in one pass. */
+__global__ void k_bias_quick_gelu_h(void *out, bool bf16, const float *x, int64_t n, int64_t dim,
+                                    vlm_dtype bt, const void *b) {
+    GRID_LOOP(i, n * dim) {
+        float v = x[i] + (b ? ld_w(bt, b, i % dim) : 0.0f);
+        float g = v / (1.0f + expf(-1.702f * v));
+        if (bf16)
+            ((__nv_bfloat16 *)out)[i] = __float2bfloat16_rn(g);
+        else
+            ((__half *)out)[i] = __float2half_rn(g);
+    }
+}
+
+/* im2col of n_crops CHW images ([n_crops][3][s][s]) into
+ * [n_crops * (s/p)^2][3*p*p] (k_im2col's order, crop after crop), as f32
+ * (ht 0), bf16 (1) or f16 (2). */
+__global__ void k_im2col_crops(void *col, int ht, const float *img, int n_crops, int s, int p) {
+    const int g = s / p;
+    const int64_t per = 3LL * p * p, gg = (int64_t)g * g;
+    GRID_LOOP(i, (int64_t)n_crops * gg * per) {
+        int64_t patch = i / per, e = i % per;
+        int64_t crop = patch / gg, pc = patch % gg;
+        int c = (int)(e / (p * p)), rem = (int)(e % (p * p));
+        int py = rem / p, px = rem % p;
+        int gy = (int)(pc / g), gx = (int)(pc % g);
+        float v =
+            img[crop * 3 * s * s + (int64_t)c * s * s + (int64_t)(gy * p + py) * s + gx * p + px];
+        if (ht == 1)
+            ((__nv_bfloat16 *)col)[i] = __float2bfloat16_rn(v);
+        else if (ht == 2)
+            ((__half *)col)[i] = __float2half_rn(v);
+        else
+            ((float *)col)[i] = v;
+    }
+}
+
+/* x [n_crops][np][dim]: row 0 class + pos[0], row r patches[crop][r - 1] +
+ * pos[r]; patches [n_crops][np - 1][dim]. */
+__global__ void k_clip_embed(float *x, const float *patches, vlm_dtype ct, const void *cls,
+                             vlm_dtype pt, const void *pos, int n_crops, int64_t np, int64_t dim) {
+    GRID_LOOP(i, (int64_t)n_crops * np * dim) {
+        int64_t e = i % dim, row = i / dim, r = row % np, crop = row / np;
+        float v = r == 0 ? ld_w(ct, cls, e) : patches[(crop * (np - 1) + r - 1) * dim + e];
+        x[i] = v + ld_w(pt, pos, r * dim + e);
+    }
+}
+
 /* im2col of a CHW image (3 x s x s) into [(s/p)^2][3*p*p], a patch's values
  * in (channel, row, column) order as the conv weight [width][3][p][p]. */
 __global__ void k_im2col(float *col, const float *img, int s, int p) {
@@ -1949,6 +2030,199 @@ vlm_status vlm_cuda_attention_pos(vlm_cuda_ctx *ctx, float *out, const float *q,
                            (long long)n_q, (long long)max_kv, dev_pos ? "" : ", no position");
     return attention_few(ctx, out, q, q_stride, k, v, kv_stride, n_q, max_kv, n_heads, n_kv_heads,
                          head_dim, true, 0, scale, dev_pos, err);
+}
+
+/* --- bf16 GEMM inputs (the vision tower) ---------------------------------- */
+
+bool vlm_cuda_f32_mode(const vlm_cuda_ctx *ctx) {
+    return ctx->f32_products;
+}
+
+static bool half_type(vlm_dtype t) {
+    return t == VLM_DTYPE_BF16 || t == VLM_DTYPE_F16;
+}
+
+static bool float_type(vlm_dtype t, cudaDataType_t *out) {
+    switch (t) {
+    case VLM_DTYPE_F32:
+        *out = CUDA_R_32F;
+        return true;
+    case VLM_DTYPE_BF16:
+        *out = CUDA_R_16BF;
+        return true;
+    case VLM_DTYPE_F16:
+        *out = CUDA_R_16F;
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* The largest power of two (<= 256) dividing the address: cuBLASLt's
+ * heuristic must only offer algorithms that work at that alignment. */
+static uint32_t align_of(const void *p) {
+    uintptr_t a = (uintptr_t)p;
+    uint32_t al = 256;
+    while (al > 1 && a % al) al >>= 1;
+    return al;
+}
+
+/* y = xh W^T + beta y + b through cublasLtMatmul with the BIAS epilogue,
+ * the layouts as the cublasGemmEx call of matmul (column-major: Y is
+ * out x n, W taken transposed, X in x n). False (nothing queued) when the
+ * library has no handle or no algorithm for this case; the caller then
+ * runs cublasGemmEx and add_bias. */
+static bool lt_matmul_bias(vlm_cuda_ctx *ctx, float *y, const void *xh, int64_t n, int64_t in,
+                           int64_t out, vlm_cuda_weight w, vlm_cuda_weight b, float beta) {
+    cudaDataType_t dt, bt;
+    if (!ctx->lt || !b.data || !float_type(w.dtype, &dt) || !float_type(b.dtype, &bt)) return false;
+    cublasLtMatmulDesc_t op = NULL;
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    bool ok =
+        cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS;
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    const void *bias = b.data;
+    const int32_t bias_type = (int32_t)bt;
+    const uint64_t ws = ctx->blas_ws_bytes;
+    const uint32_t al_a = align_of(w.data), al_b = align_of(xh), al_c = align_of(y);
+    ok = ok &&
+         cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) ==
+             CUBLAS_STATUS_SUCCESS &&
+         cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb) ==
+             CUBLAS_STATUS_SUCCESS &&
+         cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi) ==
+             CUBLAS_STATUS_SUCCESS &&
+         cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                        sizeof bias) == CUBLAS_STATUS_SUCCESS &&
+         cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                        sizeof bias_type) == CUBLAS_STATUS_SUCCESS;
+    ok = ok &&
+         cublasLtMatrixLayoutCreate(&la, dt, (uint64_t)in, (uint64_t)out, in) ==
+             CUBLAS_STATUS_SUCCESS &&
+         cublasLtMatrixLayoutCreate(&lb, dt, (uint64_t)in, (uint64_t)n, in) ==
+             CUBLAS_STATUS_SUCCESS &&
+         cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, (uint64_t)out, (uint64_t)n, out) ==
+             CUBLAS_STATUS_SUCCESS;
+    ok = ok && cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
+         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                              sizeof ws) == CUBLAS_STATUS_SUCCESS &&
+         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                              &al_a, sizeof al_a) == CUBLAS_STATUS_SUCCESS &&
+         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                              &al_b, sizeof al_b) == CUBLAS_STATUS_SUCCESS &&
+         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                              &al_c, sizeof al_c) == CUBLAS_STATUS_SUCCESS &&
+         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                              &al_c, sizeof al_c) == CUBLAS_STATUS_SUCCESS;
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    ok = ok &&
+         cublasLtMatmulAlgoGetHeuristic(ctx->lt, op, la, lb, lc, lc, pref, 1, &res, &found) ==
+             CUBLAS_STATUS_SUCCESS &&
+         found > 0;
+    const float alpha = 1.0f;
+    ok = ok && cublasLtMatmul(ctx->lt, op, &alpha, w.data, la, xh, lb, &beta, y, lc, y, lc,
+                              &res.algo, ctx->blas_ws, ws, ctx->stream) == CUBLAS_STATUS_SUCCESS;
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (lc) cublasLtMatrixLayoutDestroy(lc);
+    if (lb) cublasLtMatrixLayoutDestroy(lb);
+    if (la) cublasLtMatrixLayoutDestroy(la);
+    if (op) cublasLtMatmulDescDestroy(op);
+    return ok;
+}
+
+static vlm_status matmul_h(vlm_cuda_ctx *ctx, float *y, const void *xh, int64_t n, int64_t in,
+                           int64_t out, vlm_cuda_weight w, vlm_cuda_weight b, bool acc_y,
+                           vlm_err *err) {
+    if (n <= 0 || out <= 0) return VLM_OK;
+    if (!half_type(w.dtype))
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                           "matmul_h: weight dtype %d is not BF16 or F16 (16-bit activations)",
+                           (int)w.dtype);
+    if (n > INT32_MAX || in > INT32_MAX || out > INT32_MAX)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "matmul_h: %lld x %lld x %lld is too large",
+                           (long long)n, (long long)in, (long long)out);
+    const float beta = acc_y ? 1.0f : 0.0f;
+    if (lt_matmul_bias(ctx, y, xh, n, in, out, w, b, beta)) return launched("matmul_h (Lt)", err);
+    (void)cudaGetLastError(); /* a refused cuBLASLt call leaves nothing to report */
+    const float alpha = 1.0f;
+    cudaDataType_t dt = w.dtype == VLM_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    cublasStatus_t bs = cublasGemmEx(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in,
+                                     &alpha, w.data, dt, (int)in, xh, dt, (int)in, &beta, y,
+                                     CUDA_R_32F, (int)out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (bs != CUBLAS_STATUS_SUCCESS)
+        return vlm_err_set(err, bs == CUBLAS_STATUS_ALLOC_FAILED ? VLM_ERR_NOMEM : VLM_ERR_DEVICE,
+                           "matmul_h %lld x %lld x %lld: cuBLAS: %s", (long long)n, (long long)in,
+                           (long long)out, cublasGetStatusString(bs));
+    return vlm_cuda_add_bias(ctx, y, n, out, b, err);
+}
+
+vlm_status vlm_cuda_matmul_h(vlm_cuda_ctx *ctx, float *y, const void *xh, int64_t n, int64_t in,
+                             int64_t out, vlm_cuda_weight w, vlm_cuda_weight b, vlm_err *err) {
+    return matmul_h(ctx, y, xh, n, in, out, w, b, false, err);
+}
+
+vlm_status vlm_cuda_matmul_h_acc(vlm_cuda_ctx *ctx, float *y, const void *xh, int64_t n, int64_t in,
+                                 int64_t out, vlm_cuda_weight w, vlm_cuda_weight b, vlm_err *err) {
+    return matmul_h(ctx, y, xh, n, in, out, w, b, true, err);
+}
+
+vlm_status vlm_cuda_layernorm_h(vlm_cuda_ctx *ctx, void *out, vlm_dtype dtype, const float *x,
+                                int64_t n, int64_t dim, vlm_cuda_weight w, vlm_cuda_weight b,
+                                float eps, vlm_err *err) {
+    if (!half_type(dtype))
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "layernorm_h: output dtype %d", (int)dtype);
+    if (n <= 0) return VLM_OK;
+    k_layernorm_h<<<(unsigned)n, norm_threads(dim), 0, ctx->stream>>>(
+        out, dtype == VLM_DTYPE_BF16, x, dim, w.dtype, w.data, b.dtype, b.data, eps);
+    return launched("layernorm_h", err);
+}
+
+vlm_status vlm_cuda_bias_quick_gelu_h(vlm_cuda_ctx *ctx, void *out, vlm_dtype dtype, const float *x,
+                                      int64_t n, int64_t dim, vlm_cuda_weight b, vlm_err *err) {
+    if (!half_type(dtype))
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "bias_quick_gelu_h: output dtype %d",
+                           (int)dtype);
+    if (n <= 0 || dim <= 0) return VLM_OK;
+    k_bias_quick_gelu_h<<<blocks_for(n * dim, 256), 256, 0, ctx->stream>>>(
+        out, dtype == VLM_DTYPE_BF16, x, n, dim, b.dtype, b.data);
+    return launched("bias_quick_gelu_h", err);
+}
+
+vlm_status vlm_cuda_to_half(vlm_cuda_ctx *ctx, void *out, vlm_dtype dtype, const float *x,
+                            int64_t n, vlm_err *err) {
+    if (!half_type(dtype))
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "to_half: output dtype %d", (int)dtype);
+    if (n <= 0) return VLM_OK;
+    k_to_half<<<blocks_for(n, 256), 256, 0, ctx->stream>>>(out, dtype == VLM_DTYPE_BF16, x, n);
+    return launched("to_half", err);
+}
+
+vlm_status vlm_cuda_patch_embed_crops(vlm_cuda_ctx *ctx, float *x, const float *img, int n_crops,
+                                      int s, int p, int64_t width, vlm_cuda_weight w,
+                                      vlm_cuda_weight class_emb, vlm_cuda_weight pos_emb, void *col,
+                                      float *tmp, vlm_err *err) {
+    if (p <= 0 || s % p)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                           "patch_embed_crops: side %d is not a multiple of %d", s, p);
+    if (n_crops <= 0) return VLM_OK;
+    const int64_t g = s / p, per = 3LL * p * p, rows = (int64_t)n_crops * g * g;
+    const bool h = half_type(w.dtype) && !ctx->f32_products;
+    const int ht = !h ? 0 : w.dtype == VLM_DTYPE_BF16 ? 1 : 2;
+    k_im2col_crops<<<blocks_for(rows * per, 256), 256, 0, ctx->stream>>>(col, ht, img, n_crops, s,
+                                                                         p);
+    vlm_status st = launched("patch_embed_crops (im2col)", err);
+    if (st != VLM_OK) return st;
+    const vlm_cuda_weight none = {VLM_DTYPE_F32, NULL};
+    st = h ? vlm_cuda_matmul_h(ctx, tmp, col, rows, per, width, w, none, err)
+           : vlm_cuda_matmul(ctx, tmp, (const float *)col, rows, per, width, w, none, err);
+    if (st != VLM_OK) return st;
+    const int64_t np = g * g + 1, total = (int64_t)n_crops * np * width;
+    k_clip_embed<<<blocks_for(total, 256), 256, 0, ctx->stream>>>(
+        x, tmp, class_emb.dtype, class_emb.data, pos_emb.dtype, pos_emb.data, n_crops, np, width);
+    return launched("patch_embed_crops (class and positions)", err);
 }
 
 } // extern "C"
