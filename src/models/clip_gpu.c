@@ -327,7 +327,21 @@ static vlm_status encode_group(clip_gpu *g, const float *pixels, int gc, float *
         }
         const float *kp = L->qkv_w.data ? q + D : k, *vp = L->qkv_w.data ? q + 2 * D : v;
         vlm_cuda_weight kw = {VLM_DTYPE_F32, kp}, vw = {VLM_DTYPE_F32, vp};
-        RUN(vlm_cuda_attention_seqs(g->ctx, att, q, qs, kw, vw, qs, gc, NP, NP, c->n_heads,
+        int64_t kvs = qs;
+        if (hp && g->bf16_attn) {
+            /* K and V rounded to bf16 once, into h (unused by the 16-bit
+             * path: [T][D] f32 holds [2][T][D] bf16), so the tensor-core
+             * attention streams half the bytes with cp.async instead of
+             * rounding every tile for each of a head's query blocks: the
+             * same rounding it does itself, so the same result */
+            uint16_t *kb = (uint16_t *)h, *vb = kb + T * D;
+            RUN(vlm_cuda_store_rows_strided(g->ctx, kb, VLM_DTYPE_BF16, 0, kp, qs, T, D, err));
+            RUN(vlm_cuda_store_rows_strided(g->ctx, vb, VLM_DTYPE_BF16, 0, vp, qs, T, D, err));
+            kw = (vlm_cuda_weight){VLM_DTYPE_BF16, kb};
+            vw = (vlm_cuda_weight){VLM_DTYPE_BF16, vb};
+            kvs = D;
+        }
+        RUN(vlm_cuda_attention_seqs(g->ctx, att, q, qs, kw, vw, kvs, gc, NP, NP, c->n_heads,
                                     c->n_heads, hd, false, 0, scale, g->bf16_attn, err));
         if (hp) {
             /* x += att Wo^T + bo (bias in the product's epilogue); then the
