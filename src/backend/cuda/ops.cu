@@ -109,6 +109,8 @@ __device__ __forceinline__ float half_bits_to_f32(uint16_t h) {
 
 __global__ void k_rmsnorm(float *out, const float *x, int64_t dim, vlm_dtype wt, const void *w,
                           float eps) {
+    pdl_wait(); /* launched as a programmatic dependent (launch_pdl) */
+    pdl_trigger();
     __shared__ float sh[32];
     pdl_trigger(); /* the next product may start loading its weights */
     const float *xr = x + blockIdx.x * dim;
@@ -206,6 +208,8 @@ __global__ void k_rope(float *x, int64_t n, int64_t row_stride, int n_heads, int
 __global__ void k_rope_store(float *x, int64_t n, int64_t row_stride, int n_heads, int n_kv_heads,
                              int head_dim, const float *cos_t, const float *sin_t, void *kd,
                              void *vd, vlm_dtype t, int64_t offset, const int32_t *dpos) {
+    pdl_wait(); /* launched as a programmatic dependent (launch_pdl) */
+    pdl_trigger();
     const int half = head_dim / 2, nr = n_heads + n_kv_heads;
     const int64_t kvd = (int64_t)n_kv_heads * head_dim, n_rot = n * nr * half;
     const bool bf = t == VLM_DTYPE_BF16;
@@ -282,6 +286,8 @@ __global__ void k_attention(float *out, const float *q, int64_t q_stride, vlm_dt
                             int64_t n_kv, int n_heads, int n_kv_heads, int head_dim, bool causal,
                             int64_t q_pos0, float scale, int n_split, float *part,
                             const int32_t *dpos) {
+    pdl_wait(); /* launched as a programmatic dependent (launch_pdl) */
+    pdl_trigger();
     int warps = blockDim.x >> 5;
     int64_t qh = (int64_t)blockIdx.x * warps + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
@@ -401,6 +407,8 @@ __global__ void __launch_bounds__(128)
                int64_t kv_stride, int64_t n_q, int64_t n_kv, int n_heads, int n_kv_heads,
                bool causal, int64_t q_pos0, float scale, int n_split, float *part,
                const int32_t *dpos) {
+    pdl_wait(); /* launched as a programmatic dependent (launch_pdl) */
+    pdl_trigger();
     constexpr int EPL = HD / 4;    /* values a lane holds */
     constexpr int PV = BF ? 8 : 4; /* values per 16-byte vector */
     constexpr int NV = EPL / PV;   /* vectors per lane and row */
@@ -964,6 +972,8 @@ bool launch_mma_hd(int nw, bool async, dim3 grid, cudaStream_t st, float *out, c
 /* One warp per (query, head): merge the splits' partial softmaxes. */
 __global__ void k_attn_combine(float *out, const float *part, int64_t n_qh, int n_heads,
                                int head_dim, int n_split, const int32_t *dpos) {
+    pdl_wait(); /* launched as a programmatic dependent (launch_pdl) */
+    pdl_trigger();
     int warps = blockDim.x >> 5;
     int64_t qh = (int64_t)blockIdx.x * warps + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
@@ -1026,6 +1036,7 @@ __global__ void k_add_bias(float *y, int64_t n, int64_t dim, vlm_dtype bt, const
 }
 
 __global__ void k_silu_mul(float *out, const float *gu, int64_t n, int64_t ff) {
+    pdl_wait(); /* launched as a programmatic dependent (launch_pdl) */
     pdl_trigger();
     GRID_LOOP(i, n * ff) {
         int64_t r = i / ff, c = i % ff;
@@ -1326,6 +1337,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, NT == 1 ? GV_MIN_BLOCKS : 1)
      * or prefetching the first weights before the wait spilled under the
      * 40-register bound of GV_MIN_BLOCKS.) */
     pdl_wait();
+    pdl_trigger();
     for (int64_t i0 = (int64_t)s * 32 * GV_LOADS; live && i0 < nv; i0 += WS * 32 * GV_LOADS) {
         uint4 u[GV_LOADS];
 #pragma unroll
@@ -1508,17 +1520,21 @@ int gemv_warps_per_row(int64_t out) {
 }
 
 /* A launch as a programmatic dependent of the kernel before it where the
- * card has it (the kernel must call pdl_wait before reading what earlier
- * kernels wrote); a plain launch otherwise. */
+ * card has it: the kernel must call pdl_wait before it touches memory an
+ * earlier kernel reads or writes (every kernel launched this way does so
+ * first thing); a plain launch otherwise. The decode step's kernels go this
+ * way, so each one's launch and block scheduling overlap the kernel before
+ * (measured on the H100: the 129-product decode sweep 82.0% -> 86.8% of the
+ * copy bandwidth). */
 template <typename... KArgs, typename... Args>
-void launch_pdl(void (*kern)(KArgs...), unsigned grid, cudaStream_t st, Args... args) {
+void launch_pdl(void (*kern)(KArgs...), dim3 grid, unsigned block, cudaStream_t st, Args... args) {
     if (!card().pdl) {
-        kern<<<grid, GEMV_WARPS * 32, 0, st>>>(args...);
+        kern<<<grid, block, 0, st>>>(static_cast<KArgs>(args)...);
         return;
     }
     cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(grid);
-    cfg.blockDim = dim3(GEMV_WARPS * 32);
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(block);
     cfg.dynamicSmemBytes = 0;
     cfg.stream = st;
     cudaLaunchAttribute attr[1];
@@ -1548,11 +1564,11 @@ void launch_gemv_fast(cudaStream_t st, float *y, const float *x, int64_t in, int
     bool bf = t == VLM_DTYPE_BF16;
     const uint4 *wv = (const uint4 *)w;
     if (ws == 1)
-        launch_pdl(k_gemv16<NT, 1>, grid, st, y, x, in, out, bf, wv, acc_y);
+        launch_pdl(k_gemv16<NT, 1>, dim3(grid), GEMV_WARPS * 32, st, y, x, in, out, bf, wv, acc_y);
     else if (ws == 2)
-        launch_pdl(k_gemv16<NT, 2>, grid, st, y, x, in, out, bf, wv, acc_y);
+        launch_pdl(k_gemv16<NT, 2>, dim3(grid), GEMV_WARPS * 32, st, y, x, in, out, bf, wv, acc_y);
     else
-        launch_pdl(k_gemv16<NT, 4>, grid, st, y, x, in, out, bf, wv, acc_y);
+        launch_pdl(k_gemv16<NT, 4>, dim3(grid), GEMV_WARPS * 32, st, y, x, in, out, bf, wv, acc_y);
 }
 
 void launch_gemv_fast_n(cudaStream_t st, int nt, float *y, const float *x, int64_t in, int64_t out,
@@ -1604,8 +1620,8 @@ extern "C" {
 vlm_status vlm_cuda_rmsnorm(vlm_cuda_ctx *ctx, float *out, const float *x, int64_t n, int64_t dim,
                             vlm_cuda_weight w, float eps, vlm_err *err) {
     if (n <= 0) return VLM_OK;
-    k_rmsnorm<<<(unsigned)n, norm_threads(dim), 0, ctx->stream>>>(out, x, dim, w.dtype, w.data,
-                                                                  eps);
+    launch_pdl(k_rmsnorm, dim3((unsigned)n), (unsigned)norm_threads(dim), ctx->stream, out, x, dim,
+               w.dtype, w.data, eps);
     return launched("rmsnorm", err);
 }
 
@@ -1636,9 +1652,8 @@ vlm_status vlm_cuda_rope_store(vlm_cuda_ctx *ctx, float *qkv, int64_t n, int64_t
     int64_t total =
         n * ((int64_t)(n_heads + n_kv_heads) * (head_dim / 2) + (int64_t)n_kv_heads * head_dim);
     if (total <= 0) return VLM_OK;
-    k_rope_store<<<blocks_for(total, 256), 256, 0, ctx->stream>>>(
-        qkv, n, row_stride, n_heads, n_kv_heads, head_dim, cos_t, sin_t, k_dst, v_dst, dtype,
-        offset, nullptr);
+    launch_pdl(k_rope_store, dim3(blocks_for(total, 256)), 256u, ctx->stream, qkv, n, row_stride,
+               n_heads, n_kv_heads, head_dim, cos_t, sin_t, k_dst, v_dst, dtype, offset, nullptr);
     return launched("rope_store", err);
 }
 
@@ -1670,13 +1685,13 @@ static vlm_status attention_few(vlm_cuda_ctx *ctx, float *out, const float *q, i
 #define DEC_CASE(D)                                                                                \
     case D:                                                                                        \
         if (bf)                                                                                    \
-            k_attn_dec<D, true><<<grid, warps * 32, 0, ctx->stream>>>(                             \
-                out, q, q_stride, k.data, v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads,       \
-                causal, q_pos0, scale, n_split, (float *)ctx->workspace, dpos);                    \
+            launch_pdl(k_attn_dec<D, true>, grid, warps * 32u, ctx->stream, out, q, q_stride,      \
+                       k.data, v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads, causal, q_pos0,  \
+                       scale, n_split, (float *)ctx->workspace, dpos);                             \
         else                                                                                       \
-            k_attn_dec<D, false><<<grid, warps * 32, 0, ctx->stream>>>(                            \
-                out, q, q_stride, k.data, v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads,       \
-                causal, q_pos0, scale, n_split, (float *)ctx->workspace, dpos);                    \
+            launch_pdl(k_attn_dec<D, false>, grid, warps * 32u, ctx->stream, out, q, q_stride,     \
+                       k.data, v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads, causal, q_pos0,  \
+                       scale, n_split, (float *)ctx->workspace, dpos);                             \
         done = true;                                                                               \
         break;
     if (rows16) {
@@ -1690,13 +1705,14 @@ static vlm_status attention_few(vlm_cuda_ctx *ctx, float *out, const float *q, i
     }
 #undef DEC_CASE
     if (!done)
-        k_attention<<<grid, warps * 32, 0, ctx->stream>>>(
-            out, q, q_stride, k.dtype, k.data, v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads,
-            head_dim, causal, q_pos0, scale, n_split, (float *)ctx->workspace, dpos);
+        launch_pdl(k_attention, grid, warps * 32u, ctx->stream, out, q, q_stride, k.dtype, k.data,
+                   v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads, head_dim, causal, q_pos0,
+                   scale, n_split, (float *)ctx->workspace, dpos);
     vlm_status st = launched("attention", err);
     if (st != VLM_OK || n_split == 1) return st;
-    k_attn_combine<<<(unsigned)((n_qh + warps - 1) / warps), warps * 32, 0, ctx->stream>>>(
-        out, (const float *)ctx->workspace, n_qh, n_heads, head_dim, n_split, dpos);
+    launch_pdl(k_attn_combine, dim3((unsigned)((n_qh + warps - 1) / warps)), warps * 32u,
+               ctx->stream, out, (const float *)ctx->workspace, n_qh, n_heads, head_dim, n_split,
+               dpos);
     return launched("attention (combine)", err);
 }
 
@@ -1860,7 +1876,7 @@ vlm_status vlm_cuda_add_bias(vlm_cuda_ctx *ctx, float *y, int64_t n, int64_t dim
 vlm_status vlm_cuda_silu_mul(vlm_cuda_ctx *ctx, float *out, const float *gu, int64_t n, int64_t ff,
                              vlm_err *err) {
     if (n <= 0 || ff <= 0) return VLM_OK;
-    k_silu_mul<<<blocks_for(n * ff, 256), 256, 0, ctx->stream>>>(out, gu, n, ff);
+    launch_pdl(k_silu_mul, dim3(blocks_for(n * ff, 256)), 256u, ctx->stream, out, gu, n, ff);
     return launched("silu_mul", err);
 }
 
@@ -2007,9 +2023,9 @@ vlm_status vlm_cuda_rope_store_pos(vlm_cuda_ctx *ctx, float *qkv, int64_t n, int
     int64_t total =
         n * ((int64_t)(n_heads + n_kv_heads) * (head_dim / 2) + (int64_t)n_kv_heads * head_dim);
     if (total <= 0) return VLM_OK;
-    k_rope_store<<<blocks_for(total, 256), 256, 0, ctx->stream>>>(
-        qkv, n, row_stride, n_heads, n_kv_heads, head_dim, cos_table, sin_table, k_dst, v_dst,
-        dtype, layer_offset, dev_pos);
+    launch_pdl(k_rope_store, dim3(blocks_for(total, 256)), 256u, ctx->stream, qkv, n, row_stride,
+               n_heads, n_kv_heads, head_dim, cos_table, sin_table, k_dst, v_dst, dtype,
+               layer_offset, dev_pos);
     return launched("rope_store (device position)", err);
 }
 
