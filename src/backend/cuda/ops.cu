@@ -174,6 +174,111 @@ __global__ void k_layernorm_h(void *out, bool bf16, const float *x, int64_t dim,
     }
 }
 
+/* LayerNorm with a warp per row for rows of 128 VPL floats (the vision
+ * tower's 1024: VPL 2): the row lives in the lane's registers (VPL float4s,
+ * lane l holding floats 4 (l + 32 j) ..), mean and variance are warp sums
+ * (the butterfly gives every lane the same bits), no block barriers; 8 rows
+ * a block of 256 threads. The one-block-a-row kernels above keep the other
+ * sizes. OUT: 0 f32, 1 bf16, 2 f16 (each value as ln_value, then rounded as
+ * k_to_half rounds). k_layernorm and k_layernorm_h take this kernel for the
+ * same sizes, so the 16-bit result stays layernorm's value rounded. */
+template <int VPL, int OUT>
+__global__ void __launch_bounds__(256)
+    k_layernorm_warp(void *out, const float *x, int64_t n, vlm_dtype wt, const void *w,
+                     vlm_dtype bt, const void *b, float eps) {
+    constexpr int dim = VPL * 128;
+    const int64_t row = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= n) return;
+    const float4 *xr = (const float4 *)(x + row * dim);
+    float4 v[VPL];
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < VPL; j++) {
+        v[j] = xr[lane + 32 * j];
+        s += v[j].x + v[j].y + v[j].z + v[j].w;
+    }
+    const float mean = warp_sum(s) / (float)dim;
+    float q = 0.0f;
+#pragma unroll
+    for (int j = 0; j < VPL; j++) {
+        float a = v[j].x - mean, c = v[j].y - mean, d = v[j].z - mean, e = v[j].w - mean;
+        q += a * a + c * c + d * d + e * e;
+    }
+    const float r = rsqrtf(warp_sum(q) / (float)dim + eps);
+#pragma unroll
+    for (int j = 0; j < VPL; j++) {
+        const int64_t i = 4 * (lane + 32 * j);
+        const float y0 = ln_value(v[j].x, mean, r, wt, w, bt, b, i);
+        const float y1 = ln_value(v[j].y, mean, r, wt, w, bt, b, i + 1);
+        const float y2 = ln_value(v[j].z, mean, r, wt, w, bt, b, i + 2);
+        const float y3 = ln_value(v[j].w, mean, r, wt, w, bt, b, i + 3);
+        const int64_t o = row * dim + i;
+        if (OUT == 0) {
+            *(float4 *)((float *)out + o) = make_float4(y0, y1, y2, y3);
+        } else if (OUT == 1) {
+            __nv_bfloat162 a = __floats2bfloat162_rn(y0, y1), c = __floats2bfloat162_rn(y2, y3);
+            uint2 u;
+            u.x = *reinterpret_cast<uint32_t *>(&a);
+            u.y = *reinterpret_cast<uint32_t *>(&c);
+            *(uint2 *)((__nv_bfloat16 *)out + o) = u;
+        } else {
+            __half2 a = __floats2half2_rn(y0, y1), c = __floats2half2_rn(y2, y3);
+            uint2 u;
+            u.x = *reinterpret_cast<uint32_t *>(&a);
+            u.y = *reinterpret_cast<uint32_t *>(&c);
+            *(uint2 *)((__half *)out + o) = u;
+        }
+    }
+}
+
+/* Launches k_layernorm_warp where it applies (dim a multiple of 128 up to
+ * 1024, x and out 16-byte / 8-byte aligned); false otherwise. */
+bool layernorm_warp(cudaStream_t st, int out_kind, void *out, const float *x, int64_t n,
+                    int64_t dim, vlm_cuda_weight w, vlm_cuda_weight b, float eps) {
+    if (dim % 128 || dim > 1024 || ((uintptr_t)x % 16) || ((uintptr_t)out % 16)) return false;
+    const unsigned grid = (unsigned)((n + 7) / 8);
+#define LNW(V)                                                                                     \
+    case V:                                                                                        \
+        if (out_kind == 0)                                                                         \
+            k_layernorm_warp<V, 0>                                                                 \
+                <<<grid, 256, 0, st>>>(out, x, n, w.dtype, w.data, b.dtype, b.data, eps);          \
+        else if (out_kind == 1)                                                                    \
+            k_layernorm_warp<V, 1>                                                                 \
+                <<<grid, 256, 0, st>>>(out, x, n, w.dtype, w.data, b.dtype, b.data, eps);          \
+        else                                                                                       \
+            k_layernorm_warp<V, 2>                                                                 \
+                <<<grid, 256, 0, st>>>(out, x, n, w.dtype, w.data, b.dtype, b.data, eps);          \
+        return true;
+    switch (dim / 128) {
+        LNW(1)
+        LNW(2)
+        LNW(4)
+        LNW(8)
+    default:
+        return false;
+    }
+#undef LNW
+}
+
+/* Rows of 4k floats, 4 at a time (16-byte loads), a block of 256 threads
+ * per row stride (no 64-bit division per element): the vision tower's K/V
+ * rounding (store_rows_strided), fc1's bias + quick-GELU and to_half. */
+__global__ void k_store_strided4(uint16_t *dst, const float *src, int64_t src_stride,
+                                 int64_t n_rows, int64_t row_len) {
+    for (int64_t r = blockIdx.x; r < n_rows; r += gridDim.x) {
+        const float4 *sr = (const float4 *)(src + r * src_stride);
+        uint2 *dr = (uint2 *)(dst + r * row_len);
+        for (int64_t c = threadIdx.x; c < row_len / 4; c += blockDim.x) {
+            const float4 v = sr[c];
+            uint2 u;
+            u.x = (uint32_t)f32_to_bf16_bits(v.x) | ((uint32_t)f32_to_bf16_bits(v.y) << 16);
+            u.y = (uint32_t)f32_to_bf16_bits(v.z) | ((uint32_t)f32_to_bf16_bits(v.w) << 16);
+            dr[c] = u;
+        }
+    }
+}
+
 int norm_threads(int64_t dim) {
     int t = 32;
     while (t < 1024 && t < dim) t *= 2;
@@ -1098,6 +1203,57 @@ __global__ void k_to_half(void *dst, bool bf16, const float *src, int64_t n) {
     }
 }
 
+/* k_bias_quick_gelu_h and k_to_half for rows of 4k floats, 4 at a time:
+ * a block of 256 threads per row stride, 16-byte loads and 8-byte stores,
+ * no 64-bit division per element; the same values. */
+template <bool BF>
+__global__ void k_bias_quick_gelu_h4(void *out, const float *x, int64_t n, int64_t dim,
+                                     vlm_dtype bt, const void *b) {
+    for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
+        const float4 *xr = (const float4 *)(x + r * dim);
+        uint2 *orow = (uint2 *)((uint16_t *)out + r * dim);
+        for (int64_t c = threadIdx.x; c < dim / 4; c += blockDim.x) {
+            const float4 v4 = xr[c];
+            float v[4] = {v4.x, v4.y, v4.z, v4.w}, gl[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float t = v[e] + (b ? ld_w(bt, b, 4 * c + e) : 0.0f);
+                gl[e] = t / (1.0f + expf(-1.702f * t));
+            }
+            uint2 u;
+            if (BF) {
+                __nv_bfloat162 a = __floats2bfloat162_rn(gl[0], gl[1]);
+                __nv_bfloat162 d = __floats2bfloat162_rn(gl[2], gl[3]);
+                u.x = *reinterpret_cast<uint32_t *>(&a);
+                u.y = *reinterpret_cast<uint32_t *>(&d);
+            } else {
+                __half2 a = __floats2half2_rn(gl[0], gl[1]), d = __floats2half2_rn(gl[2], gl[3]);
+                u.x = *reinterpret_cast<uint32_t *>(&a);
+                u.y = *reinterpret_cast<uint32_t *>(&d);
+            }
+            orow[c] = u;
+        }
+    }
+}
+
+template <bool BF> __global__ void k_to_half4(void *dst, const float *src, int64_t n4) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n4;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const float4 v = ((const float4 *)src)[i];
+        uint2 u;
+        if (BF) {
+            __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), d = __floats2bfloat162_rn(v.z, v.w);
+            u.x = *reinterpret_cast<uint32_t *>(&a);
+            u.y = *reinterpret_cast<uint32_t *>(&d);
+        } else {
+            __half2 a = __floats2half2_rn(v.x, v.y), d = __floats2half2_rn(v.z, v.w);
+            u.x = *reinterpret_cast<uint32_t *>(&a);
+            u.y = *reinterpret_cast<uint32_t *>(&d);
+        }
+        ((uint2 *)dst)[i] = u;
+    }
+}
+
 /* fc1's bias, quick-GELU and the rounding of fc2's input in one pass. */
 __global__ void k_bias_quick_gelu_h(void *out, bool bf16, const float *x, int64_t n, int64_t dim,
                                     vlm_dtype bt, const void *b) {
@@ -1628,6 +1784,8 @@ vlm_status vlm_cuda_rmsnorm(vlm_cuda_ctx *ctx, float *out, const float *x, int64
 vlm_status vlm_cuda_layernorm(vlm_cuda_ctx *ctx, float *out, const float *x, int64_t n, int64_t dim,
                               vlm_cuda_weight w, vlm_cuda_weight b, float eps, vlm_err *err) {
     if (n <= 0) return VLM_OK;
+    if (layernorm_warp(ctx->stream, 0, out, x, n, dim, w, b, eps))
+        return launched("layernorm", err);
     k_layernorm<<<(unsigned)n, norm_threads(dim), 0, ctx->stream>>>(out, x, dim, w.dtype, w.data,
                                                                     b.dtype, b.data, eps);
     return launched("layernorm", err);
@@ -1834,6 +1992,13 @@ vlm_status vlm_cuda_store_rows_strided(vlm_cuda_ctx *ctx, void *dst, vlm_dtype d
         return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "store_rows: dtype %d", (int)dtype);
     int64_t n = n_rows * row_len;
     if (n <= 0) return VLM_OK;
+    if (dtype == VLM_DTYPE_BF16 && row_len % 4 == 0 && src_stride % 4 == 0 && offset % 4 == 0 &&
+        ((uintptr_t)src % 16) == 0 && ((uintptr_t)dst % 8) == 0) {
+        const int64_t grid = n_rows < 65535 * 16 ? n_rows : 65535 * 16;
+        k_store_strided4<<<(unsigned)grid, 256, 0, ctx->stream>>>((uint16_t *)dst + offset, src,
+                                                                  src_stride, n_rows, row_len);
+        return launched("store_rows_strided", err);
+    }
     k_store_strided<<<blocks_for(n, 256), 256, 0, ctx->stream>>>(dst, dtype, offset, src,
                                                                  src_stride, n_rows, row_len);
     return launched("store_rows_strided", err);
@@ -2191,6 +2356,8 @@ vlm_status vlm_cuda_layernorm_h(vlm_cuda_ctx *ctx, void *out, vlm_dtype dtype, c
     if (!half_type(dtype))
         return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "layernorm_h: output dtype %d", (int)dtype);
     if (n <= 0) return VLM_OK;
+    if (layernorm_warp(ctx->stream, dtype == VLM_DTYPE_BF16 ? 1 : 2, out, x, n, dim, w, b, eps))
+        return launched("layernorm_h", err);
     k_layernorm_h<<<(unsigned)n, norm_threads(dim), 0, ctx->stream>>>(
         out, dtype == VLM_DTYPE_BF16, x, dim, w.dtype, w.data, b.dtype, b.data, eps);
     return launched("layernorm_h", err);
@@ -2202,6 +2369,16 @@ vlm_status vlm_cuda_bias_quick_gelu_h(vlm_cuda_ctx *ctx, void *out, vlm_dtype dt
         return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "bias_quick_gelu_h: output dtype %d",
                            (int)dtype);
     if (n <= 0 || dim <= 0) return VLM_OK;
+    if (dim % 4 == 0 && ((uintptr_t)x % 16) == 0 && ((uintptr_t)out % 8) == 0) {
+        const unsigned grid = (unsigned)(n < 65535 * 16 ? n : 65535 * 16);
+        if (dtype == VLM_DTYPE_BF16)
+            k_bias_quick_gelu_h4<true>
+                <<<grid, 256, 0, ctx->stream>>>(out, x, n, dim, b.dtype, b.data);
+        else
+            k_bias_quick_gelu_h4<false>
+                <<<grid, 256, 0, ctx->stream>>>(out, x, n, dim, b.dtype, b.data);
+        return launched("bias_quick_gelu_h", err);
+    }
     k_bias_quick_gelu_h<<<blocks_for(n * dim, 256), 256, 0, ctx->stream>>>(
         out, dtype == VLM_DTYPE_BF16, x, n, dim, b.dtype, b.data);
     return launched("bias_quick_gelu_h", err);
@@ -2212,6 +2389,13 @@ vlm_status vlm_cuda_to_half(vlm_cuda_ctx *ctx, void *out, vlm_dtype dtype, const
     if (!half_type(dtype))
         return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "to_half: output dtype %d", (int)dtype);
     if (n <= 0) return VLM_OK;
+    if (n % 4 == 0 && ((uintptr_t)x % 16) == 0 && ((uintptr_t)out % 8) == 0) {
+        if (dtype == VLM_DTYPE_BF16)
+            k_to_half4<true><<<blocks_for(n / 4, 256), 256, 0, ctx->stream>>>(out, x, n / 4);
+        else
+            k_to_half4<false><<<blocks_for(n / 4, 256), 256, 0, ctx->stream>>>(out, x, n / 4);
+        return launched("to_half", err);
+    }
     k_to_half<<<blocks_for(n, 256), 256, 0, ctx->stream>>>(out, dtype == VLM_DTYPE_BF16, x, n);
     return launched("to_half", err);
 }
