@@ -266,6 +266,10 @@ static void *staging(clip_gpu *g, size_t need) {
     return g->stage;
 }
 
+bool clip_gpu_reserve_staging(clip_gpu *g, int n) {
+    return staging(g, clip_gpu_staging_bytes_cfg(&g->m->cfg, n, g->has_proj ? g->d : 0)) != NULL;
+}
+
 /* One group of gc crops, as clip_encode_group; with out NULL the features
  * stay on the device (rows 1.. of each crop of the activations' x). The
  * layout is clip_gpu_layout_cfg's (the planner counts the same). */
@@ -288,8 +292,15 @@ static vlm_status encode_group(clip_gpu *g, const float *pixels, int gc, float *
     const size_t px_bytes = (size_t)gc * 3 * (size_t)(S * S) * sizeof(float);
     void *sb = staging(g, clip_gpu_staging_bytes_cfg(c, gc, proj_d));
     if (sb) {
-        memcpy(sb, pixels, px_bytes);
-        RUN(vlm_cuda_upload_async(g->ctx, px, sb, px_bytes, "crop pixels", err));
+        /* in 2 MiB pieces, each sent as soon as it is copied: the DMA of one
+         * overlaps the host copy of the next */
+        const size_t piece = (size_t)2 << 20;
+        for (size_t o = 0; o < px_bytes; o += piece) {
+            const size_t nb = px_bytes - o < piece ? px_bytes - o : piece;
+            memcpy((char *)sb + o, (const char *)pixels + o, nb);
+            RUN(vlm_cuda_upload_async(g->ctx, (char *)px + o, (char *)sb + o, nb, "crop pixels",
+                                      err));
+        }
     } else {
         RUN(vlm_cuda_upload(g->ctx, px, pixels, px_bytes, "crop pixels", err));
     }
@@ -387,7 +398,8 @@ vlm_status clip_gpu_encode(clip_gpu *g, const float *pixels, int n, int group, f
 }
 
 vlm_status clip_gpu_encode_project(clip_gpu *g, const float *pixels, int n, float *out,
-                                   vlm_err *err) {
+                                   const float **rows_out, vlm_err *err) {
+    *rows_out = NULL;
     if (!g->has_proj)
         return vlm_err_set(err, VLM_ERR_INVALID_ARG, "GPU vision tower: no projector set");
     vlm_status st = encode_group(g, pixels, n, NULL, err);
@@ -402,15 +414,18 @@ vlm_status clip_gpu_encode_project(clip_gpu *g, const float *pixels, int n, floa
     RUN(vlm_cuda_matmul(g->ctx, hid, seq, rows, D4, d, g->proj0_w, g->proj0_b, err));
     RUN(vlm_cuda_gelu_erf(g->ctx, hid, rows * d, err));
     RUN(vlm_cuda_matmul(g->ctx, prj, hid, rows, d, d, g->proj2_w, g->proj2_b, err));
-    /* down through the pinned buffer encode_group sized for them */
+    /* down into the pinned buffer encode_group sized for them, which the
+     * caller reads in place (no copy of 30 MB at 1 + 16 crops); into out
+     * where there is none */
     const size_t bytes = (size_t)(rows * d) * sizeof(float);
-    if (g->stage && g->stage_bytes >= bytes) {
-        RUN(vlm_cuda_download(g->ctx, g->stage, prj, bytes, "projected image rows", err));
-        memcpy(out, g->stage, bytes);
-    } else {
-        RUN(vlm_cuda_download(g->ctx, out, prj, bytes, "projected image rows", err));
-    }
-    return vlm_cuda_sync(g->ctx, "GPU image projector", err);
+    float *dst = g->stage && g->stage_bytes >= bytes ? (float *)g->stage : out;
+    if (!dst)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                           "GPU image projector: no pinned buffer and no output given");
+    RUN(vlm_cuda_download(g->ctx, dst, prj, bytes, "projected image rows", err));
+    st = vlm_cuda_sync(g->ctx, "GPU image projector", err);
+    if (st == VLM_OK) *rows_out = dst;
+    return st;
 }
 
 vlm_status clip_gpu_project_separators(clip_gpu *g, float *out, vlm_err *err) {

@@ -31,9 +31,16 @@ typedef struct clip_gpu_projector {
 vlm_status clip_gpu_set_projector(clip_gpu *g, const clip_gpu_projector *p, vlm_err *err);
 
 /* With the projector: n crops through the tower, the 2x2 merge and the
- * projector; out [n * (grid/2)^2][d] host, crop by crop, cells row-major. */
+ * projector; the rows [n * (grid/2)^2][d], crop by crop, cells row-major,
+ * at *rows: the tower's pinned staging buffer (valid until its next call)
+ * or, where it has none, out (host, that many rows; out may be NULL only
+ * when clip_gpu_reserve_staging said yes for n crops). */
 vlm_status clip_gpu_encode_project(clip_gpu *g, const float *pixels, int n, float *out,
-                                   vlm_err *err);
+                                   const float **rows, vlm_err *err);
+/* Sizes the pinned staging buffer for groups of n crops (once; it only
+ * grows); false when the driver refuses page-locked memory (the copies then
+ * go through the caller's memory). */
+bool clip_gpu_reserve_staging(clip_gpu *g, int n);
 /* The projected separators: out [2][d] host (sub_GN, then glb_GN). */
 vlm_status clip_gpu_project_separators(clip_gpu *g, float *out, vlm_err *err);
 

@@ -249,7 +249,10 @@ vlm_status phi3v_encode_image(phi3v_model *m, const vlm_image_input *img, int gr
          * for 17) is not needed, and allocating and zeroing it cost more than
          * the tower itself. Not zeroed: every row read is written first. */
         const int64_t mg = c->grid / 2, d = m->cfg.hidden;
-        int64_t rows = (int64_t)group * mg * mg;
+        /* the rows come back in the tower's pinned buffer and are scattered
+         * from there; only without one do they need memory of ours */
+        const bool pinned = clip_gpu_reserve_staging(m->clip_gpu, group);
+        int64_t rows = pinned ? 2 : (int64_t)group * mg * mg;
         if (rows < 2) rows = 2;
         float *prj = vlm_alloc((size_t)(rows * d) * sizeof(float), VLM_MEM_IMAGE);
         if (!prj)
@@ -259,9 +262,10 @@ vlm_status phi3v_encode_image(phi3v_model *m, const vlm_image_input *img, int gr
         if (st == VLM_OK) scatter_separators(m, prj, img->hc, img->wc, out);
         for (int t = 0; t < n && st == VLM_OK; t += group) {
             int g = n - t < group ? n - t : group;
-            st = clip_gpu_encode_project(m->clip_gpu, img->pixels + (int64_t)t * 3 * S * S, g, prj,
-                                         err);
-            if (st == VLM_OK) scatter_crops(m, prj, t, g, img->hc, img->wc, out);
+            const float *got = NULL;
+            st = clip_gpu_encode_project(m->clip_gpu, img->pixels + (int64_t)t * 3 * S * S, g,
+                                         pinned ? NULL : prj, &got, err);
+            if (st == VLM_OK) scatter_crops(m, got, t, g, img->hc, img->wc, out);
         }
         vlm_free(prj);
         return st;

@@ -175,7 +175,7 @@ __global__ void k_layernorm_h(void *out, bool bf16, const float *x, int64_t dim,
 }
 
 /* LayerNorm with a warp per row for rows of 128 VPL floats (the vision
- * tower's 1024: VPL 2): the row lives in the lane's registers (VPL float4s,
+ * tower's 1024: VPL 8): the row lives in the lane's registers (VPL float4s,
  * lane l holding floats 4 (l + 32 j) ..), mean and variance are warp sums
  * (the butterfly gives every lane the same bits), no block barriers; 8 rows
  * a block of 256 threads. The one-block-a-row kernels above keep the other
