@@ -34,9 +34,10 @@ vlm_status clip_gpu_set_projector(clip_gpu *g, const clip_gpu_projector *p, vlm_
  * projector; the rows [n * (grid/2)^2][d], crop by crop, cells row-major,
  * at *rows: the tower's pinned staging buffer (valid until its next call)
  * or, where it has none, out (host, that many rows; out may be NULL only
- * when clip_gpu_reserve_staging said yes for n crops). */
-vlm_status clip_gpu_encode_project(clip_gpu *g, const float *pixels, int n, float *out,
-                                   const float **rows, vlm_err *err);
+ * when clip_gpu_reserve_staging said yes for n crops). pool (may be NULL)
+ * copies the pixels into the pinned buffer. */
+vlm_status clip_gpu_encode_project(clip_gpu *g, cpu_pool *pool, const float *pixels, int n,
+                                   float *out, const float **rows, vlm_err *err);
 /* Sizes the pinned staging buffer for groups of n crops (once; it only
  * grows); false when the driver refuses page-locked memory (the copies then
  * go through the caller's memory). */

@@ -129,14 +129,33 @@ static int64_t cell_row(int t, int i, int j, int hc, int wc, int mg) {
 
 /* Projected cells prj [g][mg*mg][d] of crops [t0, t0+g) to their rows of
  * out; a crop row's mg cells are consecutive output rows. */
+typedef struct {
+    const phi3v_model *m;
+    const float *prj;
+    int t0, hc, wc;
+    float *out;
+} scatter_job;
+
+/* rows [b, e) of the g * mg crop rows: one memcpy of mg cells each */
+static void scatter_range(void *ctx, int64_t b, int64_t e, int t) {
+    (void)t;
+    const scatter_job *j = ctx;
+    const int mg = j->m->clip.grid / 2;
+    const int64_t d = j->m->cfg.hidden;
+    for (int64_t r = b; r < e; r++) {
+        const int c = (int)(r / mg), i = (int)(r % mg);
+        memcpy(j->out + cell_row(j->t0 + c, i, 0, j->hc, j->wc, mg) * d, j->prj + r * mg * d,
+               (size_t)(mg * d) * sizeof(float));
+    }
+}
+
+/* Projected cells prj [g][mg*mg][d] of crops [t0, t0+g) to their rows of
+ * out; a crop row's mg cells are consecutive output rows. Over the pool's
+ * threads: 30 MB at 1 + 16 crops. */
 static void scatter_crops(const phi3v_model *m, const float *prj, int t0, int g, int hc, int wc,
                           float *out) {
-    const int mg = m->clip.grid / 2;
-    const int64_t d = m->cfg.hidden, mm = (int64_t)mg * mg;
-    for (int c = 0; c < g; c++)
-        for (int i = 0; i < mg; i++)
-            memcpy(out + cell_row(t0 + c, i, 0, hc, wc, mg) * d,
-                   prj + (c * mm + (int64_t)i * mg) * d, (size_t)(mg * d) * sizeof(float));
+    scatter_job j = {m, prj, t0, hc, wc, out};
+    parallel_for(m->pool, (int64_t)g * (m->clip.grid / 2), scatter_range, &j);
 }
 
 /* The projected separators prj [2][d] (sub_GN, glb_GN) to every row they
@@ -263,8 +282,8 @@ vlm_status phi3v_encode_image(phi3v_model *m, const vlm_image_input *img, int gr
         for (int t = 0; t < n && st == VLM_OK; t += group) {
             int g = n - t < group ? n - t : group;
             const float *got = NULL;
-            st = clip_gpu_encode_project(m->clip_gpu, img->pixels + (int64_t)t * 3 * S * S, g,
-                                         pinned ? NULL : prj, &got, err);
+            st = clip_gpu_encode_project(m->clip_gpu, m->pool, img->pixels + (int64_t)t * 3 * S * S,
+                                         g, pinned ? NULL : prj, &got, err);
             if (st == VLM_OK) scatter_crops(m, got, t, g, img->hc, img->wc, out);
         }
         vlm_free(prj);

@@ -235,6 +235,14 @@ static void test_norms(void **state) {
     close_to("rmsnorm bf16 weight", got, want, (size_t)(n * dim), 1e-5);
     free(got);
 
+    /* a width off the 1024-float rows kernel: the general one */
+    int64_t d3 = 1000;
+    cpu_rmsnorm(want, x, n, d3, (cpu_weight){VLM_DTYPE_F32, w}, 1e-5f);
+    OK(vlm_cuda_rmsnorm(CTX, dy, dx, n, d3, (vlm_cuda_weight){VLM_DTYPE_F32, dw}, 1e-5f, E));
+    got = down(dy, (size_t)(n * d3));
+    close_to("rmsnorm f32 width 1000", got, want, (size_t)(n * d3), 1e-5);
+    free(got);
+
     int64_t d2 = 1024;
     cpu_layernorm(want, x, n, d2, (cpu_weight){VLM_DTYPE_F32, w}, (cpu_weight){VLM_DTYPE_F32, b},
                   1e-5f);
