@@ -339,6 +339,37 @@ static vlm_status encode_group(clip_gpu *g, cpu_pool *pool, const float *pixels,
             RUN(vlm_cuda_layernorm_h(g->ctx, xb, ht, x, T, D, L->ln1_w, L->ln1_b, c->ln_eps, err));
         else
             RUN(vlm_cuda_layernorm(g->ctx, h, x, T, D, L->ln1_w, L->ln1_b, c->ln_eps, err));
+        /* The 16-bit path with packed BF16 q|k|v: the product writes q|k|v
+         * as bf16 into the MLP buffer (idle until fc1: [T][I] f32 holds
+         * [T][3D] bf16 when 2I >= 3D), attention reads them there and writes
+         * its output as bf16 into xb, the output projection's input: no
+         * rounding passes. Where cuBLASLt or the kernel does not take it,
+         * the f32 q|k|v below. */
+        if (hp && g->bf16_attn && L->qkv_w.data && ht == VLM_DTYPE_BF16 && 2 * I >= 3 * D) {
+            uint16_t *qkv16 = (uint16_t *)mlp;
+            vlm_err e2 = {0};
+            st = vlm_cuda_matmul_h_out16(g->ctx, qkv16, xb, T, D, 3 * D, L->qkv_w, L->qkv_b, &e2);
+            if (st == VLM_OK)
+                st = vlm_cuda_attention_seqs_h(g->ctx, xb, qkv16, 3 * D, qkv16 + D, qkv16 + 2 * D,
+                                               3 * D, gc, NP, NP, c->n_heads, c->n_heads, hd, scale,
+                                               &e2);
+            if (st == VLM_OK) {
+                RUN(vlm_cuda_matmul_h_acc(g->ctx, x, xb, T, D, D, L->o_w, L->o_b, err));
+                RUN(vlm_cuda_layernorm_h(g->ctx, xb, ht, x, T, D, L->ln2_w, L->ln2_b, c->ln_eps,
+                                         err));
+                const vlm_cuda_weight none = {VLM_DTYPE_F32, NULL};
+                RUN(vlm_cuda_matmul_h(g->ctx, mlp, xb, T, D, I, L->fc1_w, none, err));
+                RUN(vlm_cuda_bias_quick_gelu_h(g->ctx, xb, ht, mlp, T, I, L->fc1_b, err));
+                RUN(vlm_cuda_matmul_h_acc(g->ctx, x, xb, T, I, D, L->fc2_w, L->fc2_b, err));
+                continue;
+            }
+            if (st != VLM_ERR_UNSUPPORTED) {
+                *err = e2;
+                return st;
+            }
+            /* refused before anything was queued that changes xb: the f32
+             * path below recomputes q|k|v from it */
+        }
         int64_t qs = D;
         if (L->qkv_w.data) {
             qs = 3 * D;

@@ -822,6 +822,65 @@ static void test_half_inputs(void **state) {
     gelu_h_case(VLM_DTYPE_F16, 3, 1000);
 }
 
+/* The tower's bf16 q|k|v and attention: matmul_h_out16 against cpu_matmul
+ * on the same bf16 inputs then rounded (1e-2: one bf16 step, and the
+ * library's summation order); attention_seqs_h (bf16 q, K, V in one
+ * [T][3D] buffer, bf16 out) bit for bit the f32-interface tensor-core
+ * kernel on the same values, rounded as to_half rounds. */
+static void test_bf16_qkv_attention(void **state) {
+    (void)state;
+    const int n_seq = 3, nh = 4, hd = 64;
+    const int64_t np = 77, T = n_seq * np, D = nh * hd, in = 96;
+    float *x = rnd((size_t)(T * in), 1.0f), *w = rnd((size_t)(3 * D * in), 0.2f),
+          *b = rnd((size_t)(3 * D), 0.5f);
+    uint16_t *xh = malloc((size_t)(T * in) * 2), *wh = malloc((size_t)(3 * D * in) * 2);
+    to_bf16(xh, x, (size_t)(T * in));
+    to_bf16(wh, w, (size_t)(3 * D * in));
+    for (int64_t i = 0; i < T * in; i++) x[i] = vlm_bf16_to_f32(xh[i]);
+    for (int64_t i = 0; i < 3 * D * in; i++) w[i] = vlm_bf16_to_f32(wh[i]);
+    float *want = malloc((size_t)(T * 3 * D) * 4);
+    cpu_matmul(POOL, want, x, T, in, 3 * D, (cpu_weight){VLM_DTYPE_F32, w},
+               (cpu_weight){VLM_DTYPE_F32, b});
+    for (int64_t i = 0; i < T * 3 * D; i++) want[i] = vlm_bf16_to_f32(vlm_f32_to_bf16(want[i]));
+    void *dx = up(xh, (size_t)(T * in) * 2), *dw = up(wh, (size_t)(3 * D * in) * 2);
+    float *db = up(b, (size_t)(3 * D) * 4);
+    uint16_t *dqkv = vlm_dev_alloc((size_t)(T * 3 * D) * 2, VLM_MEM_ACTIVATIONS);
+    OK(vlm_cuda_matmul_h_out16(CTX, dqkv, dx, T, in, 3 * D, (vlm_cuda_weight){VLM_DTYPE_BF16, dw},
+                               (vlm_cuda_weight){VLM_DTYPE_F32, db}, E));
+    vlm_err err = {0};
+    uint16_t *qkv = malloc((size_t)(T * 3 * D) * 2);
+    assert_int_equal(vlm_cuda_sync(CTX, "test", &err), VLM_OK);
+    assert_int_equal(vlm_cuda_download(CTX, qkv, dqkv, (size_t)(T * 3 * D) * 2, "test", &err),
+                     VLM_OK);
+    float *got = malloc((size_t)(T * 3 * D) * 4);
+    for (int64_t i = 0; i < T * 3 * D; i++) got[i] = vlm_bf16_to_f32(qkv[i]);
+    close_to("matmul_h_out16 q|k|v", got, want, (size_t)(T * 3 * D), 1e-2);
+
+    /* attention: bf16 in and out, against the f32 interface on the same values */
+    const float scale = 0.125f;
+    float *dq32 = up(got, (size_t)(T * 3 * D) * 4);
+    float *dref = vlm_dev_alloc((size_t)(T * D) * 4, VLM_MEM_ACTIVATIONS);
+    OK(vlm_cuda_attention_seqs(CTX, dref, dq32, 3 * D, (vlm_cuda_weight){VLM_DTYPE_F32, dq32 + D},
+                               (vlm_cuda_weight){VLM_DTYPE_F32, dq32 + 2 * D}, 3 * D, n_seq, np, np,
+                               nh, nh, hd, false, 0, scale, true, E));
+    float *ref = down(dref, (size_t)(T * D));
+    uint16_t *dout = vlm_dev_alloc((size_t)(T * D) * 2, VLM_MEM_ACTIVATIONS);
+    OK(vlm_cuda_attention_seqs_h(CTX, dout, dqkv, 3 * D, dqkv + D, dqkv + 2 * D, 3 * D, n_seq, np,
+                                 np, nh, nh, hd, scale, E));
+    uint16_t *o16 = malloc((size_t)(T * D) * 2);
+    assert_int_equal(vlm_cuda_sync(CTX, "test", &err), VLM_OK);
+    assert_int_equal(vlm_cuda_download(CTX, o16, dout, (size_t)(T * D) * 2, "test", &err), VLM_OK);
+    for (int64_t i = 0; i < T * D; i++) assert_int_equal(o16[i], vlm_f32_to_bf16(ref[i]));
+    /* a K/V row start that is not 16-byte aligned is refused, not run */
+    assert_int_equal(vlm_cuda_attention_seqs_h(CTX, dout, dqkv, 3 * D, dqkv + D + 4, dqkv + 2 * D,
+                                               3 * D, n_seq, np, np, nh, nh, hd, scale, &err),
+                     VLM_ERR_UNSUPPORTED);
+    vlm_dev_free(dx), vlm_dev_free(dw), vlm_dev_free(db), vlm_dev_free(dqkv), vlm_dev_free(dq32);
+    vlm_dev_free(dref), vlm_dev_free(dout);
+    free(x), free(w), free(b), free(xh), free(wh), free(want), free(qkv), free(got), free(ref);
+    free(o16);
+}
+
 /* Every crop's patch embedding, class and position rows at once against
  * cpu_patch_embed per crop + the adds of the CPU tower: f32 weights (1e-5),
  * bf16 weights (the GPU rounds the im2col to bf16: 1e-2). */
@@ -1000,6 +1059,7 @@ int main(void) {
         cmocka_unit_test(test_half_inputs),
         cmocka_unit_test(test_patch_embed_crops),
         cmocka_unit_test(test_pinned),
+        cmocka_unit_test(test_bf16_qkv_attention),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -295,6 +295,28 @@ vlm_status vlm_cuda_patch_embed_crops(vlm_cuda_ctx *ctx, float *x, const float *
                                       vlm_cuda_weight class_emb, vlm_cuda_weight pos_emb, void *col,
                                       float *tmp, vlm_err *err);
 
+/* --- the tower's q|k|v and attention in bf16 ------------------------------
+ * y16[n][out] = round_bf16(xh . W^T + b): BF16 W and xh, the f32 result of
+ * the product and bias rounded once to bf16 (cuBLASLt's epilogue). The
+ * tower's q|k|v product, so attention reads bf16 q, K and V (the values the
+ * tensor-core kernel would round them to) with no rounding pass.
+ * VLM_ERR_UNSUPPORTED when the weights are not BF16, in f32 mode, or when
+ * cuBLASLt offers no such product: the caller keeps the f32 path. */
+vlm_status vlm_cuda_matmul_h_out16(vlm_cuda_ctx *ctx, void *y16, const void *xh, int64_t n,
+                                   int64_t in, int64_t out, vlm_cuda_weight w, vlm_cuda_weight b,
+                                   vlm_err *err);
+/* As vlm_cuda_attention_seqs on the tensor-core kernel (not causal), with
+ * q, K, V bf16 (q_stride, kv_stride in elements; K and V rows 16-byte
+ * aligned) and the output written as bf16 rounded as vlm_cuda_to_half
+ * rounds (out16 [n_seq * n_q][n_heads * head_dim]): the output projection's
+ * 16-bit input. VLM_ERR_UNSUPPORTED where that kernel does not apply (f32
+ * mode, VLM_CUDA_MMA_ATTN=0, head_dim, strides, alignment). */
+vlm_status vlm_cuda_attention_seqs_h(vlm_cuda_ctx *ctx, void *out16, const void *q16,
+                                     int64_t q_stride, const void *k16, const void *v16,
+                                     int64_t kv_stride, int n_seq, int64_t n_q, int64_t n_kv,
+                                     int n_heads, int n_kv_heads, int head_dim, float scale,
+                                     vlm_err *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -887,9 +887,9 @@ template <int HD, bool ASYNC> constexpr size_t mma_smem() {
     return (size_t)(ASYNC ? 2 : 1) * 2 * MA_KT * (HD + 8) * 2;
 }
 
-template <int HD, int NW, bool ASYNC>
+template <int HD, int NW, bool ASYNC, bool H16 = false>
 __global__ void __launch_bounds__(NW * 32)
-    k_attn_mma(float *out, const float *q, int64_t q_stride, vlm_dtype kvt, const void *k,
+    k_attn_mma(void *out_, const void *q_, int64_t q_stride, vlm_dtype kvt, const void *k,
                const void *v, int64_t kv_stride, int64_t n_q, int64_t n_kv, int n_heads,
                int n_kv_heads, bool causal, int64_t q_pos0, float scale, bool vec) {
     constexpr int HP = HD + 8; /* padded row (bf16) */
@@ -901,8 +901,11 @@ __global__ void __launch_bounds__(NW * 32)
     const int g = lane >> 2, t4 = lane & 3; /* fragment row group, thread in group */
     const int h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
     const int64_t z = blockIdx.z; /* the sequence (the vision tower's crops) */
-    q += z * n_q * q_stride;
-    out += z * n_q * (int64_t)n_heads * HD;
+    /* H16: q and the output are bf16 (the tower's 16-bit path), else f32 */
+    const float *q = (const float *)q_ + (H16 ? 0 : z * n_q * q_stride);
+    const __nv_bfloat16 *qh = (const __nv_bfloat16 *)q_ + (H16 ? z * n_q * q_stride : 0);
+    float *out = (float *)out_ + (H16 ? 0 : z * n_q * (int64_t)n_heads * HD);
+    __nv_bfloat16 *outh = (__nv_bfloat16 *)out_ + (H16 ? z * n_q * (int64_t)n_heads * HD : 0);
     const int64_t kvoff = z * n_kv * kv_stride + (int64_t)kvh * HD;
     const int64_t q0 = (int64_t)blockIdx.x * QT;
     const int64_t r0 = q0 + warp * 16 + g, r1 = r0 + 8; /* this lane's two query rows */
@@ -941,9 +944,18 @@ __global__ void __launch_bounds__(NW * 32)
 #pragma unroll
     for (int ks = 0; ks < KS; ks++) {
         const int d = ks * 16 + 2 * t4;
+        bool in0 = r0 < n_q, in1 = r1 < n_q;
+        if (H16) { /* two bf16 values are one 32-bit word already */
+            const __nv_bfloat16 *p0 = qh + r0 * q_stride + (int64_t)h * HD + d;
+            const __nv_bfloat16 *p1 = qh + r1 * q_stride + (int64_t)h * HD + d;
+            qa[ks][0] = in0 ? *reinterpret_cast<const uint32_t *>(p0) : 0u;
+            qa[ks][1] = in1 ? *reinterpret_cast<const uint32_t *>(p1) : 0u;
+            qa[ks][2] = in0 ? *reinterpret_cast<const uint32_t *>(p0 + 8) : 0u;
+            qa[ks][3] = in1 ? *reinterpret_cast<const uint32_t *>(p1 + 8) : 0u;
+            continue;
+        }
         const float *p0 = q + r0 * q_stride + (int64_t)h * HD + d;
         const float *p1 = q + r1 * q_stride + (int64_t)h * HD + d;
-        bool in0 = r0 < n_q, in1 = r1 < n_q;
         qa[ks][0] = pack_bf16(in0 ? p0[0] : 0.0f, in0 ? p0[1] : 0.0f);
         qa[ks][1] = pack_bf16(in1 ? p1[0] : 0.0f, in1 ? p1[1] : 0.0f);
         qa[ks][2] = pack_bf16(in0 ? p0[8] : 0.0f, in0 ? p0[9] : 0.0f);
@@ -1064,8 +1076,21 @@ __global__ void __launch_bounds__(NW * 32)
         l[row] += __shfl_xor_sync(0xffffffffu, l[row], 2);
     }
     const float inv0 = l[0] > 0.0f ? 1.0f / l[0] : 0.0f, inv1 = l[1] > 0.0f ? 1.0f / l[1] : 0.0f;
-    float *o0 = out + r0 * (int64_t)n_heads * HD + (int64_t)h * HD + 2 * t4;
-    float *o1 = out + r1 * (int64_t)n_heads * HD + (int64_t)h * HD + 2 * t4;
+    const int64_t c0 = r0 * (int64_t)n_heads * HD + (int64_t)h * HD + 2 * t4;
+    const int64_t c1 = r1 * (int64_t)n_heads * HD + (int64_t)h * HD + 2 * t4;
+    if (H16) { /* rounded as to_half rounds: the output projection's input */
+#pragma unroll
+        for (int j = 0; j < DT; j++) {
+            if (r0 < n_q)
+                *reinterpret_cast<uint32_t *>(outh + c0 + j * 8) =
+                    pack_bf16(o[j][0] * inv0, o[j][1] * inv0);
+            if (r1 < n_q)
+                *reinterpret_cast<uint32_t *>(outh + c1 + j * 8) =
+                    pack_bf16(o[j][2] * inv1, o[j][3] * inv1);
+        }
+        return;
+    }
+    float *o0 = out + c0, *o1 = out + c1;
 #pragma unroll
     for (int j = 0; j < DT; j++) {
         if (r0 < n_q) o0[j * 8] = o[j][0] * inv0, o0[j * 8 + 1] = o[j][1] * inv0;
@@ -1076,8 +1101,8 @@ __global__ void __launch_bounds__(NW * 32)
 /* Launches k_attn_mma<HD, NW, ASYNC>; the dynamic shared memory limit is
  * raised once per instance where it passes 48 KB. false: the card refused
  * (the caller falls back to the f32 kernel). */
-template <int HD, int NW, bool ASYNC>
-bool launch_mma(dim3 grid, cudaStream_t st, float *out, const float *q, int64_t q_stride,
+template <int HD, int NW, bool ASYNC, bool H16 = false>
+bool launch_mma(dim3 grid, cudaStream_t st, void *out, const void *q, int64_t q_stride,
                 vlm_dtype kvt, const void *k, const void *v, int64_t kv_stride, int64_t n_q,
                 int64_t n_kv, int n_heads, int n_kv_heads, bool causal, int64_t q_pos0, float scale,
                 bool vec) {
@@ -1085,14 +1110,14 @@ bool launch_mma(dim3 grid, cudaStream_t st, float *out, const float *q, int64_t 
     static int opted = smem <= 48 * 1024 ? 1 : 0; /* 1 yes, -1 refused */
     if (!opted) {
         cudaError_t e = cudaFuncSetAttribute(
-            k_attn_mma<HD, NW, ASYNC>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+            k_attn_mma<HD, NW, ASYNC, H16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess) (void)cudaGetLastError();
         opted = e == cudaSuccess ? 1 : -1;
     }
     if (opted < 0) return false;
-    k_attn_mma<HD, NW, ASYNC><<<grid, NW * 32, smem, st>>>(out, q, q_stride, kvt, k, v, kv_stride,
-                                                           n_q, n_kv, n_heads, n_kv_heads, causal,
-                                                           q_pos0, scale, vec);
+    k_attn_mma<HD, NW, ASYNC, H16>
+        <<<grid, NW * 32, smem, st>>>(out, q, q_stride, kvt, k, v, kv_stride, n_q, n_kv, n_heads,
+                                      n_kv_heads, causal, q_pos0, scale, vec);
     return true;
 }
 
@@ -2304,13 +2329,15 @@ static uint32_t align_of(const void *p) {
     return al;
 }
 
-/* y = xh W^T + beta y + b through cublasLtMatmul with the BIAS epilogue,
+/* y = xh W^T + beta y + b (y of type yt: f32, or bf16 rounded from the
+ * f32 result) through cublasLtMatmul with the BIAS epilogue,
  * the layouts as the cublasGemmEx call of matmul (column-major: Y is
  * out x n, W taken transposed, X in x n). False (nothing queued) when the
  * library has no handle or no algorithm for this case; the caller then
  * runs cublasGemmEx and add_bias. */
-static bool lt_matmul_bias(vlm_cuda_ctx *ctx, float *y, const void *xh, int64_t n, int64_t in,
-                           int64_t out, vlm_cuda_weight w, vlm_cuda_weight b, float beta) {
+static bool lt_matmul_bias(vlm_cuda_ctx *ctx, void *y, const void *xh, int64_t n, int64_t in,
+                           int64_t out, vlm_cuda_weight w, vlm_cuda_weight b, float beta,
+                           cudaDataType_t yt) {
     cudaDataType_t dt, bt;
     if (!ctx->lt || !b.data || !float_type(w.dtype, &dt) || !float_type(b.dtype, &bt)) return false;
     cublasLtMatmulDesc_t op = NULL;
@@ -2340,7 +2367,7 @@ static bool lt_matmul_bias(vlm_cuda_ctx *ctx, float *y, const void *xh, int64_t 
              CUBLAS_STATUS_SUCCESS &&
          cublasLtMatrixLayoutCreate(&lb, dt, (uint64_t)in, (uint64_t)n, in) ==
              CUBLAS_STATUS_SUCCESS &&
-         cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, (uint64_t)out, (uint64_t)n, out) ==
+         cublasLtMatrixLayoutCreate(&lc, yt, (uint64_t)out, (uint64_t)n, out) ==
              CUBLAS_STATUS_SUCCESS;
     ok = ok && cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
          cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
@@ -2382,7 +2409,8 @@ static vlm_status matmul_h(vlm_cuda_ctx *ctx, float *y, const void *xh, int64_t 
         return vlm_err_set(err, VLM_ERR_INVALID_ARG, "matmul_h: %lld x %lld x %lld is too large",
                            (long long)n, (long long)in, (long long)out);
     const float beta = acc_y ? 1.0f : 0.0f;
-    if (lt_matmul_bias(ctx, y, xh, n, in, out, w, b, beta)) return launched("matmul_h (Lt)", err);
+    if (lt_matmul_bias(ctx, y, xh, n, in, out, w, b, beta, CUDA_R_32F))
+        return launched("matmul_h (Lt)", err);
     (void)cudaGetLastError(); /* a refused cuBLASLt call leaves nothing to report */
     const float alpha = 1.0f;
     cudaDataType_t dt = w.dtype == VLM_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
@@ -2479,6 +2507,71 @@ vlm_status vlm_cuda_patch_embed_crops(vlm_cuda_ctx *ctx, float *x, const float *
     k_clip_embed<<<blocks_for(total, 256), 256, 0, ctx->stream>>>(
         x, tmp, class_emb.dtype, class_emb.data, pos_emb.dtype, pos_emb.data, n_crops, np, width);
     return launched("patch_embed_crops (class and positions)", err);
+}
+
+vlm_status vlm_cuda_matmul_h_out16(vlm_cuda_ctx *ctx, void *y16, const void *xh, int64_t n,
+                                   int64_t in, int64_t out, vlm_cuda_weight w, vlm_cuda_weight b,
+                                   vlm_err *err) {
+    if (n <= 0 || out <= 0) return VLM_OK;
+    if (w.dtype != VLM_DTYPE_BF16 || ctx->f32_products || n > INT32_MAX || in > INT32_MAX ||
+        out > INT32_MAX)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                           "matmul_h_out16: needs BF16 weights outside f32 mode (%lld x %lld x "
+                           "%lld)",
+                           (long long)n, (long long)in, (long long)out);
+    if (!lt_matmul_bias(ctx, y16, xh, n, in, out, w, b, 0.0f, CUDA_R_16BF)) {
+        (void)cudaGetLastError();
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                           "matmul_h_out16: cuBLASLt has no bf16-output product with this bias");
+    }
+    return launched("matmul_h_out16 (Lt)", err);
+}
+
+vlm_status vlm_cuda_attention_seqs_h(vlm_cuda_ctx *ctx, void *out16, const void *q16,
+                                     int64_t q_stride, const void *k16, const void *v16,
+                                     int64_t kv_stride, int n_seq, int64_t n_q, int64_t n_kv,
+                                     int n_heads, int n_kv_heads, int head_dim, float scale,
+                                     vlm_err *err) {
+    if (ctx->f32_products || !ctx->mma_attention || head_dim % 16 || head_dim > ATT_MAXD ||
+        n_kv_heads <= 0 || n_heads % n_kv_heads || n_seq < 1 || n_seq > 65535 || q_stride % 2 ||
+        ((uintptr_t)q16 % 4) || ((uintptr_t)out16 % 4) || ((uintptr_t)k16 % 16) ||
+        ((uintptr_t)v16 % 16) || kv_stride % 8)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                           "attention_seqs_h: head_dim %d, strides %lld / %lld, or the mode does "
+                           "not allow bf16 attention",
+                           head_dim, (long long)q_stride, (long long)kv_stride);
+    if (n_q <= 0) return VLM_OK;
+    const int64_t blocks128 = (n_q + 127) / 128 * n_heads * n_seq;
+    const int nw = blocks128 >= 2 * (int64_t)card().sms ? 8 : 4;
+    dim3 grid((unsigned)((n_q + nw * 16 - 1) / (nw * 16)), (unsigned)n_heads, (unsigned)n_seq);
+    bool ok = false;
+#define MMA_H(D)                                                                                   \
+    case D:                                                                                        \
+        ok = nw == 8                                                                               \
+                 ? launch_mma<D, 8, true, true>(grid, ctx->stream, out16, q16, q_stride,           \
+                                                VLM_DTYPE_BF16, k16, v16, kv_stride, n_q, n_kv,    \
+                                                n_heads, n_kv_heads, false, 0, scale, true)        \
+                 : launch_mma<D, 4, true, true>(grid, ctx->stream, out16, q16, q_stride,           \
+                                                VLM_DTYPE_BF16, k16, v16, kv_stride, n_q, n_kv,    \
+                                                n_heads, n_kv_heads, false, 0, scale, true);       \
+        break;
+    switch (head_dim) {
+        MMA_H(16)
+        MMA_H(32)
+        MMA_H(48)
+        MMA_H(64)
+        MMA_H(80)
+        MMA_H(96)
+        MMA_H(112)
+        MMA_H(128)
+    default:
+        break;
+    }
+#undef MMA_H
+    if (!ok)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                           "attention_seqs_h: the card refused the kernel's shared memory");
+    return launched("attention (bf16 in and out)", err);
 }
 
 } // extern "C"
