@@ -299,9 +299,12 @@ vlm_status vlm_cuda_patch_embed_crops(vlm_cuda_ctx *ctx, float *x, const float *
  * y16[n][out] = round_bf16(xh . W^T + b): BF16 W and xh, the f32 result of
  * the product and bias rounded once to bf16 (cuBLASLt's epilogue). The
  * tower's q|k|v product, so attention reads bf16 q, K and V (the values the
- * tensor-core kernel would round them to) with no rounding pass.
- * VLM_ERR_UNSUPPORTED when the weights are not BF16, in f32 mode, or when
- * cuBLASLt offers no such product: the caller keeps the f32 path. */
+ * tensor-core kernel would round them to) with no rounding pass. Where
+ * cuBLASLt offers no bf16-output product with the bias, cuBLAS with a bf16
+ * C holding the bias (rounded to bf16: exact for a bf16 checkpoint's
+ * biases) and beta 1, one rounding of the f32 sum. VLM_ERR_UNSUPPORTED
+ * when the weights are not BF16 or in f32 mode: the caller keeps the f32
+ * path. */
 vlm_status vlm_cuda_matmul_h_out16(vlm_cuda_ctx *ctx, void *y16, const void *xh, int64_t n,
                                    int64_t in, int64_t out, vlm_cuda_weight w, vlm_cuda_weight b,
                                    vlm_err *err);

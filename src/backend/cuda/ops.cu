@@ -1297,6 +1297,14 @@ __global__ void k_bias_quick_gelu_h4(void *out, const float *x, int64_t n, int64
     }
 }
 
+/* Every row of y16 [n][out] (bf16) set to the bias b[out] rounded to bf16. */
+__global__ void k_fill_rows_bf16(uint16_t *y16, int64_t n, int64_t out, vlm_dtype bt,
+                                 const void *b) {
+    for (int64_t r = blockIdx.x; r < n; r += gridDim.x)
+        for (int64_t c = threadIdx.x; c < out; c += blockDim.x)
+            y16[r * out + c] = f32_to_bf16_bits(ld_w(bt, b, c));
+}
+
 template <bool BF> __global__ void k_to_half4(void *dst, const float *src, int64_t n4) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n4;
          i += (int64_t)gridDim.x * blockDim.x) {
@@ -2519,12 +2527,30 @@ vlm_status vlm_cuda_matmul_h_out16(vlm_cuda_ctx *ctx, void *y16, const void *xh,
                            "matmul_h_out16: needs BF16 weights outside f32 mode (%lld x %lld x "
                            "%lld)",
                            (long long)n, (long long)in, (long long)out);
-    if (!lt_matmul_bias(ctx, y16, xh, n, in, out, w, b, 0.0f, CUDA_R_16BF)) {
-        (void)cudaGetLastError();
-        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
-                           "matmul_h_out16: cuBLASLt has no bf16-output product with this bias");
+    if (lt_matmul_bias(ctx, y16, xh, n, in, out, w, b, 0.0f, CUDA_R_16BF))
+        return launched("matmul_h_out16 (Lt)", err);
+    (void)cudaGetLastError(); /* a refused cuBLASLt call leaves nothing to report */
+    /* cuBLAS with a bf16 C: the rows filled with the bias (rounded to bf16:
+     * exact for the bf16 biases of a bf16 checkpoint), then y = acc + C in
+     * f32 rounded once (beta 1) */
+    float beta = 0.0f;
+    if (b.data) {
+        k_fill_rows_bf16<<<(unsigned)(n < 65535 * 16 ? n : 65535 * 16), 256, 0, ctx->stream>>>(
+            (uint16_t *)y16, n, out, b.dtype, b.data);
+        vlm_status st = launched("matmul_h_out16 (bias rows)", err);
+        if (st != VLM_OK) return st;
+        beta = 1.0f;
     }
-    return launched("matmul_h_out16 (Lt)", err);
+    const float alpha = 1.0f;
+    cublasStatus_t bs =
+        cublasGemmEx(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in, &alpha, w.data,
+                     CUDA_R_16BF, (int)in, xh, CUDA_R_16BF, (int)in, &beta, y16, CUDA_R_16BF,
+                     (int)out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (bs != CUBLAS_STATUS_SUCCESS)
+        return vlm_err_set(err, bs == CUBLAS_STATUS_ALLOC_FAILED ? VLM_ERR_NOMEM : VLM_ERR_DEVICE,
+                           "matmul_h_out16 %lld x %lld x %lld: cuBLAS: %s", (long long)n,
+                           (long long)in, (long long)out, cublasGetStatusString(bs));
+    return VLM_OK;
 }
 
 vlm_status vlm_cuda_attention_seqs_h(vlm_cuda_ctx *ctx, void *out16, const void *q16,
