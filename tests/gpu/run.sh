@@ -143,6 +143,36 @@ memcheck_run() {
       exit 3 }' "$raw" | tee -a "$LOGS/notes.txt"
   return "${PIPESTATUS[0]}"
 }
+# racecheck_run LIMIT PROGRAM: racecheck, shared-memory hazards reported.
+# cuBLAS(Lt)'s Hopper kernels (nvjet_*, the bias epilogues the tower's
+# products use) fill shared memory through the TMA and wait on mbarriers,
+# an asynchronous proxy racecheck does not model: it reports their loads
+# as racing with their own stores. Hazards whose every access lies in such
+# a library kernel (nvjet_, cutlass, cublas, xmma names) are counted and
+# accepted; any hazard that touches one of our kernels fails the step.
+racecheck_run() {
+  local limit=$1 prog=$2 raw
+  raw="$LOGS/racecheck-raw-$(basename "$prog").log"
+  timeout --kill-after=10 "$limit" env VLM_SOURCE_DIR="$ROOT" VLM_SHARED_DIR="${SHARED:-$ROOT/../shared}" \
+    VLM_BUILD_DIR="$ROOT/$BUILD" "$SAN" --tool racecheck --error-exitcode 3 "$prog" >"$raw" 2>&1
+  local rc=$?
+  cat "$raw"
+  [ $rc -eq 3 ] || return $rc
+  racecheck_filter "$(basename "$prog")" "$raw" | tee -a "$LOGS/notes.txt"
+  return "${PIPESTATUS[0]}"
+}
+racecheck_filter() { # NAME RAWLOG: 0 when every reported hazard is a library kernel's own
+  awk -v name="$1" '
+    function lib(s) { return s ~ /access at (nvjet_|cutlass|cublas|sm[0-9]+_xmma)/ }
+    /Race reported between/ { recs++; if (!lib($0)) ours++; next }
+    /^=+ +and (Read|Write) access at/ { if (!lib($0)) ours++; next }
+    END {
+      if (recs > 0 && ours == 0) {
+        printf "%s racecheck: %d hazard records, all inside cuBLAS library kernels (TMA/mbarrier, not modelled); none in ours\n", name, recs
+        exit 0 }
+      printf "%s racecheck: %d hazard records, %d accesses in our kernels\n", name, recs, ours
+      exit 3 }' "$2"
+}
 if [ "$BUILT" = 1 ]; then
   nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv \
     >"$LOGS/nvidia-smi.txt" 2>/dev/null || true
@@ -160,8 +190,7 @@ if [ "$BUILT" = 1 ]; then
         if [ "$tool" = memcheck ]; then
           step "$tool-$n" 90 memcheck_run 90 "$t"
         else
-          step "$tool-$n" 90 env VLM_SOURCE_DIR="$ROOT" VLM_SHARED_DIR="${SHARED:-$ROOT/../shared}" \
-            VLM_BUILD_DIR="$ROOT/$BUILD" "$SAN" --tool "$tool" --error-exitcode 3 "$t"
+          step "$tool-$n" 90 racecheck_run 90 "$t"
         fi
       done
     done
