@@ -417,23 +417,37 @@ def render_labels(sc):
     if sc.text is not None:
         shown = sc.text if sc.text_is_number else sc.text.upper()
         font = _font(sc.font_px)
-        ink_img = Image.new("L", (sc.w, sc.h), 0)
+        x0, y0 = sc.text_xy
+        offs = _glyph_offsets(shown, font)
+        # Everything is drawn into a crop around the text instead of the whole
+        # image (the per-glyph draws dominated the cost). The crop's origin
+        # (X0, Y0) is whole pixels and every drawing position stays positive
+        # in it (or the origin is 0), so the fractional pen positions and
+        # hence the pixels are those of drawing on the whole image.
+        boxes = [font.getbbox(shown)] + [font.getbbox(c) for c in shown]
+        lefts = [x0 + boxes[0][0]] + [x0 + off + b[0] for off, b in zip(offs, boxes[1:])]
+        rights = [x0 + boxes[0][2]] + [x0 + off + b[2] for off, b in zip(offs, boxes[1:])]
+        X0 = max(0, int(math.floor(min(lefts + [x0 + o for o in offs] + [x0]))) - 4)
+        Y0 = max(0, min(y0, y0 + min(b[1] for b in boxes) - 4))
+        X1 = min(sc.w, int(math.ceil(max(rights))) + 4)
+        Y1 = min(sc.h, int(math.ceil(y0 + max(b[3] for b in boxes))) + 4)
+        cw, ch = max(1, X1 - X0), max(1, Y1 - Y0)
+        ink_img = Image.new("L", (cw, ch), 0)
         di = ImageDraw.Draw(ink_img)
         di.fontmode = "1"
-        di.text(sc.text_xy, shown, fill=255, font=font)
+        di.text((x0 - X0, y0 - Y0), shown, fill=255, font=font)
         ink = np.asarray(ink_img) > 0
         ys, xs = np.nonzero(ink)
         owner = np.full(len(ys), -1, dtype=np.int32)
-        x0, y0 = sc.text_xy
         spans = []
-        for i, off in enumerate(_glyph_offsets(shown, font)):
-            g_img = Image.new("L", (sc.w, sc.h), 0)
+        for i, off in enumerate(offs):
+            g_img = Image.new("L", (cw, ch), 0)
             dg = ImageDraw.Draw(g_img)
             dg.fontmode = "1"
-            dg.text((x0 + off, y0), shown[i], fill=255, font=font)
+            dg.text((x0 - X0 + off, y0 - Y0), shown[i], fill=255, font=font)
             g = np.asarray(g_img) > 0
             gx = np.nonzero(g.any(axis=0))[0]
-            spans.append((gx.min() + gx.max()) / 2 if len(gx) else x0 + off)
+            spans.append((gx.min() + gx.max()) / 2 if len(gx) else x0 - X0 + off)
             hit = g[ys, xs] & (owner < 0)
             owner[hit] = i
         if np.any(owner < 0):
@@ -441,7 +455,7 @@ def render_labels(sc):
             centres = np.asarray(spans)
             owner[miss] = np.abs(xs[miss][:, None] - centres[None, :]).argmin(axis=1)
         cls = np.asarray([char_class(c) for c in shown], dtype=np.uint8)
-        out[ys, xs] = cls[owner]
+        out[Y0 + ys, X0 + xs] = cls[owner]
     return out
 
 
