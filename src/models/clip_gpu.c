@@ -295,6 +295,76 @@ bool clip_gpu_reserve_staging(clip_gpu *g, int n) {
     return staging(g, clip_gpu_staging_bytes_cfg(&g->m->cfg, n, g->has_proj ? g->d : 0)) != NULL;
 }
 
+/* One layer's q|k|v products and attention over every crop of the group
+ * (one launch), from the LayerNorm output (xb in 16 bits on the 16-bit
+ * path, h in f32 otherwise). The output is left where the output
+ * projection reads it: xb in 16 bits on the 16-bit path, att in f32
+ * otherwise. gc crops of NP rows (T = gc NP); q, k, v are consecutive
+ * [T][D] buffers ([T][3D] when q|k|v are packed). */
+static vlm_status attend(clip_gpu *g, const gpu_clip_layer *L, int gc, void *xb, float *h, float *q,
+                         float *k, float *v, float *att, float *mlp, vlm_err *err) {
+    const clip_config *c = &g->m->cfg;
+    const int64_t D = c->hidden, I = c->intermediate, NP = g->m->n_pos, T = (int64_t)gc * NP;
+    const int hd = c->hidden / c->n_heads;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const vlm_dtype ht = L->half_t;
+    const bool hp = ht != VLM_DTYPE_F32;
+    vlm_status st;
+    /* Packed BF16 q|k|v on the 16-bit path: the product writes q|k|v as
+     * bf16 into the MLP buffer (idle until fc1: [T][I] f32 holds [T][3D]
+     * bf16 when 2I >= 3D), attention reads them there and writes its
+     * output as bf16 into xb: no rounding passes. Where the kernel does not
+     * take the shapes, the f32 q|k|v below (nothing of xb was changed). */
+    if (hp && g->bf16_attn && L->qkv_w.data && ht == VLM_DTYPE_BF16 && 2 * I >= 3 * D) {
+        uint16_t *qkv16 = (uint16_t *)mlp;
+        vlm_err e2 = {0};
+        st = vlm_cuda_matmul_h_out16(g->ctx, qkv16, xb, T, D, 3 * D, L->qkv_w, L->qkv_b, &e2);
+        if (st == VLM_OK)
+            st =
+                vlm_cuda_attention_seqs_h(g->ctx, xb, qkv16, 3 * D, qkv16 + D, qkv16 + 2 * D, 3 * D,
+                                          gc, NP, NP, c->n_heads, c->n_heads, hd, scale, &e2);
+        if (st != VLM_ERR_UNSUPPORTED) {
+            if (st != VLM_OK) *err = e2;
+            return st;
+        }
+    }
+    int64_t qs = D;
+    if (L->qkv_w.data) {
+        qs = 3 * D;
+        if (hp)
+            RUN(vlm_cuda_matmul_h(g->ctx, q, xb, T, D, 3 * D, L->qkv_w, L->qkv_b, err));
+        else
+            RUN(vlm_cuda_matmul(g->ctx, q, h, T, D, 3 * D, L->qkv_w, L->qkv_b, err));
+    } else if (hp) {
+        RUN(vlm_cuda_matmul_h(g->ctx, q, xb, T, D, D, L->q_w, L->q_b, err));
+        RUN(vlm_cuda_matmul_h(g->ctx, k, xb, T, D, D, L->k_w, L->k_b, err));
+        RUN(vlm_cuda_matmul_h(g->ctx, v, xb, T, D, D, L->v_w, L->v_b, err));
+    } else {
+        RUN(vlm_cuda_matmul(g->ctx, q, h, T, D, D, L->q_w, L->q_b, err));
+        RUN(vlm_cuda_matmul(g->ctx, k, h, T, D, D, L->k_w, L->k_b, err));
+        RUN(vlm_cuda_matmul(g->ctx, v, h, T, D, D, L->v_w, L->v_b, err));
+    }
+    const float *kp = L->qkv_w.data ? q + D : k, *vp = L->qkv_w.data ? q + 2 * D : v;
+    vlm_cuda_weight kw = {VLM_DTYPE_F32, kp}, vw = {VLM_DTYPE_F32, vp};
+    int64_t kvs = qs;
+    if (hp && g->bf16_attn) {
+        /* K and V rounded to bf16 once, into h (unused by the 16-bit path:
+         * [T][D] f32 holds [2][T][D] bf16), so the tensor-core attention
+         * streams half the bytes with cp.async instead of rounding every
+         * tile for each of a head's query blocks: the same rounding it does
+         * itself, so the same result */
+        uint16_t *kb = (uint16_t *)h, *vb = kb + T * D;
+        RUN(vlm_cuda_store_rows_strided(g->ctx, kb, VLM_DTYPE_BF16, 0, kp, qs, T, D, err));
+        RUN(vlm_cuda_store_rows_strided(g->ctx, vb, VLM_DTYPE_BF16, 0, vp, qs, T, D, err));
+        kw = (vlm_cuda_weight){VLM_DTYPE_BF16, kb};
+        vw = (vlm_cuda_weight){VLM_DTYPE_BF16, vb};
+        kvs = D;
+    }
+    RUN(vlm_cuda_attention_seqs(g->ctx, att, q, qs, kw, vw, kvs, gc, NP, NP, c->n_heads, c->n_heads,
+                                hd, false, 0, scale, g->bf16_attn, err));
+    return hp ? vlm_cuda_to_half(g->ctx, xb, ht, att, T * D, err) : VLM_OK;
+}
+
 /* One group of gc crops, as clip_encode_group; with out NULL the features
  * stay on the device (rows 1.. of each crop of the activations' x). The
  * layout is clip_gpu_layout_cfg's (the planner counts the same). */
@@ -304,7 +374,6 @@ static vlm_status encode_group(clip_gpu *g, cpu_pool *pool, const float *pixels,
     const clip_config *c = &m->cfg;
     const int64_t D = c->hidden, I = c->intermediate, NP = m->n_pos, G2 = NP - 1;
     const int64_t T = (int64_t)gc * NP, S = c->image_size, P = c->patch_size;
-    const int hd = c->hidden / c->n_heads;
     const int64_t proj_d = g->has_proj ? g->d : 0;
     clip_gpu_layout lo;
     clip_gpu_layout_cfg(c, gc, proj_d, &lo);
@@ -328,87 +397,19 @@ static vlm_status encode_group(clip_gpu *g, cpu_pool *pool, const float *pixels,
     RUN(vlm_cuda_patch_embed_crops(g->ctx, x, px, gc, (int)S, (int)P, D, g->patch_w, g->class_emb,
                                    g->pos_emb, mlp, h, err));
     RUN(vlm_cuda_layernorm(g->ctx, x, x, T, D, g->pre_ln_w, g->pre_ln_b, c->ln_eps, err));
-    const float scale = 1.0f / sqrtf((float)hd);
     for (int l = 0; l < m->n_run; l++) {
         const gpu_clip_layer *L = &g->L[l];
         const vlm_dtype ht = L->half_t;
         const bool hp = ht != VLM_DTYPE_F32;
-        /* q | k | v (one product into [T][3D] when packed: q, k, v are
-         * consecutive), attention over every crop in one launch */
         if (hp)
             RUN(vlm_cuda_layernorm_h(g->ctx, xb, ht, x, T, D, L->ln1_w, L->ln1_b, c->ln_eps, err));
         else
             RUN(vlm_cuda_layernorm(g->ctx, h, x, T, D, L->ln1_w, L->ln1_b, c->ln_eps, err));
-        /* The 16-bit path with packed BF16 q|k|v: the product writes q|k|v
-         * as bf16 into the MLP buffer (idle until fc1: [T][I] f32 holds
-         * [T][3D] bf16 when 2I >= 3D), attention reads them there and writes
-         * its output as bf16 into xb, the output projection's input: no
-         * rounding passes. Where cuBLASLt or the kernel does not take it,
-         * the f32 q|k|v below. */
-        if (hp && g->bf16_attn && L->qkv_w.data && ht == VLM_DTYPE_BF16 && 2 * I >= 3 * D) {
-            uint16_t *qkv16 = (uint16_t *)mlp;
-            vlm_err e2 = {0};
-            st = vlm_cuda_matmul_h_out16(g->ctx, qkv16, xb, T, D, 3 * D, L->qkv_w, L->qkv_b, &e2);
-            if (st == VLM_OK)
-                st = vlm_cuda_attention_seqs_h(g->ctx, xb, qkv16, 3 * D, qkv16 + D, qkv16 + 2 * D,
-                                               3 * D, gc, NP, NP, c->n_heads, c->n_heads, hd, scale,
-                                               &e2);
-            if (st == VLM_OK) {
-                RUN(vlm_cuda_matmul_h_acc(g->ctx, x, xb, T, D, D, L->o_w, L->o_b, err));
-                RUN(vlm_cuda_layernorm_h(g->ctx, xb, ht, x, T, D, L->ln2_w, L->ln2_b, c->ln_eps,
-                                         err));
-                const vlm_cuda_weight none = {VLM_DTYPE_F32, NULL};
-                RUN(vlm_cuda_matmul_h(g->ctx, mlp, xb, T, D, I, L->fc1_w, none, err));
-                RUN(vlm_cuda_bias_quick_gelu_h(g->ctx, xb, ht, mlp, T, I, L->fc1_b, err));
-                RUN(vlm_cuda_matmul_h_acc(g->ctx, x, xb, T, I, D, L->fc2_w, L->fc2_b, err));
-                continue;
-            }
-            if (st != VLM_ERR_UNSUPPORTED) {
-                *err = e2;
-                return st;
-            }
-            /* refused before anything was queued that changes xb: the f32
-             * path below recomputes q|k|v from it */
-        }
-        int64_t qs = D;
-        if (L->qkv_w.data) {
-            qs = 3 * D;
-            if (hp)
-                RUN(vlm_cuda_matmul_h(g->ctx, q, xb, T, D, 3 * D, L->qkv_w, L->qkv_b, err));
-            else
-                RUN(vlm_cuda_matmul(g->ctx, q, h, T, D, 3 * D, L->qkv_w, L->qkv_b, err));
-        } else if (hp) {
-            RUN(vlm_cuda_matmul_h(g->ctx, q, xb, T, D, D, L->q_w, L->q_b, err));
-            RUN(vlm_cuda_matmul_h(g->ctx, k, xb, T, D, D, L->k_w, L->k_b, err));
-            RUN(vlm_cuda_matmul_h(g->ctx, v, xb, T, D, D, L->v_w, L->v_b, err));
-        } else {
-            RUN(vlm_cuda_matmul(g->ctx, q, h, T, D, D, L->q_w, L->q_b, err));
-            RUN(vlm_cuda_matmul(g->ctx, k, h, T, D, D, L->k_w, L->k_b, err));
-            RUN(vlm_cuda_matmul(g->ctx, v, h, T, D, D, L->v_w, L->v_b, err));
-        }
-        const float *kp = L->qkv_w.data ? q + D : k, *vp = L->qkv_w.data ? q + 2 * D : v;
-        vlm_cuda_weight kw = {VLM_DTYPE_F32, kp}, vw = {VLM_DTYPE_F32, vp};
-        int64_t kvs = qs;
-        if (hp && g->bf16_attn) {
-            /* K and V rounded to bf16 once, into h (unused by the 16-bit
-             * path: [T][D] f32 holds [2][T][D] bf16), so the tensor-core
-             * attention streams half the bytes with cp.async instead of
-             * rounding every tile for each of a head's query blocks: the
-             * same rounding it does itself, so the same result */
-            uint16_t *kb = (uint16_t *)h, *vb = kb + T * D;
-            RUN(vlm_cuda_store_rows_strided(g->ctx, kb, VLM_DTYPE_BF16, 0, kp, qs, T, D, err));
-            RUN(vlm_cuda_store_rows_strided(g->ctx, vb, VLM_DTYPE_BF16, 0, vp, qs, T, D, err));
-            kw = (vlm_cuda_weight){VLM_DTYPE_BF16, kb};
-            vw = (vlm_cuda_weight){VLM_DTYPE_BF16, vb};
-            kvs = D;
-        }
-        RUN(vlm_cuda_attention_seqs(g->ctx, att, q, qs, kw, vw, kvs, gc, NP, NP, c->n_heads,
-                                    c->n_heads, hd, false, 0, scale, g->bf16_attn, err));
+        RUN(attend(g, L, gc, xb, h, q, k, v, att, mlp, err));
         if (hp) {
             /* x += att Wo^T + bo (bias in the product's epilogue); then the
              * MLP: LN2 -> 16 bits, fc1 (f32 out), bias + quick-GELU -> 16
              * bits, x += fc2 (+ bias) */
-            RUN(vlm_cuda_to_half(g->ctx, xb, ht, att, T * D, err));
             RUN(vlm_cuda_matmul_h_acc(g->ctx, x, xb, T, D, D, L->o_w, L->o_b, err));
             RUN(vlm_cuda_layernorm_h(g->ctx, xb, ht, x, T, D, L->ln2_w, L->ln2_b, c->ln_eps, err));
             const vlm_cuda_weight none = {VLM_DTYPE_F32, NULL};
