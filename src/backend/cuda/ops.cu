@@ -81,6 +81,38 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+/* Card facts the launches use, read once: multiprocessors, whether
+ * programmatic dependent launch is there (sm_90+, VLM_CUDA_PDL=0 turns it
+ * off), VLM_GEMV_WS (1, 2 or 4 warps a row: a fixed choice, for measuring)
+ * VLM_CUDA_ATTN_ASYNC=0 (the tensor-core attention loads its K/V tiles
+ * synchronously) and VLM_CUDA_DEC_GROUPS=0 (decode attention on the
+ * one-key-per-warp-step kernel), for measuring. */
+struct card_facts {
+    int sms = 0, fixed_ws = 0;
+    bool pdl = false, attn_async = true, dec_groups = true;
+    card_facts() {
+        int dev = 0, major = 0;
+        if (cudaGetDevice(&dev) == cudaSuccess) {
+            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+        }
+        (void)cudaGetLastError();
+        const char *e = getenv("VLM_CUDA_PDL");
+        pdl = major >= 9 && !(e && e[0] == '0');
+        const char *a = getenv("VLM_CUDA_ATTN_ASYNC");
+        attn_async = !(a && a[0] == '0');
+        const char *dg = getenv("VLM_CUDA_DEC_GROUPS");
+        dec_groups = !(dg && dg[0] == '0');
+        const char *w = getenv("VLM_GEMV_WS");
+        if (w && (w[0] == '1' || w[0] == '2' || w[0] == '4') && !w[1]) fixed_ws = w[0] - '0';
+    }
+};
+
+const card_facts &card() {
+    static const card_facts c; /* thread-safe initialisation (C++11) */
+    return c;
+}
+
 /* Sum over a block of blockDim.x (a multiple of 32, <= 1024) threads; every
  * thread gets the total. sh: 32 floats. */
 __device__ float block_sum(float v, float *sh) {
@@ -210,6 +242,22 @@ __global__ void k_layernorm_h(void *out, bool bf16, const float *x, int64_t dim,
     }
 }
 
+/* Four floats rounded to bf16 (BF) or f16, round to nearest even, as one
+ * 8-byte word in memory order: the 16-bit outputs of the row kernels. */
+template <bool BF> __device__ __forceinline__ uint2 pack4_half(float a, float b, float c, float d) {
+    uint2 u;
+    if (BF) {
+        __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
+        u.x = *reinterpret_cast<uint32_t *>(&lo);
+        u.y = *reinterpret_cast<uint32_t *>(&hi);
+    } else {
+        __half2 lo = __floats2half2_rn(a, b), hi = __floats2half2_rn(c, d);
+        u.x = *reinterpret_cast<uint32_t *>(&lo);
+        u.y = *reinterpret_cast<uint32_t *>(&hi);
+    }
+    return u;
+}
+
 /* LayerNorm with a warp per row for rows of 128 VPL floats (the vision
  * tower's 1024: VPL 8): the row lives in the lane's registers (VPL float4s,
  * lane l holding floats 4 (l + 32 j) ..), mean and variance are warp sums
@@ -252,18 +300,8 @@ __global__ void __launch_bounds__(256)
         const int64_t o = row * dim + i;
         if (OUT == 0) {
             *(float4 *)((float *)out + o) = make_float4(y0, y1, y2, y3);
-        } else if (OUT == 1) {
-            __nv_bfloat162 a = __floats2bfloat162_rn(y0, y1), c = __floats2bfloat162_rn(y2, y3);
-            uint2 u;
-            u.x = *reinterpret_cast<uint32_t *>(&a);
-            u.y = *reinterpret_cast<uint32_t *>(&c);
-            *(uint2 *)((__nv_bfloat16 *)out + o) = u;
         } else {
-            __half2 a = __floats2half2_rn(y0, y1), c = __floats2half2_rn(y2, y3);
-            uint2 u;
-            u.x = *reinterpret_cast<uint32_t *>(&a);
-            u.y = *reinterpret_cast<uint32_t *>(&c);
-            *(uint2 *)((__half *)out + o) = u;
+            *(uint2 *)((uint16_t *)out + o) = pack4_half<OUT == 1>(y0, y1, y2, y3);
         }
     }
 }
@@ -1122,17 +1160,53 @@ bool launch_mma(dim3 grid, cudaStream_t st, void *out, const void *q, int64_t q_
 }
 
 template <int HD>
-bool launch_mma_hd(int nw, bool async, dim3 grid, cudaStream_t st, float *out, const float *q,
-                   int64_t q_stride, vlm_dtype kvt, const void *k, const void *v, int64_t kv_stride,
-                   int64_t n_q, int64_t n_kv, int n_heads, int n_kv_heads, bool causal,
-                   int64_t q_pos0, float scale, bool vec) {
+bool launch_mma_hd(int nw, bool async, bool h16, dim3 grid, cudaStream_t st, void *out,
+                   const void *q, int64_t q_stride, vlm_dtype kvt, const void *k, const void *v,
+                   int64_t kv_stride, int64_t n_q, int64_t n_kv, int n_heads, int n_kv_heads,
+                   bool causal, int64_t q_pos0, float scale, bool vec) {
 #define MMA_ARGS                                                                                   \
     grid, st, out, q, q_stride, kvt, k, v, kv_stride, n_q, n_kv, n_heads, n_kv_heads, causal,      \
         q_pos0, scale, vec
+    if (h16) /* bf16 q and output: only with bf16 K/V through cp.async */
+        return nw == 8 ? launch_mma<HD, 8, true, true>(MMA_ARGS)
+                       : launch_mma<HD, 4, true, true>(MMA_ARGS);
     if (nw == 8)
         return async ? launch_mma<HD, 8, true>(MMA_ARGS) : launch_mma<HD, 8, false>(MMA_ARGS);
     return async ? launch_mma<HD, 4, true>(MMA_ARGS) : launch_mma<HD, 4, false>(MMA_ARGS);
 #undef MMA_ARGS
+}
+
+/* The tensor-core attention for n_seq sequences: 128 queries a block (8
+ * warps) where that still gives two blocks an SM, so K and V pass through
+ * shared memory half as often as with 64 (the vision tower's 17 x 16 x 5
+ * blocks); 64 otherwise (prefill chunks: 32 heads x 13 blocks of 64 at 800
+ * tokens). false: head_dim has no instance or the card refused its shared
+ * memory (nothing launched). */
+bool mma_attention(cudaStream_t st, bool async, bool h16, void *out, const void *q,
+                   int64_t q_stride, vlm_dtype kvt, const void *k, const void *v, int64_t kv_stride,
+                   int n_seq, int64_t n_q, int64_t n_kv, int n_heads, int n_kv_heads, int head_dim,
+                   bool causal, int64_t q_pos0, float scale, bool vec) {
+    const int64_t blocks128 = (n_q + 127) / 128 * n_heads * n_seq;
+    const int nw = blocks128 >= 2 * (int64_t)card().sms ? 8 : 4;
+    const dim3 grid((unsigned)((n_q + nw * 16 - 1) / (nw * 16)), (unsigned)n_heads,
+                    (unsigned)n_seq);
+#define MMA_CASE(D)                                                                                \
+    case D:                                                                                        \
+        return launch_mma_hd<D>(nw, async, h16, grid, st, out, q, q_stride, kvt, k, v, kv_stride,  \
+                                n_q, n_kv, n_heads, n_kv_heads, causal, q_pos0, scale, vec);
+    switch (head_dim) {
+        MMA_CASE(16)
+        MMA_CASE(32)
+        MMA_CASE(48)
+        MMA_CASE(64)
+        MMA_CASE(80)
+        MMA_CASE(96)
+        MMA_CASE(112)
+        MMA_CASE(128)
+    default:
+        return false;
+    }
+#undef MMA_CASE
 }
 
 /* One warp per (query, head): merge the splits' partial softmaxes. */
@@ -1281,18 +1355,7 @@ __global__ void k_bias_quick_gelu_h4(void *out, const float *x, int64_t n, int64
                 const float t = v[e] + (b ? ld_w(bt, b, 4 * c + e) : 0.0f);
                 gl[e] = t / (1.0f + expf(-1.702f * t));
             }
-            uint2 u;
-            if (BF) {
-                __nv_bfloat162 a = __floats2bfloat162_rn(gl[0], gl[1]);
-                __nv_bfloat162 d = __floats2bfloat162_rn(gl[2], gl[3]);
-                u.x = *reinterpret_cast<uint32_t *>(&a);
-                u.y = *reinterpret_cast<uint32_t *>(&d);
-            } else {
-                __half2 a = __floats2half2_rn(gl[0], gl[1]), d = __floats2half2_rn(gl[2], gl[3]);
-                u.x = *reinterpret_cast<uint32_t *>(&a);
-                u.y = *reinterpret_cast<uint32_t *>(&d);
-            }
-            orow[c] = u;
+            orow[c] = pack4_half<BF>(gl[0], gl[1], gl[2], gl[3]);
         }
     }
 }
@@ -1309,17 +1372,7 @@ template <bool BF> __global__ void k_to_half4(void *dst, const float *src, int64
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n4;
          i += (int64_t)gridDim.x * blockDim.x) {
         const float4 v = ((const float4 *)src)[i];
-        uint2 u;
-        if (BF) {
-            __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), d = __floats2bfloat162_rn(v.z, v.w);
-            u.x = *reinterpret_cast<uint32_t *>(&a);
-            u.y = *reinterpret_cast<uint32_t *>(&d);
-        } else {
-            __half2 a = __floats2half2_rn(v.x, v.y), d = __floats2half2_rn(v.z, v.w);
-            u.x = *reinterpret_cast<uint32_t *>(&a);
-            u.y = *reinterpret_cast<uint32_t *>(&d);
-        }
-        ((uint2 *)dst)[i] = u;
+        ((uint2 *)dst)[i] = pack4_half<BF>(v.x, v.y, v.z, v.w);
     }
 }
 
@@ -1700,38 +1753,6 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     }
 }
 
-/* Card facts the launches use, read once: multiprocessors, whether
- * programmatic dependent launch is there (sm_90+, VLM_CUDA_PDL=0 turns it
- * off), VLM_GEMV_WS (1, 2 or 4 warps a row: a fixed choice, for measuring)
- * VLM_CUDA_ATTN_ASYNC=0 (the tensor-core attention loads its K/V tiles
- * synchronously) and VLM_CUDA_DEC_GROUPS=0 (decode attention on the
- * one-key-per-warp-step kernel), for measuring. */
-struct gemv_card {
-    int sms = 0, fixed_ws = 0;
-    bool pdl = false, attn_async = true, dec_groups = true;
-    gemv_card() {
-        int dev = 0, major = 0;
-        if (cudaGetDevice(&dev) == cudaSuccess) {
-            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-        }
-        (void)cudaGetLastError();
-        const char *e = getenv("VLM_CUDA_PDL");
-        pdl = major >= 9 && !(e && e[0] == '0');
-        const char *a = getenv("VLM_CUDA_ATTN_ASYNC");
-        attn_async = !(a && a[0] == '0');
-        const char *dg = getenv("VLM_CUDA_DEC_GROUPS");
-        dec_groups = !(dg && dg[0] == '0');
-        const char *w = getenv("VLM_GEMV_WS");
-        if (w && (w[0] == '1' || w[0] == '2' || w[0] == '4') && !w[1]) fixed_ws = w[0] - '0';
-    }
-};
-
-const gemv_card &card() {
-    static const gemv_card c; /* thread-safe initialisation (C++11) */
-    return c;
-}
-
 /* Warps per row of k_gemv16: enough rows in flight for the 132 SMs of an
  * H100 at ~24+ warps each (qkv 9216, gate_up 16384, lm_head 32064 rows: one
  * warp; o and down, 3072 rows: two; small test shapes: four). Measured on
@@ -1739,7 +1760,7 @@ const gemv_card &card() {
  * slower (gate_up 80% -> 51% of the copy bandwidth at four). VLM_GEMV_WS
  * fixes it for measuring. */
 int gemv_warps_per_row(int64_t out) {
-    const gemv_card &c = card();
+    const card_facts &c = card();
     if (c.fixed_ws) return c.fixed_ws;
     return out >= 6144 ? 1 : out >= 1536 ? 2 : 4;
 }
@@ -1846,24 +1867,11 @@ vlm_status vlm_cuda_rmsnorm(vlm_cuda_ctx *ctx, float *out, const float *x, int64
                             vlm_cuda_weight w, float eps, vlm_err *err) {
     if (n <= 0) return VLM_OK;
     if (dim % 1024 == 0 && dim <= 4096 && ((uintptr_t)x % 16) == 0 && ((uintptr_t)out % 16) == 0) {
-        switch (dim / 1024) {
-        case 1:
-            launch_pdl(k_rmsnorm_rows<1>, dim3((unsigned)n), 256u, ctx->stream, out, x, w.dtype,
-                       w.data, eps);
-            return launched("rmsnorm", err);
-        case 2:
-            launch_pdl(k_rmsnorm_rows<2>, dim3((unsigned)n), 256u, ctx->stream, out, x, w.dtype,
-                       w.data, eps);
-            return launched("rmsnorm", err);
-        case 3:
-            launch_pdl(k_rmsnorm_rows<3>, dim3((unsigned)n), 256u, ctx->stream, out, x, w.dtype,
-                       w.data, eps);
-            return launched("rmsnorm", err);
-        default:
-            launch_pdl(k_rmsnorm_rows<4>, dim3((unsigned)n), 256u, ctx->stream, out, x, w.dtype,
-                       w.data, eps);
-            return launched("rmsnorm", err);
-        }
+        void (*const rows[4])(float *, const float *, vlm_dtype, const void *, float) = {
+            k_rmsnorm_rows<1>, k_rmsnorm_rows<2>, k_rmsnorm_rows<3>, k_rmsnorm_rows<4>};
+        launch_pdl(rows[dim / 1024 - 1], dim3((unsigned)n), 256u, ctx->stream, out, x, w.dtype,
+                   w.data, eps);
+        return launched("rmsnorm", err);
     }
     launch_pdl(k_rmsnorm, dim3((unsigned)n), (unsigned)norm_threads(dim), ctx->stream, out, x, dim,
                w.dtype, w.data, eps);
@@ -1986,13 +1994,6 @@ static vlm_status attention(vlm_cuda_ctx *ctx, float *out, const float *q, int64
      * them off too); the f32 kernels otherwise. */
     if (bf16_inputs && ctx->mma_attention && !ctx->f32_products && n_q >= FA_MIN_Q &&
         head_dim % 16 == 0) {
-        /* 128 queries a block (8 warps) where that still gives two blocks
-         * an SM: K and V pass through shared memory half as often as with
-         * 64 (the vision tower's 17 x 16 x 5 blocks); 64 otherwise (prefill
-         * chunks: 32 heads x 13 blocks of 64 at 800 tokens). */
-        const int64_t blocks128 = (n_q + 127) / 128 * n_heads * n_seq;
-        const int nw = blocks128 >= 2 * (int64_t)card().sms ? 8 : 4;
-        dim3 mgrid((unsigned)((n_q + nw * 16 - 1) / (nw * 16)), (unsigned)n_heads, (unsigned)n_seq);
         const size_t esz = k.dtype == VLM_DTYPE_BF16 ? 2 : 4;
         /* f32 rows: one 16-byte load per 4 values where every row start
          * allows it; bf16 rows: cp.async of 8 values where every row start
@@ -2001,26 +2002,9 @@ static vlm_status attention(vlm_cuda_ctx *ctx, float *out, const float *q, int64
                          ((uintptr_t)v.data % (4 * esz)) == 0 && kv_stride % 4 == 0;
         const bool async = k.dtype == VLM_DTYPE_BF16 && ((uintptr_t)k.data % 16) == 0 &&
                            ((uintptr_t)v.data % 16) == 0 && kv_stride % 8 == 0 && card().attn_async;
-        bool ok = false;
-#define MMA_CASE(D)                                                                                \
-    case D:                                                                                        \
-        ok = launch_mma_hd<D>(nw, async, mgrid, ctx->stream, out, q, q_stride, k.dtype, k.data,    \
-                              v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads, causal, q_pos0,   \
-                              scale, vec);                                                         \
-        break;
-        switch (head_dim) {
-            MMA_CASE(16)
-            MMA_CASE(32)
-            MMA_CASE(48)
-            MMA_CASE(64)
-            MMA_CASE(80)
-            MMA_CASE(96)
-            MMA_CASE(112)
-            MMA_CASE(128)
-        default:
-            break;
-        }
-#undef MMA_CASE
+        const bool ok = mma_attention(ctx->stream, async, false, out, q, q_stride, k.dtype, k.data,
+                                      v.data, kv_stride, n_seq, n_q, n_kv, n_heads, n_kv_heads,
+                                      head_dim, causal, q_pos0, scale, vec);
         if (ok) return launched("attention (tensor cores)", err);
     }
     if (n_q >= FA_MIN_Q) { /* prefill chunks, the vision tower: K/V tiles shared by 16 queries */
@@ -2567,33 +2551,9 @@ vlm_status vlm_cuda_attention_seqs_h(vlm_cuda_ctx *ctx, void *out16, const void 
                            "not allow bf16 attention",
                            head_dim, (long long)q_stride, (long long)kv_stride);
     if (n_q <= 0) return VLM_OK;
-    const int64_t blocks128 = (n_q + 127) / 128 * n_heads * n_seq;
-    const int nw = blocks128 >= 2 * (int64_t)card().sms ? 8 : 4;
-    dim3 grid((unsigned)((n_q + nw * 16 - 1) / (nw * 16)), (unsigned)n_heads, (unsigned)n_seq);
-    bool ok = false;
-#define MMA_H(D)                                                                                   \
-    case D:                                                                                        \
-        ok = nw == 8                                                                               \
-                 ? launch_mma<D, 8, true, true>(grid, ctx->stream, out16, q16, q_stride,           \
-                                                VLM_DTYPE_BF16, k16, v16, kv_stride, n_q, n_kv,    \
-                                                n_heads, n_kv_heads, false, 0, scale, true)        \
-                 : launch_mma<D, 4, true, true>(grid, ctx->stream, out16, q16, q_stride,           \
-                                                VLM_DTYPE_BF16, k16, v16, kv_stride, n_q, n_kv,    \
-                                                n_heads, n_kv_heads, false, 0, scale, true);       \
-        break;
-    switch (head_dim) {
-        MMA_H(16)
-        MMA_H(32)
-        MMA_H(48)
-        MMA_H(64)
-        MMA_H(80)
-        MMA_H(96)
-        MMA_H(112)
-        MMA_H(128)
-    default:
-        break;
-    }
-#undef MMA_H
+    const bool ok = mma_attention(ctx->stream, true, true, out16, q16, q_stride, VLM_DTYPE_BF16,
+                                  k16, v16, kv_stride, n_seq, n_q, n_kv, n_heads, n_kv_heads,
+                                  head_dim, false, 0, scale, true);
     if (!ok)
         return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
                            "attention_seqs_h: the card refused the kernel's shared memory");
