@@ -96,12 +96,14 @@ def make_config():
 
 
 # --- preprocessing (port of the published Phi3V image processor) -------------
-def hd_transform(img, num_crops):
-    w, h = img.size
+def hd_geometry(w, h, num_crops):
+    """The HD transform's geometry for a w x h image: (trans, new_w, new_h,
+    tar, top). Portrait images (trans) are handled transposed: the (possibly
+    transposed) image is resized to new_w x new_h, then padded to tar rows
+    with top rows of white above."""
     trans = w < h
     if trans:
-        img = img.transpose(Image.TRANSPOSE)
-        w, h = img.size
+        w, h = h, w
     ratio = w / h
     scale = 1
     while scale * math.ceil(scale / ratio) <= num_crops:
@@ -109,9 +111,15 @@ def hd_transform(img, num_crops):
     scale -= 1
     new_w = int(scale * CROP)
     new_h = int(new_w / ratio)
-    img = TF.resize(img, [new_h, new_w])  # PIL bilinear on a PIL image
     tar = int(math.ceil(new_h / CROP) * CROP)
-    top = int((tar - new_h) / 2)
+    return trans, new_w, new_h, tar, int((tar - new_h) / 2)
+
+
+def hd_transform(img, num_crops):
+    trans, new_w, new_h, tar, top = hd_geometry(*img.size, num_crops)
+    if trans:
+        img = img.transpose(Image.TRANSPOSE)
+    img = TF.resize(img, [new_h, new_w])  # PIL bilinear on a PIL image
     bottom = tar - new_h - top
     img = TF.pad(img, [0, top, 0, bottom], fill=[255, 255, 255])
     if trans:

@@ -245,21 +245,10 @@ def hd_labels(lab, num_crops=NUM_CROPS):
     Returns uint8 [H, W], H and W multiples of 336, the HD frame's size."""
     from PIL import Image
     img = Image.fromarray(lab, mode="L")
-    w, h = img.size
-    trans = w < h
+    trans, new_w, new_h, tar, top = R.hd_geometry(*img.size, num_crops)
     if trans:
         img = img.transpose(Image.TRANSPOSE)
-        w, h = img.size
-    ratio = w / h
-    scale = 1
-    while scale * math.ceil(scale / ratio) <= num_crops:
-        scale += 1
-    scale -= 1
-    new_w = int(scale * CROP)
-    new_h = int(new_w / ratio)
     img = img.resize((new_w, new_h), Image.NEAREST)
-    tar = int(math.ceil(new_h / CROP) * CROP)
-    top = int((tar - new_h) / 2)
     out = np.zeros((tar, new_w), dtype=np.uint8)
     out[top:top + new_h] = np.asarray(img)
     return np.ascontiguousarray(out.T) if trans else out
@@ -311,24 +300,6 @@ def patch_labels(hd, mode="cover"):
     return np.concatenate([glb, tiles], 0)
 
 
-def hd_geometry(w, h, num_crops=NUM_CROPS):
-    """R.hd_transform's geometry for a w x h image: (trans, new_w, new_h, tar,
-    top) in the transposed frame when trans (portrait): resized to new_w x
-    new_h, padded to tar rows with top rows of white above."""
-    trans = w < h
-    if trans:
-        w, h = h, w
-    ratio = w / h
-    scale = 1
-    while scale * math.ceil(scale / ratio) <= num_crops:
-        scale += 1
-    scale -= 1
-    new_w = int(scale * CROP)
-    new_h = int(new_w / ratio)
-    tar = int(math.ceil(new_h / CROP) * CROP)
-    return trans, new_w, new_h, tar, int((tar - new_h) / 2)
-
-
 _NEAREST = {}
 
 
@@ -349,7 +320,7 @@ def hd_source_index(w, h, num_crops=NUM_CROPS):
     """For the HD frame [H, W] of a w x h image: the source row of each HD row
     and the source column of each HD column (hd_labels' NEAREST resize), with
     h (rows) or w (columns) where the frame is padding."""
-    trans, new_w, new_h, tar, top = hd_geometry(w, h, num_crops)
+    trans, new_w, new_h, tar, top = R.hd_geometry(w, h, num_crops)
     if not trans:  # resized to new_w x new_h, rows padded
         ri = np.full(tar, h, dtype=np.int64)
         ri[top:top + new_h] = nearest_index(h, new_h)
