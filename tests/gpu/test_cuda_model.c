@@ -71,6 +71,23 @@ static vlm_status open_session(arch_model *m, int64_t chunk, session **s, vlm_er
     return session_create(m, &o, s, err);
 }
 
+/* n greedy tokens of s into out (the fixture's 300-token vocabulary). */
+static void greedy(session *s, int n, int32_t *out) {
+    vlm_err err;
+    sampler_params sp;
+    sampler_params_init(&sp);
+    sampler *smp = NULL;
+    assert_int_equal(sampler_create(&sp, 300, &smp, &err), VLM_OK);
+    int n_out = 0;
+    session_stop why;
+    gen_options g = {n, NULL, 0, NULL, NULL};
+    vlm_status st = session_generate(s, smp, &g, out, &n_out, &why, &err);
+    if (st != VLM_OK) fprintf(stderr, "%s\n", err.msg);
+    assert_int_equal(st, VLM_OK);
+    assert_int_equal(n_out, n);
+    sampler_free(smp);
+}
+
 /* Image rows of the fixture image "a" (the CPU vision tower). */
 static float *encode(arch_model *m, int *n_rows) {
     float *px = fx_f32(R.E, "img_a.pixels", NULL);
@@ -164,23 +181,12 @@ static void test_greedy(void **state) {
         else
             assert_non_null(s->kv->kv.k);
         assert_int_equal(session_append(s, ids, (int64_t)n, rows, nr, NULL, &err), VLM_OK);
-        sampler_params sp;
-        sampler_params_init(&sp);
-        sampler *smp = NULL;
-        assert_int_equal(sampler_create(&sp, 300, &smp, &err), VLM_OK);
         int32_t out[64];
-        int n_out;
-        session_stop why;
-        gen_options g = {(int)ng, NULL, 0, NULL, NULL};
-        vlm_status st = session_generate(s, smp, &g, out, &n_out, &why, &err);
-        if (st != VLM_OK) fprintf(stderr, "%s\n", err.msg);
-        assert_int_equal(st, VLM_OK);
-        assert_int_equal(n_out, (int)ng);
+        greedy(s, (int)ng, out);
         int same = 0;
-        while (same < n_out && out[same] == want[same]) same++;
-        printf("%-12s greedy: %d of %d ids as PyTorch\n", PLACE_NAMES[p], same, n_out);
+        while (same < (int)ng && out[same] == want[same]) same++;
+        printf("%-12s greedy: %d of %d ids as PyTorch\n", PLACE_NAMES[p], same, (int)ng);
         assert_memory_equal(out, want, ng * sizeof *out);
-        sampler_free(smp);
         session_free(s);
         arch_model_free(m);
     }
@@ -200,19 +206,8 @@ static void greedy_run(const vlm_placement *place, const float *rows, int nr, in
     vlm_err err;
     assert_int_equal(open_session(m, 16, &s, &err), VLM_OK);
     assert_int_equal(session_append(s, ids, (int64_t)n, rows, nr, NULL, &err), VLM_OK);
-    sampler_params sp;
-    sampler_params_init(&sp);
-    sampler *smp = NULL;
-    assert_int_equal(sampler_create(&sp, 300, &smp, &err), VLM_OK);
-    int n_out;
-    session_stop why;
-    gen_options g = {ng, NULL, 0, NULL, NULL};
-    vlm_status st = session_generate(s, smp, &g, out, &n_out, &why, &err);
-    if (st != VLM_OK) fprintf(stderr, "%s\n", err.msg);
-    assert_int_equal(st, VLM_OK);
-    assert_int_equal(n_out, ng);
+    greedy(s, ng, out);
     memcpy(last, session_logits(s), 300 * sizeof *last);
-    sampler_free(smp);
     session_free(s);
     arch_model_free(m);
     free(ids);
@@ -377,18 +372,9 @@ static void test_vision(void **state) {
     session *s;
     assert_int_equal(open_session(m, 16, &s, &err), VLM_OK);
     assert_int_equal(session_append(s, ids, (int64_t)n, got, nr, NULL, &err), VLM_OK);
-    sampler_params sp;
-    sampler_params_init(&sp);
-    sampler *smp = NULL;
-    assert_int_equal(sampler_create(&sp, 300, &smp, &err), VLM_OK);
     int32_t out[64];
-    int n_out;
-    session_stop why;
-    gen_options g = {(int)ng, NULL, 0, NULL, NULL};
-    assert_int_equal(session_generate(s, smp, &g, out, &n_out, &why, &err), VLM_OK);
-    assert_int_equal(n_out, (int)ng);
+    greedy(s, (int)ng, out);
     assert_memory_equal(out, gw, ng * sizeof *out);
-    sampler_free(smp);
     session_free(s);
     arch_model_free(m);
     vlm_gpu_mem_stats st;
@@ -522,16 +508,7 @@ static void test_q8_0(void **state) {
         assert_int_equal(open_session(m, 16, &s, &err), VLM_OK);
         assert_int_equal(session_append(s, ids, (int64_t)n, rows, nr, pass ? got : want, &err),
                          VLM_OK);
-        sampler_params sp;
-        sampler_params_init(&sp);
-        sampler *smp = NULL;
-        assert_int_equal(sampler_create(&sp, 300, &smp, &err), VLM_OK);
-        int n_out;
-        session_stop why;
-        gen_options g = {24, NULL, 0, NULL, NULL};
-        assert_int_equal(session_generate(s, smp, &g, pass ? gg : gw, &n_out, &why, &err), VLM_OK);
-        assert_int_equal(n_out, 24);
-        sampler_free(smp);
+        greedy(s, 24, pass ? gg : gw);
         session_free(s);
         if (pass) arch_model_free(m);
     }
