@@ -691,13 +691,20 @@ static void test_gpu_components(void **state) {
     plan_model_free(&pm);
 }
 
-static uint64_t gpu_need(const plan_model *pm, const plan_request *r, vlm_precision p, int k,
-                         bool vision) {
-    plan_setting s = {p, 4096, 4, 1, PLAN_GPU, k, vision}; /* one crop at a time */
+/* The device bytes of a GPU setting: precision p, context ctx, k decoder
+ * layers and the tower there or not; crops in groups of one. */
+static uint64_t gpu_need_at(const plan_model *pm, const plan_request *r, vlm_precision p,
+                            int64_t ctx, int k, bool vision) {
+    plan_setting s = {p, ctx, 4, 1, PLAN_GPU, k, vision};
     plan_estimate e;
     vlm_err err;
     assert_int_equal(plan_estimate_setting(pm, r, &s, &e, &err), VLM_OK);
     return e.gpu_bytes;
+}
+
+static uint64_t gpu_need(const plan_model *pm, const plan_request *r, vlm_precision p, int k,
+                         bool vision) {
+    return gpu_need_at(pm, r, p, 4096, k, vision);
 }
 
 static void test_gpu_ladder(void **state) {
@@ -858,11 +865,7 @@ static void test_gpu_ladder(void **state) {
  * tower with its GPU context about 0.7 GB. */
 static uint64_t gpu_need_ctx(const plan_model *pm, const plan_request *r, int64_t ctx, int k,
                              bool vision) {
-    plan_setting s = {VLM_PREC_NATIVE, ctx, 4, 1, PLAN_GPU, k, vision};
-    plan_estimate e;
-    vlm_err err;
-    assert_int_equal(plan_estimate_setting(pm, r, &s, &e, &err), VLM_OK);
-    return e.gpu_bytes;
+    return gpu_need_at(pm, r, VLM_PREC_NATIVE, ctx, k, vision);
 }
 
 static void test_gpu_vision_independent(void **state) {
