@@ -13,16 +13,7 @@ cd "$(dirname "$0")/../.."
 LOGS=${OUT:-build-gpu/logs}
 mkdir -p "$LOGS"
 PARTS=${1:-dpv}
-ONLY_BUILD=1 OUT="$LOGS" bash tests/gpu/run.sh >"$LOGS/build.log" 2>&1 || {
-  tail -40 "$LOGS/build.log"
-  exit 1
-}
-P=/tmp/vlmdeps
-MA=$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
-export LD_LIBRARY_PATH="$P/usr/lib/$MA:$P/usr/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export PATH="/usr/local/cuda/bin:$PATH"
-SHARED=$(cd .gpu/shared 2>/dev/null && pwd || echo ../shared)
-CK=/tmp/vlm-synth-phi35v
+. tests/gpu/prepare.sh
 [ -f "$CK/config.json" ] || timeout 240 build-gpu/mkcheckpoint --out "$CK" --shared "$SHARED" \
   >"$LOGS/mkcheckpoint.log" 2>&1 || { tail "$LOGS/mkcheckpoint.log"; exit 1; }
 [ -n "${CTEST:-}" ] && timeout 200 ctest --test-dir build-gpu -L gpu --output-on-failure 2>&1 | tail -30 | tee "$LOGS/ctest.txt"
