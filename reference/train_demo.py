@@ -173,16 +173,30 @@ SINGLE_WEIGHTS = {"number": 5.0, "word": 3.5, "colour": 1.6, "position": 1.6, "e
                   "two_image_text": 1.2, "count_then_detail": 1.0, "two_image_compare": 0.6}
 # Packed samples: the order in which question types are tried, by weight
 # (a weighted shuffle), so the binding types come first and more often make
-# the first five.
+# the first five. yes/no is asked only as the first turn (packed_sample),
+# where the order has it among the first PACKED_MAX: its weight of 5 keeps
+# its share of the answers (14%; 6% with weight 1).
 PACKED_WEIGHTS = {"colour": 2.0, "position": 2.0, "extreme": 2.0, "size": 2.0,
-                  "count_kind": 2.0, "count": 0.5, "shape": 2.5, "yesno": 1.0}
+                  "count_kind": 2.0, "count": 0.5, "shape": 2.5, "yesno": 5.0}
 # Binding types may be asked twice about one scene (about another shape or
 # direction: the no-copy rule turns away a repeated answer), so one image
-# teaches which colour, place or count belongs to which of its shapes.
-PACKED_TWICE = ["colour", "position", "extreme", "size", "count_kind"]
+# teaches which colour, place or size belongs to which of its shapes. Count
+# of one kind is asked once, about the scene's focus kind (below): a second
+# kind would mostly be absent or single and bring back the prior of 0 and 1.
+PACKED_TWICE = ["colour", "position", "extreme", "size"]
 PACKED_MAX = 6  # turns in one packed sample
-
-
+# Share of packed scenes drawn by scenes.make_count_scene (k = 0-4 shapes of
+# one focus kind among 1-4, k about evenly; "How many <kind>?" asks about
+# that kind). On the other scenes (random kinds) the asked kind is one of the
+# scene's and the answer is 1 four times in five: with every packed scene
+# drawn that way, 92% of the count-of-one-kind answers came from packed turns
+# and four in five of those were 1, which the model learnt to answer.
+P_PACKED_COUNT = 0.9
+# Tries of a question type in a packed sample (1 where not named): on count
+# scenes most shapes share their kind, and a colour question can name a shape
+# only by its kind ("What colour is the star?"), so it tries other shapes
+# (with one try the colour answers fell from 11% to 8% of the mix).
+PACKED_TRIES = {"colour": 4}
 P_PACKED = 0.35  # share of packed samples (the rest: scenes.sample_scenes)
 
 
@@ -202,15 +216,32 @@ def packed_sample(rng):
     text instead of read from the image, and the single-question suites,
     which have no such text, would not benefit."""
     for _ in range(100):
-        # two or more shapes 6 times in 7: binding questions (extreme, size,
-        # position among several) need them
-        sc = scenes.make_shape_scene(rng, n=rng.choice((1, 2, 2, 3, 3, 4, 4)))
+        # two or more shapes 9 times in 10 (count scenes) or 6 in 7: binding
+        # questions (extreme, size, position among several) need them
+        if rng.random() < P_PACKED_COUNT:
+            sc = scenes.make_count_scene(rng)
+        else:
+            sc = scenes.make_shape_scene(rng, n=rng.choice((1, 2, 2, 3, 3, 4, 4)))
         if sc is None:
             continue
         turns, seen = [], set()
-        for q in weighted_order(rng, SHAPE_QUESTIONS + PACKED_TWICE, PACKED_WEIGHTS):
-            qa = scenes.QUESTION_TYPES[q][0](rng, sc)
-            if qa is None or _words(str(qa[1])) & seen:
+        order = weighted_order(rng, SHAPE_QUESTIONS + PACKED_TWICE, PACKED_WEIGHTS)
+        # A yes/no question is asked first or not at all: after "What colour
+        # is the triangle?" "blue", "Is there a blue triangle?" is always yes,
+        # and "Is there a star?" was yes whenever an earlier turn had said
+        # "star" (a quarter of the packed yes/no answers followed from the
+        # text). First, its words join the no-copy rule instead. It is asked
+        # where the weighted order has it among the first PACKED_MAX.
+        keep = "yesno" in order[:PACKED_MAX]
+        order.remove("yesno")
+        if keep:
+            order.insert(0, "yesno")
+        for q in order:
+            for _ in range(PACKED_TRIES.get(q, 1)):
+                qa = scenes.QUESTION_TYPES[q][0](rng, sc)
+                if qa is not None and not _words(str(qa[1])) & seen:
+                    break
+            else:
                 continue
             turns.append({"n_images_before": 1, "prompt": qa[0], "answer": qa[1], "type": q})
             seen |= _words(qa[0]) | _words(str(qa[1]))
@@ -973,28 +1004,73 @@ def self_test_aux_loss():
           "log(6) + log(8) + log(37)" % (bt["n_crops"], int(glyph.sum())))
 
 
+def yesno_mode(prompt):
+    """Which q_yesno template a prompt comes from: "pair" (Is the red shape a
+    circle?), "colour kind" (Is there a blue triangle?) or "kind" (Is there a
+    star?)."""
+    if re.match(r"Is the \w+ (shape|object) a ", prompt):
+        return "pair"
+    words = prompt.rstrip("?").split()
+    return "colour kind" if any(w in scenes.COLOUR_NAMES for w in words) else "kind"
+
+
+def _shares(counter):
+    n = sum(counter.values())
+    return "%d: " % n + ", ".join("%s %.0f%%" % (k, 100 * v / n)
+                                  for k, v in sorted(counter.items()))
+
+
 def training_mix(n, seed):
     """Share of the supervised answers per question type (packed turns by
     their type, single questions by tag) and of samples per dialogue type,
-    over n training samples (no rendering)."""
+    over n training samples (no rendering); then the answer priors of the
+    types where an answer can be guessed without looking: count of one kind
+    (packed turns and single questions by answer; the count_then_detail
+    dialogue's "How many of them are <kind>s?" apart), yes/no by template
+    and by source, bigger/smaller and whether the answer is the first named
+    shape, and the shapes per packed scene."""
+    from collections import Counter, defaultdict
     rng = random.Random(seed)
-    ans, dia = {}, {}
+    ans, dia = Counter(), Counter()
+    prior = defaultdict(Counter)
     for _ in range(n):
         s = training_sample(rng)
         if s["tag"] == "packed":
-            for t in s["turns"]:
-                ans[t["type"]] = ans.get(t["type"], 0) + 1
+            src = "packed"
+            prior["shapes per packed scene"][len(s["scenes"][0].shapes)] += 1
+            turns = [(t["type"], t) for t in s["turns"]]
         elif s["tag"] in scenes.QUESTION_TYPES:
-            ans[s["tag"]] = ans.get(s["tag"], 0) + 1
+            src = "single"
+            turns = [(s["tag"], s["turns"][0])]
         else:
-            dia[s["tag"]] = dia.get(s["tag"], 0) + 1
+            dia[s["tag"]] += 1
+            if s["tag"] == "count_then_detail":
+                a1, a2 = s["turns"][1]["answer"], s["turns"][2]["answer"]
+                prior["count_then_detail: how many of them are <kind>s"][a1] += 1
+                prior["count_then_detail: is one of them <colour>"][a2] += 1
+            continue
+        for q, t in turns:
+            ans[q] += 1
+            a, p = t["answer"], t["prompt"]
+            if q == "count_kind":
+                prior["count of one kind, " + src][a] += 1
+            elif q == "yesno":
+                prior["yes/no %s, %s" % (yesno_mode(p), src)][a] += 1
+            elif q == "size":
+                first = a in p.split(",")[1].split(" or ")[0].split()
+                prior["size"][("smaller" if "smaller" in p else "bigger") +
+                              (" 1st" if first else " 2nd")] += 1
     na = sum(ans.values())
     print("single-image answers per type (%d in %d samples): %s" % (
         na, n, ", ".join("%s %.1f%%" % (k, 100 * v / na) for k, v in sorted(ans.items()))))
     print("dialogues (%.1f%% of samples): %s" % (
         100 * sum(dia.values()) / n,
-        ", ".join("%s %.1f%%" % (k, 100 * v / n) for k, v in sorted(dia.items()))), flush=True)
-    return ans, dia
+        ", ".join("%s %.1f%%" % (k, 100 * v / n) for k, v in sorted(dia.items()))))
+    print("answer priors:")
+    for k in sorted(prior):
+        print("  %-52s %s" % (k, _shares(prior[k])))
+    sys.stdout.flush()
+    return ans, dia, prior
 
 
 def bench_data(n, seed):
