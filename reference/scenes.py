@@ -341,22 +341,31 @@ def render(sc):
 #   0                                   background (nothing drawn)
 #   1 + kind_index * 7 + colour_index   a shape: KINDS[kind_index] in
 #                                       COLOUR_NAMES[colour_index] (1-35)
-#   CHAR_BASE + CHARS.index(c)          a pixel of the text glyph c (36-71)
+#   CHAR_BASE + i * 36 + CHARS.index(c) a pixel of glyph c at index i of the
+#                                       shown text (i = 0..3; 36-179)
+# Every class names one thing of its image: a scene's shapes have distinct
+# colours (make_shape_scene), and a glyph's class carries its index in the
+# text, so repeated letters ("TREE", "44") stay apart. scene_facts() gives a
+# per-image table from class to the facts that relate a thing to the rest of
+# its image (count of its kind, size rank, place; glyph order).
 # The text colour is not part of a glyph's class (the scene's text_colour
 # says it; one colour per scene).
 
 CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+MAX_GLYPHS = 4  # words have 3-4 letters, numbers 1-3 digits
 N_SHAPE_CLASSES = len(KINDS) * len(COLOUR_NAMES)
 CHAR_BASE = 1 + N_SHAPE_CLASSES
-N_CLASSES = CHAR_BASE + len(CHARS)
+N_CLASSES = CHAR_BASE + MAX_GLYPHS * len(CHARS)
 
 
 def shape_class(kind, colour):
     return 1 + KINDS.index(kind) * len(COLOUR_NAMES) + COLOUR_NAMES.index(colour)
 
 
-def char_class(ch):
-    return CHAR_BASE + CHARS.index(ch.upper())
+def char_class(ch, index):
+    """Class of glyph ch at index (0-based) of the shown text."""
+    assert 0 <= index < MAX_GLYPHS, index
+    return CHAR_BASE + index * len(CHARS) + CHARS.index(ch.upper())
 
 
 def class_kind(c):
@@ -371,13 +380,19 @@ def class_colour(c):
 
 def class_char(c):
     """CHARS index of a glyph class, -1 otherwise."""
-    return c - CHAR_BASE if CHAR_BASE <= c < N_CLASSES else -1
+    return (c - CHAR_BASE) % len(CHARS) if CHAR_BASE <= c < N_CLASSES else -1
+
+
+def class_glyph(c):
+    """Index in the shown text of a glyph class (0 = first), -1 otherwise."""
+    return (c - CHAR_BASE) // len(CHARS) if CHAR_BASE <= c < N_CLASSES else -1
 
 
 # Lookup tables over all N_CLASSES classes (index = class), for vectorised use.
 CLASS_KIND = [class_kind(c) for c in range(N_CLASSES)]
 CLASS_COLOUR = [class_colour(c) for c in range(N_CLASSES)]
 CLASS_CHAR = [class_char(c) for c in range(N_CLASSES)]
+CLASS_GLYPH = [class_glyph(c) for c in range(N_CLASSES)]
 
 
 def _glyph_offsets(shown, font):
@@ -398,8 +413,9 @@ def render_labels(sc):
     draws that shape's colour. Text: the ink is the whole string drawn as
     render() draws it (fontmode "1"); each ink pixel takes the class of the
     glyph that covers it when that glyph is drawn alone at its own advance
-    offset. A few edge pixels can differ between the two layouts by rounding
-    of the fractional pen position; those take the nearest glyph along x.
+    offset, and the glyph's index in the text (char_class). A few edge
+    pixels can differ between the two layouts by rounding of the fractional
+    pen position; those take the nearest glyph along x.
     """
     import numpy as np
 
@@ -454,7 +470,7 @@ def render_labels(sc):
             miss = owner < 0
             centres = np.asarray(spans)
             owner[miss] = np.abs(xs[miss][:, None] - centres[None, :]).argmin(axis=1)
-        cls = np.asarray([char_class(c) for c in shown], dtype=np.uint8)
+        cls = np.asarray([char_class(c, i) for i, c in enumerate(shown)], dtype=np.uint8)
         out[Y0 + ys, X0 + xs] = cls[owner]
     return out
 
@@ -520,6 +536,79 @@ def _bigger(a, b):
     if big.area < SIZE_MIN_AREA_RATIO * small.area or big.s < SIZE_MIN_SIDE_RATIO * small.s:
         return None
     return big is a
+
+
+# ---------------------------------------------------------------------------
+# Facts per class: what relates a thing to the rest of its image
+#
+# scene_facts(sc) is a uint8 table [N_CLASSES, N_FACTS] over the classes of
+# render_labels, 0 where a fact does not apply (the class is not drawn, or is
+# not a shape / not a glyph):
+#   FACT_COUNT   shape: how many shapes of its kind the image has (1-4)
+#   FACT_BIGGER  shape: 1 + how many shapes are clearly bigger (_bigger), 1-4;
+#                if a is clearly bigger than b, a's value is the lower, so
+#                every size question is a comparison of these two values
+#   FACT_PLACE   shape: PLACE_BITS, bit set where the shape is on that side
+#                of the image (_side) or the clear-cut extreme (_extreme);
+#                as the questions define them (may be 0 for a drawn shape)
+#   FACT_SLOT    glyph: glyph_slot(index, text length), 1-N_SLOTS: its
+#                place in the reading order and whether it is the last
+
+FACT_COUNT, FACT_BIGGER, FACT_PLACE, FACT_SLOT = range(4)
+N_FACTS = 4
+MAX_SHAPES = 4
+# (fact, axis or direction): sides of the image, then the extremes
+PLACE_BITS = [("side", "left"), ("side", "right"), ("side", "top"), ("side", "bottom"),
+              ("extreme", "left"), ("extreme", "right"), ("extreme", "top"),
+              ("extreme", "bottom")]
+N_SLOTS = MAX_GLYPHS * (MAX_GLYPHS + 1) // 2
+
+
+def glyph_slot(index, n):
+    """1-based slot of glyph index (0-based) in a text of n glyphs: one value
+    per (index, n) pair, 1 for a single glyph, 2-3 for two, 4-6 for three,
+    7-10 for four."""
+    assert 0 <= index < n <= MAX_GLYPHS, (index, n)
+    return 1 + n * (n - 1) // 2 + index
+
+
+def slot_index_length(slot):
+    """(index, n) of a glyph_slot value."""
+    n = 1
+    while slot > n * (n + 1) // 2:
+        n += 1
+    return slot - 1 - n * (n - 1) // 2, n
+
+
+def shape_place_bits(sc, i):
+    """PLACE_BITS of shape i as a bit mask."""
+    bits = 0
+    sides = (_side(sc, i, "x"), _side(sc, i, "y"))
+    for b, (what, d) in enumerate(PLACE_BITS):
+        if what == "side" and d in sides:
+            bits |= 1 << b
+        elif what == "extreme" and _extreme(sc, d) == i:
+            bits |= 1 << b
+    return bits
+
+
+def scene_facts(sc):
+    """uint8 numpy [N_CLASSES, N_FACTS]: the facts above for every class the
+    scene draws (render_labels), 0 elsewhere."""
+    import numpy as np
+
+    out = np.zeros((N_CLASSES, N_FACTS), dtype=np.uint8)
+    for i, s in enumerate(sc.shapes):
+        c = shape_class(s.kind, s.colour)
+        assert not out[c].any(), "two shapes of one class"
+        out[c, FACT_COUNT] = sc.count(s.kind)
+        out[c, FACT_BIGGER] = 1 + sum(1 for o in sc.shapes if o is not s and _bigger(o, s))
+        out[c, FACT_PLACE] = shape_place_bits(sc, i)
+    if sc.text is not None:
+        shown = sc.text if sc.text_is_number else sc.text.upper()
+        for i, ch in enumerate(shown):
+            out[char_class(ch, i), FACT_SLOT] = glyph_slot(i, len(shown))
+    return out
 
 
 # ---------------------------------------------------------------------------

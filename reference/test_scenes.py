@@ -284,17 +284,22 @@ class Labels(unittest.TestCase):
                 cls = scenes.shape_class(kind, colour)
                 seen.add(cls)
                 self.assertEqual((scenes.CLASS_KIND[cls], scenes.CLASS_COLOUR[cls],
-                                  scenes.CLASS_CHAR[cls]), (k, c, -1))
-        for i, ch in enumerate(scenes.CHARS):
-            cls = scenes.char_class(ch)
-            seen.add(cls)
-            self.assertEqual((scenes.CLASS_KIND[cls], scenes.CLASS_COLOUR[cls],
-                              scenes.CLASS_CHAR[cls]), (-1, -1, i))
+                                  scenes.CLASS_CHAR[cls], scenes.CLASS_GLYPH[cls]),
+                                 (k, c, -1, -1))
+        for g in range(scenes.MAX_GLYPHS):
+            for i, ch in enumerate(scenes.CHARS):
+                cls = scenes.char_class(ch, g)
+                self.assertNotIn(cls, seen)
+                seen.add(cls)
+                self.assertEqual((scenes.CLASS_KIND[cls], scenes.CLASS_COLOUR[cls],
+                                  scenes.CLASS_CHAR[cls], scenes.CLASS_GLYPH[cls]),
+                                 (-1, -1, i, g))
         self.assertEqual(seen, set(range(scenes.N_CLASSES)))
         self.assertEqual((scenes.CLASS_KIND[0], scenes.CLASS_COLOUR[0],
-                          scenes.CLASS_CHAR[0]), (-1, -1, -1))
-        # every text character has a class
+                          scenes.CLASS_CHAR[0], scenes.CLASS_GLYPH[0]), (-1, -1, -1, -1))
+        # every text character has a class, and every text fits MAX_GLYPHS
         for w in scenes.WORDS:
+            self.assertLessEqual(len(w), scenes.MAX_GLYPHS)
             for ch in w.upper():
                 self.assertIn(ch, scenes.CHARS)
 
@@ -316,32 +321,151 @@ class Labels(unittest.TestCase):
                                                c == _code(scenes.COLOURS[s.colour])))
 
     def test_text_labels_are_the_glyphs(self):
-        # The ink is exactly render()'s text pixels, each glyph class occurs,
-        # and the glyphs run left to right in the order of the shown string.
+        # The ink is exactly render()'s text pixels, each glyph's class (its
+        # character and its index in the text) occurs, and the glyphs run left
+        # to right in the order of the shown string, each inside its own
+        # advance cell; repeated letters ("TREE", "44") have classes of their own.
         rng = random.Random(22)
+        n_repeat = 0
         for _ in range(60):
             sc = scenes.make_text_scene(rng)
             lab = scenes.render_labels(sc)
             c = _codes(scenes.render(sc))
             self.assertTrue(np.array_equal(lab > 0, c == _code(scenes.COLOURS[sc.text_colour])))
             shown = sc.text if sc.text_is_number else sc.text.upper()
+            n_repeat += len(set(shown)) < len(shown)
             xs = []
-            for ch in shown:
-                ys_, xs_ = np.nonzero(lab == scenes.char_class(ch))
+            for i, ch in enumerate(shown):
+                ys_, xs_ = np.nonzero(lab == scenes.char_class(ch, i))
                 self.assertGreater(len(xs_), 10, (shown, ch))
                 xs.append(xs_.mean())
             self.assertTrue(np.all(lab[lab > 0] >= scenes.CHAR_BASE))
-            if len(set(shown)) == len(shown):
-                self.assertEqual(xs, sorted(xs), shown)
-                # A glyph's pixels sit within its own advance cell (1 px slack).
-                font = scenes._font(sc.font_px)
-                offs = scenes._glyph_offsets(shown, font)
-                for i, ch in enumerate(shown):
-                    _, xs_ = np.nonzero(lab == scenes.char_class(ch))
-                    lo = sc.text_xy[0] + offs[i] + font.getbbox(ch)[0]
-                    hi = sc.text_xy[0] + offs[i] + font.getbbox(ch)[2]
-                    self.assertGreaterEqual(xs_.min(), lo - 1)
-                    self.assertLessEqual(xs_.max(), hi + 1)
+            self.assertEqual(set(np.unique(lab[lab > 0]).tolist()),
+                             {scenes.char_class(ch, i) for i, ch in enumerate(shown)})
+            self.assertEqual(xs, sorted(xs), shown)
+            # A glyph's pixels sit within its own advance cell (1 px slack).
+            font = scenes._font(sc.font_px)
+            offs = scenes._glyph_offsets(shown, font)
+            for i, ch in enumerate(shown):
+                _, xs_ = np.nonzero(lab == scenes.char_class(ch, i))
+                lo = sc.text_xy[0] + offs[i] + font.getbbox(ch)[0]
+                hi = sc.text_xy[0] + offs[i] + font.getbbox(ch)[2]
+                self.assertGreaterEqual(xs_.min(), lo - 1)
+                self.assertLessEqual(xs_.max(), hi + 1)
+        self.assertGreater(n_repeat, 0)
+
+
+def measure_boxes(sc):
+    """Per colour name: (pixel count, bbox centre x, bbox centre y, bbox
+    long side), from the pixels only. Every kind's box centre is its centre
+    (the star is centred in its box), and the long side is the box side s
+    (0.95 s for a star)."""
+    c = _codes(scenes.render(sc))
+    out = {}
+    for name, rgb in scenes.COLOURS.items():
+        ys, xs = np.nonzero(c == _code(rgb))
+        if len(xs):
+            out[name] = (len(xs), (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2,
+                         max(xs.max() - xs.min(), ys.max() - ys.min()) + 1)
+    return out
+
+
+class Facts(unittest.TestCase):
+    def test_slots(self):
+        got = [scenes.glyph_slot(i, n) for n in range(1, scenes.MAX_GLYPHS + 1)
+               for i in range(n)]
+        self.assertEqual(got, list(range(1, scenes.N_SLOTS + 1)))
+        for n in range(1, scenes.MAX_GLYPHS + 1):
+            for i in range(n):
+                self.assertEqual(scenes.slot_index_length(scenes.glyph_slot(i, n)), (i, n))
+
+    def check_shape_facts(self, sc):
+        """scene_facts of a shape scene against its class map and pixels.
+        count: the drawn classes of the same kind in the class map (whose
+        classes are the drawn colours, test above). bigger and place: from
+        pixel areas, box centres and sides; where a measure lies within a few
+        per cent of a threshold the fact may go either way."""
+        facts = scenes.scene_facts(sc)
+        lab = scenes.render_labels(sc)
+        drawn = sorted(set(np.unique(lab).tolist()) - {0})
+        self.assertEqual(drawn, np.nonzero(facts[:, scenes.FACT_COUNT])[0].tolist())
+        self.assertFalse(facts[:, scenes.FACT_SLOT].any())
+        px = measure_boxes(sc)
+        n_sure = 0
+        for c in drawn:
+            colour = scenes.COLOUR_NAMES[scenes.CLASS_COLOUR[c]]
+            kind = scenes.CLASS_KIND[c]
+            f = facts[c]
+            self.assertEqual(f[scenes.FACT_COUNT],
+                             sum(1 for d in drawn if scenes.CLASS_KIND[d] == kind))
+            n, x, y, side = px[colour]
+            sure = maybe = 0
+            for o, (no, xo, yo, so) in px.items():
+                if o == colour:
+                    continue
+                a, r = no / n, so / side
+                sure += a > 2.0 * 1.1 and r > 1.25 * 1.08
+                maybe += a > 2.0 / 1.1 and r > 1.25 / 1.08
+            self.assertTrue(1 + sure <= f[scenes.FACT_BIGGER] <= 1 + maybe, (colour, f, px))
+            n_sure += sure
+            bits = int(f[scenes.FACT_PLACE])
+            for b, (what, d) in enumerate(scenes.PLACE_BITS):
+                on = bool(bits >> b & 1)
+                v, dim = (x, sc.w) if d in ("left", "right") else (y, sc.h)
+                sign = -1 if d in ("left", "top") else 1
+                if what == "side":
+                    # the centre outside the middle band, towards d
+                    margin = sign * (v - dim / 2) - (0.5 - scenes.SIDE_BAND) * dim
+                    if abs(margin) > 2:
+                        self.assertEqual(on, margin > 0, (colour, d, margin))
+                    continue
+                # extreme: the centre leads the runner-up (the other shape of
+                # least lead) by half the larger box side, s in [side, side / 0.95]
+                others = [(sign * (v - (xo if d in ("left", "right") else yo)), max(side, so))
+                          for o, (no, xo, yo, so) in px.items() if o != colour]
+                if not others:
+                    self.assertFalse(on)
+                    continue
+                lead, s_max = min(others)
+                if lead - 0.5 * s_max / 0.95 > 2:
+                    self.assertTrue(on, (colour, d, lead, s_max))
+                elif lead - 0.5 * s_max < -2:
+                    self.assertFalse(on, (colour, d, lead, s_max))
+        return n_sure, bin(int(facts[:, scenes.FACT_PLACE].max())).count("1") > 0
+
+    def test_shape_facts_match_pixels(self):
+        rng = random.Random(23)
+        n_bigger = n_place = 0
+        for i in range(150):
+            sc = None
+            while sc is None:
+                sc = scenes.make_count_scene(rng) if i % 2 else scenes.make_shape_scene(rng)
+            a, b = self.check_shape_facts(sc)
+            n_bigger += a
+            n_place += b
+        # the checks saw clear size differences and places at all
+        self.assertGreater(n_bigger, 50)
+        self.assertGreater(n_place, 100)
+
+    def test_glyph_slots_follow_the_text(self):
+        # Every glyph of the class map has the slot of its index and of the
+        # number of glyphs drawn, and the slots run left to right.
+        rng = random.Random(24)
+        for _ in range(40):
+            sc = scenes.make_text_scene(rng)
+            facts = scenes.scene_facts(sc)
+            lab = scenes.render_labels(sc)
+            drawn = sorted(set(np.unique(lab).tolist()) - {0})
+            self.assertEqual(drawn, np.nonzero(facts[:, scenes.FACT_SLOT])[0].tolist())
+            self.assertFalse(facts[:, :scenes.FACT_SLOT].any())
+            xs = {}
+            for c in drawn:
+                i, n = scenes.slot_index_length(int(facts[c, scenes.FACT_SLOT]))
+                self.assertEqual(n, len(drawn))
+                self.assertEqual(i, scenes.CLASS_GLYPH[c])
+                xs[i] = np.nonzero(lab == c)[1].mean()
+            self.assertEqual(sorted(xs), list(range(len(drawn))))
+            self.assertEqual([xs[i] for i in sorted(xs)], sorted(xs.values()))
 
 
 if __name__ == "__main__":

@@ -11,14 +11,18 @@ number of data workers). Writes to --out:
                      held-out suites, computed in float32 with the reference
                      preprocessing (the C engine must give the same answers)
     loss.png, train_log.json  (answer loss per step; with the aux loss on, its
-                     three parts and patch accuracies under "aux")
+                     parts and patch accuracies under "aux")
 
 The vision tower also gets a dense per-patch loss (--aux-weight, default 1):
 linear heads on its feature layer predict each patch's shape kind, colour and
 character from the scenes' class maps (scenes.render_labels) carried through
-the HD transform; the heads are never exported. See docs/demo.md.
+the HD transform, and (--rel-weight, default 1) the facts that relate the
+patch's thing to the rest of its image (scenes.scene_facts: the glyph's slot
+in the reading order, the count of the shape's kind, its size rank, its
+place); the heads are never exported. See docs/demo.md.
 """
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -403,11 +407,37 @@ def text_colour_class(sc):
     return 1 + scenes.COLOUR_NAMES.index(sc.text_colour) if sc.text is not None else 0
 
 
+# crop_flags bits: which facts of scenes.scene_facts a crop can show. A tile
+# sees only its part of the image, so a fact that relates a thing to the rest
+# of the image (count of its kind, size rank, extremes, glyph order) is taught
+# only on crops that show every thing it depends on; the sides of the image
+# only on the global view (a tile does not know where it lies).
+ALL_SHAPES, ALL_GLYPHS, GLOBAL_VIEW = 1, 2, 4
+
+
+def crop_flags(pl, facts):
+    """uint8 [n_crops] flags of an image's crops: pl its patch labels
+    [n_crops, 576], facts its scenes.scene_facts table. ALL_SHAPES (ALL_GLYPHS)
+    where every shape (glyph) class the image draws labels at least one patch
+    of the crop and it has any; GLOBAL_VIEW on crop 0."""
+    n, K = pl.shape[0], scenes.N_CLASSES
+    seen = np.bincount((pl + K * np.arange(n)[:, None]).ravel(),
+                       minlength=n * K).reshape(n, K) > 0
+    out = np.zeros(n, dtype=np.uint8)
+    for bit, col in ((ALL_SHAPES, scenes.FACT_COUNT), (ALL_GLYPHS, scenes.FACT_SLOT)):
+        drawn = np.nonzero(facts[:, col])[0]
+        if len(drawn):
+            out |= np.where(seen[:, drawn].all(axis=1), bit, 0).astype(np.uint8)
+    out[0] |= GLOBAL_VIEW
+    return out
+
+
 def render_sample(s, aux=False, label_mode="cover"):
     """Render a training_sample's scenes and run the HD transform: the uint8
     HD frames [3, H, W], their grids, their image token counts and, with aux,
-    the patch labels [1 + hc*wc, 576] and text colour class of every image."""
-    out = {"hd": [], "grid": [], "ntok": [], "lab": [], "tcol": []}
+    the patch labels [1 + hc*wc, 576], text colour class, fact table
+    (scenes.scene_facts) and crop flags (crop_flags) of every image."""
+    out = {"hd": [], "grid": [], "ntok": [], "lab": [], "tcol": [], "facts": [], "flags": []}
     for sc in s["scenes"][:s["turns"][-1]["n_images_before"]]:
         img = scenes.render(sc)
         hd = R.hd_transform(img, NUM_CROPS)
@@ -419,8 +449,11 @@ def render_sample(s, aux=False, label_mode="cover"):
         if aux:
             pl = fast_patch_labels(scenes.render_labels(sc), label_mode)
             assert pl.shape[0] == 1 + hc * wc, (pl.shape, arr.shape)
+            facts = scenes.scene_facts(sc)
             out["lab"].append(pl)
             out["tcol"].append(text_colour_class(sc))
+            out["facts"].append(facts)
+            out["flags"].append(crop_flags(pl, facts))
     return out
 
 
@@ -484,7 +517,7 @@ def make_batch(samples):
         for k, (arr, (hc, wc)) in enumerate(zip(s["hd"], s["grid"])):
             images.append((b, k, hc, wc, arr))
     aux = bool(samples) and "lab" in samples[0]
-    lab, tcol = [], []
+    lab, tcol, facts, crop_img, flags = [], [], [], [], []
     groups = {}
     for im in images:
         groups.setdefault((im[2], im[3]), []).append(im)
@@ -501,6 +534,9 @@ def make_batch(samples):
                 b, k = im[0], im[1]
                 lab.append(samples[b]["lab"][k])
                 tcol.append(np.full(1 + hc * wc, samples[b]["tcol"][k], dtype=np.uint8))
+                crop_img.append(np.full(1 + hc * wc, len(facts), dtype=np.int64))
+                facts.append(samples[b]["facts"][k])
+                flags.append(samples[b]["flags"][k])
     glue_idx = []
     for b, k, hc, wc, _ in images:  # batch order, image order: as img_pos
         t = template(hc, wc)
@@ -517,6 +553,15 @@ def make_batch(samples):
                                            np.zeros((0, GRID * GRID), np.uint8))
         bt["crop_tcol"] = torch.from_numpy(np.concatenate(tcol) if tcol else
                                            np.zeros(0, np.uint8))
+        # One fact table per image (facts [n_images, K, N_FACTS], K =
+        # scenes.N_CLASSES) and the image of every crop (crop_img [n_crops]):
+        # the step looks up patch p of crop c as facts[crop_img[c], cls[c, p]].
+        # crop_flags [n_crops]: ALL_SHAPES | ALL_GLYPHS | GLOBAL_VIEW.
+        bt["facts"] = torch.from_numpy(np.stack(facts) if facts else np.zeros(
+            (0, scenes.N_CLASSES, scenes.N_FACTS), np.uint8))
+        bt["crop_img"] = cat(crop_img)
+        bt["crop_flags"] = torch.from_numpy(np.concatenate(flags) if flags else
+                                            np.zeros(0, np.uint8))
     return bt
 
 
@@ -537,7 +582,8 @@ class SceneStream(torch.utils.data.IterableDataset):
         ids, mask = conversation_ids(tok, render_turns(s), r["ntok"], end_id)
         out = {"hd": r["hd"], "grid": r["grid"], "ids": ids, "mask": mask}
         if self.aux:
-            out["lab"], out["tcol"] = r["lab"], r["tcol"]
+            for k in ("lab", "tcol", "facts", "flags"):
+                out[k] = r[k]
         return out
 
     def __iter__(self):
@@ -611,14 +657,29 @@ class AuxHeads(torch.nn.Module):
     """Linear read-outs of the tower's feature layer (R.clip_features, the
     features the glue projects) for the dense auxiliary loss: per patch, the
     shape kind (none + 5), the colour (none + 7: a shape's colour or a glyph's
-    ink) and the character (none + 36). They train with the model and are
+    ink) and the character (none + 36); with rel, also the facts that relate
+    a patch's thing to the rest of its image (scenes.scene_facts): the glyph's
+    slot in the reading order (10: index and text length), the count of the
+    shape's kind (4: 1-4), its size rank (4: 0-3 shapes clearly bigger) and
+    its place (8 bits: sides and extremes). They train with the model and are
     never exported: export() gets only clip, lm and the glue."""
 
-    def __init__(self, d_img):
+    def __init__(self, d_img, rel=True):
         super().__init__()
         self.kind = torch.nn.Linear(d_img, 1 + len(scenes.KINDS))
         self.colour = torch.nn.Linear(d_img, 1 + len(scenes.COLOUR_NAMES))
         self.char = torch.nn.Linear(d_img, 1 + len(scenes.CHARS))
+        self.rel = rel
+        if rel:
+            self.slot = torch.nn.Linear(d_img, scenes.N_SLOTS)
+            self.count = torch.nn.Linear(d_img, scenes.MAX_SHAPES)
+            self.bigger = torch.nn.Linear(d_img, scenes.MAX_SHAPES)
+            self.place = torch.nn.Linear(d_img, len(scenes.PLACE_BITS))
+            # bit b of FACT_PLACE; whether it is a side bit (global view only)
+            self.register_buffer("place_shift", torch.arange(len(scenes.PLACE_BITS)),
+                                 persistent=False)
+            self.register_buffer("place_side", torch.tensor(
+                [w == "side" for w, _ in scenes.PLACE_BITS]), persistent=False)
         # class -> target of each head (0 = none); a glyph's colour comes from
         # its crop's text colour instead of the table.
         self.register_buffer("kind_lut", torch.tensor(scenes.CLASS_KIND) + 1, persistent=False)
@@ -628,13 +689,61 @@ class AuxHeads(torch.nn.Module):
 
 
 AUX_NAMES = ["kind_loss", "colour_loss", "char_loss", "kind_acc", "colour_acc", "char_acc"]
+REL_NAMES = ["slot_loss", "count_loss", "bigger_loss", "place_loss", "slot_acc", "count_acc",
+             "bigger_acc", "place_acc"]
 
 
-def aux_loss(heads, feats, cls, tcol, char_weight=1.0):
+def mean_over(v, m):
+    """Mean of v over the True entries of m (0 when there are none)."""
+    m = m.float()
+    return (v * m).sum() / m.sum().clamp(min=1.0)
+
+
+def rel_loss(heads, f, cls, kind_t, char_t, facts, crop_img, flags):
+    """The relational terms of aux_loss: facts [n_images, K, N_FACTS] int64,
+    crop_img [N] (the image of each crop), flags [N] (crop_flags). Returns
+    the four losses and four accuracies (REL_NAMES), each a scalar.
+
+    Each fact is taught where the crop shows what it depends on (crop_flags):
+    slot on the glyph patches of crops that show every glyph of the text;
+    count, size rank and the extreme bits on the shape patches of crops that
+    show every shape; the side bits on the shape patches of the global view.
+    Cross-entropy for slot, count and size rank; the place bits are
+    independent (a shape can be leftmost and at the top), so a binary
+    cross-entropy per bit, averaged over the bits that apply."""
+    K = facts.shape[1]
+    fx = facts.reshape(-1, facts.shape[2])[crop_img[:, None] * K + cls]  # [N, 576, N_FACTS]
+    shape_p, glyph_p = kind_t > 0, char_t > 0
+    all_sh = (flags & ALL_SHAPES)[:, None] > 0
+    m_slot = glyph_p & ((flags & ALL_GLYPHS)[:, None] > 0)
+    m_sh = shape_p & all_sh
+    m_side = shape_p & ((flags & GLOBAL_VIEW)[:, None] > 0)
+    out_l, out_a = [], []
+    for head, col, m in ((heads.slot, scenes.FACT_SLOT, m_slot),
+                         (heads.count, scenes.FACT_COUNT, m_sh),
+                         (heads.bigger, scenes.FACT_BIGGER, m_sh)):
+        logits = head(f)
+        t = (fx[..., col] - 1).clamp(min=0)  # 1-based facts; 0 only off the mask
+        ce = F.cross_entropy(logits.flatten(0, 1), t.flatten(), reduction="none")
+        out_l.append(mean_over(ce, m.flatten()))
+        out_a.append(mean_over((logits.argmax(-1) == t).flatten(), m.flatten()))
+    bits = (fx[..., scenes.FACT_PLACE, None] >> heads.place_shift) & 1  # [N, 576, 8]
+    m_bit = torch.where(heads.place_side, m_side[..., None], m_sh[..., None])
+    logits = heads.place(f)
+    # (autocast runs the binary cross-entropy in float32)
+    bce = F.binary_cross_entropy_with_logits(logits, bits.to(logits.dtype), reduction="none")
+    out_l.append(mean_over(bce, m_bit))
+    out_a.append(mean_over((logits > 0) == (bits > 0), m_bit))
+    return out_l + out_a
+
+
+def aux_loss(heads, feats, cls, tcol, char_weight=1.0, rel=None, rel_weight=1.0):
     """Dense loss on the tower's features. feats [N, 576, C] (crop order of
     gpu_pixels), cls [N, 576] int64 patch classes, tcol [N] int64 text colour
-    class of each crop's image (0 for shape images). Returns the summed loss
-    (a scalar) and the stats [6] of AUX_NAMES, on the device, no host sync.
+    class of each crop's image (0 for shape images); rel, with relational
+    heads: (facts, crop_img, flags) as make_batch ships them (facts widened to
+    int64). Returns the summed loss (a scalar) and the stats of AUX_NAMES
+    (+ REL_NAMES with rel) as one vector, on the device, no host sync.
 
     kind and colour: cross-entropy over every patch (background included, so
     the heads also say where nothing is; it is learnt early and then costs
@@ -644,8 +753,8 @@ def aux_loss(heads, feats, cls, tcol, char_weight=1.0):
     "none" everywhere. Shape images carry no text, so they would only teach
     "none" again. The accuracies are over the patches that carry a kind /
     colour / character (background is easy and would hide the signal).
-    char_weight scales the character term in the sum (the stats are
-    unscaled)."""
+    char_weight scales the character term in the sum, rel_weight the sum of
+    the relational terms (rel_loss; the stats are unscaled)."""
     f = feats.to(heads.kind.weight.dtype)  # (autocast still runs the heads in bf16)
     kind_t = heads.kind_lut[cls]
     char_t = heads.char_lut[cls]
@@ -659,17 +768,17 @@ def aux_loss(heads, feats, cls, tcol, char_weight=1.0):
     text = (tcol > 0)[:, None].expand_as(cls).flatten()
     glyph = (char_t.flatten() > 0)
     other = text & ~glyph
-
-    def mean_over(v, m):
-        m = m.float()
-        return (v * m).sum() / m.sum().clamp(min=1.0)
-
     l_char = 0.5 * mean_over(ce_char, glyph) + 0.5 * mean_over(ce_char, other)
     acc_kind = mean_over((kind_l.argmax(-1) == kind_t).flatten(), kind_t.flatten() > 0)
     acc_colour = mean_over((colour_l.argmax(-1) == colour_t).flatten(), colour_t.flatten() > 0)
     acc_char = mean_over((char_l.argmax(-1) == char_t).flatten(), glyph)
-    stats = torch.stack([l_kind, l_colour, l_char, acc_kind, acc_colour, acc_char]).detach()
-    return l_kind + l_colour + char_weight * l_char, stats
+    total = l_kind + l_colour + char_weight * l_char
+    stats = [l_kind, l_colour, l_char, acc_kind, acc_colour, acc_char]
+    if heads.rel and rel is not None:
+        r = rel_loss(heads, f, cls, kind_t, char_t, *rel)
+        total = total + rel_weight * sum(r[:4])
+        stats += r
+    return total, torch.stack(stats).detach()
 
 
 def build(vocab_size):
@@ -701,11 +810,13 @@ def phase(name, t0):
 PROFILE = [False]
 
 
-def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=1.0):
+def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=1.0,
+               rel_weight=1.0):
     """Cross-entropy on the supervised tokens of a batch from make_batch,
     plus aux_weight times the dense aux loss on the tower's features when
     heads are given (and the batch has patch labels). Returns (total loss,
-    answer loss, aux stats [6] or None).
+    answer loss, aux stats (AUX_NAMES + REL_NAMES with relational heads) or
+    None).
     No attention mask: padding sits after each sample's last token and
     attention is causal, so no real token sees it (and the fused causal
     kernel applies)."""
@@ -720,10 +831,15 @@ def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=
         feats = R.clip_features(clip, pv)
         t0 = phase("clip", t0)
         if heads is not None and aux_weight > 0:
+            rel = None
+            if heads.rel:
+                rel = (bt["facts"].to(dev, non_blocking=True).long(),
+                       bt["crop_img"].to(dev, non_blocking=True),
+                       bt["crop_flags"].to(dev, non_blocking=True).long())
             aux, stats = aux_loss(heads, feats,
                                   bt["patch_cls"].to(dev, non_blocking=True).long(),
                                   bt["crop_tcol"].to(dev, non_blocking=True).long(),
-                                  char_weight)
+                                  char_weight, rel, rel_weight)
             t0 = phase("aux", t0)
         rows = glue.rows(feats, bt["glue_idx"].to(dev, non_blocking=True))
         x = x.reshape(B * L, -1).index_put((bt["img_pos"].to(dev, non_blocking=True),),
@@ -918,12 +1034,7 @@ def self_test_labels():
         picks = [all_sc[(3 * b + j) % len(all_sc)][1] for j in range(1 + b % 2)]
         r = render_sample({"scenes": picks, "turns": [{"n_images_before": len(picks)}]},
                           aux=True, label_mode="centre")
-        ids = []
-        for k, nt in enumerate(r["ntok"]):
-            ids += [5] + [-(k + 1)] * nt
-        ids += [7, 8]
-        samples.append({"hd": r["hd"], "grid": r["grid"], "ids": ids,
-                        "mask": [0] * (len(ids) - 1) + [1], "lab": r["lab"], "tcol": r["tcol"]})
+        samples.append(_test_sample(r))
         for k, sc in enumerate(picks):
             sc_of[(b, k)] = sc
     bt = make_batch(samples)
@@ -958,50 +1069,323 @@ def self_test_labels():
     print("self-test: patch labels agree with the HD crops on %d scenes (grids %s); batch "
           "labels follow the %d crops of gpu_pixels" % (len(all_sc), sorted(set(grids.values())),
                                                          row))
+    self_test_facts(all_sc)
+
+
+def _test_sample(r):
+    """A make_batch sample of render_sample's images (aux on): each image
+    behind one placeholder run, one supervised token."""
+    ids = []
+    for k, nt in enumerate(r["ntok"]):
+        ids += [5] + [-(k + 1)] * nt
+    ids += [7, 8]
+    out = {"hd": r["hd"], "grid": r["grid"], "ids": ids, "mask": [0] * (len(ids) - 1) + [1]}
+    for k in ("lab", "tcol", "facts", "flags"):
+        out[k] = r[k]
+    return out
+
+
+def _hd_x(sc, x):
+    """HD-frame column of image column x (R.hd_geometry: a portrait image is
+    handled transposed, so its columns are padded by `top`)."""
+    trans, new_w, new_h, tar, top = R.hd_geometry(sc.w, sc.h, NUM_CROPS)
+    return top + x * new_h / sc.w if trans else x * new_w / sc.w
+
+
+def _glyph_cells(sc):
+    """[(lo, hi)] image columns of each glyph's ink box at its own pen offset."""
+    shown = sc.text if sc.text_is_number else sc.text.upper()
+    font = scenes._font(sc.font_px)
+    offs = scenes._glyph_offsets(shown, font)
+    x0 = sc.text_xy[0]
+    return [(x0 + off + font.getbbox(ch)[0], x0 + off + font.getbbox(ch)[2])
+            for off, ch in zip(offs, shown)]
+
+
+def check_crop_facts(name, bt, row, sc, c, g, grp):
+    """The relational targets of crop row `row` (crop c of an image of grid g
+    showing scene sc; grp its pixels' palette groups, _label_groups) against
+    the scene and the pixels: the crop looks up its own image's fact table;
+    the flags say what the crop shows (every shape colour on some patch when
+    ALL_SHAPES, else one shape colour on no patch at 60%; every glyph's ink
+    inside the crop when ALL_GLYPHS); each glyph patch's slot is the index of
+    the glyph whose advance cell its columns overlap, and the text's length.
+    Returns (ALL_SHAPES, ALL_GLYPHS, glyph patches checked)."""
+    hc, wc = g
+    lab = bt["patch_cls"][row].numpy()
+    table = bt["facts"][int(bt["crop_img"][row])].numpy()
+    assert np.array_equal(table, scenes.scene_facts(sc)), (name, "fact table of another image")
+    flags = int(bt["crop_flags"][row])
+    assert bool(flags & GLOBAL_VIEW) == (c == 0), (name, flags)
+    shares = grp.reshape(GRID, PATCH, GRID, PATCH).transpose(0, 2, 1, 3).reshape(GRID * GRID, -1)
+    if sc.shapes:
+        best = [max((shares == 1 + scenes.COLOUR_NAMES.index(s.colour)).mean(1))
+                for s in sc.shapes]
+        if flags & ALL_SHAPES:
+            assert min(best) >= 0.05, (name, "ALL_SHAPES but a shape is not seen", best)
+        else:
+            assert min(best) < 0.6, (name, "every shape seen but not ALL_SHAPES", best)
+    n_glyph = 0
+    if sc.text is not None:
+        shown = sc.text if sc.text_is_number else sc.text.upper()
+        # glyph cells in crop columns: a tile starts at column 336 j of the HD
+        # frame; the global view squeezes the frame's width wc times
+        j = (c - 1) % wc
+        cells = [((_hd_x(sc, lo) - (0 if c == 0 else CROP * j)) / (wc if c == 0 else 1),
+                  (_hd_x(sc, hi) - (0 if c == 0 else CROP * j)) / (wc if c == 0 else 1))
+                 for lo, hi in _glyph_cells(sc)]
+        if flags & ALL_GLYPHS:
+            assert all(hi > 0 and lo < CROP for lo, hi in cells), (name, cells)
+            for p, cl in enumerate(lab):
+                if scenes.CLASS_CHAR[cl] < 0:
+                    continue
+                i, n = scenes.slot_index_length(int(table[cl, scenes.FACT_SLOT]))
+                assert n == len(shown) and scenes.CHARS[scenes.CLASS_CHAR[cl]] == shown[i], \
+                    (name, p, i, n, shown)
+                x = (p % GRID) * PATCH
+                lo, hi = cells[i]
+                assert x + PATCH > lo - 2 and x < hi + 2, (name, "slot", i, p, x, lo, hi)
+                n_glyph += 1
+    return bool(flags & ALL_SHAPES), bool(flags & ALL_GLYPHS), n_glyph
+
+
+def self_test_facts(all_sc):
+    """check_crop_facts on every crop of a batch of the self-test scenes (and
+    two one-shape scenes, whose shape some tile shows whole), with centre and
+    with cover labels."""
+    rng = random.Random(5)
+    all_sc = list(all_sc)
+    for size in ((1300, 300), (300, 1300)):
+        sc = None
+        while sc is None:
+            sc = scenes.make_shape_scene(rng, n=1, size=size)
+        all_sc.append(("one shape %dx%d" % size, sc))
+    seen = {"shapes tile": 0, "shapes cut": 0, "glyphs tile": 0, "glyphs cut": 0, "glyph": 0}
+    for mode in ("centre", "cover"):
+        samples = [_test_sample(render_sample({"scenes": [sc],
+                                               "turns": [{"n_images_before": 1}]},
+                                              aux=True, label_mode=mode))
+                   for _, sc in all_sc]
+        bt = make_batch(samples)
+        pv = gpu_pixels(bt["pix"], torch.device("cpu"))
+        rgb = ((pv * STD_T + MEAN_T) * 255).permute(0, 2, 3, 1).numpy()
+        row = 0
+        for key in sorted({s["grid"][0] for s in samples}):  # make_batch's order
+            for b, s in enumerate(samples):
+                if s["grid"][0] != key:
+                    continue
+                name, sc = all_sc[b]
+                pal, group, _ = _label_groups(sc)
+                for c in range(1 + key[0] * key[1]):
+                    grp = _nearest_group(rgb[row], pal, group)
+                    sh, gl, ng = check_crop_facts("%s %s crop %d" % (mode, name, c), bt, row,
+                                                  sc, c, key, grp)
+                    if c:
+                        seen["shapes tile" if sh else "shapes cut"] += bool(sc.shapes)
+                        seen["glyphs tile" if gl else "glyphs cut"] += sc.text is not None
+                    seen["glyph"] += ng
+                    row += 1
+        assert row == bt["n_crops"]
+    # both kinds of tile occur, so both sides of each flag were checked
+    assert min(seen.values()) > 0, seen
+    print("self-test: relational targets follow the scenes and pixels (%s)" % seen)
 
 
 def self_test_aux_loss():
-    """aux_loss's targets: with oracle features (one-hot class, plus the text
-    colour on glyph patches) and heads that read them out, every accuracy is 1
-    and the losses are near 0; with zero features each loss is log(#classes)
-    (char: both halves uniform). Checks the class tables and that a glyph's
-    colour target is its crop's text colour."""
-    samples = []
-    for name, sc in self_test_scenes()[-5:]:  # 4x1 shapes and the three text scenes
+    """aux_loss's targets: with oracle features (one block per head: one-hot
+    kind, colour, character, slot, count, size rank and the place bits as
+    +-1, each computed here from the scene of each crop) and heads that read
+    their block out, every accuracy is 1 and the loss is near 0; with zero
+    features each term is log(#classes) (char: both halves uniform; place:
+    log 2 a bit). Checks the class tables, that a glyph's colour target is
+    its crop's text colour, and that each crop's relational targets come from
+    its own image's facts under its own flags (the batch regroups the images
+    by grid)."""
+    samples, scs = [], []
+    for name, sc in self_test_scenes()[-7:]:  # 1x4 and 4x1 shapes, the three text scenes
         r = render_sample({"scenes": [sc], "turns": [{"n_images_before": 1}]}, aux=True)
-        samples.append({"hd": r["hd"], "grid": r["grid"], "ids": [-1] * r["ntok"][0] + [7, 8],
-                        "mask": [0] * (r["ntok"][0] + 1) + [1], "lab": r["lab"],
-                        "tcol": r["tcol"]})
+        samples.append(_test_sample(r))
+        scs.append(sc)
     bt = make_batch(samples)
     cls, tcol = bt["patch_cls"].long(), bt["crop_tcol"].long()
+    flags = bt["crop_flags"].long()
+    rel = (bt["facts"].long(), bt["crop_img"], flags)
     C = VISION["hidden_size"]
-    K = scenes.N_CLASSES
     heads = AuxHeads(C).double()
-    glyph = heads.char_lut[cls] > 0
+    # the oracle targets per crop, from the crop's own scene (make_batch's order)
+    crop_sc = [scs[b] for key in sorted({s["grid"][0] for s in samples})
+               for b, s in enumerate(samples) if s["grid"][0] == key
+               for _ in range(1 + key[0] * key[1])]
+    assert len(crop_sc) == bt["n_crops"]
+    nb = len(scenes.PLACE_BITS)
+    blocks = [("kind", 1 + len(scenes.KINDS)), ("colour", 1 + len(scenes.COLOUR_NAMES)),
+              ("char", 1 + len(scenes.CHARS)), ("slot", scenes.N_SLOTS),
+              ("count", scenes.MAX_SHAPES), ("bigger", scenes.MAX_SHAPES), ("place", nb)]
+    start, off = {}, 0
+    for hname, n in blocks:
+        start[hname] = off
+        off += n
+    assert off <= C, off
     feats = torch.zeros(cls.shape + (C,), dtype=torch.float64)
-    feats.scatter_(2, cls[..., None], 1.0)
-    feats[..., K:K + 8] = torch.where(glyph[..., None], F.one_hot(tcol, 8)[:, None].double(), 0.)
+    for r_, sc in enumerate(crop_sc):
+        facts = scenes.scene_facts(sc)
+        # Where a crop may not teach a fact (crop_flags), the oracle says a
+        # wrong value: the loss stays ~0 only if aux_loss leaves it out.
+        fl = int(flags[r_])
+        wrong_sh = 0 if fl & ALL_SHAPES else 1
+        wrong_gl = 0 if fl & ALL_GLYPHS else 1
+        wrong_side = 0 if fl & GLOBAL_VIEW else 1
+        for p, cl in enumerate(cls[r_].tolist()):
+            v = feats[r_, p]
+            kind, col, ch = (scenes.CLASS_KIND[cl], scenes.CLASS_COLOUR[cl],
+                             scenes.CLASS_CHAR[cl])
+            v[start["kind"] + 1 + kind] = 1.0  # kind -1 (none) -> entry 0
+            if ch >= 0:
+                col = scenes.COLOUR_NAMES.index(sc.text_colour)
+            v[start["colour"] + 1 + col] = 1.0
+            v[start["char"] + 1 + ch] = 1.0
+            if ch >= 0:
+                t = facts[cl, scenes.FACT_SLOT] - 1
+                v[start["slot"] + (t + wrong_gl) % scenes.N_SLOTS] = 1.0
+            if kind >= 0:
+                for hname, col in (("count", scenes.FACT_COUNT), ("bigger", scenes.FACT_BIGGER)):
+                    t = facts[cl, col] - 1
+                    v[start[hname] + (t + wrong_sh) % scenes.MAX_SHAPES] = 1.0
+                for b, (what, _) in enumerate(scenes.PLACE_BITS):
+                    bit = facts[cl, scenes.FACT_PLACE] >> b & 1
+                    bit ^= wrong_side if what == "side" else wrong_sh
+                    v[start["place"] + b] = 1.0 if bit else -1.0
     with torch.no_grad():
-        for h in (heads.kind, heads.colour, heads.char):
+        for hname, n in blocks:
+            h = getattr(heads, hname)
             h.weight.zero_()
             h.bias.zero_()
-        for c in range(K):
-            heads.kind.weight[heads.kind_lut[c], c] = 30.0
-            heads.char.weight[heads.char_lut[c], c] = 30.0
-            if heads.char_lut[c] == 0:
-                heads.colour.weight[heads.colour_lut[c], c] = 30.0
-        for j in range(1, 8):
-            heads.colour.weight[j, K + j] = 30.0
-    loss, st = aux_loss(heads, feats, cls, tcol)
-    st = dict(zip(AUX_NAMES, st.tolist()))
-    assert all(st[k] == 1.0 for k in ("kind_acc", "colour_acc", "char_acc")), st
+            h.weight[:, start[hname]:start[hname] + n] = 30.0 * torch.eye(n, dtype=torch.float64)
+    loss, st = aux_loss(heads, feats, cls, tcol, 1.0, rel, 1.0)
+    st = dict(zip(AUX_NAMES + REL_NAMES, st.tolist()))
+    assert all(st[k] == 1.0 for k in st if k.endswith("_acc")), st
     assert float(loss) < 1e-6, (float(loss), st)
-    assert glyph.sum() > 0 and (heads.kind_lut[cls] > 0).sum() > 0
-    loss0, st0 = aux_loss(heads, torch.zeros_like(feats), cls, tcol)
-    want = math.log(6) + math.log(8) + math.log(37)
+    # every term had patches to average over
+    glyph = heads.char_lut[cls] > 0
+    shape = heads.kind_lut[cls] > 0
+    assert (glyph & (flags[:, None] & ALL_GLYPHS > 0)).sum() > 0
+    assert (shape & (flags[:, None] & ALL_SHAPES > 0)).sum() > 0
+    assert (shape & (flags[:, None] & GLOBAL_VIEW > 0)).sum() > 0
+    loss0, _ = aux_loss(heads, torch.zeros_like(feats), cls, tcol, 1.0, rel, 1.0)
+    want = (math.log(6) + math.log(8) + math.log(37) + math.log(scenes.N_SLOTS)
+            + 2 * math.log(scenes.MAX_SHAPES) + math.log(2))
     assert abs(float(loss0) - want) < 1e-9, (float(loss0), want)
-    print("self-test: aux targets ok on %d crops (%d glyph patches); zero features give "
-          "log(6) + log(8) + log(37)" % (bt["n_crops"], int(glyph.sum())))
+    # without relational heads: the three terms alone
+    heads3 = AuxHeads(C, rel=False).double()
+    for h in (heads3.kind, heads3.colour, heads3.char):
+        torch.nn.init.zeros_(h.weight)
+        torch.nn.init.zeros_(h.bias)
+    loss3, st3 = aux_loss(heads3, feats, cls, tcol, 1.0, rel, 1.0)
+    assert abs(float(loss3) - (math.log(6) + math.log(8) + math.log(37))) < 1e-9
+    assert st3.shape == (len(AUX_NAMES),)
+    print("self-test: aux targets ok on %d crops (%d glyph, %d shape patches); zero features "
+          "give log(6) + log(8) + log(37) + log(10) + 2 log(4) + log(2)"
+          % (bt["n_crops"], int(glyph.sum()), int(shape.sum())))
+
+
+# --- CPU smoke of the aux loss path --------------------------------------------------
+class StandInTower(torch.nn.Module):
+    """A cheap tower with the demo tower's output shape ([N, 576, width] from
+    336 px crops, 14 px patches) for the CPU smoke where transformers is not
+    installed: patch embedding and learnt positions, then blocks of a
+    per-patch MLP and a crop-wide mean mixed back into every patch (enough
+    for a patch to learn facts about its crop; attention over 576 patches
+    costs seconds a step on one core)."""
+
+    def __init__(self, width, blocks=2):
+        super().__init__()
+        self.embed = torch.nn.Conv2d(3, width, PATCH, PATCH)
+        self.pos = torch.nn.Parameter(torch.randn(1, GRID * GRID, width) * 0.02)
+        self.norm = torch.nn.ModuleList(torch.nn.LayerNorm(width) for _ in range(blocks))
+        self.mlp = torch.nn.ModuleList(torch.nn.Sequential(
+            torch.nn.Linear(width, width), torch.nn.GELU(), torch.nn.Linear(width, width))
+            for _ in range(blocks))
+        self.mix = torch.nn.ModuleList(torch.nn.Linear(width, width) for _ in range(blocks))
+
+    def forward(self, pv):
+        x = self.embed(pv).flatten(2).transpose(1, 2) + self.pos  # [N, 576, width]
+        for norm, mlp, mix in zip(self.norm, self.mlp, self.mix):
+            h = norm(x)
+            x = x + mlp(h) + mix(h.mean(1, keepdim=True))
+        return x
+
+
+def cpu_smoke(steps, seed, batch, rel_weight, char_weight, lr, pool=4):
+    """Training steps of the tower's dense loss alone on the CPU, on `pool`
+    of the workers' real batches (training_sample, render_sample with cover
+    labels, make_batch, gpu_pixels) taken in turn: the demo's CLIP tower when
+    transformers is installed, else StandInTower. Prints every term's mean
+    over the pool before and after: each must fall, which shows that its
+    targets are consistent and its gradient reaches the heads and the tower
+    (a broken target or an empty mask would not fall). Whether the tower
+    generalises needs the GPU run. One thread, batches of a few samples."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    C = VISION["hidden_size"]
+    if importlib.util.find_spec("transformers") is not None:  # build() needs it
+        clip, _, _ = build(64)
+        tower = "the demo CLIP tower"
+        feats_of = lambda pv: R.clip_features(clip, pv)  # noqa: E731
+    else:
+        clip = StandInTower(C)
+        tower = "the stand-in tower (no transformers here)"
+        feats_of = clip
+    heads = AuxHeads(C, rel=rel_weight > 0)
+    params = list(clip.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    names = ["total"] + AUX_NAMES + (REL_NAMES if heads.rel else [])
+    cpu = torch.device("cpu")
+    rng = random.Random(seed)
+    batches = []
+    while len(batches) < pool:
+        bt = make_batch([_test_sample(render_sample(training_sample(rng), True, "cover"))
+                         for _ in range(batch)])
+        if bt["n_crops"]:
+            batches.append(bt)
+
+    def stats(bt):
+        feats = feats_of(gpu_pixels(bt["pix"], cpu))
+        rel = (bt["facts"].long(), bt["crop_img"], bt["crop_flags"].long())
+        loss, st = aux_loss(heads, feats, bt["patch_cls"].long(), bt["crop_tcol"].long(),
+                            char_weight, rel, rel_weight)
+        return torch.cat([loss.detach()[None], st])
+
+    def pool_means():
+        with torch.no_grad():
+            return torch.stack([stats(bt) for bt in batches]).mean(0).tolist()
+
+    before = pool_means()
+    t0 = time.time()
+    for step in range(steps):
+        bt = batches[step % pool]
+        feats = feats_of(gpu_pixels(bt["pix"], cpu))
+        rel = (bt["facts"].long(), bt["crop_img"], bt["crop_flags"].long())
+        loss, _ = aux_loss(heads, feats, bt["patch_cls"].long(), bt["crop_tcol"].long(),
+                           char_weight, rel, rel_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 20 == 0:
+            print("step %d: aux loss %.3f (%.1f s)" % (step, float(loss), time.time() - t0),
+                  flush=True)
+    after = pool_means()
+    print("cpu smoke with %s: %d steps over %d batches of %d samples (%d crops, %d glyph "
+          "patches in crops showing the whole text) in %.0f s; pool means before -> after:"
+          % (tower, steps, pool, batch, sum(bt["n_crops"] for bt in batches),
+             sum(int(((bt["patch_cls"].long() >= scenes.CHAR_BASE)
+                      & (bt["crop_flags"][:, None] & ALL_GLYPHS > 0)).sum()) for bt in batches),
+             time.time() - t0))
+    out = {}
+    for nm, a, b in zip(names, before, after):
+        print("  %-12s %.3f -> %.3f" % (nm, a, b))
+        out[nm] = (a, b)
+    return out
 
 
 def yesno_mode(prompt):
@@ -1074,26 +1458,51 @@ def training_mix(n, seed):
 
 
 def bench_data(n, seed):
-    """Per-sample cost of the worker's image work (training_sample, render,
-    HD transform, and the labels), without the tokenizer; one core. With the
-    tokenizers package and models/demo/tokenizer.json, also the whole
-    worker path of a sample (SceneStream.sample: tokenizing included) and
-    make_batch."""
+    """Per-sample cost of the worker's image work on one core: the same n
+    training samples (training_sample, seed) rendered with the HD transform
+    without labels, with centre labels and with cover labels (render_sample),
+    then the label steps alone per image (class map, cover patch labels, fact
+    table and crop flags) and make_batch. Each time is the best of two rounds
+    after a warm-up (fonts, index maps), so a shared machine disturbs it less.
+    With the tokenizers package and models/demo/tokenizer.json, also the whole
+    worker path of a sample (SceneStream.sample: tokenizing included). Then
+    the training mix (training_mix) of 20 n samples."""
+    rng = random.Random(seed)
+    smp = [training_sample(rng) for _ in range(n)]
+    imgs = [sc for s in smp for sc in s["scenes"][:s["turns"][-1]["n_images_before"]]]
+    for s in smp[:10]:
+        render_sample(s, True, "cover")
+        render_sample(s, True, "centre")
+
+    def best(fn, rounds=2):
+        ts = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            out = fn()
+            ts.append(time.perf_counter() - t0)
+        return min(ts), out
+
     res = {}
     for aux, mode in [(False, None), (True, "centre"), (True, "cover")]:
-        rng = random.Random(seed)
-        t0 = time.perf_counter()
-        n_img = 0
-        for _ in range(n):
-            r = render_sample(training_sample(rng), aux, mode or "cover")
-            n_img += len(r["hd"])
-        dt = (time.perf_counter() - t0) / n
-        res[(aux, mode)] = dt
+        dt, rs = best(lambda: [render_sample(s, aux, mode or "cover") for s in smp])
+        res[mode] = dt / n
         print("%-16s %.2f ms/sample (%.2f images/sample)" % (
-            "aux " + mode if aux else "no aux", 1000 * dt, n_img / n), flush=True)
-    extra = res[(True, "cover")] - res[(False, None)]
-    print("labels (cover) add %.2f ms/sample; 850 samples/s over 15 workers need <= %.1f ms a "
-          "sample per worker in all" % (1000 * extra, 15e3 / 850))
+            "aux " + mode if aux else "no aux", 1000 * dt / n, len(imgs) / n), flush=True)
+    t_map, maps = best(lambda: [scenes.render_labels(sc) for sc in imgs])
+    t_pl, pls = best(lambda: [fast_patch_labels(m, "cover") for m in maps])
+    t_fx, _ = best(lambda: [crop_flags(pl, scenes.scene_facts(sc)) for sc, pl in zip(imgs, pls)])
+    print("per image (%d): class map %.3f ms, cover patch labels %.3f ms, fact table + crop "
+          "flags %.3f ms" % (len(imgs), 1000 * t_map / len(imgs), 1000 * t_pl / len(imgs),
+                             1000 * t_fx / len(imgs)), flush=True)
+    # The label steps timed alone: the difference of two whole-sample times
+    # moves by a ms with the load of a shared machine.
+    print("labels (cover) %.2f ms/sample (render_sample: %+.2f ms); 850 samples/s over 15 "
+          "workers need <= %.1f ms a sample per worker in all"
+          % (1000 * (t_map + t_pl + t_fx) / n, 1000 * (res["cover"] - res[None]), 15e3 / 850))
+    batch = [_test_sample(r) for r in rs]  # the cover labels of the last round
+    batch.sort(key=lambda x: len(x["ids"]))
+    t_mb, _ = best(lambda: [make_batch(batch[i:i + 32]) for i in range(0, n, 32)])
+    print("make_batch (aux, placeholder ids) %.3f ms/sample" % (1000 * t_mb / n), flush=True)
     tok_path = os.path.join(repo_root(), "models", "demo", "tokenizer.json")
     try:
         from tokenizers import Tokenizer
@@ -1274,6 +1683,9 @@ def main():
                          "answer loss alone as before)")
     ap.add_argument("--char-weight", type=float, default=1.0,
                     help="weight of the character head's loss within the aux loss")
+    ap.add_argument("--rel-weight", type=float, default=1.0,
+                    help="weight of the relational heads (glyph slot, count of the kind, size "
+                         "rank, place) within the aux loss (0: not made)")
     ap.add_argument("--hold", type=int, default=0,
                     help="steps at the peak learning rate after the warm-up, before the cosine")
     ap.add_argument("--auto-steps", action="store_true",
@@ -1286,6 +1698,10 @@ def main():
                          "at its centre pixel")
     ap.add_argument("--bench-data", type=int, default=0, metavar="N",
                     help="time N samples of the worker's image work (no tokenizer) and exit")
+    ap.add_argument("--cpu-smoke", type=int, default=0, metavar="STEPS",
+                    help="train the tower's dense loss alone for STEPS steps on the CPU "
+                         "(batches of --batch samples; the demo tower, or a stand-in without "
+                         "transformers) and print how its terms fell, then exit")
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.self_test:
@@ -1293,6 +1709,10 @@ def main():
         return
     if args.bench_data:
         bench_data(args.bench_data, args.seed)
+        return
+    if args.cpu_smoke:
+        cpu_smoke(args.cpu_smoke, args.seed, args.batch, args.rel_weight, args.char_weight,
+                  args.lr)
         return
     if not args.out:
         ap.error("--out is required")
@@ -1344,7 +1764,8 @@ def main():
     # Made only when used: with --aux-weight 0 nothing (not even the random
     # stream) differs from the answer-loss-only recipe.
     aux_on = args.aux_weight > 0
-    heads = AuxHeads(VISION["hidden_size"]).to(dev).train() if aux_on else None
+    heads = (AuxHeads(VISION["hidden_size"], rel=args.rel_weight > 0).to(dev).train()
+             if aux_on else None)
     fwd_clip, fwd_lm = clip.forward, lm.model.forward
     if args.compile:
         clip.forward = torch.compile(fwd_clip, dynamic=True)
@@ -1354,7 +1775,8 @@ def main():
     if aux_on:
         params += list(heads.parameters())
         print(f"aux heads: {sum(p.numel() for p in heads.parameters())} params (not exported), "
-              f"weight {args.aux_weight}, patch labels by {args.patch_label}", flush=True)
+              f"weight {args.aux_weight} (char {args.char_weight}, relational "
+              f"{args.rel_weight}), patch labels by {args.patch_label}", flush=True)
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     warm = args.warmup
     if args.auto_steps:
@@ -1415,7 +1837,8 @@ def main():
             g["lr"] = lr_at(step)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss, ans_loss, aux_stats = train_loss(clip, lm, glue, bt, dev, heads,
-                                                   args.aux_weight, args.char_weight)
+                                                   args.aux_weight, args.char_weight,
+                                                   args.rel_weight)
         tp = time.time()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -1446,6 +1869,10 @@ def main():
                 a = log[-1]["aux"]
                 print("  aux loss kind %.3f colour %.3f char %.3f; patch acc kind %.3f "
                       "colour %.3f char %.3f" % tuple(a[k] for k in AUX_NAMES), flush=True)
+                if "slot_loss" in a:
+                    print("  rel loss slot %.3f count %.3f bigger %.3f place %.3f; acc slot "
+                          "%.3f count %.3f bigger %.3f place bits %.3f"
+                          % tuple(a[k] for k in REL_NAMES), flush=True)
         done = step + 1
         if time.time() - t_train > args.time_limit:
             print(f"time limit reached at step {step}", flush=True)
@@ -1503,7 +1930,7 @@ def flush_log(log, pending):
     for st_, lt, stats, tt in pending:
         rec = {"step": st_, "loss": float(lt), "t": tt}
         if stats is not None:
-            rec["aux"] = dict(zip(AUX_NAMES, (round(v, 5) for v in stats.tolist())))
+            rec["aux"] = dict(zip(AUX_NAMES + REL_NAMES, (round(v, 5) for v in stats.tolist())))
         log.append(rec)
     pending.clear()
 
