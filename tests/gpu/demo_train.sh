@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# tests/gpu/demo_train.sh - the demo model's training on one GPU, in three
+# calls of at most 10 minutes each (docs/demo.md, "How it is made"):
+#   PHASE=checks  the trainer's checks where transformers and tokenizers are
+#                 installed: --self-test, --cpu-smoke with the demo's CLIP
+#                 tower (20 steps, one thread), --bench-data 100 (worker cost
+#                 with tokenizing, the training mix and answer priors);
+#                 $OUT/checks.txt
+#   PHASE=train   the training command of docs/demo.md (about 7.6 minutes);
+#                 $OUT/train.txt, and the run folder ($RUN: demo/,
+#                 train_log.json, loss.png) copied to $OUT/run
+#   PHASE=eval    the held-out evaluation of what the run exported (the run
+#                 folder stays on the machine between calls while it is
+#                 held); $OUT/eval.txt, $OUT/run/{eval_stats.json,
+#                 pytorch_answers.jsonl}
+#   OUT=DIR PHASE=train bash tests/gpu/demo_train.sh
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/demo-train-out}
+RUN=${RUN:-/tmp/demo-run}
+mkdir -p "$OUT" "$RUN"
+T=reference/train_demo.py
+case "${PHASE:-}" in
+checks)
+  {
+    python3 $T --self-test &&
+      python3 $T --cpu-smoke 20 --batch 2 --lr 2e-3 &&
+      python3 $T --bench-data 100
+  } >"$OUT/checks.txt" 2>&1
+  rc=$?
+  tail -40 "$OUT/checks.txt"
+  exit $rc
+  ;;
+train)
+  python3 $T --seed 1 --steps 3300 --auto-steps --time-limit 465 --batch 128 --lr 2e-3 \
+    --workers 15 --compile --char-weight 2 --rel-weight 1 --no-eval --out "$RUN" \
+    >"$OUT/train.txt" 2>&1
+  rc=$?
+  mkdir -p "$OUT/run"
+  cp -r "$RUN/demo" "$RUN/train_log.json" "$RUN/loss.png" "$OUT/run/" 2>/dev/null
+  grep -E "auto steps|^step [0-9]+ |rel loss|trained|exported|total" "$OUT/train.txt" | tail -40
+  exit $rc
+  ;;
+eval)
+  [ -f "$RUN/demo/model.safetensors" ] || {
+    echo "no $RUN/demo: run PHASE=train on this machine first" >&2
+    exit 1
+  }
+  python3 $T --eval-only --init "$RUN/demo" --suites suites --out "$RUN" >"$OUT/eval.txt" 2>&1
+  rc=$?
+  mkdir -p "$OUT/run"
+  cp "$RUN/eval_stats.json" "$RUN/pytorch_answers.jsonl" "$OUT/run/" 2>/dev/null
+  tail -5 "$OUT/eval.txt"
+  exit $rc
+  ;;
+*)
+  echo "PHASE=checks|train|eval" >&2
+  exit 2
+  ;;
+esac
