@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backend/cuda/cuda.h"
 #include "base/alloc.h"
@@ -50,6 +51,11 @@ struct phi3_gpu {
     float *stage; /* pinned where the driver gives it (else ordinary memory) */
     size_t stage_bytes;
     bool stage_pinned;
+    /* VLM_CUDA_TIMING=1: GPU time of the graph's decode steps, and their
+     * wall time from one step's start to the next's (logged at free) */
+    double t_gpu_ms, t_wall_ms, t_last, t_prev_gpu;
+    int64_t t_pos;
+    long t_steps;
 };
 
 /* Context workspace: bf16 activations of 512 rows of the widest input, the
@@ -145,6 +151,11 @@ fail:
 void phi3_gpu_free(phi3_gpu *g) {
     if (!g) return;
     if (g->ctx) vlm_cuda_sync(g->ctx, "GPU decoder free", NULL);
+    if (g->t_steps > 0)
+        vlm_log(VLM_LOG_INFO,
+                "GPU decoder: %ld decode steps, %.3f ms each from start to start, of which "
+                "%.3f ms GPU time (input copy and graph)",
+                g->t_steps, g->t_wall_ms / (double)g->t_steps, g->t_gpu_ms / (double)g->t_steps);
     vlm_cuda_graph_destroy(g->graph);
     if (g->stage_pinned)
         vlm_cuda_host_free(g->stage, g->stage_bytes, VLM_MEM_OTHER);
@@ -363,14 +374,30 @@ vlm_status phi3_gpu_forward(phi3_gpu *g, const vlm_kv *kv, float *x, int64_t n, 
         memcpy(g->stage, &p32, sizeof p32);
         memcpy(g->stage + 4, x, (size_t)d * sizeof(float));
         float *hlog = g->stage + 4 + d;
+        const bool timing = vlm_cuda_timing(g->ctx);
+        if (timing) { /* consecutive positions: one generation's steps */
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            double now = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+            if (g->t_last > 0 && pos0 == g->t_pos + 1) {
+                g->t_wall_ms += now - g->t_last;
+                g->t_gpu_ms += g->t_prev_gpu;
+                g->t_steps++;
+            }
+            g->t_last = now;
+            g->t_pos = pos0;
+        }
+        vlm_cuda_mark(g->ctx, 0);
         if ((st = vlm_cuda_upload_async(g->ctx, g->act, g->stage, (size_t)(4 + d) * sizeof(float),
                                         "decode step input", err)) ||
             (st = vlm_cuda_graph_launch(g->ctx, g->graph, err)) ||
+            (vlm_cuda_mark(g->ctx, 1), false) ||
             (want_logits &&
              (st = vlm_cuda_download_async(g->ctx, hlog, dlog, (size_t)c->vocab * sizeof(float),
                                            "logits", err))) ||
             (st = vlm_cuda_sync(g->ctx, "GPU decoder (graph)", err)))
             return st;
+        if (timing) g->t_prev_gpu = vlm_cuda_marks_ms(g->ctx);
         if (want_logits) memcpy(logits, hlog, (size_t)c->vocab * sizeof(float));
         return VLM_OK;
     }

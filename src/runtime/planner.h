@@ -195,8 +195,10 @@ const char *plan_gpu_comp_name(plan_gpu_comp c);
  * 664 MiB. */
 #define PLAN_GPU_CONTEXT_BYTES ((uint64_t)664 << 20)
 /* cuBLAS / cuBLASLt workspace: 32 MiB, what NVIDIA recommends for Hopper
- * (cublasSetWorkspace; 4 MiB is enough before sm_90). */
-#define PLAN_GPU_CUBLAS_BYTES ((uint64_t)32 << 20)
+ * (cublasSetWorkspace; 4 MiB is enough before sm_90), and in the same
+ * allocation the decode attention's 4096 arrival counters (backend/cuda/ctx.h
+ * VLM_CUDA_ATT_COUNTERS, 4 bytes each). */
+#define PLAN_GPU_CUBLAS_BYTES (((uint64_t)32 << 20) + 4096 * 4)
 
 typedef enum plan_device { PLAN_CPU = 0, PLAN_GPU } plan_device;
 

@@ -9,6 +9,9 @@
 
 #include "backend/cuda/cuda.h"
 
+/* decode attention counters: (query, head) pairs of one launch at most */
+#define VLM_CUDA_ATT_COUNTERS 4096
+
 struct vlm_cuda_ctx {
     int device;
     cudaStream_t stream;
@@ -16,7 +19,14 @@ struct vlm_cuda_ctx {
     void *blas_ws; /* device: cuBLAS's workspace, from the accounted allocator */
     size_t blas_ws_bytes;
     cublasLtHandle_t lt; /* for products with a bias epilogue; NULL: add_bias instead */
-    void *workspace;     /* device, workspace_bytes */
+    /* device: one arrival counter per (query, head) warp of the decode
+     * attention, zero between its launches (the last split of a warp to
+     * finish merges the splits and resets it); NULL: a combine launch */
+    int *att_cnt;
+    void *workspace; /* device, workspace_bytes */
+    /* VLM_CUDA_TIMING=1: two events around a stretch of queued work (the
+     * decode step), for measuring; NULL otherwise */
+    cudaEvent_t mark[2];
     size_t workspace_bytes;
     bool f32_products;  /* BF16/F16 weights: widen to f32 and SGEMM (VLM_CUDA_F32_GEMM=1) */
     bool mma_attention; /* tensor-core attention allowed (VLM_CUDA_MMA_ATTN unset or not 0) */

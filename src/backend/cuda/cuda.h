@@ -61,6 +61,13 @@ void *vlm_cuda_ctx_stream(vlm_cuda_ctx *ctx);
 /* Wait for every queued op; the first execution error, naming `what`. */
 vlm_status vlm_cuda_sync(vlm_cuda_ctx *ctx, const char *what, vlm_err *err);
 
+/* Measuring (VLM_CUDA_TIMING=1 when the context was created): mark(0) and
+ * mark(1) record events on the stream; after a sync, marks_ms is the GPU
+ * time between them. Off: timing() is false and the calls do nothing. */
+bool vlm_cuda_timing(const vlm_cuda_ctx *ctx);
+void vlm_cuda_mark(vlm_cuda_ctx *ctx, int i);
+double vlm_cuda_marks_ms(vlm_cuda_ctx *ctx);
+
 /* Copies on the context's stream (synchronous with respect to the host for
  * pageable memory, so src may be reused at return). */
 vlm_status vlm_cuda_upload(vlm_cuda_ctx *ctx, void *dst_dev, const void *src_host, size_t bytes,

@@ -227,9 +227,11 @@ vlm_status vlm_cuda_ctx_create(vlm_cuda_ctx **out, size_t workspace_bytes, vlm_e
     cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH);
     /* cuBLAS's workspace comes from us (category SCRATCH) so that it is
      * counted and its failure is ours to report: 32 MiB on Hopper, 4 MiB
-     * before (NVIDIA's recommendations). */
+     * before (NVIDIA's recommendations). The decode attention's arrival
+     * counters (VLM_CUDA_ATT_COUNTERS ints, zero between launches) sit
+     * after it in the same allocation. */
     size_t blas_bytes = info.cc_major >= 9 ? (32u << 20) : (4u << 20);
-    c->blas_ws = vlm_dev_alloc(blas_bytes, VLM_MEM_SCRATCH);
+    c->blas_ws = vlm_dev_alloc(blas_bytes + VLM_CUDA_ATT_COUNTERS * sizeof(int), VLM_MEM_SCRATCH);
     if (!c->blas_ws) {
         vlm_cuda_ctx_destroy(c);
         return vlm_err_set(err, VLM_ERR_NOMEM,
@@ -237,6 +239,11 @@ vlm_status vlm_cuda_ctx_create(vlm_cuda_ctx **out, size_t workspace_bytes, vlm_e
                            blas_bytes);
     }
     c->blas_ws_bytes = blas_bytes;
+    c->att_cnt = (int *)((char *)c->blas_ws + blas_bytes);
+    if (cudaMemset(c->att_cnt, 0, VLM_CUDA_ATT_COUNTERS * sizeof(int)) != cudaSuccess) {
+        (void)cudaGetLastError();
+        c->att_cnt = NULL; /* the attention combines in a launch of its own */
+    }
     be = cublasSetWorkspace(c->blas, c->blas_ws, blas_bytes);
     if (be != CUBLAS_STATUS_SUCCESS) {
         vlm_cuda_ctx_destroy(c);
@@ -250,6 +257,14 @@ vlm_status vlm_cuda_ctx_create(vlm_cuda_ctx **out, size_t workspace_bytes, vlm_e
     c->f32_products = f32 && *f32 && strcmp(f32, "0") != 0;
     const char *mma = getenv("VLM_CUDA_MMA_ATTN");
     c->mma_attention = !(mma && !strcmp(mma, "0"));
+    const char *tm = getenv("VLM_CUDA_TIMING");
+    if (tm && tm[0] == '1' &&
+        (cudaEventCreate(&c->mark[0]) != cudaSuccess ||
+         cudaEventCreate(&c->mark[1]) != cudaSuccess)) {
+        (void)cudaGetLastError();
+        if (c->mark[0]) cudaEventDestroy(c->mark[0]);
+        c->mark[0] = c->mark[1] = NULL; /* no timing, nothing else lost */
+    }
     c->workspace_bytes = workspace_bytes;
     if (workspace_bytes) {
         c->workspace = vlm_dev_alloc(workspace_bytes, VLM_MEM_SCRATCH);
@@ -271,8 +286,27 @@ void vlm_cuda_ctx_destroy(vlm_cuda_ctx *c) {
     if (c->lt) cublasLtDestroy(c->lt);
     vlm_dev_free(c->blas_ws);
     vlm_dev_free(c->workspace);
+    for (int i = 0; i < 2; i++)
+        if (c->mark[i]) cudaEventDestroy(c->mark[i]);
     if (c->stream) cudaStreamDestroy(c->stream);
     vlm_free(c);
+}
+
+bool vlm_cuda_timing(const vlm_cuda_ctx *c) {
+    return c->mark[1] != NULL;
+}
+
+void vlm_cuda_mark(vlm_cuda_ctx *c, int i) {
+    if (c->mark[1]) cudaEventRecord(c->mark[i & 1], c->stream);
+}
+
+double vlm_cuda_marks_ms(vlm_cuda_ctx *c) {
+    float ms = 0.0f;
+    if (!c->mark[1] || cudaEventElapsedTime(&ms, c->mark[0], c->mark[1]) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0.0;
+    }
+    return ms;
 }
 
 void *vlm_cuda_ctx_stream(vlm_cuda_ctx *c) {

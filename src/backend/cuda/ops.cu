@@ -85,11 +85,12 @@ __device__ __forceinline__ void pdl_wait() {
  * programmatic dependent launch is there (sm_90+, VLM_CUDA_PDL=0 turns it
  * off), VLM_GEMV_WS (1, 2 or 4 warps a row: a fixed choice, for measuring)
  * VLM_CUDA_ATTN_ASYNC=0 (the tensor-core attention loads its K/V tiles
- * synchronously) and VLM_CUDA_DEC_GROUPS=0 (decode attention on the
- * one-key-per-warp-step kernel), for measuring. */
+ * synchronously), VLM_CUDA_DEC_GROUPS=0 (decode attention on the
+ * one-key-per-warp-step kernel) and VLM_CUDA_ATT_MERGE=0 (the decode
+ * attention's key splits merged by a launch of their own), for measuring. */
 struct card_facts {
     int sms = 0, fixed_ws = 0;
-    bool pdl = false, attn_async = true, dec_groups = true;
+    bool pdl = false, attn_async = true, dec_groups = true, att_merge = true;
     card_facts() {
         int dev = 0, major = 0;
         if (cudaGetDevice(&dev) == cudaSuccess) {
@@ -103,6 +104,8 @@ struct card_facts {
         attn_async = !(a && a[0] == '0');
         const char *dg = getenv("VLM_CUDA_DEC_GROUPS");
         dec_groups = !(dg && dg[0] == '0');
+        const char *am = getenv("VLM_CUDA_ATT_MERGE");
+        att_merge = !(am && am[0] == '0');
         const char *w = getenv("VLM_GEMV_WS");
         if (w && (w[0] == '1' || w[0] == '2' || w[0] == '4') && !w[1]) fixed_ws = w[0] - '0';
     }
@@ -460,6 +463,41 @@ __host__ __device__ __forceinline__ int att_splits(int64_t n_qh, int64_t n_kv, i
     return s < 1 ? 1 : (int)s;
 }
 
+/* One warp merges the n_use partials (m, l, acc[head_dim]) of the
+ * (query, head) pair qh into its normalised output row: lane l holds dims
+ * l, l + 32, ... The partials come through L2 (__ldcg): in k_attn_dec other
+ * blocks wrote them during this launch. */
+__device__ void attn_merge_splits(float *out, const float *part, int64_t qh, int n_heads,
+                                  int head_dim, int n_split, int n_use) {
+    const int lane = threadIdx.x & 31;
+    const float *pr = part + qh * n_split * (int64_t)(2 + head_dim);
+    float m = -INFINITY;
+    for (int s = 0; s < n_use; s++) m = fmaxf(m, __ldcg(pr + s * (int64_t)(2 + head_dim)));
+    float l = 0.0f;
+    float acc[ATT_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int s = 0; s < n_use; s++) {
+        const float *ps = pr + s * (int64_t)(2 + head_dim);
+        const float ls = __ldcg(ps + 1);
+        if (ls == 0.0f) continue; /* an empty split (m = -inf) */
+        float c = __expf(__ldcg(ps) - m);
+        l += ls * c;
+#pragma unroll
+        for (int j = 0; j < ATT_PER_LANE; j++) {
+            int d = lane + 32 * j;
+            if (d < head_dim) acc[j] += __ldcg(ps + 2 + d) * c;
+        }
+    }
+    float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    int64_t qi = qh / n_heads;
+    int h = (int)(qh % n_heads);
+    float *orow = out + qi * (int64_t)n_heads * head_dim + (int64_t)h * head_dim;
+#pragma unroll
+    for (int j = 0; j < ATT_PER_LANE; j++) {
+        int d = lane + 32 * j;
+        if (d < head_dim) orow[d] = acc[j] * inv;
+    }
+}
+
 __global__ void k_attention(float *out, const float *q, int64_t q_stride, vlm_dtype kvt,
                             const void *k, const void *v, int64_t kv_stride, int64_t n_q,
                             int64_t n_kv, int n_heads, int n_kv_heads, int head_dim, bool causal,
@@ -585,7 +623,7 @@ __global__ void __launch_bounds__(128)
     k_attn_dec(float *out, const float *q, int64_t q_stride, const void *k, const void *v,
                int64_t kv_stride, int64_t n_q, int64_t n_kv, int n_heads, int n_kv_heads,
                bool causal, int64_t q_pos0, float scale, int n_split, float *part,
-               const int32_t *dpos) {
+               const int32_t *dpos, int *cnt) {
     pdl_wait(); /* launched as a programmatic dependent (launch_pdl) */
     pdl_trigger();
     constexpr int EPL = HD / 4;    /* values a lane holds */
@@ -689,8 +727,9 @@ __global__ void __launch_bounds__(128)
         }
         m = mn;
     }
-    if (g != 0) return; /* lanes 0..3 hold the merged state */
+    /* lanes 0..3 hold the merged state */
     if (n_split == 1) {
+        if (g != 0) return;
         const float inv = l > 0.0f ? 1.0f / l : 0.0f;
         float *orow = out + qi * (int64_t)n_heads * HD + (int64_t)h * HD + t * EPL;
 #pragma unroll
@@ -699,12 +738,27 @@ __global__ void __launch_bounds__(128)
     }
     /* partials as k_attention's, m in natural-log units for k_attn_combine */
     float *pr = part + (qh * n_split + split) * (int64_t)(2 + HD);
-    if (t == 0) {
-        pr[0] = m == -INFINITY ? -INFINITY : m * 0.6931471805599453f;
-        pr[1] = l;
-    }
+    if (g == 0) {
+        if (t == 0) {
+            pr[0] = m == -INFINITY ? -INFINITY : m * 0.6931471805599453f;
+            pr[1] = l;
+        }
 #pragma unroll
-    for (int j = 0; j < EPL; j++) pr[2 + t * EPL + j] = acc[j];
+        for (int j = 0; j < EPL; j++) pr[2 + t * EPL + j] = acc[j];
+    }
+    if (!cnt) return; /* k_attn_combine merges the splits */
+    /* The last of the n_use splits of this (query, head) to arrive merges
+     * them all, in split order as k_attn_combine does (the same sums,
+     * whichever split comes last), and sets the counter back to 0 for the
+     * next launch: one launch fewer a layer. */
+    __threadfence(); /* the partials above are visible before the count */
+    __syncwarp();
+    int last = 0;
+    if (lane == 0) last = atomicAdd(cnt + qh, 1) == n_use - 1;
+    if (!__shfl_sync(0xffffffffu, last, 0)) return;
+    __threadfence(); /* the other splits' partials, read below through L2 */
+    attn_merge_splits(out, part, qh, n_heads, HD, n_split, n_use);
+    if (lane == 0) cnt[qh] = 0;
 }
 
 /* --- attention, tiled (prefill chunks and the vision tower) -----------------
@@ -1216,35 +1270,10 @@ __global__ void k_attn_combine(float *out, const float *part, int64_t n_qh, int 
     pdl_trigger();
     int warps = blockDim.x >> 5;
     int64_t qh = (int64_t)blockIdx.x * warps + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
     if (qh >= n_qh) return;
     /* with dpos, only the splits k_attention used (as it counts them) */
     const int n_use = dpos ? att_splits(n_qh, *dpos + n_qh / n_heads, n_split) : n_split;
-    const float *pr = part + qh * n_split * (int64_t)(2 + head_dim);
-    float m = -INFINITY;
-    for (int s = 0; s < n_use; s++) m = fmaxf(m, pr[s * (int64_t)(2 + head_dim)]);
-    float l = 0.0f;
-    float acc[ATT_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int s = 0; s < n_use; s++) {
-        const float *ps = pr + s * (int64_t)(2 + head_dim);
-        if (ps[1] == 0.0f) continue; /* an empty split (m = -inf) */
-        float c = __expf(ps[0] - m);
-        l += ps[1] * c;
-#pragma unroll
-        for (int j = 0; j < ATT_PER_LANE; j++) {
-            int d = lane + 32 * j;
-            if (d < head_dim) acc[j] += ps[2 + d] * c;
-        }
-    }
-    float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    int64_t qi = qh / n_heads;
-    int h = (int)(qh % n_heads);
-    float *orow = out + qi * (int64_t)n_heads * head_dim + (int64_t)h * head_dim;
-#pragma unroll
-    for (int j = 0; j < ATT_PER_LANE; j++) {
-        int d = lane + 32 * j;
-        if (d < head_dim) orow[d] = acc[j] * inv;
-    }
+    attn_merge_splits(out, part, qh, n_heads, head_dim, n_split, n_use);
 }
 
 /* --- elementwise ----------------------------------------------------------- */
@@ -1753,16 +1782,16 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     }
 }
 
-/* Warps per row of k_gemv16: enough rows in flight for the 132 SMs of an
- * H100 at ~24+ warps each (qkv 9216, gate_up 16384, lm_head 32064 rows: one
- * warp; o and down, 3072 rows: two; small test shapes: four). Measured on
- * the H100: more warps a row to fill the last wave made every product
- * slower (gate_up 80% -> 51% of the copy bandwidth at four). VLM_GEMV_WS
- * fixes it for measuring. */
+/* Warps per row of k_gemv16 for `out` rows.
+ * Measured on the H100 (gpubench, isolated products): two warps a row beat
+ * one on every decoder shape (qkv 66% -> 89% of the copy bandwidth, gate_up
+ * 77% -> 103%, down 64% -> 82%, lm_head 85% -> 93%) and four; small outputs
+ * take four, so that there are warps enough. VLM_GEMV_WS fixes it, for
+ * measuring. */
 int gemv_warps_per_row(int64_t out) {
     const card_facts &c = card();
     if (c.fixed_ws) return c.fixed_ws;
-    return out >= 6144 ? 1 : out >= 1536 ? 2 : 4;
+    return out >= 1536 ? 2 : 4;
 }
 
 /* A launch as a programmatic dependent of the kernel before it where the
@@ -1936,17 +1965,23 @@ static vlm_status attention_few(vlm_cuda_ctx *ctx, float *out, const float *q, i
     const bool rows16 = ((uintptr_t)k.data % 16) == 0 && ((uintptr_t)v.data % 16) == 0 &&
                         ((size_t)kv_stride * esz) % 16 == 0 &&
                         ((size_t)head_dim / 4 * esz) % 16 == 0 && card().dec_groups;
-    bool done = false;
+    /* the lane-group kernel merges its splits itself where the context has
+     * the counters (one per (query, head) warp) */
+    int *cnt = n_split > 1 && ctx->att_cnt && n_qh <= VLM_CUDA_ATT_COUNTERS && card().att_merge
+                   ? ctx->att_cnt
+                   : NULL;
+    bool done = false, rows16_merged = false;
 #define DEC_CASE(D)                                                                                \
     case D:                                                                                        \
         if (bf)                                                                                    \
             launch_pdl(k_attn_dec<D, true>, grid, warps * 32u, ctx->stream, out, q, q_stride,      \
                        k.data, v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads, causal, q_pos0,  \
-                       scale, n_split, (float *)ctx->workspace, dpos);                             \
+                       scale, n_split, (float *)ctx->workspace, dpos, cnt);                        \
         else                                                                                       \
             launch_pdl(k_attn_dec<D, false>, grid, warps * 32u, ctx->stream, out, q, q_stride,     \
                        k.data, v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads, causal, q_pos0,  \
-                       scale, n_split, (float *)ctx->workspace, dpos);                             \
+                       scale, n_split, (float *)ctx->workspace, dpos, cnt);                        \
+        rows16_merged = cnt != NULL;                                                               \
         done = true;                                                                               \
         break;
     if (rows16) {
@@ -1964,7 +1999,7 @@ static vlm_status attention_few(vlm_cuda_ctx *ctx, float *out, const float *q, i
                    v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads, head_dim, causal, q_pos0,
                    scale, n_split, (float *)ctx->workspace, dpos);
     vlm_status st = launched("attention", err);
-    if (st != VLM_OK || n_split == 1) return st;
+    if (st != VLM_OK || n_split == 1 || rows16_merged) return st;
     launch_pdl(k_attn_combine, dim3((unsigned)((n_qh + warps - 1) / warps)), warps * 32u,
                ctx->stream, out, (const float *)ctx->workspace, n_qh, n_heads, head_dim, n_split,
                dpos);
