@@ -14,6 +14,8 @@
 #                 held); $OUT/eval.txt, $OUT/run/{eval_stats.json,
 #                 pytorch_answers.jsonl}
 #   OUT=DIR PHASE=train bash tests/gpu/demo_train.sh
+# REL_WEIGHT (default 0) is train_demo.py's --rel-weight (0: no relational
+# heads).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/demo-train-out}
@@ -24,7 +26,7 @@ case "${PHASE:-}" in
 checks)
   {
     python3 $T --self-test &&
-      python3 $T --cpu-smoke 20 --batch 2 --lr 2e-3 &&
+      python3 $T --cpu-smoke 20 --batch 2 --lr 2e-3 --rel-weight 1 &&
       python3 $T --bench-data 100
   } >"$OUT/checks.txt" 2>&1
   rc=$?
@@ -33,7 +35,7 @@ checks)
   ;;
 train)
   python3 $T --seed 1 --steps 3300 --auto-steps --time-limit 465 --batch 128 --lr 2e-3 \
-    --workers 15 --compile --char-weight 2 --rel-weight 1 --no-eval --out "$RUN" \
+    --workers 15 --compile --char-weight 2 --rel-weight "${REL_WEIGHT:-0}" --no-eval --out "$RUN" \
     >"$OUT/train.txt" 2>&1
   rc=$?
   mkdir -p "$OUT/run"
