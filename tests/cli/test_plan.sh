@@ -231,8 +231,9 @@ H, I = 3072, 8192
 layer = 2 * (3 * H * H + H * H + 2 * I * H + H * I + 2 * H)   # bf16 weights
 kv = 2 * 4096 * 32 * 96 * 4                                    # f32 K and V, 4096 rows
 ws = 4 * (128 * H + 128 * (H + (32 + 2 * 32) * 96 + 32 * 96 + 3 * I + 96) + 4096)  # 1 stream
-# + the decoder's GPU context (cuBLAS 32 MiB + 512 x ff x 2 + 1 MiB) + CUDA context
-fixed = ws + (32 << 20) + 512 * I * 2 + (1 << 20) + (664 << 20)
+# + the decoder's GPU context (cuBLAS 32 MiB and the decode attention's 4096 4-byte
+# counters + 512 x ff x 2 + 1 MiB) + CUDA context
+fixed = ws + (32 << 20) + 4096 * 4 + 512 * I * 2 + (1 << 20) + (664 << 20)
 print(fixed + 10 * (layer + kv) + (layer + kv) // 2)")"
 "$VLM_BIN" plan "$full" --mem-budget 64G --gpu-mem-budget "$GPU_B" --num-crops 4 --threads 1 \
     --json >"$tmp/gpu.json"
@@ -255,7 +256,7 @@ assert part["label"] == "gpu native, 10/32 layers, vision cpu", part["label"]
 assert part["fits_budgets"] and part["gpu_layers"] == 10 and not part["vision_on_gpu"]
 assert part["gpu"]["weights"] == 10 * layer and part["gpu"]["kv_cache"] == 10 * kv
 assert part["gpu"]["cuda_context"] == 664 << 20
-assert part["gpu"]["cublas_workspace"] == (32 << 20) + 512 * I * 2 + (1 << 20)
+assert part["gpu"]["cublas_workspace"] == (32 << 20) + 4096 * 4 + 512 * I * 2 + (1 << 20)
 assert part["gpu_bytes"] == sum(part["gpu"].values()) <= budget
 # the host keeps the 22 other layers' cache
 assert part["bytes"]["kv_cache"] - 22 * kv in range(0, 256)
