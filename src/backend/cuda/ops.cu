@@ -466,25 +466,55 @@ __host__ __device__ __forceinline__ int att_splits(int64_t n_qh, int64_t n_kv, i
 /* One warp merges the n_use partials (m, l, acc[head_dim]) of the
  * (query, head) pair qh into its normalised output row: lane l holds dims
  * l, l + 32, ... The partials come through L2 (__ldcg): in k_attn_dec other
- * blocks wrote them during this launch. */
+ * blocks wrote them during this launch. Lane s reads split s's (m, l) (the
+ * max in one pass over the lanes), and each split's acc row is read
+ * MERGE_INFLIGHT splits at a time, all loads issued before the sums: at 62
+ * splits (1000 cached keys) a merge that read one split after the other
+ * waited ~60 L2 round trips. The sums still run in split order, so l and acc
+ * are the ones a split-by-split loop gives, bit for bit. */
+constexpr int MERGE_INFLIGHT = 8;
+
 __device__ void attn_merge_splits(float *out, const float *part, int64_t qh, int n_heads,
                                   int head_dim, int n_split, int n_use) {
     const int lane = threadIdx.x & 31;
-    const float *pr = part + qh * n_split * (int64_t)(2 + head_dim);
+    const int64_t st = 2 + head_dim;
+    const float *pr = part + qh * n_split * st;
     float m = -INFINITY;
-    for (int s = 0; s < n_use; s++) m = fmaxf(m, __ldcg(pr + s * (int64_t)(2 + head_dim)));
+    for (int s = lane; s < n_use; s += 32) m = fmaxf(m, __ldcg(pr + s * st));
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
     float l = 0.0f;
     float acc[ATT_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int s = 0; s < n_use; s++) {
-        const float *ps = pr + s * (int64_t)(2 + head_dim);
-        const float ls = __ldcg(ps + 1);
-        if (ls == 0.0f) continue; /* an empty split (m = -inf) */
-        float c = __expf(__ldcg(ps) - m);
-        l += ls * c;
+    for (int s0 = 0; s0 < n_use; s0 += 32) {
+        const int cnt = n_use - s0 < 32 ? n_use - s0 : 32;
+        /* lane u: split s0 + u's weight c (0 for an empty split: m = -inf,
+         * l = 0) and its l * c */
+        float c = 0.0f, lc = 0.0f;
+        if (lane < cnt) {
+            const float ls = __ldcg(pr + (s0 + lane) * st + 1);
+            if (ls != 0.0f) {
+                c = __expf(__ldcg(pr + (s0 + lane) * st) - m);
+                lc = ls * c;
+            }
+        }
+        for (int k = 0; k < cnt; k += MERGE_INFLIGHT) {
+            float v[MERGE_INFLIGHT][ATT_PER_LANE];
 #pragma unroll
-        for (int j = 0; j < ATT_PER_LANE; j++) {
-            int d = lane + 32 * j;
-            if (d < head_dim) acc[j] += __ldcg(ps + 2 + d) * c;
+            for (int u = 0; u < MERGE_INFLIGHT; u++)
+#pragma unroll
+                for (int j = 0; j < ATT_PER_LANE; j++) {
+                    const int d = lane + 32 * j;
+                    v[u][j] =
+                        k + u < cnt && d < head_dim ? __ldcg(pr + (s0 + k + u) * st + 2 + d) : 0.0f;
+                }
+#pragma unroll
+            for (int u = 0; u < MERGE_INFLIGHT; u++) {
+                const float cu = __shfl_sync(0xffffffffu, c, (k + u) & 31);
+                const float lu = __shfl_sync(0xffffffffu, lc, (k + u) & 31);
+                if (k + u >= cnt || cu == 0.0f) continue; /* past the end, or empty */
+                l += lu;
+#pragma unroll
+                for (int j = 0; j < ATT_PER_LANE; j++) acc[j] += v[u][j] * cu;
+            }
         }
     }
     float inv = l > 0.0f ? 1.0f / l : 0.0f;
