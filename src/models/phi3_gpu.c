@@ -334,6 +334,24 @@ static bool step_graph(phi3_gpu *g, const vlm_kv *kv, bool want_logits) {
     return true;
 }
 
+/* VLM_CUDA_TIMING=1: at the start of a graph step at pos0, add the previous
+ * step's wall time (start to start) and GPU time to the totals when the two
+ * are consecutive positions of one generation (a prefill or a new session
+ * in between is not a decode step's time). */
+static void step_timing(phi3_gpu *g, int64_t pos0) {
+    if (!vlm_cuda_timing(g->ctx)) return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double now = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+    if (g->t_last > 0 && pos0 == g->t_pos + 1) {
+        g->t_wall_ms += now - g->t_last;
+        g->t_gpu_ms += g->t_prev_gpu;
+        g->t_steps++;
+    }
+    g->t_last = now;
+    g->t_pos = pos0;
+}
+
 vlm_status phi3_gpu_forward(phi3_gpu *g, const vlm_kv *kv, float *x, int64_t n, int64_t pos0,
                             bool rope_long, int logits_mode, float *logits, vlm_err *err) {
     const phi3_model *m = g->m;
@@ -374,30 +392,19 @@ vlm_status phi3_gpu_forward(phi3_gpu *g, const vlm_kv *kv, float *x, int64_t n, 
         memcpy(g->stage, &p32, sizeof p32);
         memcpy(g->stage + 4, x, (size_t)d * sizeof(float));
         float *hlog = g->stage + 4 + d;
-        const bool timing = vlm_cuda_timing(g->ctx);
-        if (timing) { /* consecutive positions: one generation's steps */
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            double now = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-            if (g->t_last > 0 && pos0 == g->t_pos + 1) {
-                g->t_wall_ms += now - g->t_last;
-                g->t_gpu_ms += g->t_prev_gpu;
-                g->t_steps++;
-            }
-            g->t_last = now;
-            g->t_pos = pos0;
-        }
+        step_timing(g, pos0);
         vlm_cuda_mark(g->ctx, 0);
         if ((st = vlm_cuda_upload_async(g->ctx, g->act, g->stage, (size_t)(4 + d) * sizeof(float),
                                         "decode step input", err)) ||
-            (st = vlm_cuda_graph_launch(g->ctx, g->graph, err)) ||
-            (vlm_cuda_mark(g->ctx, 1), false) ||
-            (want_logits &&
+            (st = vlm_cuda_graph_launch(g->ctx, g->graph, err)))
+            return st;
+        vlm_cuda_mark(g->ctx, 1);
+        if ((want_logits &&
              (st = vlm_cuda_download_async(g->ctx, hlog, dlog, (size_t)c->vocab * sizeof(float),
                                            "logits", err))) ||
             (st = vlm_cuda_sync(g->ctx, "GPU decoder (graph)", err)))
             return st;
-        if (timing) g->t_prev_gpu = vlm_cuda_marks_ms(g->ctx);
+        if (vlm_cuda_timing(g->ctx)) g->t_prev_gpu = vlm_cuda_marks_ms(g->ctx);
         if (want_logits) memcpy(logits, hlog, (size_t)c->vocab * sizeof(float));
         return VLM_OK;
     }
