@@ -322,11 +322,12 @@ vlm_status vlm_cuda_sync(vlm_cuda_ctx *c, const char *what, vlm_err *err) {
                        cudaGetErrorName(e));
 }
 
+/* A copy queued on the context's stream; with wait, done when this returns. */
 static vlm_status copy(vlm_cuda_ctx *c, void *dst, const void *src, size_t bytes,
-                       enum cudaMemcpyKind kind, const char *what, vlm_err *err) {
+                       enum cudaMemcpyKind kind, bool wait, const char *what, vlm_err *err) {
     if (bytes == 0) return VLM_OK;
     cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, c->stream);
-    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+    if (e == cudaSuccess && wait) e = cudaStreamSynchronize(c->stream);
     if (e == cudaSuccess) return VLM_OK;
     (void)cudaGetLastError();
     return vlm_err_set(err, VLM_ERR_DEVICE, "%s: copy of %zu bytes %s the GPU: %s",
@@ -336,12 +337,12 @@ static vlm_status copy(vlm_cuda_ctx *c, void *dst, const void *src, size_t bytes
 
 vlm_status vlm_cuda_upload(vlm_cuda_ctx *c, void *dst_dev, const void *src_host, size_t bytes,
                            const char *what, vlm_err *err) {
-    return copy(c, dst_dev, src_host, bytes, cudaMemcpyHostToDevice, what, err);
+    return copy(c, dst_dev, src_host, bytes, cudaMemcpyHostToDevice, true, what, err);
 }
 
 vlm_status vlm_cuda_download(vlm_cuda_ctx *c, void *dst_host, const void *src_dev, size_t bytes,
                              const char *what, vlm_err *err) {
-    return copy(c, dst_host, src_dev, bytes, cudaMemcpyDeviceToHost, what, err);
+    return copy(c, dst_host, src_dev, bytes, cudaMemcpyDeviceToHost, true, what, err);
 }
 
 /* --- graphs, pinned staging, queued copies -------------------------------- */
@@ -421,23 +422,12 @@ void vlm_cuda_host_free(void *p, size_t size, vlm_mem_cat cat) {
     vlm_alloc_note_external(cat, -(int64_t)(size ? size : 1));
 }
 
-static vlm_status copy_async(vlm_cuda_ctx *c, void *dst, const void *src, size_t bytes,
-                             enum cudaMemcpyKind kind, const char *what, vlm_err *err) {
-    if (bytes == 0) return VLM_OK;
-    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, c->stream);
-    if (e == cudaSuccess) return VLM_OK;
-    (void)cudaGetLastError();
-    return vlm_err_set(err, VLM_ERR_DEVICE, "%s: copy of %zu bytes %s the GPU: %s",
-                       what ? what : "GPU", bytes, kind == cudaMemcpyHostToDevice ? "to" : "from",
-                       cudaGetErrorString(e));
-}
-
 vlm_status vlm_cuda_upload_async(vlm_cuda_ctx *c, void *dst_dev, const void *src_host, size_t bytes,
                                  const char *what, vlm_err *err) {
-    return copy_async(c, dst_dev, src_host, bytes, cudaMemcpyHostToDevice, what, err);
+    return copy(c, dst_dev, src_host, bytes, cudaMemcpyHostToDevice, false, what, err);
 }
 
 vlm_status vlm_cuda_download_async(vlm_cuda_ctx *c, void *dst_host, const void *src_dev,
                                    size_t bytes, const char *what, vlm_err *err) {
-    return copy_async(c, dst_host, src_dev, bytes, cudaMemcpyDeviceToHost, what, err);
+    return copy(c, dst_host, src_dev, bytes, cudaMemcpyDeviceToHost, false, what, err);
 }

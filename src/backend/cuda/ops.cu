@@ -1957,18 +1957,29 @@ vlm_status vlm_cuda_rope_apply(vlm_cuda_ctx *ctx, float *x, int64_t n, int64_t r
     return launched("rope", err);
 }
 
-vlm_status vlm_cuda_rope_store(vlm_cuda_ctx *ctx, float *qkv, int64_t n, int64_t row_stride,
-                               int n_heads, int n_kv_heads, int head_dim, const float *cos_t,
-                               const float *sin_t, void *k_dst, void *v_dst, vlm_dtype dtype,
-                               int64_t offset, vlm_err *err) {
+/* rope_store and rope_store_pos: one kernel; dev_pos NULL takes the tables
+ * and the offset at the position already. */
+static vlm_status rope_store(vlm_cuda_ctx *ctx, float *qkv, int64_t n, int64_t row_stride,
+                             int n_heads, int n_kv_heads, int head_dim, const float *cos_t,
+                             const float *sin_t, void *k_dst, void *v_dst, vlm_dtype dtype,
+                             int64_t offset, const int32_t *dev_pos, const char *what,
+                             vlm_err *err) {
     if (dtype != VLM_DTYPE_F32 && dtype != VLM_DTYPE_BF16)
         return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "rope_store: KV dtype %d", (int)dtype);
     int64_t total =
         n * ((int64_t)(n_heads + n_kv_heads) * (head_dim / 2) + (int64_t)n_kv_heads * head_dim);
     if (total <= 0) return VLM_OK;
     launch_pdl(k_rope_store, dim3(blocks_for(total, 256)), 256u, ctx->stream, qkv, n, row_stride,
-               n_heads, n_kv_heads, head_dim, cos_t, sin_t, k_dst, v_dst, dtype, offset, nullptr);
-    return launched("rope_store", err);
+               n_heads, n_kv_heads, head_dim, cos_t, sin_t, k_dst, v_dst, dtype, offset, dev_pos);
+    return launched(what, err);
+}
+
+vlm_status vlm_cuda_rope_store(vlm_cuda_ctx *ctx, float *qkv, int64_t n, int64_t row_stride,
+                               int n_heads, int n_kv_heads, int head_dim, const float *cos_t,
+                               const float *sin_t, void *k_dst, void *v_dst, vlm_dtype dtype,
+                               int64_t offset, vlm_err *err) {
+    return rope_store(ctx, qkv, n, row_stride, n_heads, n_kv_heads, head_dim, cos_t, sin_t, k_dst,
+                      v_dst, dtype, offset, nullptr, "rope_store", err);
 }
 
 /* The few-query kernel (decode, short chunks): split the keys when there
@@ -1976,6 +1987,19 @@ vlm_status vlm_cuda_rope_store(vlm_cuda_ctx *ctx, float *qkv, int64_t n, int64_t
  * in the workspace merged by k_attn_combine. dpos non-NULL: the queries'
  * position comes from the device at run time and n_kv is the largest key
  * count it may give (the launch has the splits of that length). */
+/* The heads and KV dtype every CUDA attention kernel takes. */
+static vlm_status attention_shape_ok(int head_dim, int n_heads, int n_kv_heads, vlm_dtype kv,
+                                     vlm_err *err) {
+    if (head_dim <= 0 || head_dim > ATT_MAXD || n_kv_heads <= 0 || n_heads % n_kv_heads)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                           "attention: head_dim %d, %d heads over %d kv heads (CUDA kernel takes "
+                           "head_dim <= %d)",
+                           head_dim, n_heads, n_kv_heads, ATT_MAXD);
+    if (kv != VLM_DTYPE_F32 && kv != VLM_DTYPE_BF16)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "attention: KV dtype %d", (int)kv);
+    return VLM_OK;
+}
+
 static vlm_status attention_few(vlm_cuda_ctx *ctx, float *out, const float *q, int64_t q_stride,
                                 vlm_cuda_weight k, vlm_cuda_weight v, int64_t kv_stride,
                                 int64_t n_q, int64_t n_kv, int n_heads, int n_kv_heads,
@@ -2043,13 +2067,8 @@ static vlm_status attention(vlm_cuda_ctx *ctx, float *out, const float *q, int64
                             int64_t n_q, int64_t n_kv, int n_heads, int n_kv_heads, int head_dim,
                             bool causal, int64_t q_pos0, float scale, bool bf16_inputs,
                             vlm_err *err) {
-    if (head_dim <= 0 || head_dim > ATT_MAXD || n_kv_heads <= 0 || n_heads % n_kv_heads)
-        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
-                           "attention: head_dim %d, %d heads over %d kv heads (CUDA kernel takes "
-                           "head_dim <= %d)",
-                           head_dim, n_heads, n_kv_heads, ATT_MAXD);
-    if (k.dtype != VLM_DTYPE_F32 && k.dtype != VLM_DTYPE_BF16)
-        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "attention: KV dtype %d", (int)k.dtype);
+    vlm_status sh = attention_shape_ok(head_dim, n_heads, n_kv_heads, k.dtype, err);
+    if (sh != VLM_OK) return sh;
     if (n_seq < 1 || n_seq > 65535)
         return vlm_err_set(err, VLM_ERR_INVALID_ARG, "attention: %d sequences (1..65535)", n_seq);
     int64_t n_qh = n_q * n_heads;
@@ -2191,6 +2210,16 @@ vlm_status vlm_cuda_embed_rows(vlm_cuda_ctx *ctx, float *out, vlm_cuda_weight ta
     return launched("embed_rows", err);
 }
 
+/* A cuBLAS product that failed: VLM_ERR_NOMEM when cuBLAS ran out of
+ * memory (the fallback steps down), else VLM_ERR_DEVICE, naming the op
+ * and its n x in x out shape. */
+static vlm_status blas_failed(const char *op, cublasStatus_t bs, int64_t n, int64_t in, int64_t out,
+                              vlm_err *err) {
+    return vlm_err_set(err, bs == CUBLAS_STATUS_ALLOC_FAILED ? VLM_ERR_NOMEM : VLM_ERR_DEVICE,
+                       "%s %lld x %lld x %lld: cuBLAS: %s", op, (long long)n, (long long)in,
+                       (long long)out, cublasGetStatusString(bs));
+}
+
 /* y = x W^T (+ b), or with acc_y y += x W^T (+ b). */
 static vlm_status matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n, int64_t in,
                          int64_t out, vlm_cuda_weight w, vlm_cuda_weight b, bool acc_y,
@@ -2282,11 +2311,7 @@ static vlm_status matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n,
                                   CUBLAS_GEMM_DEFAULT);
             }
         }
-        if (bs != CUBLAS_STATUS_SUCCESS)
-            return vlm_err_set(err,
-                               bs == CUBLAS_STATUS_ALLOC_FAILED ? VLM_ERR_NOMEM : VLM_ERR_DEVICE,
-                               "matmul %lld x %lld x %lld: cuBLAS: %s", (long long)n, (long long)in,
-                               (long long)out, cublasGetStatusString(bs));
+        if (bs != CUBLAS_STATUS_SUCCESS) return blas_failed("matmul", bs, n, in, out, err);
     }
     return vlm_cuda_add_bias(ctx, y, n, out, b, err);
 }
@@ -2320,29 +2345,18 @@ vlm_status vlm_cuda_rope_store_pos(vlm_cuda_ctx *ctx, float *qkv, int64_t n, int
                                    const float *cos_table, const float *sin_table, void *k_dst,
                                    void *v_dst, vlm_dtype dtype, int64_t layer_offset,
                                    const int32_t *dev_pos, vlm_err *err) {
-    if (dtype != VLM_DTYPE_F32 && dtype != VLM_DTYPE_BF16)
-        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "rope_store: KV dtype %d", (int)dtype);
     if (!dev_pos) return vlm_err_set(err, VLM_ERR_INVALID_ARG, "rope_store: no device position");
-    int64_t total =
-        n * ((int64_t)(n_heads + n_kv_heads) * (head_dim / 2) + (int64_t)n_kv_heads * head_dim);
-    if (total <= 0) return VLM_OK;
-    launch_pdl(k_rope_store, dim3(blocks_for(total, 256)), 256u, ctx->stream, qkv, n, row_stride,
-               n_heads, n_kv_heads, head_dim, cos_table, sin_table, k_dst, v_dst, dtype,
-               layer_offset, dev_pos);
-    return launched("rope_store (device position)", err);
+    return rope_store(ctx, qkv, n, row_stride, n_heads, n_kv_heads, head_dim, cos_table, sin_table,
+                      k_dst, v_dst, dtype, layer_offset, dev_pos, "rope_store (device position)",
+                      err);
 }
 
 vlm_status vlm_cuda_attention_pos(vlm_cuda_ctx *ctx, float *out, const float *q, int64_t q_stride,
                                   vlm_cuda_weight k, vlm_cuda_weight v, int64_t kv_stride,
                                   int64_t n_q, int64_t max_kv, int n_heads, int n_kv_heads,
                                   int head_dim, float scale, const int32_t *dev_pos, vlm_err *err) {
-    if (head_dim <= 0 || head_dim > ATT_MAXD || n_kv_heads <= 0 || n_heads % n_kv_heads)
-        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
-                           "attention: head_dim %d, %d heads over %d kv heads (CUDA kernel takes "
-                           "head_dim <= %d)",
-                           head_dim, n_heads, n_kv_heads, ATT_MAXD);
-    if (k.dtype != VLM_DTYPE_F32 && k.dtype != VLM_DTYPE_BF16)
-        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "attention: KV dtype %d", (int)k.dtype);
+    vlm_status sh = attention_shape_ok(head_dim, n_heads, n_kv_heads, k.dtype, err);
+    if (sh != VLM_OK) return sh;
     if (!dev_pos || n_q < 1 || n_q >= FA_MIN_Q || max_kv < n_q)
         return vlm_err_set(err, VLM_ERR_INVALID_ARG,
                            "attention (device position): %lld queries, %lld keys at most%s",
@@ -2474,10 +2488,7 @@ static vlm_status matmul_h(vlm_cuda_ctx *ctx, float *y, const void *xh, int64_t 
     cublasStatus_t bs = cublasGemmEx(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in,
                                      &alpha, w.data, dt, (int)in, xh, dt, (int)in, &beta, y,
                                      CUDA_R_32F, (int)out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (bs != CUBLAS_STATUS_SUCCESS)
-        return vlm_err_set(err, bs == CUBLAS_STATUS_ALLOC_FAILED ? VLM_ERR_NOMEM : VLM_ERR_DEVICE,
-                           "matmul_h %lld x %lld x %lld: cuBLAS: %s", (long long)n, (long long)in,
-                           (long long)out, cublasGetStatusString(bs));
+    if (bs != CUBLAS_STATUS_SUCCESS) return blas_failed("matmul_h", bs, n, in, out, err);
     return vlm_cuda_add_bias(ctx, y, n, out, b, err);
 }
 
@@ -2595,10 +2606,7 @@ vlm_status vlm_cuda_matmul_h_out16(vlm_cuda_ctx *ctx, void *y16, const void *xh,
         cublasGemmEx(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in, &alpha, w.data,
                      CUDA_R_16BF, (int)in, xh, CUDA_R_16BF, (int)in, &beta, y16, CUDA_R_16BF,
                      (int)out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (bs != CUBLAS_STATUS_SUCCESS)
-        return vlm_err_set(err, bs == CUBLAS_STATUS_ALLOC_FAILED ? VLM_ERR_NOMEM : VLM_ERR_DEVICE,
-                           "matmul_h_out16 %lld x %lld x %lld: cuBLAS: %s", (long long)n,
-                           (long long)in, (long long)out, cublasGetStatusString(bs));
+    if (bs != CUBLAS_STATUS_SUCCESS) return blas_failed("matmul_h_out16", bs, n, in, out, err);
     return VLM_OK;
 }
 
