@@ -128,6 +128,13 @@ static size_t up64(size_t f) {
     return (f + 63) / 64 * 64;
 }
 
+/* Projector rows of a group of gc crops: (grid/2)^2 merged cells a crop,
+ * at least 2 (the two separators are projected in the same buffer). */
+static size_t proj_rows(const clip_config *cfg, int gc) {
+    const size_t mg = (size_t)(cfg->image_size / cfg->patch_size) / 2, rows = (size_t)gc * mg * mg;
+    return rows < 2 ? 2 : rows;
+}
+
 void clip_gpu_layout_cfg(const clip_config *cfg, int gc, int64_t proj_d, clip_gpu_layout *out) {
     const size_t grid = (size_t)(cfg->image_size / cfg->patch_size), np = grid * grid + 1;
     const size_t T = (size_t)gc * np, D = (size_t)cfg->hidden, I = (size_t)cfg->intermediate;
@@ -144,8 +151,7 @@ void clip_gpu_layout_cfg(const clip_config *cfg, int gc, int64_t proj_d, clip_gp
     out->px = at, at += up64((size_t)gc * 3 * S * S);
     out->seq = out->hid = out->prj = at;
     if (proj_d > 0) {
-        size_t mg = grid / 2, rows = (size_t)gc * mg * mg;
-        if (rows < 2) rows = 2;
+        const size_t rows = proj_rows(cfg, gc);
         out->seq = at, at += up64(rows * 4 * D);
         out->hid = at, at += up64(rows * (size_t)proj_d);
         out->prj = at, at += up64(rows * (size_t)proj_d);
@@ -154,13 +160,8 @@ void clip_gpu_layout_cfg(const clip_config *cfg, int gc, int64_t proj_d, clip_gp
 }
 
 size_t clip_gpu_staging_bytes_cfg(const clip_config *cfg, int gc, int64_t proj_d) {
-    const size_t grid = (size_t)(cfg->image_size / cfg->patch_size), S = (size_t)cfg->image_size;
-    size_t px = (size_t)gc * 3 * S * S, rows = 0;
-    if (proj_d > 0) {
-        rows = (size_t)gc * (grid / 2) * (grid / 2);
-        if (rows < 2) rows = 2;
-        rows *= (size_t)proj_d;
-    }
+    const size_t S = (size_t)cfg->image_size, px = (size_t)gc * 3 * S * S;
+    const size_t rows = proj_d > 0 ? proj_rows(cfg, gc) * (size_t)proj_d : 0;
     return (px > rows ? px : rows) * sizeof(float);
 }
 

@@ -233,6 +233,16 @@ static vlm_status ensure_rope(phi3_gpu *g, int64_t max_ctx, int64_t upto, bool r
     return st;
 }
 
+/* Floats of the activation buffer before the logits for a call of n
+ * tokens: the device position (4 floats: an int32, padding), then x and xb
+ * [n][d], qkv [n][qkvd], att [n][qd], gu [n][2 ff], hmid [n][ff] (enqueue's
+ * layout); the logits rows follow. */
+static size_t act_floats_before_logits(const phi3v_config *c, int64_t n) {
+    const int64_t qd = (int64_t)c->n_heads * c->head_dim;
+    const int64_t qkvd = qd + 2 * (int64_t)c->n_kv_heads * c->head_dim;
+    return 4 + (size_t)n * (size_t)(2 * c->hidden + qkvd + qd + 3 * c->intermediate);
+}
+
 /* Queue the layers (and with want_logits the head over rows [first, n)) on
  * the activations in g->act. dpos non-NULL: the position is the device's
  * int32 there (the graph's step, n == 1), the launches do not depend on
@@ -244,7 +254,8 @@ static vlm_status enqueue(phi3_gpu *g, const vlm_kv *kv, int64_t n, int64_t pos0
     const int H = c->n_heads, KV = c->n_kv_heads;
     const int64_t qd = H * hd, kvd = KV * hd, qkvd = qd + 2 * kvd, half = hd / 2;
     float *dx = g->act + 4, *xb = dx + n * d, *qkv = xb + n * d, *att = qkv + n * qkvd,
-          *gu = att + n * qd, *hmid = gu + n * 2 * ff, *dlog = hmid + n * ff;
+          *gu = att + n * qd, *hmid = gu + n * 2 * ff,
+          *dlog = g->act + act_floats_before_logits(c, n);
     const float *cos_tab = g->rope, *sin_tab = g->rope + g->rope_rows * half;
     const float scale = (float)(1.0 / sqrt((double)hd));
     const vlm_cuda_weight nob = {VLM_DTYPE_F32, NULL};
@@ -356,17 +367,15 @@ vlm_status phi3_gpu_forward(phi3_gpu *g, const vlm_kv *kv, float *x, int64_t n, 
                             bool rope_long, int logits_mode, float *logits, vlm_err *err) {
     const phi3_model *m = g->m;
     const phi3v_config *c = m->cfg;
-    const int64_t d = c->hidden, ff = c->intermediate, hd = c->head_dim;
-    const int64_t qd = c->n_heads * hd, qkvd = qd + 2 * (int64_t)c->n_kv_heads * hd;
+    const int64_t d = c->hidden;
     const bool want_logits = g->head && logits && logits_mode != VLM_LOGITS_NONE;
     const int64_t first = logits_mode == VLM_LOGITS_LAST ? n - 1 : 0;
     vlm_status st = check_kv(g, kv, err);
     if (st != VLM_OK) return st;
 
-    /* pos [4]; x, xb [n][d]; qkv [n][qkvd]; att [n][qd]; gu [n][2ff];
-     * hmid [n][ff]; logits [n - first][vocab] */
-    size_t need = 4 + (size_t)n * (size_t)(2 * d + qkvd + qd + 3 * ff) +
-                  (want_logits ? (size_t)(n - first) * (size_t)c->vocab : 0);
+    /* the rows of enqueue, then logits [n - first][vocab] */
+    const size_t before = act_floats_before_logits(c, n);
+    size_t need = before + (want_logits ? (size_t)(n - first) * (size_t)c->vocab : 0);
     if (need > g->act_floats) {
         vlm_dev_free(g->act);
         g->act_floats = 0;
@@ -379,8 +388,7 @@ vlm_status phi3_gpu_forward(phi3_gpu *g, const vlm_kv *kv, float *x, int64_t n, 
         g->act_floats = need;
     }
     if ((st = ensure_rope(g, kv->max_ctx, pos0 + n, rope_long, err)) != VLM_OK) return st;
-    float *dx = g->act + 4;
-    float *dlog = dx + n * (2 * d + qkvd + qd + 3 * ff);
+    float *dx = g->act + 4, *dlog = g->act + before;
 
     if (n == 1 && g->graphs && step_graph(g, kv, want_logits)) {
         /* One decode step: the position and x go up in one queued copy

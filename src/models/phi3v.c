@@ -267,13 +267,12 @@ vlm_status phi3v_encode_image(phi3v_model *m, const vlm_image_input *img, int gr
          * ([group * 577][6 * 1024 + 4096] floats: 118 MB for 5 crops, 400 MB
          * for 17) is not needed, and allocating and zeroing it cost more than
          * the tower itself. Not zeroed: every row read is written first. */
-        const int64_t mg = c->grid / 2, d = m->cfg.hidden;
+        const int64_t d = m->cfg.hidden;
         /* the rows come back in the tower's pinned buffer and are scattered
          * from there; only without one do they need memory of ours */
         const bool pinned = clip_gpu_reserve_staging(m->clip_gpu, group);
-        int64_t rows = pinned ? 2 : (int64_t)group * mg * mg;
-        if (rows < 2) rows = 2;
-        float *prj = vlm_alloc((size_t)(rows * d) * sizeof(float), VLM_MEM_IMAGE);
+        const size_t rows = pinned ? 2 : glue_rows(&m->cfg, group);
+        float *prj = vlm_alloc(rows * (size_t)d * sizeof(float), VLM_MEM_IMAGE);
         if (!prj)
             return vlm_err_set(err, VLM_ERR_NOMEM,
                                "image: out of memory for the projected rows of %d crops", group);
