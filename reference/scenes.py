@@ -311,6 +311,16 @@ def make_text_scene(rng, number=None, size=None):
     return sc
 
 
+def draw_shape(d, s, fill):
+    """Shape s drawn with ImageDraw d in fill: render() (its colour) and
+    render_labels() (its class) share this one geometry."""
+    if s.kind == "circle":
+        r = s.s / 2
+        d.ellipse([s.cx - r, s.cy - r, s.cx + r, s.cy + r], fill=fill)
+    else:
+        d.polygon([(s.cx + x * s.s, s.cy + y * s.s) for x, y in POLYGONS[s.kind]], fill=fill)
+
+
 def render(sc):
     """The scene as an RGB PIL image: flat colours, no anti-aliasing.
 
@@ -320,13 +330,7 @@ def render(sc):
     img = Image.new("RGB", (sc.w, sc.h), sc.bg)
     d = ImageDraw.Draw(img)
     for s in sc.shapes:
-        col = COLOURS[s.colour]
-        if s.kind == "circle":
-            r = s.s / 2
-            d.ellipse([s.cx - r, s.cy - r, s.cx + r, s.cy + r], fill=col)
-        else:
-            d.polygon([(s.cx + x * s.s, s.cy + y * s.s) for x, y in POLYGONS[s.kind]],
-                      fill=col)
+        draw_shape(d, s, COLOURS[s.colour])
     if sc.text is not None:
         d.fontmode = "1"
         shown = sc.text if sc.text_is_number else sc.text.upper()
@@ -422,13 +426,7 @@ def render_labels(sc):
     img = Image.new("L", (sc.w, sc.h), 0)
     d = ImageDraw.Draw(img)
     for s in sc.shapes:
-        cls = shape_class(s.kind, s.colour)
-        if s.kind == "circle":
-            r = s.s / 2
-            d.ellipse([s.cx - r, s.cy - r, s.cx + r, s.cy + r], fill=cls)
-        else:
-            d.polygon([(s.cx + x * s.s, s.cy + y * s.s) for x, y in POLYGONS[s.kind]],
-                      fill=cls)
+        draw_shape(d, s, shape_class(s.kind, s.colour))
     out = np.array(img, dtype=np.uint8)
     if sc.text is not None:
         shown = sc.text if sc.text_is_number else sc.text.upper()
