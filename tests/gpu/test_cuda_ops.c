@@ -339,6 +339,159 @@ static void test_rope_store(void **state) {
     free(cs), free(sn);
 }
 
+/* --- fused products ------------------------------------------------------- */
+
+/* Device buffers a and b hold the same bytes. */
+static void same_bits(const char *what, const void *da, const void *db, size_t bytes) {
+    vlm_err err = {0};
+    assert_int_equal(vlm_cuda_sync(CTX, "test", &err), VLM_OK);
+    char *a = malloc(bytes), *b = malloc(bytes);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_int_equal(vlm_cuda_download(CTX, a, da, bytes, "a", &err), VLM_OK);
+    assert_int_equal(vlm_cuda_download(CTX, b, db, bytes, "b", &err), VLM_OK);
+    size_t at = 0;
+    while (at < bytes && a[at] == b[at]) at++;
+    if (at < bytes)
+        fprintf(stderr, "%s: first differing byte %zu of %zu\n", what, at, bytes);
+    else
+        printf("%-40s bit for bit (%zu bytes)\n", what, bytes);
+    assert_true(at == bytes);
+    free(a), free(b);
+}
+
+static void *bf16_weights(int64_t rows, int64_t in, float scale) {
+    float *wf = rnd((size_t)(rows * in), scale);
+    uint16_t *wh = malloc((size_t)(rows * in) * 2);
+    assert_non_null(wh);
+    to_bf16(wh, wf, (size_t)(rows * in));
+    void *d = up(wh, (size_t)(rows * in) * 2);
+    free(wf), free(wh);
+    return d;
+}
+
+static void *dev_filled(size_t n, float v) {
+    float *h = malloc(n * 4);
+    assert_non_null(h);
+    for (size_t i = 0; i < n; i++) h[i] = v;
+    void *d = up(h, n * 4);
+    free(h);
+    return d;
+}
+
+/* The fused products (matmul_silu, matmul_rope_store, matmul_acc_rmsnorm)
+ * give the two ops they stand for bit for bit, at the decoder's shapes
+ * where the epilogue kernels take them (two warps a row: >= 1536 rows) for
+ * 1, 3 and 8 tokens. That the epilogue ran, not the two ops: matmul_silu
+ * leaves its scratch untouched. matmul_acc_rmsnorm runs twice per shape, so
+ * its arrival counter must have been reset (else the second norm is never
+ * written). The two ops themselves are checked against the CPU above. */
+static void test_fused_products(void **state) {
+    (void)state;
+    const int64_t ns[3] = {1, 3, 8};
+    for (int k = 0; k < 3; k++) {
+        const int64_t n = ns[k], in = 512, ff = 1024;
+        char what[96];
+        float *x = rnd((size_t)(n * 3072), 1.0f);
+        float *dx = up(x, (size_t)(n * 3072) * 4);
+        /* silu: out = silu(gate) * up over W = [gate; up] */
+        void *wgu = bf16_weights(2 * ff, in, 0.1f);
+        vlm_cuda_weight gw = {VLM_DTYPE_BF16, wgu}, none = {VLM_DTYPE_F32, NULL};
+        float *gu_f = dev_filled((size_t)(n * 2 * ff), 7.0f),
+              *gu_r = dev_filled((size_t)(n * 2 * ff), 0.0f);
+        float *o_f = dev_filled((size_t)(n * ff), 0.0f), *o_r = dev_filled((size_t)(n * ff), 0.0f);
+        OK(vlm_cuda_matmul_silu(CTX, o_f, gu_f, dx, n, in, ff, gw, E));
+        OK(vlm_cuda_matmul(CTX, gu_r, dx, n, in, 2 * ff, gw, none, E));
+        OK(vlm_cuda_silu_mul(CTX, o_r, gu_r, n, ff, E));
+        snprintf(what, sizeof what, "matmul_silu n=%lld", (long long)n);
+        same_bits(what, o_f, o_r, (size_t)(n * ff) * 4);
+        float *scratch = down(gu_f, (size_t)(n * 2 * ff));
+        for (int64_t i = 0; i < n * 2 * ff; i++) assert_true(scratch[i] == 7.0f);
+        free(scratch);
+        vlm_dev_free(gu_f), vlm_dev_free(gu_r), vlm_dev_free(o_f), vlm_dev_free(o_r);
+        vlm_dev_free(wgu);
+
+        /* rope_store: 8 q heads over 4 kv heads of 96 (1536 rows), at a
+         * cache offset, positions from the host or the device, F32 and
+         * BF16 caches */
+        const int hd = 96, nh = 8, nkv = 4, half = hd / 2;
+        const int64_t kvd = (int64_t)nkv * hd, rows = (int64_t)(nh + 2 * nkv) * hd, pos = 37;
+        const int64_t max_ctx = 64, cache = max_ctx * kvd;
+        float factor[48], inv[48];
+        for (int i = 0; i < half; i++) factor[i] = 1.0f + 0.05f * (float)i;
+        cpu_rope_inv_freq(inv, hd, 10000.0, factor);
+        float *cs = malloc((size_t)(max_ctx * half) * 4),
+              *sn = malloc((size_t)(max_ctx * half) * 4);
+        cpu_rope_cos_sin(cs, sn, 0, max_ctx, hd, inv, 1.0);
+        float *dc = up(cs, (size_t)(max_ctx * half) * 4),
+              *ds = up(sn, (size_t)(max_ctx * half) * 4);
+        int32_t p32 = (int32_t)pos;
+        int32_t *dpos = up(&p32, sizeof p32);
+        void *wqkv = bf16_weights(rows, in, 0.1f);
+        vlm_cuda_weight qw = {VLM_DTYPE_BF16, wqkv};
+        for (int m = 0; m < 4; m++) {
+            const bool bf = m & 1, devpos = m & 2;
+            const vlm_dtype t = bf ? VLM_DTYPE_BF16 : VLM_DTYPE_F32;
+            const size_t cb = (size_t)cache * (bf ? 2 : 4);
+            float *q_f = dev_filled((size_t)(n * rows), 0.0f),
+                  *q_r = dev_filled((size_t)(n * rows), 0.0f);
+            void *k_f = dev_filled(cb / 4, 0.0f), *k_r = dev_filled(cb / 4, 0.0f);
+            void *v_f = dev_filled(cb / 4, 0.0f), *v_r = dev_filled(cb / 4, 0.0f);
+            OK(vlm_cuda_matmul(CTX, q_r, dx, n, in, rows, qw, none, E));
+            if (devpos) {
+                OK(vlm_cuda_matmul_rope_store(CTX, q_f, dx, n, in, qw, nh, nkv, hd, dc, ds, k_f,
+                                              v_f, t, 0, dpos, E));
+                OK(vlm_cuda_rope_store_pos(CTX, q_r, n, rows, nh, nkv, hd, dc, ds, k_r, v_r, t, 0,
+                                           dpos, E));
+            } else {
+                OK(vlm_cuda_matmul_rope_store(CTX, q_f, dx, n, in, qw, nh, nkv, hd, dc + pos * half,
+                                              ds + pos * half, k_f, v_f, t, pos * kvd, NULL, E));
+                OK(vlm_cuda_rope_store(CTX, q_r, n, rows, nh, nkv, hd, dc + pos * half,
+                                       ds + pos * half, k_r, v_r, t, pos * kvd, E));
+            }
+            snprintf(what, sizeof what, "matmul_rope_store n=%lld %s cache%s", (long long)n,
+                     bf ? "bf16" : "f32", devpos ? " dev pos" : "");
+            same_bits(what, q_f, q_r, (size_t)(n * rows) * 4);
+            same_bits("  k cache", k_f, k_r, cb);
+            same_bits("  v cache", v_f, v_r, cb);
+            vlm_dev_free(q_f), vlm_dev_free(q_r), vlm_dev_free(k_f), vlm_dev_free(k_r);
+            vlm_dev_free(v_f), vlm_dev_free(v_r);
+        }
+        vlm_dev_free(wqkv), vlm_dev_free(dc), vlm_dev_free(ds), vlm_dev_free(dpos);
+        free(cs), free(sn);
+
+        /* x += W h, then rmsnorm: rows of 2048 and 3072, twice each */
+        for (int64_t d = 2048; d <= 3072; d += 1024) {
+            void *wo = bf16_weights(d, in, 0.1f);
+            float *g = rnd((size_t)d, 1.0f);
+            uint16_t *gh = malloc((size_t)d * 2);
+            to_bf16(gh, g, (size_t)d);
+            void *dg = up(gh, (size_t)d * 2);
+            vlm_cuda_weight ow = {VLM_DTYPE_BF16, wo}, gwt = {VLM_DTYPE_BF16, dg};
+            for (int rep = 0; rep < 2; rep++) {
+                float *y0 = rnd((size_t)(n * d), 2.0f);
+                float *y_f = up(y0, (size_t)(n * d) * 4), *y_r = up(y0, (size_t)(n * d) * 4);
+                float *nf = dev_filled((size_t)(n * d), -1.0f),
+                      *nr = dev_filled((size_t)(n * d), 0.0f);
+                const float *xin = dx + rep * in;
+                OK(vlm_cuda_matmul_acc_rmsnorm(CTX, y_f, xin, n, in, d, ow, nf, gwt, 1e-5f, E));
+                OK(vlm_cuda_matmul_acc(CTX, y_r, xin, n, in, d, ow, E));
+                OK(vlm_cuda_rmsnorm(CTX, nr, y_r, n, d, gwt, 1e-5f, E));
+                snprintf(what, sizeof what, "matmul_acc_rmsnorm n=%lld d=%lld #%d", (long long)n,
+                         (long long)d, rep + 1);
+                same_bits(what, y_f, y_r, (size_t)(n * d) * 4);
+                same_bits("  norm", nf, nr, (size_t)(n * d) * 4);
+                vlm_dev_free(y_f), vlm_dev_free(y_r), vlm_dev_free(nf), vlm_dev_free(nr);
+                free(y0);
+            }
+            vlm_dev_free(wo), vlm_dev_free(dg);
+            free(g), free(gh);
+        }
+        vlm_dev_free(dx);
+        free(x);
+    }
+}
+
 /* --- attention -------------------------------------------------------------- */
 
 static void attn_case(const char *what, vlm_dtype kvt, int64_t n_q, int64_t n_kv, int nh, int nkv,
@@ -1045,21 +1198,14 @@ static void test_dev_alloc(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dev_alloc),
-        cmocka_unit_test(test_matmul),
-        cmocka_unit_test(test_norms),
-        cmocka_unit_test(test_rope),
-        cmocka_unit_test(test_rope_store),
-        cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_device_position),
-        cmocka_unit_test(test_attention_seqs),
-        cmocka_unit_test(test_elementwise),
-        cmocka_unit_test(test_patch_embed),
-        cmocka_unit_test(test_merge2x2),
-        cmocka_unit_test(test_half_inputs),
-        cmocka_unit_test(test_patch_embed_crops),
-        cmocka_unit_test(test_pinned),
-        cmocka_unit_test(test_bf16_qkv_attention),
+        cmocka_unit_test(test_dev_alloc),      cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_norms),          cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_rope_store),     cmocka_unit_test(test_fused_products),
+        cmocka_unit_test(test_attention),      cmocka_unit_test(test_device_position),
+        cmocka_unit_test(test_attention_seqs), cmocka_unit_test(test_elementwise),
+        cmocka_unit_test(test_patch_embed),    cmocka_unit_test(test_merge2x2),
+        cmocka_unit_test(test_half_inputs),    cmocka_unit_test(test_patch_embed_crops),
+        cmocka_unit_test(test_pinned),         cmocka_unit_test(test_bf16_qkv_attention),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -86,11 +86,13 @@ __device__ __forceinline__ void pdl_wait() {
  * off), VLM_GEMV_WS (1, 2 or 4 warps a row: a fixed choice, for measuring)
  * VLM_CUDA_ATTN_ASYNC=0 (the tensor-core attention loads its K/V tiles
  * synchronously), VLM_CUDA_DEC_GROUPS=0 (decode attention on the
- * one-key-per-warp-step kernel) and VLM_CUDA_ATT_MERGE=0 (the decode
- * attention's key splits merged by a launch of their own), for measuring. */
+ * one-key-per-warp-step kernel), VLM_CUDA_ATT_MERGE=0 (the decode
+ * attention's key splits merged by a launch of their own) and
+ * VLM_CUDA_FUSE=0 (no GEMV epilogues: matmul_silu, matmul_rope_store and
+ * matmul_acc_rmsnorm as two launches each), for measuring. */
 struct card_facts {
     int sms = 0, fixed_ws = 0;
-    bool pdl = false, attn_async = true, dec_groups = true, att_merge = true;
+    bool pdl = false, attn_async = true, dec_groups = true, att_merge = true, fuse = true;
     card_facts() {
         int dev = 0, major = 0;
         if (cudaGetDevice(&dev) == cudaSuccess) {
@@ -106,6 +108,8 @@ struct card_facts {
         dec_groups = !(dg && dg[0] == '0');
         const char *am = getenv("VLM_CUDA_ATT_MERGE");
         att_merge = !(am && am[0] == '0');
+        const char *fu = getenv("VLM_CUDA_FUSE");
+        fuse = !(fu && fu[0] == '0');
         const char *w = getenv("VLM_GEMV_WS");
         if (w && (w[0] == '1' || w[0] == '2' || w[0] == '4') && !w[1]) fixed_ws = w[0] - '0';
     }
@@ -138,6 +142,30 @@ __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
 
 __device__ __forceinline__ float half_bits_to_f32(uint16_t h) {
     return __half2float(__ushort_as_half(h));
+}
+
+/* Small pieces whose bits two kernels must agree on (a fused GEMV epilogue
+ * and the plain kernel it replaces): one definition, one expression. */
+__device__ __forceinline__ float silu_mul1(float g, float u) {
+    return u * (g / (1.0f + expf(-g)));
+}
+
+/* rotate_half(x) = (-x2, x1): the pair (a, b) of dims i, i + half */
+__device__ __forceinline__ void rope_rot(float &a, float &b, float c, float s) {
+    const float a2 = a * c - b * s, b2 = b * c + a * s;
+    a = a2;
+    b = b2;
+}
+
+__device__ __forceinline__ void store_kv(void *dst, bool bf, int64_t at, float v) {
+    if (bf)
+        ((uint16_t *)dst)[at] = f32_to_bf16_bits(v);
+    else
+        ((float *)dst)[at] = v;
+}
+
+__device__ __forceinline__ float sq4(float4 v) {
+    return v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
 }
 
 /* --- norms ----------------------------------------------------------------- */
@@ -174,7 +202,7 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
     for (int j = 0; j < VPL; j++) {
         v[j] = xr[threadIdx.x + 256 * j];
-        ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+        ss += sq4(v[j]);
     }
     ss = warp_sum(ss);
     if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = ss;
@@ -405,12 +433,7 @@ __global__ void k_rope_store(float *x, int64_t n, int64_t row_stride, int n_head
          id += (int64_t)gridDim.x * blockDim.x) {
         if (id >= n_rot) { /* v element e of row r */
             int64_t j = id - n_rot, r = j / kvd, e = j % kvd;
-            float val = x[r * row_stride + (int64_t)nr * head_dim + e];
-            int64_t at = offset + r * kvd + e;
-            if (bf)
-                ((uint16_t *)vd)[at] = f32_to_bf16_bits(val);
-            else
-                ((float *)vd)[at] = val;
+            store_kv(vd, bf, offset + r * kvd + e, x[r * row_stride + (int64_t)nr * head_dim + e]);
             continue;
         }
         int i = (int)(id % half);
@@ -420,19 +443,13 @@ __global__ void k_rope_store(float *x, int64_t n, int64_t row_stride, int n_head
         float *v = x + r * row_stride + (int64_t)h * head_dim;
         float c = cos_t[r * half + i], s = sin_t[r * half + i];
         float a = v[i], b = v[i + half];
-        /* rotate_half(x) = (-x2, x1) */
-        float a2 = a * c - b * s, b2 = b * c + a * s;
-        v[i] = a2;
-        v[i + half] = b2;
+        rope_rot(a, b, c, s);
+        v[i] = a;
+        v[i + half] = b;
         if (h < n_heads) continue;
         int64_t at = offset + r * kvd + (int64_t)(h - n_heads) * head_dim + i;
-        if (bf) {
-            ((uint16_t *)kd)[at] = f32_to_bf16_bits(a2);
-            ((uint16_t *)kd)[at + half] = f32_to_bf16_bits(b2);
-        } else {
-            ((float *)kd)[at] = a2;
-            ((float *)kd)[at + half] = b2;
-        }
+        store_kv(kd, bf, at, a);
+        store_kv(kd, bf, at + half, b);
     }
 }
 
@@ -1339,8 +1356,7 @@ __global__ void k_silu_mul(float *out, const float *gu, int64_t n, int64_t ff) {
     pdl_trigger();
     GRID_LOOP(i, n * ff) {
         int64_t r = i / ff, c = i % ff;
-        float g = gu[r * 2 * ff + c], u = gu[r * 2 * ff + ff + c];
-        out[i] = u * (g / (1.0f + expf(-g)));
+        out[i] = silu_mul1(gu[r * 2 * ff + c], gu[r * 2 * ff + ff + c]);
     }
 }
 
@@ -1649,20 +1665,135 @@ __device__ __forceinline__ uint4 ld_stream16(const void *p) {
     return r;
 }
 
+/* What k_gemv16 does with its products (EPI). GV_PLAIN: y = W x (or
+ * y += W x). The other three take the small op after the product into the
+ * same launch, so the decode step has a kernel boundary fewer each (four a
+ * layer), with the results of the two launches bit for bit:
+ *  - GV_SILU: W = [gate; up] (2 ff rows): a block takes gate row i and up
+ *    row i and writes out[t][i] = silu(gate) * up, as k_silu_mul;
+ *  - GV_ROPE: W = the fused qkv (H + 2 KV heads of head_dim rows): a block
+ *    takes rows i and i + head_dim / 2 of a head, rotates a q or k pair as
+ *    k_rope_store and stores k and v pairs into the cache;
+ *  - GV_NORM: y += W x as GV_PLAIN, then the last block to finish (an
+ *    arrival counter) writes out = rmsnorm(y) * g over the whole rows, as
+ *    k_rmsnorm_rows.
+ * The epilogues run after the weight loop, so its registers are not
+ * theirs (the folds into the weight loop measured slower: cuda.md). */
+enum { GV_PLAIN = 0, GV_SILU = 1, GV_ROPE = 2, GV_NORM = 3 };
+
+struct gv_epi {
+    float *out;   /* SILU: [NT][ff]; NORM: [NT][rows] */
+    int64_t ff;   /* SILU: gate rows [0, ff), up rows [ff, 2 ff) */
+    vlm_dtype gt; /* NORM: g's dtype, g [rows], eps, the arrival counter */
+    const void *g;
+    float eps;
+    int *cnt;
+    int n_heads, n_kv_heads, head_dim; /* ROPE: as k_rope_store */
+    bool kv_bf16;
+    const float *cos_t, *sin_t;
+    void *kd, *vd;
+    int64_t offset;
+    const int32_t *dpos;
+};
+
+/* GV_ROPE's pair q (head q / half, dims i and i + half; heads [0, H) q,
+ * [H, H + KV) k, then v) of token t: y's two values a, b as the product
+ * gave them. */
+__device__ void gv_rope_pair(const gv_epi &e, float *y, int64_t out, int64_t q, int t, float a,
+                             float b) {
+    const int half = e.head_dim / 2, nr = e.n_heads + e.n_kv_heads;
+    const int64_t h = q / half, i = q % half, kvd = (int64_t)e.n_kv_heads * e.head_dim;
+    const float *ct = e.cos_t, *sn = e.sin_t;
+    int64_t off = e.offset;
+    if (e.dpos) {
+        const int64_t p = *e.dpos;
+        ct += p * half;
+        sn += p * half;
+        off += p * kvd;
+    }
+    if (h < nr) rope_rot(a, b, ct[t * half + i], sn[t * half + i]);
+    float *yr = y + t * out + h * e.head_dim + i;
+    yr[0] = a;
+    yr[half] = b;
+    if (h < e.n_heads) return;
+    void *dst = h < nr ? e.kd : e.vd;
+    const int64_t at = off + t * kvd + (h < nr ? h - e.n_heads : h - nr) * e.head_dim + i;
+    store_kv(dst, e.kv_bf16, at, a);
+    store_kv(dst, e.kv_bf16, at + half, b);
+}
+
+/* GV_NORM's last block (128 threads): out = rmsnorm(y) * g for the NT rows
+ * of 1024 VPL floats, summed as k_rmsnorm_rows' 256 threads do (thread tid
+ * plays its threads tid and tid + 128), so the bits are that kernel's. y
+ * through L2: the other blocks wrote it in this launch. */
+template <int NT, int VPL> __device__ void gv_norm_rows(const gv_epi &e, const float *y) {
+    constexpr int dim = 1024 * VPL;
+    __shared__ float sh[8];
+    for (int t = 0; t < NT; t++) {
+        const float4 *yr = (const float4 *)(y + t * (int64_t)dim);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int vt = threadIdx.x + 128 * h;
+            float ss = 0.0f;
+#pragma unroll
+            for (int j = 0; j < VPL; j++) ss += sq4(__ldcg(yr + vt + 256 * j));
+            ss = warp_sum(ss);
+            if ((vt & 31) == 0) sh[vt >> 5] = ss;
+        }
+        __syncthreads();
+        float tot = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 8; k++) tot += sh[k];
+        const float r = rsqrtf(tot / (float)dim + e.eps);
+        float4 *orow = (float4 *)(e.out + t * (int64_t)dim);
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int j = 0; j < VPL; j++) {
+                const int vi = threadIdx.x + 128 * h + 256 * j;
+                const int64_t i = 4 * (int64_t)vi;
+                const float4 v = __ldcg(yr + vi);
+                orow[vi] =
+                    make_float4(v.x * r * ld_w(e.gt, e.g, i), v.y * r * ld_w(e.gt, e.g, i + 1),
+                                v.z * r * ld_w(e.gt, e.g, i + 2), v.w * r * ld_w(e.gt, e.g, i + 3));
+            }
+        __syncthreads(); /* sh is the next row's */
+    }
+}
+
 /* BF16 / F16 rows of in % 8 == 0 weights, 16-byte aligned. WS warps share a
  * row (WS = 1, 2, 4; the block's GEMV_WARPS / WS rows) so that short
  * matrices (3072 rows) still give every SM enough loads in flight; warp s of
  * a row takes the 16-byte vectors [i0 + s * 32 * GV_LOADS, + 32 * GV_LOADS)
- * of every stride of WS * 32 * GV_LOADS. y[t][row] = sum_i W[row][i] x[t][i]. */
-template <int NT, int WS>
+ * of every stride of WS * 32 * GV_LOADS. y[t][row] = sum_i W[row][i] x[t][i],
+ * then the epilogue EPI (gv_epi; GV_SILU and GV_ROPE take rows in pairs, so
+ * they need an even row count a block: WS 1 or 2; GV_NORM needs out = 1024
+ * VPL). */
+template <int NT, int WS, int EPI = GV_PLAIN, int VPL = 1>
 __global__ void __launch_bounds__(GEMV_WARPS * 32, NT == 1 ? GV_MIN_BLOCKS : 1)
     k_gemv16(float *y, const float *x, int64_t in, int64_t out, bool bf16, const uint4 *w,
-             bool acc_y) {
+             bool acc_y, gv_epi e) {
     constexpr int RPB = GEMV_WARPS / WS; /* rows per block */
+    constexpr bool PAIRS = EPI == GV_SILU || EPI == GV_ROPE;
+    static_assert(!PAIRS || RPB % 2 == 0, "row pairs need an even row count a block");
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int64_t row = (int64_t)blockIdx.x * RPB + warp / WS;
     int s = warp % WS;
-    bool live = row < out;
+    int64_t row;
+    bool live;
+    if (PAIRS) { /* pair q: rows gv_row(q), + ff (SILU) or + half (ROPE) */
+        const int j = warp / WS;
+        const int64_t q = (int64_t)blockIdx.x * (RPB / 2) + j / 2;
+        live = q < out / 2;
+        if (EPI == GV_SILU)
+            row = q + (j & 1) * e.ff;
+        else {
+            const int half = e.head_dim / 2;
+            row = (q / half) * e.head_dim + q % half + (j & 1) * half;
+        }
+    } else {
+        row = (int64_t)blockIdx.x * RPB + warp / WS;
+        live = row < out;
+    }
     int64_t nv = in / 8; /* 16-byte vectors per row */
     const uint4 *wr = w + (live ? row : 0) * nv;
     float acc[NT];
@@ -1699,24 +1830,56 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, NT == 1 ? GV_MIN_BLOCKS : 1)
     }
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = warp_sum(acc[t]);
-    if (WS == 1) {
+    if (WS == 1 && !PAIRS) {
         if (live && lane == 0)
 #pragma unroll
             for (int t = 0; t < NT; t++)
                 y[t * out + row] = acc_y ? y[t * out + row] + acc[t] : acc[t];
-        return;
-    }
-    __shared__ float part[GEMV_WARPS][NT];
-    if (lane == 0)
+        if (EPI != GV_NORM) return;
+    } else {
+        __shared__ float part[GEMV_WARPS][NT];
+        if (lane == 0)
 #pragma unroll
-        for (int t = 0; t < NT; t++) part[warp][t] = acc[t];
+            for (int t = 0; t < NT; t++) part[warp][t] = acc[t];
+        __syncthreads();
+        if (PAIRS) {
+            /* lane p * NT + t of warp 0: pair p of the block, token t; the
+             * row sums as GV_PLAIN forms them */
+            if (warp != 0 || lane >= RPB / 2 * NT) return;
+            const int p = lane / NT, t = lane % NT;
+            const int64_t q = (int64_t)blockIdx.x * (RPB / 2) + p;
+            if (q >= out / 2) return;
+            float a = 0.0f, b = 0.0f;
+#pragma unroll
+            for (int j = 0; j < WS; j++) {
+                a += part[2 * p * WS + j][t];
+                b += part[(2 * p + 1) * WS + j][t];
+            }
+            if (EPI == GV_SILU)
+                e.out[t * e.ff + q] = silu_mul1(a, b);
+            else
+                gv_rope_pair(e, y, out, q, t, a, b);
+            return;
+        }
+        if (live && s == 0 && lane < NT) {
+            float v = 0.0f;
+#pragma unroll
+            for (int j = 0; j < WS; j++) v += part[warp + j][lane];
+            y[lane * out + row] = acc_y ? y[lane * out + row] + v : v;
+        }
+        if (EPI != GV_NORM) return;
+    }
+    /* GV_NORM: this block's rows are out; the last block to arrive
+     * normalises all of them and sets the counter back to 0 */
+    __shared__ int last;
+    __threadfence(); /* this thread's y stores are visible before the count */
     __syncthreads();
-    if (live && s == 0 && lane < NT) {
-        float v = 0.0f;
-#pragma unroll
-        for (int j = 0; j < WS; j++) v += part[warp + j][lane];
-        y[lane * out + row] = acc_y ? y[lane * out + row] + v : v;
-    }
+    if (threadIdx.x == 0) last = atomicAdd(e.cnt, 1) == (int)gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    gv_norm_rows<NT, VPL>(e, y);
+    if (threadIdx.x == 0) *e.cnt = 0;
 }
 
 /* Q8_0 / Q4_0 rows whose byte length is a multiple of 16 (blocks per row a
@@ -1869,11 +2032,14 @@ void launch_gemv_fast(cudaStream_t st, float *y, const float *x, int64_t in, int
     bool bf = t == VLM_DTYPE_BF16;
     const uint4 *wv = (const uint4 *)w;
     if (ws == 1)
-        launch_pdl(k_gemv16<NT, 1>, dim3(grid), GEMV_WARPS * 32, st, y, x, in, out, bf, wv, acc_y);
+        launch_pdl(k_gemv16<NT, 1>, dim3(grid), GEMV_WARPS * 32, st, y, x, in, out, bf, wv, acc_y,
+                   gv_epi{});
     else if (ws == 2)
-        launch_pdl(k_gemv16<NT, 2>, dim3(grid), GEMV_WARPS * 32, st, y, x, in, out, bf, wv, acc_y);
+        launch_pdl(k_gemv16<NT, 2>, dim3(grid), GEMV_WARPS * 32, st, y, x, in, out, bf, wv, acc_y,
+                   gv_epi{});
     else
-        launch_pdl(k_gemv16<NT, 4>, dim3(grid), GEMV_WARPS * 32, st, y, x, in, out, bf, wv, acc_y);
+        launch_pdl(k_gemv16<NT, 4>, dim3(grid), GEMV_WARPS * 32, st, y, x, in, out, bf, wv, acc_y,
+                   gv_epi{});
 }
 
 void launch_gemv_fast_n(cudaStream_t st, int nt, float *y, const float *x, int64_t in, int64_t out,
@@ -1904,6 +2070,28 @@ void launch_gemv_fast_n(cudaStream_t st, int nt, float *y, const float *x, int64
         launch_gemv_fast<8>(st, y, x, in, out, t, w, acc_y);
         break;
     }
+}
+
+/* k_gemv16 with the epilogue EPI for nt (1..8) tokens at two warps a row
+ * (the decoder's shapes: gemv_warps_per_row), VPL the norm's 1024-float
+ * count of a row. */
+template <int NT, int EPI, int VPL>
+void launch_gemv_epi(cudaStream_t st, float *y, const float *x, int64_t in, int64_t out, bool bf,
+                     const void *w, bool acc_y, const gv_epi &e) {
+    unsigned grid = (unsigned)((out * 2 + GEMV_WARPS - 1) / GEMV_WARPS);
+    launch_pdl(k_gemv16<NT, 2, EPI, VPL>, dim3(grid), GEMV_WARPS * 32, st, y, x, in, out, bf,
+               (const uint4 *)w, acc_y, e);
+}
+
+template <int EPI, int VPL>
+void launch_gemv_epi_n(cudaStream_t st, int nt, float *y, const float *x, int64_t in, int64_t out,
+                       bool bf, const void *w, bool acc_y, const gv_epi &e) {
+    void (*const by_n[GEMV_MAXN])(cudaStream_t, float *, const float *, int64_t, int64_t, bool,
+                                  const void *, bool, const gv_epi &) = {
+        launch_gemv_epi<1, EPI, VPL>, launch_gemv_epi<2, EPI, VPL>, launch_gemv_epi<3, EPI, VPL>,
+        launch_gemv_epi<4, EPI, VPL>, launch_gemv_epi<5, EPI, VPL>, launch_gemv_epi<6, EPI, VPL>,
+        launch_gemv_epi<7, EPI, VPL>, launch_gemv_epi<8, EPI, VPL>};
+    by_n[nt - 1](st, y, x, in, out, bf, w, acc_y, e);
 }
 
 /* Whether the fast GEMV takes this product: 16-byte aligned W and x, rows of
@@ -2021,8 +2209,8 @@ static vlm_status attention_few(vlm_cuda_ctx *ctx, float *out, const float *q, i
                         ((size_t)head_dim / 4 * esz) % 16 == 0 && card().dec_groups;
     /* the lane-group kernel merges its splits itself where the context has
      * the counters (one per (query, head) warp) */
-    int *cnt = n_split > 1 && ctx->att_cnt && n_qh <= VLM_CUDA_ATT_COUNTERS && card().att_merge
-                   ? ctx->att_cnt
+    int *cnt = n_split > 1 && ctx->counters && n_qh <= VLM_CUDA_ATT_COUNTERS && card().att_merge
+                   ? ctx->counters
                    : NULL;
     bool done = false, rows16_merged = false;
 #define DEC_CASE(D)                                                                                \
@@ -2325,6 +2513,85 @@ vlm_status vlm_cuda_matmul_acc(vlm_cuda_ctx *ctx, float *y, const float *x, int6
                                int64_t out, vlm_cuda_weight w, vlm_err *err) {
     const vlm_cuda_weight none = {VLM_DTYPE_F32, NULL};
     return matmul(ctx, y, x, n, in, out, w, none, true, err);
+}
+
+/* Whether k_gemv16's epilogues take an n-token product of `out` rows: the
+ * fast GEMV's 16-bit weights at two warps a row (the decoder's shapes). */
+static bool gemv_epi_ok(vlm_cuda_weight w, const float *x, int64_t n, int64_t in, int64_t out) {
+    return card().fuse && n >= 1 && n <= GEMV_MAXN &&
+           (w.dtype == VLM_DTYPE_BF16 || w.dtype == VLM_DTYPE_F16) &&
+           gemv_fast_ok(w.dtype, in, w.data, x) && gemv_warps_per_row(out) == 2;
+}
+
+vlm_status vlm_cuda_matmul_silu(vlm_cuda_ctx *ctx, float *out, float *gu, const float *x, int64_t n,
+                                int64_t in, int64_t ff, vlm_cuda_weight w, vlm_err *err) {
+    if (n <= 0 || ff <= 0) return VLM_OK;
+    if (gemv_epi_ok(w, x, n, in, 2 * ff)) {
+        gv_epi e = {};
+        e.out = out;
+        e.ff = ff;
+        launch_gemv_epi_n<GV_SILU, 1>(ctx->stream, (int)n, gu, x, in, 2 * ff,
+                                      w.dtype == VLM_DTYPE_BF16, w.data, false, e);
+        return launched("matmul_silu", err);
+    }
+    const vlm_cuda_weight none = {VLM_DTYPE_F32, NULL};
+    vlm_status st = matmul(ctx, gu, x, n, in, 2 * ff, w, none, false, err);
+    return st != VLM_OK ? st : vlm_cuda_silu_mul(ctx, out, gu, n, ff, err);
+}
+
+vlm_status vlm_cuda_matmul_rope_store(vlm_cuda_ctx *ctx, float *qkv, const float *x, int64_t n,
+                                      int64_t in, vlm_cuda_weight w, int n_heads, int n_kv_heads,
+                                      int head_dim, const float *cos_t, const float *sin_t,
+                                      void *k_dst, void *v_dst, vlm_dtype dtype, int64_t offset,
+                                      const int32_t *dev_pos, vlm_err *err) {
+    const int64_t out = (int64_t)(n_heads + 2 * n_kv_heads) * head_dim;
+    if (n <= 0 || out <= 0) return VLM_OK;
+    if (head_dim % 2 == 0 && (dtype == VLM_DTYPE_F32 || dtype == VLM_DTYPE_BF16) &&
+        gemv_epi_ok(w, x, n, in, out)) {
+        gv_epi e = {};
+        e.n_heads = n_heads;
+        e.n_kv_heads = n_kv_heads;
+        e.head_dim = head_dim;
+        e.kv_bf16 = dtype == VLM_DTYPE_BF16;
+        e.cos_t = cos_t;
+        e.sin_t = sin_t;
+        e.kd = k_dst;
+        e.vd = v_dst;
+        e.offset = offset;
+        e.dpos = dev_pos;
+        launch_gemv_epi_n<GV_ROPE, 1>(ctx->stream, (int)n, qkv, x, in, out,
+                                      w.dtype == VLM_DTYPE_BF16, w.data, false, e);
+        return launched("matmul_rope_store", err);
+    }
+    const vlm_cuda_weight none = {VLM_DTYPE_F32, NULL};
+    vlm_status st = matmul(ctx, qkv, x, n, in, out, w, none, false, err);
+    if (st != VLM_OK) return st;
+    return rope_store(ctx, qkv, n, out, n_heads, n_kv_heads, head_dim, cos_t, sin_t, k_dst, v_dst,
+                      dtype, offset, dev_pos, "matmul_rope_store", err);
+}
+
+vlm_status vlm_cuda_matmul_acc_rmsnorm(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n,
+                                       int64_t in, int64_t out, vlm_cuda_weight w, float *norm_out,
+                                       vlm_cuda_weight g, float eps, vlm_err *err) {
+    if (n <= 0 || out <= 0) return VLM_OK;
+    if (ctx->counters && out % 1024 == 0 && out <= 4096 && (uintptr_t)y % 16 == 0 &&
+        (uintptr_t)norm_out % 16 == 0 && gemv_epi_ok(w, x, n, in, out)) {
+        gv_epi e = {};
+        e.out = norm_out;
+        e.gt = g.dtype;
+        e.g = g.data;
+        e.eps = eps;
+        e.cnt = ctx->counters + VLM_CUDA_NORM_COUNTER;
+        void (*const by_vpl[4])(cudaStream_t, int, float *, const float *, int64_t, int64_t, bool,
+                                const void *, bool, const gv_epi &) = {
+            launch_gemv_epi_n<GV_NORM, 1>, launch_gemv_epi_n<GV_NORM, 2>,
+            launch_gemv_epi_n<GV_NORM, 3>, launch_gemv_epi_n<GV_NORM, 4>};
+        by_vpl[out / 1024 - 1](ctx->stream, (int)n, y, x, in, out, w.dtype == VLM_DTYPE_BF16,
+                               w.data, true, e);
+        return launched("matmul_acc_rmsnorm", err);
+    }
+    vlm_status st = vlm_cuda_matmul_acc(ctx, y, x, n, in, out, w, err);
+    return st != VLM_OK ? st : vlm_cuda_rmsnorm(ctx, norm_out, y, n, out, g, eps, err);
 }
 
 vlm_status vlm_cuda_patch_embed(vlm_cuda_ctx *ctx, float *out, const float *img, int s, int p,
