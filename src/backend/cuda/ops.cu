@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 extern "C" {
 #include "backend/cuda/ctx.h"
@@ -88,11 +89,13 @@ __device__ __forceinline__ void pdl_wait() {
  * synchronously), VLM_CUDA_DEC_GROUPS=0 (decode attention on the
  * one-key-per-warp-step kernel), VLM_CUDA_ATT_MERGE=0 (the decode
  * attention's key splits merged by a launch of their own) and
- * VLM_CUDA_FUSE=0 (no GEMV epilogues: matmul_silu, matmul_rope_store and
- * matmul_acc_rmsnorm as two launches each), for measuring. */
+ * VLM_CUDA_FUSE (the GEMV epilogues kept, by letter: s matmul_silu, r
+ * matmul_rope_store, n matmul_acc_rmsnorm; "0" none: two launches each),
+ * for measuring. */
 struct card_facts {
     int sms = 0, fixed_ws = 0;
-    bool pdl = false, attn_async = true, dec_groups = true, att_merge = true, fuse = true;
+    bool pdl = false, attn_async = true, dec_groups = true, att_merge = true;
+    bool fuse_silu = true, fuse_rope = true, fuse_norm = true;
     card_facts() {
         int dev = 0, major = 0;
         if (cudaGetDevice(&dev) == cudaSuccess) {
@@ -108,8 +111,12 @@ struct card_facts {
         dec_groups = !(dg && dg[0] == '0');
         const char *am = getenv("VLM_CUDA_ATT_MERGE");
         att_merge = !(am && am[0] == '0');
-        const char *fu = getenv("VLM_CUDA_FUSE");
-        fuse = !(fu && fu[0] == '0');
+        const char *fu = getenv("VLM_CUDA_FUSE"); /* the epilogues kept: s, r, n; "0" none */
+        if (fu) {
+            fuse_silu = strchr(fu, 's') != nullptr;
+            fuse_rope = strchr(fu, 'r') != nullptr;
+            fuse_norm = strchr(fu, 'n') != nullptr;
+        }
         const char *w = getenv("VLM_GEMV_WS");
         if (w && (w[0] == '1' || w[0] == '2' || w[0] == '4') && !w[1]) fixed_ws = w[0] - '0';
     }
@@ -152,7 +159,9 @@ __device__ __forceinline__ float silu_mul1(float g, float u) {
 
 /* rotate_half(x) = (-x2, x1): the pair (a, b) of dims i, i + half */
 __device__ __forceinline__ void rope_rot(float &a, float &b, float c, float s) {
-    const float a2 = a * c - b * s, b2 = b * c + a * s;
+    /* the FMAs spelled out: left to the compiler, which product it fused
+     * differed between the two kernels */
+    const float a2 = __fmaf_rn(a, c, -__fmul_rn(b, s)), b2 = __fmaf_rn(b, c, __fmul_rn(a, s));
     a = a2;
     b = b2;
 }
@@ -165,7 +174,7 @@ __device__ __forceinline__ void store_kv(void *dst, bool bf, int64_t at, float v
 }
 
 __device__ __forceinline__ float sq4(float4 v) {
-    return v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    return __fmaf_rn(v.w, v.w, __fmaf_rn(v.z, v.z, __fmaf_rn(v.y, v.y, __fmul_rn(v.x, v.x))));
 }
 
 /* --- norms ----------------------------------------------------------------- */
@@ -1831,10 +1840,12 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, NT == 1 ? GV_MIN_BLOCKS : 1)
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = warp_sum(acc[t]);
     if (WS == 1 && !PAIRS) {
-        if (live && lane == 0)
+        if (live && lane == 0) {
 #pragma unroll
             for (int t = 0; t < NT; t++)
                 y[t * out + row] = acc_y ? y[t * out + row] + acc[t] : acc[t];
+            if (EPI == GV_NORM) __threadfence(); /* the stores are visible before the count */
+        }
         if (EPI != GV_NORM) return;
     } else {
         __shared__ float part[GEMV_WARPS][NT];
@@ -1866,14 +1877,14 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, NT == 1 ? GV_MIN_BLOCKS : 1)
 #pragma unroll
             for (int j = 0; j < WS; j++) v += part[warp + j][lane];
             y[lane * out + row] = acc_y ? y[lane * out + row] + v : v;
+            if (EPI == GV_NORM) __threadfence(); /* the stores are visible before the count */
         }
         if (EPI != GV_NORM) return;
     }
     /* GV_NORM: this block's rows are out; the last block to arrive
      * normalises all of them and sets the counter back to 0 */
     __shared__ int last;
-    __threadfence(); /* this thread's y stores are visible before the count */
-    __syncthreads();
+    __syncthreads(); /* every store of the block made visible (the fences above) */
     if (threadIdx.x == 0) last = atomicAdd(e.cnt, 1) == (int)gridDim.x - 1;
     __syncthreads();
     if (!last) return;
@@ -2517,8 +2528,9 @@ vlm_status vlm_cuda_matmul_acc(vlm_cuda_ctx *ctx, float *y, const float *x, int6
 
 /* Whether k_gemv16's epilogues take an n-token product of `out` rows: the
  * fast GEMV's 16-bit weights at two warps a row (the decoder's shapes). */
-static bool gemv_epi_ok(vlm_cuda_weight w, const float *x, int64_t n, int64_t in, int64_t out) {
-    return card().fuse && n >= 1 && n <= GEMV_MAXN &&
+static bool gemv_epi_ok(bool on, vlm_cuda_weight w, const float *x, int64_t n, int64_t in,
+                        int64_t out) {
+    return on && n >= 1 && n <= GEMV_MAXN &&
            (w.dtype == VLM_DTYPE_BF16 || w.dtype == VLM_DTYPE_F16) &&
            gemv_fast_ok(w.dtype, in, w.data, x) && gemv_warps_per_row(out) == 2;
 }
@@ -2526,7 +2538,7 @@ static bool gemv_epi_ok(vlm_cuda_weight w, const float *x, int64_t n, int64_t in
 vlm_status vlm_cuda_matmul_silu(vlm_cuda_ctx *ctx, float *out, float *gu, const float *x, int64_t n,
                                 int64_t in, int64_t ff, vlm_cuda_weight w, vlm_err *err) {
     if (n <= 0 || ff <= 0) return VLM_OK;
-    if (gemv_epi_ok(w, x, n, in, 2 * ff)) {
+    if (gemv_epi_ok(card().fuse_silu, w, x, n, in, 2 * ff)) {
         gv_epi e = {};
         e.out = out;
         e.ff = ff;
@@ -2547,7 +2559,7 @@ vlm_status vlm_cuda_matmul_rope_store(vlm_cuda_ctx *ctx, float *qkv, const float
     const int64_t out = (int64_t)(n_heads + 2 * n_kv_heads) * head_dim;
     if (n <= 0 || out <= 0) return VLM_OK;
     if (head_dim % 2 == 0 && (dtype == VLM_DTYPE_F32 || dtype == VLM_DTYPE_BF16) &&
-        gemv_epi_ok(w, x, n, in, out)) {
+        gemv_epi_ok(card().fuse_rope, w, x, n, in, out)) {
         gv_epi e = {};
         e.n_heads = n_heads;
         e.n_kv_heads = n_kv_heads;
@@ -2575,7 +2587,7 @@ vlm_status vlm_cuda_matmul_acc_rmsnorm(vlm_cuda_ctx *ctx, float *y, const float 
                                        vlm_cuda_weight g, float eps, vlm_err *err) {
     if (n <= 0 || out <= 0) return VLM_OK;
     if (ctx->counters && out % 1024 == 0 && out <= 4096 && (uintptr_t)y % 16 == 0 &&
-        (uintptr_t)norm_out % 16 == 0 && gemv_epi_ok(w, x, n, in, out)) {
+        (uintptr_t)norm_out % 16 == 0 && gemv_epi_ok(card().fuse_norm, w, x, n, in, out)) {
         gv_epi e = {};
         e.out = norm_out;
         e.gt = g.dtype;
