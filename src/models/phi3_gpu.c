@@ -265,16 +265,12 @@ static vlm_status enqueue(phi3_gpu *g, const vlm_kv *kv, int64_t n, int64_t pos0
     do {                                                                                           \
         if ((st = (call)) != VLM_OK) return st;                                                    \
     } while (0)
-    /* Each layer's input norm comes from the product before it (the
-     * previous layer's down, with its residual add), and so does the final
-     * norm when the head takes every row: the fused ops run them in the
-     * product's launch where they can (backend/cuda/cuda.h). */
-    RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, g->L[0].in_norm, c->rms_eps, err));
     for (int l = 0; l < g->n_layers; l++) {
         const gpu_layer *L = &g->L[l];
         const int64_t lo = (int64_t)l * kv->max_ctx * kvd;
         vlm_cuda_weight kc = {kv->dtype, (const char *)kv->dev_k + (size_t)lo * esz};
         vlm_cuda_weight vc = {kv->dtype, (const char *)kv->dev_v + (size_t)lo * esz};
+        RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->in_norm, c->rms_eps, err));
         /* q's H heads and k's KV heads lie side by side at the start of
          * each qkv row: the product, one rotation over H + KV heads, and
          * the chunk's K/V rows into the cache (positions pos0..pos0+n-1) */
@@ -297,22 +293,14 @@ static vlm_status enqueue(phi3_gpu *g, const vlm_kv *kv, int64_t n, int64_t pos0
                                         err));
         }
         /* x += o(att): the residual add fused into the product */
-        RUN(vlm_cuda_matmul_acc_rmsnorm(g->ctx, dx, att, n, qd, d, L->o, xb, L->post_norm,
-                                        c->rms_eps, err));
+        RUN(vlm_cuda_matmul_acc(g->ctx, dx, att, n, qd, d, L->o, err));
+        RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->post_norm, c->rms_eps, err));
+        /* gate and up, and silu(gate) * up, in one op */
         RUN(vlm_cuda_matmul_silu(g->ctx, hmid, gu, xb, n, d, ff, L->gate_up, err));
-        if (l + 1 < g->n_layers)
-            RUN(vlm_cuda_matmul_acc_rmsnorm(g->ctx, dx, hmid, n, ff, d, L->down, xb,
-                                            g->L[l + 1].in_norm, c->rms_eps, err));
-        else if (want_logits && first == 0)
-            RUN(vlm_cuda_matmul_acc_rmsnorm(g->ctx, dx, hmid, n, ff, d, L->down, xb, g->norm,
-                                            c->rms_eps, err));
-        else
-            RUN(vlm_cuda_matmul_acc(g->ctx, dx, hmid, n, ff, d, L->down, err));
+        RUN(vlm_cuda_matmul_acc(g->ctx, dx, hmid, n, ff, d, L->down, err));
     }
     if (want_logits) {
-        if (first != 0)
-            RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx + first * d, n - first, d, g->norm, c->rms_eps,
-                                 err));
+        RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx + first * d, n - first, d, g->norm, c->rms_eps, err));
         RUN(vlm_cuda_matmul(g->ctx, dlog, xb, n - first, d, c->vocab, g->lm_head, nob, err));
     }
 #undef RUN

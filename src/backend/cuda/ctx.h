@@ -9,12 +9,8 @@
 
 #include "backend/cuda/cuda.h"
 
-/* Arrival counters on the device, zero between launches: the decode
- * attention takes one per (query, head) warp of a launch (indices below
- * VLM_CUDA_ATT_COUNTERS), a GEMV that normalises its output the last one. */
-#define VLM_CUDA_COUNTERS     4096
-#define VLM_CUDA_ATT_COUNTERS (VLM_CUDA_COUNTERS - 1)
-#define VLM_CUDA_NORM_COUNTER (VLM_CUDA_COUNTERS - 1)
+/* decode attention counters: (query, head) pairs of one launch at most */
+#define VLM_CUDA_ATT_COUNTERS 4096
 
 struct vlm_cuda_ctx {
     int device;
@@ -23,11 +19,10 @@ struct vlm_cuda_ctx {
     void *blas_ws; /* device: cuBLAS's workspace, from the accounted allocator */
     size_t blas_ws_bytes;
     cublasLtHandle_t lt; /* for products with a bias epilogue; NULL: add_bias instead */
-    /* device: VLM_CUDA_COUNTERS arrival counters, zero between launches
-     * (the last block or split to arrive does the merge or the norm and
-     * resets its counter); NULL: the decode attention combines in a launch
-     * of its own and no GEMV normalises its output */
-    int *counters;
+    /* device: one arrival counter per (query, head) warp of the decode
+     * attention, zero between its launches (the last split of a warp to
+     * finish merges the splits and resets it); NULL: a combine launch */
+    int *att_cnt;
     void *workspace; /* device, workspace_bytes */
     /* VLM_CUDA_TIMING=1: two events around a stretch of queued work (the
      * decode step), for measuring; NULL otherwise */

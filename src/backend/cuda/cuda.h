@@ -121,9 +121,7 @@ vlm_status vlm_cuda_matmul_acc(vlm_cuda_ctx *ctx, float *y, const float *x, int6
  * matmul_silu: out [n][ff] = silu(x Wg^T) * (x Wu^T) for W = [Wg; Wu]
  *   ([2 ff][in], as silu_mul's gu); gu [n][2 ff] is scratch (two ops only).
  * matmul_rope_store: qkv [n][(H + 2 KV) hd] = x W^T, then rope_store
- *   (dev_pos NULL) or rope_store_pos (dev_pos given) with these arguments.
- * matmul_acc_rmsnorm: y += x W^T (matmul_acc), then norm_out = rmsnorm(y)
- *   (vlm_cuda_rmsnorm with g, eps). */
+ *   (dev_pos NULL) or rope_store_pos (dev_pos given) with these arguments. */
 vlm_status vlm_cuda_matmul_silu(vlm_cuda_ctx *ctx, float *out, float *gu, const float *x, int64_t n,
                                 int64_t in, int64_t ff, vlm_cuda_weight w, vlm_err *err);
 vlm_status vlm_cuda_matmul_rope_store(vlm_cuda_ctx *ctx, float *qkv, const float *x, int64_t n,
@@ -131,9 +129,6 @@ vlm_status vlm_cuda_matmul_rope_store(vlm_cuda_ctx *ctx, float *qkv, const float
                                       int head_dim, const float *cos_t, const float *sin_t,
                                       void *k_dst, void *v_dst, vlm_dtype dtype, int64_t offset,
                                       const int32_t *dev_pos, vlm_err *err);
-vlm_status vlm_cuda_matmul_acc_rmsnorm(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n,
-                                       int64_t in, int64_t out, vlm_cuda_weight w, float *norm_out,
-                                       vlm_cuda_weight g, float eps, vlm_err *err);
 
 /* As cpu_rmsnorm / cpu_layernorm (out may equal x). */
 vlm_status vlm_cuda_rmsnorm(vlm_cuda_ctx *ctx, float *out, const float *x, int64_t n, int64_t dim,

@@ -227,11 +227,11 @@ vlm_status vlm_cuda_ctx_create(vlm_cuda_ctx **out, size_t workspace_bytes, vlm_e
     cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH);
     /* cuBLAS's workspace comes from us (category SCRATCH) so that it is
      * counted and its failure is ours to report: 32 MiB on Hopper, 4 MiB
-     * before (NVIDIA's recommendations). The arrival counters
-     * (VLM_CUDA_COUNTERS ints, zero between launches: ctx.h) sit after it
-     * in the same allocation. */
+     * before (NVIDIA's recommendations). The decode attention's arrival
+     * counters (VLM_CUDA_ATT_COUNTERS ints, zero between launches) sit
+     * after it in the same allocation. */
     size_t blas_bytes = info.cc_major >= 9 ? (32u << 20) : (4u << 20);
-    c->blas_ws = vlm_dev_alloc(blas_bytes + VLM_CUDA_COUNTERS * sizeof(int), VLM_MEM_SCRATCH);
+    c->blas_ws = vlm_dev_alloc(blas_bytes + VLM_CUDA_ATT_COUNTERS * sizeof(int), VLM_MEM_SCRATCH);
     if (!c->blas_ws) {
         vlm_cuda_ctx_destroy(c);
         return vlm_err_set(err, VLM_ERR_NOMEM,
@@ -239,10 +239,10 @@ vlm_status vlm_cuda_ctx_create(vlm_cuda_ctx **out, size_t workspace_bytes, vlm_e
                            blas_bytes);
     }
     c->blas_ws_bytes = blas_bytes;
-    c->counters = (int *)((char *)c->blas_ws + blas_bytes);
-    if (cudaMemset(c->counters, 0, VLM_CUDA_COUNTERS * sizeof(int)) != cudaSuccess) {
+    c->att_cnt = (int *)((char *)c->blas_ws + blas_bytes);
+    if (cudaMemset(c->att_cnt, 0, VLM_CUDA_ATT_COUNTERS * sizeof(int)) != cudaSuccess) {
         (void)cudaGetLastError();
-        c->counters = NULL; /* combine launches, unfused norms */
+        c->att_cnt = NULL; /* the attention combines in a launch of its own */
     }
     be = cublasSetWorkspace(c->blas, c->blas_ws, blas_bytes);
     if (be != CUBLAS_STATUS_SUCCESS) {

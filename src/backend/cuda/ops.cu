@@ -90,12 +90,12 @@ __device__ __forceinline__ void pdl_wait() {
  * one-key-per-warp-step kernel), VLM_CUDA_ATT_MERGE=0 (the decode
  * attention's key splits merged by a launch of their own) and
  * VLM_CUDA_FUSE (the GEMV epilogues kept, by letter: s matmul_silu, r
- * matmul_rope_store, n matmul_acc_rmsnorm; "0" none: two launches each),
+ * matmul_rope_store; "0" none: two launches each),
  * for measuring. */
 struct card_facts {
     int sms = 0, fixed_ws = 0;
     bool pdl = false, attn_async = true, dec_groups = true, att_merge = true;
-    bool fuse_silu = true, fuse_rope = true, fuse_norm = true;
+    bool fuse_silu = true, fuse_rope = true;
     card_facts() {
         int dev = 0, major = 0;
         if (cudaGetDevice(&dev) == cudaSuccess) {
@@ -111,11 +111,10 @@ struct card_facts {
         dec_groups = !(dg && dg[0] == '0');
         const char *am = getenv("VLM_CUDA_ATT_MERGE");
         att_merge = !(am && am[0] == '0');
-        const char *fu = getenv("VLM_CUDA_FUSE"); /* the epilogues kept: s, r, n; "0" none */
+        const char *fu = getenv("VLM_CUDA_FUSE"); /* the epilogues kept: s, r; "0" none */
         if (fu) {
             fuse_silu = strchr(fu, 's') != nullptr;
             fuse_rope = strchr(fu, 'r') != nullptr;
-            fuse_norm = strchr(fu, 'n') != nullptr;
         }
         const char *w = getenv("VLM_GEMV_WS");
         if (w && (w[0] == '1' || w[0] == '2' || w[0] == '4') && !w[1]) fixed_ws = w[0] - '0';
@@ -173,10 +172,6 @@ __device__ __forceinline__ void store_kv(void *dst, bool bf, int64_t at, float v
         ((float *)dst)[at] = v;
 }
 
-__device__ __forceinline__ float sq4(float4 v) {
-    return __fmaf_rn(v.w, v.w, __fmaf_rn(v.z, v.z, __fmaf_rn(v.y, v.y, __fmul_rn(v.x, v.x))));
-}
-
 /* --- norms ----------------------------------------------------------------- */
 
 __global__ void k_rmsnorm(float *out, const float *x, int64_t dim, vlm_dtype wt, const void *w,
@@ -211,7 +206,7 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
     for (int j = 0; j < VPL; j++) {
         v[j] = xr[threadIdx.x + 256 * j];
-        ss += sq4(v[j]);
+        ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
     }
     ss = warp_sum(ss);
     if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = ss;
@@ -1675,28 +1670,24 @@ __device__ __forceinline__ uint4 ld_stream16(const void *p) {
 }
 
 /* What k_gemv16 does with its products (EPI). GV_PLAIN: y = W x (or
- * y += W x). The other three take the small op after the product into the
- * same launch, so the decode step has a kernel boundary fewer each (four a
+ * y += W x). The other two take the small op after the product into the
+ * same launch, so the decode step has a kernel boundary fewer each (two a
  * layer), with the results of the two launches bit for bit:
  *  - GV_SILU: W = [gate; up] (2 ff rows): a block takes gate row i and up
  *    row i and writes out[t][i] = silu(gate) * up, as k_silu_mul;
  *  - GV_ROPE: W = the fused qkv (H + 2 KV heads of head_dim rows): a block
  *    takes rows i and i + head_dim / 2 of a head, rotates a q or k pair as
- *    k_rope_store and stores k and v pairs into the cache;
- *  - GV_NORM: y += W x as GV_PLAIN, then the last block to finish (an
- *    arrival counter) writes out = rmsnorm(y) * g over the whole rows, as
- *    k_rmsnorm_rows.
+ *    k_rope_store and stores k and v pairs into the cache.
  * The epilogues run after the weight loop, so its registers are not
- * theirs (the folds into the weight loop measured slower: cuda.md). */
-enum { GV_PLAIN = 0, GV_SILU = 1, GV_ROPE = 2, GV_NORM = 3 };
+ * theirs (the folds into the weight loop measured slower: cuda.md). On the
+ * H100 each gave about 1% of decode speed. The RMSNorm after o and down
+ * did not fold this way: done by the last block to finish (an arrival
+ * counter), it cost 5% (cuda.md). */
+enum { GV_PLAIN = 0, GV_SILU = 1, GV_ROPE = 2 };
 
 struct gv_epi {
-    float *out;   /* SILU: [NT][ff]; NORM: [NT][rows] */
-    int64_t ff;   /* SILU: gate rows [0, ff), up rows [ff, 2 ff) */
-    vlm_dtype gt; /* NORM: g's dtype, g [rows], eps, the arrival counter */
-    const void *g;
-    float eps;
-    int *cnt;
+    float *out;                        /* SILU: [NT][ff] */
+    int64_t ff;                        /* SILU: gate rows [0, ff), up rows [ff, 2 ff) */
     int n_heads, n_kv_heads, head_dim; /* ROPE: as k_rope_store */
     bool kv_bf16;
     const float *cos_t, *sin_t;
@@ -1731,54 +1722,14 @@ __device__ void gv_rope_pair(const gv_epi &e, float *y, int64_t out, int64_t q, 
     store_kv(dst, e.kv_bf16, at + half, b);
 }
 
-/* GV_NORM's last block (128 threads): out = rmsnorm(y) * g for the NT rows
- * of 1024 VPL floats, summed as k_rmsnorm_rows' 256 threads do (thread tid
- * plays its threads tid and tid + 128), so the bits are that kernel's. y
- * through L2: the other blocks wrote it in this launch. */
-template <int NT, int VPL> __device__ void gv_norm_rows(const gv_epi &e, const float *y) {
-    constexpr int dim = 1024 * VPL;
-    __shared__ float sh[8];
-    for (int t = 0; t < NT; t++) {
-        const float4 *yr = (const float4 *)(y + t * (int64_t)dim);
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int vt = threadIdx.x + 128 * h;
-            float ss = 0.0f;
-#pragma unroll
-            for (int j = 0; j < VPL; j++) ss += sq4(__ldcg(yr + vt + 256 * j));
-            ss = warp_sum(ss);
-            if ((vt & 31) == 0) sh[vt >> 5] = ss;
-        }
-        __syncthreads();
-        float tot = 0.0f;
-#pragma unroll
-        for (int k = 0; k < 8; k++) tot += sh[k];
-        const float r = rsqrtf(tot / (float)dim + e.eps);
-        float4 *orow = (float4 *)(e.out + t * (int64_t)dim);
-#pragma unroll
-        for (int h = 0; h < 2; h++)
-#pragma unroll
-            for (int j = 0; j < VPL; j++) {
-                const int vi = threadIdx.x + 128 * h + 256 * j;
-                const int64_t i = 4 * (int64_t)vi;
-                const float4 v = __ldcg(yr + vi);
-                orow[vi] =
-                    make_float4(v.x * r * ld_w(e.gt, e.g, i), v.y * r * ld_w(e.gt, e.g, i + 1),
-                                v.z * r * ld_w(e.gt, e.g, i + 2), v.w * r * ld_w(e.gt, e.g, i + 3));
-            }
-        __syncthreads(); /* sh is the next row's */
-    }
-}
-
 /* BF16 / F16 rows of in % 8 == 0 weights, 16-byte aligned. WS warps share a
  * row (WS = 1, 2, 4; the block's GEMV_WARPS / WS rows) so that short
  * matrices (3072 rows) still give every SM enough loads in flight; warp s of
  * a row takes the 16-byte vectors [i0 + s * 32 * GV_LOADS, + 32 * GV_LOADS)
  * of every stride of WS * 32 * GV_LOADS. y[t][row] = sum_i W[row][i] x[t][i],
  * then the epilogue EPI (gv_epi; GV_SILU and GV_ROPE take rows in pairs, so
- * they need an even row count a block: WS 1 or 2; GV_NORM needs out = 1024
- * VPL). */
-template <int NT, int WS, int EPI = GV_PLAIN, int VPL = 1>
+ * they need an even row count a block: WS 1 or 2). */
+template <int NT, int WS, int EPI = GV_PLAIN>
 __global__ void __launch_bounds__(GEMV_WARPS * 32, NT == 1 ? GV_MIN_BLOCKS : 1)
     k_gemv16(float *y, const float *x, int64_t in, int64_t out, bool bf16, const uint4 *w,
              bool acc_y, gv_epi e) {
@@ -1840,14 +1791,13 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, NT == 1 ? GV_MIN_BLOCKS : 1)
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = warp_sum(acc[t]);
     if (WS == 1 && !PAIRS) {
-        if (live && lane == 0) {
+        if (live && lane == 0)
 #pragma unroll
             for (int t = 0; t < NT; t++)
                 y[t * out + row] = acc_y ? y[t * out + row] + acc[t] : acc[t];
-            if (EPI == GV_NORM) __threadfence(); /* the stores are visible before the count */
-        }
-        if (EPI != GV_NORM) return;
-    } else {
+        return;
+    }
+    {
         __shared__ float part[GEMV_WARPS][NT];
         if (lane == 0)
 #pragma unroll
@@ -1877,20 +1827,8 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, NT == 1 ? GV_MIN_BLOCKS : 1)
 #pragma unroll
             for (int j = 0; j < WS; j++) v += part[warp + j][lane];
             y[lane * out + row] = acc_y ? y[lane * out + row] + v : v;
-            if (EPI == GV_NORM) __threadfence(); /* the stores are visible before the count */
         }
-        if (EPI != GV_NORM) return;
     }
-    /* GV_NORM: this block's rows are out; the last block to arrive
-     * normalises all of them and sets the counter back to 0 */
-    __shared__ int last;
-    __syncthreads(); /* every store of the block made visible (the fences above) */
-    if (threadIdx.x == 0) last = atomicAdd(e.cnt, 1) == (int)gridDim.x - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    gv_norm_rows<NT, VPL>(e, y);
-    if (threadIdx.x == 0) *e.cnt = 0;
 }
 
 /* Q8_0 / Q4_0 rows whose byte length is a multiple of 16 (blocks per row a
@@ -2084,24 +2022,23 @@ void launch_gemv_fast_n(cudaStream_t st, int nt, float *y, const float *x, int64
 }
 
 /* k_gemv16 with the epilogue EPI for nt (1..8) tokens at two warps a row
- * (the decoder's shapes: gemv_warps_per_row), VPL the norm's 1024-float
- * count of a row. */
-template <int NT, int EPI, int VPL>
+ * (the decoder's shapes: gemv_warps_per_row). */
+template <int NT, int EPI>
 void launch_gemv_epi(cudaStream_t st, float *y, const float *x, int64_t in, int64_t out, bool bf,
                      const void *w, bool acc_y, const gv_epi &e) {
     unsigned grid = (unsigned)((out * 2 + GEMV_WARPS - 1) / GEMV_WARPS);
-    launch_pdl(k_gemv16<NT, 2, EPI, VPL>, dim3(grid), GEMV_WARPS * 32, st, y, x, in, out, bf,
+    launch_pdl(k_gemv16<NT, 2, EPI>, dim3(grid), GEMV_WARPS * 32, st, y, x, in, out, bf,
                (const uint4 *)w, acc_y, e);
 }
 
-template <int EPI, int VPL>
+template <int EPI>
 void launch_gemv_epi_n(cudaStream_t st, int nt, float *y, const float *x, int64_t in, int64_t out,
                        bool bf, const void *w, bool acc_y, const gv_epi &e) {
     void (*const by_n[GEMV_MAXN])(cudaStream_t, float *, const float *, int64_t, int64_t, bool,
                                   const void *, bool, const gv_epi &) = {
-        launch_gemv_epi<1, EPI, VPL>, launch_gemv_epi<2, EPI, VPL>, launch_gemv_epi<3, EPI, VPL>,
-        launch_gemv_epi<4, EPI, VPL>, launch_gemv_epi<5, EPI, VPL>, launch_gemv_epi<6, EPI, VPL>,
-        launch_gemv_epi<7, EPI, VPL>, launch_gemv_epi<8, EPI, VPL>};
+        launch_gemv_epi<1, EPI>, launch_gemv_epi<2, EPI>, launch_gemv_epi<3, EPI>,
+        launch_gemv_epi<4, EPI>, launch_gemv_epi<5, EPI>, launch_gemv_epi<6, EPI>,
+        launch_gemv_epi<7, EPI>, launch_gemv_epi<8, EPI>};
     by_n[nt - 1](st, y, x, in, out, bf, w, acc_y, e);
 }
 
@@ -2220,8 +2157,8 @@ static vlm_status attention_few(vlm_cuda_ctx *ctx, float *out, const float *q, i
                         ((size_t)head_dim / 4 * esz) % 16 == 0 && card().dec_groups;
     /* the lane-group kernel merges its splits itself where the context has
      * the counters (one per (query, head) warp) */
-    int *cnt = n_split > 1 && ctx->counters && n_qh <= VLM_CUDA_ATT_COUNTERS && card().att_merge
-                   ? ctx->counters
+    int *cnt = n_split > 1 && ctx->att_cnt && n_qh <= VLM_CUDA_ATT_COUNTERS && card().att_merge
+                   ? ctx->att_cnt
                    : NULL;
     bool done = false, rows16_merged = false;
 #define DEC_CASE(D)                                                                                \
@@ -2542,8 +2479,8 @@ vlm_status vlm_cuda_matmul_silu(vlm_cuda_ctx *ctx, float *out, float *gu, const 
         gv_epi e = {};
         e.out = out;
         e.ff = ff;
-        launch_gemv_epi_n<GV_SILU, 1>(ctx->stream, (int)n, gu, x, in, 2 * ff,
-                                      w.dtype == VLM_DTYPE_BF16, w.data, false, e);
+        launch_gemv_epi_n<GV_SILU>(ctx->stream, (int)n, gu, x, in, 2 * ff,
+                                   w.dtype == VLM_DTYPE_BF16, w.data, false, e);
         return launched("matmul_silu", err);
     }
     const vlm_cuda_weight none = {VLM_DTYPE_F32, NULL};
@@ -2571,8 +2508,8 @@ vlm_status vlm_cuda_matmul_rope_store(vlm_cuda_ctx *ctx, float *qkv, const float
         e.vd = v_dst;
         e.offset = offset;
         e.dpos = dev_pos;
-        launch_gemv_epi_n<GV_ROPE, 1>(ctx->stream, (int)n, qkv, x, in, out,
-                                      w.dtype == VLM_DTYPE_BF16, w.data, false, e);
+        launch_gemv_epi_n<GV_ROPE>(ctx->stream, (int)n, qkv, x, in, out, w.dtype == VLM_DTYPE_BF16,
+                                   w.data, false, e);
         return launched("matmul_rope_store", err);
     }
     const vlm_cuda_weight none = {VLM_DTYPE_F32, NULL};
@@ -2580,30 +2517,6 @@ vlm_status vlm_cuda_matmul_rope_store(vlm_cuda_ctx *ctx, float *qkv, const float
     if (st != VLM_OK) return st;
     return rope_store(ctx, qkv, n, out, n_heads, n_kv_heads, head_dim, cos_t, sin_t, k_dst, v_dst,
                       dtype, offset, dev_pos, "matmul_rope_store", err);
-}
-
-vlm_status vlm_cuda_matmul_acc_rmsnorm(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n,
-                                       int64_t in, int64_t out, vlm_cuda_weight w, float *norm_out,
-                                       vlm_cuda_weight g, float eps, vlm_err *err) {
-    if (n <= 0 || out <= 0) return VLM_OK;
-    if (ctx->counters && out % 1024 == 0 && out <= 4096 && (uintptr_t)y % 16 == 0 &&
-        (uintptr_t)norm_out % 16 == 0 && gemv_epi_ok(card().fuse_norm, w, x, n, in, out)) {
-        gv_epi e = {};
-        e.out = norm_out;
-        e.gt = g.dtype;
-        e.g = g.data;
-        e.eps = eps;
-        e.cnt = ctx->counters + VLM_CUDA_NORM_COUNTER;
-        void (*const by_vpl[4])(cudaStream_t, int, float *, const float *, int64_t, int64_t, bool,
-                                const void *, bool, const gv_epi &) = {
-            launch_gemv_epi_n<GV_NORM, 1>, launch_gemv_epi_n<GV_NORM, 2>,
-            launch_gemv_epi_n<GV_NORM, 3>, launch_gemv_epi_n<GV_NORM, 4>};
-        by_vpl[out / 1024 - 1](ctx->stream, (int)n, y, x, in, out, w.dtype == VLM_DTYPE_BF16,
-                               w.data, true, e);
-        return launched("matmul_acc_rmsnorm", err);
-    }
-    vlm_status st = vlm_cuda_matmul_acc(ctx, y, x, n, in, out, w, err);
-    return st != VLM_OK ? st : vlm_cuda_rmsnorm(ctx, norm_out, y, n, out, g, eps, err);
 }
 
 vlm_status vlm_cuda_patch_embed(vlm_cuda_ctx *ctx, float *out, const float *img, int s, int p,
