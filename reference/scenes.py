@@ -958,9 +958,12 @@ DIALOGUE_TYPES = {
 }
 
 
-def dialogue(rng, dtype):
+def dialogue(rng, dtype, table=None):
+    """(scenes, turns) of dialogue type dtype; table maps type names to
+    generators (DIALOGUE_TYPES where None: the suites always use those)."""
+    gen = (table or DIALOGUE_TYPES)[dtype]
     for _ in range(1000):
-        r = DIALOGUE_TYPES[dtype](rng)
+        r = gen(rng)
         if r is not None:
             return r
     raise RuntimeError("no dialogue of type " + dtype)
@@ -976,11 +979,13 @@ def _pick(rng, names, weights):
     return rng.choices(names, weights=[weights.get(n, 1.0) for n in names])[0]
 
 
-def sample_scenes(rng, p_dialogue=0.3, weights=None):
-    """One sample as scenes (not yet rendered) plus turns; see sample()."""
+def sample_scenes(rng, p_dialogue=0.3, weights=None, dialogues=None):
+    """One sample as scenes (not yet rendered) plus turns; see sample().
+    dialogues replaces generators of DIALOGUE_TYPES by name (a trainer's own
+    variants; the types and their order stay those of DIALOGUE_TYPES)."""
     if rng.random() < p_dialogue:
         dtype = _pick(rng, list(DIALOGUE_TYPES), weights)
-        scenes, turns = dialogue(rng, dtype)
+        scenes, turns = dialogue(rng, dtype, dict(DIALOGUE_TYPES, **(dialogues or {})))
         tag = dtype
     else:
         qtype = _pick(rng, list(QUESTION_TYPES), weights)

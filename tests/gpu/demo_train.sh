@@ -15,7 +15,9 @@
 #                 pytorch_answers.jsonl}
 #   OUT=DIR PHASE=train bash tests/gpu/demo_train.sh
 # REL_WEIGHT (default 0) is train_demo.py's --rel-weight (0: no relational
-# heads).
+# heads). PACKED_RULE (default alternatives) is its --packed-rule;
+# GENERATOR_DIALOGUES=1 adds --generator-dialogues. PACKED_RULE=answer
+# GENERATOR_DIALOGUES=1 is the shipped model's mix, sample for sample.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/demo-train-out}
@@ -34,9 +36,12 @@ checks)
   exit $rc
   ;;
 train)
+  gen=()
+  [ "${GENERATOR_DIALOGUES:-0}" = 1 ] && gen=(--generator-dialogues)
   python3 $T --seed 1 --steps 3300 --auto-steps --time-limit 465 --batch 128 --lr 2e-3 \
-    --workers 15 --compile --char-weight 2 --rel-weight "${REL_WEIGHT:-0}" --no-eval --out "$RUN" \
-    >"$OUT/train.txt" 2>&1
+    --workers 15 --compile --char-weight 2 --rel-weight "${REL_WEIGHT:-0}" \
+    --packed-rule "${PACKED_RULE:-alternatives}" ${gen[@]+"${gen[@]}"} \
+    --no-eval --out "$RUN" >"$OUT/train.txt" 2>&1
   rc=$?
   mkdir -p "$OUT/run"
   cp -r "$RUN/demo" "$RUN/train_log.json" "$RUN/loss.png" "$OUT/run/" 2>/dev/null
