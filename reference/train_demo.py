@@ -223,7 +223,7 @@ PACKED_RULES = ("answer", "alternatives")
 # first, position (which names its shape by colour and kind) later.
 PACKED_WEIGHTS_ALT = {"colour": 4.0, "shape": 4.0, "extreme": 4.0, "size": 3.0,
                       "count_kind": 2.0, "count": 0.5, "position": 0.8, "yesno": 2.0}
-PACKED_RULE = "alternatives"
+PACKED_RULE = "answer"  # the shipped model's; "alternatives" measured worse (docs/demo.md)
 COUNT_WORDS = {str(i) for i in range(scenes.MAX_SHAPES + 1)}
 
 
@@ -269,8 +269,8 @@ def packed_sample(rng, rule=None):
     """Several questions about one shape scene, asked as consecutive turns:
     one image, many supervised answers (the image tokens dominate the cost).
     A question joins only when the earlier turns did not say its answer
-    (rule "answer") or any answer it could have had in this scene (rule
-    "alternatives", the default: PACKED_RULE). Otherwise the answer could be
+    (rule "answer", the default: PACKED_RULE) or any answer it could have
+    had in this scene (rule "alternatives"). Otherwise the answer could be
     copied from the text ("What colour is the star?" "red", then "Which shape
     is red?") or, under "answer", found by elimination (the colours of the
     scene less those said), and the single-question suites, which have no
@@ -352,10 +352,10 @@ def d_count_then_detail_balanced(rng):
     return [sc], turns
 
 
-# Training variants of scenes' dialogue generators (off with
-# --generator-dialogues, the shipped model's mix).
+# Training variants of scenes' dialogue generators (on with
+# --balanced-dialogues; off, scenes' own: the shipped model's mix).
 TRAIN_DIALOGUES = {"count_then_detail": d_count_then_detail_balanced}
-BALANCED_DIALOGUES = [True]
+BALANCED_DIALOGUES = [False]
 
 
 def set_mix(packed_rule, balanced_dialogues):
@@ -1870,16 +1870,17 @@ def main():
                     help="train the tower's dense loss alone for STEPS steps on the CPU "
                          "(batches of --batch samples; the demo tower, or a stand-in without "
                          "transformers) and print how its terms fell, then exit")
-    ap.add_argument("--packed-rule", choices=PACKED_RULES, default="alternatives",
+    ap.add_argument("--packed-rule", choices=PACKED_RULES, default="answer",
                     help="which words of the earlier turns keep a packed question out: its "
-                         "answer (the shipped model's mix) or any answer it could have had in "
-                         "its scene (default; docs/demo.md, \"Why it misses\")")
-    ap.add_argument("--generator-dialogues", action="store_true",
-                    help="train on scenes' count_then_detail as the suites ask it (the shipped "
-                         "model's mix) instead of the variant whose last yes/no is balanced")
+                         "answer (default, the shipped model's mix) or any answer it could have "
+                         "had in its scene (docs/demo.md, \"Why it misses\")")
+    ap.add_argument("--balanced-dialogues", action="store_true",
+                    help="train on the count_then_detail variant whose last yes/no is "
+                         "balanced instead of scenes' own, as the suites ask it (the default, "
+                         "the shipped model's mix)")
     ap.add_argument("--out")
     args = ap.parse_args()
-    set_mix(args.packed_rule, not args.generator_dialogues)
+    set_mix(args.packed_rule, args.balanced_dialogues)
     if args.self_test:
         self_test()
         return

@@ -15,9 +15,10 @@
 #                 pytorch_answers.jsonl}
 #   OUT=DIR PHASE=train bash tests/gpu/demo_train.sh
 # REL_WEIGHT (default 0) is train_demo.py's --rel-weight (0: no relational
-# heads). PACKED_RULE (default alternatives) is its --packed-rule;
-# GENERATOR_DIALOGUES=1 adds --generator-dialogues. PACKED_RULE=answer
-# GENERATOR_DIALOGUES=1 is the shipped model's mix, sample for sample.
+# heads). PACKED_RULE (default answer) is its --packed-rule;
+# BALANCED_DIALOGUES=1 adds --balanced-dialogues. The defaults (PACKED_RULE
+# answer, no BALANCED_DIALOGUES) are the shipped model's mix, sample for
+# sample.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/demo-train-out}
@@ -37,10 +38,10 @@ checks)
   ;;
 train)
   gen=()
-  [ "${GENERATOR_DIALOGUES:-0}" = 1 ] && gen=(--generator-dialogues)
+  [ "${BALANCED_DIALOGUES:-0}" = 1 ] && gen=(--balanced-dialogues)
   python3 $T --seed 1 --steps 3300 --auto-steps --time-limit 465 --batch 128 --lr 2e-3 \
     --workers 15 --compile --char-weight 2 --rel-weight "${REL_WEIGHT:-0}" \
-    --packed-rule "${PACKED_RULE:-alternatives}" ${gen[@]+"${gen[@]}"} \
+    --packed-rule "${PACKED_RULE:-answer}" ${gen[@]+"${gen[@]}"} \
     --no-eval --out "$RUN" >"$OUT/train.txt" 2>&1
   rc=$?
   mkdir -p "$OUT/run"
