@@ -82,6 +82,11 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+/* The 128-byte line at p into L2 (a hint: no value, no fault). */
+__device__ __forceinline__ void prefetch_l2(const void *p) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
 /* Card facts the launches use, read once: multiprocessors, whether
  * programmatic dependent launch is there (sm_90+, VLM_CUDA_PDL=0 turns it
  * off), VLM_GEMV_WS (1, 2 or 4 warps a row: a fixed choice, for measuring)
@@ -90,12 +95,14 @@ __device__ __forceinline__ void pdl_wait() {
  * one-key-per-warp-step kernel), VLM_CUDA_ATT_MERGE=0 (the decode
  * attention's key splits merged by a launch of their own) and
  * VLM_CUDA_FUSE (the GEMV epilogues kept, by letter: s matmul_silu, r
- * matmul_rope_store; "0" none: two launches each),
+ * matmul_rope_store; "0" none: two launches each) and
+ * VLM_CUDA_PREFETCH=0 (the decode attention and the row RMSNorm read
+ * nothing before their dependency wait),
  * for measuring. */
 struct card_facts {
     int sms = 0, fixed_ws = 0;
     bool pdl = false, attn_async = true, dec_groups = true, att_merge = true;
-    bool fuse_silu = true, fuse_rope = true;
+    bool fuse_silu = true, fuse_rope = true, prefetch = true;
     card_facts() {
         int dev = 0, major = 0;
         if (cudaGetDevice(&dev) == cudaSuccess) {
@@ -116,6 +123,8 @@ struct card_facts {
             fuse_silu = strchr(fu, 's') != nullptr;
             fuse_rope = strchr(fu, 'r') != nullptr;
         }
+        const char *pf = getenv("VLM_CUDA_PREFETCH");
+        prefetch = !(pf && pf[0] == '0');
         const char *w = getenv("VLM_GEMV_WS");
         if (w && (w[0] == '1' || w[0] == '2' || w[0] == '4') && !w[1]) fixed_ws = w[0] - '0';
     }
@@ -194,11 +203,26 @@ __global__ void k_rmsnorm(float *out, const float *x, int64_t dim, vlm_dtype wt,
  * them in the same order. A decode token runs it 65 times on one row, where
  * the general kernel (1024 threads, two barriers) was latency-bound. */
 template <int VPL>
-__global__ void __launch_bounds__(256)
-    k_rmsnorm_rows(float *out, const float *x, vlm_dtype wt, const void *w, float eps) {
+__global__ void __launch_bounds__(256) k_rmsnorm_rows(float *out, const float *x, vlm_dtype wt,
+                                                      const void *w, float eps, bool prefetch) {
+    constexpr int dim = 1024 * VPL;
+    /* the weights are no earlier kernel's output: with prefetch they are
+     * read before the wait, while the kernel before finishes */
+    float gw[VPL][4];
+    if (prefetch)
+#pragma unroll
+        for (int j = 0; j < VPL; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                gw[j][e] = ld_w(wt, w, 4 * ((int64_t)threadIdx.x + 256 * j) + e);
     pdl_wait(); /* launched as a programmatic dependent (launch_pdl) */
     pdl_trigger();
-    constexpr int dim = 1024 * VPL;
+    if (!prefetch)
+#pragma unroll
+        for (int j = 0; j < VPL; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                gw[j][e] = ld_w(wt, w, 4 * ((int64_t)threadIdx.x + 256 * j) + e);
     __shared__ float sh[8];
     const float4 *xr = (const float4 *)(x + blockIdx.x * (int64_t)dim);
     float4 v[VPL];
@@ -217,12 +241,9 @@ __global__ void __launch_bounds__(256)
     const float r = rsqrtf(tot / (float)dim + eps);
     float4 *orow = (float4 *)(out + blockIdx.x * (int64_t)dim);
 #pragma unroll
-    for (int j = 0; j < VPL; j++) {
-        const int64_t i = 4 * ((int64_t)threadIdx.x + 256 * j);
-        orow[threadIdx.x + 256 * j] =
-            make_float4(v[j].x * r * ld_w(wt, w, i), v[j].y * r * ld_w(wt, w, i + 1),
-                        v[j].z * r * ld_w(wt, w, i + 2), v[j].w * r * ld_w(wt, w, i + 3));
-    }
+    for (int j = 0; j < VPL; j++)
+        orow[threadIdx.x + 256 * j] = make_float4(v[j].x * r * gw[j][0], v[j].y * r * gw[j][1],
+                                                  v[j].z * r * gw[j][2], v[j].w * r * gw[j][3]);
 }
 
 /* One normalised value; explicit round-to-nearest intrinsics so that the
@@ -674,9 +695,7 @@ __global__ void __launch_bounds__(128)
     k_attn_dec(float *out, const float *q, int64_t q_stride, const void *k, const void *v,
                int64_t kv_stride, int64_t n_q, int64_t n_kv, int n_heads, int n_kv_heads,
                bool causal, int64_t q_pos0, float scale, int n_split, float *part,
-               const int32_t *dpos, int *cnt) {
-    pdl_wait(); /* launched as a programmatic dependent (launch_pdl) */
-    pdl_trigger();
+               const int32_t *dpos, int *cnt, bool prefetch) {
     constexpr int EPL = HD / 4;    /* values a lane holds */
     constexpr int PV = BF ? 8 : 4; /* values per 16-byte vector */
     constexpr int NV = EPL / PV;   /* vectors per lane and row */
@@ -685,6 +704,10 @@ __global__ void __launch_bounds__(128)
     if (qh >= n_q * n_heads) return;
     const int split = blockIdx.y;
     int n_use = n_split;
+    /* The device position is written before the step's first kernel, and
+     * the cached keys before this launch's queries (all but the last n_q
+     * rows come from earlier steps): both may be read before pdl_wait. The
+     * queries and the newest rows are the kernel before's. */
     if (dpos) { /* as k_attention */
         q_pos0 = *dpos;
         n_kv = q_pos0 + n_q;
@@ -697,6 +720,18 @@ __global__ void __launch_bounds__(128)
     if (n_see > n_kv) n_see = n_kv;
     const int64_t per = (n_see + n_use - 1) / n_use;
     const int64_t k0 = (int64_t)split * per, k1 = k0 + per < n_see ? k0 + per : n_see;
+    const int64_t kvoff = (int64_t)kvh * HD + t * EPL;
+    const size_t esz = BF ? 2 : 4;
+    /* this lane's K and V vectors of the split's keys into L2 while the
+     * kernel before finishes (its weight stream evicted them) */
+    if (prefetch)
+        for (int64_t key = k0 + g; key < k1; key += 8) {
+            const size_t at = (size_t)(kvoff + key * kv_stride) * esz;
+            prefetch_l2((const char *)k + at);
+            prefetch_l2((const char *)v + at);
+        }
+    pdl_wait(); /* launched as a programmatic dependent (launch_pdl) */
+    pdl_trigger();
 
     const float sl2 = scale * 1.4426950408889634f;
     const float *qr = q + qi * q_stride + (int64_t)h * HD + t * EPL;
@@ -704,8 +739,6 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
     for (int j = 0; j < EPL; j++) qv[j] = qr[j] * sl2, acc[j] = 0.0f;
     float m = -INFINITY, l = 0.0f;
-    const int64_t kvoff = (int64_t)kvh * HD + t * EPL;
-    const size_t esz = BF ? 2 : 4;
     for (int64_t kb = k0; kb < k1; kb += 8 * DEC_U) {
         uint4 kr[DEC_U][NV], vr[DEC_U][NV];
 #pragma unroll
@@ -2062,10 +2095,10 @@ vlm_status vlm_cuda_rmsnorm(vlm_cuda_ctx *ctx, float *out, const float *x, int64
                             vlm_cuda_weight w, float eps, vlm_err *err) {
     if (n <= 0) return VLM_OK;
     if (dim % 1024 == 0 && dim <= 4096 && ((uintptr_t)x % 16) == 0 && ((uintptr_t)out % 16) == 0) {
-        void (*const rows[4])(float *, const float *, vlm_dtype, const void *, float) = {
+        void (*const rows[4])(float *, const float *, vlm_dtype, const void *, float, bool) = {
             k_rmsnorm_rows<1>, k_rmsnorm_rows<2>, k_rmsnorm_rows<3>, k_rmsnorm_rows<4>};
         launch_pdl(rows[dim / 1024 - 1], dim3((unsigned)n), 256u, ctx->stream, out, x, w.dtype,
-                   w.data, eps);
+                   w.data, eps, card().prefetch);
         return launched("rmsnorm", err);
     }
     launch_pdl(k_rmsnorm, dim3((unsigned)n), (unsigned)norm_threads(dim), ctx->stream, out, x, dim,
@@ -2166,11 +2199,11 @@ static vlm_status attention_few(vlm_cuda_ctx *ctx, float *out, const float *q, i
         if (bf)                                                                                    \
             launch_pdl(k_attn_dec<D, true>, grid, warps * 32u, ctx->stream, out, q, q_stride,      \
                        k.data, v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads, causal, q_pos0,  \
-                       scale, n_split, (float *)ctx->workspace, dpos, cnt);                        \
+                       scale, n_split, (float *)ctx->workspace, dpos, cnt, card().prefetch);       \
         else                                                                                       \
             launch_pdl(k_attn_dec<D, false>, grid, warps * 32u, ctx->stream, out, q, q_stride,     \
                        k.data, v.data, kv_stride, n_q, n_kv, n_heads, n_kv_heads, causal, q_pos0,  \
-                       scale, n_split, (float *)ctx->workspace, dpos, cnt);                        \
+                       scale, n_split, (float *)ctx->workspace, dpos, cnt, card().prefetch);       \
         rows16_merged = cnt != NULL;                                                               \
         done = true;                                                                               \
         break;
