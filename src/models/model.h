@@ -65,6 +65,10 @@ enum vlm_logits_mode {
     VLM_LOGITS_NONE = 0, /* fill the cache only */
     VLM_LOGITS_LAST,     /* logits[vocab] of the last position */
     VLM_LOGITS_ALL,      /* logits[n][vocab] of every position */
+    /* *greedy_id = cpu_argmax of the last position's logits; logits[vocab]
+     * is scratch the model may leave unfilled (with the head on the GPU the
+     * argmax runs there and only the id comes back) */
+    VLM_LOGITS_GREEDY,
 };
 
 /* One forward call over n new tokens at positions pos0..pos0+n-1. */
@@ -76,6 +80,7 @@ typedef struct vlm_forward_args {
     bool rope_long; /* use the long RoPE factors */
     int logits_mode;
     float *logits;
+    int32_t *greedy_id; /* VLM_LOGITS_GREEDY's answer */
 } vlm_forward_args;
 
 typedef struct vlm_arch {

@@ -234,7 +234,8 @@ static vlm_status ensure_rope(phi3_gpu *g, int64_t max_ctx, int64_t upto, bool r
 }
 
 /* Floats of the activation buffer before the logits for a call of n
- * tokens: the device position (4 floats: an int32, padding), then x and xb
+ * tokens: the device position (4 floats: an int32, the greedy id as an
+ * int32, padding), then x and xb
  * [n][d], qkv [n][qkvd], att [n][qd], gu [n][2 ff], hmid [n][ff] (enqueue's
  * layout); the logits rows follow. */
 static size_t act_floats_before_logits(const phi3v_config *c, int64_t n) {
@@ -243,12 +244,14 @@ static size_t act_floats_before_logits(const phi3v_config *c, int64_t n) {
     return 4 + (size_t)n * (size_t)(2 * c->hidden + qkvd + qd + 3 * c->intermediate);
 }
 
-/* Queue the layers (and with want_logits the head over rows [first, n)) on
- * the activations in g->act. dpos non-NULL: the position is the device's
+/* Queue the layers (and with want_logits the head over rows [first, n);
+ * with greedy also the argmax of the last row into the activations' second
+ * int32) on the activations in g->act. dpos non-NULL: the position is the device's
  * int32 there (the graph's step, n == 1), the launches do not depend on
  * pos0; otherwise pos0 is baked into the launches. */
 static vlm_status enqueue(phi3_gpu *g, const vlm_kv *kv, int64_t n, int64_t pos0,
-                          const int32_t *dpos, bool want_logits, int64_t first, vlm_err *err) {
+                          const int32_t *dpos, bool want_logits, int64_t first, bool greedy,
+                          vlm_err *err) {
     const phi3v_config *c = g->m->cfg;
     const int64_t d = c->hidden, ff = c->intermediate, hd = c->head_dim;
     const int H = c->n_heads, KV = c->n_kv_heads;
@@ -302,6 +305,9 @@ static vlm_status enqueue(phi3_gpu *g, const vlm_kv *kv, int64_t n, int64_t pos0
     if (want_logits) {
         RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx + first * d, n - first, d, g->norm, c->rms_eps, err));
         RUN(vlm_cuda_matmul(g->ctx, dlog, xb, n - first, d, c->vocab, g->lm_head, nob, err));
+        if (greedy)
+            RUN(vlm_cuda_argmax(g->ctx, (int32_t *)g->act + 1,
+                                dlog + (n - 1 - first) * (int64_t)c->vocab, c->vocab, err));
     }
 #undef RUN
     return VLM_OK;
@@ -327,7 +333,10 @@ static bool step_graph(phi3_gpu *g, const vlm_kv *kv, bool want_logits) {
     vlm_err e = {0};
     vlm_status st = vlm_cuda_capture_begin(g->ctx, &e);
     if (st == VLM_OK) {
-        vlm_status sq = enqueue(g, kv, 1, 0, (const int32_t *)g->act, want_logits, 0, &e);
+        /* with the head, the argmax too (a few microseconds): one graph
+         * serves greedy steps (only the id comes back) and the others */
+        vlm_status sq =
+            enqueue(g, kv, 1, 0, (const int32_t *)g->act, want_logits, 0, want_logits, &e);
         vlm_err e2 = {0};
         st = vlm_cuda_capture_end(g->ctx, &g->graph, sq == VLM_OK ? &e : &e2);
         if (sq != VLM_OK) st = sq;
@@ -363,12 +372,15 @@ static void step_timing(phi3_gpu *g, int64_t pos0) {
 }
 
 vlm_status phi3_gpu_forward(phi3_gpu *g, const vlm_kv *kv, float *x, int64_t n, int64_t pos0,
-                            bool rope_long, int logits_mode, float *logits, vlm_err *err) {
+                            bool rope_long, int logits_mode, float *logits, int32_t *greedy_id,
+                            vlm_err *err) {
     const phi3_model *m = g->m;
     const phi3v_config *c = m->cfg;
     const int64_t d = c->hidden;
     const bool want_logits = g->head && logits && logits_mode != VLM_LOGITS_NONE;
-    const int64_t first = logits_mode == VLM_LOGITS_LAST ? n - 1 : 0;
+    /* greedy: the argmax on the card, only the id comes back */
+    const bool greedy = want_logits && logits_mode == VLM_LOGITS_GREEDY && greedy_id;
+    const int64_t first = logits_mode == VLM_LOGITS_ALL ? 0 : n - 1;
     vlm_status st = check_kv(g, kv, err);
     if (st != VLM_OK) return st;
 
@@ -406,20 +418,28 @@ vlm_status phi3_gpu_forward(phi3_gpu *g, const vlm_kv *kv, float *x, int64_t n, 
             (st = vlm_cuda_graph_launch(g->ctx, g->graph, err)))
             return st;
         vlm_cuda_mark(g->ctx, 1);
-        if ((want_logits &&
+        if ((greedy && (st = vlm_cuda_download_async(g->ctx, hlog, g->act + 1, sizeof(int32_t),
+                                                     "greedy id", err))) ||
+            (want_logits && !greedy &&
              (st = vlm_cuda_download_async(g->ctx, hlog, dlog, (size_t)c->vocab * sizeof(float),
                                            "logits", err))) ||
             (st = vlm_cuda_sync(g->ctx, "GPU decoder (graph)", err)))
             return st;
         if (vlm_cuda_timing(g->ctx)) g->t_prev_gpu = vlm_cuda_marks_ms(g->ctx);
-        if (want_logits) memcpy(logits, hlog, (size_t)c->vocab * sizeof(float));
+        if (greedy)
+            memcpy(greedy_id, hlog, sizeof(int32_t));
+        else if (want_logits)
+            memcpy(logits, hlog, (size_t)c->vocab * sizeof(float));
         return VLM_OK;
     }
 
     if ((st = vlm_cuda_upload(g->ctx, dx, x, (size_t)(n * d) * sizeof(float), "hidden state", err)))
         return st;
-    if ((st = enqueue(g, kv, n, pos0, NULL, want_logits, first, err)) != VLM_OK) return st;
-    if (want_logits &&
+    if ((st = enqueue(g, kv, n, pos0, NULL, want_logits, first, greedy, err)) != VLM_OK) return st;
+    if (greedy &&
+        (st = vlm_cuda_download(g->ctx, greedy_id, g->act + 1, sizeof(int32_t), "greedy id", err)))
+        return st;
+    if (want_logits && !greedy &&
         (st = vlm_cuda_download(g->ctx, logits, dlog,
                                 (size_t)((n - first) * c->vocab) * sizeof(float), "logits", err)))
         return st;

@@ -29,15 +29,17 @@ bool phi3_gpu_head(const phi3_gpu *g);
 
 /* Layers [0, gpu_layers) on x ([n][d] f32, host; overwritten with the
  * hidden state after them unless the head is on the GPU: then only the
- * logits come back, as phi3_forward's logits_mode, and x is left as it
- * was). RoPE tables for the cache's positions live on the device (filled
+ * logits come back, as phi3_forward's logits_mode, or with
+ * VLM_LOGITS_GREEDY only the last row's argmax, into *greedy_id, and x is
+ * left as it was). RoPE tables for the cache's positions live on the device (filled
  * from cpu_rope_cos_sin as positions are reached). With the head on the
  * GPU a one-token forward runs as a CUDA graph (recorded once per cache
  * and logits mode, the position read from device memory), unless
  * VLM_CUDA_GRAPHS=0 was set when the model was created; a graph that cannot
  * be recorded or instantiated means plain launches, never an error. */
 vlm_status phi3_gpu_forward(phi3_gpu *g, const vlm_kv *kv, float *x, int64_t n, int64_t pos0,
-                            bool rope_long, int logits_mode, float *logits, vlm_err *err);
+                            bool rope_long, int logits_mode, float *logits, int32_t *greedy_id,
+                            vlm_err *err);
 
 #endif
 #endif

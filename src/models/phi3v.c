@@ -369,21 +369,29 @@ vlm_status phi3v_forward(phi3v_model *m, vlm_kv *kv, const vlm_forward_args *a, 
     float *x = ws;
     vlm_status st = phi3v_embed(m, a->ids, a->n, a->img_rows, x, err);
     if (st != VLM_OK) return st;
-    int l0 = 0, mode = a->logits_mode;
+    const bool greedy = a->logits_mode == VLM_LOGITS_GREEDY;
+    if (greedy && (!a->greedy_id || !a->logits))
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                           "forward: greedy mode needs an id and a logits row of scratch");
+    /* the CPU's share computes the last row's logits and takes their argmax */
+    int l0 = 0, mode = greedy ? VLM_LOGITS_LAST : a->logits_mode;
 #ifdef VLM_HAVE_CUDA
     if (m->gpu) {
         /* The first layers on the GPU, the hidden state back to the host;
-         * with the head there too, the logits come back instead. */
+         * with the head there too, the logits (or the greedy id) come back
+         * instead. */
         st = phi3_gpu_forward(m->gpu, kv, x, a->n, a->pos0, a->rope_long, a->logits_mode, a->logits,
-                              err);
+                              a->greedy_id, err);
         if (st != VLM_OK) return st;
         l0 = phi3_gpu_layers(m->gpu);
         if (phi3_gpu_head(m->gpu)) mode = VLM_LOGITS_NONE;
     }
 #endif
-    if (l0 < m->cfg.n_layers || mode != VLM_LOGITS_NONE)
+    if (l0 < m->cfg.n_layers || mode != VLM_LOGITS_NONE) {
         phi3_forward_layers(&m->lm, m->pool, kv, l0, x, a->n, a->pos0, a->rope_long, mode,
                             a->logits, ws + a->n * m->cfg.hidden);
+        if (greedy) *a->greedy_id = cpu_argmax(a->logits, m->cfg.vocab);
+    }
     return VLM_OK;
 }
 

@@ -1,6 +1,8 @@
 /* runtime/sampler - see sampler.h. */
 #include "runtime/sampler.h"
 
+#include "backend/cpu/ops.h"
+
 #include <math.h>
 #include <stdbool.h>
 #include <string.h>
@@ -77,13 +79,6 @@ void sampler_free(sampler *s) {
     vlm_free(s);
 }
 
-static int32_t argmax(const float *x, int n) {
-    int32_t best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i; /* strict: the lowest index wins ties */
-    return best;
-}
-
 /* Sort order: logit descending, index ascending on ties: a total order, so
  * any correct sort gives the same permutation. */
 static inline bool before(const float *keys, int32_t i, int32_t j) {
@@ -118,6 +113,10 @@ static void sort_order(int32_t *ord, int n, const float *keys) {
     }
 }
 
+bool sampler_is_greedy(const sampler *s) {
+    return s->p.temperature <= 0.0f && s->p.repetition_penalty == 1.0f;
+}
+
 int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, int64_t n_history) {
     const int V = s->vocab;
     const sampler_params *p = &s->p;
@@ -136,7 +135,7 @@ int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, int64_
                                       : logits[t] / p->repetition_penalty;
         }
     }
-    if (p->temperature <= 0.0f) return argmax(logits, V);
+    if (p->temperature <= 0.0f) return cpu_argmax(logits, V);
 
     for (int i = 0; i < V; i++) logits[i] /= p->temperature;
 

@@ -9,6 +9,7 @@
 #ifndef VLM_RUNTIME_SAMPLER_H
 #define VLM_RUNTIME_SAMPLER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "base/status.h"
@@ -43,6 +44,11 @@ void sampler_seed(sampler *s, uint64_t seed);
  * history: the ids the repetition penalty looks at (the whole sequence so
  * far; negative ids, image placeholders, are skipped). */
 int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, int64_t n_history);
+
+/* Whether sampler_sample is cpu_argmax of the logits as they come (greedy,
+ * no repetition penalty): then a model may pick the token itself
+ * (VLM_LOGITS_GREEDY) and the logits need not leave the device. */
+bool sampler_is_greedy(const sampler *s);
 
 /* Uniform double in [0, 1) from the sampler's state (exposed for tests). */
 double sampler_uniform(sampler *s);

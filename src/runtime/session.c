@@ -74,6 +74,7 @@ void session_reset(session *s) {
     s->n_img_rows = 0;
     s->rope_long = false;
     s->has_pending = false;
+    s->greedy_valid = false;
 }
 
 const float *session_logits(const session *s) {
@@ -90,16 +91,18 @@ static vlm_status run_range(session *s, int64_t from, int64_t to, const float *r
     for (int64_t pos = from; pos < to; pos += s->chunk) {
         int64_t n = to - pos < s->chunk ? to - pos : s->chunk;
         bool last = pos + n == to;
-        vlm_forward_args a = {s->ids + pos, n, rows, pos, rope_long, VLM_LOGITS_NONE, NULL};
+        vlm_forward_args a = {s->ids + pos, n, rows, pos, rope_long, VLM_LOGITS_NONE, NULL, NULL};
         if (logits_all) {
             a.logits_mode = VLM_LOGITS_ALL;
             a.logits = logits_all + (pos - from) * (int64_t)info->vocab;
         } else if (last && want_last) {
-            a.logits_mode = VLM_LOGITS_LAST;
+            a.logits_mode = s->greedy ? VLM_LOGITS_GREEDY : VLM_LOGITS_LAST;
             a.logits = s->logits;
+            a.greedy_id = &s->greedy_id;
         }
         vlm_status st = s->m->arch->forward(s->m->impl, &s->kv->kv, &a, s->ws, err);
         if (st != VLM_OK) return st;
+        if (last && want_last) s->greedy_valid = a.logits_mode == VLM_LOGITS_GREEDY;
         if (last && want_last && logits_all)
             memcpy(s->logits, a.logits + (n - 1) * (int64_t)info->vocab,
                    (size_t)info->vocab * sizeof(float));
@@ -220,8 +223,12 @@ vlm_status session_generate(session *s, sampler *smp, const gen_options *g, int3
     vlm_status st;
     if (s->has_pending && (st = session_append(s, NULL, 0, NULL, 0, NULL, err)) != VLM_OK)
         return st;
+    /* a greedy pick is the argmax of the logits as they are: the model may
+     * take it itself, on the GPU (only the id leaves the card) */
+    const bool greedy = sampler_is_greedy(smp);
     for (int i = 0; i < g->max_new; i++) {
-        int32_t tok = sampler_sample(smp, s->logits, s->ids, s->n_past);
+        int32_t tok = greedy && s->greedy_valid ? s->greedy_id
+                                                : sampler_sample(smp, s->logits, s->ids, s->n_past);
         out_ids[(*n_out)++] = tok;
         s->pending = tok;
         s->has_pending = true;
@@ -240,7 +247,10 @@ vlm_status session_generate(session *s, sampler *smp, const gen_options *g, int3
             *reason = SESSION_STOP_CONTEXT;
             return VLM_OK;
         }
-        if ((st = session_append(s, NULL, 0, NULL, 0, NULL, err)) != VLM_OK) return st;
+        s->greedy = greedy;
+        st = session_append(s, NULL, 0, NULL, 0, NULL, err);
+        s->greedy = false;
+        if (st != VLM_OK) return st;
     }
     *reason = SESSION_STOP_MAX;
     return VLM_OK;

@@ -56,6 +56,12 @@ typedef struct session {
     int64_t n_rebuilds; /* times the cache was recomputed for LongRoPE */
     bool has_pending;   /* a generated token not yet in the cache */
     int32_t pending;
+    /* session_generate with a greedy sampler: its appends ask the model for
+     * the last position's argmax (VLM_LOGITS_GREEDY), so the logits need not
+     * leave the GPU; greedy_valid: greedy_id is that argmax and logits[] is
+     * not the last position's */
+    bool greedy, greedy_valid;
+    int32_t greedy_id;
 } session;
 
 vlm_status session_create(arch_model *m, const session_options *o, session **out, vlm_err *err);
@@ -72,7 +78,8 @@ void session_reset(session *s);
 vlm_status session_append(session *s, const int32_t *ids, int64_t n, const float *img_rows,
                           int64_t n_img_rows, float *logits_all, vlm_err *err);
 
-/* The logits after the last call, [vocab]. */
+/* The logits after the last call, [vocab]; not the last position's while
+ * greedy_valid (session_generate's own appends with a greedy sampler). */
 const float *session_logits(const session *s);
 
 /* --- generation ------------------------------------------------------------ */

@@ -196,7 +196,9 @@ static void test_greedy(void **state) {
 }
 
 /* Greedy ids of the fixture prompt (image, chunk 16) and ng new tokens
- * with the model of place; *last: the final logits (vocab 300). */
+ * with the model of place; *last: the logits after the last one (vocab
+ * 300; the greedy steps bring back only their ids, so the pending last id
+ * is appended once more for them). */
 static void greedy_run(const vlm_placement *place, const float *rows, int nr, int32_t *out, int ng,
                        float *last) {
     size_t n;
@@ -207,6 +209,7 @@ static void greedy_run(const vlm_placement *place, const float *rows, int nr, in
     assert_int_equal(open_session(m, 16, &s, &err), VLM_OK);
     assert_int_equal(session_append(s, ids, (int64_t)n, rows, nr, NULL, &err), VLM_OK);
     greedy(s, ng, out);
+    assert_int_equal(session_append(s, NULL, 0, NULL, 0, NULL, &err), VLM_OK);
     memcpy(last, session_logits(s), 300 * sizeof *last);
     session_free(s);
     arch_model_free(m);
@@ -548,7 +551,7 @@ static void test_placement_errors(void **state) {
     assert_int_equal(kv_cache_create(&g->info, 64, VLM_DTYPE_F32, &kg, &err), VLM_OK);
     float *ws = malloc(g->arch->workspace_floats(g->impl, 4, 64) * sizeof *ws);
     const int32_t ids[4] = {1, 2, 3, 4};
-    vlm_forward_args a = {ids, 4, NULL, 0, false, VLM_LOGITS_NONE, NULL};
+    vlm_forward_args a = {ids, 4, NULL, 0, false, VLM_LOGITS_NONE, NULL, NULL};
     assert_int_equal(g->arch->forward(g->impl, &kc->kv, &a, ws, &err), VLM_ERR_INVALID_ARG);
     assert_non_null(strstr(err.msg, "GPU"));
     assert_int_equal(c->arch->forward(c->impl, &kg->kv, &a, ws, &err), VLM_ERR_INVALID_ARG);

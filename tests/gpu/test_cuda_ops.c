@@ -463,6 +463,39 @@ static void test_fused_products(void **state) {
     }
 }
 
+/* argmax on the card against cpu_argmax (the CPU's greedy pick): random
+ * rows of the vocab's size, the largest value repeated (the lowest index
+ * wins), NaNs in the row (never taken) and at index 0 (index 0), all -inf
+ * (index 0), one value. */
+static void test_argmax(void **state) {
+    (void)state;
+    const int64_t V = 32064;
+    float *x = rnd((size_t)V, 4.0f);
+    int32_t *dout = vlm_dev_alloc(sizeof(int32_t), VLM_MEM_ACTIVATIONS);
+    assert_non_null(dout);
+    for (int c = 0; c < 6; c++) {
+        int64_t n = V;
+        if (c == 1) x[20000] = x[777] = x[31000] = 9.0f; /* ties: 777 */
+        if (c == 2) x[100] = x[777] = NAN;               /* 20000 now */
+        if (c == 3) x[0] = NAN;                          /* 0 */
+        if (c == 4)
+            for (int64_t i = 0; i < V; i++) x[i] = -INFINITY;
+        if (c == 5) n = 1;
+        float *dx = up(x, (size_t)V * 4);
+        OK(vlm_cuda_argmax(CTX, dout, dx, n, E));
+        int32_t got = -1;
+        OK(vlm_cuda_sync(CTX, "argmax", E));
+        OK(vlm_cuda_download(CTX, &got, dout, sizeof got, "argmax", E));
+        int32_t want = cpu_argmax(x, n);
+        printf("argmax case %d: %d (cpu %d)\n", c, got, want);
+        assert_int_equal(got, want);
+        vlm_dev_free(dx);
+    }
+    assert_int_equal(cpu_argmax(x, V), 0);
+    vlm_dev_free(dout);
+    free(x);
+}
+
 /* --- attention -------------------------------------------------------------- */
 
 static void attn_case(const char *what, vlm_dtype kvt, int64_t n_q, int64_t n_kv, int nh, int nkv,
@@ -1169,14 +1202,23 @@ static void test_dev_alloc(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dev_alloc),      cmocka_unit_test(test_matmul),
-        cmocka_unit_test(test_norms),          cmocka_unit_test(test_rope),
-        cmocka_unit_test(test_rope_store),     cmocka_unit_test(test_fused_products),
-        cmocka_unit_test(test_attention),      cmocka_unit_test(test_device_position),
-        cmocka_unit_test(test_attention_seqs), cmocka_unit_test(test_elementwise),
-        cmocka_unit_test(test_patch_embed),    cmocka_unit_test(test_merge2x2),
-        cmocka_unit_test(test_half_inputs),    cmocka_unit_test(test_patch_embed_crops),
-        cmocka_unit_test(test_pinned),         cmocka_unit_test(test_bf16_qkv_attention),
+        cmocka_unit_test(test_dev_alloc),
+        cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_norms),
+        cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_rope_store),
+        cmocka_unit_test(test_fused_products),
+        cmocka_unit_test(test_argmax),
+        cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_device_position),
+        cmocka_unit_test(test_attention_seqs),
+        cmocka_unit_test(test_elementwise),
+        cmocka_unit_test(test_patch_embed),
+        cmocka_unit_test(test_merge2x2),
+        cmocka_unit_test(test_half_inputs),
+        cmocka_unit_test(test_patch_embed_crops),
+        cmocka_unit_test(test_pinned),
+        cmocka_unit_test(test_bf16_qkv_attention),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

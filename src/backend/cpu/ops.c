@@ -491,6 +491,13 @@ void cpu_add_bias(float *y, int64_t n, int64_t dim, cpu_weight b) {
     }
 }
 
+int32_t cpu_argmax(const float *x, int64_t n) {
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i; /* strict: the lowest index wins ties */
+    return (int32_t)best;
+}
+
 void cpu_silu_mul(float *out, const float *gu, int64_t n, int64_t ff) {
     for (int64_t r = 0; r < n; r++) {
         const float *g = gu + r * 2 * ff, *u = g + ff;

@@ -94,6 +94,10 @@ void cpu_add_bias(float *y, int64_t n, int64_t dim, cpu_weight b);
  * out[n][ff] = up * silu(gate). out must not alias gu. */
 void cpu_silu_mul(float *out, const float *gu, int64_t n, int64_t ff);
 
+/* The index of the largest of x[n] by a scan with a strict `>`: the lowest
+ * index on ties (torch.argmax), NaNs never win (index 0 if x[0] is NaN). */
+int32_t cpu_argmax(const float *x, int64_t n);
+
 /* out[i] = table[ids[i]] for rows of dim (ids already checked in range). */
 void cpu_embed_rows(float *out, cpu_weight table, int64_t dim, const int32_t *ids, int64_t n);
 

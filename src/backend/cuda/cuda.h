@@ -207,6 +207,11 @@ vlm_status vlm_cuda_add_bias(vlm_cuda_ctx *ctx, float *y, int64_t n, int64_t dim
 vlm_status vlm_cuda_silu_mul(vlm_cuda_ctx *ctx, float *out, const float *gu, int64_t n, int64_t ff,
                              vlm_err *err);
 
+/* *out (device) = cpu_argmax(x[n]): the lowest index of the largest value,
+ * NaNs never taken (index 0 when x[0] is NaN), as the CPU's greedy pick. */
+vlm_status vlm_cuda_argmax(vlm_cuda_ctx *ctx, int32_t *out, const float *x, int64_t n,
+                           vlm_err *err);
+
 /* out[i] = table[ids[i]], ids a device array already checked in range. */
 vlm_status vlm_cuda_embed_rows(vlm_cuda_ctx *ctx, float *out, vlm_cuda_weight table, int64_t dim,
                                const int32_t *ids, int64_t n, vlm_err *err);

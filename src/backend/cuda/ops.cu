@@ -8,6 +8,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -1397,6 +1398,41 @@ __global__ void k_silu_mul(float *out, const float *gu, int64_t n, int64_t ff) {
     }
 }
 
+/* (v, i) takes (v2, i2) if that is larger, or as large at a lower index;
+ * a NaN is never taken. A total order on what is taken, so the sweep and
+ * the tree below give the lowest index of the largest non-NaN value. */
+__device__ __forceinline__ void am_take(float &v, int &i, float v2, int i2) {
+    if (v2 > v || (v2 == v && i2 < i)) {
+        v = v2;
+        i = i2;
+    }
+}
+
+/* out = cpu_argmax(x[n]) with one block of 1024 threads: each sweeps a
+ * stride of x, then the warps and the block reduce (value, index) pairs.
+ * cpu_argmax's scan keeps index 0 when x[0] is NaN (nothing compares
+ * larger); elsewhere NaNs lose, as in am_take. */
+__global__ void __launch_bounds__(1024) k_argmax(int32_t *out, const float *x, int64_t n) {
+    pdl_wait(); /* launched as a programmatic dependent (launch_pdl) */
+    pdl_trigger();
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    float v = -INFINITY;
+    int i = INT_MAX; /* none yet: any non-NaN value is taken */
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) am_take(v, i, x[j], (int)j);
+    for (int o = 16; o > 0; o >>= 1)
+        am_take(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    if (lane == 0) sv[w] = v, si[w] = i;
+    __syncthreads();
+    if (w != 0) return;
+    v = lane < (int)(blockDim.x >> 5) ? sv[lane] : -INFINITY;
+    i = lane < (int)(blockDim.x >> 5) ? si[lane] : INT_MAX;
+    for (int o = 16; o > 0; o >>= 1)
+        am_take(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
+    if (lane == 0) *out = i == INT_MAX || isnan(x[0]) ? 0 : i;
+}
+
 __global__ void k_store_rows(void *dst, vlm_dtype t, int64_t offset, const float *src, int64_t n) {
     GRID_LOOP(i, n) {
         if (t == VLM_DTYPE_BF16)
@@ -2369,6 +2405,14 @@ vlm_status vlm_cuda_silu_mul(vlm_cuda_ctx *ctx, float *out, const float *gu, int
     if (n <= 0 || ff <= 0) return VLM_OK;
     launch_pdl(k_silu_mul, dim3(blocks_for(n * ff, 256)), 256u, ctx->stream, out, gu, n, ff);
     return launched("silu_mul", err);
+}
+
+vlm_status vlm_cuda_argmax(vlm_cuda_ctx *ctx, int32_t *out, const float *x, int64_t n,
+                           vlm_err *err) {
+    if (n <= 0 || n > INT_MAX)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "argmax: %lld values", (long long)n);
+    launch_pdl(k_argmax, dim3(1), 1024u, ctx->stream, out, x, n);
+    return launched("argmax", err);
 }
 
 vlm_status vlm_cuda_embed_rows(vlm_cuda_ctx *ctx, float *out, vlm_cuda_weight table, int64_t dim,
