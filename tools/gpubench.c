@@ -34,6 +34,17 @@ static int cmp_f(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+typedef struct {
+    int32_t *out;
+    const float *x;
+    int64_t n;
+} am_arg;
+
+static vlm_status do_argmax(void *arg, vlm_err *err) {
+    const am_arg *a = arg;
+    return vlm_cuda_argmax(ctx, a->out, a->x, a->n, err);
+}
+
 /* Median milliseconds of reps calls of fn (after 3 warm-up calls). */
 static double time_ms(bench_fn fn, void *arg, int reps) {
     vlm_err err = {0};
@@ -271,6 +282,12 @@ int main(int argc, char **argv) {
         printf("%-40s %9.3f ms\n", at[i].name, ms);
     }
     vlm_dev_free(q), vlm_dev_free(o), vlm_dev_free(kc), vlm_dev_free(vc);
+    /* the greedy pick after lm_head: one row of the vocab (whatever y
+     * holds: the whole row is swept either way) */
+    am_arg am = {dev(sizeof(int32_t)), y, 32064};
+    ms = time_ms(do_argmax, &am, reps);
+    printf("%-40s %9.3f ms\n", "argmax 32064 (greedy pick)", ms);
+    vlm_dev_free(am.out);
     vlm_dev_free(x), vlm_dev_free(y);
     vlm_cuda_ctx_destroy(ctx);
     vlm_gpu_mem_stats st;

@@ -1409,9 +1409,14 @@ __device__ __forceinline__ void am_take(float &v, int &i, float v2, int i2) {
 }
 
 /* out = cpu_argmax(x[n]) with one block of 1024 threads: each sweeps a
- * stride of x, then the warps and the block reduce (value, index) pairs.
+ * stride of x, AM_INFLIGHT loads issued before it compares them (one at a
+ * time, each waited an L2 round trip: the vocab's 32 loads a thread took
+ * longer than the rest of the kernel), then the warps and the block reduce
+ * (value, index) pairs.
  * cpu_argmax's scan keeps index 0 when x[0] is NaN (nothing compares
  * larger); elsewhere NaNs lose, as in am_take. */
+constexpr int AM_INFLIGHT = 8;
+
 __global__ void __launch_bounds__(1024) k_argmax(int32_t *out, const float *x, int64_t n) {
     pdl_wait(); /* launched as a programmatic dependent (launch_pdl) */
     pdl_trigger();
@@ -1419,7 +1424,17 @@ __global__ void __launch_bounds__(1024) k_argmax(int32_t *out, const float *x, i
     __shared__ int si[32];
     float v = -INFINITY;
     int i = INT_MAX; /* none yet: any non-NaN value is taken */
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) am_take(v, i, x[j], (int)j);
+    const int64_t step = blockDim.x;
+    for (int64_t j0 = threadIdx.x; j0 < n; j0 += AM_INFLIGHT * step) {
+        float xv[AM_INFLIGHT];
+#pragma unroll
+        for (int u = 0; u < AM_INFLIGHT; u++) {
+            const int64_t j = j0 + u * step;
+            xv[u] = j < n ? x[j] : NAN; /* past the end: never taken */
+        }
+#pragma unroll
+        for (int u = 0; u < AM_INFLIGHT; u++) am_take(v, i, xv[u], (int)(j0 + u * step));
+    }
     for (int o = 16; o > 0; o >>= 1)
         am_take(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
