@@ -94,7 +94,7 @@ __device__ __forceinline__ void prefetch_l2(const void *p) {
  * VLM_CUDA_ATTN_ASYNC=0 (the tensor-core attention loads its K/V tiles
  * synchronously), VLM_CUDA_DEC_GROUPS=0 (decode attention on the
  * one-key-per-warp-step kernel), VLM_CUDA_ATT_MERGE=0 (the decode
- * attention's key splits merged by a launch of their own) and
+ * attention's key splits merged by a launch of their own),
  * VLM_CUDA_FUSE (the GEMV epilogues kept, by letter: s matmul_silu, r
  * matmul_rope_store; "0" none: two launches each) and
  * VLM_CUDA_PREFETCH=0 (the decode attention and the row RMSNorm read
@@ -210,20 +210,17 @@ __global__ void __launch_bounds__(256) k_rmsnorm_rows(float *out, const float *x
     /* the weights are no earlier kernel's output: with prefetch they are
      * read before the wait, while the kernel before finishes */
     float gw[VPL][4];
-    if (prefetch)
+    auto load_g = [&]() {
 #pragma unroll
         for (int j = 0; j < VPL; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++)
                 gw[j][e] = ld_w(wt, w, 4 * ((int64_t)threadIdx.x + 256 * j) + e);
+    };
+    if (prefetch) load_g();
     pdl_wait(); /* launched as a programmatic dependent (launch_pdl) */
     pdl_trigger();
-    if (!prefetch)
-#pragma unroll
-        for (int j = 0; j < VPL; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-                gw[j][e] = ld_w(wt, w, 4 * ((int64_t)threadIdx.x + 256 * j) + e);
+    if (!prefetch) load_g();
     __shared__ float sh[8];
     const float4 *xr = (const float4 *)(x + blockIdx.x * (int64_t)dim);
     float4 v[VPL];
@@ -705,10 +702,12 @@ __global__ void __launch_bounds__(128)
     if (qh >= n_q * n_heads) return;
     const int split = blockIdx.y;
     int n_use = n_split;
-    /* The device position is written before the step's first kernel, and
-     * the cached keys before this launch's queries (all but the last n_q
-     * rows come from earlier steps): both may be read before pdl_wait. The
-     * queries and the newest rows are the kernel before's. */
+    /* The device position is written before the step's first kernel, so
+     * it may be read before pdl_wait; so may the cached keys of earlier
+     * steps. The queries and the newest n_q K/V rows are the kernel
+     * before's: they are read after the wait (the prefetch below may touch
+     * the newest rows too: it only moves lines into L2, where the writes
+     * land). */
     if (dpos) { /* as k_attention */
         q_pos0 = *dpos;
         n_kv = q_pos0 + n_q;
