@@ -1769,8 +1769,7 @@ __device__ __forceinline__ uint4 ld_stream16(const void *p) {
 enum { GV_PLAIN = 0, GV_SILU = 1, GV_ROPE = 2 };
 
 struct gv_epi {
-    float *out;                        /* SILU: [NT][ff] */
-    int64_t ff;                        /* SILU: gate rows [0, ff), up rows [ff, 2 ff) */
+    float *out;                        /* SILU: [NT][out / 2] */
     int n_heads, n_kv_heads, head_dim; /* ROPE: as k_rope_store */
     bool kv_bf16;
     const float *cos_t, *sin_t;
@@ -1823,12 +1822,13 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, NT == 1 ? GV_MIN_BLOCKS : 1)
     int s = warp % WS;
     int64_t row;
     bool live;
-    if (PAIRS) { /* pair q: rows gv_row(q), + ff (SILU) or + half (ROPE) */
+    if (PAIRS) { /* pair q: gate row q and up row q + out / 2 (SILU), or rows
+                  * i and i + half of head q / half, i = q % half (ROPE) */
         const int j = warp / WS;
         const int64_t q = (int64_t)blockIdx.x * (RPB / 2) + j / 2;
         live = q < out / 2;
         if (EPI == GV_SILU)
-            row = q + (j & 1) * e.ff;
+            row = q + (j & 1) * (out / 2);
         else {
             const int half = e.head_dim / 2;
             row = (q / half) * e.head_dim + q % half + (j & 1) * half;
@@ -1880,37 +1880,35 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, NT == 1 ? GV_MIN_BLOCKS : 1)
                 y[t * out + row] = acc_y ? y[t * out + row] + acc[t] : acc[t];
         return;
     }
-    {
-        __shared__ float part[GEMV_WARPS][NT];
-        if (lane == 0)
+    __shared__ float part[GEMV_WARPS][NT];
+    if (lane == 0)
 #pragma unroll
-            for (int t = 0; t < NT; t++) part[warp][t] = acc[t];
-        __syncthreads();
-        if (PAIRS) {
-            /* lane p * NT + t of warp 0: pair p of the block, token t; the
-             * row sums as GV_PLAIN forms them */
-            if (warp != 0 || lane >= RPB / 2 * NT) return;
-            const int p = lane / NT, t = lane % NT;
-            const int64_t q = (int64_t)blockIdx.x * (RPB / 2) + p;
-            if (q >= out / 2) return;
-            float a = 0.0f, b = 0.0f;
+        for (int t = 0; t < NT; t++) part[warp][t] = acc[t];
+    __syncthreads();
+    if (PAIRS) {
+        /* lane p * NT + t of warp 0: pair p of the block, token t; the row
+         * sums as GV_PLAIN forms them */
+        if (warp != 0 || lane >= RPB / 2 * NT) return;
+        const int p = lane / NT, t = lane % NT;
+        const int64_t q = (int64_t)blockIdx.x * (RPB / 2) + p;
+        if (q >= out / 2) return;
+        float a = 0.0f, b = 0.0f;
 #pragma unroll
-            for (int j = 0; j < WS; j++) {
-                a += part[2 * p * WS + j][t];
-                b += part[(2 * p + 1) * WS + j][t];
-            }
-            if (EPI == GV_SILU)
-                e.out[t * e.ff + q] = silu_mul1(a, b);
-            else
-                gv_rope_pair(e, y, out, q, t, a, b);
-            return;
+        for (int j = 0; j < WS; j++) {
+            a += part[2 * p * WS + j][t];
+            b += part[(2 * p + 1) * WS + j][t];
         }
-        if (live && s == 0 && lane < NT) {
-            float v = 0.0f;
+        if (EPI == GV_SILU)
+            e.out[t * (out / 2) + q] = silu_mul1(a, b);
+        else
+            gv_rope_pair(e, y, out, q, t, a, b);
+        return;
+    }
+    if (live && s == 0 && lane < NT) {
+        float v = 0.0f;
 #pragma unroll
-            for (int j = 0; j < WS; j++) v += part[warp + j][lane];
-            y[lane * out + row] = acc_y ? y[lane * out + row] + v : v;
-        }
+        for (int j = 0; j < WS; j++) v += part[warp + j][lane];
+        y[lane * out + row] = acc_y ? y[lane * out + row] + v : v;
     }
 }
 
@@ -2569,7 +2567,6 @@ vlm_status vlm_cuda_matmul_silu(vlm_cuda_ctx *ctx, float *out, float *gu, const 
     if (gemv_epi_ok(card().fuse_silu, w, x, n, in, 2 * ff)) {
         gv_epi e = {};
         e.out = out;
-        e.ff = ff;
         launch_gemv_epi_n<GV_SILU>(ctx->stream, (int)n, gu, x, in, 2 * ff,
                                    w.dtype == VLM_DTYPE_BF16, w.data, false, e);
         return launched("matmul_silu", err);
