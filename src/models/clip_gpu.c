@@ -11,6 +11,7 @@
 #include "backend/cpu/parallel.h"
 #include "backend/cuda/cuda.h"
 #include "base/alloc.h"
+#include "base/log.h"
 #include "tensor/quant.h"
 
 /* q, k and v are packed at upload into qkv_w [3D][D] and qkv_b [3D] (one
@@ -386,12 +387,14 @@ static vlm_status encode_group(clip_gpu *g, cpu_pool *pool, const float *pixels,
      * then DMA), or straight from the caller's pageable memory */
     const size_t px_bytes = (size_t)gc * 3 * (size_t)(S * S) * sizeof(float);
     void *sb = staging(g, clip_gpu_staging_bytes_cfg(c, gc, proj_d));
+    vlm_cuda_mark(g->ctx, 0);
     if (sb) {
         copy_par(pool, sb, pixels, px_bytes);
         RUN(vlm_cuda_upload_async(g->ctx, px, sb, px_bytes, "crop pixels", err));
     } else {
         RUN(vlm_cuda_upload(g->ctx, px, pixels, px_bytes, "crop pixels", err));
     }
+    vlm_cuda_mark(g->ctx, 1);
     /* every crop's patches in one im2col and one product (the im2col in
      * mlp, the patch rows in h), then class and positions in one launch */
     RUN(vlm_cuda_patch_embed_crops(g->ctx, x, px, gc, (int)S, (int)P, D, g->patch_w, g->class_emb,
@@ -427,6 +430,7 @@ static vlm_status encode_group(clip_gpu *g, cpu_pool *pool, const float *pixels,
             RUN(vlm_cuda_add_bias(g->ctx, x, T, D, L->fc2_b, err));
         }
     }
+    vlm_cuda_mark(g->ctx, 2);
     if (!out) return VLM_OK;
     /* without CLS: rows 1..NP-1 of each crop */
     for (int i = 0; i < gc; i++)
@@ -473,9 +477,17 @@ vlm_status clip_gpu_encode_project(clip_gpu *g, cpu_pool *pool, const float *pix
     if (!dst)
         return vlm_err_set(err, VLM_ERR_INVALID_ARG,
                            "GPU image projector: no pinned buffer and no output given");
+    vlm_cuda_mark(g->ctx, 3);
     RUN(vlm_cuda_download(g->ctx, dst, prj, bytes, "projected image rows", err));
+    vlm_cuda_mark(g->ctx, 4);
     st = vlm_cuda_sync(g->ctx, "GPU image projector", err);
     if (st == VLM_OK) *rows_out = dst;
+    if (st == VLM_OK && vlm_cuda_timing(g->ctx))
+        VLM_INFO("GPU vision, %d crops (GPU time): pixels up %.3f ms, tower %.3f ms, merge and "
+                 "projector %.3f ms, rows down %.3f ms; from the upload to the rows %.3f ms",
+                 n, vlm_cuda_span_ms(g->ctx, 0, 1), vlm_cuda_span_ms(g->ctx, 1, 2),
+                 vlm_cuda_span_ms(g->ctx, 2, 3), vlm_cuda_span_ms(g->ctx, 3, 4),
+                 vlm_cuda_span_ms(g->ctx, 0, 4));
     return st;
 }
 

@@ -24,9 +24,10 @@ struct vlm_cuda_ctx {
      * finish merges the splits and resets it); NULL: a combine launch */
     int *att_cnt;
     void *workspace; /* device, workspace_bytes */
-    /* VLM_CUDA_TIMING=1: two events around a stretch of queued work (the
-     * decode step), for measuring; NULL otherwise */
-    cudaEvent_t mark[2];
+    /* VLM_CUDA_TIMING=1: events marking points of the queued work (the
+     * decode step; the vision tower's stages), for measuring; NULL
+     * otherwise */
+    cudaEvent_t mark[VLM_CUDA_MARKS];
     size_t workspace_bytes;
     bool f32_products;  /* BF16/F16 weights: widen to f32 and SGEMM (VLM_CUDA_F32_GEMM=1) */
     bool mma_attention; /* tensor-core attention allowed (VLM_CUDA_MMA_ATTN unset or not 0) */

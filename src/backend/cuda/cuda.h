@@ -61,11 +61,15 @@ void *vlm_cuda_ctx_stream(vlm_cuda_ctx *ctx);
 /* Wait for every queued op; the first execution error, naming `what`. */
 vlm_status vlm_cuda_sync(vlm_cuda_ctx *ctx, const char *what, vlm_err *err);
 
-/* Measuring (VLM_CUDA_TIMING=1 when the context was created): mark(0) and
- * mark(1) record events on the stream; after a sync, marks_ms is the GPU
- * time between them. Off: timing() is false and the calls do nothing. */
+/* Measuring (VLM_CUDA_TIMING=1 when the context was created): mark(i),
+ * 0 <= i < VLM_CUDA_MARKS, records event i on the stream; after a sync,
+ * span_ms(i, j) is the GPU time from mark i to mark j and marks_ms the
+ * span from 0 to 1. Off: timing() is false, the calls do nothing and the
+ * spans are 0. */
+#define VLM_CUDA_MARKS 6
 bool vlm_cuda_timing(const vlm_cuda_ctx *ctx);
 void vlm_cuda_mark(vlm_cuda_ctx *ctx, int i);
+double vlm_cuda_span_ms(vlm_cuda_ctx *ctx, int i, int j);
 double vlm_cuda_marks_ms(vlm_cuda_ctx *ctx);
 
 /* Copies on the context's stream (synchronous with respect to the host for

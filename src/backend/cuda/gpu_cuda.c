@@ -258,12 +258,17 @@ vlm_status vlm_cuda_ctx_create(vlm_cuda_ctx **out, size_t workspace_bytes, vlm_e
     const char *mma = getenv("VLM_CUDA_MMA_ATTN");
     c->mma_attention = !(mma && !strcmp(mma, "0"));
     const char *tm = getenv("VLM_CUDA_TIMING");
-    if (tm && tm[0] == '1' &&
-        (cudaEventCreate(&c->mark[0]) != cudaSuccess ||
-         cudaEventCreate(&c->mark[1]) != cudaSuccess)) {
-        (void)cudaGetLastError();
-        if (c->mark[0]) cudaEventDestroy(c->mark[0]);
-        c->mark[0] = c->mark[1] = NULL; /* no timing, nothing else lost */
+    if (tm && tm[0] == '1') {
+        bool ok = true;
+        for (int i = 0; i < VLM_CUDA_MARKS && ok; i++)
+            ok = cudaEventCreate(&c->mark[i]) == cudaSuccess;
+        if (!ok) { /* no timing, nothing else lost */
+            (void)cudaGetLastError();
+            for (int i = 0; i < VLM_CUDA_MARKS; i++) {
+                if (c->mark[i]) cudaEventDestroy(c->mark[i]);
+                c->mark[i] = NULL;
+            }
+        }
     }
     c->workspace_bytes = workspace_bytes;
     if (workspace_bytes) {
@@ -286,27 +291,32 @@ void vlm_cuda_ctx_destroy(vlm_cuda_ctx *c) {
     if (c->lt) cublasLtDestroy(c->lt);
     vlm_dev_free(c->blas_ws);
     vlm_dev_free(c->workspace);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < VLM_CUDA_MARKS; i++)
         if (c->mark[i]) cudaEventDestroy(c->mark[i]);
     if (c->stream) cudaStreamDestroy(c->stream);
     vlm_free(c);
 }
 
 bool vlm_cuda_timing(const vlm_cuda_ctx *c) {
-    return c->mark[1] != NULL;
+    return c->mark[0] != NULL;
 }
 
 void vlm_cuda_mark(vlm_cuda_ctx *c, int i) {
-    if (c->mark[1]) cudaEventRecord(c->mark[i & 1], c->stream);
+    if (c->mark[0] && i >= 0 && i < VLM_CUDA_MARKS) cudaEventRecord(c->mark[i], c->stream);
 }
 
-double vlm_cuda_marks_ms(vlm_cuda_ctx *c) {
+double vlm_cuda_span_ms(vlm_cuda_ctx *c, int i, int j) {
     float ms = 0.0f;
-    if (!c->mark[1] || cudaEventElapsedTime(&ms, c->mark[0], c->mark[1]) != cudaSuccess) {
+    if (!c->mark[0] || i < 0 || j < 0 || i >= VLM_CUDA_MARKS || j >= VLM_CUDA_MARKS ||
+        cudaEventElapsedTime(&ms, c->mark[i], c->mark[j]) != cudaSuccess) {
         (void)cudaGetLastError();
         return 0.0;
     }
     return ms;
+}
+
+double vlm_cuda_marks_ms(vlm_cuda_ctx *c) {
+    return vlm_cuda_span_ms(c, 0, 1);
 }
 
 void *vlm_cuda_ctx_stream(vlm_cuda_ctx *c) {
