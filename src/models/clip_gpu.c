@@ -4,7 +4,9 @@
 #ifdef VLM_HAVE_CUDA
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include <string.h>
 
@@ -12,13 +14,16 @@
 #include "backend/cuda/cuda.h"
 #include "base/alloc.h"
 #include "base/log.h"
+#include "tensor/dtype.h"
 #include "tensor/quant.h"
 
 /* q, k and v are packed at upload into qkv_w [3D][D] and qkv_b [3D] (one
  * GEMM instead of three) when their weights share one dtype; otherwise
  * qkv_w.data is NULL and the three stay apart. The products' biases are
- * held in f32 whatever their stored type (cuBLASLt's bias epilogue takes
- * the output's type, f32; runtime/planner.c counts them so). */
+ * held in f32 (cuBLASLt's bias epilogue takes the output's type: f32 for
+ * out_proj and fc2, which add into the f32 residual), except that BF16
+ * biases of q/k/v_proj and fc1 stay BF16: those products write bf16 on the
+ * 16-bit path (runtime/planner.c counts the same). */
 typedef struct gpu_clip_layer {
     vlm_cuda_weight ln1_w, ln1_b, q_w, k_w, v_w, o_w, q_b, k_b, v_b, o_b, ln2_w, ln2_b, fc1_w,
         fc1_b, fc2_w, fc2_b;
@@ -38,6 +43,8 @@ struct clip_gpu {
     void **owned;
     int n_owned;
     bool bf16_attn; /* the layers' products round activations to bf16 (BF16 weights) */
+    bool gelu16;    /* fc1 writes bf16 (bias in the epilogue), quick-GELU in place */
+    bool px16;      /* pixels go up as bf16 (the patch product rounds them so anyway) */
     float *act;     /* device, act_floats (clip_gpu_layout) */
     size_t act_floats;
     /* pinned host staging for the pixels and the projected rows, or NULL
@@ -47,6 +54,7 @@ struct clip_gpu {
     /* the projector (clip_gpu_set_projector), or has_proj false */
     bool has_proj;
     int64_t d;
+    float *sep; /* host [2][d]: the projected separators, once computed; NULL before */
     vlm_cuda_weight sub_gn, glb_gn, proj0_w, proj0_b, proj2_w, proj2_b;
 };
 
@@ -70,9 +78,17 @@ static vlm_status upload(clip_gpu *g, cpu_weight w, int64_t n, const char *name,
     return vlm_cuda_upload(g->ctx, d, w.data, (size_t)bytes, name, err);
 }
 
-/* A bias ([n], any float dtype) to the device as f32 at dst. */
-static vlm_status upload_bias_to(clip_gpu *g, cpu_weight w, int64_t n, void *dst, const char *name,
-                                 int layer, vlm_err *err) {
+/* The type a bias is held in on the device: BF16 where keep16 and it is
+ * stored BF16, else F32. */
+static vlm_dtype bias_type(cpu_weight w, bool keep16) {
+    return keep16 && w.dtype == VLM_DTYPE_BF16 ? VLM_DTYPE_BF16 : VLM_DTYPE_F32;
+}
+
+/* A bias ([n], any float dtype) to the device at dst, as bias_type says. */
+static vlm_status upload_bias_to(clip_gpu *g, cpu_weight w, int64_t n, bool keep16, void *dst,
+                                 const char *name, int layer, vlm_err *err) {
+    if (bias_type(w, keep16) == VLM_DTYPE_BF16)
+        return vlm_cuda_upload(g->ctx, dst, w.data, (size_t)n * 2, name, err);
     float *f = VLM_NEW_ARRAY(float, (size_t)n, VLM_MEM_SCRATCH);
     if (!f)
         return vlm_err_set(err, VLM_ERR_NOMEM, "vision layer %d %s: out of host memory", layer,
@@ -87,26 +103,31 @@ static vlm_status upload_bias_to(clip_gpu *g, cpu_weight w, int64_t n, void *dst
     return st;
 }
 
-/* A product's bias [n], held on the device in f32. */
-static vlm_status upload_bias(clip_gpu *g, cpu_weight w, int64_t n, const char *name, int layer,
-                              vlm_cuda_weight *out, vlm_err *err) {
-    void *d = vlm_dev_alloc((size_t)n * sizeof(float), VLM_MEM_WEIGHTS);
+/* A product's bias [n], held on the device as bias_type says. */
+static vlm_status upload_bias(clip_gpu *g, cpu_weight w, int64_t n, bool keep16, const char *name,
+                              int layer, vlm_cuda_weight *out, vlm_err *err) {
+    const vlm_dtype t = bias_type(w, keep16);
+    const size_t bytes = (size_t)n * (t == VLM_DTYPE_BF16 ? 2 : sizeof(float));
+    void *d = vlm_dev_alloc(bytes, VLM_MEM_WEIGHTS);
     if (!d)
         return vlm_err_set(err, VLM_ERR_NOMEM,
-                           "vision layer %d %s: out of GPU memory for %lld bytes of weights", layer,
-                           name, (long long)n * 4);
+                           "vision layer %d %s: out of GPU memory for %zu bytes of weights", layer,
+                           name, bytes);
     g->owned[g->n_owned++] = d;
-    *out = (vlm_cuda_weight){VLM_DTYPE_F32, d};
-    return upload_bias_to(g, w, n, d, name, layer, err);
+    *out = (vlm_cuda_weight){t, d};
+    return upload_bias_to(g, w, n, keep16, d, name, layer, err);
 }
 
 /* q, k, v weights ([D][D] each) into one [3D][D] buffer and their biases
- * into one [3D] f32, rows in q, k, v order, so that row j of the product
- * is q | k | v of token j. The caller has checked the dtypes agree. */
+ * into one [3D] (BF16 where they are, else f32), rows in q, k, v order,
+ * so that row j of the product is q | k | v of token j. The caller has
+ * checked that the weights share a type and the biases are all BF16 or
+ * none. */
 static vlm_status upload_qkv(clip_gpu *g, const clip_layer *H, int64_t D, int layer,
                              gpu_clip_layer *G, vlm_err *err) {
     const cpu_weight w[3] = {H->q_w, H->k_w, H->v_w}, b[3] = {H->q_b, H->k_b, H->v_b};
-    uint64_t wb = 0, bb = (uint64_t)D * sizeof(float);
+    const bool b16 = b[0].dtype == VLM_DTYPE_BF16; /* the caller: all three or none */
+    uint64_t wb = 0, bb = (uint64_t)D * (b16 ? 2 : sizeof(float));
     if (!vlm_dtype_nbytes(w[0].dtype, (uint64_t)(D * D), &wb))
         return vlm_err_set(err, VLM_ERR_INVALID_ARG, "vision layer %d qkv: bad size", layer);
     char *dw = vlm_dev_alloc((size_t)(3 * wb), VLM_MEM_WEIGHTS);
@@ -121,11 +142,11 @@ static vlm_status upload_qkv(clip_gpu *g, const clip_layer *H, int64_t D, int la
     static const char *const names[3] = {"q_proj", "k_proj", "v_proj"};
     for (int i = 0; i < 3; i++) {
         vlm_status st = vlm_cuda_upload(g->ctx, dw + i * wb, w[i].data, (size_t)wb, names[i], err);
-        if (st == VLM_OK) st = upload_bias_to(g, b[i], D, db + i * bb, names[i], layer, err);
+        if (st == VLM_OK) st = upload_bias_to(g, b[i], D, b16, db + i * bb, names[i], layer, err);
         if (st != VLM_OK) return st;
     }
     G->qkv_w = (vlm_cuda_weight){w[0].dtype, dw};
-    G->qkv_b = (vlm_cuda_weight){VLM_DTYPE_F32, db};
+    G->qkv_b = (vlm_cuda_weight){b16 ? VLM_DTYPE_BF16 : VLM_DTYPE_F32, db};
     return VLM_OK;
 }
 
@@ -165,26 +186,31 @@ vlm_status clip_gpu_create(const clip_model *m, clip_gpu **out, vlm_err *err) {
     for (int l = 0; l < m->n_run; l++) {
         const clip_layer *H = &m->layers[l];
         gpu_clip_layer *G = &g->L[l];
-        bool pack = H->q_w.dtype == H->k_w.dtype && H->q_w.dtype == H->v_w.dtype;
+        /* packed where the weights share a type and the biases are all
+         * BF16 or none (each bias is then held as bias_type says alone) */
+        const int n16 = (H->q_b.dtype == VLM_DTYPE_BF16) + (H->k_b.dtype == VLM_DTYPE_BF16) +
+                        (H->v_b.dtype == VLM_DTYPE_BF16);
+        bool pack =
+            H->q_w.dtype == H->k_w.dtype && H->q_w.dtype == H->v_w.dtype && (n16 == 0 || n16 == 3);
         if (pack) {
             if ((st = upload_qkv(g, H, D, l, G, err)) != VLM_OK) goto fail;
         } else if ((st = upload(g, H->q_w, D * D, "q_proj.weight", l, &G->q_w, err)) ||
-                   (st = upload_bias(g, H->q_b, D, "q_proj.bias", l, &G->q_b, err)) ||
+                   (st = upload_bias(g, H->q_b, D, true, "q_proj.bias", l, &G->q_b, err)) ||
                    (st = upload(g, H->k_w, D * D, "k_proj.weight", l, &G->k_w, err)) ||
-                   (st = upload_bias(g, H->k_b, D, "k_proj.bias", l, &G->k_b, err)) ||
+                   (st = upload_bias(g, H->k_b, D, true, "k_proj.bias", l, &G->k_b, err)) ||
                    (st = upload(g, H->v_w, D * D, "v_proj.weight", l, &G->v_w, err)) ||
-                   (st = upload_bias(g, H->v_b, D, "v_proj.bias", l, &G->v_b, err)))
+                   (st = upload_bias(g, H->v_b, D, true, "v_proj.bias", l, &G->v_b, err)))
             goto fail;
         if ((st = upload(g, H->ln1_w, D, "layer_norm1.weight", l, &G->ln1_w, err)) ||
             (st = upload(g, H->ln1_b, D, "layer_norm1.bias", l, &G->ln1_b, err)) ||
             (st = upload(g, H->o_w, D * D, "out_proj.weight", l, &G->o_w, err)) ||
-            (st = upload_bias(g, H->o_b, D, "out_proj.bias", l, &G->o_b, err)) ||
+            (st = upload_bias(g, H->o_b, D, false, "out_proj.bias", l, &G->o_b, err)) ||
             (st = upload(g, H->ln2_w, D, "layer_norm2.weight", l, &G->ln2_w, err)) ||
             (st = upload(g, H->ln2_b, D, "layer_norm2.bias", l, &G->ln2_b, err)) ||
             (st = upload(g, H->fc1_w, I * D, "fc1.weight", l, &G->fc1_w, err)) ||
-            (st = upload_bias(g, H->fc1_b, I, "fc1.bias", l, &G->fc1_b, err)) ||
+            (st = upload_bias(g, H->fc1_b, I, true, "fc1.bias", l, &G->fc1_b, err)) ||
             (st = upload(g, H->fc2_w, D * I, "fc2.weight", l, &G->fc2_w, err)) ||
-            (st = upload_bias(g, H->fc2_b, D, "fc2.bias", l, &G->fc2_b, err)))
+            (st = upload_bias(g, H->fc2_b, D, false, "fc2.bias", l, &G->fc2_b, err)))
             goto fail;
         /* the 16-bit path: one BF16/F16 type for every matrix, not f32 mode */
         vlm_dtype t = H->o_w.dtype;
@@ -203,6 +229,13 @@ vlm_status clip_gpu_create(const clip_model *m, clip_gpu **out, vlm_err *err) {
             H->v_w.dtype != VLM_DTYPE_BF16)
             g->bf16_attn = false;
     }
+    /* VLM_CUDA_GELU16=0 keeps fc1's f32 output and the one-pass bias +
+     * quick-GELU + rounding (one rounding, not two); VLM_CUDA_PX16=0 sends
+     * the pixels up as f32 */
+    const char *e = getenv("VLM_CUDA_GELU16");
+    g->gelu16 = !(e && !strcmp(e, "0"));
+    e = getenv("VLM_CUDA_PX16");
+    g->px16 = !(e && !strcmp(e, "0")) && vlm_cuda_pixels16(g->ctx, g->patch_w);
     *out = g;
     return VLM_OK;
 fail:
@@ -218,6 +251,7 @@ void clip_gpu_free(clip_gpu *g) {
     vlm_dev_free(g->act);
     vlm_cuda_host_free(g->stage, g->stage_bytes, VLM_MEM_IMAGE);
     vlm_cuda_ctx_destroy(g->ctx);
+    vlm_free(g->sep);
     vlm_free(g->owned);
     vlm_free(g->L);
     vlm_free(g);
@@ -231,6 +265,8 @@ void clip_gpu_free(clip_gpu *g) {
 vlm_status clip_gpu_set_projector(clip_gpu *g, const clip_gpu_projector *p, vlm_err *err) {
     const int64_t D4 = 4 * (int64_t)g->m->cfg.hidden, d = p->hidden;
     vlm_status st;
+    vlm_free(g->sep); /* projected by the projector before */
+    g->sep = NULL;
     if ((st = upload(g, p->sub_gn, D4, "sub_GN", -1, &g->sub_gn, err)) ||
         (st = upload(g, p->glb_gn, D4, "glb_GN", -1, &g->glb_gn, err)) ||
         (st = upload(g, p->proj0_w, d * D4, "img_projection.0.weight", -1, &g->proj0_w, err)) ||
@@ -268,28 +304,37 @@ static void *staging(clip_gpu *g, size_t need) {
     return g->stage;
 }
 
-/* memcpy over the pool's threads in 1 MiB blocks: the pixels into the
- * pinned buffer (23 MB at 1 + 16 crops) at the host's memory bandwidth
- * rather than one core's. */
+/* The pixels into the pinned buffer over the pool's threads, in blocks of
+ * 256 Ki values, at the host's memory bandwidth rather than one core's:
+ * copied as f32, or rounded to bf16 (to16) as the patch product would
+ * round them on the device. */
 typedef struct {
-    char *dst;
-    const char *src;
-    size_t bytes;
+    void *dst;
+    const float *src;
+    size_t n;
+    bool to16;
 } pool_copy;
+
+#define PX_BLOCK ((size_t)1 << 18)
 
 static void pool_copy_range(void *ctx, int64_t b, int64_t e, int t) {
     (void)t;
     const pool_copy *pc = ctx;
-    const size_t blk = (size_t)1 << 20;
     for (int64_t i = b; i < e; i++) {
-        size_t o = (size_t)i * blk, n = pc->bytes - o < blk ? pc->bytes - o : blk;
-        memcpy(pc->dst + o, pc->src + o, n);
+        size_t o = (size_t)i * PX_BLOCK, n = pc->n - o < PX_BLOCK ? pc->n - o : PX_BLOCK;
+        if (!pc->to16) {
+            memcpy((float *)pc->dst + o, pc->src + o, n * sizeof(float));
+            continue;
+        }
+        uint16_t *d = (uint16_t *)pc->dst + o;
+        const float *sp = pc->src + o;
+        for (size_t j = 0; j < n; j++) d[j] = vlm_f32_to_bf16(sp[j]);
     }
 }
 
-static void copy_par(cpu_pool *pool, void *dst, const void *src, size_t bytes) {
-    pool_copy pc = {dst, src, bytes};
-    parallel_for(pool, (int64_t)((bytes + ((size_t)1 << 20) - 1) >> 20), pool_copy_range, &pc);
+static void copy_par(cpu_pool *pool, void *dst, const float *src, size_t n, bool to16) {
+    pool_copy pc = {dst, src, n, to16};
+    parallel_for(pool, (int64_t)((n + PX_BLOCK - 1) / PX_BLOCK), pool_copy_range, &pc);
 }
 
 bool clip_gpu_reserve_staging(clip_gpu *g, int n) {
@@ -366,6 +411,35 @@ static vlm_status attend(clip_gpu *g, const gpu_clip_layer *L, int gc, void *xb,
     return hp ? vlm_cuda_to_half(g->ctx, xb, ht, att, T * D, err) : VLM_OK;
 }
 
+/* The MLP on the 16-bit path, from LN2's output in xb: x += fc2(quick_gelu(
+ * fc1(xb))) (biases included). With gelu16 and a BF16 fc1 bias: fc1 writes bf16 into mlp
+ * (the bias in its epilogue, half the bytes of f32) and quick-GELU runs
+ * there in place, fc2 reading it; otherwise fc1 writes f32 into mlp and
+ * one pass adds the bias, applies quick-GELU and rounds into xb. */
+static vlm_status mlp16(clip_gpu *g, const gpu_clip_layer *L, int64_t T, float *x, void *xb,
+                        float *mlp, vlm_err *err) {
+    const clip_config *c = &g->m->cfg;
+    const int64_t D = c->hidden, I = c->intermediate;
+    vlm_status st;
+    if (g->gelu16 && L->half_t == VLM_DTYPE_BF16 && L->fc1_b.dtype == VLM_DTYPE_BF16 &&
+        (T * I) % 8 == 0 && (uintptr_t)mlp % 16 == 0) {
+        vlm_err e2 = {0};
+        st = vlm_cuda_matmul_h_out16(g->ctx, mlp, xb, T, D, I, L->fc1_w, L->fc1_b, &e2);
+        if (st == VLM_OK) {
+            RUN(vlm_cuda_quick_gelu_bf16(g->ctx, mlp, T * I, err));
+            return vlm_cuda_matmul_h_acc(g->ctx, x, mlp, T, I, D, L->fc2_w, L->fc2_b, err);
+        }
+        if (st != VLM_ERR_UNSUPPORTED) {
+            *err = e2;
+            return st;
+        }
+    }
+    const vlm_cuda_weight none = {VLM_DTYPE_F32, NULL};
+    RUN(vlm_cuda_matmul_h(g->ctx, mlp, xb, T, D, I, L->fc1_w, none, err));
+    RUN(vlm_cuda_bias_quick_gelu_h(g->ctx, xb, L->half_t, mlp, T, I, L->fc1_b, err));
+    return vlm_cuda_matmul_h_acc(g->ctx, x, xb, T, I, D, L->fc2_w, L->fc2_b, err);
+}
+
 /* One group of gc crops, as clip_encode_group; with out NULL the features
  * stay on the device (rows 1.. of each crop of the activations' x). The
  * layout is clip_gpu_layout_cfg's (the planner counts the same). */
@@ -383,22 +457,32 @@ static vlm_status encode_group(clip_gpu *g, cpu_pool *pool, const float *pixels,
     float *A = g->act, *x = A + lo.x, *h = A + lo.h, *q = A + lo.q, *k = A + lo.k, *v = A + lo.v,
           *att = A + lo.att, *mlp = A + lo.mlp, *px = A + lo.px;
     void *xb = A + lo.xb;
-    /* pixels up through the pinned buffer (one host memcpy at memory speed,
-     * then DMA), or straight from the caller's pageable memory */
-    const size_t px_bytes = (size_t)gc * 3 * (size_t)(S * S) * sizeof(float);
+    /* Pixels up through the pinned buffer (written by the pool's threads,
+     * as bf16 where px16 says the product rounds them so), four crops at a
+     * time: the next chunk is written while the last one's DMA runs. Or
+     * straight from the caller's pageable memory, as f32. */
+    const size_t crop_px = 3 * (size_t)(S * S);
     void *sb = staging(g, clip_gpu_staging_bytes_cfg(c, gc, proj_d));
+    const bool px16 = sb && g->px16;
+    const size_t esz = px16 ? 2 : sizeof(float);
     vlm_cuda_mark(g->ctx, 0);
     if (sb) {
-        copy_par(pool, sb, pixels, px_bytes);
-        RUN(vlm_cuda_upload_async(g->ctx, px, sb, px_bytes, "crop pixels", err));
+        for (int c0 = 0; c0 < gc; c0 += 4) {
+            const int cn = gc - c0 < 4 ? gc - c0 : 4;
+            const size_t o = (size_t)c0 * crop_px, n = (size_t)cn * crop_px;
+            copy_par(pool, (char *)sb + o * esz, pixels + o, n, px16);
+            RUN(vlm_cuda_upload_async(g->ctx, (char *)px + o * esz, (char *)sb + o * esz, n * esz,
+                                      "crop pixels", err));
+        }
     } else {
-        RUN(vlm_cuda_upload(g->ctx, px, pixels, px_bytes, "crop pixels", err));
+        RUN(vlm_cuda_upload(g->ctx, px, pixels, (size_t)gc * crop_px * sizeof(float), "crop pixels",
+                            err));
     }
     vlm_cuda_mark(g->ctx, 1);
     /* every crop's patches in one im2col and one product (the im2col in
      * mlp, the patch rows in h), then class and positions in one launch */
-    RUN(vlm_cuda_patch_embed_crops(g->ctx, x, px, gc, (int)S, (int)P, D, g->patch_w, g->class_emb,
-                                   g->pos_emb, mlp, h, err));
+    RUN(vlm_cuda_patch_embed_crops(g->ctx, x, px, px16 ? VLM_DTYPE_BF16 : VLM_DTYPE_F32, gc, (int)S,
+                                   (int)P, D, g->patch_w, g->class_emb, g->pos_emb, mlp, h, err));
     RUN(vlm_cuda_layernorm(g->ctx, x, x, T, D, g->pre_ln_w, g->pre_ln_b, c->ln_eps, err));
     for (int l = 0; l < m->n_run; l++) {
         const gpu_clip_layer *L = &g->L[l];
@@ -415,10 +499,7 @@ static vlm_status encode_group(clip_gpu *g, cpu_pool *pool, const float *pixels,
              * bits, x += fc2 (+ bias) */
             RUN(vlm_cuda_matmul_h_acc(g->ctx, x, xb, T, D, D, L->o_w, L->o_b, err));
             RUN(vlm_cuda_layernorm_h(g->ctx, xb, ht, x, T, D, L->ln2_w, L->ln2_b, c->ln_eps, err));
-            const vlm_cuda_weight none = {VLM_DTYPE_F32, NULL};
-            RUN(vlm_cuda_matmul_h(g->ctx, mlp, xb, T, D, I, L->fc1_w, none, err));
-            RUN(vlm_cuda_bias_quick_gelu_h(g->ctx, xb, ht, mlp, T, I, L->fc1_b, err));
-            RUN(vlm_cuda_matmul_h_acc(g->ctx, x, xb, T, I, D, L->fc2_w, L->fc2_b, err));
+            RUN(mlp16(g, L, T, x, xb, mlp, err));
         } else {
             /* x += att Wo^T + bo: the residual add fused into the product */
             RUN(vlm_cuda_matmul_acc(g->ctx, x, att, T, D, D, L->o_w, err));
@@ -495,6 +576,12 @@ vlm_status clip_gpu_project_separators(clip_gpu *g, float *out, vlm_err *err) {
     if (!g->has_proj)
         return vlm_err_set(err, VLM_ERR_INVALID_ARG, "GPU vision tower: no projector set");
     const int64_t D4 = 4 * (int64_t)g->m->cfg.hidden, d = g->d;
+    const size_t bytes = (size_t)(2 * d) * sizeof(float);
+    /* the same two rows for every image: computed once, then copied */
+    if (g->sep) {
+        memcpy(out, g->sep, bytes);
+        return VLM_OK;
+    }
     /* the layout of one crop (the planner's smallest group): its
      * projector rows hold the two separators */
     clip_gpu_layout lo;
@@ -508,8 +595,11 @@ vlm_status clip_gpu_project_separators(clip_gpu *g, float *out, vlm_err *err) {
     RUN(vlm_cuda_matmul(g->ctx, hid, seq, 2, D4, d, g->proj0_w, g->proj0_b, err));
     RUN(vlm_cuda_gelu_erf(g->ctx, hid, 2 * d, err));
     RUN(vlm_cuda_matmul(g->ctx, prj, hid, 2, d, d, g->proj2_w, g->proj2_b, err));
-    RUN(vlm_cuda_download(g->ctx, out, prj, (size_t)(2 * d) * sizeof(float), "separators", err));
-    return vlm_cuda_sync(g->ctx, "GPU image projector", err);
+    RUN(vlm_cuda_download(g->ctx, out, prj, bytes, "separators", err));
+    RUN(vlm_cuda_sync(g->ctx, "GPU image projector", err));
+    g->sep = vlm_alloc(bytes, VLM_MEM_IMAGE); /* NULL: computed again next time */
+    if (g->sep) memcpy(g->sep, out, bytes);
+    return VLM_OK;
 }
 
 #else

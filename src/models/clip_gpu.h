@@ -35,14 +35,18 @@ vlm_status clip_gpu_set_projector(clip_gpu *g, const clip_gpu_projector *p, vlm_
  * at *rows: the tower's pinned staging buffer (valid until its next call)
  * or, where it has none, out (host, that many rows; out may be NULL only
  * when clip_gpu_reserve_staging said yes for n crops). pool (may be NULL)
- * copies the pixels into the pinned buffer. */
+ * copies the pixels into the pinned buffer, rounded to bf16 where the
+ * patch product takes bf16 (BF16 patch weights outside f32 mode;
+ * VLM_CUDA_PX16=0 keeps f32): the product rounds them so itself. */
 vlm_status clip_gpu_encode_project(clip_gpu *g, cpu_pool *pool, const float *pixels, int n,
                                    float *out, const float **rows, vlm_err *err);
 /* Sizes the pinned staging buffer for groups of n crops (once; it only
  * grows); false when the driver refuses page-locked memory (the copies then
  * go through the caller's memory). */
 bool clip_gpu_reserve_staging(clip_gpu *g, int n);
-/* The projected separators: out [2][d] host (sub_GN, then glb_GN). */
+/* The projected separators: out [2][d] host (sub_GN, then glb_GN).
+ * Computed on the first call and kept (2d floats of host memory, counted
+ * as image memory, until the tower is freed or the projector set again). */
 vlm_status clip_gpu_project_separators(clip_gpu *g, float *out, vlm_err *err);
 
 #endif

@@ -127,11 +127,14 @@ static bool tensor_on_gpu(const char *name, int k, bool head, bool vision) {
 }
 
 /* The GPU vision tower (models/clip_gpu.c) holds its products' biases
- * (q/k/v/out_proj, fc1, fc2 of each layer) in f32 whatever their stored
- * type: cuBLASLt's bias epilogue takes the output's type. */
-static bool gpu_f32_bias(const char *name) {
+ * (q/k/v/out_proj, fc1, fc2 of each layer) in f32 whatever their type d
+ * (cuBLASLt's bias epilogue takes the output's type), except BF16 biases
+ * of q/k/v_proj and fc1, whose products write bf16: those stay as they
+ * are. */
+static bool gpu_f32_bias(const char *name, vlm_dtype d) {
     if (phi3v_part_of(name) != PHI3V_PART_VISION || !strstr(name, "encoder.layers.")) return false;
-    return strstr(name, "_proj.bias") || strstr(name, ".fc1.bias") || strstr(name, ".fc2.bias");
+    if (strstr(name, ".out_proj.bias") || strstr(name, ".fc2.bias")) return true;
+    return (strstr(name, "_proj.bias") || strstr(name, ".fc1.bias")) && d != VLM_DTYPE_BF16;
 }
 
 vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, const plan_setting *s,
@@ -174,7 +177,7 @@ vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, co
         uint64_t held = vlm_plan_dtype_bytes(d, t->nelem);
         if (on_gpu && tensor_on_gpu(t->name, k, head, vis)) {
             moved += held;
-            dev[PLAN_GPU_WEIGHTS] += gpu_f32_bias(t->name) ? t->nelem * sizeof(float) : held;
+            dev[PLAN_GPU_WEIGHTS] += gpu_f32_bias(t->name, d) ? t->nelem * sizeof(float) : held;
             b[PLAN_LOAD_SCRATCH] = max_u64(b[PLAN_LOAD_SCRATCH], src + held);
             continue;
         }

@@ -421,9 +421,11 @@ static int bf16_teardown(void **state) {
 }
 
 /* A BF16 tower (the real model's case): the GPU's 16-bit path (layernorm_h,
- * matmul_h with the bias epilogue, fused bias + quick-GELU, all crops'
- * patch embedding at once, pinned staging) for 1 + 4 crops in one group
- * and in groups of 2, against the CPU tower with the same BF16 weights:
+ * matmul_h with the bias epilogue, fc1's bf16 output and quick-GELU in
+ * place, all crops' patch embedding at once, bf16 pixels through pinned
+ * staging) for 1 + 4 crops in one group and in groups of 2, and with the
+ * f32 fc1 output and pixels (VLM_CUDA_GELU16=0, VLM_CUDA_PX16=0), against
+ * the CPU tower with the same BF16 weights:
  * image rows within 1e-2 relative L2 (the bf16 tolerance of the model
  * tests: the GPU rounds every product's input and attention's q, K, V, P
  * to bf16, the CPU keeps f32 activations). */
@@ -452,6 +454,22 @@ static void test_vision_bf16(void **state) {
                groups[i], rel);
         assert_true(rel <= 1e-2);
     }
+    arch_model_free(m);
+    /* the paths these two switch off: fc1 in f32 with bias, quick-GELU and
+     * rounding in one pass; the pixels sent up as f32 */
+    setenv("VLM_CUDA_GELU16", "0", 1);
+    setenv("VLM_CUDA_PX16", "0", 1);
+    m = load(&vis);
+    unsetenv("VLM_CUDA_GELU16");
+    unsetenv("VLM_CUDA_PX16");
+    vlm_status st5 = m->arch->encode_image(m->impl, &in, 5, got, &err);
+    if (st5 != VLM_OK) fprintf(stderr, "%s\n", err.msg);
+    assert_int_equal(st5, VLM_OK);
+    double rel = fx_rel_l2(got, want, nv);
+    printf("bf16 vision on GPU, f32 fc1 output and pixels: image rows rel L2 vs CPU %.3g "
+           "(tol 1e-2)\n",
+           rel);
+    assert_true(rel <= 1e-2);
     arch_model_free(m);
     vlm_gpu_mem_stats st;
     vlm_gpu_mem_stats_get(&st);

@@ -963,6 +963,37 @@ static void gelu_h_case(vlm_dtype t, int64_t n, int64_t dim) {
     free(x), free(b), free(want), free(got), free(want_h);
 }
 
+/* quick-GELU in place on bf16 values (fc1's bf16 output): each value the
+ * host's round_bf16(quick_gelu(x)) within one bf16 step (the device's expf
+ * may differ from the host's by an ulp, which can move a rounding); a
+ * count that is not whole 8-value vectors is refused. */
+static void gelu_bf16_case(int64_t n) {
+    float *x = rnd((size_t)n, 6.0f);
+    uint16_t *xh = malloc((size_t)n * 2), *got = malloc((size_t)n * 2);
+    to_bf16(xh, x, (size_t)n);
+    float *want = malloc((size_t)n * 4);
+    for (int64_t i = 0; i < n; i++) want[i] = vlm_bf16_to_f32(xh[i]);
+    cpu_quick_gelu(want, n);
+    void *dx = up(xh, (size_t)n * 2);
+    OK(vlm_cuda_quick_gelu_bf16(CTX, dx, n, E));
+    OK(vlm_cuda_sync(CTX, "quick_gelu_bf16", E));
+    OK(vlm_cuda_download(CTX, got, dx, (size_t)n * 2, "quick_gelu_bf16", E));
+    size_t bad = 0, exact = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double g = vlm_bf16_to_f32(got[i]), w = vlm_round_bf16(want[i]);
+        exact += got[i] == vlm_f32_to_bf16(want[i]);
+        if (!(fabs(g - w) <= fabs(w) / 128 + 1e-30)) bad++;
+    }
+    printf("quick_gelu_bf16 n=%lld: %zu of %lld as the host rounds, %zu beyond one step\n",
+           (long long)n, exact, (long long)n, bad);
+    assert_int_equal(bad, 0);
+    assert_true(exact >= (size_t)(n * 99 / 100));
+    vlm_err err = {0};
+    assert_int_equal(vlm_cuda_quick_gelu_bf16(CTX, dx, n - 1, &err), VLM_ERR_INVALID_ARG);
+    vlm_dev_free(dx);
+    free(x), free(xh), free(got), free(want);
+}
+
 static void test_half_inputs(void **state) {
     (void)state;
     ln_h_case(VLM_DTYPE_BF16, 37, 1024);
@@ -977,6 +1008,8 @@ static void test_half_inputs(void **state) {
     mm_h_case(VLM_DTYPE_BF16, 19, 30, 7, VLM_DTYPE_F32); /* odd sizes: unaligned rows */
     gelu_h_case(VLM_DTYPE_BF16, 7, 4096);
     gelu_h_case(VLM_DTYPE_F16, 3, 1000);
+    gelu_bf16_case(8 * 4096);
+    gelu_bf16_case(8);
 }
 
 /* The tower's bf16 q|k|v and attention: matmul_h_out16 against cpu_matmul
@@ -1002,10 +1035,31 @@ static void test_bf16_qkv_attention(void **state) {
     void *dx = up(xh, (size_t)(T * in) * 2), *dw = up(wh, (size_t)(3 * D * in) * 2);
     float *db = up(b, (size_t)(3 * D) * 4);
     uint16_t *dqkv = vlm_dev_alloc((size_t)(T * 3 * D) * 2, VLM_MEM_ACTIVATIONS);
-    OK(vlm_cuda_matmul_h_out16(CTX, dqkv, dx, T, in, 3 * D, (vlm_cuda_weight){VLM_DTYPE_BF16, dw},
-                               (vlm_cuda_weight){VLM_DTYPE_F32, db}, E));
     vlm_err err = {0};
     uint16_t *qkv = malloc((size_t)(T * 3 * D) * 2);
+    /* a BF16 bias (the tower's, held as stored): the same products within
+     * one bf16 step of the reference with the bias rounded to bf16 */
+    uint16_t *bh = malloc((size_t)(3 * D) * 2);
+    to_bf16(bh, b, (size_t)(3 * D));
+    float *want16 = malloc((size_t)(T * 3 * D) * 4), *b16f = malloc((size_t)(3 * D) * 4);
+    for (int64_t i = 0; i < 3 * D; i++) b16f[i] = vlm_bf16_to_f32(bh[i]);
+    cpu_matmul(POOL, want16, x, T, in, 3 * D, (cpu_weight){VLM_DTYPE_F32, w},
+               (cpu_weight){VLM_DTYPE_F32, b16f});
+    for (int64_t i = 0; i < T * 3 * D; i++) want16[i] = vlm_round_bf16(want16[i]);
+    void *dbh = up(bh, (size_t)(3 * D) * 2);
+    OK(vlm_cuda_matmul_h_out16(CTX, dqkv, dx, T, in, 3 * D, (vlm_cuda_weight){VLM_DTYPE_BF16, dw},
+                               (vlm_cuda_weight){VLM_DTYPE_BF16, dbh}, E));
+    assert_int_equal(vlm_cuda_sync(CTX, "test", &err), VLM_OK);
+    assert_int_equal(vlm_cuda_download(CTX, qkv, dqkv, (size_t)(T * 3 * D) * 2, "test", &err),
+                     VLM_OK);
+    float *got16 = malloc((size_t)(T * 3 * D) * 4);
+    for (int64_t i = 0; i < T * 3 * D; i++) got16[i] = vlm_bf16_to_f32(qkv[i]);
+    close_to("matmul_h_out16 q|k|v, bf16 bias", got16, want16, (size_t)(T * 3 * D), 1e-2);
+    vlm_dev_free(dbh);
+    free(bh), free(want16), free(b16f), free(got16);
+    /* an f32 bias */
+    OK(vlm_cuda_matmul_h_out16(CTX, dqkv, dx, T, in, 3 * D, (vlm_cuda_weight){VLM_DTYPE_BF16, dw},
+                               (vlm_cuda_weight){VLM_DTYPE_F32, db}, E));
     assert_int_equal(vlm_cuda_sync(CTX, "test", &err), VLM_OK);
     assert_int_equal(vlm_cuda_download(CTX, qkv, dqkv, (size_t)(T * 3 * D) * 2, "test", &err),
                      VLM_OK);
@@ -1068,16 +1122,35 @@ static void patch_crops_case(vlm_dtype t, double rtol) {
     assert_non_null(dcol);
     assert_non_null(dtmp);
     assert_non_null(dx);
-    OK(vlm_cuda_patch_embed_crops(CTX, dx, dimg, nc, s, p, width, (vlm_cuda_weight){t, dw},
-                                  (vlm_cuda_weight){VLM_DTYPE_F32, dcls},
-                                  (vlm_cuda_weight){VLM_DTYPE_F32, dpos}, dcol, dtmp, E));
+    const vlm_cuda_weight cw = {t, dw}, ccls = {VLM_DTYPE_F32, dcls}, cpos = {VLM_DTYPE_F32, dpos};
+    OK(vlm_cuda_patch_embed_crops(CTX, dx, dimg, VLM_DTYPE_F32, nc, s, p, width, cw, ccls, cpos,
+                                  dcol, dtmp, E));
     float *got = down(dx, (size_t)(nc * np * width));
     char what[64];
     snprintf(what, sizeof what, "patch_embed_crops %s x%d", vlm_dtype_get(t)->name, nc);
     close_to(what, got, want, (size_t)(nc * np * width), rtol);
-    vlm_dev_free(dimg), vlm_dev_free(dw), vlm_dev_free(dcls), vlm_dev_free(dpos);
-    vlm_dev_free(dcol), vlm_dev_free(dtmp), vlm_dev_free(dx);
-    free(img), free(wf), free(cls), free(pos), free(wh), free(want), free(col), free(got);
+    /* the pixels sent as bf16: with BF16 weights the product rounds them
+     * so itself, so the result is the same bit for bit; with f32 weights
+     * they are refused */
+    uint16_t *img16 = malloc((size_t)(nc * 3 * s * s) * 2);
+    to_bf16(img16, img, (size_t)(nc * 3 * s * s));
+    void *dimg16 = up(img16, (size_t)(nc * 3 * s * s) * 2);
+    vlm_err err = {0};
+    vlm_status st = vlm_cuda_patch_embed_crops(CTX, dx, dimg16, VLM_DTYPE_BF16, nc, s, p, width, cw,
+                                               ccls, cpos, dcol, dtmp, &err);
+    assert_int_equal(vlm_cuda_pixels16(CTX, cw), t == VLM_DTYPE_BF16);
+    if (t == VLM_DTYPE_BF16) {
+        assert_int_equal(st, VLM_OK);
+        float *got16 = down(dx, (size_t)(nc * np * width));
+        assert_memory_equal(got16, got, (size_t)(nc * np * width) * 4);
+        free(got16);
+    } else {
+        assert_int_equal(st, VLM_ERR_UNSUPPORTED);
+    }
+    vlm_dev_free(dimg), vlm_dev_free(dimg16), vlm_dev_free(dw), vlm_dev_free(dcls);
+    vlm_dev_free(dpos), vlm_dev_free(dcol), vlm_dev_free(dtmp), vlm_dev_free(dx);
+    free(img), free(img16), free(wf), free(cls), free(pos), free(wh), free(want), free(col);
+    free(got);
 }
 
 static void test_patch_embed_crops(void **state) {

@@ -588,14 +588,14 @@ static void sweep(const char *dir, uint64_t stride) {
  * its KV at 4096 f32: 2 x 4096 x (32 x 96) x 4 = 100,663,296 B;
  * embed_tokens and lm_head 32064 x 3072 = 197,001,216 B each, model.norm
  * 6,144 B; vision tower (CLIP layers 0..22, embeddings, pre-LN) + projector +
- * separators: 312,943,616 params = 625,887,232 B as stored, + 423,936 B on
- * the GPU, which holds the 23 layers' product biases (q, k, v, out_proj,
- * fc2: 1024 each, fc1: 4096) in f32: 23 x 9216 x 2 more bytes. */
+ * separators: 312,943,616 params = 625,887,232 B as stored, + 94,208 B on
+ * the GPU, which holds the 23 layers' out_proj and fc2 biases (1024 each)
+ * in f32 (q/k/v_proj and fc1 stay bf16): 23 x 2048 x 2 more bytes. */
 #define LAYER_W       226504704ull
 #define LAYER_KV      100663296ull
 #define HEAD_W        (2 * 197001216ull + 6144ull)
 #define VISION_W_HOST 625887232ull
-#define VISION_W      (VISION_W_HOST + 23ull * 9216 * 2)
+#define VISION_W      (VISION_W_HOST + 23ull * 2048 * 2)
 #define PREFILL_1     (5521408ull * 4) /* chunk 128, one thread (test_full_components) */
 /* the GPU decoder's share: that workspace and the RoPE tables (cos, sin:
  * 4096 positions x head_dim 96 floats) */
@@ -628,7 +628,7 @@ static void test_gpu_components(void **state) {
     vlm_err err;
     assert_int_equal(plan_estimate_setting(&pm, &r, &s, &e, &err), VLM_OK);
     /* everything on the GPU: every used weight, the whole cache, logits */
-    assert_int_equal(e.gpu[PLAN_GPU_WEIGHTS], 8268046336ull + 23ull * 9216 * 2);
+    assert_int_equal(e.gpu[PLAN_GPU_WEIGHTS], 8268046336ull + 23ull * 2048 * 2);
     assert_int_equal(e.gpu[PLAN_GPU_WEIGHTS], 32 * LAYER_W + HEAD_W + VISION_W);
     assert_int_equal(e.gpu[PLAN_GPU_KV_CACHE], 32 * LAYER_KV);
     assert_int_equal(e.gpu[PLAN_GPU_PREFILL], PREFILL_GPU);

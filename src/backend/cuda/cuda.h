@@ -310,20 +310,30 @@ vlm_status vlm_cuda_layernorm_h(vlm_cuda_ctx *ctx, void *out, vlm_dtype dtype, c
 vlm_status vlm_cuda_bias_quick_gelu_h(vlm_cuda_ctx *ctx, void *out, vlm_dtype dtype, const float *x,
                                       int64_t n, int64_t dim, vlm_cuda_weight b, vlm_err *err);
 
+/* x16[i] = round_bf16(quick_gelu(x16[i])) in place over n bf16 values (n
+ * a multiple of 8, x16 16-byte aligned): the activation on fc1's bf16
+ * output, whose bias came in the product's epilogue (two roundings, as a
+ * bf16 reference computes the MLP, where vlm_cuda_bias_quick_gelu_h rounds
+ * once). */
+vlm_status vlm_cuda_quick_gelu_bf16(vlm_cuda_ctx *ctx, void *x16, int64_t n, vlm_err *err);
+
 /* n f32 values rounded to dtype (BF16 or F16), as matmul rounds x. */
 vlm_status vlm_cuda_to_half(vlm_cuda_ctx *ctx, void *out, vlm_dtype dtype, const float *x,
                             int64_t n, vlm_err *err);
 
 /* The CLIP embeddings of n_crops crops at once: im2col of every crop
- * (img [n_crops][3][s][s]) into col, one product with the patch weight
- * w [width][3p^2] into tmp [n_crops * (s/p)^2][width], then one launch
- * writing x [n_crops][(s/p)^2 + 1][width]: row 0 of each crop class_emb
- * + pos_emb[0], row r the patch r - 1 + pos_emb[r] (as cpu_patch_embed and
- * the CPU tower's embedding adds). col must hold n_crops * (s/p)^2 * 3p^2
- * floats; with a BF16/F16 w outside f32 mode it is filled with 16-bit
- * values (half of it) and the product is matmul_h. */
-vlm_status vlm_cuda_patch_embed_crops(vlm_cuda_ctx *ctx, float *x, const float *img, int n_crops,
-                                      int s, int p, int64_t width, vlm_cuda_weight w,
+ * (img [n_crops][3][s][s] of img_t) into col, one product with the patch
+ * weight w [width][3p^2] into tmp [n_crops * (s/p)^2][width], then one
+ * launch writing x [n_crops][(s/p)^2 + 1][width]: row 0 of each crop
+ * class_emb + pos_emb[0], row r the patch r - 1 + pos_emb[r] (as
+ * cpu_patch_embed and the CPU tower's embedding adds). col must hold
+ * n_crops * (s/p)^2 * 3p^2 floats; with a BF16/F16 w outside f32 mode it
+ * is filled with 16-bit values (half of it) and the product is matmul_h.
+ * img_t is F32, or BF16 where vlm_cuda_pixels16 says the product rounds
+ * the pixels to bf16 anyway (the same result from half the bytes). */
+bool vlm_cuda_pixels16(const vlm_cuda_ctx *ctx, vlm_cuda_weight w);
+vlm_status vlm_cuda_patch_embed_crops(vlm_cuda_ctx *ctx, float *x, const void *img, vlm_dtype img_t,
+                                      int n_crops, int s, int p, int64_t width, vlm_cuda_weight w,
                                       vlm_cuda_weight class_emb, vlm_cuda_weight pos_emb, void *col,
                                       float *tmp, vlm_err *err);
 

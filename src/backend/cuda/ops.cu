@@ -156,6 +156,10 @@ __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
     return (uint16_t)(u >> 16);
 }
 
+__device__ __forceinline__ float bf16_bits_to_f32(uint16_t h) {
+    return __uint_as_float((uint32_t)h << 16);
+}
+
 __device__ __forceinline__ float half_bits_to_f32(uint16_t h) {
     return __half2float(__ushort_as_half(h));
 }
@@ -164,6 +168,11 @@ __device__ __forceinline__ float half_bits_to_f32(uint16_t h) {
  * and the plain kernel it replaces): one definition, one expression. */
 __device__ __forceinline__ float silu_mul1(float g, float u) {
     return u * (g / (1.0f + expf(-g)));
+}
+
+/* CLIP's quick-GELU, x sigmoid(1.702 x) */
+__device__ __forceinline__ float quick_gelu1(float x) {
+    return x / (1.0f + expf(-1.702f * x));
 }
 
 /* rotate_half(x) = (-x2, x1): the pair (a, b) of dims i, i + half */
@@ -993,6 +1002,15 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return *reinterpret_cast<uint32_t *>(&v);
 }
 
+/* 2^x with one MUFU instruction (subnormal results flushed to 0; -inf
+ * gives 0): the softmax's exponentials, whose results are rounded to bf16
+ * as P anyway. */
+__device__ __forceinline__ float ex2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 __device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                          uint32_t a3, uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
@@ -1063,8 +1081,15 @@ template <int HD, bool ASYNC> constexpr size_t mma_smem() {
     return (size_t)(ASYNC ? 2 : 1) * 2 * MA_KT * (HD + 8) * 2;
 }
 
+/* Up to head_dim 64 the kernel fits in 128 registers, so that two blocks
+ * of 8 warps (four of 4) share an SM; at 133 the vision tower's blocks ran
+ * one to an SM. Wider heads keep what they need. */
+template <int HD, int NW> constexpr int mma_min_blocks() {
+    return HD <= 64 ? 16 / NW : 1;
+}
+
 template <int HD, int NW, bool ASYNC, bool H16 = false>
-__global__ void __launch_bounds__(NW * 32)
+__global__ void __launch_bounds__(NW * 32, mma_min_blocks<HD, NW>())
     k_attn_mma(void *out_, const void *q_, int64_t q_stride, vlm_dtype kvt, const void *k,
                const void *v, int64_t kv_stride, int64_t n_q, int64_t n_kv, int n_heads,
                int n_kv_heads, bool causal, int64_t q_pos0, float scale, bool vec) {
@@ -1086,16 +1111,17 @@ __global__ void __launch_bounds__(NW * 32)
     const int64_t q0 = (int64_t)blockIdx.x * QT;
     const int64_t r0 = q0 + warp * 16 + g, r1 = r0 + 8; /* this lane's two query rows */
     const int64_t q_hi = q0 + QT < n_q ? q0 + QT : n_q;
-    int64_t kend = causal ? q_pos0 + q_hi : n_kv;
-    if (kend > n_kv) kend = n_kv;
+    /* key counts and positions in 32 bits (mma_attention takes no
+     * sequence past INT32_MAX keys): fewer registers in the tile loop */
+    const int kend = (int)(causal && q_pos0 + q_hi < n_kv ? q_pos0 + q_hi : n_kv);
 
     /* one tile of K and V rows [t0, t0 + MA_KT) into buffer b */
-    auto load_tile = [&](int64_t t0, int b) {
+    auto load_tile = [&](int t0, int b) {
         __nv_bfloat16 *Ks = Kbuf + b * MA_KT * HP, *Vs = Vbuf + b * MA_KT * HP;
         if (ASYNC) {
             for (int i = tid; i < MA_KT * (HD / 8); i += NW * 32) {
                 const int kr = i / (HD / 8), d = (i % (HD / 8)) * 8;
-                const int64_t key = t0 + kr;
+                const int key = t0 + kr;
                 const bool in = key < kend;
                 const int64_t at = kvoff + (in ? key : 0) * kv_stride + d;
                 cp_async16(Ks + kr * HP + d, (const __nv_bfloat16 *)k + at, in ? 16 : 0);
@@ -1105,7 +1131,7 @@ __global__ void __launch_bounds__(NW * 32)
         } else {
             for (int i = tid; i < MA_KT * (HD / 4); i += NW * 32) {
                 const int kr = i / (HD / 4), d = (i % (HD / 4)) * 4;
-                const int64_t key = t0 + kr;
+                const int key = t0 + kr;
                 const int64_t at = kvoff + key * kv_stride + d;
                 load4_bf16(Ks + kr * HP + d, kvt, k, at, vec, key < kend);
                 load4_bf16(Vs + kr * HP + d, kvt, v, at, vec, key < kend);
@@ -1143,12 +1169,11 @@ __global__ void __launch_bounds__(NW * 32)
     /* softmax state of rows r0 (index 0) and r1 (index 1), in log2 units */
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
     const float sl2 = scale * 1.4426950408889634f;
-    int64_t see0 = causal ? q_pos0 + r0 + 1 : n_kv, see1 = causal ? q_pos0 + r1 + 1 : n_kv;
-    if (see0 > n_kv) see0 = n_kv;
-    if (see1 > n_kv) see1 = n_kv;
+    const int see0 = (int)(causal && q_pos0 + r0 + 1 < n_kv ? q_pos0 + r0 + 1 : n_kv);
+    const int see1 = (int)(causal && q_pos0 + r1 + 1 < n_kv ? q_pos0 + r1 + 1 : n_kv);
 
     int buf = 0;
-    for (int64_t t0 = 0; t0 < kend; t0 += MA_KT) {
+    for (int t0 = 0; t0 < kend; t0 += MA_KT) {
         if (ASYNC) {
             if (t0 + MA_KT < kend) { /* the next tile into the other buffer */
                 load_tile(t0 + MA_KT, buf ^ 1);
@@ -1162,12 +1187,17 @@ __global__ void __launch_bounds__(NW * 32)
             load_tile(t0, 0);
             __syncthreads();
         }
+        /* the keys of this tile that exist: key octets and 16-key chunks
+         * wholly past them are skipped (577 vision keys leave 1 of 64 in
+         * the last tile); their scores stay 0 and are masked below */
+        const int kn = kend - t0 < MA_KT ? kend - t0 : MA_KT;
         const __nv_bfloat16 *Ks = Kbuf + buf * MA_KT * HP, *Vs = Vbuf + buf * MA_KT * HP;
         /* S = Q K^T: 16 queries x 64 keys, NT accumulators of 8 keys */
         float s[NT][4];
 #pragma unroll
         for (int j = 0; j < NT; j++) {
             s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+            if (j * 8 >= kn) continue;
             const __nv_bfloat16 *kr = Ks + (j * 8 + g) * HP + 2 * t4;
 #pragma unroll
             for (int ks = 0; ks < KS; ks++) {
@@ -1176,33 +1206,38 @@ __global__ void __launch_bounds__(NW * 32)
                 mma_bf16(s[j], qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3], b0, b1);
             }
         }
-        /* online softmax: c0, c1 are row r0's keys 8j + 2t, +1; c2, c3 row
-         * r1's. Only tiles reaching past a row's last visible key need the
-         * per-key test. */
+        /* online softmax: c0, c1 are row r0's keys 8j + 2t, +1; c2, c3
+         * row r1's. Only tiles reaching past a row's last visible key
+         * need the per-key test. The row maxima are taken on the raw
+         * scores (the scale is positive) and scaled once; each p is
+         * then one FMA and one ex2: exp2(s sl2 - m). */
         const bool full = t0 + MA_KT <= see0 && t0 + MA_KT <= see1;
+        if (!full) {
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int key = t0 + j * 8 + 2 * t4 + (e & 1);
+                    if (key >= ((e >> 1) ? see1 : see0)) s[j][e] = -INFINITY;
+                }
+            }
+        }
         float tmax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int j = 0; j < NT; j++) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int row = e >> 1;
-                float x = s[j][e] * sl2;
-                if (!full) {
-                    const int64_t key = t0 + j * 8 + 2 * t4 + (e & 1);
-                    if (key >= (row ? see1 : see0)) x = -INFINITY;
-                }
-                s[j][e] = x;
-                tmax[row] = fmaxf(tmax[row], x);
-            }
+            tmax[0] = fmaxf(tmax[0], fmaxf(s[j][0], s[j][1]));
+            tmax[1] = fmaxf(tmax[1], fmaxf(s[j][2], s[j][3]));
         }
+        /* Every row, a query's or not, sees key 0 (see0, see1 >= 1), so
+         * m is finite from the first tile on and a masked score (-inf)
+         * gives p = ex2(-inf) = 0; corr is 0 at the first tile. */
         float corr[2];
 #pragma unroll
         for (int row = 0; row < 2; row++) {
             tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 1));
             tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 2));
-            const float mn = fmaxf(m[row], tmax[row]);
-            /* nothing seen yet and nothing in this tile: keep the state */
-            corr[row] = mn == -INFINITY ? 1.0f : exp2f(m[row] - mn);
+            const float mn = fmaxf(m[row], tmax[row] * sl2);
+            corr[row] = ex2_approx(m[row] - mn);
             m[row] = mn;
             l[row] *= corr[row];
         }
@@ -1211,7 +1246,7 @@ __global__ void __launch_bounds__(NW * 32)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int row = e >> 1;
-                float p = s[j][e] == -INFINITY ? 0.0f : exp2f(s[j][e] - m[row]);
+                const float p = ex2_approx(fmaf(s[j][e], sl2, -m[row]));
                 s[j][e] = p;
                 l[row] += p; /* this lane's part; the row's 4 lanes add up at the end */
             }
@@ -1225,6 +1260,7 @@ __global__ void __launch_bounds__(NW * 32)
          * accumulators of key octets 2kc and 2kc + 1 */
 #pragma unroll
         for (int kc = 0; kc < MA_KT / 16; kc++) {
+            if (kc * 16 >= kn) break;
             const uint32_t a0 = pack_bf16(s[2 * kc][0], s[2 * kc][1]);
             const uint32_t a1 = pack_bf16(s[2 * kc][2], s[2 * kc][3]);
             const uint32_t a2 = pack_bf16(s[2 * kc + 1][0], s[2 * kc + 1][1]);
@@ -1324,6 +1360,9 @@ bool mma_attention(cudaStream_t st, bool async, bool h16, void *out, const void 
                    int64_t q_stride, vlm_dtype kvt, const void *k, const void *v, int64_t kv_stride,
                    int n_seq, int64_t n_q, int64_t n_kv, int n_heads, int n_kv_heads, int head_dim,
                    bool causal, int64_t q_pos0, float scale, bool vec) {
+    if (n_kv > INT32_MAX - MA_KT || n_q > INT32_MAX - 128 ||
+        (causal && q_pos0 + n_q > INT32_MAX - MA_KT))
+        return false;
     const int64_t blocks128 = (n_q + 127) / 128 * n_heads * n_seq;
     const int nw = blocks128 >= 2 * (int64_t)card().sms ? 8 : 4;
     const dim3 grid((unsigned)((n_q + nw * 16 - 1) / (nw * 16)), (unsigned)n_heads,
@@ -1367,10 +1406,7 @@ __global__ void k_attn_combine(float *out, const float *part, int64_t n_qh, int 
          i += (int64_t)gridDim.x * blockDim.x)
 
 __global__ void k_quick_gelu(float *x, int64_t n) {
-    GRID_LOOP(i, n) {
-        float v = x[i];
-        x[i] = v / (1.0f + expf(-1.702f * v));
-    }
+    GRID_LOOP(i, n) x[i] = quick_gelu1(x[i]);
 }
 
 __global__ void k_gelu_erf(float *x, int64_t n) {
@@ -1514,8 +1550,7 @@ __global__ void k_bias_quick_gelu_h4(void *out, const float *x, int64_t n, int64
             float v[4] = {v4.x, v4.y, v4.z, v4.w}, gl[4];
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const float t = v[e] + (b ? ld_w(bt, b, 4 * c + e) : 0.0f);
-                gl[e] = t / (1.0f + expf(-1.702f * t));
+                gl[e] = quick_gelu1(v[e] + (b ? ld_w(bt, b, 4 * c + e) : 0.0f));
             }
             orow[c] = pack4_half<BF>(gl[0], gl[1], gl[2], gl[3]);
         }
@@ -1542,8 +1577,7 @@ template <bool BF> __global__ void k_to_half4(void *dst, const float *src, int64
 __global__ void k_bias_quick_gelu_h(void *out, bool bf16, const float *x, int64_t n, int64_t dim,
                                     vlm_dtype bt, const void *b) {
     GRID_LOOP(i, n * dim) {
-        float v = x[i] + (b ? ld_w(bt, b, i % dim) : 0.0f);
-        float g = v / (1.0f + expf(-1.702f * v));
+        float g = quick_gelu1(x[i] + (b ? ld_w(bt, b, i % dim) : 0.0f));
         if (bf16)
             ((__nv_bfloat16 *)out)[i] = __float2bfloat16_rn(g);
         else
@@ -1551,10 +1585,31 @@ __global__ void k_bias_quick_gelu_h(void *out, bool bf16, const float *x, int64_
     }
 }
 
-/* im2col of n_crops CHW images ([n_crops][3][s][s]) into
- * [n_crops * (s/p)^2][3*p*p] (k_im2col's order, crop after crop), as f32
- * (ht 0), bf16 (1) or f16 (2). */
-__global__ void k_im2col_crops(void *col, int ht, const float *img, int n_crops, int s, int p) {
+/* x = round_bf16(quick_gelu(x)) over n bf16 values in place, 8 a thread
+ * (16-byte loads and stores; n8 = n / 8), as k_bias_quick_gelu_h
+ * computes each value: fc1's bf16 output (bias in its epilogue) to fc2's
+ * input. */
+__global__ void k_quick_gelu_bf16x8(uint4 *x, int64_t n8) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n8;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        uint4 v = x[i];
+        uint32_t *w = reinterpret_cast<uint32_t *>(&v);
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float a = bf16_bits_to_f32((uint16_t)(w[e] & 0xffffu));
+            const float b = bf16_bits_to_f32((uint16_t)(w[e] >> 16));
+            w[e] = (uint32_t)f32_to_bf16_bits(quick_gelu1(a)) |
+                   ((uint32_t)f32_to_bf16_bits(quick_gelu1(b)) << 16);
+        }
+        x[i] = v;
+    }
+}
+
+/* im2col of n_crops CHW images ([n_crops][3][s][s], f32, or bf16 with
+ * in16) into [n_crops * (s/p)^2][3*p*p] (k_im2col's order, crop after
+ * crop), as f32 (ht 0), bf16 (1) or f16 (2). */
+__global__ void k_im2col_crops(void *col, int ht, const void *img, bool in16, int n_crops, int s,
+                               int p) {
     const int g = s / p;
     const int64_t per = 3LL * p * p, gg = (int64_t)g * g;
     GRID_LOOP(i, (int64_t)n_crops * gg * per) {
@@ -1563,8 +1618,10 @@ __global__ void k_im2col_crops(void *col, int ht, const float *img, int n_crops,
         int c = (int)(e / (p * p)), rem = (int)(e % (p * p));
         int py = rem / p, px = rem % p;
         int gy = (int)(pc / g), gx = (int)(pc % g);
-        float v =
-            img[crop * 3 * s * s + (int64_t)c * s * s + (int64_t)(gy * p + py) * s + gx * p + px];
+        const int64_t at =
+            crop * 3 * s * s + (int64_t)c * s * s + (int64_t)(gy * p + py) * s + gx * p + px;
+        const float v =
+            in16 ? bf16_bits_to_f32(((const uint16_t *)img)[at]) : ((const float *)img)[at];
         if (ht == 1)
             ((__nv_bfloat16 *)col)[i] = __float2bfloat16_rn(v);
         else if (ht == 2)
@@ -2816,6 +2873,20 @@ vlm_status vlm_cuda_bias_quick_gelu_h(vlm_cuda_ctx *ctx, void *out, vlm_dtype dt
     return launched("bias_quick_gelu_h", err);
 }
 
+vlm_status vlm_cuda_quick_gelu_bf16(vlm_cuda_ctx *ctx, void *x16, int64_t n, vlm_err *err) {
+    if (n <= 0) return VLM_OK;
+    if (n % 8 || ((uintptr_t)x16 % 16))
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG,
+                           "quick_gelu_bf16: %lld values at %p are not whole aligned 8-value "
+                           "vectors",
+                           (long long)n, x16);
+    const int64_t n8 = n / 8;
+    const int64_t blocks = (n8 + 255) / 256;
+    k_quick_gelu_bf16x8<<<(unsigned)(blocks < 65535 * 16 ? blocks : 65535 * 16), 256, 0,
+                          ctx->stream>>>((uint4 *)x16, n8);
+    return launched("quick_gelu_bf16", err);
+}
+
 vlm_status vlm_cuda_to_half(vlm_cuda_ctx *ctx, void *out, vlm_dtype dtype, const float *x,
                             int64_t n, vlm_err *err) {
     if (!half_type(dtype))
@@ -2832,19 +2903,27 @@ vlm_status vlm_cuda_to_half(vlm_cuda_ctx *ctx, void *out, vlm_dtype dtype, const
     return launched("to_half", err);
 }
 
-vlm_status vlm_cuda_patch_embed_crops(vlm_cuda_ctx *ctx, float *x, const float *img, int n_crops,
-                                      int s, int p, int64_t width, vlm_cuda_weight w,
+bool vlm_cuda_pixels16(const vlm_cuda_ctx *ctx, vlm_cuda_weight w) {
+    return w.dtype == VLM_DTYPE_BF16 && !ctx->f32_products;
+}
+
+vlm_status vlm_cuda_patch_embed_crops(vlm_cuda_ctx *ctx, float *x, const void *img, vlm_dtype img_t,
+                                      int n_crops, int s, int p, int64_t width, vlm_cuda_weight w,
                                       vlm_cuda_weight class_emb, vlm_cuda_weight pos_emb, void *col,
                                       float *tmp, vlm_err *err) {
     if (p <= 0 || s % p)
         return vlm_err_set(err, VLM_ERR_INVALID_ARG,
                            "patch_embed_crops: side %d is not a multiple of %d", s, p);
+    if (img_t != VLM_DTYPE_F32 && !(img_t == VLM_DTYPE_BF16 && vlm_cuda_pixels16(ctx, w)))
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                           "patch_embed_crops: %s pixels need BF16 weights outside f32 mode",
+                           vlm_dtype_get(img_t)->name);
     if (n_crops <= 0) return VLM_OK;
     const int64_t g = s / p, per = 3LL * p * p, rows = (int64_t)n_crops * g * g;
     const bool h = half_type(w.dtype) && !ctx->f32_products;
     const int ht = !h ? 0 : w.dtype == VLM_DTYPE_BF16 ? 1 : 2;
-    k_im2col_crops<<<blocks_for(rows * per, 256), 256, 0, ctx->stream>>>(col, ht, img, n_crops, s,
-                                                                         p);
+    k_im2col_crops<<<blocks_for(rows * per, 256), 256, 0, ctx->stream>>>(
+        col, ht, img, img_t == VLM_DTYPE_BF16, n_crops, s, p);
     vlm_status st = launched("patch_embed_crops (im2col)", err);
     if (st != VLM_OK) return st;
     const vlm_cuda_weight none = {VLM_DTYPE_F32, NULL};
