@@ -305,7 +305,7 @@ static void *staging(clip_gpu *g, size_t need) {
 }
 
 /* The pixels into the pinned buffer over the pool's threads, in blocks of
- * 256 Ki values, at the host's memory bandwidth rather than one core's:
+ * 32 Ki values, at the host's memory bandwidth rather than one core's:
  * copied as f32, or rounded to bf16 (to16) as the patch product would
  * round them on the device. */
 typedef struct {
@@ -315,7 +315,7 @@ typedef struct {
     bool to16;
 } pool_copy;
 
-#define PX_BLOCK ((size_t)1 << 18)
+#define PX_BLOCK ((size_t)1 << 15)
 
 static void pool_copy_range(void *ctx, int64_t b, int64_t e, int t) {
     (void)t;
@@ -534,8 +534,7 @@ vlm_status clip_gpu_encode(clip_gpu *g, const float *pixels, int n, int group, f
 }
 
 vlm_status clip_gpu_encode_project(clip_gpu *g, cpu_pool *pool, const float *pixels, int n,
-                                   float *out, const float **rows_out, vlm_err *err) {
-    *rows_out = NULL;
+                                   float *out, clip_rows_fn rows_fn, void *fn_ctx, vlm_err *err) {
     if (!g->has_proj)
         return vlm_err_set(err, VLM_ERR_INVALID_ARG, "GPU vision tower: no projector set");
     vlm_status st = encode_group(g, pool, pixels, n, NULL, err);
@@ -550,19 +549,37 @@ vlm_status clip_gpu_encode_project(clip_gpu *g, cpu_pool *pool, const float *pix
     RUN(vlm_cuda_matmul(g->ctx, hid, seq, rows, D4, d, g->proj0_w, g->proj0_b, err));
     RUN(vlm_cuda_gelu_erf(g->ctx, hid, rows * d, err));
     RUN(vlm_cuda_matmul(g->ctx, prj, hid, rows, d, d, g->proj2_w, g->proj2_b, err));
-    /* down into the pinned buffer encode_group sized for them, which the
-     * caller reads in place (no copy of 30 MB at 1 + 16 crops); into out
-     * where there is none */
+    /* Down into the pinned buffer encode_group sized for them (into out
+     * where there is none), in up to VLM_CUDA_FENCES chunks of whole crops,
+     * each handed to rows_fn as soon as it has arrived: the caller places
+     * one chunk while the next is still copied. */
     const size_t bytes = (size_t)(rows * d) * sizeof(float);
     float *dst = g->stage && g->stage_bytes >= bytes ? (float *)g->stage : out;
     if (!dst)
         return vlm_err_set(err, VLM_ERR_INVALID_ARG,
                            "GPU image projector: no pinned buffer and no output given");
+    const int n_chunks = n < VLM_CUDA_FENCES ? n : VLM_CUDA_FENCES;
+    const int per = (n + n_chunks - 1) / n_chunks;
+    const size_t crop_floats = (size_t)(mg * mg * d);
     vlm_cuda_mark(g->ctx, 3);
-    RUN(vlm_cuda_download(g->ctx, dst, prj, bytes, "projected image rows", err));
+    int k = 0;
+    for (int c0 = 0; c0 < n; c0 += per, k++) {
+        const int cn = n - c0 < per ? n - c0 : per;
+        const size_t o = (size_t)c0 * crop_floats, nb = (size_t)cn * crop_floats * sizeof(float);
+        RUN(dst == out
+                ? vlm_cuda_download(g->ctx, dst + o, prj + o, nb, "projected image rows", err)
+                : vlm_cuda_download_async(g->ctx, dst + o, prj + o, nb, "projected image rows",
+                                          err));
+        RUN(vlm_cuda_fence_record(g->ctx, k, err));
+    }
     vlm_cuda_mark(g->ctx, 4);
+    k = 0;
+    for (int c0 = 0; c0 < n; c0 += per, k++) {
+        const int cn = n - c0 < per ? n - c0 : per;
+        RUN(vlm_cuda_fence_wait(g->ctx, k, "GPU image projector", err));
+        if (rows_fn) rows_fn(fn_ctx, dst + (size_t)c0 * crop_floats, c0, cn);
+    }
     st = vlm_cuda_sync(g->ctx, "GPU image projector", err);
-    if (st == VLM_OK) *rows_out = dst;
     if (st == VLM_OK && vlm_cuda_timing(g->ctx))
         VLM_INFO("GPU vision, %d crops (GPU time): pixels up %.3f ms, tower %.3f ms, merge and "
                  "projector %.3f ms, rows down %.3f ms; from the upload to the rows %.3f ms",

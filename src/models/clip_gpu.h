@@ -30,16 +30,24 @@ typedef struct clip_gpu_projector {
 } clip_gpu_projector;
 vlm_status clip_gpu_set_projector(clip_gpu *g, const clip_gpu_projector *p, vlm_err *err);
 
+/* Called by clip_gpu_encode_project for each chunk of whole crops as its
+ * projected rows arrive: rows [cn * (grid/2)^2][d] of the call's crops
+ * [c0, c0 + cn), crop by crop, cells row-major, valid during the call. */
+typedef void (*clip_rows_fn)(void *ctx, const float *rows, int c0, int cn);
+
 /* With the projector: n crops through the tower, the 2x2 merge and the
- * projector; the rows [n * (grid/2)^2][d], crop by crop, cells row-major,
- * at *rows: the tower's pinned staging buffer (valid until its next call)
- * or, where it has none, out (host, that many rows; out may be NULL only
- * when clip_gpu_reserve_staging said yes for n crops). pool (may be NULL)
- * copies the pixels into the pinned buffer, rounded to bf16 where the
- * patch product takes bf16 (BF16 patch weights outside f32 mode;
- * VLM_CUDA_PX16=0 keeps f32): the product rounds them so itself. */
+ * projector; the rows [n * (grid/2)^2][d] come down in up to
+ * VLM_CUDA_FENCES chunks of whole crops and each is handed to rows_fn (may
+ * be NULL) as soon as it has arrived, so that the caller places one while
+ * the next is still copied. They land in the tower's pinned staging buffer
+ * (valid until its next call) or, where it has none, in out (host, that
+ * many rows; out may be NULL only when clip_gpu_reserve_staging said yes
+ * for n crops). pool (may be NULL) copies the pixels into the pinned
+ * buffer, rounded to bf16 where the patch product takes bf16 (BF16 patch
+ * weights outside f32 mode; VLM_CUDA_PX16=0 keeps f32): the product rounds
+ * them so itself. */
 vlm_status clip_gpu_encode_project(clip_gpu *g, cpu_pool *pool, const float *pixels, int n,
-                                   float *out, const float **rows, vlm_err *err);
+                                   float *out, clip_rows_fn rows_fn, void *fn_ctx, vlm_err *err);
 /* Sizes the pinned staging buffer for groups of n crops (once; it only
  * grows); false when the driver refuses page-locked memory (the copies then
  * go through the caller's memory). */

@@ -158,6 +158,21 @@ static void scatter_crops(const phi3v_model *m, const float *prj, int t0, int g,
     parallel_for(m->pool, (int64_t)g * (m->clip.grid / 2), scatter_range, &j);
 }
 
+#ifdef VLM_HAVE_CUDA
+/* clip_gpu_encode_project's chunks of projected rows to their places:
+ * crops [c0, c0 + cn) of the group that starts at crop t0 of the image. */
+typedef struct {
+    const phi3v_model *m;
+    int t0, hc, wc;
+    float *out;
+} place_job;
+
+static void place_rows(void *ctx, const float *rows, int c0, int cn) {
+    const place_job *pj = ctx;
+    scatter_crops(pj->m, rows, pj->t0 + c0, cn, pj->hc, pj->wc, pj->out);
+}
+#endif
+
 /* The projected separators prj [2][d] (sub_GN, glb_GN) to every row they
  * occupy. */
 static void scatter_separators(const phi3v_model *m, const float *prj, int hc, int wc, float *out) {
@@ -268,8 +283,10 @@ vlm_status phi3v_encode_image(phi3v_model *m, const vlm_image_input *img, int gr
          * for 17) is not needed, and allocating and zeroing it cost more than
          * the tower itself. Not zeroed: every row read is written first. */
         const int64_t d = m->cfg.hidden;
-        /* the rows come back in the tower's pinned buffer and are scattered
-         * from there; only without one do they need memory of ours */
+        /* the rows come back in the tower's pinned buffer, a chunk of crops
+         * at a time, and each chunk is scattered from there while the next
+         * is copied (place_rows); only without a pinned buffer do they need
+         * memory of ours */
         const bool pinned = clip_gpu_reserve_staging(m->clip_gpu, group);
         const size_t rows = pinned ? 2 : glue_rows(&m->cfg, group);
         float *prj = vlm_alloc(rows * (size_t)d * sizeof(float), VLM_MEM_IMAGE);
@@ -280,10 +297,9 @@ vlm_status phi3v_encode_image(phi3v_model *m, const vlm_image_input *img, int gr
         if (st == VLM_OK) scatter_separators(m, prj, img->hc, img->wc, out);
         for (int t = 0; t < n && st == VLM_OK; t += group) {
             int g = n - t < group ? n - t : group;
-            const float *got = NULL;
+            place_job pj = {m, t, img->hc, img->wc, out};
             st = clip_gpu_encode_project(m->clip_gpu, m->pool, img->pixels + (int64_t)t * 3 * S * S,
-                                         g, pinned ? NULL : prj, &got, err);
-            if (st == VLM_OK) scatter_crops(m, got, t, g, img->hc, img->wc, out);
+                                         g, pinned ? NULL : prj, place_rows, &pj, err);
         }
         vlm_free(prj);
         return st;

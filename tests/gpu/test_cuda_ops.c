@@ -1184,6 +1184,35 @@ static void test_pinned(void **state) {
     free(src), free(got);
 }
 
+/* Fences: a chunk's download is complete once its fence is waited on,
+ * before the stream as a whole is synchronised; a fence never recorded or
+ * out of range is an error, not a hang. */
+static void test_fences(void **state) {
+    (void)state;
+    const size_t n = 1 << 20;
+    float *src = rnd(n, 1.0f);
+    float *d = up(src, n * 4);
+    float *h = vlm_cuda_host_alloc(n * 4, VLM_MEM_IMAGE);
+    assert_non_null(h);
+    for (int k = 0; k < 4; k++) {
+        OK(vlm_cuda_download_async(CTX, h + k * (n / 4), d + k * (n / 4), n, "fence chunk", E));
+        OK(vlm_cuda_fence_record(CTX, k, E));
+    }
+    for (int k = 0; k < 4; k++) {
+        OK(vlm_cuda_fence_wait(CTX, k, "fence chunk", E));
+        assert_memory_equal(h + k * (n / 4), src + k * (n / 4), n);
+    }
+    vlm_err err = {0};
+    assert_int_equal(vlm_cuda_fence_wait(CTX, VLM_CUDA_FENCES - 1, "unrecorded", &err),
+                     VLM_ERR_INVALID_ARG);
+    assert_int_equal(vlm_cuda_fence_record(CTX, VLM_CUDA_FENCES, &err), VLM_ERR_INVALID_ARG);
+    assert_int_equal(vlm_cuda_fence_wait(CTX, -1, "negative", &err), VLM_ERR_INVALID_ARG);
+    OK(vlm_cuda_sync(CTX, "fences", E));
+    vlm_cuda_host_free(h, n * 4, VLM_MEM_IMAGE);
+    vlm_dev_free(d);
+    free(src);
+}
+
 /* The HD glue's 2x2 merge against the definition (spec 5.1): cell (i, j)
  * of crop c is TL | TR | BL | BR of feature rows (2i+dy)*grid + 2j+dx;
  * crops lie crop_rows rows apart after a CLS row. Exact (a gather). */
@@ -1291,6 +1320,7 @@ int main(void) {
         cmocka_unit_test(test_half_inputs),
         cmocka_unit_test(test_patch_embed_crops),
         cmocka_unit_test(test_pinned),
+        cmocka_unit_test(test_fences),
         cmocka_unit_test(test_bf16_qkv_attention),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

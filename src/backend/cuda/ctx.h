@@ -28,6 +28,9 @@ struct vlm_cuda_ctx {
      * decode step; the vision tower's stages), for measuring; NULL
      * otherwise */
     cudaEvent_t mark[VLM_CUDA_MARKS];
+    /* fences (events without timing) for waiting on part of the queued
+     * work, created on first use; NULL before */
+    cudaEvent_t fence[VLM_CUDA_FENCES];
     size_t workspace_bytes;
     bool f32_products;  /* BF16/F16 weights: widen to f32 and SGEMM (VLM_CUDA_F32_GEMM=1) */
     bool mma_attention; /* tensor-core attention allowed (VLM_CUDA_MMA_ATTN unset or not 0) */

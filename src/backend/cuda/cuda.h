@@ -72,6 +72,14 @@ void vlm_cuda_mark(vlm_cuda_ctx *ctx, int i);
 double vlm_cuda_span_ms(vlm_cuda_ctx *ctx, int i, int j);
 double vlm_cuda_marks_ms(vlm_cuda_ctx *ctx);
 
+/* Fences: fence_record(i), 0 <= i < VLM_CUDA_FENCES, marks the work queued
+ * so far; fence_wait(i) returns when that work is done (the first
+ * execution error, naming what), so that the host can use the first part
+ * of a result while the rest is still copied. */
+#define VLM_CUDA_FENCES 8
+vlm_status vlm_cuda_fence_record(vlm_cuda_ctx *ctx, int i, vlm_err *err);
+vlm_status vlm_cuda_fence_wait(vlm_cuda_ctx *ctx, int i, const char *what, vlm_err *err);
+
 /* Copies on the context's stream (synchronous with respect to the host for
  * pageable memory, so src may be reused at return). */
 vlm_status vlm_cuda_upload(vlm_cuda_ctx *ctx, void *dst_dev, const void *src_host, size_t bytes,

@@ -293,6 +293,8 @@ void vlm_cuda_ctx_destroy(vlm_cuda_ctx *c) {
     vlm_dev_free(c->workspace);
     for (int i = 0; i < VLM_CUDA_MARKS; i++)
         if (c->mark[i]) cudaEventDestroy(c->mark[i]);
+    for (int i = 0; i < VLM_CUDA_FENCES; i++)
+        if (c->fence[i]) cudaEventDestroy(c->fence[i]);
     if (c->stream) cudaStreamDestroy(c->stream);
     vlm_free(c);
 }
@@ -317,6 +319,31 @@ double vlm_cuda_span_ms(vlm_cuda_ctx *c, int i, int j) {
 
 double vlm_cuda_marks_ms(vlm_cuda_ctx *c) {
     return vlm_cuda_span_ms(c, 0, 1);
+}
+
+vlm_status vlm_cuda_fence_record(vlm_cuda_ctx *c, int i, vlm_err *err) {
+    if (i < 0 || i >= VLM_CUDA_FENCES)
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "CUDA fence %d: not in 0..%d", i,
+                           VLM_CUDA_FENCES - 1);
+    cudaError_t e = cudaSuccess;
+    if (!c->fence[i]) e = cudaEventCreateWithFlags(&c->fence[i], cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventRecord(c->fence[i], c->stream);
+    if (e == cudaSuccess) return VLM_OK;
+    (void)cudaGetLastError();
+    return vlm_err_set(err, e == cudaErrorMemoryAllocation ? VLM_ERR_NOMEM : VLM_ERR_DEVICE,
+                       "CUDA fence %d: %s", i, cudaGetErrorString(e));
+}
+
+vlm_status vlm_cuda_fence_wait(vlm_cuda_ctx *c, int i, const char *what, vlm_err *err) {
+    if (i < 0 || i >= VLM_CUDA_FENCES || !c->fence[i])
+        return vlm_err_set(err, VLM_ERR_INVALID_ARG, "%s: CUDA fence %d was never recorded",
+                           what ? what : "GPU", i);
+    cudaError_t e = cudaEventSynchronize(c->fence[i]);
+    if (e == cudaSuccess) e = cudaGetLastError();
+    if (e == cudaSuccess) return VLM_OK;
+    return vlm_err_set(err, e == cudaErrorMemoryAllocation ? VLM_ERR_NOMEM : VLM_ERR_DEVICE,
+                       "%s: CUDA: %s (%s)", what ? what : "GPU", cudaGetErrorString(e),
+                       cudaGetErrorName(e));
 }
 
 void *vlm_cuda_ctx_stream(vlm_cuda_ctx *c) {

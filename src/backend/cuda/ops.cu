@@ -61,6 +61,24 @@ __device__ __forceinline__ float ld_w(vlm_dtype t, const void *p, int64_t i) {
     }
 }
 
+/* Four consecutive values of a weight (F32, F16 or BF16) from element i
+ * (a multiple of 4; the weight 16-byte aligned): one 16- or 8-byte load,
+ * the values ld_w gives. */
+__device__ __forceinline__ void ld_w4(vlm_dtype t, const void *p, int64_t i, float (&o)[4]) {
+    if (t == VLM_DTYPE_F16 || t == VLM_DTYPE_BF16) {
+        const uint2 u = *reinterpret_cast<const uint2 *>((const uint16_t *)p + i);
+        const uint16_t h[4] = {(uint16_t)(u.x & 0xffffu), (uint16_t)(u.x >> 16),
+                               (uint16_t)(u.y & 0xffffu), (uint16_t)(u.y >> 16)};
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            o[e] = t == VLM_DTYPE_BF16 ? __uint_as_float((uint32_t)h[e] << 16)
+                                       : __half2float(__ushort_as_half(h[e]));
+        return;
+    }
+    const float4 f = *reinterpret_cast<const float4 *>((const float *)p + i);
+    o[0] = f.x, o[1] = f.y, o[2] = f.z, o[3] = f.w;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -356,10 +374,19 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
     for (int j = 0; j < VPL; j++) {
         const int64_t i = 4 * (lane + 32 * j);
-        const float y0 = ln_value(v[j].x, mean, r, wt, w, bt, b, i);
-        const float y1 = ln_value(v[j].y, mean, r, wt, w, bt, b, i + 1);
-        const float y2 = ln_value(v[j].z, mean, r, wt, w, bt, b, i + 2);
-        const float y3 = ln_value(v[j].w, mean, r, wt, w, bt, b, i + 3);
+        /* ln_value's expression, with the lane's 4 weights and biases in
+         * one load each */
+        float wv[4], bv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        ld_w4(wt, w, i, wv);
+        if (b) ld_w4(bt, b, i, bv);
+        float y[4];
+        const float xv[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            y[e] = __fmul_rn(__fmul_rn(__fsub_rn(xv[e], mean), r), wv[e]);
+            if (b) y[e] = __fadd_rn(y[e], bv[e]);
+        }
+        const float y0 = y[0], y1 = y[1], y2 = y[2], y3 = y[3];
         const int64_t o = row * dim + i;
         if (OUT == 0) {
             *(float4 *)((float *)out + o) = make_float4(y0, y1, y2, y3);
@@ -370,10 +397,12 @@ __global__ void __launch_bounds__(256)
 }
 
 /* Launches k_layernorm_warp where it applies (dim a multiple of 128 up to
- * 1024, x and out 16-byte / 8-byte aligned); false otherwise. */
+ * 1024; x, out, w and b 16-byte aligned); false otherwise. */
 bool layernorm_warp(cudaStream_t st, int out_kind, void *out, const float *x, int64_t n,
                     int64_t dim, vlm_cuda_weight w, vlm_cuda_weight b, float eps) {
-    if (dim % 128 || dim > 1024 || ((uintptr_t)x % 16) || ((uintptr_t)out % 16)) return false;
+    if (dim % 128 || dim > 1024 || ((uintptr_t)x % 16) || ((uintptr_t)out % 16) ||
+        ((uintptr_t)w.data % 16) || ((uintptr_t)b.data % 16))
+        return false;
     const unsigned grid = (unsigned)((n + 7) / 8);
 #define LNW(V)                                                                                     \
     case V:                                                                                        \
