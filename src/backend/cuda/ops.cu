@@ -1393,7 +1393,12 @@ bool mma_attention(cudaStream_t st, bool async, bool h16, void *out, const void 
         (causal && q_pos0 + n_q > INT32_MAX - MA_KT))
         return false;
     const int64_t blocks128 = (n_q + 127) / 128 * n_heads * n_seq;
-    const int nw = blocks128 >= 2 * (int64_t)card().sms ? 8 : 4;
+    /* VLM_CUDA_MMA_NW=4 or 8 fixes the warps a block (for measuring) */
+    static const int nw_env = [] {
+        const char *e = getenv("VLM_CUDA_MMA_NW");
+        return e && (!strcmp(e, "4") || !strcmp(e, "8")) ? atoi(e) : 0;
+    }();
+    const int nw = nw_env ? nw_env : blocks128 >= 2 * (int64_t)card().sms ? 8 : 4;
     const dim3 grid((unsigned)((n_q + nw * 16 - 1) / (nw * 16)), (unsigned)n_heads,
                     (unsigned)n_seq);
 #define MMA_CASE(D)                                                                                \
