@@ -216,7 +216,9 @@ fail=0
 for r in "${RESULTS[@]}"; do case "$r" in ok | absent) ;; *) fail=1 ;; esac; done
 {
   echo
-  echo "=== tests/gpu/run.sh summary ($(git rev-parse --short HEAD 2>/dev/null), $(head -2 "$LOGS/nvidia-smi.txt" 2>/dev/null | tail -1))"
+  # the machine's copy of .git may lag the tree it was sent: the hash of the
+  # sources (scripts/src-hash.sh; run it on the local checkout to match)
+  echo "=== tests/gpu/run.sh summary (git $(git rev-parse --short HEAD 2>/dev/null), sources $(bash scripts/src-hash.sh), $(head -2 "$LOGS/nvidia-smi.txt" 2>/dev/null | tail -1))"
   printf "%-40s %-14s %6s\n" step result secs
   for i in "${!NAMES[@]}"; do
     printf "%-40s %-14s %6s\n" "${NAMES[$i]}" "${RESULTS[$i]}" "${SECS[$i]}"
