@@ -14,6 +14,8 @@
 #                 held); $OUT/eval.txt, $OUT/run/{eval_stats.json,
 #                 pytorch_answers.jsonl}
 #   OUT=DIR PHASE=train bash tests/gpu/demo_train.sh
+# TIME_LIMIT (default 465) is its --time-limit in seconds (--auto-steps lays
+# the schedule over the steps that fit it).
 # REL_WEIGHT (default 0) is train_demo.py's --rel-weight (0: no relational
 # heads). PACKED_RULE (default answer) is its --packed-rule;
 # BALANCED_DIALOGUES=1 adds --balanced-dialogues. The defaults (PACKED_RULE
@@ -39,7 +41,8 @@ checks)
 train)
   gen=()
   [ "${BALANCED_DIALOGUES:-0}" = 1 ] && gen=(--balanced-dialogues)
-  python3 $T --seed 1 --steps 3300 --auto-steps --time-limit 465 --batch 128 --lr 2e-3 \
+  python3 $T --seed 1 --steps 3300 --auto-steps --time-limit "${TIME_LIMIT:-465}" \
+    --batch 128 --lr 2e-3 \
     --workers 15 --compile --char-weight 2 --rel-weight "${REL_WEIGHT:-0}" \
     --packed-rule "${PACKED_RULE:-answer}" ${gen[@]+"${gen[@]}"} \
     --no-eval --out "$RUN" >"$OUT/train.txt" 2>&1
