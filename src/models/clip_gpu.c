@@ -411,11 +411,12 @@ static vlm_status attend(clip_gpu *g, const gpu_clip_layer *L, int gc, void *xb,
     return hp ? vlm_cuda_to_half(g->ctx, xb, ht, att, T * D, err) : VLM_OK;
 }
 
-/* The MLP on the 16-bit path, from LN2's output in xb: x += fc2(quick_gelu(
- * fc1(xb))) (biases included). With gelu16 and a BF16 fc1 bias: fc1 writes bf16 into mlp
- * (the bias in its epilogue, half the bytes of f32) and quick-GELU runs
- * there in place, fc2 reading it; otherwise fc1 writes f32 into mlp and
- * one pass adds the bias, applies quick-GELU and rounds into xb. */
+/* The MLP on the 16-bit path, from LN2's output in xb:
+ * x += fc2(quick_gelu(fc1(xb))), biases included. With gelu16 and a BF16
+ * fc1 bias, fc1 writes bf16 into mlp (the bias in its epilogue, half the
+ * bytes of f32), quick-GELU runs there in place and fc2 reads it;
+ * otherwise fc1 writes f32 into mlp and one pass adds the bias, applies
+ * quick-GELU and rounds into xb. */
 static vlm_status mlp16(clip_gpu *g, const gpu_clip_layer *L, int64_t T, float *x, void *xb,
                         float *mlp, vlm_err *err) {
     const clip_config *c = &g->m->cfg;

@@ -274,10 +274,15 @@ __global__ void __launch_bounds__(256) k_rmsnorm_rows(float *out, const float *x
 /* One normalised value; explicit round-to-nearest intrinsics so that the
  * compiler contracts nothing differently in k_layernorm and k_layernorm_h
  * (layernorm_h must give layernorm's bits). */
+__device__ __forceinline__ float ln_apply(float xv, float mean, float r, float wv, bool has_b,
+                                          float bv) {
+    const float y = __fmul_rn(__fmul_rn(__fsub_rn(xv, mean), r), wv);
+    return has_b ? __fadd_rn(y, bv) : y;
+}
+
 __device__ __forceinline__ float ln_value(float xv, float mean, float r, vlm_dtype wt,
                                           const void *w, vlm_dtype bt, const void *b, int64_t i) {
-    float y = __fmul_rn(__fmul_rn(__fsub_rn(xv, mean), r), ld_w(wt, w, i));
-    return b ? __fadd_rn(y, ld_w(bt, b, i)) : y;
+    return ln_apply(xv, mean, r, ld_w(wt, w, i), b != nullptr, b ? ld_w(bt, b, i) : 0.0f);
 }
 
 __global__ void k_layernorm(float *out, const float *x, int64_t dim, vlm_dtype wt, const void *w,
@@ -374,19 +379,14 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
     for (int j = 0; j < VPL; j++) {
         const int64_t i = 4 * (lane + 32 * j);
-        /* ln_value's expression, with the lane's 4 weights and biases in
-         * one load each */
+        /* ln_value, with the lane's 4 weights and biases in one load each */
         float wv[4], bv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         ld_w4(wt, w, i, wv);
         if (b) ld_w4(bt, b, i, bv);
-        float y[4];
-        const float xv[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            y[e] = __fmul_rn(__fmul_rn(__fsub_rn(xv[e], mean), r), wv[e]);
-            if (b) y[e] = __fadd_rn(y[e], bv[e]);
-        }
-        const float y0 = y[0], y1 = y[1], y2 = y[2], y3 = y[3];
+        const float y0 = ln_apply(v[j].x, mean, r, wv[0], b != nullptr, bv[0]);
+        const float y1 = ln_apply(v[j].y, mean, r, wv[1], b != nullptr, bv[1]);
+        const float y2 = ln_apply(v[j].z, mean, r, wv[2], b != nullptr, bv[2]);
+        const float y3 = ln_apply(v[j].w, mean, r, wv[3], b != nullptr, bv[3]);
         const int64_t o = row * dim + i;
         if (OUT == 0) {
             *(float4 *)((float *)out + o) = make_float4(y0, y1, y2, y3);
