@@ -74,6 +74,20 @@ static float *down(const void *d, size_t n) {
     return h;
 }
 
+/* n bf16 device values, widened to f32 on the host. */
+static float *down_bf16(const void *d, size_t n) {
+    vlm_err err = {0};
+    assert_int_equal(vlm_cuda_sync(CTX, "test", &err), VLM_OK);
+    uint16_t *b = malloc(n * sizeof *b);
+    float *h = malloc(n * sizeof *h);
+    assert_non_null(b);
+    assert_non_null(h);
+    assert_int_equal(vlm_cuda_download(CTX, b, d, n * sizeof *b, "test", &err), VLM_OK);
+    for (size_t i = 0; i < n; i++) h[i] = vlm_bf16_to_f32(b[i]);
+    free(b);
+    return h;
+}
+
 /* max |got - want| <= rtol * max(|want|, 1e-3) */
 static void close_to(const char *what, const float *got, const float *want, size_t n, double rtol) {
     double dmax = 0, wmax = 1e-3;
@@ -1036,7 +1050,6 @@ static void test_bf16_qkv_attention(void **state) {
     float *db = up(b, (size_t)(3 * D) * 4);
     uint16_t *dqkv = vlm_dev_alloc((size_t)(T * 3 * D) * 2, VLM_MEM_ACTIVATIONS);
     vlm_err err = {0};
-    uint16_t *qkv = malloc((size_t)(T * 3 * D) * 2);
     /* a BF16 bias (the tower's, held as stored): the same products within
      * one bf16 step of the reference with the bias rounded to bf16 */
     uint16_t *bh = malloc((size_t)(3 * D) * 2);
@@ -1049,22 +1062,14 @@ static void test_bf16_qkv_attention(void **state) {
     void *dbh = up(bh, (size_t)(3 * D) * 2);
     OK(vlm_cuda_matmul_h_out16(CTX, dqkv, dx, T, in, 3 * D, (vlm_cuda_weight){VLM_DTYPE_BF16, dw},
                                (vlm_cuda_weight){VLM_DTYPE_BF16, dbh}, E));
-    assert_int_equal(vlm_cuda_sync(CTX, "test", &err), VLM_OK);
-    assert_int_equal(vlm_cuda_download(CTX, qkv, dqkv, (size_t)(T * 3 * D) * 2, "test", &err),
-                     VLM_OK);
-    float *got16 = malloc((size_t)(T * 3 * D) * 4);
-    for (int64_t i = 0; i < T * 3 * D; i++) got16[i] = vlm_bf16_to_f32(qkv[i]);
+    float *got16 = down_bf16(dqkv, (size_t)(T * 3 * D));
     close_to("matmul_h_out16 q|k|v, bf16 bias", got16, want16, (size_t)(T * 3 * D), 1e-2);
     vlm_dev_free(dbh);
     free(bh), free(want16), free(b16f), free(got16);
     /* an f32 bias */
     OK(vlm_cuda_matmul_h_out16(CTX, dqkv, dx, T, in, 3 * D, (vlm_cuda_weight){VLM_DTYPE_BF16, dw},
                                (vlm_cuda_weight){VLM_DTYPE_F32, db}, E));
-    assert_int_equal(vlm_cuda_sync(CTX, "test", &err), VLM_OK);
-    assert_int_equal(vlm_cuda_download(CTX, qkv, dqkv, (size_t)(T * 3 * D) * 2, "test", &err),
-                     VLM_OK);
-    float *got = malloc((size_t)(T * 3 * D) * 4);
-    for (int64_t i = 0; i < T * 3 * D; i++) got[i] = vlm_bf16_to_f32(qkv[i]);
+    float *got = down_bf16(dqkv, (size_t)(T * 3 * D));
     close_to("matmul_h_out16 q|k|v", got, want, (size_t)(T * 3 * D), 1e-2);
 
     /* attention: bf16 in and out, against the f32 interface on the same values */
@@ -1088,7 +1093,7 @@ static void test_bf16_qkv_attention(void **state) {
                      VLM_ERR_UNSUPPORTED);
     vlm_dev_free(dx), vlm_dev_free(dw), vlm_dev_free(db), vlm_dev_free(dqkv), vlm_dev_free(dq32);
     vlm_dev_free(dref), vlm_dev_free(dout);
-    free(x), free(w), free(b), free(xh), free(wh), free(want), free(qkv), free(got), free(ref);
+    free(x), free(w), free(b), free(xh), free(wh), free(want), free(got), free(ref);
     free(o16);
 }
 
