@@ -22,6 +22,7 @@ in the reading order, the count of the shape's kind, its size rank, its
 place); the heads are never exported. See docs/demo.md.
 """
 import argparse
+import copy
 import importlib.util
 import json
 import math
@@ -352,19 +353,136 @@ def d_count_then_detail_balanced(rng):
     return [sc], turns
 
 
+# --- branched samples (--packed-mode branched) -------------------------------------
+# Instead of consecutive turns, the questions of one scene can be asked as
+# branches: one prefix (the user turn's head and the image tokens), then each
+# question with its answer, every branch seeing the prefix and itself only
+# (an attention mask and position ids that restart at the prefix's end, so a
+# branch is, token for token and position for position, the single-question
+# conversation the suites ask). No branch sees another's text, so nothing can
+# be copied or eliminated from it, and one image teaches which colour, kind,
+# place and size belongs to which of its shapes in up to BRANCH_MAX answers.
+PACKED_MODES = ("turns", "branched")
+PACKED_MODE = ["turns"]  # the shipped model's
+BRANCH_MAX = 12
+# Questions drawn per type (duplicates of one fact dropped); the binding
+# types get three draws, so they fill most branches; colour five, as on count
+# scenes a colour question can name its shape only by a kind no other shape
+# has, and many draws come back empty.
+BRANCH_DRAWS = {"colour": 5, "shape": 3, "count": 1, "count_kind": 1, "position": 3,
+                "extreme": 3, "size": 3, "yesno": 2}
+# Count scenes (make_count_scene) among the branched ones: half, not the
+# packed turns' 90%, since count of one kind is one branch of twelve here and
+# the repeated kinds of count scenes leave few colour questions askable.
+BRANCH_COUNT_SCENES = 0.5
+_CONTENT = (set(scenes.COLOUR_NAMES) | set(scenes.KINDS) | set(scenes.PLURAL.values())
+            | {"left", "right", "top", "bottom", "bigger", "larger", "smaller"})
+
+
+def _fact_key(q, prompt, answer):
+    """What a question asks, less its wording: two templates of one fact
+    ("What colour is the star?", "What color is the star?") share a key."""
+    w = _words(prompt)
+    return q, str(answer), frozenset(w & _CONTENT), "leftmost" in w or "rightmost" in w
+
+
+def branched_sample(rng):
+    """Up to BRANCH_MAX distinct questions about one shape scene (a count
+    scene BRANCH_COUNT_SCENES of the time, else 1-4 random shapes, mostly
+    several), to be asked as branches (branched_ids).
+    Count of one kind is asked on count scenes only: about the focus kind
+    and, half of the time, about one other kind (its count, often 0)."""
+    for _ in range(100):
+        if rng.random() < BRANCH_COUNT_SCENES:
+            sc = scenes.make_count_scene(rng)
+        else:
+            sc = scenes.make_shape_scene(rng, n=rng.choice((1, 2, 2, 3, 3, 4, 4)))
+        if sc is None:
+            continue
+        qs, keys = [], set()
+        for q in SHAPE_QUESTIONS:
+            if q == "count_kind" and not sc.focus_kind:
+                continue  # asked about a kind it shows, a random scene's count is mostly 1
+            gen = scenes.QUESTION_TYPES[q][0]
+            for _ in range(BRANCH_DRAWS[q]):
+                qa = gen(rng, sc)
+                if qa is None:
+                    continue
+                k = _fact_key(q, *qa)
+                if k not in keys:
+                    keys.add(k)
+                    qs.append((q, qa))
+        if sc.focus_kind and rng.random() < 0.5:
+            other = copy.copy(sc)
+            other.focus_kind = rng.choice([k for k in scenes.KINDS if k != sc.focus_kind])
+            qa = scenes.q_count_kind(rng, other)
+            qs.append(("count_kind", qa))
+        rng.shuffle(qs)
+        turns = [{"n_images_before": 1, "prompt": p, "answer": a, "type": q}
+                 for q, (p, a) in qs[:BRANCH_MAX]]
+        if turns:
+            return {"scenes": [sc], "turns": turns, "tag": "branched"}
+    return scenes.sample_scenes(rng)
+
+
+def branched_ids(tok, sample, ntok, end_id):
+    """ids, loss mask, position ids and branch numbers of a branched sample:
+    the longest prefix that every branch's single-question conversation
+    (conversation_ids of that turn alone) shares, then each branch's rest.
+    Branch numbers are 0 on the prefix and 1.. on the branches; position ids
+    run on from the prefix in each branch. The prefix holds every image
+    token and no supervised one. One question alone is a plain sample
+    (branch 0 throughout)."""
+    seqs = [conversation_ids(tok, render_turns({"images": sample["scenes"], "turns": [t]}),
+                             ntok, end_id) for t in sample["turns"]]
+    first = seqs[0][0]
+    if len(seqs) == 1:
+        return first, seqs[0][1], list(range(len(first))), [0] * len(first)
+    p = min(len(a) for a, _ in seqs)
+    for a, _ in seqs[1:]:
+        k = 0
+        while k < p and a[k] == first[k]:
+            k += 1
+        p = k
+    assert not any(m for _, mk in seqs for m in mk[:p]), "a supervised token in the prefix"
+    assert all(i >= 0 for a, _ in seqs for i in a[p:]), "an image token after the prefix"
+    ids, mask, pos, br = list(first[:p]), [0] * p, list(range(p)), [0] * p
+    for b, (a, m) in enumerate(seqs, 1):
+        ids += a[p:]
+        mask += m[p:]
+        pos += range(p, len(a))
+        br += [b] * (len(a) - p)
+    return ids, mask, pos, br
+
+
+def branch_mask(branch):
+    """The attention mask [B, 1, L, L] (True: attend) of a batch's branch
+    numbers [B, L]: causal, and a token of branch b > 0 sees the prefix
+    (branch 0) and its own branch only. Samples without branches (all 0) get
+    the plain causal mask."""
+    L = branch.shape[1]
+    ar = torch.arange(L, device=branch.device)
+    causal = ar[None, :] <= ar[:, None]
+    kb = branch[:, None, :]
+    return (causal[None] & ((kb == 0) | (kb == branch[:, :, None])))[:, None]
+
+
 # Training variants of scenes' dialogue generators (on with
 # --balanced-dialogues; off, scenes' own: the shipped model's mix).
 TRAIN_DIALOGUES = {"count_then_detail": d_count_then_detail_balanced}
 BALANCED_DIALOGUES = [False]
 
 
-def set_mix(packed_rule, balanced_dialogues):
+def set_mix(packed_rule, balanced_dialogues, packed_mode=None):
     """The mix options of the command line, for this process (the data
     workers call it again: SceneStream)."""
     global PACKED_RULE
     assert packed_rule in PACKED_RULES, packed_rule
     PACKED_RULE = packed_rule
     BALANCED_DIALOGUES[0] = bool(balanced_dialogues)
+    if packed_mode is not None:
+        assert packed_mode in PACKED_MODES, packed_mode
+        PACKED_MODE[0] = packed_mode
 
 
 def training_sample(rng, packed_rule=None):
@@ -373,6 +491,8 @@ def training_sample(rng, packed_rule=None):
     is sample_scenes() then render(), so the random stream is the same."""
     r = rng.random()
     if r < P_PACKED:
+        if PACKED_MODE[0] == "branched":
+            return branched_sample(rng)
         return packed_sample(rng, packed_rule)
     return scenes.sample_scenes(rng, p_dialogue=0.45, weights=SINGLE_WEIGHTS,
                                 dialogues=TRAIN_DIALOGUES if BALANCED_DIALOGUES[0] else None)
@@ -616,12 +736,20 @@ def make_batch(samples):
     L = max(len(s["ids"]) for s in samples)
     L = (L + 7) // 8 * 8
     ids = np.zeros((B, L), dtype=np.int64)
+    branched = any("branch" in s for s in samples)
+    if branched:  # position ids and branch numbers (branched_ids); arange and 0 elsewhere
+        pos = np.tile(np.arange(L, dtype=np.int64), (B, 1))
+        branch = np.zeros((B, L), dtype=np.int16)
     sel, tgt, img_pos = [], [], []
     images = []  # (b, k, hc, wc, array)
     for b, s in enumerate(samples):
         a = np.asarray(s["ids"], dtype=np.int64)
         m = np.asarray(s["mask"], dtype=bool)
         ids[b, :len(a)] = np.maximum(a, 0)
+        if "branch" in s:
+            pos[b, :len(a)] = s["pos"]
+            pos[b, len(a):] = np.arange(max(s["pos"]) + 1, max(s["pos"]) + 1 + L - len(a))
+            branch[b, :len(a)] = s["branch"]
         img_pos.append(b * L + np.nonzero(a < 0)[0])
         nxt = np.nonzero(m[1:])[0]  # position t predicts t+1
         sel.append(b * L + nxt)
@@ -658,6 +786,9 @@ def make_batch(samples):
     bt = {"ids": torch.from_numpy(ids), "pix": pix, "n_crops": off, "glue_idx": cat(glue_idx),
           "img_pos": cat(img_pos), "sel": cat(sel), "tgt": cat(tgt),
           "n_samples": B, "n_tokens": int(sum(len(s["ids"]) for s in samples))}
+    if branched:
+        bt["pos"] = torch.from_numpy(pos)
+        bt["branch"] = torch.from_numpy(branch)
     if aux:
         # uint8 to keep the worker -> trainer transfer small; the step widens
         # them to int64 on the GPU. patch_cls [n_crops, 576], crop_tcol [n_crops].
@@ -687,15 +818,21 @@ class SceneStream(torch.utils.data.IterableDataset):
         self.seed, self.tok_json, self.batch, self.pool = seed, tok_json, batch, pool
         self.aux, self.label_mode = aux, label_mode
         self.mix = (packed_rule or PACKED_RULE,
-                    BALANCED_DIALOGUES[0] if balanced_dialogues is None else balanced_dialogues)
+                    BALANCED_DIALOGUES[0] if balanced_dialogues is None else balanced_dialogues,
+                    PACKED_MODE[0])
 
     def sample(self, rng, tok, end_id):
         s = training_sample(rng)
         r = render_sample(s, self.aux, self.label_mode)
         # render_turns only counts the images of each turn.
         s["images"] = s["scenes"]
-        ids, mask = conversation_ids(tok, render_turns(s), r["ntok"], end_id)
-        out = {"hd": r["hd"], "grid": r["grid"], "ids": ids, "mask": mask}
+        if s["tag"] == "branched":
+            ids, mask, pos, br = branched_ids(tok, s, r["ntok"], end_id)
+            out = {"hd": r["hd"], "grid": r["grid"], "ids": ids, "mask": mask, "pos": pos,
+                   "branch": br}
+        else:
+            ids, mask = conversation_ids(tok, render_turns(s), r["ntok"], end_id)
+            out = {"hd": r["hd"], "grid": r["grid"], "ids": ids, "mask": mask}
         if self.aux:
             for k in ("lab", "tcol", "facts", "flags"):
                 out[k] = r[k]
@@ -766,7 +903,9 @@ class Glue(torch.nn.Module):
         base = N * P // 4
         idx = torch.where(glue_idx >= 0, glue_idx,
                           torch.where(glue_idx == SUB_GN, base, base + 1))
-        return self.p2(F.gelu(self.p0(table[idx])))
+        # index_select, not table[idx]: its backward is an index add, where
+        # advanced indexing's sorts the indices (2 ms a call on the H100)
+        return self.p2(F.gelu(self.p0(table.index_select(0, idx))))
 
 
 class AuxHeads(torch.nn.Module):
@@ -926,6 +1065,154 @@ def phase(name, t0):
 PROFILE = [False]
 
 
+# --- the fast training step (--step-impl fast) ------------------------------------
+# The step spent much of its time on the host (H100, torch.profiler over ten
+# steps: 93 ms of GPU time a step against 141 ms a step): cuDNN's attention
+# plans its kernels per shape, and the batches' lengths and crop counts change
+# every step. The fast step leaves cuDNN's attention off (PyTorch's flash and
+# memory-efficient kernels take no plan), gives the decoder a causal SDPA of
+# its own (causal_attention: flash, where transformers' compiled path built
+# a mask tensor), runs the tower without its last layer (the glue reads
+# hidden_states[-2], so the last layer's output is never used and it gets no
+# gradient), computes the patch embedding (a stride-14 convolution) as one
+# matrix product over the unfolded patches, and uses the fused AdamW. The
+# tower and the attention are checked against the plain forms at start-up
+# (check_fast_step, use_causal_attention).
+# hidden_states index of the glue's features in the training tower, or
+# "last" for its last hidden state (check_fast_step picks it)
+FEAT_LAYER = [-2]
+
+
+def train_features(clip, pv):
+    """R.clip_features on the training tower (truncated by the fast step:
+    then its last hidden state is the full tower's hidden_states[-2])."""
+    out = clip(pixel_values=pv, output_hidden_states=True)
+    if FEAT_LAYER[0] == "last":
+        return out.last_hidden_state[:, 1:]
+    return out.hidden_states[FEAT_LAYER[0]][:, 1:]
+
+
+def conv_as_matmul(conv):
+    """Make a bias-free convolution whose stride equals its kernel (the
+    patch embedding) one matrix product over the unfolded patches; the
+    output has the convolution's shape [N, out, H/p, W/p]."""
+    p = conv.kernel_size[0]
+    assert conv.kernel_size == conv.stride == (p, p) and conv.bias is None
+
+    def fwd(x):
+        N, C, H, W = x.shape
+        h, w = H // p, W // p
+        cols = x.reshape(N, C, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(N, h * w, C * p * p)
+        y = cols @ conv.weight.reshape(conv.out_channels, -1).t()
+        return y.transpose(1, 2).reshape(N, conv.out_channels, h, w)
+
+    conv.forward = fwd
+
+
+def tower_parts(clip):
+    """The tower's encoder (its .layers) and patch-embedding convolution,
+    wherever the transformers version nests them (CLIPVisionModel.vision_model
+    or the model itself)."""
+    mods = dict(clip.named_modules())
+    enc = next(m for k, m in mods.items() if k.split(".")[-1] == "encoder")
+    conv = next(m for k, m in mods.items() if k.split(".")[-1] == "patch_embedding")
+    return enc, conv
+
+
+def fast_step(clip):
+    """Switch the training step to its fast form (above); returns a function
+    that restores the full tower (export and evaluation need it)."""
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    enc, conv = tower_parts(clip)
+    full = enc.layers
+    enc.layers = full[:-1]
+    TAIL[0] = full[-1]
+    FEAT_LAYER[0] = -1
+    conv_as_matmul(conv)
+
+    def restore():
+        enc.layers = full
+        FEAT_LAYER[0] = -2
+        del conv.forward  # the class's again
+    return restore
+
+
+def check_fast_step(clip, ref, dev, restore, n=3):
+    """The fast step's tower must give the features the full tower gives
+    (R.clip_features of ref, a copy of the tower made before its first call,
+    with its convolution; float32, random pixels). How transformers records
+    hidden states is its own business, so the truncated tower's last hidden
+    state and each recorded one are compared with them (printed), and
+    FEAT_LAYER is set to the one that matches; raises if none does.
+    Returns restore."""
+    g = torch.Generator().manual_seed(3)
+    pv = torch.randn(n, 3, 336, 336, generator=g).to(dev)
+    rel = (lambda a, b: float((a - b).abs().max() / b.abs().max()))
+    with torch.no_grad():
+        want = R.clip_features(ref, pv)
+        out = clip(pixel_values=pv, output_hidden_states=True)
+    hs = out.hidden_states
+    cands = [("last", out.last_hidden_state[:, 1:])] + [
+        (i - len(hs), hs[i][:, 1:]) for i in range(len(hs) - 1, -1, -1)]
+    table = [(k, rel(v, want)) for k, v in cands]
+    print("check: the truncated tower (patch embedding as a matrix product) against the full "
+          "tower's features: %s" % ", ".join("%s %.2g" % kd for kd in table), flush=True)
+    hit = [k for k, d in table if d < 1e-4]
+    if not hit:
+        raise RuntimeError("no hidden state of the fast step's tower gives the full tower's "
+                           "features")
+    FEAT_LAYER[0] = hit[0]
+    print("check: the fast step's tower reads %s" % (
+        "its last hidden state" if hit[0] == "last" else "hidden_states[%d]" % hit[0]),
+        flush=True)
+    return restore
+
+
+def causal_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                     **kwargs):
+    """The decoder's attention for training (registered with transformers
+    as "demo_causal"): SDPA with is_causal where no mask is given, so the
+    flash kernel runs. transformers makes no mask for an attention function
+    of its own, and under torch.compile its "sdpa" path builds the causal
+    mask as a tensor (then only the memory-efficient kernel applies: 8 ms a
+    layer's backward against 2.4 on the H100). A 4D mask (branched samples)
+    is passed through."""
+    assert key.shape[1] == query.shape[1], "grouped key/value heads are not handled here"
+    if attention_mask is None:
+        o = F.scaled_dot_product_attention(query, key, value, is_causal=query.shape[2] > 1,
+                                           scale=scaling)
+    else:
+        o = F.scaled_dot_product_attention(query, key, value,
+                                           attn_mask=attention_mask[:, :, :, :key.shape[2]],
+                                           scale=scaling)
+    return o.transpose(1, 2).contiguous(), None
+
+
+def use_causal_attention(lm, dev):
+    """Switch the decoder to causal_attention after checking that it gives
+    the eager path's hidden states (float32, random embeddings, two
+    sequences). Raises if not."""
+    from transformers import AttentionInterface
+    AttentionInterface.register("demo_causal", causal_attention)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 48, LMCFG["hidden_size"], generator=g).to(dev)
+    kept = lm.config._attn_implementation
+    with torch.no_grad():
+        lm.config._attn_implementation = "eager"
+        want = lm.model(inputs_embeds=x, use_cache=False).last_hidden_state
+        lm.config._attn_implementation = "demo_causal"
+        got = lm.model(inputs_embeds=x, use_cache=False).last_hidden_state
+    d = float((got - want).abs().max() / want.abs().max())
+    if not d < 1e-4:
+        lm.config._attn_implementation = kept
+        raise RuntimeError("causal_attention differs from eager: %.3g" % d)
+    print("check: the decoder's causal SDPA gives the eager hidden states (%.2g of the "
+          "largest)" % d, flush=True)
+
+
+TAIL = [None]  # the tower's last layer while the fast step leaves it out
+
+
 def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=1.0,
                rel_weight=1.0):
     """Cross-entropy on the supervised tokens of a batch from make_batch,
@@ -933,9 +1220,10 @@ def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=
     heads are given (and the batch has patch labels). Returns (total loss,
     answer loss, aux stats (AUX_NAMES + REL_NAMES with relational heads) or
     None).
-    No attention mask: padding sits after each sample's last token and
-    attention is causal, so no real token sees it (and the fused causal
-    kernel applies)."""
+    No attention mask unless the batch holds branched samples: padding sits
+    after each sample's last token and attention is causal, so no real token
+    sees it (and the fused causal kernel applies). Branched samples bring
+    their mask (branch_mask) and position ids."""
     aux, stats = None, None
     t0 = phase("_", time.time())
     ids = bt["ids"].to(dev, non_blocking=True)
@@ -944,7 +1232,7 @@ def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=
     if bt["n_crops"]:
         pv = gpu_pixels(bt["pix"], dev)
         t0 = phase("pixels", t0)
-        feats = R.clip_features(clip, pv)
+        feats = train_features(clip, pv)
         t0 = phase("clip", t0)
         if heads is not None and aux_weight > 0:
             rel = None
@@ -961,14 +1249,184 @@ def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=
         x = x.reshape(B * L, -1).index_put((bt["img_pos"].to(dev, non_blocking=True),),
                                             rows.to(x.dtype)).reshape(B, L, -1)
         t0 = phase("glue", t0)
-    h = lm.model(inputs_embeds=x, use_cache=False).last_hidden_state
-    hs = h.reshape(B * L, -1)[bt["sel"].to(dev, non_blocking=True)]
+    kw = {}
+    if "branch" in bt:  # branched samples: their mask and position ids (branch_mask)
+        kw = {"attention_mask": branch_mask(bt["branch"].to(dev, non_blocking=True)),
+              "position_ids": bt["pos"].to(dev, non_blocking=True)}
+    h = lm.model(inputs_embeds=x, use_cache=False, **kw).last_hidden_state
+    hs = h.reshape(B * L, -1).index_select(0, bt["sel"].to(dev, non_blocking=True))
     logits = lm.lm_head(hs).float()
     loss = F.cross_entropy(logits, bt["tgt"].to(dev, non_blocking=True))
     phase("lm fwd", t0)
     if aux is None:
         return loss, loss, None
     return loss + aux_weight * aux, loss, stats
+
+
+class _CharTok:
+    """A stand-in for tokenizers.Tokenizer where that package is missing:
+    one id per character (offset past the specials), BOS (1) in front when
+    add_special_tokens; "<|end|>" is one id."""
+    class _Enc:
+        def __init__(self, ids):
+            self.ids = ids
+
+    def encode(self, text, add_special_tokens=True):
+        out = [1] if add_special_tokens else []
+        for part in re.split(r"(<\|[a-z]+\|>)", text):
+            if re.fullmatch(r"<\|[a-z]+\|>", part):
+                out.append(10 + SPECIALS.index(part))
+            else:
+                out += [100 + ord(c) for c in part]
+        return self._Enc(out)
+
+    def token_to_id(self, t):
+        return 10 + SPECIALS.index(t)
+
+
+def demo_tokenizer():
+    """models/demo's tokenizer where the tokenizers package is installed,
+    else _CharTok."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return _CharTok(), "stand-in (one id a character)"
+    return (Tokenizer.from_file(os.path.join(repo_root(), "models", "demo", "tokenizer.json")),
+            "models/demo/tokenizer.json")
+
+
+def self_test_branches(n=300):
+    """Branched samples (no rendering): every branch's part, after the shared
+    prefix, is its single-question conversation to the token, at the
+    positions that conversation has; the prefix holds every image token;
+    the supervised tokens are the answers and their <|end|>; no two branches
+    ask one fact; branch_mask lets a branch see the prefix and itself, and
+    a sample without branches stays causal; make_batch carries the position
+    ids and branch numbers, padding included."""
+    from collections import Counter
+    tok, name = demo_tokenizer()
+    end_id = tok.token_to_id("<|end|>")
+    rng = random.Random(11)
+    per_type, nb = Counter(), Counter()
+    batch = []
+    for i in range(n):
+        s = branched_sample(rng)
+        if s["tag"] != "branched":
+            continue
+        ntok = [rng.choice((457, 577, 745))]
+        ids, mask, pos, br = branched_ids(tok, s, ntok, end_id)
+        assert len(ids) == len(mask) == len(pos) == len(br)
+        keys = {_fact_key(t["type"], t["prompt"], t["answer"]) for t in s["turns"]}
+        assert len(keys) == len(s["turns"]) <= BRANCH_MAX
+        p = br.index(1) if 1 in br else len(br)
+        assert sum(1 for x in ids if x < 0) == ntok[0] and all(x >= 0 for x in ids[p:])
+        n_sup = 0
+        for b, t in enumerate(s["turns"], 1):
+            one, m1 = conversation_ids(tok, render_turns({"images": s["scenes"], "turns": [t]}),
+                                       ntok, end_id)
+            idx = [j for j in range(len(br)) if br[j] == b] if len(s["turns"]) > 1 else []
+            assert ids[:p] + [ids[j] for j in idx] == one, (b, t)
+            assert [pos[j] for j in idx] == list(range(p, len(one)))
+            assert mask[:p] + [mask[j] for j in idx] == m1
+            n_sup += sum(m1)
+            per_type[t["type"]] += 1
+        assert sum(mask) == n_sup
+        nb[len(s["turns"])] += 1
+        if len(batch) < 6:
+            batch.append({"hd": [], "grid": [], "ids": ids, "mask": mask, "pos": pos,
+                          "branch": br})
+    one = dict(s, turns=s["turns"][:1])
+    ids1, mask1, pos1, br1 = branched_ids(tok, one, [457], end_id)
+    assert (ids1, mask1) == conversation_ids(tok, render_turns(
+        {"images": one["scenes"], "turns": one["turns"]}), [457], end_id)
+    assert pos1 == list(range(len(ids1))) and not any(br1)
+    # a plain sample in the same batch keeps arange positions and branch 0
+    batch.append({"hd": [], "grid": [], "ids": [5, 6, 7, 8], "mask": [0, 0, 1, 1]})
+    bt = make_batch(batch)
+    L = bt["ids"].shape[1]
+    for b, x in enumerate(batch):
+        k = len(x["ids"])
+        want_pos = x.get("pos", list(range(k)))
+        assert bt["pos"][b, :k].tolist() == want_pos
+        assert bt["pos"][b, k:].tolist() == list(range(max(want_pos) + 1,
+                                                        max(want_pos) + 1 + L - k))
+        assert bt["branch"][b, :k].tolist() == x.get("branch", [0] * k)
+        assert not bt["branch"][b, k:].any()
+    m = branch_mask(bt["branch"].long())
+    assert m.shape == (len(batch), 1, L, L)
+    for b, x in enumerate(batch):
+        br = bt["branch"][b].long()
+        for i in range(0, L, 7):
+            for j in range(0, L, 5):
+                want = j <= i and (int(br[j]) == 0 or int(br[j]) == int(br[i]))
+                assert bool(m[b, 0, i, j]) == want, (b, i, j)
+    assert torch.equal(m[-1, 0], torch.tril(torch.ones(L, L, dtype=torch.bool)))
+    tot = sum(per_type.values())
+    print("self-test: branched samples (%s tokenizer): %d samples, %.1f branches each "
+          "(%s); answers %s" % (name, sum(nb.values()), tot / sum(nb.values()),
+                                ", ".join("%d: %d" % kv for kv in sorted(nb.items())),
+                                ", ".join("%s %.0f%%" % (k, 100 * v / tot)
+                                          for k, v in sorted(per_type.items()))))
+
+
+def check_branches(lm, tok, dev, n=4, seed=5):
+    """On the training model (before training, float32, the attention
+    implementation training uses): at every supervised position of a
+    branched sequence (branch_mask, position ids) the logits are those of
+    the branch's single-question conversation run alone without a mask; and
+    without the mask they are not (so the check can fail). Random vectors
+    stand in for the image rows (the same ones in both runs). Raises on a
+    mismatch; returns the largest difference."""
+    rng = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
+    end_id = tok.token_to_id("<|end|>")
+    E = lm.get_input_embeddings()
+    img = torch.randn(200, E.weight.shape[1], generator=g).to(dev)
+    worst, unmasked = 0.0, 0.0
+
+    def run(seq, mask=None, pos=None):
+        a = torch.tensor(seq, device=dev)
+        x = E(a.clamp(min=0)).float()
+        x[a < 0] = img[:int((a < 0).sum())]
+        kw = {}
+        if mask is not None:
+            kw["attention_mask"] = mask
+        if pos is not None:
+            kw["position_ids"] = torch.tensor(pos, device=dev)[None]
+        h = lm.model(inputs_embeds=x[None], use_cache=False, **kw).last_hidden_state[0]
+        return lm.lm_head(h).float()
+
+    done = 0
+    with torch.no_grad():
+        while done < n:
+            s = branched_sample(rng)
+            if s["tag"] != "branched" or len(s["turns"]) < 3:
+                continue
+            ids, mask, pos, br = branched_ids(tok, s, [200], end_id)
+            brt = torch.tensor(br, device=dev)[None]
+            full = run(ids, branch_mask(brt), pos)
+            free = run(ids, None, pos)
+            p = br.index(1)
+            for b, t in enumerate(s["turns"], 1):
+                one, m1 = conversation_ids(
+                    tok, render_turns({"images": s["scenes"], "turns": [t]}), [200], end_id)
+                want = run(one)
+                idx = list(range(p)) + [j for j in range(len(br)) if br[j] == b]
+                rows = [k for k in range(len(one) - 1) if m1[k + 1]]
+                got = full[[idx[k] for k in rows]]
+                scale = float(want[rows].abs().max())
+                d = float((got - want[rows]).abs().max()) / scale
+                worst = max(worst, d)
+                if b > 1:
+                    unmasked = max(unmasked, float((free[[idx[k] for k in rows]]
+                                                    - want[rows]).abs().max()) / scale)
+            done += 1
+    if not worst < 1e-4 or not unmasked > 1e-3:
+        raise RuntimeError("branched logits against single conversations: %.3g (unmasked "
+                           "%.3g)" % (worst, unmasked))
+    print("check: branched logits equal the single conversations' (largest difference "
+          "%.2g of the largest logit; %.2g without the mask)" % (worst, unmasked), flush=True)
+    return worst
 
 
 def self_test():
@@ -1019,7 +1477,14 @@ def self_test():
         assert (bt["img_pos"] // L == b).sum() == sum(1 for i in s["ids"] if i < 0)
         assert n <= L
     print("self-test: batched glue == hd_glue on", len(want), "rows; loss positions ok")
+    conv = torch.nn.Conv2d(3, 8, PATCH, PATCH, bias=False).double()
+    px = torch.randn(2, 3, CROP, CROP, dtype=torch.float64)
+    want = conv(px)
+    conv_as_matmul(conv)
+    assert torch.allclose(conv(px), want, rtol=0, atol=1e-12), "conv_as_matmul"
+    print("self-test: the patch embedding as a matrix product equals the convolution")
     self_test_mix()
+    self_test_branches()
     self_test_labels()
     self_test_aux_loss()
 
@@ -1586,9 +2051,9 @@ def training_mix(n, seed):
     prior = defaultdict(Counter)
     for _ in range(n):
         s = training_sample(rng)
-        if s["tag"] == "packed":
-            src = "packed"
-            prior["shapes per packed scene"][len(s["scenes"][0].shapes)] += 1
+        if s["tag"] in ("packed", "branched"):
+            src = s["tag"]
+            prior["shapes per %s scene" % src][len(s["scenes"][0].shapes)] += 1
             turns = [(t["type"], t) for t in s["turns"]]
         elif s["tag"] in scenes.QUESTION_TYPES:
             src = "single"
@@ -1836,7 +2301,9 @@ def main():
     ap.add_argument("--no-eval", action="store_true")
     ap.add_argument("--init", help="continue training from an exported model folder")
     ap.add_argument("--warmup", type=int, default=150)
-    ap.add_argument("--profile", action="store_true", help="time each phase (synchronising)")
+    ap.add_argument("--profile", action="store_true",
+                    help="time each phase (synchronising), and print torch.profiler's kernel "
+                         "table of the ten steps after the warm-up")
     ap.add_argument("--pool", type=int, default=4,
                     help="batches' worth of samples sorted by length together")
     ap.add_argument("--self-test", action="store_true",
@@ -1878,9 +2345,22 @@ def main():
                     help="train on the count_then_detail variant whose last yes/no is "
                          "balanced instead of scenes' own, as the suites ask it (the default, "
                          "the shipped model's mix)")
+    ap.add_argument("--packed-mode", choices=PACKED_MODES, default="turns",
+                    help="ask a packed sample's questions as consecutive turns (default, the "
+                         "shipped model's mix) or as branches that see the image and "
+                         "themselves only (docs/demo.md, \"Branched questions\")")
+    ap.add_argument("--step-impl", choices=["plain", "fast"], default="plain",
+                    help="the training step: plain (default, the shipped model's run) or fast "
+                         "(cuDNN attention off, a causal SDPA for the decoder, the tower "
+                         "without its unused last layer, the patch embedding as a matrix "
+                         "product, fused AdamW; checked against plain at start-up; 12%% more "
+                         "steps in the time limit, docs/demo.md)")
+    ap.add_argument("--lm-layers", type=int, default=LMCFG["num_hidden_layers"],
+                    help="decoder layers (default %d, the shipped model's; with --init, the "
+                         "layers of that model's config.json)" % LMCFG["num_hidden_layers"])
     ap.add_argument("--out")
     args = ap.parse_args()
-    set_mix(args.packed_rule, args.balanced_dialogues)
+    set_mix(args.packed_rule, args.balanced_dialogues, args.packed_mode)
     if args.self_test:
         self_test()
         return
@@ -1919,6 +2399,10 @@ def main():
           flush=True)
 
     R.LM["pad_token_id"] = tok.token_to_id("<|endoftext|>")
+    if args.init:
+        args.lm_layers = json.load(open(os.path.join(args.init, "config.json")))[
+            "num_hidden_layers"]
+    LMCFG["num_hidden_layers"] = args.lm_layers
     clip, lm, glue = build(vocab_rows)
     if args.init:
         from safetensors.torch import load_file
@@ -1943,6 +2427,14 @@ def main():
     aux_on = args.aux_weight > 0
     heads = (AuxHeads(VISION["hidden_size"], rel=args.rel_weight > 0).to(dev).train()
              if aux_on else None)
+    restore_tower = None
+    if args.step_impl == "fast":
+        ref = copy.deepcopy(clip)  # never called: records hidden states as a fresh tower
+        restore_tower = check_fast_step(clip, ref, dev, fast_step(clip))
+        del ref
+        use_causal_attention(lm, dev)
+    if PACKED_MODE[0] == "branched":
+        check_branches(lm, tok, dev)
     fwd_clip, fwd_lm = clip.forward, lm.model.forward
     if args.compile:
         clip.forward = torch.compile(fwd_clip, dynamic=True)
@@ -1954,7 +2446,8 @@ def main():
         print(f"aux heads: {sum(p.numel() for p in heads.parameters())} params (not exported), "
               f"weight {args.aux_weight} (char {args.char_weight}, relational "
               f"{args.rel_weight}), patch labels by {args.patch_label}", flush=True)
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01,
+                            fused=args.step_impl == "fast")
     warm = args.warmup
     if args.auto_steps:
         if args.time_limit >= 1e8:
@@ -2004,6 +2497,15 @@ def main():
             print(f"auto steps: {rate:.2f} steps/s over steps {warm}-{step}, {left:.0f}s left: "
                   f"the cosine ends at step {args.steps} (repeat with --steps {args.steps} "
                   f"--hold {hold})", flush=True)
+        if args.profile and step == warm:  # ten steps under torch.profiler
+            tprof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                       torch.profiler.ProfilerActivity.CUDA])
+            tprof.__enter__()
+        if args.profile and step == warm + 10:
+            torch.cuda.synchronize()
+            tprof.__exit__(None, None, None)
+            print(tprof.key_averages().table(sort_by="cuda_time_total", row_limit=40),
+                  flush=True)
         ta = time.time()
         bt = next(it)
         tb = time.time()
@@ -2091,6 +2593,8 @@ def main():
         print("no plot:", e)
 
     demo_dir = os.path.join(args.out, "demo")
+    if restore_tower:
+        restore_tower()
     export(clip, lm, glue, tok_json, demo_dir)
     check_exported_names(os.path.join(demo_dir, "model.safetensors"),
                          os.path.join(repo_root(), "models", "demo", "model.safetensors"))
@@ -2127,6 +2631,13 @@ def check_exported_names(new, old):
         print("no", old, "to compare tensor names with", flush=True)
         return
     a, b = safetensors_names(new), safetensors_names(old)
+    # a deeper or shallower decoder (--lm-layers) has the same names per layer
+    strip = (lambda names: sorted({re.sub(r"\.layers\.\d+\.", ".layers.N.", x)
+                                   for x in names}))
+    if len(a) != len(b) and strip(a) == strip(b):
+        print(f"exported tensor names: the names of models/demo per layer ({len(a)} "
+              f"tensors, models/demo {len(b)})", flush=True)
+        return
     if a != b:
         raise SystemExit("exported tensor names differ from models/demo: extra %s, missing %s"
                          % (sorted(set(a) - set(b))[:5], sorted(set(b) - set(a))[:5]))

@@ -18,9 +18,12 @@
 # the schedule over the steps that fit it).
 # REL_WEIGHT (default 0) is train_demo.py's --rel-weight (0: no relational
 # heads). PACKED_RULE (default answer) is its --packed-rule;
-# BALANCED_DIALOGUES=1 adds --balanced-dialogues. The defaults (PACKED_RULE
-# answer, no BALANCED_DIALOGUES) are the shipped model's mix, sample for
-# sample.
+# BALANCED_DIALOGUES=1 adds --balanced-dialogues; PACKED_MODE (default turns)
+# is its --packed-mode (branched: the packed questions as branches, each
+# seeing the image and itself only). The defaults (PACKED_RULE answer, no
+# BALANCED_DIALOGUES, PACKED_MODE turns) are the shipped model's mix, sample
+# for sample. LM_LAYERS (default 4, the shipped model's) is its --lm-layers,
+# STEP_IMPL (default plain, the shipped model's) its --step-impl.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/demo-train-out}
@@ -44,12 +47,15 @@ train)
   python3 $T --seed 1 --steps 3300 --auto-steps --time-limit "${TIME_LIMIT:-465}" \
     --batch 128 --lr 2e-3 \
     --workers 15 --compile --char-weight 2 --rel-weight "${REL_WEIGHT:-0}" \
-    --packed-rule "${PACKED_RULE:-answer}" ${gen[@]+"${gen[@]}"} \
+    --packed-rule "${PACKED_RULE:-answer}" --packed-mode "${PACKED_MODE:-turns}" \
+    --lm-layers "${LM_LAYERS:-4}" --step-impl "${STEP_IMPL:-plain}" \
+    ${gen[@]+"${gen[@]}"} \
     --no-eval --out "$RUN" >"$OUT/train.txt" 2>&1
   rc=$?
   mkdir -p "$OUT/run"
   cp -r "$RUN/demo" "$RUN/train_log.json" "$RUN/loss.png" "$OUT/run/" 2>/dev/null
-  grep -E "auto steps|^step [0-9]+ |rel loss|trained|exported|total" "$OUT/train.txt" | tail -40
+  grep -E "check:|auto steps|^step [0-9]+ |rel loss|trained|exported|total|Error" "$OUT/train.txt" |
+    tail -40
   exit $rc
   ;;
 eval)
