@@ -1130,6 +1130,10 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("suites", help="write the held-out smoke and context suites")
     p.add_argument("--seed", type=int, default=777)
+    p.add_argument("--smoke-per-type", type=int, default=13,
+                   help="smoke cases per question type (13: the committed suite)")
+    p.add_argument("--ctx-per-type", type=int, default=7,
+                   help="conversations per dialogue type (7: the committed suite)")
     p.add_argument("--out", required=True)
     p = sub.add_parser("preview", help="write n training samples as PNG + JSON")
     p.add_argument("--seed", type=int, default=1)
@@ -1143,7 +1147,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
 
     if a.cmd == "suites":
-        n, m = write_suites(a.seed, a.out)
+        n, m = write_suites(a.seed, a.out, a.smoke_per_type, a.ctx_per_type)
         print("wrote %d smoke cases and %d context conversations under %s" % (n, m, a.out))
     elif a.cmd == "preview":
         os.makedirs(a.out, exist_ok=True)

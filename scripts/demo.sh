@@ -26,6 +26,7 @@ echo
 echo "== vlmtest merge (both runs, one report)"
 step "$bin" merge "$out/$id-smoke" "$out/$id-context" --out "$out/$id"
 echo
-# The per-suite table of the merged report (context: whole conversations and turns).
+# The per-suite and per-tag tables of the merged report (context: whole
+# conversations and turns; the tags are the question and dialogue types).
 sed -n '/^## Summary per suite/,/^## Models/p' "$out/$id/report.md" | sed '$d'
 echo "report: $out/$id/report.html"

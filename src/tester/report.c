@@ -120,6 +120,90 @@ static void set_max(cJSON *o, const char *k, double v) {
     cJSON_AddNumberToObject(o, k, v);
 }
 
+/* Per tag: a suite keeps the counts of up to MAX_TAGS distinct tags (a
+ * suite of many cases with a tag of their own, such as an image size, would
+ * otherwise make this quadratic); later new tags are left out and the suite
+ * says so ("tags_truncated"). */
+#define MAX_TAGS 256
+
+/* Count a case under each distinct tag it carries (tags[] of its record) in
+ * the suite entry s: cases, passed, turns scored and passed. false: out of
+ * memory. */
+static bool count_tags(cJSON *s, const cJSON *r, bool passed) {
+    const cJSON *tags = cJSON_GetObjectItemCaseSensitive(r, "tags");
+    if (!cJSON_IsArray(tags) || cJSON_GetArraySize(tags) == 0) return true;
+    cJSON *tt = cJSON_GetObjectItemCaseSensitive(s, "tags");
+    if (!tt && !tjson_add(s, "tags", tt = cJSON_CreateArray())) return false;
+    const cJSON *tg;
+    int i = 0;
+    cJSON_ArrayForEach(tg, tags) {
+        i++;
+        if (!cJSON_IsString(tg) || !tg->valuestring[0]) continue;
+        bool dup = false; /* ["a", "a"] counts the case once */
+        for (int j = 0; j < i - 1 && !dup; j++) {
+            const cJSON *o = cJSON_GetArrayItem(tags, j);
+            dup = cJSON_IsString(o) && strcmp(o->valuestring, tg->valuestring) == 0;
+        }
+        if (dup) continue;
+        cJSON *e = NULL, *it;
+        cJSON_ArrayForEach(it, tt) {
+            if (strcmp(str_at(it, "tag"), tg->valuestring) == 0) {
+                e = it;
+                break;
+            }
+        }
+        if (!e) {
+            if (cJSON_GetArraySize(tt) >= MAX_TAGS) {
+                if (!cJSON_GetObjectItemCaseSensitive(s, "tags_truncated") &&
+                    !cJSON_AddTrueToObject(s, "tags_truncated"))
+                    return false;
+                continue;
+            }
+            e = cJSON_CreateObject();
+            if (!e || !cJSON_AddStringToObject(e, "tag", tg->valuestring)) {
+                cJSON_Delete(e);
+                return false;
+            }
+            if (!tjson_push(tt, e)) return false;
+        }
+        bump(e, "cases", 1);
+        bump(e, "passed", passed);
+        bump(e, "turns_scored", num_at(r, "turns_scored"));
+        bump(e, "turns_passed", num_at(r, "turns_passed"));
+    }
+    return true;
+}
+
+/* After the counting: a suite's tags carried by fewer than two cases are
+ * dropped (they would repeat the case list), the rest get their pass rate;
+ * no tags left, no "tags". */
+static bool finish_tags(cJSON *s) {
+    cJSON *tt = cJSON_GetObjectItemCaseSensitive(s, "tags");
+    if (!tt) return true;
+    for (int i = cJSON_GetArraySize(tt) - 1; i >= 0; i--) {
+        cJSON *e = cJSON_GetArrayItem(tt, i);
+        double c = num_at(e, "cases");
+        if (c < 2) {
+            cJSON_DeleteItemFromArray(tt, i);
+            continue;
+        }
+        if (!cJSON_AddNumberToObject(e, "pass_rate", num_at(e, "passed") / c)) return false;
+    }
+    if (cJSON_GetArraySize(tt) == 0) cJSON_DeleteItemFromObjectCaseSensitive(s, "tags");
+    return true;
+}
+
+/* Whether any suite of the summary's models has tags left (finish_tags). */
+static bool has_tags(const cJSON *models) {
+    const cJSON *m, *s;
+    cJSON_ArrayForEach(m, models) {
+        cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(m, "suites")) {
+            if (cJSON_GetObjectItemCaseSensitive(s, "tags")) return true;
+        }
+    }
+    return false;
+}
+
 /* "cpu", or "cuda 20/32 layers, vision cpu" from a case's placement. */
 static void placement_text(const cJSON *pl, char *out, size_t cap) {
     const char *dev = str_at(pl, "device");
@@ -263,6 +347,7 @@ vlm_status tester_report_summary(const cJSON *records, cJSON **out, vlm_err *err
         bump(s, "turns_passed", num_at(r, "turns_passed"));
         bump(m, "turns_scored", num_at(r, "turns_scored"));
         bump(m, "turns_passed", num_at(r, "turns_passed"));
+        ok = count_tags(s, r, passed) && ok;
         if (!passed) {
             cJSON *f = cJSON_CreateObject();
             ok = f != NULL;
@@ -297,6 +382,7 @@ vlm_status tester_report_summary(const cJSON *records, cJSON **out, vlm_err *err
         cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(m, "suites")) {
             double sc = num_at(s, "cases");
             cJSON_AddNumberToObject(s, "pass_rate", sc > 0 ? num_at(s, "passed") / sc : 0);
+            ok = finish_tags(s) && ok;
         }
     }
     char now[32];
@@ -411,6 +497,36 @@ static char *render_md(const cJSON *sum) {
             tsb_printf(&b, " | %d | %d | %.1f%% | %d/%d |\n", (int)num_at(s, "cases"),
                        (int)num_at(s, "passed"), 100 * num_at(s, "pass_rate"),
                        (int)num_at(s, "turns_passed"), (int)num_at(s, "turns_scored"));
+        }
+    }
+    if (has_tags(models)) {
+        tsb_puts(&b, "\n## Pass rate per tag\n\nTags that two or more cases of a suite carry."
+                     "\n\n| model | suite | tag | cases | passed | pass rate | turns passed |\n"
+                     "|---|---|---|---|---|---|---|\n");
+        cJSON_ArrayForEach(m, models) {
+            const cJSON *s;
+            cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(m, "suites")) {
+                const cJSON *e;
+                cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(s, "tags")) {
+                    tsb_puts(&b, "| ");
+                    md_cell(&b, str_at(m, "model"));
+                    tsb_puts(&b, " | ");
+                    md_cell(&b, str_at(s, "suite"));
+                    tsb_puts(&b, " | ");
+                    md_cell(&b, str_at(e, "tag"));
+                    tsb_printf(&b, " | %d | %d | %.1f%% | %d/%d |\n", (int)num_at(e, "cases"),
+                               (int)num_at(e, "passed"), 100 * num_at(e, "pass_rate"),
+                               (int)num_at(e, "turns_passed"), (int)num_at(e, "turns_scored"));
+                }
+                if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(s, "tags_truncated"))) {
+                    tsb_puts(&b, "| ");
+                    md_cell(&b, str_at(m, "model"));
+                    tsb_puts(&b, " | ");
+                    md_cell(&b, str_at(s, "suite"));
+                    tsb_printf(&b, " | (more than %d tags: the rest left out) | | | | |\n",
+                               MAX_TAGS);
+                }
+            }
         }
     }
     tsb_puts(&b, "\n## Models: configuration and memory\n\n");
@@ -887,7 +1003,45 @@ static char *render_html(const cJSON *sum, const cJSON *records) {
                        (int)num_at(s, "turns_scored"));
         }
     }
-    tsb_puts(&b, "</tbody></table>\n<h2>Failures</h2>\n");
+    tsb_puts(&b, "</tbody></table>\n");
+    if (has_tags(models)) {
+        tsb_puts(&b, "<h2>Per tag</h2>\n<p>Tags that two or more cases of a suite carry.</p>\n"
+                     "<table class=\"tags\"><thead><tr><th>model</th><th>suite</th><th>tag</th>"
+                     "<th>cases</th><th>passed</th><th>pass rate</th><th>turns passed</th></tr>"
+                     "</thead><tbody>\n");
+        cJSON_ArrayForEach(m, models) {
+            const cJSON *s;
+            cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(m, "suites")) {
+                const cJSON *e;
+                cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(s, "tags")) {
+                    tsb_puts(&b, "<tr><td>");
+                    tsb_html(&b, str_at(m, "model"));
+                    tsb_puts(&b, "</td><td>");
+                    tsb_html(&b, str_at(s, "suite"));
+                    tsb_puts(&b, "</td><td>");
+                    tsb_html(&b, str_at(e, "tag"));
+                    tsb_printf(&b,
+                               "</td><td class=\"num\">%d</td><td class=\"num\">%d</td><td "
+                               "class=\"num\">%.1f%%</td><td class=\"num\">%d/%d</td></tr>\n",
+                               (int)num_at(e, "cases"), (int)num_at(e, "passed"),
+                               100 * num_at(e, "pass_rate"), (int)num_at(e, "turns_passed"),
+                               (int)num_at(e, "turns_scored"));
+                }
+                if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(s, "tags_truncated"))) {
+                    tsb_puts(&b, "<tr><td>");
+                    tsb_html(&b, str_at(m, "model"));
+                    tsb_puts(&b, "</td><td>");
+                    tsb_html(&b, str_at(s, "suite"));
+                    tsb_printf(&b,
+                               "</td><td colspan=\"5\">more than %d tags: the rest left "
+                               "out</td></tr>\n",
+                               MAX_TAGS);
+                }
+            }
+        }
+        tsb_puts(&b, "</tbody></table>\n");
+    }
+    tsb_puts(&b, "<h2>Failures</h2>\n");
     const cJSON *fails = cJSON_GetObjectItemCaseSensitive(sum, "failures");
     if (cJSON_GetArraySize(fails) == 0)
         tsb_puts(&b, "<p>None.</p>\n");

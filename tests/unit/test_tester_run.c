@@ -396,6 +396,113 @@ static void test_report_alloc_failures(void **state) {
     cJSON_Delete(all);
 }
 
+/* The entry of tag t in suite sn of model mn of a report summary, or NULL. */
+static const cJSON *tag_entry(const cJSON *sum, const char *mn, const char *sn, const char *t) {
+    const cJSON *m, *s, *e;
+    cJSON_ArrayForEach(m, cJSON_GetObjectItem(sum, "models")) {
+        if (strcmp(s_at(m, "model"), mn)) continue;
+        cJSON_ArrayForEach(s, cJSON_GetObjectItem(m, "suites")) {
+            if (strcmp(s_at(s, "suite"), sn)) continue;
+            cJSON_ArrayForEach(e, cJSON_GetObjectItem(s, "tags")) {
+                if (strcmp(s_at(e, "tag"), t) == 0) return e;
+            }
+        }
+    }
+    return NULL;
+}
+
+/* Pass rates per tag: a case counts once under each distinct string tag;
+ * a suite's tags carried by one case are left out; past 256 distinct tags a
+ * suite keeps the first and says it left the rest out; the Markdown and HTML
+ * reports show the table; allocation failures anywhere give a clean
+ * VLM_ERR_NOMEM and no leak. */
+static void test_report_per_tag(void **state) {
+    (void)state;
+    cJSON *all =
+        cJSON_Parse("[{\"type\":\"case\",\"model\":\"m\",\"suite\":\"a\",\"case_id\":\"1\","
+                    "\"status\":\"ok\",\"passed\":true,\"turns_scored\":1,\"turns_passed\":1,"
+                    "\"tags\":[\"colour\",\"10x10\",\"colour\"]},"
+                    "{\"type\":\"case\",\"model\":\"m\",\"suite\":\"a\",\"case_id\":\"2\","
+                    "\"status\":\"ok\",\"passed\":false,\"turns_scored\":1,\"turns_passed\":0,"
+                    "\"tags\":[\"colour\",\"20x20\",7]},"
+                    "{\"type\":\"case\",\"model\":\"m\",\"suite\":\"a\",\"case_id\":\"3\","
+                    "\"status\":\"ok\",\"passed\":true,\"turns_scored\":1,\"turns_passed\":1,"
+                    "\"tags\":[\"Colour\"]},"
+                    "{\"type\":\"case\",\"model\":\"m\",\"suite\":\"b\",\"case_id\":\"1\","
+                    "\"status\":\"ok\",\"passed\":true,\"turns_scored\":3,\"turns_passed\":2,"
+                    "\"tags\":[\"colour\"]},"
+                    "{\"type\":\"case\",\"model\":\"m\",\"suite\":\"b\",\"case_id\":\"2\","
+                    "\"status\":\"ok\",\"passed\":false,\"turns_scored\":2,\"turns_passed\":1,"
+                    "\"tags\":[\"colour\"]}]");
+    assert_non_null(all);
+    /* suite c: 300 cases, each with a tag of its own and the shared "all" */
+    for (int i = 0; i < 300; i++) {
+        char rec[256];
+        snprintf(rec, sizeof rec,
+                 "{\"type\":\"case\",\"model\":\"m\",\"suite\":\"c\",\"case_id\":\"%d\","
+                 "\"status\":\"ok\",\"passed\":%s,\"turns_scored\":1,\"turns_passed\":%d,"
+                 "\"tags\":[\"all\",\"own-%d\"]}",
+                 i, i % 3 ? "true" : "false", i % 3 ? 1 : 0, i);
+        cJSON *r = cJSON_Parse(rec);
+        assert_non_null(r);
+        cJSON_AddItemToArray(all, r);
+    }
+    cJSON *sum;
+    vlm_err e;
+    assert_int_equal(tester_report_summary(all, &sum, &e), VLM_OK);
+    const cJSON *ca = tag_entry(sum, "m", "a", "colour");
+    assert_non_null(ca);
+    assert_int_equal((int)n_at(ca, "cases"), 2); /* the repeated tag counts once */
+    assert_int_equal((int)n_at(ca, "passed"), 1);
+    assert_true(n_at(ca, "pass_rate") == 0.5);
+    assert_null(tag_entry(sum, "m", "a", "10x10"));  /* one case: left out */
+    assert_null(tag_entry(sum, "m", "a", "Colour")); /* tags match exactly */
+    const cJSON *cb = tag_entry(sum, "m", "b", "colour");
+    assert_non_null(cb);
+    assert_int_equal((int)n_at(cb, "turns_scored"), 5);
+    assert_int_equal((int)n_at(cb, "turns_passed"), 3);
+    const cJSON *all_c = tag_entry(sum, "m", "c", "all");
+    assert_non_null(all_c);
+    assert_int_equal((int)n_at(all_c, "cases"), 300);
+    assert_int_equal((int)n_at(all_c, "passed"), 200);
+    assert_null(tag_entry(sum, "m", "c", "own-0"));
+    const cJSON *m0 = cJSON_GetArrayItem(cJSON_GetObjectItem(sum, "models"), 0);
+    const cJSON *sc = cJSON_GetArrayItem(cJSON_GetObjectItem(m0, "suites"), 2);
+    assert_string_equal(s_at(sc, "suite"), "c");
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItem(sc, "tags_truncated")));
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(sc, "tags")), 1);
+    cJSON_Delete(sum);
+    /* the written reports show the table */
+    assert_int_equal(mkdir(p("tags"), 0755), 0);
+    assert_int_equal(tester_report_write(p("tags"), all, NULL, &e), VLM_OK);
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && grep -q '^## Pass rate per tag' report.md && "
+             "grep -q '^| m | a | colour | 2 | 1 | 50.0%% | 1/2 |$' report.md && "
+             "grep -q '^| m | c | (more than 256 tags' report.md && "
+             "grep -q '<h2>Per tag</h2>' report.html && ! grep -q 'own-1' report.md",
+             p("tags"));
+    assert_int_equal(system(cmd), 0);
+    /* allocation failures while counting and rendering the tags */
+    uint64_t a0 = vlm_alloc_count();
+    assert_int_equal(tester_report_write(p("tags"), all, NULL, &e), VLM_OK);
+    uint64_t need = vlm_alloc_count() - a0;
+    for (uint64_t n = 1; n <= need + 1; n += n < 1500 ? 1 : 97) {
+        vlm_mem_stats s0, s1;
+        vlm_alloc_get_stats(&s0);
+        vlm_alloc_fail_at(vlm_alloc_count() + n, false);
+        vlm_status st = tester_report_write(p("tags"), all, NULL, &e);
+        vlm_alloc_fail_at(0, false);
+        if (st != VLM_OK && st != VLM_ERR_NOMEM)
+            fail_msg("fail at +%llu: %s", (unsigned long long)n, e.msg);
+        vlm_alloc_get_stats(&s1);
+        if (s1.live_blocks != s0.live_blocks)
+            fail_msg("fail at +%llu: %lld blocks leaked", (unsigned long long)n,
+                     (long long)(s1.live_blocks - s0.live_blocks));
+    }
+    cJSON_Delete(all);
+}
+
 static void test_name_selection_case_insensitive(void **state) {
     (void)state;
     const char *m[] = {"Phi-3.5-Vision-Instruct", "other"};
@@ -932,6 +1039,7 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_scorer_pass_and_fail),
         cmocka_unit_test(test_report_alloc_failures),
+        cmocka_unit_test(test_report_per_tag),
         cmocka_unit_test(test_name_selection_case_insensitive),
         cmocka_unit_test(test_bad_input_before_any_model),
         cmocka_unit_test(test_crash_recorded_next_model_runs),
