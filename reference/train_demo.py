@@ -266,6 +266,16 @@ def _said(text):
     return w | {x[:-1] for x in w if x[:-1] in scenes.KINDS}
 
 
+def packed_scene(rng, p_count):
+    """The scene of a packed or branched sample: a count scene
+    (scenes.make_count_scene) with probability p_count, else 1-4 random
+    shapes, two or more 6 times in 7 (binding questions, extreme, size and
+    position among several, need them); None where the draw failed."""
+    if rng.random() < p_count:
+        return scenes.make_count_scene(rng)
+    return scenes.make_shape_scene(rng, n=rng.choice((1, 2, 2, 3, 3, 4, 4)))
+
+
 def packed_sample(rng, rule=None):
     """Several questions about one shape scene, asked as consecutive turns:
     one image, many supervised answers (the image tokens dominate the cost).
@@ -279,12 +289,7 @@ def packed_sample(rng, rule=None):
     rule = rule or PACKED_RULE
     alt = rule == "alternatives"
     for _ in range(100):
-        # two or more shapes 9 times in 10 (count scenes) or 6 in 7: binding
-        # questions (extreme, size, position among several) need them
-        if rng.random() < P_PACKED_COUNT:
-            sc = scenes.make_count_scene(rng)
-        else:
-            sc = scenes.make_shape_scene(rng, n=rng.choice((1, 2, 2, 3, 3, 4, 4)))
+        sc = packed_scene(rng, P_PACKED_COUNT)
         if sc is None:
             continue
         turns, seen = [], set()
@@ -393,10 +398,7 @@ def branched_sample(rng):
     Count of one kind is asked on count scenes only: about the focus kind
     and, half of the time, about one other kind (its count, often 0)."""
     for _ in range(100):
-        if rng.random() < BRANCH_COUNT_SCENES:
-            sc = scenes.make_count_scene(rng)
-        else:
-            sc = scenes.make_shape_scene(rng, n=rng.choice((1, 2, 2, 3, 3, 4, 4)))
+        sc = packed_scene(rng, BRANCH_COUNT_SCENES)
         if sc is None:
             continue
         qs, keys = [], set()

@@ -371,20 +371,21 @@ static void test_every_scorer_pass_and_fail(void **state) {
 
 /* Reports under allocation failure at every point: success or a clean
  * VLM_ERR_NOMEM, no crash, no leak (ASan build). Uses out1's records. */
-static void test_report_alloc_failures(void **state) {
-    (void)state;
-    cJSON *all = records_of(p("out1"));
+/* tester_report_write of records into dir with the allocation at every
+ * index up to dense failing, then every stride-th to the end (to keep the
+ * test quick): VLM_OK or a clean VLM_ERR_NOMEM, no block leaked. */
+static void sweep_report_alloc_failures(const char *dir, const cJSON *records, uint64_t dense,
+                                        uint64_t stride) {
     uint64_t a0 = vlm_alloc_count();
     vlm_err e;
-    assert_int_equal(tester_report_write(p("out1"), all, NULL, &e), VLM_OK);
+    assert_int_equal(tester_report_write(dir, records, NULL, &e), VLM_OK);
     uint64_t need = vlm_alloc_count() - a0;
     assert_true(need > 10);
-    /* Every index up to 2000, then a stride, to keep the test quick. */
-    for (uint64_t n = 1; n <= need + 1; n += n < 2000 ? 1 : 37) {
+    for (uint64_t n = 1; n <= need + 1; n += n < dense ? 1 : stride) {
         vlm_mem_stats m0, m1;
         vlm_alloc_get_stats(&m0);
         vlm_alloc_fail_at(vlm_alloc_count() + n, false);
-        vlm_status st = tester_report_write(p("out1"), all, NULL, &e);
+        vlm_status st = tester_report_write(dir, records, NULL, &e);
         vlm_alloc_fail_at(0, false);
         if (st != VLM_OK && st != VLM_ERR_NOMEM)
             fail_msg("fail at +%llu: %s", (unsigned long long)n, e.msg);
@@ -393,6 +394,12 @@ static void test_report_alloc_failures(void **state) {
             fail_msg("fail at +%llu: %lld blocks leaked", (unsigned long long)n,
                      (long long)(m1.live_blocks - m0.live_blocks));
     }
+}
+
+static void test_report_alloc_failures(void **state) {
+    (void)state;
+    cJSON *all = records_of(p("out1"));
+    sweep_report_alloc_failures(p("out1"), all, 2000, 37);
     cJSON_Delete(all);
 }
 
@@ -484,22 +491,7 @@ static void test_report_per_tag(void **state) {
              p("tags"));
     assert_int_equal(system(cmd), 0);
     /* allocation failures while counting and rendering the tags */
-    uint64_t a0 = vlm_alloc_count();
-    assert_int_equal(tester_report_write(p("tags"), all, NULL, &e), VLM_OK);
-    uint64_t need = vlm_alloc_count() - a0;
-    for (uint64_t n = 1; n <= need + 1; n += n < 1500 ? 1 : 97) {
-        vlm_mem_stats s0, s1;
-        vlm_alloc_get_stats(&s0);
-        vlm_alloc_fail_at(vlm_alloc_count() + n, false);
-        vlm_status st = tester_report_write(p("tags"), all, NULL, &e);
-        vlm_alloc_fail_at(0, false);
-        if (st != VLM_OK && st != VLM_ERR_NOMEM)
-            fail_msg("fail at +%llu: %s", (unsigned long long)n, e.msg);
-        vlm_alloc_get_stats(&s1);
-        if (s1.live_blocks != s0.live_blocks)
-            fail_msg("fail at +%llu: %lld blocks leaked", (unsigned long long)n,
-                     (long long)(s1.live_blocks - s0.live_blocks));
-    }
+    sweep_report_alloc_failures(p("tags"), all, 1500, 97);
     cJSON_Delete(all);
 }
 
