@@ -427,6 +427,21 @@ def branched_sample(rng):
     return scenes.sample_scenes(rng)
 
 
+def single_ids(tok, sample, turn, ntok, end_id):
+    """ids and loss mask of one turn of a sample asked alone: the
+    single-question conversation a branch stands for."""
+    return conversation_ids(tok, render_turns({"images": sample["scenes"], "turns": [turn]}),
+                            ntok, end_id)
+
+
+def branch_positions(br, b):
+    """Where branch b's single-question conversation lies in a branched
+    sequence with branch numbers br: the prefix, then branch b's tokens (the
+    whole sequence where it has no branches)."""
+    p = br.index(1) if 1 in br else len(br)
+    return list(range(p)) + [j for j in range(p, len(br)) if br[j] == b]
+
+
 def branched_ids(tok, sample, ntok, end_id):
     """ids, loss mask, position ids and branch numbers of a branched sample:
     the longest prefix that every branch's single-question conversation
@@ -435,8 +450,7 @@ def branched_ids(tok, sample, ntok, end_id):
     run on from the prefix in each branch. The prefix holds every image
     token and no supervised one. One question alone is a plain sample
     (branch 0 throughout)."""
-    seqs = [conversation_ids(tok, render_turns({"images": sample["scenes"], "turns": [t]}),
-                             ntok, end_id) for t in sample["turns"]]
+    seqs = [single_ids(tok, sample, t, ntok, end_id) for t in sample["turns"]]
     first = seqs[0][0]
     if len(seqs) == 1:
         return first, seqs[0][1], list(range(len(first))), [0] * len(first)
@@ -1067,9 +1081,14 @@ def phase(name, t0):
 PROFILE = [False]
 
 
+def rel_diff(a, b):
+    """The largest difference of a from b, relative to b's largest value."""
+    return float((a - b).abs().max() / b.abs().max())
+
+
 # --- the fast training step (--step-impl fast) ------------------------------------
 # The step spent much of its time on the host (H100, torch.profiler over ten
-# steps: 93 ms of GPU time a step against 141 ms a step): cuDNN's attention
+# steps: 93 ms of GPU time a step against 140-160 ms a step): cuDNN's attention
 # plans its kernels per shape, and the batches' lengths and crop counts change
 # every step. The fast step leaves cuDNN's attention off (PyTorch's flash and
 # memory-efficient kernels take no plan), gives the decoder a causal SDPA of
@@ -1080,6 +1099,7 @@ PROFILE = [False]
 # matrix product over the unfolded patches, and uses the fused AdamW. The
 # tower and the attention are checked against the plain forms at start-up
 # (check_fast_step, use_causal_attention).
+
 # hidden_states index of the glue's features in the training tower, or
 # "last" for its last hidden state (check_fast_step picks it)
 FEAT_LAYER = [-2]
@@ -1128,7 +1148,6 @@ def fast_step(clip):
     enc, conv = tower_parts(clip)
     full = enc.layers
     enc.layers = full[:-1]
-    TAIL[0] = full[-1]
     FEAT_LAYER[0] = -1
     conv_as_matmul(conv)
 
@@ -1139,24 +1158,22 @@ def fast_step(clip):
     return restore
 
 
-def check_fast_step(clip, ref, dev, restore, n=3):
+def check_fast_step(clip, ref, dev, n=3):
     """The fast step's tower must give the features the full tower gives
     (R.clip_features of ref, a copy of the tower made before its first call,
     with its convolution; float32, random pixels). How transformers records
     hidden states is its own business, so the truncated tower's last hidden
     state and each recorded one are compared with them (printed), and
-    FEAT_LAYER is set to the one that matches; raises if none does.
-    Returns restore."""
+    FEAT_LAYER is set to the one that matches; raises if none does."""
     g = torch.Generator().manual_seed(3)
     pv = torch.randn(n, 3, 336, 336, generator=g).to(dev)
-    rel = (lambda a, b: float((a - b).abs().max() / b.abs().max()))
     with torch.no_grad():
         want = R.clip_features(ref, pv)
         out = clip(pixel_values=pv, output_hidden_states=True)
     hs = out.hidden_states
     cands = [("last", out.last_hidden_state[:, 1:])] + [
         (i - len(hs), hs[i][:, 1:]) for i in range(len(hs) - 1, -1, -1)]
-    table = [(k, rel(v, want)) for k, v in cands]
+    table = [(k, rel_diff(v, want)) for k, v in cands]
     print("check: the truncated tower (patch embedding as a matrix product) against the full "
           "tower's features: %s" % ", ".join("%s %.2g" % kd for kd in table), flush=True)
     hit = [k for k, d in table if d < 1e-4]
@@ -1167,7 +1184,6 @@ def check_fast_step(clip, ref, dev, restore, n=3):
     print("check: the fast step's tower reads %s" % (
         "its last hidden state" if hit[0] == "last" else "hidden_states[%d]" % hit[0]),
         flush=True)
-    return restore
 
 
 def causal_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
@@ -1204,15 +1220,12 @@ def use_causal_attention(lm, dev):
         want = lm.model(inputs_embeds=x, use_cache=False).last_hidden_state
         lm.config._attn_implementation = "demo_causal"
         got = lm.model(inputs_embeds=x, use_cache=False).last_hidden_state
-    d = float((got - want).abs().max() / want.abs().max())
+    d = rel_diff(got, want)
     if not d < 1e-4:
         lm.config._attn_implementation = kept
         raise RuntimeError("causal_attention differs from eager: %.3g" % d)
     print("check: the decoder's causal SDPA gives the eager hidden states (%.2g of the "
           "largest)" % d, flush=True)
-
-
-TAIL = [None]  # the tower's last layer while the fast step leaves it out
 
 
 def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=1.0,
@@ -1324,12 +1337,11 @@ def self_test_branches(n=300):
         assert sum(1 for x in ids if x < 0) == ntok[0] and all(x >= 0 for x in ids[p:])
         n_sup = 0
         for b, t in enumerate(s["turns"], 1):
-            one, m1 = conversation_ids(tok, render_turns({"images": s["scenes"], "turns": [t]}),
-                                       ntok, end_id)
-            idx = [j for j in range(len(br)) if br[j] == b] if len(s["turns"]) > 1 else []
-            assert ids[:p] + [ids[j] for j in idx] == one, (b, t)
-            assert [pos[j] for j in idx] == list(range(p, len(one)))
-            assert mask[:p] + [mask[j] for j in idx] == m1
+            one, m1 = single_ids(tok, s, t, ntok, end_id)
+            idx = branch_positions(br, b)
+            assert [ids[j] for j in idx] == one, (b, t)
+            assert [pos[j] for j in idx] == list(range(len(one)))
+            assert [mask[j] for j in idx] == m1
             n_sup += sum(m1)
             per_type[t["type"]] += 1
         assert sum(mask) == n_sup
@@ -1339,8 +1351,7 @@ def self_test_branches(n=300):
                           "branch": br})
     one = dict(s, turns=s["turns"][:1])
     ids1, mask1, pos1, br1 = branched_ids(tok, one, [457], end_id)
-    assert (ids1, mask1) == conversation_ids(tok, render_turns(
-        {"images": one["scenes"], "turns": one["turns"]}), [457], end_id)
+    assert (ids1, mask1) == single_ids(tok, one, one["turns"][0], [457], end_id)
     assert pos1 == list(range(len(ids1))) and not any(br1)
     # a plain sample in the same batch keeps arange positions and branch 0
     batch.append({"hd": [], "grid": [], "ids": [5, 6, 7, 8], "mask": [0, 0, 1, 1]})
@@ -1378,7 +1389,7 @@ def check_branches(lm, tok, dev, n=4, seed=5):
     the branch's single-question conversation run alone without a mask; and
     without the mask they are not (so the check can fail). Random vectors
     stand in for the image rows (the same ones in both runs). Raises on a
-    mismatch; returns the largest difference."""
+    mismatch."""
     rng = random.Random(seed)
     g = torch.Generator().manual_seed(seed)
     end_id = tok.token_to_id("<|end|>")
@@ -1408,27 +1419,21 @@ def check_branches(lm, tok, dev, n=4, seed=5):
             brt = torch.tensor(br, device=dev)[None]
             full = run(ids, branch_mask(brt), pos)
             free = run(ids, None, pos)
-            p = br.index(1)
             for b, t in enumerate(s["turns"], 1):
-                one, m1 = conversation_ids(
-                    tok, render_turns({"images": s["scenes"], "turns": [t]}), [200], end_id)
-                want = run(one)
-                idx = list(range(p)) + [j for j in range(len(br)) if br[j] == b]
+                one, m1 = single_ids(tok, s, t, [200], end_id)
+                idx = branch_positions(br, b)
                 rows = [k for k in range(len(one) - 1) if m1[k + 1]]
-                got = full[[idx[k] for k in rows]]
-                scale = float(want[rows].abs().max())
-                d = float((got - want[rows]).abs().max()) / scale
-                worst = max(worst, d)
+                want = run(one)[rows]
+                at = [idx[k] for k in rows]
+                worst = max(worst, rel_diff(full[at], want))
                 if b > 1:
-                    unmasked = max(unmasked, float((free[[idx[k] for k in rows]]
-                                                    - want[rows]).abs().max()) / scale)
+                    unmasked = max(unmasked, rel_diff(free[at], want))
             done += 1
     if not worst < 1e-4 or not unmasked > 1e-3:
         raise RuntimeError("branched logits against single conversations: %.3g (unmasked "
                            "%.3g)" % (worst, unmasked))
     print("check: branched logits equal the single conversations' (largest difference "
           "%.2g of the largest logit; %.2g without the mask)" % (worst, unmasked), flush=True)
-    return worst
 
 
 def self_test():
@@ -2432,7 +2437,8 @@ def main():
     restore_tower = None
     if args.step_impl == "fast":
         ref = copy.deepcopy(clip)  # never called: records hidden states as a fresh tower
-        restore_tower = check_fast_step(clip, ref, dev, fast_step(clip))
+        restore_tower = fast_step(clip)
+        check_fast_step(clip, ref, dev)
         del ref
         use_causal_attention(lm, dev)
     if PACKED_MODE[0] == "branched":
@@ -2502,10 +2508,10 @@ def main():
         if args.profile and step == warm:  # ten steps under torch.profiler
             tprof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                                        torch.profiler.ProfilerActivity.CUDA])
-            tprof.__enter__()
+            tprof.start()
         if args.profile and step == warm + 10:
             torch.cuda.synchronize()
-            tprof.__exit__(None, None, None)
+            tprof.stop()
             print(tprof.key_averages().table(sort_by="cuda_time_total", row_limit=40),
                   flush=True)
         ta = time.time()
