@@ -143,9 +143,25 @@ def turn_images(sample):
     return out
 
 
+# Where a turn's image tags go: in front of its text (the C session's
+# default, the shipped model's) or after it ("after": the question first, so
+# that the image's tokens can attend to the question; the suites' key
+# "images": "after" asks the C session for the same).
+IMAGE_PLACES = ("front", "after")
+IMAGE_PLACE = ["front"]
+
+
+def with_images(tags, prompt):
+    """A user turn's text with its image tags ("<|image_N|>\\n" each) placed
+    as IMAGE_PLACE says: tags + prompt, or prompt + "\\n" + tags."""
+    if tags and IMAGE_PLACE[0] == "after":
+        return prompt + "\n" + tags
+    return tags + prompt
+
+
 def render_turns(sample):
-    """Number the images across the conversation and put their tags in front
-    of the turn's text, as the C session does."""
+    """Number the images across the conversation and place their tags with
+    the turn's text (with_images), as the C session does."""
     out = []
     n = 0
     for turn, imgs in zip(sample["turns"], turn_images(sample)):
@@ -153,7 +169,7 @@ def render_turns(sample):
         for _ in range(len(imgs)):
             n += 1
             tags += f"<|image_{n}|>\n"
-        out.append((tags + turn["prompt"], turn.get("answer", "")))
+        out.append((with_images(tags, turn["prompt"]), turn.get("answer", "")))
     return out
 
 
@@ -489,7 +505,7 @@ TRAIN_DIALOGUES = {"count_then_detail": d_count_then_detail_balanced}
 BALANCED_DIALOGUES = [False]
 
 
-def set_mix(packed_rule, balanced_dialogues, packed_mode=None):
+def set_mix(packed_rule, balanced_dialogues, packed_mode=None, image_place=None):
     """The mix options of the command line, for this process (the data
     workers call it again: SceneStream)."""
     global PACKED_RULE
@@ -499,6 +515,9 @@ def set_mix(packed_rule, balanced_dialogues, packed_mode=None):
     if packed_mode is not None:
         assert packed_mode in PACKED_MODES, packed_mode
         PACKED_MODE[0] = packed_mode
+    if image_place is not None:
+        assert image_place in IMAGE_PLACES, image_place
+        IMAGE_PLACE[0] = image_place
 
 
 def training_sample(rng, packed_rule=None):
@@ -835,7 +854,7 @@ class SceneStream(torch.utils.data.IterableDataset):
         self.aux, self.label_mode = aux, label_mode
         self.mix = (packed_rule or PACKED_RULE,
                     BALANCED_DIALOGUES[0] if balanced_dialogues is None else balanced_dialogues,
-                    PACKED_MODE[0])
+                    PACKED_MODE[0], IMAGE_PLACE[0])
 
     def sample(self, rng, tok, end_id):
         s = training_sample(rng)
@@ -1492,8 +1511,40 @@ def self_test():
     print("self-test: the patch embedding as a matrix product equals the convolution")
     self_test_mix()
     self_test_branches()
+    self_test_image_place()
     self_test_labels()
     self_test_aux_loss()
+
+
+def self_test_image_place():
+    """--images after: a turn's image tokens follow its question, and the
+    chunk after them starts with BOS, as the processor splits the text;
+    later turns without images are rendered as in front."""
+    tok, _ = demo_tokenizer()
+    end_id, bos = tok.token_to_id("<|end|>"), tok.encode("", add_special_tokens=True).ids[0]
+    sample = {"images": [None], "turns": [{"prompt": "What colour is the star?",
+                                           "n_images_before": 1, "answer": "red"},
+                                          {"prompt": "Is it big?", "n_images_before": 1,
+                                           "answer": "no"}]}
+    seqs = {}
+    for place in IMAGE_PLACES:
+        kept = IMAGE_PLACE[0]
+        IMAGE_PLACE[0] = place
+        try:
+            seqs[place] = conversation_ids(tok, render_turns(sample), [5], end_id)
+        finally:
+            IMAGE_PLACE[0] = kept
+    front, after = seqs["front"][0], seqs["after"][0]
+    q = tok.encode("What colour is the star?", add_special_tokens=False).ids
+    img = [i for i, t in enumerate(after) if t < 0]
+    assert len(img) == 5 and img == list(range(img[0], img[0] + 5)), img
+    first_q = next(i for i in range(len(after)) if after[i:i + len(q)] == q)
+    assert first_q < img[0], "the question does not come first"
+    assert after[img[-1] + 1] == bos, "no BOS after the image"
+    assert sum(1 for t in front if t < 0) == 5
+    assert front.index(-1) < next(i for i in range(len(front)) if front[i:i + len(q)] == q)
+    assert seqs["after"][1].count(1) == seqs["front"][1].count(1), "supervised tokens differ"
+    print("self-test: --images after puts the question before its image, BOS after it")
 
 
 def self_test_mix(n=1500):
@@ -2237,8 +2288,8 @@ def evaluate(clip, lm, glue, tok, suites_dir, dev, out_path):
                     ntoks.append(nt)
                     nimg += 1
                     tags += f"<|image_{nimg}|>\n"
-                head = ("" if ti == 0 else "\n") + "<|user|>\n" + tags + turn["prompt"] + \
-                    "<|end|>\n<|assistant|>\n"
+                head = ("" if ti == 0 else "\n") + "<|user|>\n" + \
+                    with_images(tags, turn["prompt"]) + "<|end|>\n<|assistant|>\n"
                 ids += encode_chunks(tok, head, ti == 0, ntoks, 0)
                 gen = greedy(clip, lm, glue_d, tok, ids, feats, dev, max_new, eos)
                 ans_ids = [g for g in gen if g not in eos]
@@ -2365,9 +2416,19 @@ def main():
     ap.add_argument("--lm-layers", type=int, default=LMCFG["num_hidden_layers"],
                     help="decoder layers (default %d, the shipped model's; with --init, the "
                          "layers of that model's config.json)" % LMCFG["num_hidden_layers"])
+    ap.add_argument("--rope-theta", type=float, default=LMCFG["rope_theta"],
+                    help="the decoder's RoPE base (default %g, the shipped model's; with "
+                         "--init, that model's config.json)" % LMCFG["rope_theta"])
+    ap.add_argument("--images", choices=IMAGE_PLACES, default="front",
+                    help="where a turn's image tags go in training and evaluation: in front of "
+                         "its text (default, the shipped model's) or after it, the question "
+                         "first (docs/demo.md, \"The question first\")")
     ap.add_argument("--out")
     args = ap.parse_args()
-    set_mix(args.packed_rule, args.balanced_dialogues, args.packed_mode)
+    if args.images == "after" and args.packed_mode == "branched":
+        ap.error("--images after and --packed-mode branched: branches share the image "
+                 "prefix, which the question first takes away")
+    set_mix(args.packed_rule, args.balanced_dialogues, args.packed_mode, args.images)
     if args.self_test:
         self_test()
         return
@@ -2407,9 +2468,11 @@ def main():
 
     R.LM["pad_token_id"] = tok.token_to_id("<|endoftext|>")
     if args.init:
-        args.lm_layers = json.load(open(os.path.join(args.init, "config.json")))[
-            "num_hidden_layers"]
+        init_cfg = json.load(open(os.path.join(args.init, "config.json")))
+        args.lm_layers = init_cfg["num_hidden_layers"]
+        args.rope_theta = init_cfg["rope_theta"]
     LMCFG["num_hidden_layers"] = args.lm_layers
+    LMCFG["rope_theta"] = args.rope_theta
     clip, lm, glue = build(vocab_rows)
     if args.init:
         from safetensors.torch import load_file

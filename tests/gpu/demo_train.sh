@@ -23,7 +23,10 @@
 # seeing the image and itself only). The defaults (PACKED_RULE answer, no
 # BALANCED_DIALOGUES, PACKED_MODE turns) are the shipped model's mix, sample
 # for sample. LM_LAYERS (default 4, the shipped model's) is its --lm-layers,
-# STEP_IMPL (default plain, the shipped model's) its --step-impl.
+# STEP_IMPL (default plain, the shipped model's) its --step-impl. IMAGES
+# (default front, the shipped model's) is its --images in both the train and
+# the eval phase (after: each turn's question before its images).
+# ROPE_THETA (default 10000, the shipped model's) is its --rope-theta.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/demo-train-out}
@@ -49,6 +52,7 @@ train)
     --workers 15 --compile --char-weight 2 --rel-weight "${REL_WEIGHT:-0}" \
     --packed-rule "${PACKED_RULE:-answer}" --packed-mode "${PACKED_MODE:-turns}" \
     --lm-layers "${LM_LAYERS:-4}" --step-impl "${STEP_IMPL:-plain}" \
+    --images "${IMAGES:-front}" --rope-theta "${ROPE_THETA:-10000}" \
     ${gen[@]+"${gen[@]}"} \
     --no-eval --out "$RUN" >"$OUT/train.txt" 2>&1
   rc=$?
@@ -63,7 +67,8 @@ eval)
     echo "no $RUN/demo: run PHASE=train on this machine first" >&2
     exit 1
   }
-  python3 $T --eval-only --init "$RUN/demo" --suites suites --out "$RUN" >"$OUT/eval.txt" 2>&1
+  python3 $T --eval-only --init "$RUN/demo" --suites suites --images "${IMAGES:-front}" \
+    --out "$RUN" >"$OUT/eval.txt" 2>&1
   rc=$?
   mkdir -p "$OUT/run"
   cp "$RUN/eval_stats.json" "$RUN/pytorch_answers.jsonl" "$OUT/run/" 2>/dev/null
