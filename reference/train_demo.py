@@ -2419,12 +2419,18 @@ def main():
     ap.add_argument("--rope-theta", type=float, default=LMCFG["rope_theta"],
                     help="the decoder's RoPE base (default %g, the shipped model's; with "
                          "--init, that model's config.json)" % LMCFG["rope_theta"])
+    ap.add_argument("--vision-width", type=int, default=VISION["hidden_size"],
+                    help="the vision tower's width (default %d, the shipped model's; MLP 4x, "
+                         "heads of 32; with --init, that model's config.json)"
+                         % VISION["hidden_size"])
     ap.add_argument("--images", choices=IMAGE_PLACES, default="front",
                     help="where a turn's image tags go in training and evaluation: in front of "
                          "its text (default, the shipped model's) or after it, the question "
                          "first (docs/demo.md, \"The question first\")")
     ap.add_argument("--out")
     args = ap.parse_args()
+    if args.vision_width % 32 or not 64 <= args.vision_width <= 256:
+        ap.error("--vision-width: a multiple of 32 from 64 to 256")
     if args.images == "after" and args.packed_mode == "branched":
         ap.error("--images after and --packed-mode branched: branches share the image "
                  "prefix, which the question first takes away")
@@ -2471,8 +2477,11 @@ def main():
         init_cfg = json.load(open(os.path.join(args.init, "config.json")))
         args.lm_layers = init_cfg["num_hidden_layers"]
         args.rope_theta = init_cfg["rope_theta"]
+        args.vision_width = init_cfg["vision_config"]["hidden_size"]
     LMCFG["num_hidden_layers"] = args.lm_layers
     LMCFG["rope_theta"] = args.rope_theta
+    VISION.update(hidden_size=args.vision_width, intermediate_size=4 * args.vision_width,
+                  num_attention_heads=args.vision_width // 32)
     clip, lm, glue = build(vocab_rows)
     if args.init:
         from safetensors.torch import load_file

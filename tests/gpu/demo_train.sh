@@ -26,7 +26,8 @@
 # STEP_IMPL (default plain, the shipped model's) its --step-impl. IMAGES
 # (default front, the shipped model's) is its --images in both the train and
 # the eval phase (after: each turn's question before its images).
-# ROPE_THETA (default 10000, the shipped model's) is its --rope-theta.
+# ROPE_THETA (default 10000, the shipped model's) is its --rope-theta,
+# VISION_WIDTH (default 128, the shipped model's) its --vision-width.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/demo-train-out}
@@ -53,6 +54,7 @@ train)
     --packed-rule "${PACKED_RULE:-answer}" --packed-mode "${PACKED_MODE:-turns}" \
     --lm-layers "${LM_LAYERS:-4}" --step-impl "${STEP_IMPL:-plain}" \
     --images "${IMAGES:-front}" --rope-theta "${ROPE_THETA:-10000}" \
+    --vision-width "${VISION_WIDTH:-128}" \
     ${gen[@]+"${gen[@]}"} \
     --no-eval --out "$RUN" >"$OUT/train.txt" 2>&1
   rc=$?
