@@ -42,7 +42,7 @@ import scenes  # noqa: E402
 
 SPECIALS = ["<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"]
 RSTRIP = {"<|assistant|>"}
-VISION = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+VISION = dict(hidden_size=192, intermediate_size=768, num_hidden_layers=4, num_attention_heads=6,
               image_size=336, patch_size=14, layer_norm_eps=1e-5, hidden_act="quick_gelu")
 LMCFG = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
              num_key_value_heads=8, rms_norm_eps=1e-5, rope_theta=10000.0,
@@ -2375,10 +2375,10 @@ def main():
                          "answer loss alone as before)")
     ap.add_argument("--char-weight", type=float, default=1.0,
                     help="weight of the character head's loss within the aux loss")
-    ap.add_argument("--rel-weight", type=float, default=0.0,
+    ap.add_argument("--rel-weight", type=float, default=1.0,
                     help="weight of the relational heads (glyph slot, count of the kind, size "
-                         "rank, place) within the aux loss (0, the default: not made; the one "
-                         "H100 run with 1 scored lower, docs/demo.md)")
+                         "rank, place) within the aux loss (default 1, the shipped model's; "
+                         "0: not made, as in the models before it, docs/demo.md)")
     ap.add_argument("--hold", type=int, default=0,
                     help="steps at the peak learning rate after the warm-up, before the cosine")
     ap.add_argument("--auto-steps", action="store_true",
@@ -2407,9 +2407,9 @@ def main():
                     help="ask a packed sample's questions as consecutive turns (default, the "
                          "shipped model's mix) or as branches that see the image and "
                          "themselves only (docs/demo.md, \"Branched questions\")")
-    ap.add_argument("--step-impl", choices=["plain", "fast"], default="plain",
-                    help="the training step: plain (default, the shipped model's run) or fast "
-                         "(cuDNN attention off, a causal SDPA for the decoder, the tower "
+    ap.add_argument("--step-impl", choices=["plain", "fast"], default="fast",
+                    help="the training step: fast (default, the shipped model's run) or plain "
+                         "(fast: cuDNN attention off, a causal SDPA for the decoder, the tower "
                          "without its unused last layer, the patch embedding as a matrix "
                          "product, fused AdamW; checked against plain at start-up; 12%% more "
                          "steps in the time limit, docs/demo.md)")

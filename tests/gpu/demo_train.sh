@@ -14,20 +14,20 @@
 #                 held); $OUT/eval.txt, $OUT/run/{eval_stats.json,
 #                 pytorch_answers.jsonl}
 #   OUT=DIR PHASE=train bash tests/gpu/demo_train.sh
-# TIME_LIMIT (default 465) is its --time-limit in seconds (--auto-steps lays
-# the schedule over the steps that fit it).
-# REL_WEIGHT (default 0) is train_demo.py's --rel-weight (0: no relational
-# heads). PACKED_RULE (default answer) is its --packed-rule;
+# TIME_LIMIT (default 470, the shipped model's) is its --time-limit in
+# seconds (--auto-steps lays the schedule over the steps that fit it).
+# REL_WEIGHT (default 1, the shipped model's) is train_demo.py's
+# --rel-weight (0: no relational heads). PACKED_RULE (default answer) is its --packed-rule;
 # BALANCED_DIALOGUES=1 adds --balanced-dialogues; PACKED_MODE (default turns)
 # is its --packed-mode (branched: the packed questions as branches, each
 # seeing the image and itself only). The defaults (PACKED_RULE answer, no
 # BALANCED_DIALOGUES, PACKED_MODE turns) are the shipped model's mix, sample
 # for sample. LM_LAYERS (default 4, the shipped model's) is its --lm-layers,
-# STEP_IMPL (default plain, the shipped model's) its --step-impl. IMAGES
+# STEP_IMPL (default fast, the shipped model's) its --step-impl. IMAGES
 # (default front, the shipped model's) is its --images in both the train and
 # the eval phase (after: each turn's question before its images).
 # ROPE_THETA (default 10000, the shipped model's) is its --rope-theta,
-# VISION_WIDTH (default 128, the shipped model's) its --vision-width.
+# VISION_WIDTH (default 192, the shipped model's) its --vision-width.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/demo-train-out}
@@ -48,13 +48,13 @@ checks)
 train)
   gen=()
   [ "${BALANCED_DIALOGUES:-0}" = 1 ] && gen=(--balanced-dialogues)
-  python3 $T --seed 1 --steps 3300 --auto-steps --time-limit "${TIME_LIMIT:-465}" \
+  python3 $T --seed 1 --steps 3300 --auto-steps --time-limit "${TIME_LIMIT:-470}" \
     --batch 128 --lr 2e-3 \
-    --workers 15 --compile --char-weight 2 --rel-weight "${REL_WEIGHT:-0}" \
+    --workers 15 --compile --char-weight 2 --rel-weight "${REL_WEIGHT:-1}" \
     --packed-rule "${PACKED_RULE:-answer}" --packed-mode "${PACKED_MODE:-turns}" \
-    --lm-layers "${LM_LAYERS:-4}" --step-impl "${STEP_IMPL:-plain}" \
+    --lm-layers "${LM_LAYERS:-4}" --step-impl "${STEP_IMPL:-fast}" \
     --images "${IMAGES:-front}" --rope-theta "${ROPE_THETA:-10000}" \
-    --vision-width "${VISION_WIDTH:-128}" \
+    --vision-width "${VISION_WIDTH:-192}" \
     ${gen[@]+"${gen[@]}"} \
     --no-eval --out "$RUN" >"$OUT/train.txt" 2>&1
   rc=$?
