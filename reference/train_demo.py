@@ -143,10 +143,10 @@ def turn_images(sample):
     return out
 
 
-# Where a turn's image tags go: in front of its text (the C session's
-# default, the shipped model's) or after it ("after": the question first, so
-# that the image's tokens can attend to the question; the suites' key
-# "images": "after" asks the C session for the same).
+# Where a turn's image tags go: in front of its text (as the C session puts
+# them; the shipped model's) or after it ("after": the question first, so
+# that the image's tokens can attend to the question). The C session has no
+# "after", so a model trained so is evaluated here only (evaluate()).
 IMAGE_PLACES = ("front", "after")
 IMAGE_PLACE = ["front"]
 
@@ -2408,11 +2408,11 @@ def main():
                          "shipped model's mix) or as branches that see the image and "
                          "themselves only (docs/demo.md, \"Branched questions\")")
     ap.add_argument("--step-impl", choices=["plain", "fast"], default="fast",
-                    help="the training step: fast (default, the shipped model's run) or plain "
-                         "(fast: cuDNN attention off, a causal SDPA for the decoder, the tower "
-                         "without its unused last layer, the patch embedding as a matrix "
-                         "product, fused AdamW; checked against plain at start-up; 12%% more "
-                         "steps in the time limit, docs/demo.md)")
+                    help="the training step: fast (default, the shipped model's run: cuDNN "
+                         "attention off, a causal SDPA for the decoder, the tower without its "
+                         "unused last layer, the patch embedding as a matrix product, fused "
+                         "AdamW; checked against plain at start-up; 12%% more steps in the "
+                         "time limit) or plain (docs/demo.md)")
     ap.add_argument("--lm-layers", type=int, default=LMCFG["num_hidden_layers"],
                     help="decoder layers (default %d, the shipped model's; with --init, the "
                          "layers of that model's config.json)" % LMCFG["num_hidden_layers"])
