@@ -727,7 +727,7 @@ static void test_attention_seqs(void **state) {
     attn_seqs_case("seqs few queries 2 x 5", VLM_DTYPE_BF16, 2, 5, 25, 4, 2, 96, true, 20, false);
     /* tensor cores: causal prefill with GQA and partial query (64) and key
      * (32) tiles; a chunk at a later position; the vision case (577 keys,
-     * head_dim 64, crops as sequences); head_dims 16, 80, 128 */
+     * head_dim 64, crops as sequences); head_dims 16, 32, 80, 128 */
     attn_seqs_case("mma prefill 100 GQA bf16", VLM_DTYPE_BF16, 1, 100, 100, 8, 2, 96, true, 0,
                    true);
     attn_seqs_case("mma chunk 70 at pos 40", VLM_DTYPE_F32, 1, 70, 110, 4, 4, 64, true, 40, true);
@@ -735,6 +735,9 @@ static void test_attention_seqs(void **state) {
                    true);
     attn_seqs_case("mma vision 2 x 577 hd64", VLM_DTYPE_F32, 2, 577, 577, 4, 4, 64, false, 0, true);
     attn_seqs_case("mma hd16 33 causal", VLM_DTYPE_F32, 1, 33, 33, 2, 2, 16, true, 0, true);
+    /* the demo model's tower: 6 heads of 32 over 577 keys */
+    attn_seqs_case("mma hd32 demo tower 2 x 577", VLM_DTYPE_BF16, 2, 577, 577, 6, 6, 32, false, 0,
+                   true);
     attn_seqs_case("mma hd80 3 x 40", VLM_DTYPE_BF16, 3, 40, 50, 2, 2, 80, false, 0, true);
     attn_seqs_case("mma hd128 full 47 x 61", VLM_DTYPE_BF16, 1, 47, 61, 2, 1, 128, false, 0, true);
     /* enough blocks of 128 queries for the 8-warp kernel (>= 2 an SM on
