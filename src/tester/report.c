@@ -452,6 +452,58 @@ static void md_cell(tsb *b, const char *s) {
     }
 }
 
+/* The pass-rate tables (per suite, per tag) in Markdown or HTML: a row's
+ * leading text cells, escaped for the format, up to the separator before
+ * the next cell. */
+static void row_cells(tsb *b, bool html, const char *const *cells, int n) {
+    for (int i = 0; i < n; i++) {
+        tsb_puts(b, html ? (i ? "</td><td>" : "<tr><td>") : (i ? " | " : "| "));
+        if (html)
+            tsb_html(b, cells[i]);
+        else
+            md_cell(b, cells[i]);
+    }
+}
+
+/* One row: the text cells, then the entry's cases, passed, pass rate and
+ * turns passed. */
+static void rate_row(tsb *b, bool html, const char *const *cells, int n, const cJSON *e) {
+    row_cells(b, html, cells, n);
+    tsb_printf(b,
+               html ? "</td><td class=\"num\">%d</td><td class=\"num\">%d</td><td "
+                      "class=\"num\">%.1f%%</td><td class=\"num\">%d/%d</td></tr>\n"
+                    : " | %d | %d | %.1f%% | %d/%d |\n",
+               (int)num_at(e, "cases"), (int)num_at(e, "passed"), 100 * num_at(e, "pass_rate"),
+               (int)num_at(e, "turns_passed"), (int)num_at(e, "turns_scored"));
+}
+
+/* The rows of the per-suite table (tags false) or of the per-tag table
+ * (each suite's tags, and a row saying where a suite left tags out). */
+static void rate_rows(tsb *b, bool html, const cJSON *models, bool tags) {
+    const cJSON *m, *s, *e;
+    cJSON_ArrayForEach(m, models) {
+        cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(m, "suites")) {
+            const char *cells[3] = {str_at(m, "model"), str_at(s, "suite"), ""};
+            if (!tags) {
+                rate_row(b, html, cells, 2, s);
+                continue;
+            }
+            cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(s, "tags")) {
+                cells[2] = str_at(e, "tag");
+                rate_row(b, html, cells, 3, e);
+            }
+            if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(s, "tags_truncated"))) {
+                row_cells(b, html, cells, 2);
+                tsb_printf(b,
+                           html ? "</td><td colspan=\"5\">more than %d tags: the rest left "
+                                  "out</td></tr>\n"
+                                : " | (more than %d tags: the rest left out) | | | | |\n",
+                           MAX_TAGS);
+            }
+        }
+    }
+}
+
 static char *render_md(const cJSON *sum) {
     tsb b = {0};
     char x[64], y[64], z[64], w[64];
@@ -487,47 +539,12 @@ static char *render_md(const cJSON *sum) {
     }
     tsb_puts(&b, "\n## Summary per suite\n\n| model | suite | cases | passed | pass rate | turns "
                  "passed |\n|---|---|---|---|---|---|\n");
-    cJSON_ArrayForEach(m, models) {
-        const cJSON *s;
-        cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(m, "suites")) {
-            tsb_puts(&b, "| ");
-            md_cell(&b, str_at(m, "model"));
-            tsb_puts(&b, " | ");
-            md_cell(&b, str_at(s, "suite"));
-            tsb_printf(&b, " | %d | %d | %.1f%% | %d/%d |\n", (int)num_at(s, "cases"),
-                       (int)num_at(s, "passed"), 100 * num_at(s, "pass_rate"),
-                       (int)num_at(s, "turns_passed"), (int)num_at(s, "turns_scored"));
-        }
-    }
+    rate_rows(&b, false, models, false);
     if (has_tags(models)) {
         tsb_puts(&b, "\n## Pass rate per tag\n\nTags that two or more cases of a suite carry."
                      "\n\n| model | suite | tag | cases | passed | pass rate | turns passed |\n"
                      "|---|---|---|---|---|---|---|\n");
-        cJSON_ArrayForEach(m, models) {
-            const cJSON *s;
-            cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(m, "suites")) {
-                const cJSON *e;
-                cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(s, "tags")) {
-                    tsb_puts(&b, "| ");
-                    md_cell(&b, str_at(m, "model"));
-                    tsb_puts(&b, " | ");
-                    md_cell(&b, str_at(s, "suite"));
-                    tsb_puts(&b, " | ");
-                    md_cell(&b, str_at(e, "tag"));
-                    tsb_printf(&b, " | %d | %d | %.1f%% | %d/%d |\n", (int)num_at(e, "cases"),
-                               (int)num_at(e, "passed"), 100 * num_at(e, "pass_rate"),
-                               (int)num_at(e, "turns_passed"), (int)num_at(e, "turns_scored"));
-                }
-                if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(s, "tags_truncated"))) {
-                    tsb_puts(&b, "| ");
-                    md_cell(&b, str_at(m, "model"));
-                    tsb_puts(&b, " | ");
-                    md_cell(&b, str_at(s, "suite"));
-                    tsb_printf(&b, " | (more than %d tags: the rest left out) | | | | |\n",
-                               MAX_TAGS);
-                }
-            }
-        }
+        rate_rows(&b, false, models, true);
     }
     tsb_puts(&b, "\n## Models: configuration and memory\n\n");
     cJSON_ArrayForEach(m, models) {
@@ -988,57 +1005,14 @@ static char *render_html(const cJSON *sum, const cJSON *records) {
              "<h2>Per suite</h2>\n<table class=\"suites\"><thead><tr><th>model</th><th>"
              "suite</th><th>cases</th><th>passed</th><th>pass rate</th><th>turns passed</th></tr>"
              "</thead><tbody>\n");
-    cJSON_ArrayForEach(m, models) {
-        const cJSON *s;
-        cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(m, "suites")) {
-            tsb_puts(&b, "<tr><td>");
-            tsb_html(&b, str_at(m, "model"));
-            tsb_puts(&b, "</td><td>");
-            tsb_html(&b, str_at(s, "suite"));
-            tsb_printf(&b,
-                       "</td><td class=\"num\">%d</td><td class=\"num\">%d</td><td "
-                       "class=\"num\">%.1f%%</td><td class=\"num\">%d/%d</td></tr>\n",
-                       (int)num_at(s, "cases"), (int)num_at(s, "passed"),
-                       100 * num_at(s, "pass_rate"), (int)num_at(s, "turns_passed"),
-                       (int)num_at(s, "turns_scored"));
-        }
-    }
+    rate_rows(&b, true, models, false);
     tsb_puts(&b, "</tbody></table>\n");
     if (has_tags(models)) {
         tsb_puts(&b, "<h2>Per tag</h2>\n<p>Tags that two or more cases of a suite carry.</p>\n"
                      "<table class=\"tags\"><thead><tr><th>model</th><th>suite</th><th>tag</th>"
                      "<th>cases</th><th>passed</th><th>pass rate</th><th>turns passed</th></tr>"
                      "</thead><tbody>\n");
-        cJSON_ArrayForEach(m, models) {
-            const cJSON *s;
-            cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(m, "suites")) {
-                const cJSON *e;
-                cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(s, "tags")) {
-                    tsb_puts(&b, "<tr><td>");
-                    tsb_html(&b, str_at(m, "model"));
-                    tsb_puts(&b, "</td><td>");
-                    tsb_html(&b, str_at(s, "suite"));
-                    tsb_puts(&b, "</td><td>");
-                    tsb_html(&b, str_at(e, "tag"));
-                    tsb_printf(&b,
-                               "</td><td class=\"num\">%d</td><td class=\"num\">%d</td><td "
-                               "class=\"num\">%.1f%%</td><td class=\"num\">%d/%d</td></tr>\n",
-                               (int)num_at(e, "cases"), (int)num_at(e, "passed"),
-                               100 * num_at(e, "pass_rate"), (int)num_at(e, "turns_passed"),
-                               (int)num_at(e, "turns_scored"));
-                }
-                if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(s, "tags_truncated"))) {
-                    tsb_puts(&b, "<tr><td>");
-                    tsb_html(&b, str_at(m, "model"));
-                    tsb_puts(&b, "</td><td>");
-                    tsb_html(&b, str_at(s, "suite"));
-                    tsb_printf(&b,
-                               "</td><td colspan=\"5\">more than %d tags: the rest left "
-                               "out</td></tr>\n",
-                               MAX_TAGS);
-                }
-            }
-        }
+        rate_rows(&b, true, models, true);
         tsb_puts(&b, "</tbody></table>\n");
     }
     tsb_puts(&b, "<h2>Failures</h2>\n");
