@@ -8,7 +8,8 @@
  * Each product is the backend's: bf16 weights and activations, f32
  * accumulation, the BIAS epilogue; q|k|v and fc1 write bf16 with a bf16
  * bias, the products that add into the f32 residual (out_proj, fc2,
- * prefill's o and down) write f32 with beta 1. The operands are zeros
+ * prefill's o and down) write f32 with beta 1, and the tower's out_proj and
+ * fc2 on its bf16 residual write bf16 with beta 1. The operands are zeros
  * (the timing of real data is a few percent slower: the cards draw more
  * power). Every offered algorithm (up to 16) runs 3 times, then 20 times
  * between CUDA events, in two rounds; the better round counts. One line a
@@ -36,7 +37,8 @@ static void *ws;
 typedef struct {
     const char *name;
     int n, in, out; /* rows, input width, output width */
-    bool y16;       /* bf16 output and bias (else f32, added into y) */
+    bool y16;       /* bf16 output and bias (else f32) */
+    bool acc;       /* added into y (beta 1) */
 } shape;
 
 /* Milliseconds a call of algorithm a, best of two rounds of 20; a
@@ -112,7 +114,7 @@ static bool probe(const shape *s) {
         float t[MAX_ALGOS];
         int best = -1;
         for (int i = 0; i < found; i++) {
-            t[i] = time_algo(op, la, lb, lc, &res[i].algo, A, B, Y, s->y16 ? 0.0f : 1.0f, e0, e1);
+            t[i] = time_algo(op, la, lb, lc, &res[i].algo, A, B, Y, s->acc ? 1.0f : 0.0f, e0, e1);
             if (t[i] > 0.0f && (best < 0 || t[i] < t[best])) best = i;
         }
         const double gflop = 2.0 * s->n * s->in * s->out / 1e9;
@@ -151,11 +153,18 @@ int main(void) {
     }
     const int T17 = 17 * 577, T5 = 5 * 577; /* tower rows at 1 + 16 and 1 + 4 crops */
     const shape shapes[] = {
-        {"tower q|k|v", T17, 1024, 3072, true},       {"tower out_proj", T17, 1024, 1024, false},
-        {"tower fc1", T17, 1024, 4096, true},         {"tower fc2", T17, 4096, 1024, false},
-        {"tower5 fc1", T5, 1024, 4096, true},         {"tower5 fc2", T5, 4096, 1024, false},
-        {"prefill qkv", 800, 3072, 9216, false},      {"prefill o", 800, 3072, 3072, false},
-        {"prefill gate_up", 800, 3072, 16384, false}, {"prefill down", 800, 8192, 3072, false},
+        {"tower q|k|v", T17, 1024, 3072, true, false},
+        {"tower out_proj", T17, 1024, 1024, false, true},
+        {"tower out_proj16", T17, 1024, 1024, true, true},
+        {"tower fc1", T17, 1024, 4096, true, false},
+        {"tower fc2", T17, 4096, 1024, false, true},
+        {"tower fc2 16", T17, 4096, 1024, true, true},
+        {"tower5 fc1", T5, 1024, 4096, true, false},
+        {"tower5 fc2", T5, 4096, 1024, false, true},
+        {"prefill qkv", 800, 3072, 9216, false, true},
+        {"prefill o", 800, 3072, 3072, false, true},
+        {"prefill gate_up", 800, 3072, 16384, false, true},
+        {"prefill down", 800, 8192, 3072, false, true},
     };
     int bad = 0;
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) bad += !probe(&shapes[i]);

@@ -148,6 +148,7 @@ void clip_gpu_layout_cfg(const clip_config *cfg, int gc, int64_t proj_d, clip_gp
     out->att = at, at += up64(T * D);
     out->mlp = at, at += up64(T * wide);
     out->xb = at, at += up64((T * half + 1) / 2);
+    out->x16 = at, at += up64((T * D + 1) / 2);
     out->px = at, at += up64((size_t)gc * 3 * S * S);
     out->seq = out->hid = out->prj = at;
     if (proj_d > 0) {

@@ -68,6 +68,7 @@ typedef struct clip_gpu_layout {
     size_t x, h, q, k, v, att; /* [T][D] f32 (q, k, v consecutive: the packed q|k|v rows) */
     size_t mlp;                /* [T][max(I, 3P^2)] f32: fc1's output; the crops' im2col */
     size_t xb;                 /* [T][max(D, I)] 16-bit: the products' rounded inputs */
+    size_t x16;                /* [T][D] bf16: the residual on the bf16 path */
     size_t px;                 /* [gc][3][S][S] f32: the pixels */
     size_t seq, hid, prj;      /* projector (proj_d > 0): [rows][4D], [rows][d], [rows][d] */
     size_t total;              /* floats */

@@ -44,6 +44,7 @@ struct clip_gpu {
     int n_owned;
     bool bf16_attn; /* the layers' products round activations to bf16 (BF16 weights) */
     bool gelu16;    /* fc1 writes bf16 (bias in the epilogue), quick-GELU in place */
+    bool res16;     /* the residual stream in bf16 (every layer BF16, not f32 mode) */
     bool px16;      /* pixels go up as bf16 (the patch product rounds them so anyway) */
     float *act;     /* device, act_floats (clip_gpu_layout) */
     size_t act_floats;
@@ -183,6 +184,16 @@ vlm_status clip_gpu_create(const clip_model *m, clip_gpu **out, vlm_err *err) {
         (st = upload(g, m->pre_ln_w, D, "pre_layrnorm.weight", -1, &g->pre_ln_w, err)) ||
         (st = upload(g, m->pre_ln_b, D, "pre_layrnorm.bias", -1, &g->pre_ln_b, err)))
         goto fail;
+    /* The residual stream in bf16, as a bf16 reference keeps its hidden
+     * states: the pre-LayerNorm's output rounded to bf16, out_proj and fc2
+     * adding into it in their f32 accumulators and rounding once
+     * (matmul_h_acc16, their biases then held BF16, as cuBLASLt's bf16
+     * epilogue takes them), the LayerNorms reading it. Half the bytes of
+     * the f32 stream for the two residual products and the two LayerNorms
+     * of every layer. Every layer on the BF16 path with BF16 biases, f32
+     * mode off; VLM_CUDA_RES16=0 keeps the f32 stream. */
+    const char *e = getenv("VLM_CUDA_RES16");
+    const bool res_want = !(e && !strcmp(e, "0")) && !vlm_cuda_f32_mode(g->ctx);
     for (int l = 0; l < m->n_run; l++) {
         const clip_layer *H = &m->layers[l];
         gpu_clip_layer *G = &g->L[l];
@@ -204,13 +215,13 @@ vlm_status clip_gpu_create(const clip_model *m, clip_gpu **out, vlm_err *err) {
         if ((st = upload(g, H->ln1_w, D, "layer_norm1.weight", l, &G->ln1_w, err)) ||
             (st = upload(g, H->ln1_b, D, "layer_norm1.bias", l, &G->ln1_b, err)) ||
             (st = upload(g, H->o_w, D * D, "out_proj.weight", l, &G->o_w, err)) ||
-            (st = upload_bias(g, H->o_b, D, false, "out_proj.bias", l, &G->o_b, err)) ||
+            (st = upload_bias(g, H->o_b, D, res_want, "out_proj.bias", l, &G->o_b, err)) ||
             (st = upload(g, H->ln2_w, D, "layer_norm2.weight", l, &G->ln2_w, err)) ||
             (st = upload(g, H->ln2_b, D, "layer_norm2.bias", l, &G->ln2_b, err)) ||
             (st = upload(g, H->fc1_w, I * D, "fc1.weight", l, &G->fc1_w, err)) ||
             (st = upload_bias(g, H->fc1_b, I, true, "fc1.bias", l, &G->fc1_b, err)) ||
             (st = upload(g, H->fc2_w, D * I, "fc2.weight", l, &G->fc2_w, err)) ||
-            (st = upload_bias(g, H->fc2_b, D, false, "fc2.bias", l, &G->fc2_b, err)))
+            (st = upload_bias(g, H->fc2_b, D, res_want, "fc2.bias", l, &G->fc2_b, err)))
             goto fail;
         /* the 16-bit path: one BF16/F16 type for every matrix, not f32 mode */
         vlm_dtype t = H->o_w.dtype;
@@ -232,8 +243,15 @@ vlm_status clip_gpu_create(const clip_model *m, clip_gpu **out, vlm_err *err) {
     /* VLM_CUDA_GELU16=0 keeps fc1's f32 output and the one-pass bias +
      * quick-GELU + rounding (one rounding, not two); VLM_CUDA_PX16=0 sends
      * the pixels up as f32 */
-    const char *e = getenv("VLM_CUDA_GELU16");
+    e = getenv("VLM_CUDA_GELU16");
     g->gelu16 = !(e && !strcmp(e, "0"));
+    g->res16 = res_want && m->n_run > 0;
+    for (int l = 0; l < m->n_run; l++) {
+        const gpu_clip_layer *G = &g->L[l];
+        if (G->half_t != VLM_DTYPE_BF16 || G->o_b.dtype != VLM_DTYPE_BF16 ||
+            G->fc2_b.dtype != VLM_DTYPE_BF16)
+            g->res16 = false;
+    }
     e = getenv("VLM_CUDA_PX16");
     g->px16 = !(e && !strcmp(e, "0")) && vlm_cuda_pixels16(g->ctx, g->patch_w);
     *out = g;
@@ -411,14 +429,35 @@ static vlm_status attend(clip_gpu *g, const gpu_clip_layer *L, int gc, void *xb,
     return hp ? vlm_cuda_to_half(g->ctx, xb, ht, att, T * D, err) : VLM_OK;
 }
 
+/* x += xh W^T + b, the residual products (out_proj, fc2) on the 16-bit
+ * path: into the bf16 stream x16 while *res16 holds, else into the f32 x.
+ * Where cuBLASLt takes no bf16-residual product, the stream is widened
+ * into x once and the rest of the tower runs on it (*res16 cleared). */
+static vlm_status residual_acc(clip_gpu *g, bool *res16, float *x, void *x16, const void *xh,
+                               int64_t T, int64_t in, int64_t out, vlm_cuda_weight w,
+                               vlm_cuda_weight b, vlm_err *err) {
+    vlm_status st;
+    if (*res16) {
+        vlm_err e2 = {0};
+        st = vlm_cuda_matmul_h_acc16(g->ctx, x16, xh, T, in, out, w, b, &e2);
+        if (st != VLM_ERR_UNSUPPORTED) {
+            if (st != VLM_OK) *err = e2;
+            return st;
+        }
+        *res16 = false;
+        RUN(vlm_cuda_bf16_to_f32(g->ctx, x, x16, T * out, err));
+    }
+    return vlm_cuda_matmul_h_acc(g->ctx, x, xh, T, in, out, w, b, err);
+}
+
 /* The MLP on the 16-bit path, from LN2's output in xb:
  * x += fc2(quick_gelu(fc1(xb))), biases included. With gelu16 and a BF16
  * fc1 bias, fc1 writes bf16 into mlp (the bias in its epilogue, half the
  * bytes of f32), quick-GELU runs there in place and fc2 reads it;
  * otherwise fc1 writes f32 into mlp and one pass adds the bias, applies
  * quick-GELU and rounds into xb. */
-static vlm_status mlp16(clip_gpu *g, const gpu_clip_layer *L, int64_t T, float *x, void *xb,
-                        float *mlp, vlm_err *err) {
+static vlm_status mlp16(clip_gpu *g, const gpu_clip_layer *L, int64_t T, bool *res16, float *x,
+                        void *x16, void *xb, float *mlp, vlm_err *err) {
     const clip_config *c = &g->m->cfg;
     const int64_t D = c->hidden, I = c->intermediate;
     vlm_status st;
@@ -428,7 +467,7 @@ static vlm_status mlp16(clip_gpu *g, const gpu_clip_layer *L, int64_t T, float *
         st = vlm_cuda_matmul_h_out16(g->ctx, mlp, xb, T, D, I, L->fc1_w, L->fc1_b, &e2);
         if (st == VLM_OK) {
             RUN(vlm_cuda_quick_gelu_bf16(g->ctx, mlp, T * I, err));
-            return vlm_cuda_matmul_h_acc(g->ctx, x, mlp, T, I, D, L->fc2_w, L->fc2_b, err);
+            return residual_acc(g, res16, x, x16, mlp, T, I, D, L->fc2_w, L->fc2_b, err);
         }
         if (st != VLM_ERR_UNSUPPORTED) {
             *err = e2;
@@ -438,7 +477,7 @@ static vlm_status mlp16(clip_gpu *g, const gpu_clip_layer *L, int64_t T, float *
     const vlm_cuda_weight none = {VLM_DTYPE_F32, NULL};
     RUN(vlm_cuda_matmul_h(g->ctx, mlp, xb, T, D, I, L->fc1_w, none, err));
     RUN(vlm_cuda_bias_quick_gelu_h(g->ctx, xb, L->half_t, mlp, T, I, L->fc1_b, err));
-    return vlm_cuda_matmul_h_acc(g->ctx, x, xb, T, I, D, L->fc2_w, L->fc2_b, err);
+    return residual_acc(g, res16, x, x16, xb, T, I, D, L->fc2_w, L->fc2_b, err);
 }
 
 /* One group of gc crops, as clip_encode_group; with out NULL the features
@@ -457,7 +496,8 @@ static vlm_status encode_group(clip_gpu *g, cpu_pool *pool, const float *pixels,
     if (st != VLM_OK) return st;
     float *A = g->act, *x = A + lo.x, *h = A + lo.h, *q = A + lo.q, *k = A + lo.k, *v = A + lo.v,
           *att = A + lo.att, *mlp = A + lo.mlp, *px = A + lo.px;
-    void *xb = A + lo.xb;
+    void *xb = A + lo.xb, *x16 = A + lo.x16;
+    bool res16 = g->res16;
     /* Pixels up through the pinned buffer (written by the pool's threads,
      * as bf16 where px16 says the product rounds them so), four crops at a
      * time: the next chunk is written while the last one's DMA runs. Or
@@ -484,12 +524,19 @@ static vlm_status encode_group(clip_gpu *g, cpu_pool *pool, const float *pixels,
      * mlp, the patch rows in h), then class and positions in one launch */
     RUN(vlm_cuda_patch_embed_crops(g->ctx, x, px, px16 ? VLM_DTYPE_BF16 : VLM_DTYPE_F32, gc, (int)S,
                                    (int)P, D, g->patch_w, g->class_emb, g->pos_emb, mlp, h, err));
-    RUN(vlm_cuda_layernorm(g->ctx, x, x, T, D, g->pre_ln_w, g->pre_ln_b, c->ln_eps, err));
+    if (res16)
+        RUN(vlm_cuda_layernorm_h(g->ctx, x16, VLM_DTYPE_BF16, x, T, D, g->pre_ln_w, g->pre_ln_b,
+                                 c->ln_eps, err));
+    else
+        RUN(vlm_cuda_layernorm(g->ctx, x, x, T, D, g->pre_ln_w, g->pre_ln_b, c->ln_eps, err));
     for (int l = 0; l < m->n_run; l++) {
         const gpu_clip_layer *L = &g->L[l];
         const vlm_dtype ht = L->half_t;
         const bool hp = ht != VLM_DTYPE_F32;
-        if (hp)
+        if (res16)
+            RUN(vlm_cuda_layernorm_h16(g->ctx, xb, ht, x16, T, D, L->ln1_w, L->ln1_b, c->ln_eps,
+                                       err));
+        else if (hp)
             RUN(vlm_cuda_layernorm_h(g->ctx, xb, ht, x, T, D, L->ln1_w, L->ln1_b, c->ln_eps, err));
         else
             RUN(vlm_cuda_layernorm(g->ctx, h, x, T, D, L->ln1_w, L->ln1_b, c->ln_eps, err));
@@ -498,9 +545,14 @@ static vlm_status encode_group(clip_gpu *g, cpu_pool *pool, const float *pixels,
             /* x += att Wo^T + bo (bias in the product's epilogue); then the
              * MLP: LN2 -> 16 bits, fc1 (f32 out), bias + quick-GELU -> 16
              * bits, x += fc2 (+ bias) */
-            RUN(vlm_cuda_matmul_h_acc(g->ctx, x, xb, T, D, D, L->o_w, L->o_b, err));
-            RUN(vlm_cuda_layernorm_h(g->ctx, xb, ht, x, T, D, L->ln2_w, L->ln2_b, c->ln_eps, err));
-            RUN(mlp16(g, L, T, x, xb, mlp, err));
+            RUN(residual_acc(g, &res16, x, x16, xb, T, D, D, L->o_w, L->o_b, err));
+            if (res16)
+                RUN(vlm_cuda_layernorm_h16(g->ctx, xb, ht, x16, T, D, L->ln2_w, L->ln2_b, c->ln_eps,
+                                           err));
+            else
+                RUN(vlm_cuda_layernorm_h(g->ctx, xb, ht, x, T, D, L->ln2_w, L->ln2_b, c->ln_eps,
+                                         err));
+            RUN(mlp16(g, L, T, &res16, x, x16, xb, mlp, err));
         } else {
             /* x += att Wo^T + bo: the residual add fused into the product */
             RUN(vlm_cuda_matmul_acc(g->ctx, x, att, T, D, D, L->o_w, err));
@@ -512,6 +564,8 @@ static vlm_status encode_group(clip_gpu *g, cpu_pool *pool, const float *pixels,
             RUN(vlm_cuda_add_bias(g->ctx, x, T, D, L->fc2_b, err));
         }
     }
+    /* the features as f32 where the merge and the projector read them */
+    if (res16) RUN(vlm_cuda_bf16_to_f32(g->ctx, x, x16, T * D, err));
     vlm_cuda_mark(g->ctx, 2);
     if (!out) return VLM_OK;
     /* without CLS: rows 1..NP-1 of each crop */

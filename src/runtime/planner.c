@@ -127,14 +127,16 @@ static bool tensor_on_gpu(const char *name, int k, bool head, bool vision) {
 }
 
 /* The GPU vision tower (models/clip_gpu.c) holds its products' biases
- * (q/k/v/out_proj, fc1, fc2 of each layer) in f32 whatever their type d
- * (cuBLASLt's bias epilogue takes the output's type), except BF16 biases
- * of q/k/v_proj and fc1, whose products write bf16: those stay as they
- * are. */
+ * (q/k/v/out_proj, fc1, fc2 of each layer) in the type of the product's
+ * output (cuBLASLt's bias epilogue takes that type): BF16 biases stay as
+ * they are (q|k|v and fc1 write bf16, out_proj and fc2 add into the bf16
+ * residual), others become f32. With VLM_CUDA_RES16=0 or in f32 mode the
+ * tower holds out_proj's and fc2's in f32 (2 x hidden x 2 B a layer more
+ * than this counts: switches for measuring). */
 static bool gpu_f32_bias(const char *name, vlm_dtype d) {
     if (phi3v_part_of(name) != PHI3V_PART_VISION || !strstr(name, "encoder.layers.")) return false;
-    if (strstr(name, ".out_proj.bias") || strstr(name, ".fc2.bias")) return true;
-    return (strstr(name, "_proj.bias") || strstr(name, ".fc1.bias")) && d != VLM_DTYPE_BF16;
+    return (strstr(name, "_proj.bias") || strstr(name, ".fc1.bias") || strstr(name, ".fc2.bias")) &&
+           d != VLM_DTYPE_BF16;
 }
 
 vlm_status plan_estimate_setting(const plan_model *pm, const plan_request *r, const plan_setting *s,

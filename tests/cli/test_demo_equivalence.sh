@@ -9,6 +9,8 @@
 #   - the pass counts (cases, and turns for context) are within one of
 #     PyTorch's (tests/data/demo/eval_stats.json).
 # The full suites, not a sample: about 3 minutes of 2 cores (docs/tester.md).
+# VLM_DEMO_DEVICE=cuda runs the C side on the GPU (tests/gpu/run.sh does;
+# ctest here runs it on the CPU).
 set -euo pipefail
 : "${VLM_BIN:?}" "${VLM_SOURCE_DIR:?}"
 src=$VLM_SOURCE_DIR
@@ -18,7 +20,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 cd "$tmp"
 
 cat > models.json <<JSON
-{"models": [{"name": "demo-phi3v", "source": "$src/models/demo", "options": {"device": "cpu"}}]}
+{"models": [{"name": "demo-phi3v", "source": "$src/models/demo", "options": {"device": "${VLM_DEMO_DEVICE:-cpu}"}}]}
 JSON
 # Exit status 1 is "some case failed" (the demo model is partly trained).
 rc=0

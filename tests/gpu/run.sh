@@ -7,7 +7,7 @@
 # 2. configure + build with CUDA=ON, Release (-O3: what the benchmarks
 #    measure; BUILD_TYPE=RelWithDebInfo for source lines in sanitizer reports),
 #    -j16, into build-gpu/;
-# 3. ctest -L gpu;
+# 3. ctest -L gpu; the demo model on the GPU (test_demo_equivalence.sh);
 # 4. compute-sanitizer memcheck and racecheck over the gpu test programs;
 # 5. build-gpu/gpubench; a full-size synthetic checkpoint (mkcheckpoint, in
 #    /tmp) through build-gpu/gpu_model_bench; reference/bench_hf.py
@@ -86,10 +86,10 @@ step deps 120 deps
 
 # --- 2. build -------------------------------------------------------------
 step configure 120 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-Release}" -DVLM_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_C_FLAGS="-I$P/usr/include" \
+  -DCMAKE_CUDA_ARCHITECTURES=90a -DCMAKE_C_FLAGS="-I$P/usr/include" \
   -DCMAKE_EXE_LINKER_FLAGS="$LDFLAGS" &&
   step build 300 cmake --build "$BUILD" -j "${JOBS:-16}" --target gpu_test_cuda_ops gpu_test_cuda_model \
-    gpubench mkcheckpoint gpu_model_bench &&
+    gpubench mkcheckpoint gpu_model_bench vlmtest &&
   BUILT=1 || BUILT=0
 
 # ONLY_BUILD=1: stop here (tests/gpu/profile.sh builds through this script).
@@ -177,6 +177,10 @@ if [ "$BUILT" = 1 ]; then
   nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv \
     >"$LOGS/nvidia-smi.txt" 2>/dev/null || true
   step ctest-gpu 150 ctest --test-dir "$BUILD" -L gpu --output-on-failure
+  # the bundled demo model on the GPU: the same greedy answers as PyTorch on
+  # suites/smoke and suites/context (issue 8's check, here on the card)
+  step demo-cuda 240 env VLM_DEMO_DEVICE=cuda VLM_BIN="$ROOT/$BUILD/vlmtest" \
+    VLM_SOURCE_DIR="$ROOT" bash tests/cli/test_demo_equivalence.sh
   SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null)
   if [ -n "$SAN" ]; then
     for t in "$BUILD"/gpu_test_*; do

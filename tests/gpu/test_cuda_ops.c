@@ -944,6 +944,99 @@ static void mm_h_case(vlm_dtype t, int64_t n, int64_t in, int64_t out, vlm_dtype
     free(x), free(wf), free(bf), free(y0), free(xh), free(wh), free(bh), free(want), free(got);
 }
 
+/* How many bf16 steps apart two bf16 values are (0: the same value); a
+ * sign change counts the steps through zero. */
+static int bf16_steps(uint16_t a, uint16_t b) {
+    int32_t ia = a & 0x8000 ? -(int32_t)(a & 0x7fff) : (int32_t)a;
+    int32_t ib = b & 0x8000 ? -(int32_t)(b & 0x7fff) : (int32_t)b;
+    return ia > ib ? ia - ib : ib - ia;
+}
+
+/* The bf16 residual's ops. layernorm_h16: bf16 rows in, 16-bit rows out,
+ * against cpu_layernorm on the same values widened, rounded to bf16: each
+ * value within one bf16 step (the device sums in another order), for the
+ * 8-values-a-word kernel (dim a multiple of 256), the warp kernel (a
+ * multiple of 128) and the block kernel (any other), odd and even row
+ * counts. matmul_h_acc16: y16 += x W^T + b with a bf16 y16 and bias,
+ * against cpu_matmul plus y16, rounded once (1e-2: a bf16 step and the
+ * summation order). bf16_to_f32:
+ * exact, eight at a time and one at a time. */
+static void ln_h16_case(int64_t n, int64_t dim) {
+    float *x = rnd((size_t)(n * dim), 3.0f), *w = rnd((size_t)dim, 1.0f),
+          *b = rnd((size_t)dim, 0.5f);
+    uint16_t *xh = malloc((size_t)(n * dim) * 2), *wh = malloc((size_t)dim * 2),
+             *bh = malloc((size_t)dim * 2);
+    for (int64_t i = 0; i < n * dim; i++) x[i] += 0.7f; /* a mean to remove */
+    to_bf16(xh, x, (size_t)(n * dim));
+    to_bf16(wh, w, (size_t)dim);
+    to_bf16(bh, b, (size_t)dim);
+    for (int64_t i = 0; i < n * dim; i++) x[i] = vlm_bf16_to_f32(xh[i]);
+    float *want = malloc((size_t)(n * dim) * 4);
+    cpu_layernorm(want, x, n, dim, (cpu_weight){VLM_DTYPE_BF16, wh},
+                  (cpu_weight){VLM_DTYPE_BF16, bh}, 1e-5f);
+    void *dx = up(xh, (size_t)(n * dim) * 2), *dw = up(wh, (size_t)dim * 2),
+         *db = up(bh, (size_t)dim * 2);
+    void *dh = vlm_dev_alloc((size_t)(n * dim) * 2, VLM_MEM_ACTIVATIONS);
+    assert_non_null(dh);
+    OK(vlm_cuda_layernorm_h16(CTX, dh, VLM_DTYPE_BF16, dx, n, dim,
+                              (vlm_cuda_weight){VLM_DTYPE_BF16, dw},
+                              (vlm_cuda_weight){VLM_DTYPE_BF16, db}, 1e-5f, E));
+    uint16_t *got = malloc((size_t)(n * dim) * 2);
+    OK(vlm_cuda_sync(CTX, "layernorm_h16", E));
+    OK(vlm_cuda_download(CTX, got, dh, (size_t)(n * dim) * 2, "layernorm_h16", E));
+    int worst = 0;
+    for (int64_t i = 0; i < n * dim; i++) {
+        const int st = bf16_steps(got[i], vlm_f32_to_bf16(want[i]));
+        if (st > worst) worst = st;
+    }
+    printf("layernorm_h16 n=%lld dim=%lld: at most %d bf16 step from cpu_layernorm\n", (long long)n,
+           (long long)dim, worst);
+    assert_true(worst <= 1);
+    vlm_dev_free(dx), vlm_dev_free(dw), vlm_dev_free(db), vlm_dev_free(dh);
+    free(x), free(w), free(b), free(xh), free(wh), free(bh), free(want), free(got);
+}
+
+static void mm_acc16_case(int64_t n, int64_t in, int64_t out) {
+    float *x = rnd((size_t)(n * in), 1.0f), *wf = rnd((size_t)(out * in), 0.1f);
+    float *bf = rnd((size_t)out, 0.5f), *y0 = rnd((size_t)(n * out), 2.0f);
+    uint16_t *xh = malloc((size_t)(n * in) * 2), *wh = malloc((size_t)(out * in) * 2),
+             *bh = malloc((size_t)out * 2), *yh = malloc((size_t)(n * out) * 2);
+    to_bf16(xh, x, (size_t)(n * in));
+    to_bf16(wh, wf, (size_t)(out * in));
+    to_bf16(bh, bf, (size_t)out);
+    to_bf16(yh, y0, (size_t)(n * out));
+    for (int64_t i = 0; i < n * in; i++) x[i] = vlm_bf16_to_f32(xh[i]);
+    for (int64_t i = 0; i < out; i++) bf[i] = vlm_bf16_to_f32(bh[i]);
+    float *want = malloc((size_t)(n * out) * 4);
+    cpu_matmul(POOL, want, x, n, in, out, (cpu_weight){VLM_DTYPE_BF16, wh},
+               (cpu_weight){VLM_DTYPE_F32, bf});
+    for (int64_t i = 0; i < n * out; i++)
+        want[i] = vlm_round_bf16(want[i] + vlm_bf16_to_f32(yh[i]));
+    void *dx = up(xh, (size_t)(n * in) * 2), *dw = up(wh, (size_t)(out * in) * 2),
+         *db = up(bh, (size_t)out * 2), *dy = up(yh, (size_t)(n * out) * 2);
+    vlm_cuda_weight cw = {VLM_DTYPE_BF16, dw};
+    OK(vlm_cuda_matmul_h_acc16(CTX, dy, dx, n, in, out, cw, (vlm_cuda_weight){VLM_DTYPE_BF16, db},
+                               E));
+    float *got = down_bf16(dy, (size_t)(n * out));
+    char what[96];
+    snprintf(what, sizeof what, "matmul_h_acc16 n=%lld in=%lld out=%lld", (long long)n,
+             (long long)in, (long long)out);
+    close_to(what, got, want, (size_t)(n * out), 1e-2);
+    /* widened back to f32: exact */
+    float *df = vlm_dev_alloc((size_t)(n * out) * 4, VLM_MEM_ACTIVATIONS);
+    assert_non_null(df);
+    for (int odd = 0; odd < 2; odd++) {
+        const int64_t cnt = n * out - odd; /* odd: not whole 8-value words */
+        OK(vlm_cuda_bf16_to_f32(CTX, df, dy, cnt, E));
+        float *wide = down(df, (size_t)cnt);
+        for (int64_t i = 0; i < cnt; i++) assert_true(wide[i] == got[i]);
+        free(wide);
+    }
+    vlm_dev_free(dx), vlm_dev_free(dw), vlm_dev_free(db), vlm_dev_free(dy), vlm_dev_free(df);
+    free(x), free(wf), free(bf), free(y0), free(xh), free(wh), free(bh), free(yh), free(want);
+    free(got);
+}
+
 /* bias + quick-GELU + rounding in one pass against cpu_add_bias +
  * cpu_quick_gelu (f32): each value within one rounding (2^-8 relative for
  * bf16, 2^-11 for f16) plus expf's few ulps; to_half bit for bit as the
@@ -1014,6 +1107,13 @@ static void gelu_bf16_case(int64_t n) {
 static void test_half_inputs(void **state) {
     (void)state;
     ln_h_case(VLM_DTYPE_BF16, 37, 1024);
+    ln_h16_case(37, 1024); /* the tower's rows: 16-byte words */
+    ln_h16_case(8, 512);
+    ln_h16_case(5, 384);            /* the warp kernel */
+    ln_h16_case(3, 192);            /* the block kernel: the demo tower's width */
+    mm_acc16_case(577, 1024, 1024); /* out_proj on the bf16 residual */
+    mm_acc16_case(40, 4096, 1024);  /* fc2 */
+    mm_acc16_case(9, 64, 48);
     ln_h_case(VLM_DTYPE_BF16, 5, 100);
     ln_h_case(VLM_DTYPE_F16, 9, 1024);
     mm_h_case(VLM_DTYPE_BF16, 40, 256, 96, VLM_DTYPE_F32);
@@ -1032,12 +1132,16 @@ static void test_half_inputs(void **state) {
 /* The tower's bf16 q|k|v and attention: matmul_h_out16 against cpu_matmul
  * on the same bf16 inputs then rounded (1e-2: one bf16 step, and the
  * library's summation order); attention_seqs_h (bf16 q, K, V in one
- * [T][3D] buffer, bf16 out) bit for bit the f32-interface tensor-core
- * kernel on the same values, rounded as to_half rounds. */
-static void test_bf16_qkv_attention(void **state) {
-    (void)state;
-    const int n_seq = 3, nh = 4, hd = 64;
-    const int64_t np = 77, T = n_seq * np, D = nh * hd, in = 96;
+ * [T][3D] buffer, bf16 out) against the f32-interface tensor-core kernel
+ * (k_attn_mma) on the same values, rounded as to_half rounds: bit for bit
+ * where attention_seqs_h runs k_attn_mma too, within one bf16 step where
+ * it runs k_attn_wgmma (sm_90a; the tensor cores' own order of the
+ * products' sums), with at most 2% of the values a step apart. np 77: one
+ * key tile of 64 and a tail of 13, the second warpgroup's 13 queries;
+ * np 577: the vision tower's (9 tiles and one key). */
+static void bf16_qkv_attention_case(int n_seq, int64_t np) {
+    const int nh = 4, hd = 64;
+    const int64_t T = n_seq * np, D = nh * hd, in = 96;
     float *x = rnd((size_t)(T * in), 1.0f), *w = rnd((size_t)(3 * D * in), 0.2f),
           *b = rnd((size_t)(3 * D), 0.5f);
     uint16_t *xh = malloc((size_t)(T * in) * 2), *wh = malloc((size_t)(3 * D * in) * 2);
@@ -1089,7 +1193,18 @@ static void test_bf16_qkv_attention(void **state) {
     uint16_t *o16 = malloc((size_t)(T * D) * 2);
     assert_int_equal(vlm_cuda_sync(CTX, "test", &err), VLM_OK);
     assert_int_equal(vlm_cuda_download(CTX, o16, dout, (size_t)(T * D) * 2, "test", &err), VLM_OK);
-    for (int64_t i = 0; i < T * D; i++) assert_int_equal(o16[i], vlm_f32_to_bf16(ref[i]));
+    int64_t apart = 0;
+    int worst = 0;
+    for (int64_t i = 0; i < T * D; i++) {
+        const int st = bf16_steps(o16[i], vlm_f32_to_bf16(ref[i]));
+        apart += st > 0;
+        if (st > worst) worst = st;
+    }
+    printf("attention_seqs_h %d x %lld: %lld of %lld values a bf16 step from k_attn_mma's, at "
+           "most %d\n",
+           n_seq, (long long)np, (long long)apart, (long long)(T * D), worst);
+    assert_true(worst <= 1);
+    assert_true(apart * 50 <= T * D);
     /* a K/V row start that is not 16-byte aligned is refused, not run */
     assert_int_equal(vlm_cuda_attention_seqs_h(CTX, dout, dqkv, 3 * D, dqkv + D + 4, dqkv + 2 * D,
                                                3 * D, n_seq, np, np, nh, nh, hd, scale, &err),
@@ -1098,6 +1213,12 @@ static void test_bf16_qkv_attention(void **state) {
     vlm_dev_free(dref), vlm_dev_free(dout);
     free(x), free(w), free(b), free(xh), free(wh), free(want), free(got), free(ref);
     free(o16);
+}
+
+static void test_bf16_qkv_attention(void **state) {
+    (void)state;
+    bf16_qkv_attention_case(3, 77);
+    bf16_qkv_attention_case(2, 577);
 }
 
 /* Every crop's patch embedding, class and position rows at once against

@@ -588,14 +588,15 @@ static void sweep(const char *dir, uint64_t stride) {
  * its KV at 4096 f32: 2 x 4096 x (32 x 96) x 4 = 100,663,296 B;
  * embed_tokens and lm_head 32064 x 3072 = 197,001,216 B each, model.norm
  * 6,144 B; vision tower (CLIP layers 0..22, embeddings, pre-LN) + projector +
- * separators: 312,943,616 params = 625,887,232 B as stored, + 94,208 B on
- * the GPU, which holds the 23 layers' out_proj and fc2 biases (1024 each)
- * in f32 (q/k/v_proj and fc1 stay bf16): 23 x 2048 x 2 more bytes. */
+ * separators: 312,943,616 params = 625,887,232 B as stored, the same on
+ * the GPU, whose tower keeps the layers' bf16 biases bf16 (each product's
+ * epilogue takes its output's type: q|k|v and fc1 write bf16, out_proj and
+ * fc2 add into the bf16 residual). */
 #define LAYER_W       226504704ull
 #define LAYER_KV      100663296ull
 #define HEAD_W        (2 * 197001216ull + 6144ull)
 #define VISION_W_HOST 625887232ull
-#define VISION_W      (VISION_W_HOST + 23ull * 2048 * 2)
+#define VISION_W      VISION_W_HOST
 #define PREFILL_1     (5521408ull * 4) /* chunk 128, one thread (test_full_components) */
 /* the GPU decoder's share: that workspace and the RoPE tables (cos, sin:
  * 4096 positions x head_dim 96 floats) */
@@ -606,11 +607,12 @@ static void sweep(const char *dir, uint64_t stride) {
 #define CTX_VIS (PLAN_GPU_CUBLAS_BYTES + 1024ull * 4096 * 2)
 /* The GPU tower's activations for g crops (models/clip_gpu.c's layout),
  * T = 577 g rows: x, h, q, k, v, att [T][1024] f32, fc1's output
- * [T][4096] f32, the 16-bit product inputs [T][4096] x 2 B, the pixels
- * [g][3][336][336] f32, the projector's rows (144 g) x (4096 + 2 x 3072)
- * f32; every region a multiple of 256 B at these sizes. */
+ * [T][4096] f32, the 16-bit product inputs [T][4096] x 2 B, the bf16
+ * residual [T][1024] x 2 B, the pixels [g][3][336][336] f32, the
+ * projector's rows (144 g) x (4096 + 2 x 3072) f32; every region a
+ * multiple of 256 B at these sizes. */
 #define GPU_VIS(g)                                                                                 \
-    ((g) * (577ull * (6 * 1024 + 4096 + 2048) + 3ull * 336 * 336 + 144ull * 10240) * 4)
+    ((g) * (577ull * (6 * 1024 + 4096 + 2048 + 512) + 3ull * 336 * 336 + 144ull * 10240) * 4)
 /* its pinned staging: the larger of the pixels and the projected rows
  * (144 g x 3072 f32) */
 #define GPU_VIS_STAGE(g) ((g)*144ull * 3072 * 4)
@@ -628,7 +630,7 @@ static void test_gpu_components(void **state) {
     vlm_err err;
     assert_int_equal(plan_estimate_setting(&pm, &r, &s, &e, &err), VLM_OK);
     /* everything on the GPU: every used weight, the whole cache, logits */
-    assert_int_equal(e.gpu[PLAN_GPU_WEIGHTS], 8268046336ull + 23ull * 2048 * 2);
+    assert_int_equal(e.gpu[PLAN_GPU_WEIGHTS], 8268046336ull);
     assert_int_equal(e.gpu[PLAN_GPU_WEIGHTS], 32 * LAYER_W + HEAD_W + VISION_W);
     assert_int_equal(e.gpu[PLAN_GPU_KV_CACHE], 32 * LAYER_KV);
     assert_int_equal(e.gpu[PLAN_GPU_PREFILL], PREFILL_GPU);

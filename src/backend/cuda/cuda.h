@@ -312,6 +312,25 @@ vlm_status vlm_cuda_layernorm_h(vlm_cuda_ctx *ctx, void *out, vlm_dtype dtype, c
                                 int64_t n, int64_t dim, vlm_cuda_weight w, vlm_cuda_weight b,
                                 float eps, vlm_err *err);
 
+/* As vlm_cuda_layernorm_h from a bf16 x (the vision tower's bf16
+ * residual): each row's values widened to f32, then the same arithmetic. */
+vlm_status vlm_cuda_layernorm_h16(vlm_cuda_ctx *ctx, void *out, vlm_dtype dtype, const void *x16,
+                                  int64_t n, int64_t dim, vlm_cuda_weight w, vlm_cuda_weight b,
+                                  float eps, vlm_err *err);
+
+/* y16[n][out] = round_bf16(y16 + xh . W^T + b): a bf16 residual y16 added
+ * in the product's f32 accumulator and rounded once (cuBLASLt, beta 1, the
+ * bias in the epilogue); W BF16, xh bf16. VLM_ERR_UNSUPPORTED (nothing
+ * launched, y16 untouched) where cuBLASLt takes no such product or in f32
+ * mode. */
+vlm_status vlm_cuda_matmul_h_acc16(vlm_cuda_ctx *ctx, void *y16, const void *xh, int64_t n,
+                                   int64_t in, int64_t out, vlm_cuda_weight w, vlm_cuda_weight b,
+                                   vlm_err *err);
+
+/* out[i] = x16[i]: n bf16 values widened to f32 (exact). */
+vlm_status vlm_cuda_bf16_to_f32(vlm_cuda_ctx *ctx, float *out, const void *x16, int64_t n,
+                                vlm_err *err);
+
 /* out[i][j] = round(quick_gelu(x[i][j] + b[j])) to dtype (BF16 or F16):
  * fc1's bias, the activation and fc2's input rounding in one pass (reads
  * n * dim f32, writes n * dim 16-bit values). b.data may be NULL. */

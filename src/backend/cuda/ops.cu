@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <type_traits>
 
 #include <limits.h>
 #include <math.h>
@@ -119,7 +120,7 @@ __device__ __forceinline__ void prefetch_l2(const void *p) {
  * nothing before their dependency wait),
  * for measuring. */
 struct card_facts {
-    int sms = 0, fixed_ws = 0;
+    int sms = 0, fixed_ws = 0, cc = 0; /* cc: compute capability, 10 major + minor */
     bool pdl = false, attn_async = true, dec_groups = true, att_merge = true;
     bool fuse_silu = true, fuse_rope = true, prefetch = true;
     card_facts() {
@@ -127,6 +128,9 @@ struct card_facts {
         if (cudaGetDevice(&dev) == cudaSuccess) {
             cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
             cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+            int minor = 0;
+            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+            cc = 10 * major + minor;
         }
         (void)cudaGetLastError();
         const char *e = getenv("VLM_CUDA_PDL");
@@ -303,28 +307,57 @@ __global__ void k_layernorm(float *out, const float *x, int64_t dim, vlm_dtype w
         orow[i] = ln_value(xr[i], mean, r, wt, w, bt, b, i);
 }
 
+__device__ __forceinline__ float ld_f(const float *p, int64_t i) {
+    return p[i];
+}
+__device__ __forceinline__ float ld_f(const __nv_bfloat16 *p, int64_t i) {
+    return __bfloat162float(p[i]);
+}
+
 /* As k_layernorm (the same reductions in the same order, the same
- * ln_value), the result rounded to bf16 or f16 as k_to_half rounds it. */
-__global__ void k_layernorm_h(void *out, bool bf16, const float *x, int64_t dim, vlm_dtype wt,
+ * ln_value), the result rounded to bf16 or f16 as k_to_half rounds it; x
+ * f32, or bf16 (TI __nv_bfloat16: the vision tower's bf16 residual). */
+template <typename TI>
+__global__ void k_layernorm_h(void *out, bool bf16, const TI *x, int64_t dim, vlm_dtype wt,
                               const void *w, vlm_dtype bt, const void *b, float eps) {
     __shared__ float sh[32];
-    const float *xr = x + blockIdx.x * dim;
+    const TI *xr = x + blockIdx.x * dim;
     const int64_t o = blockIdx.x * dim;
     float s = 0.0f;
-    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) s += xr[i];
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) s += ld_f(xr, i);
     float mean = block_sum(s, sh) / (float)dim;
     float v = 0.0f;
     for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-        float d = xr[i] - mean;
+        float d = ld_f(xr, i) - mean;
         v += d * d;
     }
     float r = rsqrtf(block_sum(v, sh) / (float)dim + eps);
     for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-        float y = ln_value(xr[i], mean, r, wt, w, bt, b, i);
+        float y = ln_value(ld_f(xr, i), mean, r, wt, w, bt, b, i);
         if (bf16)
             ((__nv_bfloat16 *)out)[o + i] = __float2bfloat16_rn(y);
         else
             ((__half *)out)[o + i] = __float2half_rn(y);
+    }
+}
+
+/* out[i] = x16[i] (bf16 bits) as f32: exact. */
+__global__ void k_bf16_to_f32(float *out, const uint16_t *x16, int64_t n) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = __uint_as_float((uint32_t)x16[i] << 16);
+}
+
+/* The same, eight values a thread (one 16-byte load, two 16-byte stores). */
+__global__ void k_bf16_to_f32x8(float4 *out, const uint4 *x16, int64_t n8) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n8;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const uint4 u = x16[i];
+        out[2 * i] = make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
+                                 __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
+        out[2 * i + 1] =
+            make_float4(__uint_as_float(u.z << 16), __uint_as_float(u.z & 0xffff0000u),
+                        __uint_as_float(u.w << 16), __uint_as_float(u.w & 0xffff0000u));
     }
 }
 
@@ -352,20 +385,25 @@ template <bool BF> __device__ __forceinline__ uint2 pack4_half(float a, float b,
  * sizes. OUT: 0 f32, 1 bf16, 2 f16 (each value as ln_value, then rounded as
  * k_to_half rounds). k_layernorm and k_layernorm_h take this kernel for the
  * same sizes, so the 16-bit result stays layernorm's value rounded. */
-template <int VPL, int OUT>
+template <int VPL, int OUT, bool IN16 = false>
 __global__ void __launch_bounds__(256)
-    k_layernorm_warp(void *out, const float *x, int64_t n, vlm_dtype wt, const void *w,
-                     vlm_dtype bt, const void *b, float eps) {
+    k_layernorm_warp(void *out, const void *x, int64_t n, vlm_dtype wt, const void *w, vlm_dtype bt,
+                     const void *b, float eps) {
     constexpr int dim = VPL * 128;
     const int64_t row = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     if (row >= n) return;
-    const float4 *xr = (const float4 *)(x + row * dim);
     float4 v[VPL];
     float s = 0.0f;
 #pragma unroll
     for (int j = 0; j < VPL; j++) {
-        v[j] = xr[lane + 32 * j];
+        if (IN16) { /* four bf16 values in one 8-byte load */
+            const uint2 u = ((const uint2 *)((const uint16_t *)x + row * dim))[lane + 32 * j];
+            v[j] = make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
+                               __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
+        } else {
+            v[j] = ((const float4 *)((const float *)x + row * dim))[lane + 32 * j];
+        }
         s += v[j].x + v[j].y + v[j].z + v[j].w;
     }
     const float mean = warp_sum(s) / (float)dim;
@@ -396,17 +434,136 @@ __global__ void __launch_bounds__(256)
     }
 }
 
+/* LayerNorm of bf16 rows (the vision tower's bf16 residual) into 16-bit
+ * rows: two rows a warp, each lane's 8 C values of a row held as C 16-byte
+ * words of packed bf16 (the row's loads all in flight at once; 8 C
+ * registers a row), widened where each pass reads them. Three blocks an SM
+ * (80 registers; ptxas keeps 8-16 bytes a thread in local memory), so that
+ * the 9,809 rows of 17 crops are nearly all in flight at once: the kernel
+ * is bound by the latency of its loads (Nsight Compute), and this form took
+ * 8.7 against k_layernorm_warp's 10.7 us at 5 crops. The sums run in a
+ * different order from k_layernorm_warp's. dim = 256 C. */
+__device__ __forceinline__ void bf16x8_to_f32(const uint4 &u, float (&f)[8]) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        f[2 * e] = __uint_as_float(w[e] << 16);
+        f[2 * e + 1] = __uint_as_float(w[e] & 0xffff0000u);
+    }
+}
+
+template <int C, int OUT>
+__global__ void __launch_bounds__(256, 3)
+    k_layernorm16_rows(void *out, const uint16_t *x, int64_t n, vlm_dtype wt, const void *w,
+                       vlm_dtype bt, const void *b, float eps) {
+    constexpr int dim = C * 256;
+    const int64_t row0 = ((int64_t)blockIdx.x * 8 + (threadIdx.x >> 5)) * 2;
+    const int lane = threadIdx.x & 31;
+    if (row0 >= n) return;
+    const bool two = row0 + 1 < n;
+    uint4 u[2][C];
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+        const uint4 *xr = (const uint4 *)(x + (two ? row0 + rr : row0) * dim);
+#pragma unroll
+        for (int j = 0; j < C; j++) u[rr][j] = xr[lane + 32 * j];
+    }
+    float mean[2], r[2];
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+        float s = 0.0f;
+#pragma unroll
+        for (int j = 0; j < C; j++) {
+            float f[8];
+            bf16x8_to_f32(u[rr][j], f);
+#pragma unroll
+            for (int e = 0; e < 8; e++) s += f[e];
+        }
+        mean[rr] = warp_sum(s) / (float)dim;
+    }
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+        float q = 0.0f;
+#pragma unroll
+        for (int j = 0; j < C; j++) {
+            float f[8];
+            bf16x8_to_f32(u[rr][j], f);
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                const float d = f[e] - mean[rr];
+                q += d * d;
+            }
+        }
+        r[rr] = rsqrtf(warp_sum(q) / (float)dim + eps);
+    }
+#pragma unroll
+    for (int j = 0; j < C; j++) {
+        const int64_t i = 8 * (lane + 32 * j);
+        uint2 packed[2][2]; /* [row][half]: four outputs each */
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            float wv[4], bv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            ld_w4(wt, w, i + 4 * hf, wv);
+            if (b) ld_w4(bt, b, i + 4 * hf, bv);
+#pragma unroll
+            for (int rr = 0; rr < 2; rr++) {
+                float f[8];
+                bf16x8_to_f32(u[rr][j], f);
+                float y[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    y[e] = ln_apply(f[4 * hf + e], mean[rr], r[rr], wv[e], b != nullptr, bv[e]);
+                packed[rr][hf] = pack4_half<OUT == 1>(y[0], y[1], y[2], y[3]);
+            }
+        }
+#pragma unroll
+        for (int rr = 0; rr < 2; rr++) {
+            if (rr == 1 && !two) break;
+            *(uint4 *)((uint16_t *)out + (row0 + rr) * dim + i) =
+                make_uint4(packed[rr][0].x, packed[rr][0].y, packed[rr][1].x, packed[rr][1].y);
+        }
+    }
+}
+
 /* Launches k_layernorm_warp where it applies (dim a multiple of 128 up to
- * 1024; x, out, w and b 16-byte aligned); false otherwise. */
-bool layernorm_warp(cudaStream_t st, int out_kind, void *out, const float *x, int64_t n,
-                    int64_t dim, vlm_cuda_weight w, vlm_cuda_weight b, float eps) {
+ * 1024; x, out, w and b 16-byte aligned); false otherwise. in16: x is bf16
+ * (then out_kind is 1 or 2), through k_layernorm16_rows where dim is a
+ * multiple of 256. */
+bool layernorm_warp(cudaStream_t st, int out_kind, void *out, const void *x, int64_t n, int64_t dim,
+                    vlm_cuda_weight w, vlm_cuda_weight b, float eps, bool in16 = false) {
     if (dim % 128 || dim > 1024 || ((uintptr_t)x % 16) || ((uintptr_t)out % 16) ||
-        ((uintptr_t)w.data % 16) || ((uintptr_t)b.data % 16))
+        ((uintptr_t)w.data % 16) || ((uintptr_t)b.data % 16) || (in16 && out_kind == 0))
         return false;
-    const unsigned grid = (unsigned)((n + 7) / 8);
+    const unsigned grid = (unsigned)((n + 7) / 8), grid2 = (unsigned)((n + 15) / 16);
+    if (in16 && dim % 256 == 0) { /* 16-byte words of 8 values: k_layernorm16_rows */
+#define LN16(CC)                                                                                   \
+    case CC:                                                                                       \
+        if (out_kind == 1)                                                                         \
+            k_layernorm16_rows<CC, 1><<<grid2, 256, 0, st>>>(out, (const uint16_t *)x, n, w.dtype, \
+                                                             w.data, b.dtype, b.data, eps);        \
+        else                                                                                       \
+            k_layernorm16_rows<CC, 2><<<grid2, 256, 0, st>>>(out, (const uint16_t *)x, n, w.dtype, \
+                                                             w.data, b.dtype, b.data, eps);        \
+        return true;
+        switch (dim / 256) {
+            LN16(1)
+            LN16(2)
+            LN16(3)
+            LN16(4)
+        default:
+            break;
+        }
+#undef LN16
+    }
 #define LNW(V)                                                                                     \
     case V:                                                                                        \
-        if (out_kind == 0)                                                                         \
+        if (in16 && out_kind == 1)                                                                 \
+            k_layernorm_warp<V, 1, true>                                                           \
+                <<<grid, 256, 0, st>>>(out, x, n, w.dtype, w.data, b.dtype, b.data, eps);          \
+        else if (in16)                                                                             \
+            k_layernorm_warp<V, 2, true>                                                           \
+                <<<grid, 256, 0, st>>>(out, x, n, w.dtype, w.data, b.dtype, b.data, eps);          \
+        else if (out_kind == 0)                                                                    \
             k_layernorm_warp<V, 0>                                                                 \
                 <<<grid, 256, 0, st>>>(out, x, n, w.dtype, w.data, b.dtype, b.data, eps);          \
         else if (out_kind == 1)                                                                    \
@@ -1057,6 +1214,24 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void *
                  : "r"(a));
 }
 
+/* The online softmax's step for a thread's two rows (the four lanes of a
+ * row hold its scores): the tile's row maxima tmax (raw scores) joined
+ * across those lanes and scaled to log2 units by sl2, the running maxima m
+ * moved, the running sums l rescaled, and corr, what the output so far is
+ * to be scaled by. */
+__device__ __forceinline__ void softmax_rows_step(float (&tmax)[2], float (&m)[2], float (&l)[2],
+                                                  float (&corr)[2], float sl2) {
+#pragma unroll
+    for (int row = 0; row < 2; row++) {
+        tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 1));
+        tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 2));
+        const float mn = fmaxf(m[row], tmax[row] * sl2);
+        corr[row] = ex2_approx(m[row] - mn);
+        m[row] = mn;
+        l[row] *= corr[row];
+    }
+}
+
 /* Four consecutive values of a K or V row (f32 or bf16 in global memory) as
  * bf16 into shared memory. vec: the row start and kv_stride allow one
  * 16-byte (f32) or 8-byte (bf16) load. */
@@ -1261,15 +1436,7 @@ __global__ void __launch_bounds__(NW * 32, mma_min_blocks<HD, NW>())
          * m is finite from the first tile on and a masked score (-inf)
          * gives p = ex2(-inf) = 0; corr is 0 at the first tile. */
         float corr[2];
-#pragma unroll
-        for (int row = 0; row < 2; row++) {
-            tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 1));
-            tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 2));
-            const float mn = fmaxf(m[row], tmax[row] * sl2);
-            corr[row] = ex2_approx(m[row] - mn);
-            m[row] = mn;
-            l[row] *= corr[row];
-        }
+        softmax_rows_step(tmax, m, l, corr, sl2);
 #pragma unroll
         for (int j = 0; j < NT; j++) {
 #pragma unroll
@@ -1379,6 +1546,383 @@ bool launch_mma_hd(int nw, bool async, bool h16, dim3 grid, cudaStream_t st, voi
 #undef MMA_ARGS
 }
 
+/* --- attention on Hopper's warpgroup MMA (sm_90a: the vision tower) --------
+ * The 16-bit path's attention for head_dim 64 without a causal mask (the
+ * vision tower's shape), on `wgmma` instead of `mma.sync`: a block of two
+ * warpgroups (256 threads) takes 128 queries of one head, each warpgroup 64
+ * of them, and walks the keys in tiles of 64. Q stays in registers as the A
+ * operand (each warp's 16 rows in the m16k16 layout, as k_attn_mma keeps
+ * them); K and V tiles pass through shared memory in the 128-byte swizzled
+ * layout the tensor cores read through a matrix descriptor (a key's 64 dims
+ * are one 128-byte row, its 16-byte chunk j stored at j ^ (key % 8)), both
+ * copied by cp.async from the same rows and read as they lie: K as a
+ * K-major B (S = Q K^T), V as an N-major B (O += P V, the instruction's
+ * transpose). One instruction per 16 dims (S) or 16 keys (O) and warpgroup,
+ * where k_attn_mma issues eight per warp plus their fragment loads from
+ * shared memory; the online softmax is k_attn_mma's (log2 units, one FMA and
+ * one ex2 a score), on accumulators laid out as mma.sync's. A last tile of at
+ * most 16 keys (577 vision keys leave 1) runs as an n16 product. The same
+ * roundings and sums as k_attn_mma (q, K, V, P to bf16, f32 accumulation):
+ * the same bits on the tests' shapes. Compiled where the target is sm_90a;
+ * wgmma_built() asks the card whether this build has it. */
+constexpr int WG_KT = 64;                  /* keys a tile */
+constexpr int WG_TILE_BYTES = WG_KT * 128; /* one tile of K or V: 64 rows of 128 bytes */
+
+__device__ int d_wgmma_built;
+
+__global__ void k_wgmma_probe() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    d_wgmma_built = 1;
+#else
+    d_wgmma_built = 0;
+#endif
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* A shared-memory matrix descriptor: 128-byte swizzle, 1024 bytes between
+ * 8-row groups in either direction (only one of the two fields is read for
+ * these shapes: K-major B steps over keys by the stride field, N-major B over
+ * keys by the one the transposed layout uses; 64 dims are one row either
+ * way). */
+__device__ __forceinline__ uint64_t wg_desc(uint32_t saddr) {
+    return (uint64_t)((saddr & 0x3FFFFu) >> 4) | ((uint64_t)(1024 >> 4) << 16) |
+           ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
+}
+__device__ __forceinline__ void wg_fence() {
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wg_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wg_wait0() {
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+/* keeps the compiler from moving reads or writes of accumulators across the
+ * asynchronous instructions that own them */
+template <int N> __device__ __forceinline__ void wg_hold(float (&r)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+/* d (+)= A B for m64n64k16: A from registers, B by descriptor; TB: B is
+ * N-major (transposed). acc 0: d = A B. */
+template <int TB>
+__device__ __forceinline__ void wg_mma_n64(float (&d)[32], uint32_t a0, uint32_t a1, uint32_t a2,
+                                           uint32_t a3, uint64_t desc, int acc) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %38, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "{%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+                   "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+                   "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+                   "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+                   "+f"(d[30]), "+f"(d[31])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "n"(TB), "r"(acc));
+}
+/* the same for m64n16k16 (K-major B): the last tile's 16 keys */
+__device__ __forceinline__ void wg_mma_n16(float (&d)[8], uint32_t a0, uint32_t a1, uint32_t a2,
+                                           uint32_t a3, uint64_t desc, int acc) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %14, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, %13;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+                   "+f"(d[6]), "+f"(d[7])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "n"(0), "r"(acc));
+}
+
+/* The online softmax of one tile's scores (NS accumulators: row g's keys
+ * 8j + 2t, +1 in s[4j], s[4j + 1], row g + 8's in s[4j + 2], s[4j + 3]);
+ * keys from valid on weigh 0. The scores become p, in place; corr is what
+ * the output so far is to be scaled by (wg_rescale). */
+template <int NS>
+__device__ __forceinline__ void wg_softmax(float (&s)[NS], float (&corr)[2], float (&m)[2],
+                                           float (&l)[2], float sl2, int valid, int t4) {
+    if (valid < NS * 2) { /* the last tile: keys past the end */
+#pragma unroll
+        for (int i = 0; i < NS; i++) {
+            const int key = (i >> 2) * 8 + 2 * t4 + (i & 1);
+            if (key >= valid) s[i] = -INFINITY;
+        }
+    }
+    /* the row maxima as trees (a chain of NS / 2 dependent steps holds the
+     * warp up; the maximum is the same in any order) */
+    float mx[2][NS / 4];
+#pragma unroll
+    for (int j = 0; j < NS / 4; j++) {
+        mx[0][j] = fmaxf(s[4 * j], s[4 * j + 1]);
+        mx[1][j] = fmaxf(s[4 * j + 2], s[4 * j + 3]);
+    }
+#pragma unroll
+    for (int w = NS / 8; w >= 1; w /= 2)
+#pragma unroll
+        for (int j = 0; j < w; j++) {
+            mx[0][j] = fmaxf(mx[0][j], mx[0][j + w]);
+            mx[1][j] = fmaxf(mx[1][j], mx[1][j + w]);
+        }
+    float tmax[2] = {mx[0][0], mx[1][0]};
+    softmax_rows_step(tmax, m, l, corr, sl2);
+#pragma unroll
+    for (int i = 0; i < NS; i++) {
+        const int r = (i >> 1) & 1;
+        s[i] = ex2_approx(fmaf(s[i], sl2, -m[r]));
+        l[r] += s[i];
+    }
+}
+
+/* o (32 accumulators over dims, rows as wg_softmax's) scaled by corr. */
+__device__ __forceinline__ void wg_rescale(float (&o)[32], const float (&corr)[2]) {
+    /* o rescaled only where a row's maximum moved in some lane of the warp
+     * (corr is exactly 1 elsewhere, and x 1 changes nothing): most tiles
+     * past the first few move none */
+    if (__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f)) {
+#pragma unroll
+        for (int i = 0; i < 32; i++) o[i] *= corr[(i >> 1) & 1];
+    }
+}
+#endif
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void mbar_init(uint32_t a, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(a), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t a) {
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(a)
+                 : "memory");
+}
+/* an arrival on the barrier once this thread's cp.async copies so far land */
+__device__ __forceinline__ void mbar_arrive_cp_async(uint32_t a) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(a) : "memory");
+}
+/* Turns between the two warpgroups of a block (named barriers 1 and 2,
+ * immediate ids): warpgroup w waits for its turn, and passes it on. */
+__device__ __forceinline__ void wg_turn_wait(int w) {
+    if (w == 0)
+        asm volatile("bar.sync 1, 256;\n" ::: "memory");
+    else
+        asm volatile("bar.sync 2, 256;\n" ::: "memory");
+}
+__device__ __forceinline__ void wg_turn_pass(int w) {
+    if (w == 0)
+        asm volatile("bar.arrive 2, 256;\n" ::: "memory");
+    else
+        asm volatile("bar.arrive 1, 256;\n" ::: "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t a, int parity) {
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     "selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(a), "r"(parity)
+                     : "memory");
+}
+#endif
+
+/* The kernel. The two warpgroups are decoupled: instead of a block barrier
+ * a tile, each of WG_MB_ST = 4 buffers has a "full" barrier (every
+ * thread's cp.async copies of its tile have landed:
+ * cp.async.mbarrier.arrive) and an "empty" one (every thread is done
+ * reading it), so a warpgroup waits for data and buffers only, and runs up
+ * to two tiles apart from the other. Tile t + 2 is copied while t is
+ * computed. A tile's S product is issued together with the last tile's
+ * O += P V, both waited for before the softmax (waiting for S alone, so
+ * that the exponentials overlap P V, makes ptxas serialize the products:
+ * the softmax rewrites registers of a product still in flight). PP: the
+ * two warpgroups take turns to issue (named barriers 1 and 2), a
+ * warpgroup passing the turn once its products are done, so that one's
+ * softmax overlaps the other's products. Measured on an H100 (perf.md,
+ * phase 8): the block barrier a tile, 2 or 4 buffers, the decoupled form
+ * without turns and with them are within 1% of each other on the tower. */
+constexpr int WG_MB_ST = 4;
+constexpr int WG_MB_SMEM = 2 * WG_MB_ST * WG_TILE_BYTES + 2 * WG_MB_ST * 8 + 1024;
+
+template <bool PP>
+__global__ void __launch_bounds__(256, 2)
+    k_attn_wgmma(__nv_bfloat16 *out, const __nv_bfloat16 *q, int64_t q_stride,
+                 const __nv_bfloat16 *k, const __nv_bfloat16 *v, int64_t kv_stride, int n_q,
+                 int n_kv, int n_heads, int n_kv_heads, float scale) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int ST = WG_MB_ST;
+    extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
+    const uint32_t raw = (uint32_t)__cvta_generic_to_shared(wg_smem_raw);
+    const uint32_t pad = (1024u - (raw & 1023u)) & 1023u;
+    unsigned char *sm = wg_smem_raw + pad; /* [K x ST][V x ST][full x ST][empty x ST] */
+    const uint32_t sbase = raw + pad;
+    const uint32_t full = sbase + 2 * ST * WG_TILE_BYTES, empty = full + ST * 8;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = tid >> 7;
+    const int g = lane >> 2, t4 = lane & 3;
+    const int h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
+    const int64_t z = blockIdx.z;
+    const __nv_bfloat16 *kz = k + z * n_kv * kv_stride + (int64_t)kvh * 64;
+    const __nv_bfloat16 *vz = v + z * n_kv * kv_stride + (int64_t)kvh * 64;
+    const int r0 = blockIdx.x * 128 + warp * 16 + g, r1 = r0 + 8;
+    const int n_tiles = (n_kv + WG_KT - 1) / WG_KT;
+    if (tid == 0) {
+        for (int i = 0; i < ST; i++) {
+            mbar_init(full + 8 * i, 256);
+            mbar_init(empty + 8 * i, 256);
+        }
+    }
+    __syncthreads();
+
+    /* this thread's four chunks of tile t into its buffer, then its
+     * arrival on the buffer's full barrier once they land */
+    auto load_tile = [&](int t) {
+        const int b = t % ST, t0 = t * WG_KT;
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int c = tid + i * 256, row = c >> 3, j = c & 7;
+            const int key = t0 + row;
+            const bool in = key < n_kv;
+            const int64_t at = (int64_t)(in ? key : 0) * kv_stride + j * 8;
+            const int so = row * 128 + ((j ^ (row & 7)) << 4);
+            cp_async16(sm + b * WG_TILE_BYTES + so, kz + at, in ? 16 : 0);
+            cp_async16(sm + (ST + b) * WG_TILE_BYTES + so, vz + at, in ? 16 : 0);
+        }
+        mbar_arrive_cp_async(full + 8 * b);
+    };
+    load_tile(0);
+    if (n_tiles > 1) load_tile(1);
+
+    uint32_t qa[4][4];
+    const __nv_bfloat16 *q0 = q + z * (int64_t)n_q * q_stride + (int64_t)h * 64 + 2 * t4;
+#pragma unroll
+    for (int ks = 0; ks < 4; ks++) {
+        const __nv_bfloat16 *p0 = q0 + (int64_t)r0 * q_stride + ks * 16;
+        const __nv_bfloat16 *p1 = q0 + (int64_t)r1 * q_stride + ks * 16;
+        qa[ks][0] = r0 < n_q ? *reinterpret_cast<const uint32_t *>(p0) : 0u;
+        qa[ks][1] = r1 < n_q ? *reinterpret_cast<const uint32_t *>(p1) : 0u;
+        qa[ks][2] = r0 < n_q ? *reinterpret_cast<const uint32_t *>(p0 + 8) : 0u;
+        qa[ks][3] = r1 < n_q ? *reinterpret_cast<const uint32_t *>(p1 + 8) : 0u;
+    }
+    float o[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) o[i] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    const float sl2 = scale * 1.4426950408889634f;
+    uint32_t pa[16]; /* the last tile's P as A fragments, per 16 keys */
+    int pk = 0;      /* how many 16-key chunks of pa its P V takes (4, or 1: a short tile) */
+    /* named barrier 1 + w: warpgroup w's turn to issue; warpgroup 0 goes first */
+    if (PP && wg == 1) wg_turn_pass(1);
+
+    for (int t = 0; t < n_tiles; t++) {
+        const int b = t % ST, t0 = t * WG_KT;
+        if (t + 2 < n_tiles) {
+            /* its buffer's last tile (t - 2) read by every thread */
+            if (t + 2 >= ST) mbar_wait(empty + 8 * ((t + 2) % ST), ((t + 2) / ST - 1) & 1);
+            load_tile(t + 2);
+        }
+        mbar_wait(full + 8 * b, (t / ST) & 1);
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* visible to wgmma */
+        const uint32_t ks_addr = sbase + b * WG_TILE_BYTES;
+        const uint32_t vlast = sbase + (ST + (t + ST - 1) % ST) * WG_TILE_BYTES;
+        const int valid = n_kv - t0;
+        /* one tile of NS scores a thread: 32 (64 keys), or 8 (the last
+         * tile's at most 16 keys, an n16 product), each in code of its own
+         * so that no register is an accumulator in one and a copy in the
+         * other */
+        auto step = [&](auto ns) {
+            constexpr int NS = decltype(ns)::value;
+            float s[NS];
+            if (PP) wg_turn_wait(wg);
+            wg_fence();
+#pragma unroll
+            for (int ks = 0; ks < 4; ks++) {
+                if constexpr (NS == 32)
+                    wg_mma_n64<0>(s, qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3],
+                                  wg_desc(ks_addr + ks * 32), ks);
+                else
+                    wg_mma_n16(s, qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3],
+                               wg_desc(ks_addr + ks * 32), ks);
+            }
+            wg_commit();
+            if (t > 0) { /* the last tile's P V: a whole tile (only the final one is short) */
+#pragma unroll
+                for (int kc = 0; kc < 4; kc++)
+                    wg_mma_n64<1>(o, pa[4 * kc], pa[4 * kc + 1], pa[4 * kc + 2], pa[4 * kc + 3],
+                                  wg_desc(vlast + kc * 2048), 1);
+                wg_commit();
+            }
+            /* S, and the last tile's P V: o and pa are free */
+            wg_wait0();
+            wg_hold(s);
+            wg_hold(o);
+            /* the other warpgroup's turn: its products run during this
+             * softmax */
+            if (PP) wg_turn_pass(wg);
+            float corr[2];
+            wg_softmax(s, corr, m, l, sl2, valid, t4);
+            if (t > 0) mbar_arrive(empty + 8 * ((t - 1) % ST));
+            wg_rescale(o, corr);
+            pk = NS / 8;
+#pragma unroll
+            for (int i = 0; i < NS / 2; i++) pa[i] = pack_bf16(s[2 * i], s[2 * i + 1]);
+        };
+        if (valid > 16)
+            step(std::integral_constant<int, 32>{});
+        else
+            step(std::integral_constant<int, 8>{});
+    }
+    /* the last tile's P V */
+    const uint32_t vlast = sbase + (ST + (n_tiles - 1) % ST) * WG_TILE_BYTES;
+    if (PP) wg_turn_wait(wg);
+    wg_fence();
+    if (pk == 4) {
+#pragma unroll
+        for (int kc = 0; kc < 4; kc++)
+            wg_mma_n64<1>(o, pa[4 * kc], pa[4 * kc + 1], pa[4 * kc + 2], pa[4 * kc + 3],
+                          wg_desc(vlast + kc * 2048), 1);
+    } else {
+        wg_mma_n64<1>(o, pa[0], pa[1], pa[2], pa[3], wg_desc(vlast), 1);
+    }
+    wg_commit();
+    wg_wait0();
+    wg_hold(o);
+    if (PP && wg == 0) wg_turn_pass(0);
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+    const float inv0 = l[0] > 0.0f ? 1.0f / l[0] : 0.0f, inv1 = l[1] > 0.0f ? 1.0f / l[1] : 0.0f;
+    __nv_bfloat16 *oz = out + z * (int64_t)n_q * n_heads * 64 + (int64_t)h * 64 + 2 * t4;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        if (r0 < n_q)
+            *reinterpret_cast<uint32_t *>(oz + (int64_t)r0 * n_heads * 64 + j * 8) =
+                pack_bf16(o[4 * j] * inv0, o[4 * j + 1] * inv0);
+        if (r1 < n_q)
+            *reinterpret_cast<uint32_t *>(oz + (int64_t)r1 * n_heads * 64 + j * 8) =
+                pack_bf16(o[4 * j + 2] * inv1, o[4 * j + 3] * inv1);
+    }
+#endif
+}
+
+/* Whether this build carries k_attn_wgmma's body for the current card (an
+ * sm_90a target and a compute capability 9.0 card), asked once with a probe
+ * kernel on st; VLM_CUDA_WGMMA=0 says no (k_attn_mma then runs). */
+bool wgmma_built(cudaStream_t st) {
+    static int built = -1; /* the same answer for every context of the process */
+    if (built < 0) {
+        int b = 0;
+        const char *e = getenv("VLM_CUDA_WGMMA");
+        if (!(e && !strcmp(e, "0")) && card().cc == 90) {
+            k_wgmma_probe<<<1, 1, 0, st>>>();
+            if (cudaMemcpyFromSymbolAsync(&b, d_wgmma_built, sizeof b, 0, cudaMemcpyDeviceToHost,
+                                          st) != cudaSuccess ||
+                cudaStreamSynchronize(st) != cudaSuccess) {
+                (void)cudaGetLastError();
+                b = 0;
+            }
+        }
+        built = b;
+    }
+    return built == 1;
+}
+
 /* The tensor-core attention for n_seq sequences: 128 queries a block (8
  * warps) where that still gives two blocks an SM, so K and V pass through
  * shared memory half as often as with 64 (the vision tower's 17 x 16 x 5
@@ -1392,6 +1936,32 @@ bool mma_attention(cudaStream_t st, bool async, bool h16, void *out, const void 
     if (n_kv > INT32_MAX - MA_KT || n_q > INT32_MAX - 128 ||
         (causal && q_pos0 + n_q > INT32_MAX - MA_KT))
         return false;
+    if (h16 && head_dim == 64 && !causal && wgmma_built(st)) {
+        const dim3 grid((unsigned)((n_q + 127) / 128), (unsigned)n_heads, (unsigned)n_seq);
+        /* VLM_CUDA_WG_TURNS=0: the warpgroups issue their products without
+         * taking turns (for measuring) */
+        static const bool turns = [] {
+            const char *e = getenv("VLM_CUDA_WG_TURNS");
+            return !(e && !strcmp(e, "0"));
+        }();
+        static int opted = 0; /* 1 yes, -1 refused: k_attn_mma runs */
+        if (!opted) {
+            cudaError_t e = cudaFuncSetAttribute(
+                k_attn_wgmma<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_MB_SMEM);
+            if (e == cudaSuccess)
+                e = cudaFuncSetAttribute(k_attn_wgmma<false>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, WG_MB_SMEM);
+            if (e != cudaSuccess) (void)cudaGetLastError();
+            opted = e == cudaSuccess ? 1 : -1;
+        }
+        if (opted > 0) {
+            (turns ? k_attn_wgmma<true> : k_attn_wgmma<false>)<<<grid, 256, WG_MB_SMEM, st>>>(
+                (__nv_bfloat16 *)out, (const __nv_bfloat16 *)q, q_stride, (const __nv_bfloat16 *)k,
+                (const __nv_bfloat16 *)v, kv_stride, (int)n_q, (int)n_kv, n_heads, n_kv_heads,
+                scale);
+            return true;
+        }
+    }
     const int64_t blocks128 = (n_q + 127) / 128 * n_heads * n_seq;
     /* VLM_CUDA_MMA_NW=4 or 8 fixes the warps a block (for measuring) */
     static const int nw_env = [] {
@@ -2881,9 +3451,64 @@ vlm_status vlm_cuda_layernorm_h(vlm_cuda_ctx *ctx, void *out, vlm_dtype dtype, c
     if (n <= 0) return VLM_OK;
     if (layernorm_warp(ctx->stream, dtype == VLM_DTYPE_BF16 ? 1 : 2, out, x, n, dim, w, b, eps))
         return launched("layernorm_h", err);
-    k_layernorm_h<<<(unsigned)n, norm_threads(dim), 0, ctx->stream>>>(
+    k_layernorm_h<float><<<(unsigned)n, norm_threads(dim), 0, ctx->stream>>>(
         out, dtype == VLM_DTYPE_BF16, x, dim, w.dtype, w.data, b.dtype, b.data, eps);
     return launched("layernorm_h", err);
+}
+
+vlm_status vlm_cuda_layernorm_h16(vlm_cuda_ctx *ctx, void *out, vlm_dtype dtype, const void *x16,
+                                  int64_t n, int64_t dim, vlm_cuda_weight w, vlm_cuda_weight b,
+                                  float eps, vlm_err *err) {
+    if (!half_type(dtype))
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "layernorm_h16: output dtype %d", (int)dtype);
+    if (n <= 0) return VLM_OK;
+    if (layernorm_warp(ctx->stream, dtype == VLM_DTYPE_BF16 ? 1 : 2, out, x16, n, dim, w, b, eps,
+                       true))
+        return launched("layernorm_h16", err);
+    k_layernorm_h<__nv_bfloat16><<<(unsigned)n, norm_threads(dim), 0, ctx->stream>>>(
+        out, dtype == VLM_DTYPE_BF16, (const __nv_bfloat16 *)x16, dim, w.dtype, w.data, b.dtype,
+        b.data, eps);
+    return launched("layernorm_h16", err);
+}
+
+/* What the bf16-output products (matmul_h_out16, matmul_h_acc16) take:
+ * BF16 weights outside f32 mode, sizes cuBLAS's int arguments hold;
+ * VLM_ERR_UNSUPPORTED naming op otherwise. */
+static vlm_status bf16_product_ok(const vlm_cuda_ctx *ctx, const char *op, vlm_cuda_weight w,
+                                  int64_t n, int64_t in, int64_t out, vlm_err *err) {
+    if (w.dtype != VLM_DTYPE_BF16 || ctx->f32_products || n > INT32_MAX || in > INT32_MAX ||
+        out > INT32_MAX)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                           "%s: needs BF16 weights outside f32 mode (%lld x %lld x %lld)", op,
+                           (long long)n, (long long)in, (long long)out);
+    return VLM_OK;
+}
+
+vlm_status vlm_cuda_matmul_h_acc16(vlm_cuda_ctx *ctx, void *y16, const void *xh, int64_t n,
+                                   int64_t in, int64_t out, vlm_cuda_weight w, vlm_cuda_weight b,
+                                   vlm_err *err) {
+    if (n <= 0 || out <= 0) return VLM_OK;
+    vlm_status st = bf16_product_ok(ctx, "matmul_h_acc16", w, n, in, out, err);
+    if (st != VLM_OK) return st;
+    if (lt_matmul_bias(ctx, y16, xh, n, in, out, w, b, 1.0f, CUDA_R_16BF))
+        return launched("matmul_h_acc16 (Lt)", err);
+    (void)cudaGetLastError(); /* a refused cuBLASLt call leaves nothing to report */
+    return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                       "matmul_h_acc16: cuBLASLt took no bf16 product of %lld x %lld x %lld with "
+                       "a bf16 residual",
+                       (long long)n, (long long)in, (long long)out);
+}
+
+vlm_status vlm_cuda_bf16_to_f32(vlm_cuda_ctx *ctx, float *out, const void *x16, int64_t n,
+                                vlm_err *err) {
+    if (n <= 0) return VLM_OK;
+    if (n % 8 == 0 && ((uintptr_t)x16 % 16) == 0 && ((uintptr_t)out % 16) == 0) {
+        k_bf16_to_f32x8<<<blocks_for(n / 8, 256), 256, 0, ctx->stream>>>((float4 *)out,
+                                                                         (const uint4 *)x16, n / 8);
+        return launched("bf16_to_f32", err);
+    }
+    k_bf16_to_f32<<<blocks_for(n, 256), 256, 0, ctx->stream>>>(out, (const uint16_t *)x16, n);
+    return launched("bf16_to_f32", err);
 }
 
 vlm_status vlm_cuda_bias_quick_gelu_h(vlm_cuda_ctx *ctx, void *out, vlm_dtype dtype, const float *x,
@@ -2974,12 +3599,8 @@ vlm_status vlm_cuda_matmul_h_out16(vlm_cuda_ctx *ctx, void *y16, const void *xh,
                                    int64_t in, int64_t out, vlm_cuda_weight w, vlm_cuda_weight b,
                                    vlm_err *err) {
     if (n <= 0 || out <= 0) return VLM_OK;
-    if (w.dtype != VLM_DTYPE_BF16 || ctx->f32_products || n > INT32_MAX || in > INT32_MAX ||
-        out > INT32_MAX)
-        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
-                           "matmul_h_out16: needs BF16 weights outside f32 mode (%lld x %lld x "
-                           "%lld)",
-                           (long long)n, (long long)in, (long long)out);
+    vlm_status chk = bf16_product_ok(ctx, "matmul_h_out16", w, n, in, out, err);
+    if (chk != VLM_OK) return chk;
     if (lt_matmul_bias(ctx, y16, xh, n, in, out, w, b, 0.0f, CUDA_R_16BF))
         return launched("matmul_h_out16 (Lt)", err);
     (void)cudaGetLastError(); /* a refused cuBLASLt call leaves nothing to report */
