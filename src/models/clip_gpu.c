@@ -42,11 +42,13 @@ struct clip_gpu {
     int32_t *pos_ids; /* device [n_pos]: 0..n_pos-1, rows of pos_emb gathered by embed_rows */
     void **owned;
     int n_owned;
-    bool bf16_attn; /* the layers' products round activations to bf16 (BF16 weights) */
-    bool gelu16;    /* fc1 writes bf16 (bias in the epilogue), quick-GELU in place */
-    bool res16;     /* the residual stream in bf16 (every layer BF16, not f32 mode) */
-    bool px16;      /* pixels go up as bf16 (the patch product rounds them so anyway) */
-    float *act;     /* device, act_floats (clip_gpu_layout) */
+    bool bf16_attn;  /* the layers' products round activations to bf16 (BF16 weights) */
+    bool gelu16;     /* fc1 writes bf16 (bias in the epilogue), quick-GELU in place */
+    bool res16;      /* the residual stream in bf16 (every layer BF16, not f32 mode) */
+    int refuse_at;   /* VLM_CUDA_RES16_REFUSE_AT (tests): see residual_acc */
+    int acc16_calls; /* bf16-residual products of the current crop group */
+    bool px16;       /* pixels go up as bf16 (the patch product rounds them so anyway) */
+    float *act;      /* device, act_floats (clip_gpu_layout) */
     size_t act_floats;
     /* pinned host staging for the pixels and the projected rows, or NULL
      * (refused: the copies go through pageable memory) */
@@ -252,6 +254,8 @@ vlm_status clip_gpu_create(const clip_model *m, clip_gpu **out, vlm_err *err) {
             G->fc2_b.dtype != VLM_DTYPE_BF16)
             g->res16 = false;
     }
+    e = getenv("VLM_CUDA_RES16_REFUSE_AT");
+    g->refuse_at = e ? atoi(e) : 0;
     e = getenv("VLM_CUDA_PX16");
     g->px16 = !(e && !strcmp(e, "0")) && vlm_cuda_pixels16(g->ctx, g->patch_w);
     *out = g;
@@ -432,14 +436,19 @@ static vlm_status attend(clip_gpu *g, const gpu_clip_layer *L, int gc, void *xb,
 /* x += xh W^T + b, the residual products (out_proj, fc2) on the 16-bit
  * path: into the bf16 stream x16 while *res16 holds, else into the f32 x.
  * Where cuBLASLt takes no bf16-residual product, the stream is widened
- * into x once and the rest of the tower runs on it (*res16 cleared). */
+ * into x once and the rest of the tower runs on it (*res16 cleared).
+ * VLM_CUDA_RES16_REFUSE_AT=N (read when the tower is created; for tests)
+ * refuses a group's N-th such product as cuBLASLt would. */
 static vlm_status residual_acc(clip_gpu *g, bool *res16, float *x, void *x16, const void *xh,
                                int64_t T, int64_t in, int64_t out, vlm_cuda_weight w,
                                vlm_cuda_weight b, vlm_err *err) {
     vlm_status st;
     if (*res16) {
         vlm_err e2 = {0};
-        st = vlm_cuda_matmul_h_acc16(g->ctx, x16, xh, T, in, out, w, b, &e2);
+        if (g->refuse_at > 0 && ++g->acc16_calls >= g->refuse_at)
+            st = VLM_ERR_UNSUPPORTED;
+        else
+            st = vlm_cuda_matmul_h_acc16(g->ctx, x16, xh, T, in, out, w, b, &e2);
         if (st != VLM_ERR_UNSUPPORTED) {
             if (st != VLM_OK) *err = e2;
             return st;
@@ -498,6 +507,7 @@ static vlm_status encode_group(clip_gpu *g, cpu_pool *pool, const float *pixels,
           *att = A + lo.att, *mlp = A + lo.mlp, *px = A + lo.px;
     void *xb = A + lo.xb, *x16 = A + lo.x16;
     bool res16 = g->res16;
+    g->acc16_calls = 0;
     /* Pixels up through the pinned buffer (written by the pool's threads,
      * as bf16 where px16 says the product rounds them so), four crops at a
      * time: the next chunk is written while the last one's DMA runs. Or

@@ -455,6 +455,28 @@ static void test_vision_bf16(void **state) {
         assert_true(rel <= 1e-2);
     }
     arch_model_free(m);
+    /* the residual stream: in f32 throughout (VLM_CUDA_RES16=0), and in
+     * bf16 until its third product is refused (as cuBLASLt refuses one),
+     * widened there and carried on in f32: both within the tolerance, and
+     * each other than the bf16 stream's rows */
+    const char *envs[2][2] = {{"VLM_CUDA_RES16", "0"}, {"VLM_CUDA_RES16_REFUSE_AT", "3"}};
+    float *alt = malloc(nv * sizeof *alt);
+    for (int i = 0; i < 2; i++) {
+        setenv(envs[i][0], envs[i][1], 1);
+        m = load(&vis);
+        unsetenv(envs[i][0]);
+        vlm_status sr = m->arch->encode_image(m->impl, &in, 5, alt, &err);
+        if (sr != VLM_OK) fprintf(stderr, "%s\n", err.msg);
+        assert_int_equal(sr, VLM_OK);
+        double rel = fx_rel_l2(alt, want, nv), moved = fx_rel_l2(alt, got, nv);
+        printf("bf16 vision on GPU, %s=%s: image rows rel L2 vs CPU %.3g (tol 1e-2), vs the "
+               "bf16 stream %.3g\n",
+               envs[i][0], envs[i][1], rel, moved);
+        assert_true(rel <= 1e-2);
+        assert_true(moved > 0.0);
+        arch_model_free(m);
+    }
+    free(alt);
     /* the paths these two switch off: fc1 in f32 with bias, quick-GELU and
      * rounding in one pass; the pixels sent up as f32 */
     setenv("VLM_CUDA_GELU16", "0", 1);
