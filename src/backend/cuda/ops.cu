@@ -348,16 +348,24 @@ __global__ void k_bf16_to_f32(float *out, const uint16_t *x16, int64_t n) {
         out[i] = __uint_as_float((uint32_t)x16[i] << 16);
 }
 
+/* Eight bf16 values (one 16-byte word, memory order) widened to f32. */
+__device__ __forceinline__ void bf16x8_to_f32(const uint4 &u, float (&f)[8]) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        f[2 * e] = __uint_as_float(w[e] << 16);
+        f[2 * e + 1] = __uint_as_float(w[e] & 0xffff0000u);
+    }
+}
+
 /* The same, eight values a thread (one 16-byte load, two 16-byte stores). */
 __global__ void k_bf16_to_f32x8(float4 *out, const uint4 *x16, int64_t n8) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n8;
          i += (int64_t)gridDim.x * blockDim.x) {
-        const uint4 u = x16[i];
-        out[2 * i] = make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
-                                 __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
-        out[2 * i + 1] =
-            make_float4(__uint_as_float(u.z << 16), __uint_as_float(u.z & 0xffff0000u),
-                        __uint_as_float(u.w << 16), __uint_as_float(u.w & 0xffff0000u));
+        float f[8];
+        bf16x8_to_f32(x16[i], f);
+        out[2 * i] = make_float4(f[0], f[1], f[2], f[3]);
+        out[2 * i + 1] = make_float4(f[4], f[5], f[6], f[7]);
     }
 }
 
@@ -443,15 +451,6 @@ __global__ void __launch_bounds__(256)
  * is bound by the latency of its loads (Nsight Compute), and this form took
  * 8.7 against k_layernorm_warp's 10.7 us at 5 crops. The sums run in a
  * different order from k_layernorm_warp's. dim = 256 C. */
-__device__ __forceinline__ void bf16x8_to_f32(const uint4 &u, float (&f)[8]) {
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int e = 0; e < 4; e++) {
-        f[2 * e] = __uint_as_float(w[e] << 16);
-        f[2 * e + 1] = __uint_as_float(w[e] & 0xffff0000u);
-    }
-}
-
 template <int C, int OUT>
 __global__ void __launch_bounds__(256, 3)
     k_layernorm16_rows(void *out, const uint16_t *x, int64_t n, vlm_dtype wt, const void *w,
@@ -1682,9 +1681,7 @@ __device__ __forceinline__ void wg_rescale(float (&o)[32], const float (&corr)[2
         for (int i = 0; i < 32; i++) o[i] *= corr[(i >> 1) & 1];
     }
 }
-#endif
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ __forceinline__ void mbar_init(uint32_t a, int count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(a), "r"(count) : "memory");
 }
