@@ -461,10 +461,10 @@ static vlm_status residual_acc(clip_gpu *g, bool *res16, float *x, void *x16, co
 
 /* The MLP on the 16-bit path, from LN2's output in xb:
  * x += fc2(quick_gelu(fc1(xb))), biases included. With gelu16 and a BF16
- * fc1 bias, fc1 writes bf16 into mlp (the bias in its epilogue, half the
- * bytes of f32), quick-GELU runs there in place and fc2 reads it;
- * otherwise fc1 writes f32 into mlp and one pass adds the bias, applies
- * quick-GELU and rounds into xb. */
+ * fc1 bias, fc1 writes bf16 into mlp with the bias and quick-GELU applied
+ * (matmul_h_qgelu16: in the product's epilogue on Hopper, else a pass in
+ * place over fc1's bf16 output) and fc2 reads it; otherwise fc1 writes f32 into mlp and one pass
+ * adds the bias, applies quick-GELU and rounds into xb. */
 static vlm_status mlp16(clip_gpu *g, const gpu_clip_layer *L, int64_t T, bool *res16, float *x,
                         void *x16, void *xb, float *mlp, vlm_err *err) {
     const clip_config *c = &g->m->cfg;
@@ -473,11 +473,9 @@ static vlm_status mlp16(clip_gpu *g, const gpu_clip_layer *L, int64_t T, bool *r
     if (g->gelu16 && L->half_t == VLM_DTYPE_BF16 && L->fc1_b.dtype == VLM_DTYPE_BF16 &&
         (T * I) % 8 == 0 && (uintptr_t)mlp % 16 == 0) {
         vlm_err e2 = {0};
-        st = vlm_cuda_matmul_h_out16(g->ctx, mlp, xb, T, D, I, L->fc1_w, L->fc1_b, &e2);
-        if (st == VLM_OK) {
-            RUN(vlm_cuda_quick_gelu_bf16(g->ctx, mlp, T * I, err));
+        st = vlm_cuda_matmul_h_qgelu16(g->ctx, mlp, xb, T, D, I, L->fc1_w, L->fc1_b, &e2);
+        if (st == VLM_OK)
             return residual_acc(g, res16, x, x16, mlp, T, I, D, L->fc2_w, L->fc2_b, err);
-        }
         if (st != VLM_ERR_UNSUPPORTED) {
             *err = e2;
             return st;

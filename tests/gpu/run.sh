@@ -89,7 +89,7 @@ step configure 120 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-Rele
   -DCMAKE_CUDA_ARCHITECTURES=90a -DCMAKE_C_FLAGS="-I$P/usr/include" \
   -DCMAKE_EXE_LINKER_FLAGS="$LDFLAGS" &&
   step build 300 cmake --build "$BUILD" -j "${JOBS:-16}" --target gpu_test_cuda_ops gpu_test_cuda_model \
-    gpubench mkcheckpoint gpu_model_bench vlmtest &&
+    gpubench mkcheckpoint gpu_model_bench vlmtest gemm90probe &&
   BUILT=1 || BUILT=0
 
 # ONLY_BUILD=1: stop here (tests/gpu/profile.sh builds through this script).
@@ -202,13 +202,17 @@ if [ "$BUILT" = 1 ]; then
     NAMES+=("compute-sanitizer"); RESULTS+=("absent"); SECS+=(0)
   fi
   [ -x "$BUILD/gpubench" ] && step gpubench 120 "$BUILD/gpubench"
+  # fc1 with quick-GELU in gemm90's epilogue against cuBLAS and the pass
+  [ -x "$BUILD/gemm90probe" ] && step gemm90probe 60 "$BUILD/gemm90probe"
   # The whole model on the GPU: a full-size synthetic Phi-3.5-vision
   # checkpoint (bf16, 8.3 GB, random weights; /tmp has the room), then the
   # same shapes in transformers for comparison.
   CK=/tmp/vlm-synth-phi35v
   if [ -n "$SHARED" ]; then
     step mkcheckpoint 240 "$BUILD/mkcheckpoint" --out "$CK" --shared "$SHARED" &&
-      step gpu_model_bench 360 "$BUILD/gpu_model_bench" "$CK" 64 800
+      step gpu_model_bench 360 "$BUILD/gpu_model_bench" "$CK" 64 800 &&
+      # the tower's own GPU time (CUDA events around it, VLM_CUDA_TIMING)
+      step tower_time 120 env VLM_CUDA_TIMING=1 VLM_LOG=info "$BUILD/gpu_model_bench" "$CK" 8 800 v
   else
     NAMES+=("mkcheckpoint + gpu_model_bench"); RESULTS+=("SKIPPED (no shared folder)"); SECS+=(0)
   fi
@@ -233,6 +237,11 @@ for r in "${RESULTS[@]}"; do case "$r" in ok | absent) ;; *) fail=1 ;; esac; don
     echo; echo "whole model, vlmtest (build-gpu/gpu_model_bench):"
     grep -E "tok/s|ms|GB/s" "$LOGS/gpu_model_bench.log" | grep -v '^{'
   fi
+  if [ -f "$LOGS/tower_time.log" ]; then
+    echo; echo "the vision tower's GPU time (VLM_CUDA_TIMING; the first of four calls warms up):"
+    grep -o "[0-9]* crops (GPU time).*tower [0-9.]* ms" "$LOGS/tower_time.log" | sed 's/: pixels.*tower/: tower/'
+  fi
+  if [ -f "$LOGS/gemm90probe.log" ]; then echo; tail -7 "$LOGS/gemm90probe.log"; fi
   if [ -f "$LOGS/bench_hf.log" ]; then
     echo; echo "whole model, transformers (reference/bench_hf.py):"
     grep -E "^device|tok/s| ms$" "$LOGS/bench_hf.log"

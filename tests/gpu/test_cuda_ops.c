@@ -1104,6 +1104,67 @@ static void gelu_bf16_case(int64_t n) {
     free(x), free(xh), free(got), free(want);
 }
 
+/* fc1 with its activation, matmul_h_qgelu16 (gemm90 where it takes the
+ * shapes: Hopper, an sm_90a build, out a multiple of 256, in of 64),
+ * against the host's round(quick_gelu(round(x W^T + b))), and
+ * matmul_h_out16 against round(x W^T + b), each within 1e-2 of the largest
+ * value (a bf16 step and the summation order); qgelu16 against out16
+ * followed by quick_gelu_bf16 on the device (the path elsewhere), 99% of
+ * the values the same bits. The outputs are poisoned (NaN) first: every
+ * value written. n 300: a last tile of 44 rows; 577 x 1024 -> 4096: the
+ * tower's fc1 at one crop; 40 x 96 -> 200: shapes gemm90 does not take. */
+static void mm_g90_case(int64_t n, int64_t in, int64_t out) {
+    float *x = rnd((size_t)(n * in), 1.0f), *w = rnd((size_t)(out * in), 0.1f),
+          *b = rnd((size_t)out, 0.5f);
+    uint16_t *xh = malloc((size_t)(n * in) * 2), *wh = malloc((size_t)(out * in) * 2),
+             *bh = malloc((size_t)out * 2), *nan16 = malloc((size_t)(n * out) * 2);
+    to_bf16(xh, x, (size_t)(n * in));
+    to_bf16(wh, w, (size_t)(out * in));
+    to_bf16(bh, b, (size_t)out);
+    for (int64_t i = 0; i < n * in; i++) x[i] = vlm_bf16_to_f32(xh[i]);
+    for (int64_t i = 0; i < out * in; i++) w[i] = vlm_bf16_to_f32(wh[i]);
+    for (int64_t i = 0; i < out; i++) b[i] = vlm_bf16_to_f32(bh[i]);
+    for (int64_t i = 0; i < n * out; i++) nan16[i] = 0x7fc1;
+    float *lin = malloc((size_t)(n * out) * 4), *gl = malloc((size_t)(n * out) * 4);
+    cpu_matmul(POOL, lin, x, n, in, out, (cpu_weight){VLM_DTYPE_F32, w},
+               (cpu_weight){VLM_DTYPE_F32, b});
+    for (int64_t i = 0; i < n * out; i++) gl[i] = lin[i] = vlm_round_bf16(lin[i]);
+    cpu_quick_gelu(gl, n * out);
+    for (int64_t i = 0; i < n * out; i++) gl[i] = vlm_round_bf16(gl[i]);
+    void *dx = up(xh, (size_t)(n * in) * 2), *dw = up(wh, (size_t)(out * in) * 2),
+         *db = up(bh, (size_t)out * 2), *dy = up(nan16, (size_t)(n * out) * 2),
+         *dy2 = up(nan16, (size_t)(n * out) * 2);
+    const vlm_cuda_weight cw = {VLM_DTYPE_BF16, dw}, cb = {VLM_DTYPE_BF16, db};
+    for (int gelu = 0; gelu < 2; gelu++) {
+        const float *want = gelu ? gl : lin;
+        if (gelu)
+            OK(vlm_cuda_matmul_h_qgelu16(CTX, dy, dx, n, in, out, cw, cb, E));
+        else
+            OK(vlm_cuda_matmul_h_out16(CTX, dy, dx, n, in, out, cw, cb, E));
+        float *got = down_bf16(dy, (size_t)(n * out));
+        char what[96];
+        snprintf(what, sizeof what, "matmul_h_%s n=%lld in=%lld out=%lld",
+                 gelu ? "qgelu16" : "out16", (long long)n, (long long)in, (long long)out);
+        close_to(what, got, want, (size_t)(n * out), 1e-2);
+        free(got);
+    }
+    /* the two passes on the device */
+    OK(vlm_cuda_matmul_h_out16(CTX, dy2, dx, n, in, out, cw, cb, E));
+    OK(vlm_cuda_quick_gelu_bf16(CTX, dy2, n * out, E));
+    uint16_t *g1 = malloc((size_t)(n * out) * 2), *g2 = malloc((size_t)(n * out) * 2);
+    OK(vlm_cuda_sync(CTX, "qgelu16", E));
+    OK(vlm_cuda_download(CTX, g1, dy, (size_t)(n * out) * 2, "qgelu16", E));
+    OK(vlm_cuda_download(CTX, g2, dy2, (size_t)(n * out) * 2, "qgelu16", E));
+    int64_t same = 0;
+    for (int64_t i = 0; i < n * out; i++) same += g1[i] == g2[i];
+    printf("matmul_h_qgelu16: %lld of %lld as out16 + quick_gelu_bf16 (gemm90 %s)\n",
+           (long long)same, (long long)(n * out), vlm_cuda_has_gemm90(CTX) ? "on" : "off");
+    assert_true(same >= n * out * 99 / 100);
+    vlm_dev_free(dx), vlm_dev_free(dw), vlm_dev_free(db), vlm_dev_free(dy), vlm_dev_free(dy2);
+    free(x), free(w), free(b), free(xh), free(wh), free(bh), free(nan16), free(lin), free(gl);
+    free(g1), free(g2);
+}
+
 static void test_half_inputs(void **state) {
     (void)state;
     ln_h_case(VLM_DTYPE_BF16, 37, 1024);
@@ -1127,6 +1188,10 @@ static void test_half_inputs(void **state) {
     gelu_h_case(VLM_DTYPE_F16, 3, 1000);
     gelu_bf16_case(8 * 4096);
     gelu_bf16_case(8);
+    mm_g90_case(300, 128, 512);
+    mm_g90_case(1, 64, 256);
+    mm_g90_case(577, 1024, 4096); /* the tower's fc1 */
+    mm_g90_case(40, 96, 200);     /* shapes gemm90 does not take: the two passes */
 }
 
 /* The tower's bf16 q|k|v and attention: matmul_h_out16 against cpu_matmul

@@ -377,6 +377,24 @@ vlm_status vlm_cuda_patch_embed_crops(vlm_cuda_ctx *ctx, float *x, const void *i
 vlm_status vlm_cuda_matmul_h_out16(vlm_cuda_ctx *ctx, void *y16, const void *xh, int64_t n,
                                    int64_t in, int64_t out, vlm_cuda_weight w, vlm_cuda_weight b,
                                    vlm_err *err);
+/* y16[n][out] = round_bf16(quick_gelu(round_bf16(xh . W^T + b))): fc1 and
+ * its activation, with matmul_h_out16's product and bias and
+ * quick_gelu_bf16's two roundings. On an sm_90a build and a compute
+ * capability 9.0 card, for out a multiple of 256 and in of 64 (16-byte
+ * aligned xh and y16; BF16 or no bias), one product applies the activation
+ * in its epilogue (gemm90, backend/cuda/hopper.cuh: fc1's output is written
+ * once instead of written, read and written again); its exponential and
+ * division are the fast ones, so a value may differ from the two-pass
+ * result by one bf16 step where the exact one lies at a rounding boundary.
+ * Otherwise matmul_h_out16 then quick_gelu_bf16, which needs n * out a
+ * multiple of 8 and y16 16-byte aligned. VLM_ERR_UNSUPPORTED as
+ * matmul_h_out16. */
+vlm_status vlm_cuda_matmul_h_qgelu16(vlm_cuda_ctx *ctx, void *y16, const void *xh, int64_t n,
+                                     int64_t in, int64_t out, vlm_cuda_weight w, vlm_cuda_weight b,
+                                     vlm_err *err);
+/* Whether matmul_h_qgelu16 runs gemm90 where the shapes fit (an sm_90a
+ * build on a compute capability 9.0 card, VLM_CUDA_GEMM90 not 0). */
+bool vlm_cuda_has_gemm90(vlm_cuda_ctx *ctx);
 /* As vlm_cuda_attention_seqs on the tensor-core kernel (not causal), with
  * q, K, V bf16 (q_stride, kv_stride in elements; K and V rows 16-byte
  * aligned) and the output written as bf16 rounded as vlm_cuda_to_half

@@ -18,6 +18,7 @@
 extern "C" {
 #include "backend/cuda/ctx.h"
 }
+#include "backend/cuda/hopper.cuh"
 
 /* tensor/quant.h's block layouts (its C11 _Static_asserts keep it out of
  * C++): Q8_0 = {f16 d; int8 qs[32]} (34 bytes), Q4_0 = {f16 d; u8 qs[16]}
@@ -1578,31 +1579,6 @@ __global__ void k_wgmma_probe() {
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-/* A shared-memory matrix descriptor: 128-byte swizzle, 1024 bytes between
- * 8-row groups in either direction (only one of the two fields is read for
- * these shapes: K-major B steps over keys by the stride field, N-major B over
- * keys by the one the transposed layout uses; 64 dims are one row either
- * way). */
-__device__ __forceinline__ uint64_t wg_desc(uint32_t saddr) {
-    return (uint64_t)((saddr & 0x3FFFFu) >> 4) | ((uint64_t)(1024 >> 4) << 16) |
-           ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
-}
-__device__ __forceinline__ void wg_fence() {
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wg_commit() {
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wg_wait0() {
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-}
-/* keeps the compiler from moving reads or writes of accumulators across the
- * asynchronous instructions that own them */
-template <int N> __device__ __forceinline__ void wg_hold(float (&r)[N]) {
-#pragma unroll
-    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
-}
-
 /* d (+)= A B for m64n64k16: A from registers, B by descriptor; TB: B is
  * N-major (transposed). acc 0: d = A B. */
 template <int TB>
@@ -1682,17 +1658,6 @@ __device__ __forceinline__ void wg_rescale(float (&o)[32], const float (&corr)[2
     }
 }
 
-__device__ __forceinline__ void mbar_init(uint32_t a, int count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(a), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t a) {
-    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(a)
-                 : "memory");
-}
-/* an arrival on the barrier once this thread's cp.async copies so far land */
-__device__ __forceinline__ void mbar_arrive_cp_async(uint32_t a) {
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(a) : "memory");
-}
 /* Turns between the two warpgroups of a block (named barriers 1 and 2,
  * immediate ids): warpgroup w waits for its turn, and passes it on. */
 __device__ __forceinline__ void wg_turn_wait(int w) {
@@ -1706,15 +1671,6 @@ __device__ __forceinline__ void wg_turn_pass(int w) {
         asm volatile("bar.arrive 2, 256;\n" ::: "memory");
     else
         asm volatile("bar.arrive 1, 256;\n" ::: "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t a, int parity) {
-    uint32_t done = 0;
-    while (!done)
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                     "selp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done)
-                     : "r"(a), "r"(parity)
-                     : "memory");
 }
 #endif
 
@@ -3592,6 +3548,16 @@ vlm_status vlm_cuda_patch_embed_crops(vlm_cuda_ctx *ctx, float *x, const void *i
     return launched("patch_embed_crops (class and positions)", err);
 }
 
+/* VLM_CUDA_GEMM90=0 leaves fc1 and its activation to cuBLASLt and the
+ * quick-GELU pass (for measuring). */
+bool vlm_cuda_has_gemm90(vlm_cuda_ctx *ctx) {
+    static const bool off = [] {
+        const char *e = getenv("VLM_CUDA_GEMM90");
+        return e && !strcmp(e, "0");
+    }();
+    return !off && wgmma_built(ctx->stream);
+}
+
 vlm_status vlm_cuda_matmul_h_out16(vlm_cuda_ctx *ctx, void *y16, const void *xh, int64_t n,
                                    int64_t in, int64_t out, vlm_cuda_weight w, vlm_cuda_weight b,
                                    vlm_err *err) {
@@ -3619,6 +3585,24 @@ vlm_status vlm_cuda_matmul_h_out16(vlm_cuda_ctx *ctx, void *y16, const void *xh,
                      (int)out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (bs != CUBLAS_STATUS_SUCCESS) return blas_failed("matmul_h_out16", bs, n, in, out, err);
     return VLM_OK;
+}
+
+vlm_status vlm_cuda_matmul_h_qgelu16(vlm_cuda_ctx *ctx, void *y16, const void *xh, int64_t n,
+                                     int64_t in, int64_t out, vlm_cuda_weight w, vlm_cuda_weight b,
+                                     vlm_err *err) {
+    if (n <= 0 || out <= 0) return VLM_OK;
+    vlm_status st = bf16_product_ok(ctx, "matmul_h_qgelu16", w, n, in, out, err);
+    if (st != VLM_OK) return st;
+    /* gemm90 (hopper.cuh) where it takes the shapes, cuBLASLt and the pass
+     * elsewhere (or where it declines: nothing launched) */
+    if ((!b.data || b.dtype == VLM_DTYPE_BF16) && g90_takes(y16, xh, w.data, b.data, n, out, in) &&
+        vlm_cuda_has_gemm90(ctx) &&
+        g90_launch<G90_BIAS_QGELU>(ctx->stream, card().sms, (uint16_t *)y16, (const uint16_t *)xh,
+                                   (const uint16_t *)w.data, (const uint16_t *)b.data, n, out,
+                                   in) != cudaErrorNotSupported)
+        return launched("matmul_h_qgelu16 (gemm90)", err);
+    st = vlm_cuda_matmul_h_out16(ctx, y16, xh, n, in, out, w, b, err);
+    return st == VLM_OK ? vlm_cuda_quick_gelu_bf16(ctx, y16, n * out, err) : st;
 }
 
 vlm_status vlm_cuda_attention_seqs_h(vlm_cuda_ctx *ctx, void *out16, const void *q16,
