@@ -244,6 +244,18 @@ static size_t act_floats_before_logits(const phi3v_config *c, int64_t n) {
     return 4 + (size_t)n * (size_t)(2 * c->hidden + qkvd + qd + 3 * c->intermediate);
 }
 
+/* VLM_CUDA_PREFILL16=0: the products above the GEMV size round their f32
+ * inputs in a pass of their own (for measuring against rmsnorm_h and
+ * silu_mul_h writing them rounded). */
+static bool prefill16_on(void) {
+    static int on = -1; /* every thread computes the same answer */
+    if (on < 0) {
+        const char *e = getenv("VLM_CUDA_PREFILL16");
+        on = !(e && !strcmp(e, "0"));
+    }
+    return on == 1;
+}
+
 /* Queue the layers (and with want_logits the head over rows [first, n);
  * with greedy also the argmax of the last row into the activations' second
  * int32) on the activations in g->act. dpos non-NULL: the position is the device's
@@ -273,11 +285,28 @@ static vlm_status enqueue(phi3_gpu *g, const vlm_kv *kv, int64_t n, int64_t pos0
         const int64_t lo = (int64_t)l * kv->max_ctx * kvd;
         vlm_cuda_weight kc = {kv->dtype, (const char *)kv->dev_k + (size_t)lo * esz};
         vlm_cuda_weight vc = {kv->dtype, (const char *)kv->dev_v + (size_t)lo * esz};
-        RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->in_norm, c->rms_eps, err));
+        /* above the GEMV size with 16-bit weights the products round
+         * their inputs: the norm and SiLU write them rounded (xb and hmid
+         * hold the 16-bit rows), one pass fewer each */
+        const bool p16 = !dpos && prefill16_on();
+        const bool qkv16 = p16 && vlm_cuda_rounds_inputs(g->ctx, L->qkv, n);
+        const bool gu16 = p16 && vlm_cuda_rounds_inputs(g->ctx, L->gate_up, n);
+        const bool down16 = p16 && vlm_cuda_rounds_inputs(g->ctx, L->down, n) && ff % 4 == 0 &&
+                            (uintptr_t)gu % 16 == 0 && (uintptr_t)hmid % 8 == 0 && n <= 65535;
+        if (qkv16)
+            RUN(vlm_cuda_rmsnorm_h(g->ctx, xb, L->qkv.dtype, dx, n, d, L->in_norm, c->rms_eps,
+                                   err));
+        else
+            RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->in_norm, c->rms_eps, err));
         /* q's H heads and k's KV heads lie side by side at the start of
          * each qkv row: the product, one rotation over H + KV heads, and
          * the chunk's K/V rows into the cache (positions pos0..pos0+n-1) */
-        if (dpos) {
+        if (qkv16) {
+            RUN(vlm_cuda_matmul_h(g->ctx, qkv, xb, n, d, qkvd, L->qkv, nob, err));
+            RUN(vlm_cuda_rope_store(g->ctx, qkv, n, qkvd, H, KV, (int)hd, cos_tab + pos0 * half,
+                                    sin_tab + pos0 * half, kv->dev_k, kv->dev_v, kv->dtype,
+                                    lo + pos0 * kvd, err));
+        } else if (dpos) {
             RUN(vlm_cuda_matmul_rope_store(g->ctx, qkv, xb, n, d, L->qkv, H, KV, (int)hd, cos_tab,
                                            sin_tab, kv->dev_k, kv->dev_v, kv->dtype, lo, dpos,
                                            err));
@@ -287,6 +316,8 @@ static vlm_status enqueue(phi3_gpu *g, const vlm_kv *kv, int64_t n, int64_t pos0
             RUN(vlm_cuda_matmul_rope_store(g->ctx, qkv, xb, n, d, L->qkv, H, KV, (int)hd,
                                            cos_tab + pos0 * half, sin_tab + pos0 * half, kv->dev_k,
                                            kv->dev_v, kv->dtype, lo + pos0 * kvd, NULL, err));
+        }
+        if (!dpos) {
             /* BF16 qkv weights: above the GEMV size the qkv product
              * rounded its input to bf16, so prefill chunks may take the
              * tensor-core attention (the op keeps f32 in f32 mode and
@@ -297,10 +328,25 @@ static vlm_status enqueue(phi3_gpu *g, const vlm_kv *kv, int64_t n, int64_t pos0
         }
         /* x += o(att): the residual add fused into the product */
         RUN(vlm_cuda_matmul_acc(g->ctx, dx, att, n, qd, d, L->o, err));
-        RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->post_norm, c->rms_eps, err));
-        /* gate and up, and silu(gate) * up, in one op */
-        RUN(vlm_cuda_matmul_silu(g->ctx, hmid, gu, xb, n, d, ff, L->gate_up, err));
-        RUN(vlm_cuda_matmul_acc(g->ctx, dx, hmid, n, ff, d, L->down, err));
+        if (gu16) {
+            RUN(vlm_cuda_rmsnorm_h(g->ctx, xb, L->gate_up.dtype, dx, n, d, L->post_norm, c->rms_eps,
+                                   err));
+            RUN(vlm_cuda_matmul_h(g->ctx, gu, xb, n, d, 2 * ff, L->gate_up, nob, err));
+        } else {
+            RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->post_norm, c->rms_eps, err));
+        }
+        if (down16) {
+            if (!gu16) RUN(vlm_cuda_matmul(g->ctx, gu, xb, n, d, 2 * ff, L->gate_up, nob, err));
+            RUN(vlm_cuda_silu_mul_h(g->ctx, hmid, L->down.dtype, gu, n, ff, err));
+            RUN(vlm_cuda_matmul_h_acc(g->ctx, dx, hmid, n, ff, d, L->down, nob, err));
+        } else {
+            /* gate and up, and silu(gate) * up, in one op */
+            if (gu16)
+                RUN(vlm_cuda_silu_mul(g->ctx, hmid, gu, n, ff, err));
+            else
+                RUN(vlm_cuda_matmul_silu(g->ctx, hmid, gu, xb, n, d, ff, L->gate_up, err));
+            RUN(vlm_cuda_matmul_acc(g->ctx, dx, hmid, n, ff, d, L->down, err));
+        }
     }
     if (want_logits) {
         RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx + first * d, n - first, d, g->norm, c->rms_eps, err));

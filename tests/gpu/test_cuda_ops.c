@@ -1165,6 +1165,47 @@ static void mm_g90_case(int64_t n, int64_t in, int64_t out) {
     free(g1), free(g2);
 }
 
+/* rmsnorm_h and silu_mul_h: bit for bit rmsnorm / silu_mul followed by
+ * to_half (the rounding the prefill products did in their own pass), BF16
+ * and F16, through the row kernel (3072) and the general one (64, 1000);
+ * silu_mul_h refuses rows that are not whole 4-value vectors. */
+static void norm_silu_h_case(vlm_dtype t, int64_t n, int64_t dim) {
+    float *x = rnd((size_t)(n * dim), 2.0f), *w = rnd((size_t)dim, 1.0f);
+    float *gu = rnd((size_t)(n * 2 * dim), 3.0f);
+    float *dx = up(x, (size_t)(n * dim) * 4), *dw = up(w, (size_t)dim * 4);
+    float *dgu = up(gu, (size_t)(n * 2 * dim) * 4);
+    float *df = vlm_dev_alloc((size_t)(n * dim) * 4, VLM_MEM_ACTIVATIONS);
+    void *dh = vlm_dev_alloc((size_t)(n * dim) * 2, VLM_MEM_ACTIVATIONS),
+         *dh2 = vlm_dev_alloc((size_t)(n * dim) * 2, VLM_MEM_ACTIVATIONS);
+    assert_non_null(df), assert_non_null(dh), assert_non_null(dh2);
+    uint16_t *a = malloc((size_t)(n * dim) * 2), *b = malloc((size_t)(n * dim) * 2);
+    const vlm_cuda_weight cw = {VLM_DTYPE_F32, dw};
+    for (int op = 0; op < 2; op++) {
+        if (op == 0) {
+            OK(vlm_cuda_rmsnorm(CTX, df, dx, n, dim, cw, 1e-5f, E));
+            OK(vlm_cuda_rmsnorm_h(CTX, dh2, t, dx, n, dim, cw, 1e-5f, E));
+        } else {
+            OK(vlm_cuda_silu_mul(CTX, df, dgu, n, dim, E));
+            OK(vlm_cuda_silu_mul_h(CTX, dh2, t, dgu, n, dim, E));
+        }
+        OK(vlm_cuda_to_half(CTX, dh, t, df, n * dim, E));
+        OK(vlm_cuda_sync(CTX, "norm_silu_h", E));
+        OK(vlm_cuda_download(CTX, a, dh, (size_t)(n * dim) * 2, "norm_silu_h", E));
+        OK(vlm_cuda_download(CTX, b, dh2, (size_t)(n * dim) * 2, "norm_silu_h", E));
+        printf("%s %s n=%lld dim=%lld: bit for bit the f32 op + to_half\n",
+               op ? "silu_mul_h" : "rmsnorm_h", vlm_dtype_get(t)->name, (long long)n,
+               (long long)dim);
+        assert_memory_equal(a, b, (size_t)(n * dim) * 2);
+    }
+    vlm_err err = {0};
+    assert_int_equal(vlm_cuda_silu_mul_h(CTX, dh2, t, dgu, n, dim - 1, &err), VLM_ERR_UNSUPPORTED);
+    assert_int_equal(vlm_cuda_rmsnorm_h(CTX, dh2, VLM_DTYPE_F32, dx, n, dim, cw, 1e-5f, &err),
+                     VLM_ERR_UNSUPPORTED);
+    vlm_dev_free(dx), vlm_dev_free(dw), vlm_dev_free(dgu), vlm_dev_free(df), vlm_dev_free(dh);
+    vlm_dev_free(dh2);
+    free(x), free(w), free(gu), free(a), free(b);
+}
+
 static void test_half_inputs(void **state) {
     (void)state;
     ln_h_case(VLM_DTYPE_BF16, 37, 1024);
@@ -1190,8 +1231,12 @@ static void test_half_inputs(void **state) {
     gelu_bf16_case(8);
     mm_g90_case(300, 128, 512);
     mm_g90_case(1, 64, 256);
-    mm_g90_case(577, 1024, 4096); /* the tower's fc1 */
-    mm_g90_case(40, 96, 200);     /* shapes gemm90 does not take: the two passes */
+    mm_g90_case(577, 1024, 4096);               /* the tower's fc1 */
+    mm_g90_case(40, 96, 200);                   /* shapes gemm90 does not take: the two passes */
+    norm_silu_h_case(VLM_DTYPE_BF16, 37, 3072); /* the decoder's rows: the row kernel */
+    norm_silu_h_case(VLM_DTYPE_F16, 5, 3072);
+    norm_silu_h_case(VLM_DTYPE_BF16, 9, 64); /* the tiny model's */
+    norm_silu_h_case(VLM_DTYPE_F16, 3, 1000);
 }
 
 /* The tower's bf16 q|k|v and attention: matmul_h_out16 against cpu_matmul

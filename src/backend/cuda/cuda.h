@@ -125,6 +125,11 @@ vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t 
  * and one pass over y fewer than matmul + add. y must not alias x. */
 vlm_status vlm_cuda_matmul_acc(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n, int64_t in,
                                int64_t out, vlm_cuda_weight w, vlm_err *err);
+/* Whether matmul rounds an n-row x to w's 16-bit type before its product
+ * (cuBLAS on F16/BF16 weights above the GEMV size, outside f32 mode): then
+ * an op before it may write x rounded already (rmsnorm_h, silu_mul_h) and
+ * matmul_h take it, the same product without the rounding pass. */
+bool vlm_cuda_rounds_inputs(const vlm_cuda_ctx *ctx, vlm_cuda_weight w, int64_t n);
 
 /* A product and the small op after it, in one launch where the fast GEMV
  * takes the product (n <= VLM_CUDA_GEMV_MAX_N, BF16/F16 weights, the
@@ -145,6 +150,11 @@ vlm_status vlm_cuda_matmul_rope_store(vlm_cuda_ctx *ctx, float *qkv, const float
 /* As cpu_rmsnorm / cpu_layernorm (out may equal x). */
 vlm_status vlm_cuda_rmsnorm(vlm_cuda_ctx *ctx, float *out, const float *x, int64_t n, int64_t dim,
                             vlm_cuda_weight w, float eps, vlm_err *err);
+/* rmsnorm's values rounded to dtype (BF16 or F16) as to_half rounds them,
+ * into out16 [n][dim]: a product's 16-bit input in one pass. out16 must not
+ * overlap x. VLM_ERR_UNSUPPORTED for another dtype. */
+vlm_status vlm_cuda_rmsnorm_h(vlm_cuda_ctx *ctx, void *out16, vlm_dtype dtype, const float *x,
+                              int64_t n, int64_t dim, vlm_cuda_weight w, float eps, vlm_err *err);
 vlm_status vlm_cuda_layernorm(vlm_cuda_ctx *ctx, float *out, const float *x, int64_t n, int64_t dim,
                               vlm_cuda_weight w, vlm_cuda_weight b, float eps, vlm_err *err);
 
@@ -218,6 +228,12 @@ vlm_status vlm_cuda_add_bias(vlm_cuda_ctx *ctx, float *y, int64_t n, int64_t dim
                              vlm_err *err);
 vlm_status vlm_cuda_silu_mul(vlm_cuda_ctx *ctx, float *out, const float *gu, int64_t n, int64_t ff,
                              vlm_err *err);
+/* silu_mul's values rounded to dtype (BF16 or F16) as to_half rounds them,
+ * into out16 [n][ff]: the down product's 16-bit input in one pass. ff a
+ * multiple of 4, gu 16-byte and out16 8-byte aligned, n <= 65535, else
+ * VLM_ERR_UNSUPPORTED (nothing launched). */
+vlm_status vlm_cuda_silu_mul_h(vlm_cuda_ctx *ctx, void *out16, vlm_dtype dtype, const float *gu,
+                               int64_t n, int64_t ff, vlm_err *err);
 
 /* *out (device) = cpu_argmax(x[n]): the lowest index of the largest value,
  * NaNs never taken (index 0 when x[0] is NaN), as the CPU's greedy pick. */

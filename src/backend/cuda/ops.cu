@@ -214,20 +214,45 @@ __device__ __forceinline__ void store_kv(void *dst, bool bf, int64_t at, float v
         ((float *)dst)[at] = v;
 }
 
+/* Four floats rounded to bf16 (BF) or f16, round to nearest even, as one
+ * 8-byte word in memory order: the 16-bit outputs of the row kernels. */
+template <bool BF> __device__ __forceinline__ uint2 pack4_half(float a, float b, float c, float d) {
+    uint2 u;
+    if (BF) {
+        __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
+        u.x = *reinterpret_cast<uint32_t *>(&lo);
+        u.y = *reinterpret_cast<uint32_t *>(&hi);
+    } else {
+        __half2 lo = __floats2half2_rn(a, b), hi = __floats2half2_rn(c, d);
+        u.x = *reinterpret_cast<uint32_t *>(&lo);
+        u.y = *reinterpret_cast<uint32_t *>(&hi);
+    }
+    return u;
+}
+
 /* --- norms ----------------------------------------------------------------- */
 
-__global__ void k_rmsnorm(float *out, const float *x, int64_t dim, vlm_dtype wt, const void *w,
+template <int OUT = 0> /* OUT: 0 f32, 1 bf16, 2 f16 (rmsnorm_h) */
+__global__ void k_rmsnorm(void *out, const float *x, int64_t dim, vlm_dtype wt, const void *w,
                           float eps) {
     pdl_wait();    /* launched as a programmatic dependent (launch_pdl) */
     pdl_trigger(); /* the next product may start loading its weights */
     __shared__ float sh[32];
     const float *xr = x + blockIdx.x * dim;
-    float *orow = out + blockIdx.x * dim;
     float ss = 0.0f;
     for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
     ss = block_sum(ss, sh);
     float r = rsqrtf(ss / (float)dim + eps);
-    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) orow[i] = xr[i] * r * ld_w(wt, w, i);
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float y = xr[i] * r * ld_w(wt, w, i);
+        const int64_t at = blockIdx.x * dim + i;
+        if (OUT == 0)
+            ((float *)out)[at] = y;
+        else if (OUT == 1)
+            ((__nv_bfloat16 *)out)[at] = __float2bfloat16_rn(y);
+        else
+            ((__half *)out)[at] = __float2half_rn(y);
+    }
 }
 
 /* RMSNorm of rows of 1024 VPL floats (the decoder's 3072: VPL 3) with 256
@@ -235,8 +260,8 @@ __global__ void k_rmsnorm(float *out, const float *x, int64_t dim, vlm_dtype wt,
  * the 8 warps' sums of squares meet in shared memory and every thread adds
  * them in the same order. A decode token runs it 65 times on one row, where
  * the general kernel (1024 threads, two barriers) was latency-bound. */
-template <int VPL>
-__global__ void __launch_bounds__(256) k_rmsnorm_rows(float *out, const float *x, vlm_dtype wt,
+template <int VPL, int OUT = 0> /* OUT: 0 f32, 1 bf16, 2 f16 (rmsnorm_h) */
+__global__ void __launch_bounds__(256) k_rmsnorm_rows(void *out, const float *x, vlm_dtype wt,
                                                       const void *w, float eps, bool prefetch) {
     constexpr int dim = 1024 * VPL;
     /* the weights are no earlier kernel's output: with prefetch they are
@@ -269,11 +294,16 @@ __global__ void __launch_bounds__(256) k_rmsnorm_rows(float *out, const float *x
 #pragma unroll
     for (int k = 0; k < 8; k++) tot += sh[k];
     const float r = rsqrtf(tot / (float)dim + eps);
-    float4 *orow = (float4 *)(out + blockIdx.x * (int64_t)dim);
 #pragma unroll
-    for (int j = 0; j < VPL; j++)
-        orow[threadIdx.x + 256 * j] = make_float4(v[j].x * r * gw[j][0], v[j].y * r * gw[j][1],
-                                                  v[j].z * r * gw[j][2], v[j].w * r * gw[j][3]);
+    for (int j = 0; j < VPL; j++) {
+        const float4 y = make_float4(v[j].x * r * gw[j][0], v[j].y * r * gw[j][1],
+                                     v[j].z * r * gw[j][2], v[j].w * r * gw[j][3]);
+        const int64_t at = blockIdx.x * (int64_t)dim / 4 + threadIdx.x + 256 * j;
+        if (OUT == 0)
+            ((float4 *)out)[at] = y;
+        else
+            ((uint2 *)out)[at] = pack4_half<OUT == 1>(y.x, y.y, y.z, y.w);
+    }
 }
 
 /* One normalised value; explicit round-to-nearest intrinsics so that the
@@ -368,22 +398,6 @@ __global__ void k_bf16_to_f32x8(float4 *out, const uint4 *x16, int64_t n8) {
         out[2 * i] = make_float4(f[0], f[1], f[2], f[3]);
         out[2 * i + 1] = make_float4(f[4], f[5], f[6], f[7]);
     }
-}
-
-/* Four floats rounded to bf16 (BF) or f16, round to nearest even, as one
- * 8-byte word in memory order: the 16-bit outputs of the row kernels. */
-template <bool BF> __device__ __forceinline__ uint2 pack4_half(float a, float b, float c, float d) {
-    uint2 u;
-    if (BF) {
-        __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
-        u.x = *reinterpret_cast<uint32_t *>(&lo);
-        u.y = *reinterpret_cast<uint32_t *>(&hi);
-    } else {
-        __half2 lo = __floats2half2_rn(a, b), hi = __floats2half2_rn(c, d);
-        u.x = *reinterpret_cast<uint32_t *>(&lo);
-        u.y = *reinterpret_cast<uint32_t *>(&hi);
-    }
-    return u;
 }
 
 /* LayerNorm with a warp per row for rows of 128 VPL floats (the vision
@@ -1990,6 +2004,24 @@ __global__ void k_silu_mul(float *out, const float *gu, int64_t n, int64_t ff) {
     }
 }
 
+/* silu_mul rounded to bf16 (BF) or f16, four values a thread: row
+ * blockIdx.y, 16-byte loads of gate and up, an 8-byte store (ff a multiple
+ * of 4; gu 16-byte and out 8-byte aligned). The values k_silu_mul computes,
+ * rounded as to_half rounds them: the 16-bit input of the down product. */
+template <bool BF> __global__ void k_silu_mul_h4(void *out, const float *gu, int64_t ff4) {
+    pdl_wait();
+    pdl_trigger();
+    const int64_t r = blockIdx.y;
+    const float4 *g = (const float4 *)gu + r * 2 * ff4, *u = g + ff4;
+    uint2 *o = (uint2 *)out + r * ff4;
+    for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < ff4;
+         c += (int64_t)gridDim.x * blockDim.x) {
+        const float4 a = g[c], b = u[c];
+        o[c] = pack4_half<BF>(silu_mul1(a.x, b.x), silu_mul1(a.y, b.y), silu_mul1(a.z, b.z),
+                              silu_mul1(a.w, b.w));
+    }
+}
+
 /* (v, i) takes (v2, i2) if that is larger, or as large at a lower index;
  * a NaN is never taken. A total order on what is taken, so the sweep and
  * the tree below give the lowest index of the largest non-NaN value. */
@@ -2757,15 +2789,41 @@ vlm_status vlm_cuda_rmsnorm(vlm_cuda_ctx *ctx, float *out, const float *x, int64
                             vlm_cuda_weight w, float eps, vlm_err *err) {
     if (n <= 0) return VLM_OK;
     if (dim % 1024 == 0 && dim <= 4096 && ((uintptr_t)x % 16) == 0 && ((uintptr_t)out % 16) == 0) {
-        void (*const rows[4])(float *, const float *, vlm_dtype, const void *, float, bool) = {
+        void (*const rows[4])(void *, const float *, vlm_dtype, const void *, float, bool) = {
             k_rmsnorm_rows<1>, k_rmsnorm_rows<2>, k_rmsnorm_rows<3>, k_rmsnorm_rows<4>};
-        launch_pdl(rows[dim / 1024 - 1], dim3((unsigned)n), 256u, ctx->stream, out, x, w.dtype,
-                   w.data, eps, card().prefetch);
+        launch_pdl(rows[dim / 1024 - 1], dim3((unsigned)n), 256u, ctx->stream, (void *)out, x,
+                   w.dtype, w.data, eps, card().prefetch);
         return launched("rmsnorm", err);
     }
-    launch_pdl(k_rmsnorm, dim3((unsigned)n), (unsigned)norm_threads(dim), ctx->stream, out, x, dim,
-               w.dtype, w.data, eps);
+    launch_pdl(k_rmsnorm<0>, dim3((unsigned)n), (unsigned)norm_threads(dim), ctx->stream,
+               (void *)out, x, dim, w.dtype, w.data, eps);
     return launched("rmsnorm", err);
+}
+
+static bool half_type(vlm_dtype t) {
+    return t == VLM_DTYPE_BF16 || t == VLM_DTYPE_F16;
+}
+
+vlm_status vlm_cuda_rmsnorm_h(vlm_cuda_ctx *ctx, void *out16, vlm_dtype dtype, const float *x,
+                              int64_t n, int64_t dim, vlm_cuda_weight w, float eps, vlm_err *err) {
+    if (!half_type(dtype))
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED, "rmsnorm_h: output dtype %s",
+                           vlm_dtype_get(dtype)->name);
+    if (n <= 0) return VLM_OK;
+    const bool bf = dtype == VLM_DTYPE_BF16;
+    if (dim % 1024 == 0 && dim <= 4096 && ((uintptr_t)x % 16) == 0 && ((uintptr_t)out16 % 8) == 0) {
+        void (*const rows[2][4])(void *, const float *, vlm_dtype, const void *, float,
+                                 bool) = {{k_rmsnorm_rows<1, 2>, k_rmsnorm_rows<2, 2>,
+                                           k_rmsnorm_rows<3, 2>, k_rmsnorm_rows<4, 2>},
+                                          {k_rmsnorm_rows<1, 1>, k_rmsnorm_rows<2, 1>,
+                                           k_rmsnorm_rows<3, 1>, k_rmsnorm_rows<4, 1>}};
+        launch_pdl(rows[bf][dim / 1024 - 1], dim3((unsigned)n), 256u, ctx->stream, out16, x,
+                   w.dtype, w.data, eps, card().prefetch);
+        return launched("rmsnorm_h", err);
+    }
+    launch_pdl(bf ? k_rmsnorm<1> : k_rmsnorm<2>, dim3((unsigned)n), (unsigned)norm_threads(dim),
+               ctx->stream, out16, x, dim, w.dtype, w.data, eps);
+    return launched("rmsnorm_h", err);
 }
 
 vlm_status vlm_cuda_layernorm(vlm_cuda_ctx *ctx, float *out, const float *x, int64_t n, int64_t dim,
@@ -3026,6 +3084,23 @@ vlm_status vlm_cuda_add_bias(vlm_cuda_ctx *ctx, float *y, int64_t n, int64_t dim
     return launched("add_bias", err);
 }
 
+vlm_status vlm_cuda_silu_mul_h(vlm_cuda_ctx *ctx, void *out16, vlm_dtype dtype, const float *gu,
+                               int64_t n, int64_t ff, vlm_err *err) {
+    if (!half_type(dtype) || ff % 4 || ((uintptr_t)gu % 16) || ((uintptr_t)out16 % 8) || n > 65535)
+        return vlm_err_set(err, VLM_ERR_UNSUPPORTED,
+                           "silu_mul_h: %s, %lld rows of %lld (the kernel takes rows of a multiple "
+                           "of 4, aligned, at most 65535 rows)",
+                           vlm_dtype_get(dtype)->name, (long long)n, (long long)ff);
+    if (n <= 0 || ff <= 0) return VLM_OK;
+    const int64_t ff4 = ff / 4;
+    const dim3 grid((unsigned)((ff4 + 255) / 256 < 64 ? (ff4 + 255) / 256 : 64), (unsigned)n);
+    if (dtype == VLM_DTYPE_BF16)
+        launch_pdl(k_silu_mul_h4<true>, grid, 256u, ctx->stream, out16, gu, ff4);
+    else
+        launch_pdl(k_silu_mul_h4<false>, grid, 256u, ctx->stream, out16, gu, ff4);
+    return launched("silu_mul_h", err);
+}
+
 vlm_status vlm_cuda_silu_mul(vlm_cuda_ctx *ctx, float *out, const float *gu, int64_t n, int64_t ff,
                              vlm_err *err) {
     if (n <= 0 || ff <= 0) return VLM_OK;
@@ -3155,6 +3230,10 @@ static vlm_status matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n,
     return vlm_cuda_add_bias(ctx, y, n, out, b, err);
 }
 
+bool vlm_cuda_rounds_inputs(const vlm_cuda_ctx *ctx, vlm_cuda_weight w, int64_t n) {
+    return n > GEMV_MAXN && half_type(w.dtype) && !ctx->f32_products;
+}
+
 vlm_status vlm_cuda_matmul(vlm_cuda_ctx *ctx, float *y, const float *x, int64_t n, int64_t in,
                            int64_t out, vlm_cuda_weight w, vlm_cuda_weight b, vlm_err *err) {
     return matmul(ctx, y, x, n, in, out, w, b, false, err);
@@ -3263,10 +3342,6 @@ vlm_status vlm_cuda_attention_pos(vlm_cuda_ctx *ctx, float *out, const float *q,
 
 bool vlm_cuda_f32_mode(const vlm_cuda_ctx *ctx) {
     return ctx->f32_products;
-}
-
-static bool half_type(vlm_dtype t) {
-    return t == VLM_DTYPE_BF16 || t == VLM_DTYPE_F16;
 }
 
 static bool float_type(vlm_dtype t, cudaDataType_t *out) {
