@@ -548,13 +548,14 @@ static void test_attention(void **state) {
     attn_case("attn decode split-K f32", VLM_DTYPE_F32, 1, 700, 32, 32, 96, true, 699);
     attn_case("attn decode split-K bf16", VLM_DTYPE_BF16, 1, 1500, 8, 2, 128, true, 1499);
     attn_case("attn tiny hd8", VLM_DTYPE_F32, 9, 9, 4, 4, 8, true, 0);
-    /* short contexts split too (>= 16 keys a split), keys not a multiple
-     * of the 4-key step, a causal chunk whose queries see different key
-     * counts across splits */
-    attn_case("attn decode 80 keys split", VLM_DTYPE_BF16, 1, 80, 32, 32, 96, true, 79);
-    attn_case("attn decode 33 keys split", VLM_DTYPE_F32, 1, 33, 4, 2, 64, true, 32);
-    attn_case("attn chunk at pos 60 split", VLM_DTYPE_BF16, 3, 63, 4, 4, 96, true, 60);
-    attn_case("attn decode 31 keys", VLM_DTYPE_F32, 1, 31, 2, 2, 96, true, 30);
+    /* short contexts: one split below 96 keys, split from there (>= 16
+     * keys a split), keys not a multiple of the 4-key step, a causal chunk
+     * whose queries see different key counts across splits */
+    attn_case("attn decode 80 keys", VLM_DTYPE_BF16, 1, 80, 32, 32, 96, true, 79);
+    attn_case("attn decode 97 keys split", VLM_DTYPE_BF16, 1, 97, 32, 32, 96, true, 96);
+    attn_case("attn decode 101 keys split", VLM_DTYPE_F32, 1, 101, 4, 2, 64, true, 100);
+    attn_case("attn chunk at pos 100 split", VLM_DTYPE_BF16, 3, 103, 4, 4, 96, true, 100);
+    attn_case("attn decode 95 keys", VLM_DTYPE_F32, 1, 95, 2, 2, 96, true, 94);
     /* the tiled kernel (>= 32 queries): key tiles of 32 shared by 16
      * queries; partial query blocks, partial key tiles, a chunk at a later
      * position (queries of a block see different key counts), GQA */
