@@ -463,8 +463,9 @@ static vlm_status residual_acc(clip_gpu *g, bool *res16, float *x, void *x16, co
  * x += fc2(quick_gelu(fc1(xb))), biases included. With gelu16 and a BF16
  * fc1 bias, fc1 writes bf16 into mlp with the bias and quick-GELU applied
  * (matmul_h_qgelu16: in the product's epilogue on Hopper, else a pass in
- * place over fc1's bf16 output) and fc2 reads it; otherwise fc1 writes f32 into mlp and one pass
- * adds the bias, applies quick-GELU and rounds into xb. */
+ * place over fc1's bf16 output) and fc2 reads it; otherwise fc1 writes f32
+ * into mlp and one pass adds the bias, applies quick-GELU and rounds into
+ * xb. */
 static vlm_status mlp16(clip_gpu *g, const gpu_clip_layer *L, int64_t T, bool *res16, float *x,
                         void *x16, void *xb, float *mlp, vlm_err *err) {
     const clip_config *c = &g->m->cfg;

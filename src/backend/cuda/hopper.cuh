@@ -1,8 +1,9 @@
 /* backend/cuda/hopper - Hopper (sm_90a) building blocks shared by the
  * tensor-core kernels of ops.cu: shared-memory matrix descriptors, warpgroup
  * MMA (`wgmma`) fences and groups, mbarriers and the tensor-memory
- * accelerator's tile copies; and gemm90, a matrix product on them whose
- * epilogue runs in registers (ops.cu, vlm_cuda_matmul_h_qgelu16). Device
+ * accelerator's tile copies; and gemm90, a matrix product on them that
+ * applies the bias and quick-GELU before its output leaves the SM (ops.cu,
+ * vlm_cuda_matmul_h_qgelu16: the vision tower's fc1). Device
  * code only where the target is sm_90a (__CUDA_ARCH_FEAT_SM90_ALL); the
  * kernels' bodies are empty elsewhere and the host asks the card
  * (wgmma_built in ops.cu) before launching one. */
