@@ -120,8 +120,6 @@ __device__ __forceinline__ void prefetch_l2(const void *p) {
  * VLM_CUDA_PREFETCH=0 (the decode attention and the row RMSNorm read
  * nothing before their dependency wait),
  * for measuring. */
-void set_att_one_split(int n); /* with the decode attention, below */
-
 struct card_facts {
     int sms = 0, fixed_ws = 0, cc = 0; /* cc: compute capability, 10 major + minor */
     bool pdl = false, attn_async = true, dec_groups = true, att_merge = true;
@@ -153,8 +151,6 @@ struct card_facts {
         prefetch = !(pf && pf[0] == '0');
         const char *w = getenv("VLM_GEMV_WS");
         if (w && (w[0] == '1' || w[0] == '2' || w[0] == '4') && !w[1]) fixed_ws = w[0] - '0';
-        const char *os = getenv("VLM_CUDA_ATT_ONE_SPLIT");
-        if (os && atoi(os) >= 1) set_att_one_split(atoi(os));
     }
 };
 
@@ -705,29 +701,11 @@ constexpr int ATT_KB = 4; /* keys per step of a warp */
  * every key (6 steps of 16 keys at most in k_attn_dec), with no partials,
  * fence, counter or merge, which cost more than the steps they save at
  * short contexts (decode after a 16-token prompt on an H100, three rounds in
- * turns: 317-320 tokens/s with 32, 321-324 with 96, 319-323 with 160).
- * VLM_CUDA_ATT_ONE_SPLIT=N sets it for the current device when card() is
- * first asked (for measuring); host and device read the same value. */
+ * turns: 317-320 tokens/s with 32, 321-324 with 96, 319-323 with 160). */
 constexpr int ATT_ONE_SPLIT = 96;
-__constant__ int c_att_one_split = ATT_ONE_SPLIT;
-int h_att_one_split = ATT_ONE_SPLIT;
-__host__ __device__ __forceinline__ int att_one_split() {
-#if defined(__CUDA_ARCH__)
-    return c_att_one_split;
-#else
-    return h_att_one_split;
-#endif
-}
-void set_att_one_split(int n) {
-    h_att_one_split = n;
-    if (cudaMemcpyToSymbol(c_att_one_split, &n, sizeof n) != cudaSuccess) {
-        (void)cudaGetLastError();
-        h_att_one_split = ATT_ONE_SPLIT; /* host and device must agree */
-    }
-}
 
 /* Key splits of the few-query kernel for n_qh (query, head) warps over n_kv
- * keys: one below att_one_split() keys, else aim for ~2048 warps, each
+ * keys: one below ATT_ONE_SPLIT keys, else aim for ~2048 warps, each
  * split >= 16 keys (4 steps of ATT_KB; decoding at 800 cached tokens: 32
  * heads x 50 splits), at most cap. Grows
  * with n_kv, so the count for the longest cache bounds every shorter one:
@@ -735,7 +713,7 @@ void set_att_one_split(int n) {
  * current length (the same splits, so the same sums, as a launch for that
  * length). */
 __host__ __device__ __forceinline__ int att_splits(int64_t n_qh, int64_t n_kv, int cap) {
-    if (n_qh >= 1024 || n_kv < att_one_split()) return 1;
+    if (n_qh >= 1024 || n_kv < ATT_ONE_SPLIT) return 1;
     int64_t want = 2048 / n_qh, by_len = n_kv / 16;
     int64_t s = want < by_len ? want : by_len;
     if (s > cap) s = cap;
@@ -1051,7 +1029,7 @@ __global__ void __launch_bounds__(128)
         m = mn;
     }
     /* lanes 0..3 hold the merged state. One split in use (a device
-     * position below att_one_split's keys) writes the row itself, as a
+     * position below ATT_ONE_SPLIT keys) writes the row itself, as a
      * launch of one split would, unless k_attn_combine (no counters) reads
      * the partials. */
     if (n_split == 1 || (n_use == 1 && cnt)) {
@@ -2928,7 +2906,6 @@ static vlm_status attention_few(vlm_cuda_ctx *ctx, float *out, const float *q, i
                                 int head_dim, bool causal, int64_t q_pos0, float scale,
                                 const int32_t *dpos, vlm_err *err) {
     const int64_t n_qh = n_q * n_heads;
-    (void)card(); /* att_one_split's value is set there */
     int n_split = att_splits(n_qh, n_kv, 64);
     size_t part_bytes = (size_t)n_qh * n_split * (2 + head_dim) * sizeof(float);
     if (n_split > 1 && part_bytes > ctx->workspace_bytes) {
