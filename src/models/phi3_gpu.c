@@ -39,6 +39,9 @@ struct phi3_gpu {
      * 0): recorded at the first n == 1 forward and again whenever a buffer
      * it baked in changes (key) */
     bool graphs;
+    /* above the GEMV size, the norms and SiLU write the products' 16-bit
+     * inputs themselves (VLM_CUDA_PREFILL16 not 0; enqueue) */
+    bool prefill16;
     vlm_cuda_graph *graph;
     struct graph_key {
         const void *act, *rope, *k, *v;
@@ -104,6 +107,8 @@ vlm_status phi3_gpu_create(const phi3_model *m, int gpu_layers, bool head, phi3_
     g->head = head;
     const char *ge = getenv("VLM_CUDA_GRAPHS");
     g->graphs = head && !(ge && !strcmp(ge, "0"));
+    const char *pe = getenv("VLM_CUDA_PREFILL16");
+    g->prefill16 = !(pe && !strcmp(pe, "0"));
     vlm_status st = vlm_cuda_ctx_create(&g->ctx, workspace_bytes(c), err);
     if (st != VLM_OK) goto fail;
     g->L = VLM_NEW_ARRAY(gpu_layer, (size_t)gpu_layers, VLM_MEM_OTHER);
@@ -244,18 +249,6 @@ static size_t act_floats_before_logits(const phi3v_config *c, int64_t n) {
     return 4 + (size_t)n * (size_t)(2 * c->hidden + qkvd + qd + 3 * c->intermediate);
 }
 
-/* VLM_CUDA_PREFILL16=0: the products above the GEMV size round their f32
- * inputs in a pass of their own (for measuring against rmsnorm_h and
- * silu_mul_h writing them rounded). */
-static bool prefill16_on(void) {
-    static int on = -1; /* every thread computes the same answer */
-    if (on < 0) {
-        const char *e = getenv("VLM_CUDA_PREFILL16");
-        on = !(e && !strcmp(e, "0"));
-    }
-    return on == 1;
-}
-
 /* Queue the layers (and with want_logits the head over rows [first, n);
  * with greedy also the argmax of the last row into the activations' second
  * int32) on the activations in g->act. dpos non-NULL: the position is the device's
@@ -286,13 +279,15 @@ static vlm_status enqueue(phi3_gpu *g, const vlm_kv *kv, int64_t n, int64_t pos0
         vlm_cuda_weight kc = {kv->dtype, (const char *)kv->dev_k + (size_t)lo * esz};
         vlm_cuda_weight vc = {kv->dtype, (const char *)kv->dev_v + (size_t)lo * esz};
         /* above the GEMV size with 16-bit weights the products round
-         * their inputs: the norm and SiLU write them rounded (xb and hmid
-         * hold the 16-bit rows), one pass fewer each */
-        const bool p16 = !dpos && prefill16_on();
+         * their inputs: the norms and SiLU write them rounded (xb and hmid
+         * hold the 16-bit rows), one pass fewer each (VLM_CUDA_PREFILL16=0
+         * at creation: the passes, for measuring). The MLP takes it when
+         * both its products do (else the fused f32 ops below). */
+        const bool p16 = !dpos && g->prefill16;
         const bool qkv16 = p16 && vlm_cuda_rounds_inputs(g->ctx, L->qkv, n);
-        const bool gu16 = p16 && vlm_cuda_rounds_inputs(g->ctx, L->gate_up, n);
-        const bool down16 = p16 && vlm_cuda_rounds_inputs(g->ctx, L->down, n) && ff % 4 == 0 &&
-                            (uintptr_t)gu % 16 == 0 && (uintptr_t)hmid % 8 == 0 && n <= 65535;
+        const bool mlp16 = p16 && vlm_cuda_rounds_inputs(g->ctx, L->gate_up, n) &&
+                           vlm_cuda_rounds_inputs(g->ctx, L->down, n) && ff % 4 == 0 &&
+                           (uintptr_t)gu % 16 == 0 && (uintptr_t)hmid % 8 == 0 && n <= 65535;
         if (qkv16)
             RUN(vlm_cuda_rmsnorm_h(g->ctx, xb, L->qkv.dtype, dx, n, d, L->in_norm, c->rms_eps,
                                    err));
@@ -328,23 +323,16 @@ static vlm_status enqueue(phi3_gpu *g, const vlm_kv *kv, int64_t n, int64_t pos0
         }
         /* x += o(att): the residual add fused into the product */
         RUN(vlm_cuda_matmul_acc(g->ctx, dx, att, n, qd, d, L->o, err));
-        if (gu16) {
+        if (mlp16) {
             RUN(vlm_cuda_rmsnorm_h(g->ctx, xb, L->gate_up.dtype, dx, n, d, L->post_norm, c->rms_eps,
                                    err));
             RUN(vlm_cuda_matmul_h(g->ctx, gu, xb, n, d, 2 * ff, L->gate_up, nob, err));
-        } else {
-            RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->post_norm, c->rms_eps, err));
-        }
-        if (down16) {
-            if (!gu16) RUN(vlm_cuda_matmul(g->ctx, gu, xb, n, d, 2 * ff, L->gate_up, nob, err));
             RUN(vlm_cuda_silu_mul_h(g->ctx, hmid, L->down.dtype, gu, n, ff, err));
             RUN(vlm_cuda_matmul_h_acc(g->ctx, dx, hmid, n, ff, d, L->down, nob, err));
         } else {
+            RUN(vlm_cuda_rmsnorm(g->ctx, xb, dx, n, d, L->post_norm, c->rms_eps, err));
             /* gate and up, and silu(gate) * up, in one op */
-            if (gu16)
-                RUN(vlm_cuda_silu_mul(g->ctx, hmid, gu, n, ff, err));
-            else
-                RUN(vlm_cuda_matmul_silu(g->ctx, hmid, gu, xb, n, d, ff, L->gate_up, err));
+            RUN(vlm_cuda_matmul_silu(g->ctx, hmid, gu, xb, n, d, ff, L->gate_up, err));
             RUN(vlm_cuda_matmul_acc(g->ctx, dx, hmid, n, ff, d, L->down, err));
         }
     }
