@@ -266,8 +266,7 @@ __global__ void __launch_bounds__(G90_THREADS, 1)
         float acc[128];
         int s = 0, ph = 0;
         for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
-            const int m0 = t / tiles_n * G90_BM, n0 = t % tiles_n * G90_BN;
-            (void)m0;
+            const int n0 = t % tiles_n * G90_BN; /* the bias's columns */
             int prev = -1;
             for (int kb = 0; kb < kbs; kb++) {
                 mbar_wait(full + 8 * s, ph);
