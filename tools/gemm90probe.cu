@@ -1,16 +1,18 @@
-/* gemm90probe - checks and times hopper.cuh's gemm90 against cuBLAS on
- * random data: y = quick_gelu(x W^T + b) as fc1 and its quick-GELU pass
- * compute it (cuBLAS product with bf16 output and bias, then the pass).
+/* gemm90probe - checks and times hopper.cuh's gemm90 on random data against
+ * the path it replaces, the backend's own ops: matmul_h_out16 (cuBLASLt, the
+ * bias in its epilogue, bf16 out) followed by quick_gelu_bf16 (the pass).
  * usage: gemm90probe [M N K [reps]]   (default: the vision tower's fc1 at
  * 17 crops, 9809 4096 1024). Prints how many values differ from the
  * two-pass result, the relative L2 distance from a float64 product on
  * every 97th row, and the median times of gemm90 (with the activation and
- * with the bias alone), cuBLAS and the pass. Exits 1 when a value is NaN
- * (unwritten), differs by more than 2%, or the distance exceeds 1e-2; 2
- * without a compute capability 9.0 card (gemm90 needs sm_90a). */
+ * with the bias alone), matmul_h_out16 and the pass. Exits 1 when a value
+ * is NaN (unwritten), differs by more than 2%, or the distance exceeds
+ * 1e-2; 2 without a compute capability 9.0 card (gemm90 needs sm_90a) or
+ * when the backend fails. */
 #include "backend/cuda/hopper.cuh"
 
-#include <cublas_v2.h>
+#include "backend/cuda/cuda.h"
+#include "backend/cuda/ctx.h"
 
 #include <algorithm>
 #include <math.h>
@@ -27,6 +29,13 @@
             exit(1);                                                                               \
         }                                                                                          \
     } while (0)
+#define OK(x)                                                                                      \
+    do {                                                                                           \
+        if ((x) != VLM_OK) {                                                                       \
+            fprintf(stderr, "gemm90probe: %s\n", err.msg);                                         \
+            exit(2);                                                                               \
+        }                                                                                          \
+    } while (0)
 
 static uint16_t to_bf16(float f) {
     uint32_t u;
@@ -39,27 +48,6 @@ static float from_bf16(uint16_t h) {
     float f;
     memcpy(&f, &u, 4);
     return f;
-}
-
-/* the unfused path's epilogue: bias, round, quick-GELU, round */
-__global__ void k_ref_epi(uint16_t *y, const float *acc, const uint16_t *b, int64_t M, int N) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < M * N;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        const float v = __bfloat162float(
-            __float2bfloat16_rn(acc[i] + __uint_as_float((uint32_t)b[i % N] << 16)));
-        y[i] = __bfloat16_as_ushort(__float2bfloat16_rn(g90_quick_gelu(v)));
-    }
-}
-/* the quick-GELU pass alone over bf16 (the timing baseline's second kernel) */
-__global__ void k_qgelu16(uint32_t *x, int64_t n2) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n2;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        uint32_t w = x[i];
-        const float a = g90_quick_gelu(__uint_as_float(w << 16));
-        const float c = g90_quick_gelu(__uint_as_float(w & 0xffff0000u));
-        x[i] = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(a)) |
-               ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(c)) << 16);
-    }
 }
 
 int main(int argc, char **argv) {
@@ -88,39 +76,37 @@ int main(int argc, char **argv) {
     for (auto &v : hx) v = to_bf16(2.0f * rnd());
     for (auto &v : hw) v = to_bf16(0.05f * rnd());
     for (auto &v : hb) v = to_bf16(0.5f * rnd());
-    uint16_t *x, *w, *b, *y, *y0;
-    float *acc;
-    CK(cudaMalloc(&x, M * K * 2));
-    CK(cudaMalloc(&w, N * K * 2));
-    CK(cudaMalloc(&b, N * 2));
-    CK(cudaMalloc(&y, M * N * 2));
-    CK(cudaMalloc(&y0, M * N * 2));
-    CK(cudaMalloc(&acc, M * N * 4));
-    CK(cudaMemcpy(x, hx.data(), M * K * 2, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(w, hw.data(), N * K * 2, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(b, hb.data(), N * 2, cudaMemcpyHostToDevice));
-    cublasHandle_t h;
-    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) return 1;
-    const float one = 1.0f, zero = 0.0f;
-    auto cublas = [&](void *out, cudaDataType t) {
-        if (cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, w, CUDA_R_16BF,
-                         (int)K, x, CUDA_R_16BF, (int)K, &zero, out, t, (int)N, CUBLAS_COMPUTE_32F,
-                         CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS) {
-            fprintf(stderr, "cublasGemmEx failed\n");
-            exit(1);
-        }
-    };
-    /* the reference: f32 product, then the unfused epilogue */
-    cublas(acc, CUDA_R_32F);
-    k_ref_epi<<<2048, 256>>>(y0, acc, b, M, (int)N);
-    CK(cudaGetLastError());
-    CK(cudaMemset(y, 0xff, M * N * 2)); /* NaN: every element must be written */
+    vlm_err err = {};
+    vlm_cuda_ctx *ctx = NULL;
+    OK(vlm_cuda_ctx_create(&ctx, (size_t)8 << 20, &err));
+    uint16_t *x = (uint16_t *)vlm_dev_alloc(M * K * 2, VLM_MEM_ACTIVATIONS),
+             *w = (uint16_t *)vlm_dev_alloc(N * K * 2, VLM_MEM_WEIGHTS),
+             *b = (uint16_t *)vlm_dev_alloc(N * 2, VLM_MEM_WEIGHTS),
+             *y = (uint16_t *)vlm_dev_alloc(M * N * 2, VLM_MEM_ACTIVATIONS),
+             *y0 = (uint16_t *)vlm_dev_alloc(M * N * 2, VLM_MEM_ACTIVATIONS);
+    if (!x || !w || !b || !y || !y0) {
+        fprintf(stderr, "gemm90probe: out of GPU memory\n");
+        return 2;
+    }
+    OK(vlm_cuda_upload(ctx, x, hx.data(), M * K * 2, "x", &err));
+    OK(vlm_cuda_upload(ctx, w, hw.data(), N * K * 2, "W", &err));
+    OK(vlm_cuda_upload(ctx, b, hb.data(), N * 2, "b", &err));
+    const vlm_cuda_weight cw = {VLM_DTYPE_BF16, w}, cb = {VLM_DTYPE_BF16, b};
+    cudaStream_t st = ctx->stream;
     const int sms = prop.multiProcessorCount;
-    CK(g90_launch<G90_BIAS_QGELU>(0, sms, y, x, w, b, M, N, K));
-    CK(cudaDeviceSynchronize());
+    /* the two passes gemm90 replaces, and gemm90 into NaN-poisoned rows
+     * (every value must be written) */
+    auto two_pass = [&] {
+        OK(vlm_cuda_matmul_h_out16(ctx, y0, x, M, K, N, cw, cb, &err));
+        OK(vlm_cuda_quick_gelu_bf16(ctx, y0, M * N, &err));
+    };
+    two_pass();
+    CK(cudaMemsetAsync(y, 0xff, M * N * 2, st));
+    CK(g90_launch<G90_BIAS_QGELU>(st, sms, y, x, w, b, M, N, K));
+    OK(vlm_cuda_sync(ctx, "gemm90probe", &err));
     std::vector<uint16_t> hy(M * N), hy0(M * N);
-    CK(cudaMemcpy(hy.data(), y, M * N * 2, cudaMemcpyDeviceToHost));
-    CK(cudaMemcpy(hy0.data(), y0, M * N * 2, cudaMemcpyDeviceToHost));
+    OK(vlm_cuda_download(ctx, hy.data(), y, M * N * 2, "y", &err));
+    OK(vlm_cuda_download(ctx, hy0.data(), y0, M * N * 2, "y0", &err));
     int64_t differ = 0, nan = 0, far = 0;
     for (int64_t i = 0; i < M * N; i++) {
         const float a = from_bf16(hy[i]), c = from_bf16(hy0[i]);
@@ -142,7 +128,7 @@ int main(int argc, char **argv) {
             num += d * d;
             den += g * g;
         }
-    printf("check: %lld of %lld differ from cuBLAS + pass (%lld by more than 2%%), %lld NaN; "
+    printf("check: %lld of %lld differ from the two passes (%lld by more than 2%%), %lld NaN; "
            "rel L2 vs float64 %.3e\n",
            (long long)differ, (long long)(M * N), (long long)far, (long long)nan, sqrt(num / den));
     cudaEvent_t e0, e1;
@@ -151,9 +137,9 @@ int main(int argc, char **argv) {
     auto timeit = [&](auto f) {
         std::vector<float> t;
         for (int i = 0; i < reps + 3; i++) {
-            CK(cudaEventRecord(e0));
+            CK(cudaEventRecord(e0, st));
             f();
-            CK(cudaEventRecord(e1));
+            CK(cudaEventRecord(e1, st));
             CK(cudaEventSynchronize(e1));
             float ms;
             CK(cudaEventElapsedTime(&ms, e0, e1));
@@ -163,18 +149,20 @@ int main(int argc, char **argv) {
         return t[t.size() / 2];
     };
     const double gf = 2.0 * M * N * K / 1e9;
-    const float tf = timeit([&] { CK(g90_launch<G90_BIAS_QGELU>(0, sms, y, x, w, b, M, N, K)); });
-    const float tb = timeit([&] { CK(g90_launch<G90_BIAS>(0, sms, y, x, w, b, M, N, K)); });
-    const float tc = timeit([&] { cublas(y0, CUDA_R_16BF); });
-    const float tg = timeit([&] {
-        k_qgelu16<<<4 * sms, 512>>>((uint32_t *)y0, M * N / 2);
-        CK(cudaGetLastError());
-    });
+    const float tf = timeit([&] { CK(g90_launch<G90_BIAS_QGELU>(st, sms, y, x, w, b, M, N, K)); });
+    const float tb = timeit([&] { CK(g90_launch<G90_BIAS>(st, sms, y, x, w, b, M, N, K)); });
+    const float tc =
+        timeit([&] { OK(vlm_cuda_matmul_h_out16(ctx, y0, x, M, K, N, cw, cb, &err)); });
+    const float tg = timeit([&] { OK(vlm_cuda_quick_gelu_bf16(ctx, y0, M * N, &err)); });
     printf("%-34s %9s %9s\n", "median of reps", "us", "TFLOP/s");
     printf("%-34s %9.1f %9.0f\n", "gemm90 bias + quick-GELU", tf, gf / tf * 1e3);
     printf("%-34s %9.1f %9.0f\n", "gemm90 bias", tb, gf / tb * 1e3);
-    printf("%-34s %9.1f %9.0f\n", "cuBLAS (bf16 out, no bias)", tc, gf / tc * 1e3);
-    printf("%-34s %9.1f\n", "quick-GELU pass", tg);
-    printf("%-34s %9.1f\n", "cuBLAS + pass", tc + tg);
+    printf("%-34s %9.1f %9.0f\n", "matmul_h_out16 (cuBLASLt, bias)", tc, gf / tc * 1e3);
+    printf("%-34s %9.1f\n", "quick_gelu_bf16 (the pass)", tg);
+    printf("%-34s %9.1f\n", "the two passes", tc + tg);
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    vlm_dev_free(x), vlm_dev_free(w), vlm_dev_free(b), vlm_dev_free(y), vlm_dev_free(y0);
+    vlm_cuda_ctx_destroy(ctx);
     return nan || far || !(sqrt(num / den) <= 1e-2);
 }
