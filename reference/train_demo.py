@@ -100,15 +100,23 @@ def train_tokenizer(texts, vocab_size, phi3_tok_path):
 
 
 # --- conversation -> ids (the C session's rule; see docs/model.md) ----------------
-def encode_chunks(tok, text, first_bos, ntoks, img_base):
+def encode_chunks(tok, text, first_bos, ntoks, img_base, where=None):
     """Split at <|image_N|> tags; the first chunk gets BOS only when first_bos;
-    every chunk after an image gets BOS (the published processor's rule)."""
+    every chunk after an image gets BOS (the published processor's rule).
+    where: a list to which (start, end, index) is appended for every text
+    token: its characters in text and its index in the ids returned."""
     pat = r"<\|image_\d+\|>"
     chunks = re.split(pat, text)
     tags = [int(m[8:-2]) for m in re.findall(pat, text)]
     ids = []
+    at = 0  # where chunk i starts in text
     for i, c in enumerate(chunks):
-        e = tok.encode(c, add_special_tokens=(i > 0 or first_bos)).ids
+        enc = tok.encode(c, add_special_tokens=(i > 0 or first_bos))
+        e = enc.ids
+        if where is not None:
+            where += [(at + s, at + f, len(ids) + j) for j, (s, f) in enumerate(enc.offsets)
+                      if f > s]
+            at += len(c) + (len("<|image_%d|>" % tags[i]) if i < len(tags) else 0)
         ids += e
         if i < len(tags):
             k = tags[i]
@@ -116,13 +124,21 @@ def encode_chunks(tok, text, first_bos, ntoks, img_base):
     return ids
 
 
-def conversation_ids(tok, turns, ntoks, end_id, answers=True):
+def conversation_ids(tok, turns, ntoks, end_id, answers=True, spans=None):
     """turns: [(prompt_text_with_tags, answer)], ntoks: image token counts in
-    image order. Returns ids, loss mask (1 on answer tokens and their <|end|>)."""
+    image order. Returns ids, loss mask (1 on answer tokens and their <|end|>).
+    spans: a list to which, per turn, (ptext, [(start, end, index)]) is
+    appended: the turn's text tokens with their characters in ptext and their
+    index in ids (ref_targets finds the words of a question with it)."""
     ids, mask = [], []
     for t, (ptext, ans) in enumerate(turns):
-        head = ("" if t == 0 else "\n") + "<|user|>\n" + ptext + "<|end|>\n<|assistant|>\n"
-        e = encode_chunks(tok, head, t == 0, ntoks, 0)
+        pre = ("" if t == 0 else "\n") + "<|user|>\n"
+        head = pre + ptext + "<|end|>\n<|assistant|>\n"
+        where = [] if spans is not None else None
+        e = encode_chunks(tok, head, t == 0, ntoks, 0, where)
+        if spans is not None:
+            spans.append((ptext, [(s - len(pre), f - len(pre), len(ids) + j)
+                                  for s, f, j in where]))
         ids += e
         mask += [0] * len(e)
         if answers:
@@ -776,6 +792,7 @@ def make_batch(samples):
         pos = np.tile(np.arange(L, dtype=np.int64), (B, 1))
         branch = np.zeros((B, L), dtype=np.int16)
     sel, tgt, img_pos = [], [], []
+    ref_q, ref_tok, ref_qid = [], [], []
     images = []  # (b, k, hc, wc, array)
     for b, s in enumerate(samples):
         a = np.asarray(s["ids"], dtype=np.int64)
@@ -789,6 +806,10 @@ def make_batch(samples):
         nxt = np.nonzero(m[1:])[0]  # position t predicts t+1
         sel.append(b * L + nxt)
         tgt.append(a[nxt + 1])
+        for q, t in zip(s.get("ref_q", ()), s.get("ref_t", ())):
+            ref_qid.append(np.full(len(t), len(ref_q), dtype=np.int64))
+            ref_q.append(b * L + q)
+            ref_tok.append(b * L + np.asarray(t, dtype=np.int64))
         for k, (arr, (hc, wc)) in enumerate(zip(s["hd"], s["grid"])):
             images.append((b, k, hc, wc, arr))
     aux = bool(samples) and "lab" in samples[0]
@@ -821,6 +842,11 @@ def make_batch(samples):
     bt = {"ids": torch.from_numpy(ids), "pix": pix, "n_crops": off, "glue_idx": cat(glue_idx),
           "img_pos": cat(img_pos), "sel": cat(sel), "tgt": cat(tgt),
           "n_samples": B, "n_tokens": int(sum(len(s["ids"]) for s in samples))}
+    if any("ref_q" in s for s in samples):
+        # referents (ref_targets): the query positions (flat b*L + t) and every
+        # target image token (flat) with the number of its query
+        bt["ref_q"] = torch.tensor(ref_q, dtype=torch.int64)
+        bt["ref_tok"], bt["ref_qid"] = cat(ref_tok), cat(ref_qid)
     if branched:
         bt["pos"] = torch.from_numpy(pos)
         bt["branch"] = torch.from_numpy(branch)
@@ -843,15 +869,221 @@ def make_batch(samples):
     return bt
 
 
+# --- referents: the shapes a question is about (--ref-weight) -----------------------
+# The answer loss says only which word is right, not where in the image to look,
+# and binding a colour, kind, side or size to one shape of several is what the
+# model fails at (docs/demo.md, "Why it misses"). So, where a turn's question
+# names its shape(s), some heads of the decoder are taught to attend to that
+# shape's image tokens at the position that predicts the answer (ref_loss).
+# The referent is read from the scene and the question's words, never from the
+# answer: the named colours and kinds, the extreme a phrase names, "it" for the
+# shape of the turn before, or a one-shape scene's shape.
+EXTREME_PHRASES = {p: d for d, (_, _, ps, adjs) in scenes.DIRECTIONS.items()
+                   for p in ps + adjs}
+# Questions about the whole image or about both images: no single referent.
+REF_SKIP = ("how many shapes", "how many objects", "count the shapes", "in total",
+            "altogether", "two images", "which image", "the two shapes")
+REF_IT = {"it", "that", "named"}
+
+
+def _ref_shapes(sc, prompt, prev):
+    """(shape indices, view) of one turn's question about scene sc, or None.
+    view "global": the question is about where a shape lies in the whole
+    image (a side, an extreme) or about sizes, which only the global view
+    shows of every shape; "any": every crop's tokens of the shape."""
+    pl = prompt.lower()
+    if any(p in pl for p in REF_SKIP):
+        return None
+    w = _words(prompt)
+    shapes = sc.shapes
+    if " or " not in pl:
+        hits = [d for p, d in EXTREME_PHRASES.items() if p in pl]
+        if hits:
+            i = scenes._extreme(sc, hits[0])
+            return ([i], "global") if i is not None else None
+    colours = [c for c in scenes.COLOUR_NAMES if c in w]
+    kinds = [k for k in scenes.KINDS if k in w or scenes.PLURAL[k] in w]
+    side = " or " in pl and ({"left", "right"} <= w or {"top", "bottom"} <= w)
+    size = bool({"bigger", "larger", "smaller"} & w)
+    if colours or kinds:
+        both = [i for i, s in enumerate(shapes) if s.colour in colours and s.kind in kinds]
+        idx = both or [i for i, s in enumerate(shapes) if s.colour in colours or s.kind in kinds]
+    elif prev is not None and REF_IT & w:
+        idx = list(prev)
+    elif len(shapes) == 1:
+        idx = [0]
+    else:
+        return None
+    if not idx:
+        return None
+    return idx, ("global" if side or size else "any")
+
+
+def _turn_image(sample, turn):
+    """The index of the shape scene a turn asks about (the last image shown,
+    or the one it names as first or second), or None."""
+    pl = turn["prompt"].lower()
+    k = turn["n_images_before"] - 1
+    if "first image" in pl:
+        k = 0
+    elif "second image" in pl:
+        k = 1
+    scs = sample["scenes"]
+    return k if 0 <= k < len(scs) and scs[k].text is None and scs[k].shapes else None
+
+
+def _anchor_words(sc, prompt):
+    """The words of a question that name shapes of sc, as (start, end,
+    [shape indices], view): every colour or kind word (a plural too) names
+    the shapes of that colour or kind ("any"), the phrase of an extreme (its
+    span) the clear-cut extreme shape ("global"); words that name no shape of
+    the scene are left out."""
+    pl = prompt.lower()
+    if any(p in pl for p in REF_SKIP):
+        return []
+    out = []
+    for m in re.finditer(r"[a-z]+", pl):
+        w = m.group()
+        if w in scenes.COLOURS:
+            idx = [i for i, s in enumerate(sc.shapes) if s.colour == w]
+        elif w in scenes.KINDS or w[:-1] in scenes.KINDS and w == scenes.PLURAL[w[:-1]]:
+            kind = w if w in scenes.KINDS else w[:-1]
+            idx = [i for i, s in enumerate(sc.shapes) if s.kind == kind]
+        else:
+            continue
+        if idx:
+            out.append((m.start(), m.end(), idx, "any"))
+    if " or " not in pl:
+        for p, d in EXTREME_PHRASES.items():
+            j = pl.find(p)
+            if j >= 0:
+                i = scenes._extreme(sc, d)
+                if i is not None:
+                    out.append((j, j + len(p), [i], "global"))
+                break
+    return out
+
+
+def turn_anchors(sample):
+    """Per turn: None or (image index, [(start, end, [shape indices], view)])
+    of the words of its question that name shapes (_anchor_words)."""
+    out = []
+    for turn in sample["turns"]:
+        k = _turn_image(sample, turn)
+        words = _anchor_words(sample["scenes"][k], turn["prompt"]) if k is not None else []
+        out.append((k, words) if words else None)
+    return out
+
+
+def turn_refs(sample):
+    """Per turn of a sample (scenes + turns, unrendered): None or (image index
+    in the sample, [shape indices], view) of what its question is about."""
+    scs = sample["scenes"]
+    out, prev = [], None
+    for turn in sample["turns"]:
+        k = _turn_image(sample, turn)
+        ref = None
+        if k is not None:
+            r = _ref_shapes(scs[k], turn["prompt"], prev[1] if prev and prev[0] == k else None)
+            if r is not None:
+                ref = (k, r[0], r[1])
+        out.append(ref)
+        if ref is not None:
+            prev = ref
+    return out
+
+
+def token_classes(pl, hc, wc):
+    """[n_rows, 4] uint8: the patch labels (pl [1 + hc*wc, 576]) of the four
+    patches each glue row of the image merges (template(hc, wc) order), 0 for
+    the separator rows."""
+    n = pl.shape[0]
+    four = pl.reshape(n, M_SIDE, 2, M_SIDE, 2).transpose(0, 1, 3, 2, 4).reshape(
+        n * TOK_PER_CROP, 4)
+    rows = template(hc, wc)
+    return np.where((rows >= 0)[:, None], four[np.maximum(rows, 0)], 0).astype(np.uint8)
+
+
+REF_ANCHORS = ("answer", "word")
+REF_ANCHOR = ["answer"]
+
+
+def ref_queries(sample, ids, mask, spans, strict=True):
+    """(query position, image index, [shape indices], view) of every referent
+    query of a sample. REF_ANCHOR "answer": one per turn with a referent
+    (turn_refs), at the position that predicts its first answer token.
+    "word": one per word of a question that names shapes (turn_anchors), at
+    the word's last token (spans: conversation_ids'), so that the word itself
+    looks up what it names. A word no token covers is an error where strict,
+    else left out (the data workers: check_ref_words runs strict first)."""
+    m = np.asarray(mask, dtype=bool)
+    starts = np.nonzero(m & ~np.r_[False, m[:-1]])[0]
+    out = []
+    if REF_ANCHOR[0] == "answer":
+        refs = turn_refs(sample)
+        assert len(starts) == len(refs), (len(starts), len(refs))
+        for st, ref in zip(starts, refs):
+            if ref is not None:
+                out.append((int(st) - 1,) + tuple(ref))
+        return out
+    anchors = turn_anchors(sample)
+    assert len(spans) == len(anchors), (len(spans), len(anchors))
+    for (ptext, toks), anc, turn in zip(spans, anchors, sample["turns"]):
+        if anc is None:
+            continue
+        k, words = anc
+        off = ptext.find(turn["prompt"])  # past the image tags, if in front
+        assert off >= 0, (ptext, turn["prompt"])
+        for s, f, idx, view in words:
+            s, f = s + off, f + off
+            hit = [j for ts, tf, j in toks if ts < f and tf > s]
+            if not hit:
+                if strict:
+                    raise AssertionError("no token of %r in %r" % (ptext[s:f], ptext))
+                continue
+            out.append((max(hit), k, idx, view))
+    return out
+
+
+def ref_targets(sample, ids, mask, r, spans=None, strict=False):
+    """The referent supervision of a rendered sample: (query positions, [target
+    positions]) within its ids, the queries of ref_queries. A query's targets
+    are the image tokens before it whose 2x2 patches carry a referent shape's
+    class (cover labels), in the global view only where the view is
+    "global". Queries with no such token are left out."""
+    a = np.asarray(ids)
+    qs, ts = [], []
+    cache = {}
+    for q, k, idx, view in ref_queries(sample, ids, mask, spans, strict):
+        if k not in cache:
+            hc, wc = r["grid"][k]
+            cache[k] = (np.nonzero(a == -(k + 1))[0], token_classes(r["lab"][k], hc, wc),
+                        (template(hc, wc) >= 0) & (template(hc, wc) < TOK_PER_CROP))
+        pos, cls, glb = cache[k]
+        assert len(pos) == len(cls), (len(pos), len(cls))
+        sc = sample["scenes"][k]
+        want = [scenes.shape_class(sc.shapes[i].kind, sc.shapes[i].colour) for i in idx]
+        hit = np.isin(cls, want).any(axis=1) & (pos < q)
+        if view == "global":
+            hit &= glb
+        if hit.any():
+            qs.append(q)
+            ts.append(pos[hit])
+    return qs, ts
+
+
 class SceneStream(torch.utils.data.IterableDataset):
     """Whole batches from each worker: a pool of `pool` batches' samples is
     sorted by length and cut into batches (little padding), which are then
     yielded in a shuffled order."""
 
     def __init__(self, seed, tok_json, batch, pool=4, aux=False, label_mode="cover",
-                 packed_rule=None, balanced_dialogues=None):
+                 packed_rule=None, balanced_dialogues=None, refs=False):
         self.seed, self.tok_json, self.batch, self.pool = seed, tok_json, batch, pool
         self.aux, self.label_mode = aux, label_mode
+        # referent targets (ref_targets; needs the aux labels): False, or
+        # True / the REF_ANCHOR to use ("answer", "word")
+        self.refs = refs and (refs if isinstance(refs, str) else REF_ANCHOR[0])
         self.mix = (packed_rule or PACKED_RULE,
                     BALANCED_DIALOGUES[0] if balanced_dialogues is None else balanced_dialogues,
                     PACKED_MODE[0], IMAGE_PLACE[0])
@@ -866,8 +1098,11 @@ class SceneStream(torch.utils.data.IterableDataset):
             out = {"hd": r["hd"], "grid": r["grid"], "ids": ids, "mask": mask, "pos": pos,
                    "branch": br}
         else:
-            ids, mask = conversation_ids(tok, render_turns(s), r["ntok"], end_id)
+            spans = [] if self.refs else None
+            ids, mask = conversation_ids(tok, render_turns(s), r["ntok"], end_id, spans=spans)
             out = {"hd": r["hd"], "grid": r["grid"], "ids": ids, "mask": mask}
+            if self.refs:
+                out["ref_q"], out["ref_t"] = ref_targets(s, ids, mask, r, spans)
         if self.aux:
             for k in ("lab", "tcol", "facts", "flags"):
                 out[k] = r[k]
@@ -876,6 +1111,8 @@ class SceneStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         from tokenizers import Tokenizer
         set_mix(*self.mix)
+        if self.refs:
+            REF_ANCHOR[0] = self.refs
         info = torch.utils.data.get_worker_info()
         wid = info.id if info else 0
         rng = random.Random(self.seed * 1000 + wid)
@@ -1071,12 +1308,32 @@ def aux_loss(heads, feats, cls, tcol, char_weight=1.0, rel=None, rel_weight=1.0)
     return total, torch.stack(stats).detach()
 
 
+# LongRoPE factors divide each frequency pair's rate. NOPE_FACTOR on the
+# slowest ROPE["nope_pairs"] pairs of a head stops them turning over any
+# context the model sees (under 1e-6 rad a position): those dimensions match
+# by content alone, wherever in the image a token lies (--rope-nope-pairs).
+# ROPE["factors"]: (short, long) read from an --init model's config.json.
+NOPE_FACTOR = 1e4
+ROPE = {"nope_pairs": 0, "factors": None}
+
+
+def rope_factors(half):
+    """(short_factor, long_factor) of the config: ROPE's, else 1 and a rising
+    long factor per pair, NOPE_FACTOR on the slowest nope_pairs pairs."""
+    if ROPE["factors"]:
+        return ROPE["factors"]
+    n = ROPE["nope_pairs"]
+    assert 0 <= n <= half, n
+    short = [1.0] * (half - n) + [NOPE_FACTOR] * n
+    long_ = [1.0 + 0.5 * i for i in range(half - n)] + [NOPE_FACTOR] * n
+    return short, long_
+
+
 def build(vocab_size):
     # phi3v_ref's module settings describe the tiny test model; point them at
     # the demo's sizes (its functions read them at call time).
     half = LMCFG["hidden_size"] // LMCFG["num_attention_heads"] // 2
-    R.SHORT_FACTOR = [1.0] * half
-    R.LONG_FACTOR = [1.0 + 0.5 * i for i in range(half)]
+    R.SHORT_FACTOR, R.LONG_FACTOR = rope_factors(half)
     R.VISION.update(VISION)
     R.LM.update(LMCFG)
     R.LM["vocab_size"] = vocab_size
@@ -1247,8 +1504,153 @@ def use_causal_attention(lm, dev):
           "largest)" % d, flush=True)
 
 
+# --- the referent loss (--ref-weight) ------------------------------------------------
+REF_NAMES = ["ref_loss", "ref_mass"]
+STAT_NAMES = [AUX_NAMES + REL_NAMES]  # the names of a step's stats (main sets them)
+# decoder layer -> the index into its hidden_states that is that layer's input
+# (check_ref_attention finds it: how transformers records them is its own business)
+REF_HIDDEN = {}
+
+
+def _rotate_half(x):
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+def ref_scores(lm, layer, hin, q_flat, n_heads):
+    """The attention logits of the first n_heads heads of decoder layer `layer`
+    for the queries at flat positions q_flat (b*L + t) over every position of
+    their row, computed as the layer does from its input hin [B, L, D] (input
+    norm, the query and key rows of qkv_proj, RoPE at positions 0..L-1, the
+    layer's scaling). Returns float32 [Q, n_heads, L] and the queries' t."""
+    B, L, D = hin.shape
+    blk = lm.model.layers[layer]
+    at = blk.self_attn
+    hd = at.head_dim
+    hn = blk.input_layernorm(hin)
+    w = at.qkv_proj.weight
+    nq = lm.config.num_attention_heads * hd
+    cos, sin = lm.model.rotary_emb(hn, torch.arange(L, device=hin.device)[None])
+    assert cos.shape[-1] == hd, "partial rotary is not handled here"
+    cos, sin = cos[0].to(hn.dtype), sin[0].to(hn.dtype)
+    qb, qt = q_flat // L, q_flat % L
+    q = F.linear(hn.reshape(B * L, D).index_select(0, q_flat), w[:n_heads * hd])
+    q = q.view(-1, n_heads, hd)
+    q = q * cos[qt][:, None] + _rotate_half(q) * sin[qt][:, None]
+    k = F.linear(hn, w[nq:nq + n_heads * hd]).view(B, L, n_heads, hd)
+    k = k * cos[None, :, None] + _rotate_half(k) * sin[None, :, None]
+    s = torch.einsum("qhd,qlhd->qhl", q, k.index_select(0, qb)).float() * at.scaling
+    return s, qt
+
+
+def ref_loss(lm, hidden_states, bt, dev, layers, n_heads):
+    """-log of the attention mass that the supervised heads put on the
+    referent's image tokens at each query (the causal softmax over the whole
+    row), averaged over queries, heads and layers; and that mass's mean."""
+    q_flat = bt["ref_q"].to(dev, non_blocking=True)
+    tok = bt["ref_tok"].to(dev, non_blocking=True)
+    qid = bt["ref_qid"].to(dev, non_blocking=True)
+    L = hidden_states[0].shape[1]
+    losses, masses = [], []
+    for layer in layers:
+        s, qt = ref_scores(lm, layer, hidden_states[REF_HIDDEN[layer]], q_flat, n_heads)
+        Q = s.shape[0]
+        seen = torch.arange(L, device=dev)[None] <= qt[:, None]
+        tgt = torch.zeros(Q, L, dtype=torch.bool, device=dev)
+        tgt[qid, tok % L] = True
+        lse_all = torch.logsumexp(s.masked_fill(~seen[:, None], float("-inf")), -1)
+        lse_tgt = torch.logsumexp(s.masked_fill(~tgt[:, None], float("-inf")), -1)
+        nll = lse_all - lse_tgt
+        losses.append(nll.mean())
+        masses.append(torch.exp(-nll.detach()).mean())
+    return sum(losses) / len(losses), sum(masses) / len(masses)
+
+
+def check_ref_words(tok_json, anchor, n=200, seed=9):
+    """The referent queries of n training samples with the run's tokenizer,
+    strict (every word that names shapes has a token): run before training,
+    as the data workers leave such words out silently."""
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_str(tok_json)
+    end_id = tok.token_to_id("<|end|>")
+    kept = REF_ANCHOR[0]
+    REF_ANCHOR[0] = anchor
+    try:
+        rng = random.Random(seed)
+        n_q = n_t = n_s = 0
+        for _ in range(n):
+            s = training_sample(rng)
+            if s["tag"] == "branched":
+                continue
+            r = render_sample(s, aux=True)
+            s["images"] = s["scenes"]
+            spans = []
+            ids, mask = conversation_ids(tok, render_turns(s), r["ntok"], end_id, spans=spans)
+            qs, ts = ref_targets(s, ids, mask, r, spans, strict=True)
+            n_s += 1
+            n_q += len(qs)
+            n_t += sum(len(t) for t in ts)
+    finally:
+        REF_ANCHOR[0] = kept
+    print("check: referents at the %s on %d samples: %.2f queries a sample, %.0f target "
+          "tokens a query" % (anchor, n_s, n_q / max(n_s, 1), n_t / max(n_q, 1)), flush=True)
+
+
+PROBE = {}
+
+
+def probe_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                    **kwargs):
+    """Plain causal attention that keeps each layer's probabilities in PROBE
+    (registered as "demo_probe" for check_ref_attention only)."""
+    s = query @ key.transpose(-1, -2) * scaling
+    n = s.shape[-1]
+    s = s.masked_fill(torch.ones(n, n, dtype=torch.bool, device=s.device).triu(1),
+                      float("-inf"))
+    p = s.softmax(-1)
+    PROBE[module.layer_idx] = p
+    return (p @ value).transpose(1, 2).contiguous(), p
+
+
+def check_ref_attention(lm, dev, layers, n_heads):
+    """ref_scores must give the probabilities the decoder's own attention
+    computes (float32, random embeddings, two rows): for each supervised
+    layer, the hidden state that reproduces them is its input (REF_HIDDEN).
+    Raises if none does."""
+    from transformers import AttentionInterface
+    AttentionInterface.register("demo_probe", probe_attention)
+    g = torch.Generator().manual_seed(6)
+    B, L = 2, 40
+    x = torch.randn(B, L, LMCFG["hidden_size"], generator=g).to(dev)
+    q_flat = torch.tensor([3, L - 1, L + 17, 2 * L - 1], device=dev)
+    kept = lm.config._attn_implementation
+    lm.config._attn_implementation = "demo_probe"
+    try:
+        with torch.no_grad():
+            out = lm.model(inputs_embeds=x, use_cache=False, output_hidden_states=True)
+            for layer in layers:
+                want = PROBE[layer][q_flat // L, :n_heads, q_flat % L]
+                diffs = []
+                for i, hs in enumerate(out.hidden_states):
+                    s, qt = ref_scores(lm, layer, hs, q_flat, n_heads)
+                    seen = torch.arange(L, device=dev)[None] <= qt[:, None]
+                    p = s.masked_fill(~seen[:, None], float("-inf")).softmax(-1)
+                    diffs.append(rel_diff(p, want))
+                hit = [i for i, d in enumerate(diffs) if d < 1e-4]
+                print("check: referent scores of layer %d against its attention, from "
+                      "hidden_states[i]: %s" % (layer, ", ".join("%d %.2g" % (i, d) for i, d
+                                                                 in enumerate(diffs))),
+                      flush=True)
+                if not hit:
+                    raise RuntimeError("no hidden state reproduces layer %d's attention"
+                                       % layer)
+                REF_HIDDEN[layer] = hit[0]
+    finally:
+        lm.config._attn_implementation = kept
+
+
 def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=1.0,
-               rel_weight=1.0):
+               rel_weight=1.0, ref=None):
     """Cross-entropy on the supervised tokens of a batch from make_batch,
     plus aux_weight times the dense aux loss on the tower's features when
     heads are given (and the batch has patch labels). Returns (total loss,
@@ -1257,7 +1659,10 @@ def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=
     No attention mask unless the batch holds branched samples: padding sits
     after each sample's last token and attention is causal, so no real token
     sees it (and the fused causal kernel applies). Branched samples bring
-    their mask (branch_mask) and position ids."""
+    their mask (branch_mask) and position ids.
+    ref: (weight, layers, heads) of the referent loss (ref_loss), added to
+    the total and its stats (REF_NAMES) to the aux stats, where the batch has
+    referents (make_batch's ref_q)."""
     aux, stats = None, None
     t0 = phase("_", time.time())
     ids = bt["ids"].to(dev, non_blocking=True)
@@ -1287,14 +1692,27 @@ def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=
     if "branch" in bt:  # branched samples: their mask and position ids (branch_mask)
         kw = {"attention_mask": branch_mask(bt["branch"].to(dev, non_blocking=True)),
               "position_ids": bt["pos"].to(dev, non_blocking=True)}
-    h = lm.model(inputs_embeds=x, use_cache=False, **kw).last_hidden_state
+    refs = ref is not None and "ref_q" in bt and len(bt["ref_q"]) > 0
+    if refs:
+        assert "branch" not in bt, "referents with branched samples"
+        out = lm.model(inputs_embeds=x, use_cache=False, output_hidden_states=True, **kw)
+        r_loss, r_mass = ref_loss(lm, out.hidden_states, bt, dev, ref[1], ref[2])
+        h = out.last_hidden_state
+    else:
+        h = lm.model(inputs_embeds=x, use_cache=False, **kw).last_hidden_state
     hs = h.reshape(B * L, -1).index_select(0, bt["sel"].to(dev, non_blocking=True))
     logits = lm.lm_head(hs).float()
     loss = F.cross_entropy(logits, bt["tgt"].to(dev, non_blocking=True))
     phase("lm fwd", t0)
-    if aux is None:
-        return loss, loss, None
-    return loss + aux_weight * aux, loss, stats
+    total = loss
+    if aux is not None:
+        total = total + aux_weight * aux
+    if ref is not None:
+        zero = torch.zeros((), device=dev)
+        total = total + ref[0] * (r_loss if refs else zero)
+        extra = torch.stack([r_loss.detach(), r_mass] if refs else [zero, zero])
+        stats = extra if stats is None else torch.cat([stats, extra])
+    return total, loss, stats
 
 
 class _CharTok:
@@ -1302,17 +1720,22 @@ class _CharTok:
     one id per character (offset past the specials), BOS (1) in front when
     add_special_tokens; "<|end|>" is one id."""
     class _Enc:
-        def __init__(self, ids):
-            self.ids = ids
+        def __init__(self, ids, offsets):
+            self.ids, self.offsets = ids, offsets
 
     def encode(self, text, add_special_tokens=True):
         out = [1] if add_special_tokens else []
+        offs = [(0, 0)] if add_special_tokens else []
+        at = 0
         for part in re.split(r"(<\|[a-z]+\|>)", text):
             if re.fullmatch(r"<\|[a-z]+\|>", part):
                 out.append(10 + SPECIALS.index(part))
+                offs.append((at, at + len(part)))
             else:
                 out += [100 + ord(c) for c in part]
-        return self._Enc(out)
+                offs += [(at + i, at + i + 1) for i in range(len(part))]
+            at += len(part)
+        return self._Enc(out, offs)
 
     def token_to_id(self, t):
         return 10 + SPECIALS.index(t)
@@ -1514,7 +1937,157 @@ def self_test():
     self_test_image_place()
     self_test_labels()
     self_test_aux_loss()
+    self_test_refs()
 
+
+def self_test_refs(n=3000, n_render=40):
+    """The referents (turn_refs) agree with the answers wherever an answer
+    names the referent's colour, kind, side or count, and cover the binding
+    question types; their target tokens (ref_targets) are image tokens of the
+    right image that show the referent's colour in their pixels, in the
+    global view where it must be; the queries are the positions that predict
+    each answer's first token (make_batch)."""
+    rng = random.Random(11)
+    seen, with_ref, checked = {}, {}, 0
+    samples = []
+    for _ in range(n):
+        s = training_sample(rng)
+        if s["tag"] == "branched":
+            continue
+        samples.append(s)
+        refs = turn_refs(s)
+        assert len(refs) == len(s["turns"])
+        for turn, ref in zip(s["turns"], refs):
+            typ = turn.get("type", s["tag"])
+            seen[typ] = seen.get(typ, 0) + 1
+            if ref is None:
+                continue
+            with_ref[typ] = with_ref.get(typ, 0) + 1
+            k, idx, view = ref
+            sc = s["scenes"][k]
+            shapes = [sc.shapes[i] for i in idx]
+            ans = str(turn["answer"])
+            pl = turn["prompt"].lower()
+            assert view in ("any", "global") and idx and len(set(idx)) == len(idx)
+            if ans in scenes.COLOUR_NAMES and ans not in _words(pl):
+                assert len(shapes) == 1 and shapes[0].colour == ans, (turn, ref)
+                checked += 1
+            if ans in scenes.KINDS and ans not in _words(pl):
+                assert len(shapes) == 1 and shapes[0].kind == ans, (turn, ref)
+                checked += 1
+            if ans in ("left", "right", "top", "bottom") and " or " in pl:
+                axis = "x" if ans in ("left", "right") else "y"
+                assert len(idx) == 1 and view == "global", (turn, ref)
+                assert scenes._side(sc, idx[0], axis) == ans, (turn, ref)
+                checked += 1
+            if ans.isdigit() and any(scenes.PLURAL[kd] in _words(pl) for kd in scenes.KINDS):
+                kind = [kd for kd in scenes.KINDS if scenes.PLURAL[kd] in _words(pl)][0]
+                assert all(x.kind == kind for x in shapes) and len(shapes) == int(ans), \
+                    (turn, ref)
+                checked += 1
+            if {"bigger", "larger", "smaller"} & _words(pl):
+                assert len(shapes) == 2 and view == "global", (turn, ref)
+                assert ans in {x.colour for x in shapes} | {x.kind for x in shapes}, (turn, ref)
+                checked += 1
+    share = {t: with_ref.get(t, 0) / seen[t] for t in seen}
+    for t in ("colour", "shape", "position", "extreme", "size", "name_then_colour"):
+        assert share.get(t, 0) > 0.95, (t, share.get(t))
+    # its last turn (40%) counts every shape
+    assert share.get("colour_then_shape", 0) > 0.7, share.get("colour_then_shape")
+    for t in ("count", "word", "number", "two_image_text"):
+        assert share.get(t, 0) == 0, (t, share.get(t))
+    print("self-test: referents agree with %d answers; share of turns with one: %s"
+          % (checked, ", ".join("%s %.2f" % (t, share[t]) for t in sorted(share))))
+
+    tok, what = demo_tokenizer()
+    end_id = tok.token_to_id("<|end|>")
+    for anchor in REF_ANCHORS:
+        REF_ANCHOR[0] = anchor
+        try:
+            _self_test_ref_tokens(samples, tok, end_id, n_render, what)
+        finally:
+            REF_ANCHOR[0] = "answer"
+
+
+def _self_test_ref_tokens(samples, tok, end_id, n_render, what):
+    """ref_targets under REF_ANCHOR[0] on rendered samples: the queries sit
+    where the anchor says, every target token shows its shape's colour in
+    its pixels, and make_batch carries them."""
+    batch, n_q, n_tok = [], 0, 0
+    for s in [x for x in samples if any(turn_refs(x))][:n_render]:
+        r = render_sample(s, aux=True)
+        s["images"] = s["scenes"]
+        spans = []
+        ids, mask = conversation_ids(tok, render_turns(s), r["ntok"], end_id, spans=spans)
+        qs, ts = ref_targets(s, ids, mask, r, spans, strict=True)
+        by_q = {}
+        for q, k, idx, view in ref_queries(s, ids, mask, spans):
+            assert q not in by_q, "two queries at one position"
+            by_q[q] = (k, idx, view)
+        tok_at = {j: (ptext, ts_, tf_) for ptext, toks in spans for ts_, tf_, j in toks}
+        a = np.asarray(ids)
+        m = np.asarray(mask, dtype=bool)
+        for q, t in zip(qs, ts):
+            k, idx, view = by_q[q]
+            sc = s["scenes"][k]
+            if REF_ANCHOR[0] == "answer":
+                assert not m[q] and m[q + 1], "query %d is not the position before an answer" % q
+            else:
+                ptext, c0, c1 = tok_at[q]
+                low = ptext.lower()
+                w0, w1 = c0, c1
+                while w0 > 0 and low[w0 - 1].isalpha():
+                    w0 -= 1
+                while w1 < len(low) and low[w1].isalpha():
+                    w1 += 1
+                word = low[w0:w1].strip()
+                if word in scenes.COLOURS:
+                    assert all(sc.shapes[i].colour == word for i in idx), (ptext, word, idx)
+                elif word in scenes.KINDS or word[:-1] in scenes.KINDS:
+                    kind = word if word in scenes.KINDS else word[:-1]
+                    assert all(sc.shapes[i].kind == kind for i in idx), (ptext, word, idx)
+                else:
+                    assert view == "global" and len(idx) == 1 and any(
+                        p in low and word in p.split() for p in EXTREME_PHRASES), (ptext, word)
+            assert (a[t] == -(k + 1)).all(), "targets outside image %d" % (k + 1)
+            assert (t < q).all(), "a target after its query"
+            hd = np.asarray(r["hd"][k], dtype=np.int64)  # [3, H, W]
+            hc, wc = r["grid"][k]
+            first = int(np.nonzero(a == -(k + 1))[0][0])
+            rows = template(hc, wc)[t - first]
+            cols = np.asarray([scenes.COLOURS[sc.shapes[i].colour] for i in idx])
+            for row in rows:
+                crop, mt = divmod(int(row), TOK_PER_CROP)
+                ra, cb = divmod(mt, M_SIDE)
+                if crop == 0:  # the global view squeezes the HD frame
+                    blk = hd[:, ra * 28 * hc:(ra + 1) * 28 * hc, cb * 28 * wc:(cb + 1) * 28 * wc]
+                else:
+                    i, j = divmod(crop - 1, wc)
+                    blk = hd[:, i * CROP + ra * 28:i * CROP + (ra + 1) * 28,
+                             j * CROP + cb * 28:j * CROP + (cb + 1) * 28]
+                px = blk.reshape(3, -1).T
+                near = (np.abs(px[:, None, :] - cols[None]).max(-1) <= 3).any(-1)
+                # a patch of four carries the class from a quarter of its
+                # samples; blended edge pixels are not within 3 of the colour
+                assert near.mean() >= 0.02, (q, k, idx, int(row), float(near.mean()))
+            if view == "global":
+                assert (rows < TOK_PER_CROP).all(), "a global referent outside the global view"
+            n_q += 1
+            n_tok += len(t)
+        batch.append({"hd": r["hd"], "grid": r["grid"], "ids": ids, "mask": mask, "ref_q": qs,
+                      "ref_t": ts})
+    bt = make_batch(batch)
+    L = bt["ids"].shape[1]
+    assert len(bt["ref_q"]) == n_q and len(bt["ref_tok"]) == n_tok
+    if REF_ANCHOR[0] == "answer":
+        assert set(bt["ref_q"].tolist()) <= set(bt["sel"].tolist())
+    flat = bt["ids"].reshape(-1)
+    assert (flat[bt["ref_tok"]] == 0).all(), "a target is not an image placeholder"
+    assert (bt["ref_tok"] // L == bt["ref_q"][bt["ref_qid"]] // L).all()
+    assert (bt["ref_tok"] < bt["ref_q"][bt["ref_qid"]]).all()
+    print("self-test: referents anchored at the %s: %d queries, %d target tokens: each shows "
+          "its shape's colour in its pixels, before its query, in its own row (tokenizer: %s)"
+          % (REF_ANCHOR[0], n_q, n_tok, what))
 
 def self_test_image_place():
     """--images after: a turn's image tokens follow its question, and the
@@ -2427,10 +3000,36 @@ def main():
                     help="where a turn's image tags go in training and evaluation: in front of "
                          "its text (default, the shipped model's) or after it, the question "
                          "first (docs/demo.md, \"The question first\")")
+    ap.add_argument("--rope-nope-pairs", type=int, default=0,
+                    help="the slowest N frequency pairs of each decoder head get LongRoPE "
+                         "factor %g: they stop turning, so those dimensions match by content "
+                         "alone (0: none; with --init, that model's factors)" % NOPE_FACTOR)
+    ap.add_argument("--ref-weight", type=float, default=0.0,
+                    help="weight of the referent loss: heads of the decoder taught to attend "
+                         "to the image tokens of the shape a question names, at the position "
+                         "that predicts its answer (needs the aux labels; 0: none)")
+    ap.add_argument("--ref-anchor", choices=REF_ANCHORS, default="answer",
+                    help="where the referent loss asks: at the position that predicts the "
+                         "answer, for the shape(s) the question is about (answer), or at each "
+                         "word of the question that names shapes, for those shapes (word)")
+    ap.add_argument("--ref-layers", default="2,3",
+                    help="decoder layers whose heads the referent loss teaches")
+    ap.add_argument("--ref-heads", type=int, default=2,
+                    help="how many heads of each --ref-layers layer it teaches (the first)")
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.vision_width % 32 or not 64 <= args.vision_width <= 256:
         ap.error("--vision-width: a multiple of 32 from 64 to 256")
+    ref_layers = [int(x) for x in args.ref_layers.split(",") if x.strip()]
+    if args.ref_weight > 0:
+        if args.aux_weight <= 0:
+            ap.error("--ref-weight needs the aux labels (--aux-weight > 0)")
+        if args.packed_mode == "branched":
+            ap.error("--ref-weight is not implemented for --packed-mode branched")
+        if not ref_layers or any(not 0 <= x < args.lm_layers for x in ref_layers):
+            ap.error("--ref-layers must name layers 0..%d" % (args.lm_layers - 1))
+        if not 1 <= args.ref_heads <= LMCFG["num_attention_heads"]:
+            ap.error("--ref-heads must be 1..%d" % LMCFG["num_attention_heads"])
     if args.images == "after" and args.packed_mode == "branched":
         ap.error("--images after and --packed-mode branched: branches share the image "
                  "prefix, which the question first takes away")
@@ -2477,9 +3076,12 @@ def main():
         init_cfg = json.load(open(os.path.join(args.init, "config.json")))
         args.lm_layers = init_cfg["num_hidden_layers"]
         args.rope_theta = init_cfg["rope_theta"]
+        rs = init_cfg["rope_scaling"]
+        ROPE["factors"] = (list(rs["short_factor"]), list(rs["long_factor"]))
         args.vision_width = init_cfg["vision_config"]["hidden_size"]
     LMCFG["num_hidden_layers"] = args.lm_layers
     LMCFG["rope_theta"] = args.rope_theta
+    ROPE["nope_pairs"] = args.rope_nope_pairs
     VISION.update(hidden_size=args.vision_width, intermediate_size=4 * args.vision_width,
                   num_attention_heads=args.vision_width // 32)
     clip, lm, glue = build(vocab_rows)
@@ -2515,6 +3117,13 @@ def main():
         use_causal_attention(lm, dev)
     if PACKED_MODE[0] == "branched":
         check_branches(lm, tok, dev)
+    ref = None
+    if args.ref_weight > 0:
+        check_ref_words(tok_json, args.ref_anchor)
+        check_ref_attention(lm, dev, ref_layers, args.ref_heads)
+        ref = (args.ref_weight, ref_layers, args.ref_heads)
+    STAT_NAMES[0] = AUX_NAMES + (REL_NAMES if heads is not None and heads.rel else []) + (
+        REF_NAMES if ref else [])
     fwd_clip, fwd_lm = clip.forward, lm.model.forward
     if args.compile:
         clip.forward = torch.compile(fwd_clip, dynamic=True)
@@ -2546,7 +3155,8 @@ def main():
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
     dl = torch.utils.data.DataLoader(SceneStream(args.seed, tok_json, args.batch, args.pool,
-                                                 aux_on, args.patch_label),
+                                                 aux_on, args.patch_label,
+                                                 refs=ref is not None and args.ref_anchor),
                                      batch_size=None, num_workers=args.workers,
                                      prefetch_factor=6, persistent_workers=True, pin_memory=True)
     log = []
@@ -2597,7 +3207,7 @@ def main():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss, ans_loss, aux_stats = train_loss(clip, lm, glue, bt, dev, heads,
                                                    args.aux_weight, args.char_weight,
-                                                   args.rel_weight)
+                                                   args.rel_weight, ref)
         tp = time.time()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -2632,6 +3242,9 @@ def main():
                     print("  rel loss slot %.3f count %.3f bigger %.3f place %.3f; acc slot "
                           "%.3f count %.3f bigger %.3f place bits %.3f"
                           % tuple(a[k] for k in REL_NAMES), flush=True)
+                if "ref_loss" in a:
+                    print("  ref loss %.3f; attention mass on the referent %.3f"
+                          % tuple(a[k] for k in REF_NAMES), flush=True)
         done = step + 1
         if time.time() - t_train > args.time_limit:
             print(f"time limit reached at step {step}", flush=True)
@@ -2691,7 +3304,7 @@ def flush_log(log, pending):
     for st_, lt, stats, tt in pending:
         rec = {"step": st_, "loss": float(lt), "t": tt}
         if stats is not None:
-            rec["aux"] = dict(zip(AUX_NAMES + REL_NAMES, (round(v, 5) for v in stats.tolist())))
+            rec["aux"] = dict(zip(STAT_NAMES[0], (round(v, 5) for v in stats.tolist())))
         log.append(rec)
     pending.clear()
 

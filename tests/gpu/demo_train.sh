@@ -28,6 +28,9 @@
 # the eval phase (after: each turn's question before its images).
 # ROPE_THETA (default 10000, the shipped model's) is its --rope-theta,
 # VISION_WIDTH (default 192, the shipped model's) its --vision-width.
+# REF_WEIGHT (default 0: none) is its --ref-weight (the referent loss),
+# REF_LAYERS (default 2,3) its --ref-layers, REF_HEADS (default 2) its
+# --ref-heads, REF_ANCHOR (default answer) its --ref-anchor. NOPE_PAIRS (default 0) is its --rope-nope-pairs.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/demo-train-out}
@@ -55,12 +58,15 @@ train)
     --lm-layers "${LM_LAYERS:-4}" --step-impl "${STEP_IMPL:-fast}" \
     --images "${IMAGES:-front}" --rope-theta "${ROPE_THETA:-10000}" \
     --vision-width "${VISION_WIDTH:-192}" \
+    --ref-weight "${REF_WEIGHT:-0}" --ref-layers "${REF_LAYERS:-2,3}" \
+    --ref-heads "${REF_HEADS:-2}" --ref-anchor "${REF_ANCHOR:-answer}" \
+    --rope-nope-pairs "${NOPE_PAIRS:-0}" \
     ${gen[@]+"${gen[@]}"} \
     --no-eval --out "$RUN" >"$OUT/train.txt" 2>&1
   rc=$?
   mkdir -p "$OUT/run"
   cp -r "$RUN/demo" "$RUN/train_log.json" "$RUN/loss.png" "$OUT/run/" 2>/dev/null
-  grep -E "check:|auto steps|^step [0-9]+ |rel loss|trained|exported|total|Error" "$OUT/train.txt" |
+  grep -E "check:|auto steps|^step [0-9]+ |rel loss|ref loss|trained|exported|total|Error" "$OUT/train.txt" |
     tail -40
   exit $rc
   ;;
