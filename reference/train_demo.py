@@ -3004,15 +3004,16 @@ def main():
                     help="the slowest N frequency pairs of each decoder head get LongRoPE "
                          "factor %g: they stop turning, so those dimensions match by content "
                          "alone (0: none; with --init, that model's factors)" % NOPE_FACTOR)
-    ap.add_argument("--ref-weight", type=float, default=0.0,
+    ap.add_argument("--ref-weight", type=float, default=1.0,
                     help="weight of the referent loss: heads of the decoder taught to attend "
-                         "to the image tokens of the shape a question names, at the position "
-                         "that predicts its answer (needs the aux labels; 0: none)")
-    ap.add_argument("--ref-anchor", choices=REF_ANCHORS, default="answer",
+                         "to the image tokens of the shapes a question names (needs the aux "
+                         "labels; 0: none; the shipped model: 1)")
+    ap.add_argument("--ref-anchor", choices=REF_ANCHORS, default="word",
                     help="where the referent loss asks: at the position that predicts the "
                          "answer, for the shape(s) the question is about (answer), or at each "
-                         "word of the question that names shapes, for those shapes (word)")
-    ap.add_argument("--ref-layers", default="2,3",
+                         "word of the question that names shapes, for those shapes (word, the "
+                         "shipped model's)")
+    ap.add_argument("--ref-layers", default="0,1",
                     help="decoder layers whose heads the referent loss teaches")
     ap.add_argument("--ref-heads", type=int, default=2,
                     help="how many heads of each --ref-layers layer it teaches (the first)")
