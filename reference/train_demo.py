@@ -847,6 +847,7 @@ def make_batch(samples):
         # target image token (flat) with the number of its query
         bt["ref_q"] = torch.tensor(ref_q, dtype=torch.int64)
         bt["ref_tok"], bt["ref_qid"] = cat(ref_tok), cat(ref_qid)
+        bt["ref_slot"], bt["ref_qmax"] = ref_slots(bt["ref_q"], L)
     if branched:
         bt["pos"] = torch.from_numpy(pos)
         bt["branch"] = torch.from_numpy(branch)
@@ -1069,7 +1070,8 @@ def ref_targets(sample, ids, mask, r, spans=None, strict=False):
         if hit.any():
             qs.append(q)
             ts.append(pos[hit])
-    return qs, ts
+    order = np.argsort(qs, kind="stable")  # make_batch's queries ascend
+    return [qs[i] for i in order], [ts[i] for i in order]
 
 
 class SceneStream(torch.utils.data.IterableDataset):
@@ -1517,12 +1519,24 @@ def _rotate_half(x):
     return torch.cat((-b, a), dim=-1)
 
 
-def ref_scores(lm, layer, hin, q_flat, n_heads):
+def ref_slots(q_flat, L):
+    """Each query's place among its row's queries, and the most a row has
+    (q_flat ascending, as make_batch emits it)."""
+    qb = q_flat // L
+    assert len(q_flat) < 2 or bool((q_flat[1:] > q_flat[:-1]).all()), "queries not ascending"
+    slot = torch.arange(len(q_flat), device=q_flat.device) - torch.searchsorted(qb, qb)
+    return slot, int(slot.max()) + 1 if len(slot) else 0
+
+
+def ref_scores(lm, layer, hin, q_flat, n_heads, slots=None):
     """The attention logits of the first n_heads heads of decoder layer `layer`
-    for the queries at flat positions q_flat (b*L + t) over every position of
-    their row, computed as the layer does from its input hin [B, L, D] (input
-    norm, the query and key rows of qkv_proj, RoPE at positions 0..L-1, the
-    layer's scaling). Returns float32 [Q, n_heads, L] and the queries' t."""
+    for the queries at flat positions q_flat (b*L + t, ascending) over every
+    position of their row, computed as the layer does from its input hin
+    [B, L, D] (input norm, the query and key rows of qkv_proj, RoPE at
+    positions 0..L-1, the layer's scaling). The queries of a row are padded
+    to the most a row has (slots: ref_slots', given by make_batch so that the
+    step does not wait for the GPU) and multiplied with their row's keys as
+    one batched product. Returns float32 [Q, n_heads, L] and the queries' t."""
     B, L, D = hin.shape
     blk = lm.model.layers[layer]
     at = blk.self_attn
@@ -1539,8 +1553,10 @@ def ref_scores(lm, layer, hin, q_flat, n_heads):
     q = q * cos[qt][:, None] + _rotate_half(q) * sin[qt][:, None]
     k = F.linear(hn, w[nq:nq + n_heads * hd]).view(B, L, n_heads, hd)
     k = k * cos[None, :, None] + _rotate_half(k) * sin[None, :, None]
-    s = torch.einsum("qhd,qlhd->qhl", q, k.index_select(0, qb)).float() * at.scaling
-    return s, qt
+    slot, qmax = slots if slots is not None else ref_slots(q_flat, L)
+    qpad = q.new_zeros(B, qmax, n_heads, hd).index_put((qb, slot), q)
+    s = torch.einsum("bqhd,blhd->bqhl", qpad, k)[qb, slot]
+    return s.float() * at.scaling, qt
 
 
 def ref_loss(lm, hidden_states, bt, dev, layers, n_heads):
@@ -1548,12 +1564,13 @@ def ref_loss(lm, hidden_states, bt, dev, layers, n_heads):
     referent's image tokens at each query (the causal softmax over the whole
     row), averaged over queries, heads and layers; and that mass's mean."""
     q_flat = bt["ref_q"].to(dev, non_blocking=True)
+    slots = (bt["ref_slot"].to(dev, non_blocking=True), bt["ref_qmax"])
     tok = bt["ref_tok"].to(dev, non_blocking=True)
     qid = bt["ref_qid"].to(dev, non_blocking=True)
     L = hidden_states[0].shape[1]
     losses, masses = [], []
     for layer in layers:
-        s, qt = ref_scores(lm, layer, hidden_states[REF_HIDDEN[layer]], q_flat, n_heads)
+        s, qt = ref_scores(lm, layer, hidden_states[REF_HIDDEN[layer]], q_flat, n_heads, slots)
         Q = s.shape[0]
         seen = torch.arange(L, device=dev)[None] <= qt[:, None]
         tgt = torch.zeros(Q, L, dtype=torch.bool, device=dev)
@@ -1938,6 +1955,7 @@ def self_test():
     self_test_labels()
     self_test_aux_loss()
     self_test_refs()
+    self_test_ref_scores()
 
 
 def self_test_refs(n=3000, n_render=40):
@@ -2088,6 +2106,59 @@ def _self_test_ref_tokens(samples, tok, end_id, n_render, what):
     print("self-test: referents anchored at the %s: %d queries, %d target tokens: each shows "
           "its shape's colour in its pixels, before its query, in its own row (tokenizer: %s)"
           % (REF_ANCHOR[0], n_q, n_tok, what))
+
+def self_test_ref_scores():
+    """ref_scores (queries padded per row, one batched product) against
+    full causal-free attention logits computed head by head from the same
+    weights, on a stand-in layer (CPU, float64): rows with several queries,
+    one and none."""
+    g = torch.Generator().manual_seed(8)
+    B, L, D, nh, hd = 3, 11, 16, 4, 4
+
+    class Attn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head_dim, self.scaling = hd, hd ** -0.5
+            self.qkv_proj = torch.nn.Linear(D, 3 * D, bias=False)
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.input_layernorm = torch.nn.LayerNorm(D)
+            self.self_attn = Attn()
+
+    def rotary(x, pos):
+        inv = 1.0 / (10000.0 ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+        f = pos[..., None].double() * inv
+        e = torch.cat([f, f], -1)
+        return e.cos(), e.sin()
+
+    lm = torch.nn.Module()
+    lm.model = torch.nn.Module()
+    lm.model.layers = torch.nn.ModuleList([Layer(), Layer()]).double()
+    lm.model.rotary_emb = rotary
+    lm.config = type("C", (), {"num_attention_heads": nh})()
+    for prm in lm.parameters():
+        prm.data = torch.randn(prm.shape, generator=g, dtype=torch.float64)
+    hin = torch.randn(B, L, D, generator=g, dtype=torch.float64)
+    q_flat = torch.tensor([2, 5, 10, 2 * L + 7])  # row 0: three, row 1: none, row 2: one
+    for layer in (0, 1):
+        blk = lm.model.layers[layer]
+        hn = blk.input_layernorm(hin)
+        qkv = blk.self_attn.qkv_proj(hn)
+        cos, sin = rotary(hn, torch.arange(L)[None])
+        rot = (lambda x: x * cos[0][None, :, None] + _rotate_half(x) * sin[0][None, :, None])
+        q = rot(qkv[..., :D].view(B, L, nh, hd))
+        k = rot(qkv[..., D:2 * D].view(B, L, nh, hd))
+        full = torch.einsum("bihd,bjhd->bhij", q, k) * hd ** -0.5
+        want = full[q_flat // L, :2, q_flat % L]
+        got, qt = ref_scores(lm, layer, hin, q_flat, 2)
+        assert torch.equal(qt, q_flat % L)
+        d = float((got - want).abs().max() / want.abs().max())
+        assert d < 1e-6, d  # ref_scores returns float32
+    print("self-test: referent scores (queries padded per row) equal the full attention "
+          "logits head by head (rows with 3, 0 and 1 queries)")
+
 
 def self_test_image_place():
     """--images after: a turn's image tokens follow its question, and the
