@@ -792,7 +792,7 @@ def make_batch(samples):
         pos = np.tile(np.arange(L, dtype=np.int64), (B, 1))
         branch = np.zeros((B, L), dtype=np.int16)
     sel, tgt, img_pos = [], [], []
-    ref_q, ref_tok, ref_qid = [], [], []
+    ref_q, ref_tok, ref_qid, ref_glb = [], [], [], []
     images = []  # (b, k, hc, wc, array)
     for b, s in enumerate(samples):
         a = np.asarray(s["ids"], dtype=np.int64)
@@ -806,10 +806,11 @@ def make_batch(samples):
         nxt = np.nonzero(m[1:])[0]  # position t predicts t+1
         sel.append(b * L + nxt)
         tgt.append(a[nxt + 1])
-        for q, t in zip(s.get("ref_q", ()), s.get("ref_t", ())):
+        for q, t, g in zip(s.get("ref_q", ()), s.get("ref_t", ()), s.get("ref_g", ())):
             ref_qid.append(np.full(len(t), len(ref_q), dtype=np.int64))
             ref_q.append(b * L + q)
             ref_tok.append(b * L + np.asarray(t, dtype=np.int64))
+            ref_glb.append(np.asarray(g, dtype=bool))
         for k, (arr, (hc, wc)) in enumerate(zip(s["hd"], s["grid"])):
             images.append((b, k, hc, wc, arr))
     aux = bool(samples) and "lab" in samples[0]
@@ -847,6 +848,8 @@ def make_batch(samples):
         # target image token (flat) with the number of its query
         bt["ref_q"] = torch.tensor(ref_q, dtype=torch.int64)
         bt["ref_tok"], bt["ref_qid"] = cat(ref_tok), cat(ref_qid)
+        bt["ref_glb"] = torch.from_numpy(np.concatenate(ref_glb) if ref_glb else
+                                         np.zeros(0, dtype=bool))
         bt["ref_slot"], bt["ref_qmax"] = ref_slots(bt["ref_q"], L)
     if branched:
         bt["pos"] = torch.from_numpy(pos)
@@ -1048,12 +1051,13 @@ def ref_queries(sample, ids, mask, spans, strict=True):
 
 def ref_targets(sample, ids, mask, r, spans=None, strict=False):
     """The referent supervision of a rendered sample: (query positions, [target
-    positions]) within its ids, the queries of ref_queries. A query's targets
-    are the image tokens before it whose 2x2 patches carry a referent shape's
-    class (cover labels), in the global view only where the view is
-    "global". Queries with no such token are left out."""
+    positions], [whether each target lies in the global view]) within its
+    ids, the queries of ref_queries. A query's targets are the image tokens
+    before it whose 2x2 patches carry a referent shape's class (cover labels),
+    in the global view only where the view is "global". Queries with no such
+    token are left out."""
     a = np.asarray(ids)
-    qs, ts = [], []
+    qs, ts, gs = [], [], []
     cache = {}
     for q, k, idx, view in ref_queries(sample, ids, mask, spans, strict):
         if k not in cache:
@@ -1070,8 +1074,9 @@ def ref_targets(sample, ids, mask, r, spans=None, strict=False):
         if hit.any():
             qs.append(q)
             ts.append(pos[hit])
+            gs.append(glb[hit])
     order = np.argsort(qs, kind="stable")  # make_batch's queries ascend
-    return [qs[i] for i in order], [ts[i] for i in order]
+    return [qs[i] for i in order], [ts[i] for i in order], [gs[i] for i in order]
 
 
 class SceneStream(torch.utils.data.IterableDataset):
@@ -1104,7 +1109,7 @@ class SceneStream(torch.utils.data.IterableDataset):
             ids, mask = conversation_ids(tok, render_turns(s), r["ntok"], end_id, spans=spans)
             out = {"hd": r["hd"], "grid": r["grid"], "ids": ids, "mask": mask}
             if self.refs:
-                out["ref_q"], out["ref_t"] = ref_targets(s, ids, mask, r, spans)
+                out["ref_q"], out["ref_t"], out["ref_g"] = ref_targets(s, ids, mask, r, spans)
         if self.aux:
             for k in ("lab", "tcol", "facts", "flags"):
                 out[k] = r[k]
@@ -1559,27 +1564,38 @@ def ref_scores(lm, layer, hin, q_flat, n_heads, slots=None):
     return s.float() * at.scaling, qt
 
 
-def ref_loss(lm, hidden_states, bt, dev, layers, n_heads):
+def ref_loss(lm, hidden_states, bt, dev, layers, n_heads, n_global=0):
     """-log of the attention mass that the supervised heads put on the
     referent's image tokens at each query (the causal softmax over the whole
-    row), averaged over queries, heads and layers; and that mass's mean."""
+    row), averaged over queries, heads and layers; and that mass's mean. The
+    last n_global of the n_heads heads are taught the targets in the global
+    view only (queries with none there are left out of those heads)."""
     q_flat = bt["ref_q"].to(dev, non_blocking=True)
     slots = (bt["ref_slot"].to(dev, non_blocking=True), bt["ref_qmax"])
     tok = bt["ref_tok"].to(dev, non_blocking=True)
     qid = bt["ref_qid"].to(dev, non_blocking=True)
     L = hidden_states[0].shape[1]
+    Q = len(q_flat)
+    tgt = torch.zeros(Q, L, dtype=torch.bool, device=dev)
+    tgt[qid, tok % L] = True
+    tgt = tgt[:, None].expand(Q, n_heads, L)
+    use = torch.ones(Q, n_heads, dtype=torch.bool, device=dev)
+    if n_global:
+        glb = bt["ref_glb"].to(dev, non_blocking=True)
+        tg = torch.zeros(Q, L, dtype=torch.bool, device=dev)
+        tg[qid[glb], tok[glb] % L] = True
+        tgt = torch.cat([tgt[:, :n_heads - n_global], tg[:, None].expand(Q, n_global, L)], 1)
+        use[:, n_heads - n_global:] = tg.any(1)[:, None]
+    w = use.float()
     losses, masses = [], []
     for layer in layers:
         s, qt = ref_scores(lm, layer, hidden_states[REF_HIDDEN[layer]], q_flat, n_heads, slots)
-        Q = s.shape[0]
         seen = torch.arange(L, device=dev)[None] <= qt[:, None]
-        tgt = torch.zeros(Q, L, dtype=torch.bool, device=dev)
-        tgt[qid, tok % L] = True
         lse_all = torch.logsumexp(s.masked_fill(~seen[:, None], float("-inf")), -1)
-        lse_tgt = torch.logsumexp(s.masked_fill(~tgt[:, None], float("-inf")), -1)
-        nll = lse_all - lse_tgt
-        losses.append(nll.mean())
-        masses.append(torch.exp(-nll.detach()).mean())
+        lse_tgt = torch.logsumexp(s.masked_fill(~tgt, float("-inf")), -1)
+        nll = torch.where(use, lse_all - lse_tgt, torch.zeros_like(lse_all))
+        losses.append((nll * w).sum() / w.sum())
+        masses.append((torch.exp(-nll.detach()) * w).sum() / w.sum())
     return sum(losses) / len(losses), sum(masses) / len(masses)
 
 
@@ -1603,7 +1619,7 @@ def check_ref_words(tok_json, anchor, n=200, seed=9):
             s["images"] = s["scenes"]
             spans = []
             ids, mask = conversation_ids(tok, render_turns(s), r["ntok"], end_id, spans=spans)
-            qs, ts = ref_targets(s, ids, mask, r, spans, strict=True)
+            qs, ts, _ = ref_targets(s, ids, mask, r, spans, strict=True)
             n_s += 1
             n_q += len(qs)
             n_t += sum(len(t) for t in ts)
@@ -1677,7 +1693,7 @@ def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=
     after each sample's last token and attention is causal, so no real token
     sees it (and the fused causal kernel applies). Branched samples bring
     their mask (branch_mask) and position ids.
-    ref: (weight, layers, heads) of the referent loss (ref_loss), added to
+    ref: (weight, layers, heads, global heads) of the referent loss (ref_loss), added to
     the total and its stats (REF_NAMES) to the aux stats, where the batch has
     referents (make_batch's ref_q)."""
     aux, stats = None, None
@@ -1713,7 +1729,7 @@ def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=
     if refs:
         assert "branch" not in bt, "referents with branched samples"
         out = lm.model(inputs_embeds=x, use_cache=False, output_hidden_states=True, **kw)
-        r_loss, r_mass = ref_loss(lm, out.hidden_states, bt, dev, ref[1], ref[2])
+        r_loss, r_mass = ref_loss(lm, out.hidden_states, bt, dev, ref[1], ref[2], ref[3])
         h = out.last_hidden_state
     else:
         h = lm.model(inputs_embeds=x, use_cache=False, **kw).last_hidden_state
@@ -2037,7 +2053,7 @@ def _self_test_ref_tokens(samples, tok, end_id, n_render, what):
         s["images"] = s["scenes"]
         spans = []
         ids, mask = conversation_ids(tok, render_turns(s), r["ntok"], end_id, spans=spans)
-        qs, ts = ref_targets(s, ids, mask, r, spans, strict=True)
+        qs, ts, gs = ref_targets(s, ids, mask, r, spans, strict=True)
         by_q = {}
         for q, k, idx, view in ref_queries(s, ids, mask, spans):
             assert q not in by_q, "two queries at one position"
@@ -2045,7 +2061,7 @@ def _self_test_ref_tokens(samples, tok, end_id, n_render, what):
         tok_at = {j: (ptext, ts_, tf_) for ptext, toks in spans for ts_, tf_, j in toks}
         a = np.asarray(ids)
         m = np.asarray(mask, dtype=bool)
-        for q, t in zip(qs, ts):
+        for q, t, gl in zip(qs, ts, gs):
             k, idx, view = by_q[q]
             sc = s["scenes"][k]
             if REF_ANCHOR[0] == "answer":
@@ -2088,15 +2104,16 @@ def _self_test_ref_tokens(samples, tok, end_id, n_render, what):
                 # a patch of four carries the class from a quarter of its
                 # samples; blended edge pixels are not within 3 of the colour
                 assert near.mean() >= 0.02, (q, k, idx, int(row), float(near.mean()))
+            assert np.array_equal(gl, (rows >= 0) & (rows < TOK_PER_CROP)), "global flags"
             if view == "global":
                 assert (rows < TOK_PER_CROP).all(), "a global referent outside the global view"
             n_q += 1
             n_tok += len(t)
         batch.append({"hd": r["hd"], "grid": r["grid"], "ids": ids, "mask": mask, "ref_q": qs,
-                      "ref_t": ts})
+                      "ref_t": ts, "ref_g": gs})
     bt = make_batch(batch)
     L = bt["ids"].shape[1]
-    assert len(bt["ref_q"]) == n_q and len(bt["ref_tok"]) == n_tok
+    assert len(bt["ref_q"]) == n_q and len(bt["ref_tok"]) == n_tok == len(bt["ref_glb"])
     if REF_ANCHOR[0] == "answer":
         assert set(bt["ref_q"].tolist()) <= set(bt["sel"].tolist())
     flat = bt["ids"].reshape(-1)
@@ -2107,13 +2124,11 @@ def _self_test_ref_tokens(samples, tok, end_id, n_render, what):
           "its shape's colour in its pixels, before its query, in its own row (tokenizer: %s)"
           % (REF_ANCHOR[0], n_q, n_tok, what))
 
-def self_test_ref_scores():
-    """ref_scores (queries padded per row, one batched product) against
-    full causal-free attention logits computed head by head from the same
-    weights, on a stand-in layer (CPU, float64): rows with several queries,
-    one and none."""
-    g = torch.Generator().manual_seed(8)
-    B, L, D, nh, hd = 3, 11, 16, 4, 4
+def _standin_lm(g, D, nh, hd):
+    """Two decoder layers with what ref_scores reads (input norm, qkv_proj,
+    head_dim, scaling, rotary_emb, config), random float64 weights, and a
+    function giving a layer's full attention logits [B, heads, L, L] from its
+    input the plain way (all heads, every position)."""
 
     class Attn(torch.nn.Module):
         def __init__(self):
@@ -2140,9 +2155,9 @@ def self_test_ref_scores():
     lm.config = type("C", (), {"num_attention_heads": nh})()
     for prm in lm.parameters():
         prm.data = torch.randn(prm.shape, generator=g, dtype=torch.float64)
-    hin = torch.randn(B, L, D, generator=g, dtype=torch.float64)
-    q_flat = torch.tensor([2, 5, 10, 2 * L + 7])  # row 0: three, row 1: none, row 2: one
-    for layer in (0, 1):
+
+    def full(layer, hin):
+        B, L, _ = hin.shape
         blk = lm.model.layers[layer]
         hn = blk.input_layernorm(hin)
         qkv = blk.self_attn.qkv_proj(hn)
@@ -2150,14 +2165,59 @@ def self_test_ref_scores():
         rot = (lambda x: x * cos[0][None, :, None] + _rotate_half(x) * sin[0][None, :, None])
         q = rot(qkv[..., :D].view(B, L, nh, hd))
         k = rot(qkv[..., D:2 * D].view(B, L, nh, hd))
-        full = torch.einsum("bihd,bjhd->bhij", q, k) * hd ** -0.5
-        want = full[q_flat // L, :2, q_flat % L]
+        return torch.einsum("bihd,bjhd->bhij", q, k) * hd ** -0.5
+    return lm, full
+
+
+def self_test_ref_scores():
+    """ref_scores (queries padded per row, one batched product) against
+    full attention logits computed head by head from the same weights, on a
+    stand-in decoder (CPU, float64): rows with several queries, one and
+    none. ref_loss against the mass of the causal softmax on each query's
+    targets, with and without heads taught the global view only."""
+    g = torch.Generator().manual_seed(8)
+    B, L, D, nh, hd = 3, 11, 16, 4, 4
+    lm, full = _standin_lm(g, D, nh, hd)
+    hin = torch.randn(B, L, D, generator=g, dtype=torch.float64)
+    q_flat = torch.tensor([2, 5, 10, 2 * L + 7])  # row 0: three, row 1: none, row 2: one
+    for layer in (0, 1):
+        want = full(layer, hin)[q_flat // L, :2, q_flat % L]
         got, qt = ref_scores(lm, layer, hin, q_flat, 2)
         assert torch.equal(qt, q_flat % L)
         d = float((got - want).abs().max() / want.abs().max())
         assert d < 1e-6, d  # ref_scores returns float32
+    # targets: query 0 {0, 1}, query 1 {1, 3 (global)}, query 2 {4 (global), 9},
+    # query 3 {2, 6}: no global target, so it teaches no global head
+    tok = torch.tensor([0, 1, 1, 3, 4, 9, 2 * L + 2, 2 * L + 6])
+    qid = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    glb = torch.tensor([False, False, False, True, True, False, False, False])
+    bt = {"ref_q": q_flat, "ref_tok": tok, "ref_qid": qid, "ref_glb": glb}
+    bt["ref_slot"], bt["ref_qmax"] = ref_slots(q_flat, L)
+    kept = dict(REF_HIDDEN)
+    REF_HIDDEN.update({0: 0, 1: 0})
+    try:
+        for n_global in (0, 1):
+            got, mass = ref_loss(lm, [hin], bt, "cpu", [0, 1], 2, n_global)
+            terms = []
+            for layer in (0, 1):
+                f = full(layer, hin)
+                for i, q in enumerate(q_flat.tolist()):
+                    b, t = divmod(q, L)
+                    p = f[b, :2, t, :t + 1].softmax(-1)
+                    for h in range(2):
+                        sel = (qid == i) & (glb if h >= 2 - n_global else True)
+                        cols = (tok[sel] % L).tolist()
+                        if cols:
+                            terms.append(-torch.log(p[h, cols].sum()))
+            want = torch.stack(terms).mean()
+            assert abs(float(got) - float(want)) < 1e-5 * max(1.0, float(want)), (got, want)
+            assert len(terms) == (16 if n_global == 0 else 12), len(terms)
+    finally:
+        REF_HIDDEN.clear()
+        REF_HIDDEN.update(kept)
     print("self-test: referent scores (queries padded per row) equal the full attention "
-          "logits head by head (rows with 3, 0 and 1 queries)")
+          "logits head by head (rows with 3, 0 and 1 queries); the referent loss is -log of "
+          "the causal softmax's mass on the targets, global heads on the global view only")
 
 
 def self_test_image_place():
@@ -3088,6 +3148,10 @@ def main():
                     help="decoder layers whose heads the referent loss teaches")
     ap.add_argument("--ref-heads", type=int, default=2,
                     help="how many heads of each --ref-layers layer it teaches (the first)")
+    ap.add_argument("--ref-global-heads", type=int, default=0,
+                    help="of the --ref-heads heads, how many (the last) are taught the "
+                         "targets in the global view only: the view whose tokens carry sides, "
+                         "extremes and size ranks (0: none, the shipped model's)")
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.vision_width % 32 or not 64 <= args.vision_width <= 256:
@@ -3102,6 +3166,8 @@ def main():
             ap.error("--ref-layers must name layers 0..%d" % (args.lm_layers - 1))
         if not 1 <= args.ref_heads <= LMCFG["num_attention_heads"]:
             ap.error("--ref-heads must be 1..%d" % LMCFG["num_attention_heads"])
+        if not 0 <= args.ref_global_heads <= args.ref_heads:
+            ap.error("--ref-global-heads must be 0..--ref-heads")
     if args.images == "after" and args.packed_mode == "branched":
         ap.error("--images after and --packed-mode branched: branches share the image "
                  "prefix, which the question first takes away")
@@ -3193,7 +3259,7 @@ def main():
     if args.ref_weight > 0:
         check_ref_words(tok_json, args.ref_anchor)
         check_ref_attention(lm, dev, ref_layers, args.ref_heads)
-        ref = (args.ref_weight, ref_layers, args.ref_heads)
+        ref = (args.ref_weight, ref_layers, args.ref_heads, args.ref_global_heads)
     STAT_NAMES[0] = AUX_NAMES + (REL_NAMES if heads is not None and heads.rel else []) + (
         REF_NAMES if ref else [])
     fwd_clip, fwd_lm = clip.forward, lm.model.forward

@@ -30,7 +30,8 @@
 # VISION_WIDTH (default 192, the shipped model's) its --vision-width.
 # REF_WEIGHT (default 1, the shipped model's; 0: none) is its --ref-weight
 # (the referent loss), REF_LAYERS (default 0,1) its --ref-layers, REF_HEADS
-# (default 2) its --ref-heads, REF_ANCHOR (default word) its --ref-anchor.
+# (default 2) its --ref-heads, REF_ANCHOR (default word) its --ref-anchor,
+# REF_GLOBAL_HEADS (default 0) its --ref-global-heads.
 # NOPE_PAIRS (default 0) is its --rope-nope-pairs.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -61,6 +62,7 @@ train)
     --vision-width "${VISION_WIDTH:-192}" \
     --ref-weight "${REF_WEIGHT:-1}" --ref-layers "${REF_LAYERS:-0,1}" \
     --ref-heads "${REF_HEADS:-2}" --ref-anchor "${REF_ANCHOR:-word}" \
+    --ref-global-heads "${REF_GLOBAL_HEADS:-0}" \
     --rope-nope-pairs "${NOPE_PAIRS:-0}" \
     ${gen[@]+"${gen[@]}"} \
     --no-eval --out "$RUN" >"$OUT/train.txt" 2>&1
