@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import phi3v_ref as R  # noqa: E402
+from ops_ref import rotate_half  # noqa: E402
 import scenes  # noqa: E402
 
 SPECIALS = ["<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"]
@@ -890,6 +891,20 @@ REF_SKIP = ("how many shapes", "how many objects", "count the shapes", "in total
 REF_IT = {"it", "that", "named"}
 
 
+def _phrase_extreme(sc, pl):
+    """(start, end, shape index or None) of the first extreme phrase of the
+    lowered question pl and the clear-cut extreme shape it names
+    (scenes._extreme), or None: no phrase, or a question that offers two
+    sides ("on the left or the right?"), which names no extreme."""
+    if " or " in pl:
+        return None
+    for p, d in EXTREME_PHRASES.items():
+        j = pl.find(p)
+        if j >= 0:
+            return j, j + len(p), scenes._extreme(sc, d)
+    return None
+
+
 def _ref_shapes(sc, prompt, prev):
     """(shape indices, view) of one turn's question about scene sc, or None.
     view "global": the question is about where a shape lies in the whole
@@ -900,11 +915,9 @@ def _ref_shapes(sc, prompt, prev):
         return None
     w = _words(prompt)
     shapes = sc.shapes
-    if " or " not in pl:
-        hits = [d for p, d in EXTREME_PHRASES.items() if p in pl]
-        if hits:
-            i = scenes._extreme(sc, hits[0])
-            return ([i], "global") if i is not None else None
+    ext = _phrase_extreme(sc, pl)
+    if ext is not None:
+        return ([ext[2]], "global") if ext[2] is not None else None
     colours = [c for c in scenes.COLOUR_NAMES if c in w]
     kinds = [k for k in scenes.KINDS if k in w or scenes.PLURAL[k] in w]
     side = " or " in pl and ({"left", "right"} <= w or {"top", "bottom"} <= w)
@@ -957,14 +970,9 @@ def _anchor_words(sc, prompt):
             continue
         if idx:
             out.append((m.start(), m.end(), idx, "any"))
-    if " or " not in pl:
-        for p, d in EXTREME_PHRASES.items():
-            j = pl.find(p)
-            if j >= 0:
-                i = scenes._extreme(sc, d)
-                if i is not None:
-                    out.append((j, j + len(p), [i], "global"))
-                break
+    ext = _phrase_extreme(sc, pl)
+    if ext is not None and ext[2] is not None:
+        out.append((ext[0], ext[1], [ext[2]], "global"))
     return out
 
 
@@ -1009,12 +1017,11 @@ def token_classes(pl, hc, wc):
 
 
 REF_ANCHORS = ("answer", "word")
-REF_ANCHOR = ["answer"]
 
 
-def ref_queries(sample, ids, mask, spans, strict=True):
+def ref_queries(sample, ids, mask, spans, anchor, strict=True):
     """(query position, image index, [shape indices], view) of every referent
-    query of a sample. REF_ANCHOR "answer": one per turn with a referent
+    query of a sample. anchor "answer": one per turn with a referent
     (turn_refs), at the position that predicts its first answer token.
     "word": one per word of a question that names shapes (turn_anchors), at
     the word's last token (spans: conversation_ids'), so that the word itself
@@ -1023,7 +1030,7 @@ def ref_queries(sample, ids, mask, spans, strict=True):
     m = np.asarray(mask, dtype=bool)
     starts = np.nonzero(m & ~np.r_[False, m[:-1]])[0]
     out = []
-    if REF_ANCHOR[0] == "answer":
+    if anchor == "answer":
         refs = turn_refs(sample)
         assert len(starts) == len(refs), (len(starts), len(refs))
         for st, ref in zip(starts, refs):
@@ -1049,7 +1056,7 @@ def ref_queries(sample, ids, mask, spans, strict=True):
     return out
 
 
-def ref_targets(sample, ids, mask, r, spans=None, strict=False):
+def ref_targets(sample, ids, mask, r, spans, anchor, strict=False):
     """The referent supervision of a rendered sample: (query positions, [target
     positions], [whether each target lies in the global view]) within its
     ids, the queries of ref_queries. A query's targets are the image tokens
@@ -1059,11 +1066,12 @@ def ref_targets(sample, ids, mask, r, spans=None, strict=False):
     a = np.asarray(ids)
     qs, ts, gs = [], [], []
     cache = {}
-    for q, k, idx, view in ref_queries(sample, ids, mask, spans, strict):
+    for q, k, idx, view in ref_queries(sample, ids, mask, spans, anchor, strict):
         if k not in cache:
             hc, wc = r["grid"][k]
+            rows = template(hc, wc)
             cache[k] = (np.nonzero(a == -(k + 1))[0], token_classes(r["lab"][k], hc, wc),
-                        (template(hc, wc) >= 0) & (template(hc, wc) < TOK_PER_CROP))
+                        (rows >= 0) & (rows < TOK_PER_CROP))
         pos, cls, glb = cache[k]
         assert len(pos) == len(cls), (len(pos), len(cls))
         sc = sample["scenes"][k]
@@ -1085,12 +1093,12 @@ class SceneStream(torch.utils.data.IterableDataset):
     yielded in a shuffled order."""
 
     def __init__(self, seed, tok_json, batch, pool=4, aux=False, label_mode="cover",
-                 packed_rule=None, balanced_dialogues=None, refs=False):
+                 packed_rule=None, balanced_dialogues=None, ref_anchor=None):
         self.seed, self.tok_json, self.batch, self.pool = seed, tok_json, batch, pool
         self.aux, self.label_mode = aux, label_mode
-        # referent targets (ref_targets; needs the aux labels): False, or
-        # True / the REF_ANCHOR to use ("answer", "word")
-        self.refs = refs and (refs if isinstance(refs, str) else REF_ANCHOR[0])
+        # referent targets at that anchor (ref_targets; needs the aux
+        # labels), or None
+        self.ref_anchor = ref_anchor
         self.mix = (packed_rule or PACKED_RULE,
                     BALANCED_DIALOGUES[0] if balanced_dialogues is None else balanced_dialogues,
                     PACKED_MODE[0], IMAGE_PLACE[0])
@@ -1105,11 +1113,12 @@ class SceneStream(torch.utils.data.IterableDataset):
             out = {"hd": r["hd"], "grid": r["grid"], "ids": ids, "mask": mask, "pos": pos,
                    "branch": br}
         else:
-            spans = [] if self.refs else None
+            spans = [] if self.ref_anchor else None
             ids, mask = conversation_ids(tok, render_turns(s), r["ntok"], end_id, spans=spans)
             out = {"hd": r["hd"], "grid": r["grid"], "ids": ids, "mask": mask}
-            if self.refs:
-                out["ref_q"], out["ref_t"], out["ref_g"] = ref_targets(s, ids, mask, r, spans)
+            if self.ref_anchor:
+                out["ref_q"], out["ref_t"], out["ref_g"] = ref_targets(s, ids, mask, r, spans,
+                                                                       self.ref_anchor)
         if self.aux:
             for k in ("lab", "tcol", "facts", "flags"):
                 out[k] = r[k]
@@ -1118,8 +1127,6 @@ class SceneStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         from tokenizers import Tokenizer
         set_mix(*self.mix)
-        if self.refs:
-            REF_ANCHOR[0] = self.refs
         info = torch.utils.data.get_worker_info()
         wid = info.id if info else 0
         rng = random.Random(self.seed * 1000 + wid)
@@ -1519,11 +1526,6 @@ STAT_NAMES = [AUX_NAMES + REL_NAMES]  # the names of a step's stats (main sets t
 REF_HIDDEN = {}
 
 
-def _rotate_half(x):
-    a, b = x.chunk(2, dim=-1)
-    return torch.cat((-b, a), dim=-1)
-
-
 def ref_slots(q_flat, L):
     """Each query's place among its row's queries, and the most a row has
     (q_flat ascending, as make_batch emits it)."""
@@ -1555,9 +1557,9 @@ def ref_scores(lm, layer, hin, q_flat, n_heads, slots=None):
     qb, qt = q_flat // L, q_flat % L
     q = F.linear(hn.reshape(B * L, D).index_select(0, q_flat), w[:n_heads * hd])
     q = q.view(-1, n_heads, hd)
-    q = q * cos[qt][:, None] + _rotate_half(q) * sin[qt][:, None]
+    q = q * cos[qt][:, None] + rotate_half(q) * sin[qt][:, None]
     k = F.linear(hn, w[nq:nq + n_heads * hd]).view(B, L, n_heads, hd)
-    k = k * cos[None, :, None] + _rotate_half(k) * sin[None, :, None]
+    k = k * cos[None, :, None] + rotate_half(k) * sin[None, :, None]
     slot, qmax = slots if slots is not None else ref_slots(q_flat, L)
     qpad = q.new_zeros(B, qmax, n_heads, hd).index_put((qb, slot), q)
     s = torch.einsum("bqhd,blhd->bqhl", qpad, k)[qb, slot]
@@ -1606,25 +1608,20 @@ def check_ref_words(tok_json, anchor, n=200, seed=9):
     from tokenizers import Tokenizer
     tok = Tokenizer.from_str(tok_json)
     end_id = tok.token_to_id("<|end|>")
-    kept = REF_ANCHOR[0]
-    REF_ANCHOR[0] = anchor
-    try:
-        rng = random.Random(seed)
-        n_q = n_t = n_s = 0
-        for _ in range(n):
-            s = training_sample(rng)
-            if s["tag"] == "branched":
-                continue
-            r = render_sample(s, aux=True)
-            s["images"] = s["scenes"]
-            spans = []
-            ids, mask = conversation_ids(tok, render_turns(s), r["ntok"], end_id, spans=spans)
-            qs, ts, _ = ref_targets(s, ids, mask, r, spans, strict=True)
-            n_s += 1
-            n_q += len(qs)
-            n_t += sum(len(t) for t in ts)
-    finally:
-        REF_ANCHOR[0] = kept
+    rng = random.Random(seed)
+    n_q = n_t = n_s = 0
+    for _ in range(n):
+        s = training_sample(rng)
+        if s["tag"] == "branched":
+            continue
+        r = render_sample(s, aux=True)
+        s["images"] = s["scenes"]
+        spans = []
+        ids, mask = conversation_ids(tok, render_turns(s), r["ntok"], end_id, spans=spans)
+        qs, ts, _ = ref_targets(s, ids, mask, r, spans, anchor, strict=True)
+        n_s += 1
+        n_q += len(qs)
+        n_t += sum(len(t) for t in ts)
     print("check: referents at the %s on %d samples: %.2f queries a sample, %.0f target "
           "tokens a query" % (anchor, n_s, n_q / max(n_s, 1), n_t / max(n_q, 1)), flush=True)
 
@@ -2036,15 +2033,11 @@ def self_test_refs(n=3000, n_render=40):
     tok, what = demo_tokenizer()
     end_id = tok.token_to_id("<|end|>")
     for anchor in REF_ANCHORS:
-        REF_ANCHOR[0] = anchor
-        try:
-            _self_test_ref_tokens(samples, tok, end_id, n_render, what)
-        finally:
-            REF_ANCHOR[0] = "answer"
+        _self_test_ref_tokens(samples, tok, end_id, n_render, what, anchor)
 
 
-def _self_test_ref_tokens(samples, tok, end_id, n_render, what):
-    """ref_targets under REF_ANCHOR[0] on rendered samples: the queries sit
+def _self_test_ref_tokens(samples, tok, end_id, n_render, what, anchor):
+    """ref_targets at anchor on rendered samples: the queries sit
     where the anchor says, every target token shows its shape's colour in
     its pixels, and make_batch carries them."""
     batch, n_q, n_tok = [], 0, 0
@@ -2053,9 +2046,9 @@ def _self_test_ref_tokens(samples, tok, end_id, n_render, what):
         s["images"] = s["scenes"]
         spans = []
         ids, mask = conversation_ids(tok, render_turns(s), r["ntok"], end_id, spans=spans)
-        qs, ts, gs = ref_targets(s, ids, mask, r, spans, strict=True)
+        qs, ts, gs = ref_targets(s, ids, mask, r, spans, anchor, strict=True)
         by_q = {}
-        for q, k, idx, view in ref_queries(s, ids, mask, spans):
+        for q, k, idx, view in ref_queries(s, ids, mask, spans, anchor):
             assert q not in by_q, "two queries at one position"
             by_q[q] = (k, idx, view)
         tok_at = {j: (ptext, ts_, tf_) for ptext, toks in spans for ts_, tf_, j in toks}
@@ -2064,7 +2057,7 @@ def _self_test_ref_tokens(samples, tok, end_id, n_render, what):
         for q, t, gl in zip(qs, ts, gs):
             k, idx, view = by_q[q]
             sc = s["scenes"][k]
-            if REF_ANCHOR[0] == "answer":
+            if anchor == "answer":
                 assert not m[q] and m[q + 1], "query %d is not the position before an answer" % q
             else:
                 ptext, c0, c1 = tok_at[q]
@@ -2114,7 +2107,7 @@ def _self_test_ref_tokens(samples, tok, end_id, n_render, what):
     bt = make_batch(batch)
     L = bt["ids"].shape[1]
     assert len(bt["ref_q"]) == n_q and len(bt["ref_tok"]) == n_tok == len(bt["ref_glb"])
-    if REF_ANCHOR[0] == "answer":
+    if anchor == "answer":
         assert set(bt["ref_q"].tolist()) <= set(bt["sel"].tolist())
     flat = bt["ids"].reshape(-1)
     assert (flat[bt["ref_tok"]] == 0).all(), "a target is not an image placeholder"
@@ -2122,7 +2115,7 @@ def _self_test_ref_tokens(samples, tok, end_id, n_render, what):
     assert (bt["ref_tok"] < bt["ref_q"][bt["ref_qid"]]).all()
     print("self-test: referents anchored at the %s: %d queries, %d target tokens: each shows "
           "its shape's colour in its pixels, before its query, in its own row (tokenizer: %s)"
-          % (REF_ANCHOR[0], n_q, n_tok, what))
+          % (anchor, n_q, n_tok, what))
 
 def _standin_lm(g, D, nh, hd):
     """Two decoder layers with what ref_scores reads (input norm, qkv_proj,
@@ -2162,7 +2155,7 @@ def _standin_lm(g, D, nh, hd):
         hn = blk.input_layernorm(hin)
         qkv = blk.self_attn.qkv_proj(hn)
         cos, sin = rotary(hn, torch.arange(L)[None])
-        rot = (lambda x: x * cos[0][None, :, None] + _rotate_half(x) * sin[0][None, :, None])
+        rot = (lambda x: x * cos[0][None, :, None] + rotate_half(x) * sin[0][None, :, None])
         q = rot(qkv[..., :D].view(B, L, nh, hd))
         k = rot(qkv[..., D:2 * D].view(B, L, nh, hd))
         return torch.einsum("bihd,bjhd->bhij", q, k) * hd ** -0.5
@@ -3294,7 +3287,7 @@ def main():
 
     dl = torch.utils.data.DataLoader(SceneStream(args.seed, tok_json, args.batch, args.pool,
                                                  aux_on, args.patch_label,
-                                                 refs=ref is not None and args.ref_anchor),
+                                                 ref_anchor=args.ref_anchor if ref else None),
                                      batch_size=None, num_workers=args.workers,
                                      prefetch_factor=6, persistent_workers=True, pin_memory=True)
     log = []
