@@ -1912,6 +1912,8 @@ def self_test():
     """The batched glue (make_batch + Glue.rows) equals R.hd_glue image by
     image, and the loss positions are the answer tokens; CPU, random
     features, no transformers needed."""
+    # Training needs gradients: no module imported here may turn them off.
+    assert torch.is_grad_enabled(), "gradients are off after the imports"
     torch.manual_seed(0)
     rng = random.Random(0)
     C = VISION["hidden_size"]
@@ -3290,6 +3292,8 @@ def main():
                                                  ref_anchor=args.ref_anchor if ref else None),
                                      batch_size=None, num_workers=args.workers,
                                      prefetch_factor=6, persistent_workers=True, pin_memory=True)
+    if not torch.is_grad_enabled():
+        raise RuntimeError("gradients are off: an imported module turned them off")
     log = []
     it = iter(dl)
     t_train = time.time()

@@ -32,7 +32,8 @@
 # (the referent loss), REF_LAYERS (default 0,1) its --ref-layers, REF_HEADS
 # (default 2) its --ref-heads, REF_ANCHOR (default word) its --ref-anchor,
 # REF_GLOBAL_HEADS (default 0) its --ref-global-heads.
-# NOPE_PAIRS (default 0) is its --rope-nope-pairs.
+# NOPE_PAIRS (default 0) is its --rope-nope-pairs. SEED (default 1) is its
+# --seed, WORKERS (default 15) its --workers (data worker processes).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/demo-train-out}
@@ -53,9 +54,9 @@ checks)
 train)
   gen=()
   [ "${BALANCED_DIALOGUES:-0}" = 1 ] && gen=(--balanced-dialogues)
-  python3 $T --seed 1 --steps 3300 --auto-steps --time-limit "${TIME_LIMIT:-425}" \
+  python3 $T --steps 3300 --auto-steps --time-limit "${TIME_LIMIT:-425}" \
     --batch 128 --lr 2e-3 \
-    --workers 15 --compile --char-weight 2 --rel-weight "${REL_WEIGHT:-1}" \
+    --workers "${WORKERS:-15}" --compile --seed "${SEED:-1}" --char-weight 2 --rel-weight "${REL_WEIGHT:-1}" \
     --packed-rule "${PACKED_RULE:-answer}" --packed-mode "${PACKED_MODE:-turns}" \
     --lm-layers "${LM_LAYERS:-4}" --step-impl "${STEP_IMPL:-fast}" \
     --images "${IMAGES:-front}" --rope-theta "${ROPE_THETA:-10000}" \
@@ -78,11 +79,15 @@ eval)
     echo "no $RUN/demo: run PHASE=train on this machine first" >&2
     exit 1
   }
-  python3 $T --eval-only --init "$RUN/demo" --suites suites --images "${IMAGES:-front}" \
-    --out "$RUN" >"$OUT/eval.txt" 2>&1
+  # SUITES (default suites) is the folder of smoke/ and context/ to answer;
+  # EVAL_OUT (default $RUN) where eval_stats.json and pytorch_answers.jsonl go.
+  EVAL_OUT=${EVAL_OUT:-$RUN}
+  mkdir -p "$EVAL_OUT"
+  python3 $T --eval-only --init "$RUN/demo" --suites "${SUITES:-suites}" \
+    --images "${IMAGES:-front}" --out "$EVAL_OUT" >"$OUT/eval.txt" 2>&1
   rc=$?
   mkdir -p "$OUT/run"
-  cp "$RUN/eval_stats.json" "$RUN/pytorch_answers.jsonl" "$OUT/run/" 2>/dev/null
+  cp "$EVAL_OUT/eval_stats.json" "$EVAL_OUT/pytorch_answers.jsonl" "$OUT/run/" 2>/dev/null
   tail -5 "$OUT/eval.txt"
   exit $rc
   ;;
