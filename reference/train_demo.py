@@ -195,6 +195,38 @@ SHAPE_QUESTIONS = ["colour", "shape", "count", "count_kind", "position", "extrem
                    "yesno"]
 
 
+# The answer loss is also kept per question type (the type of the turn a
+# supervised token answers: a packed turn's own type, else the sample's tag),
+# so that the log shows which types the model learns on its training data.
+TYPE_NAMES = list(dict.fromkeys(SHAPE_QUESTIONS + ["number", "word"] + [
+    "name_then_colour", "colour_then_shape", "count_then_detail", "two_image_compare",
+    "two_image_count", "two_image_text", "other"]))
+
+
+def answer_types(sample, mask):
+    """int8 per token of a sample's ids: the TYPE_NAMES index of the turn
+    whose answer the token is (mask 1: each turn's answer and its <|end|>,
+    one run a turn, conversation_ids), -1 elsewhere."""
+    m = np.asarray(mask, dtype=bool)
+    starts = np.nonzero(m & ~np.r_[False, m[:-1]])[0]
+    turns = sample["turns"]
+    assert len(starts) == len(turns), (len(starts), len(turns))
+    run = np.cumsum(m & ~np.r_[False, m[:-1]]) - 1  # the answer run of each token
+    other = TYPE_NAMES.index("other")
+    idx = np.array([TYPE_NAMES.index(t.get("type", sample["tag"]))
+                    if t.get("type", sample["tag"]) in TYPE_NAMES else other
+                    for t in turns], dtype=np.int8)
+    return np.where(m, idx[np.maximum(run, 0)], -1).astype(np.int8)
+
+
+def loss_by_type(ce, types):
+    """[2, len(TYPE_NAMES)] float32: the sum of the per-token losses ce of each
+    type (types: TYPE_NAMES indices, -1 counts as "other") and their count."""
+    t = torch.where(types < 0, torch.full_like(types, TYPE_NAMES.index("other")), types).long()
+    out = torch.zeros(2, len(TYPE_NAMES), device=ce.device)
+    return out.index_add_(1, t, torch.stack([ce.detach().float(), torch.ones_like(ce).float()]))
+
+
 def _words(text):
     return set(re.findall(r"[a-z0-9]+", text.lower()))
 
@@ -792,7 +824,7 @@ def make_batch(samples):
     if branched:  # position ids and branch numbers (branched_ids); arange and 0 elsewhere
         pos = np.tile(np.arange(L, dtype=np.int64), (B, 1))
         branch = np.zeros((B, L), dtype=np.int16)
-    sel, tgt, img_pos = [], [], []
+    sel, tgt, img_pos, sel_type = [], [], [], []
     ref_q, ref_tok, ref_qid, ref_glb = [], [], [], []
     images = []  # (b, k, hc, wc, array)
     for b, s in enumerate(samples):
@@ -807,6 +839,8 @@ def make_batch(samples):
         nxt = np.nonzero(m[1:])[0]  # position t predicts t+1
         sel.append(b * L + nxt)
         tgt.append(a[nxt + 1])
+        sel_type.append(np.asarray(s["atype"], dtype=np.int8)[nxt + 1] if "atype" in s
+                        else np.full(len(nxt), -1, dtype=np.int8))
         for q, t, g in zip(s.get("ref_q", ()), s.get("ref_t", ()), s.get("ref_g", ())):
             ref_qid.append(np.full(len(t), len(ref_q), dtype=np.int64))
             ref_q.append(b * L + q)
@@ -843,6 +877,8 @@ def make_batch(samples):
            else torch.zeros(0, dtype=torch.int64))
     bt = {"ids": torch.from_numpy(ids), "pix": pix, "n_crops": off, "glue_idx": cat(glue_idx),
           "img_pos": cat(img_pos), "sel": cat(sel), "tgt": cat(tgt),
+          "sel_type": torch.from_numpy(np.concatenate(sel_type) if sel_type else
+                                       np.zeros(0, dtype=np.int8)),
           "n_samples": B, "n_tokens": int(sum(len(s["ids"]) for s in samples))}
     if any("ref_q" in s for s in samples):
         # referents (ref_targets): the query positions (flat b*L + t) and every
@@ -1115,7 +1151,8 @@ class SceneStream(torch.utils.data.IterableDataset):
         else:
             spans = [] if self.ref_anchor else None
             ids, mask = conversation_ids(tok, render_turns(s), r["ntok"], end_id, spans=spans)
-            out = {"hd": r["hd"], "grid": r["grid"], "ids": ids, "mask": mask}
+            out = {"hd": r["hd"], "grid": r["grid"], "ids": ids, "mask": mask,
+                   "atype": answer_types(s, mask)}
             if self.ref_anchor:
                 out["ref_q"], out["ref_t"], out["ref_g"] = ref_targets(s, ids, mask, r, spans,
                                                                        self.ref_anchor)
@@ -1680,7 +1717,7 @@ def check_ref_attention(lm, dev, layers, n_heads):
 
 
 def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=1.0,
-               rel_weight=1.0, ref=None):
+               rel_weight=1.0, ref=None, by_type=None):
     """Cross-entropy on the supervised tokens of a batch from make_batch,
     plus aux_weight times the dense aux loss on the tower's features when
     heads are given (and the batch has patch labels). Returns (total loss,
@@ -1692,7 +1729,9 @@ def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=
     their mask (branch_mask) and position ids.
     ref: (weight, layers, heads, global heads) of the referent loss (ref_loss), added to
     the total and its stats (REF_NAMES) to the aux stats, where the batch has
-    referents (make_batch's ref_q)."""
+    referents (make_batch's ref_q).
+    by_type: a list to which the answer loss per question type of this batch
+    is appended (loss_by_type: sums and counts on the device, no sync)."""
     aux, stats = None, None
     t0 = phase("_", time.time())
     ids = bt["ids"].to(dev, non_blocking=True)
@@ -1732,7 +1771,10 @@ def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=
         h = lm.model(inputs_embeds=x, use_cache=False, **kw).last_hidden_state
     hs = h.reshape(B * L, -1).index_select(0, bt["sel"].to(dev, non_blocking=True))
     logits = lm.lm_head(hs).float()
-    loss = F.cross_entropy(logits, bt["tgt"].to(dev, non_blocking=True))
+    ce = F.cross_entropy(logits, bt["tgt"].to(dev, non_blocking=True), reduction="none")
+    loss = ce.mean()
+    if by_type is not None and "sel_type" in bt:
+        by_type.append(loss_by_type(ce, bt["sel_type"].to(dev, non_blocking=True)))
     phase("lm fwd", t0)
     total = loss
     if aux is not None:
@@ -1971,6 +2013,60 @@ def self_test():
     self_test_aux_loss()
     self_test_refs()
     self_test_ref_scores()
+    self_test_types()
+
+
+def self_test_types(n=600):
+    """Every supervised token carries the type of the turn it answers
+    (answer_types, make_batch's sel_type), every training type has its own
+    name (none falls to "other"), and loss_by_type sums and counts by type."""
+    rng = random.Random(13)
+    tok, _ = demo_tokenizer()
+    end_id = tok.token_to_id("<|end|>")
+    other = TYPE_NAMES.index("other")
+    batch, want, n_turns = [], [], 0
+    for _ in range(n):
+        s = training_sample(rng)
+        if s["tag"] == "branched":
+            continue
+        s["images"] = s["scenes"]
+        ntok = [10] * len(s["scenes"])
+        ids, mask = conversation_ids(tok, render_turns(s), ntok, end_id)
+        at = answer_types(s, mask)
+        assert len(at) == len(ids) and ((at >= 0) == np.asarray(mask, dtype=bool)).all()
+        exp = []
+        for turn in s["turns"]:
+            typ = turn.get("type", s["tag"])
+            assert typ in TYPE_NAMES and TYPE_NAMES.index(typ) != other, typ
+            na = len(tok.encode(str(turn["answer"]), add_special_tokens=False).ids) + 1
+            exp += [TYPE_NAMES.index(typ)] * na
+            n_turns += 1
+        assert at[at >= 0].tolist() == exp, (s["tag"], at[at >= 0].tolist(), exp)
+        # the image placeholders: make_batch needs no pixels for sel_type
+        ids = [i if i >= 0 else 3 for i in ids]
+        batch.append({"hd": [], "grid": [], "ids": ids, "mask": mask, "atype": at})
+        want.append(exp)
+    batch.append({"hd": [], "grid": [], "ids": [5, 6, 7, 8], "mask": [0, 0, 1, 1]})
+    want.append([-1, -1])  # no atype: its two supervised tokens are untyped
+    for lo in range(0, len(batch), 64):
+        bt = make_batch(batch[lo:lo + 64])
+        # every supervised token (never the first of a row) is predicted by
+        # the position before it, in row order
+        assert len(bt["sel_type"]) == len(bt["sel"]) == len(bt["tgt"])
+        assert bt["sel_type"].tolist() == sum(want[lo:lo + 64], []), "sel_type"
+    g = torch.Generator().manual_seed(4)
+    ce = torch.rand(500, generator=g)
+    types = torch.randint(-1, len(TYPE_NAMES), (500,), generator=g, dtype=torch.int8)
+    acc = loss_by_type(ce, types)
+    for i in range(len(TYPE_NAMES)):
+        m = (types == i) | ((types < 0) & (i == other))
+        assert abs(float(acc[0, i]) - float(ce[m].sum())) < 1e-4 and int(acc[1, i]) == int(m.sum())
+    means = type_means(acc)
+    assert all(abs(means[TYPE_NAMES[i]] - float(acc[0, i] / acc[1, i])) < 1e-4
+               for i in range(len(TYPE_NAMES)) if acc[1, i] > 0)
+    print("self-test: answer loss by type: %d turns of %d samples, each supervised token "
+          "typed by its turn; %d types, none of them other" % (n_turns, len(want) - 1,
+                                                               len(TYPE_NAMES) - 1))
 
 
 def self_test_refs(n=3000, n_render=40):
@@ -3301,6 +3397,7 @@ def main():
     t_data = t_comp = 0.0
     n_samples = n_tokens = 0
     pending = []
+    by_type = []  # this print window's answer loss per question type (loss_by_type)
     skipped = torch.zeros((), dtype=torch.int32, device=dev)
     t_hold = None
     done = 0  # steps trained
@@ -3342,7 +3439,7 @@ def main():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss, ans_loss, aux_stats = train_loss(clip, lm, glue, bt, dev, heads,
                                                    args.aux_weight, args.char_weight,
-                                                   args.rel_weight, ref)
+                                                   args.rel_weight, ref, by_type)
         tp = time.time()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -3380,6 +3477,11 @@ def main():
                 if "ref_loss" in a:
                     print("  ref loss %.3f; attention mass on the referent %.3f"
                           % tuple(a[k] for k in REF_NAMES), flush=True)
+            if by_type:
+                log[-1]["by_type"] = type_means(sum(by_type))
+                by_type.clear()
+                print("  answer loss by type since the last line: " + ", ".join(
+                    "%s %.3f" % kv for kv in log[-1]["by_type"].items()), flush=True)
         done = step + 1
         if time.time() - t_train > args.time_limit:
             print(f"time limit reached at step {step}", flush=True)
@@ -3432,6 +3534,14 @@ def main():
         print(f"total {time.time() - t0:.0f}s", flush=True)
         return
     evaluate_shipped(clip, lm, glue, tok, args, dev, t0)
+
+
+def type_means(acc):
+    """{type: mean answer loss} from summed loss_by_type tensors, for the
+    types that had tokens."""
+    sums, counts = acc.tolist()
+    return {TYPE_NAMES[i]: round(sv / c, 4) for i, (sv, c) in enumerate(zip(sums, counts))
+            if c > 0}
 
 
 def flush_log(log, pending):
