@@ -3237,12 +3237,13 @@ def main():
                          "shipped model's)")
     ap.add_argument("--ref-layers", default="0,1",
                     help="decoder layers whose heads the referent loss teaches")
-    ap.add_argument("--ref-heads", type=int, default=2,
-                    help="how many heads of each --ref-layers layer it teaches (the first)")
-    ap.add_argument("--ref-global-heads", type=int, default=0,
+    ap.add_argument("--ref-heads", type=int, default=4,
+                    help="how many heads of each --ref-layers layer it teaches (the first; "
+                         "4, the shipped model's)")
+    ap.add_argument("--ref-global-heads", type=int, default=2,
                     help="of the --ref-heads heads, how many (the last) are taught the "
                          "targets in the global view only: the view whose tokens carry sides, "
-                         "extremes and size ranks (0: none, the shipped model's)")
+                         "extremes and size ranks (0: none; 2, the shipped model's)")
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.vision_width % 32 or not 64 <= args.vision_width <= 256:

@@ -6,7 +6,7 @@
 #                 tower (20 steps, one thread), --bench-data 100 (worker cost
 #                 with tokenizing, the training mix and answer priors);
 #                 $OUT/checks.txt
-#   PHASE=train   the training command of docs/demo.md (about 7 minutes);
+#   PHASE=train   the training command of docs/demo.md (about 8 minutes);
 #                 $OUT/train.txt, and the run folder ($RUN: demo/,
 #                 train_log.json, loss.png) copied to $OUT/run
 #   PHASE=eval    the held-out evaluation of what the run exported (the run
@@ -14,7 +14,7 @@
 #                 held); $OUT/eval.txt, $OUT/run/{eval_stats.json,
 #                 pytorch_answers.jsonl}
 #   OUT=DIR PHASE=train bash tests/gpu/demo_train.sh
-# TIME_LIMIT (default 425, the shipped model's) is its --time-limit in
+# TIME_LIMIT (default 500, the shipped model's) is its --time-limit in
 # seconds (--auto-steps lays the schedule over the steps that fit it).
 # REL_WEIGHT (default 1, the shipped model's) is train_demo.py's
 # --rel-weight (0: no relational heads). PACKED_RULE (default answer) is its --packed-rule;
@@ -30,8 +30,8 @@
 # VISION_WIDTH (default 192, the shipped model's) its --vision-width.
 # REF_WEIGHT (default 1, the shipped model's; 0: none) is its --ref-weight
 # (the referent loss), REF_LAYERS (default 0,1) its --ref-layers, REF_HEADS
-# (default 2) its --ref-heads, REF_ANCHOR (default word) its --ref-anchor,
-# REF_GLOBAL_HEADS (default 0) its --ref-global-heads.
+# (default 4) its --ref-heads, REF_ANCHOR (default word) its --ref-anchor,
+# REF_GLOBAL_HEADS (default 2) its --ref-global-heads.
 # NOPE_PAIRS (default 0) is its --rope-nope-pairs. SEED (default 1) is its
 # --seed, WORKERS (default 15) its --workers (data worker processes).
 set -uo pipefail
@@ -54,7 +54,7 @@ checks)
 train)
   gen=()
   [ "${BALANCED_DIALOGUES:-0}" = 1 ] && gen=(--balanced-dialogues)
-  python3 $T --steps 3300 --auto-steps --time-limit "${TIME_LIMIT:-425}" \
+  python3 $T --steps 3300 --auto-steps --time-limit "${TIME_LIMIT:-500}" \
     --batch 128 --lr 2e-3 \
     --workers "${WORKERS:-15}" --compile --seed "${SEED:-1}" --char-weight 2 --rel-weight "${REL_WEIGHT:-1}" \
     --packed-rule "${PACKED_RULE:-answer}" --packed-mode "${PACKED_MODE:-turns}" \
@@ -62,8 +62,8 @@ train)
     --images "${IMAGES:-front}" --rope-theta "${ROPE_THETA:-10000}" \
     --vision-width "${VISION_WIDTH:-192}" \
     --ref-weight "${REF_WEIGHT:-1}" --ref-layers "${REF_LAYERS:-0,1}" \
-    --ref-heads "${REF_HEADS:-2}" --ref-anchor "${REF_ANCHOR:-word}" \
-    --ref-global-heads "${REF_GLOBAL_HEADS:-0}" \
+    --ref-heads "${REF_HEADS:-4}" --ref-anchor "${REF_ANCHOR:-word}" \
+    --ref-global-heads "${REF_GLOBAL_HEADS:-2}" \
     --rope-nope-pairs "${NOPE_PAIRS:-0}" \
     ${gen[@]+"${gen[@]}"} \
     --no-eval --out "$RUN" >"$OUT/train.txt" 2>&1
