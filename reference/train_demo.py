@@ -825,7 +825,7 @@ def make_batch(samples):
         pos = np.tile(np.arange(L, dtype=np.int64), (B, 1))
         branch = np.zeros((B, L), dtype=np.int16)
     sel, tgt, img_pos, sel_type = [], [], [], []
-    ref_q, ref_tok, ref_qid, ref_glb = [], [], [], []
+    ref_q, ref_tok, ref_qid, ref_glb, ref_fact = [], [], [], [], []
     images = []  # (b, k, hc, wc, array)
     for b, s in enumerate(samples):
         a = np.asarray(s["ids"], dtype=np.int64)
@@ -841,7 +841,9 @@ def make_batch(samples):
         tgt.append(a[nxt + 1])
         sel_type.append(np.asarray(s["atype"], dtype=np.int8)[nxt + 1] if "atype" in s
                         else np.full(len(nxt), -1, dtype=np.int8))
-        for q, t, g in zip(s.get("ref_q", ()), s.get("ref_t", ()), s.get("ref_g", ())):
+        fs = s.get("ref_f") or [np.zeros(2, dtype=np.uint8)] * len(s.get("ref_q", ()))
+        for q, t, g, f in zip(s.get("ref_q", ()), s.get("ref_t", ()), s.get("ref_g", ()), fs):
+            ref_fact.append(f)
             ref_qid.append(np.full(len(t), len(ref_q), dtype=np.int64))
             ref_q.append(b * L + q)
             ref_tok.append(b * L + np.asarray(t, dtype=np.int64))
@@ -888,6 +890,9 @@ def make_batch(samples):
         bt["ref_glb"] = torch.from_numpy(np.concatenate(ref_glb) if ref_glb else
                                          np.zeros(0, dtype=bool))
         bt["ref_slot"], bt["ref_qmax"] = ref_slots(bt["ref_q"], L)
+        # [Q, 2] uint8: each query's referent place bits and size rank (0: not one shape)
+        bt["ref_fact"] = torch.from_numpy(np.stack(ref_fact) if ref_fact else
+                                          np.zeros((0, 2), dtype=np.uint8))
     if branched:
         bt["pos"] = torch.from_numpy(pos)
         bt["branch"] = torch.from_numpy(branch)
@@ -1098,9 +1103,11 @@ def ref_targets(sample, ids, mask, r, spans, anchor, strict=False):
     ids, the queries of ref_queries. A query's targets are the image tokens
     before it whose 2x2 patches carry a referent shape's class (cover labels),
     in the global view only where the view is "global". Queries with no such
-    token are left out."""
+    token are left out. Also returns, per query, uint8 [2]: the place bits
+    (scenes.PLACE_BITS) and the size rank (FACT_BIGGER, 1-4) of its referent
+    where it is one shape, else [0, 0] (the word probe's labels, ref_probe_loss)."""
     a = np.asarray(ids)
-    qs, ts, gs = [], [], []
+    qs, ts, gs, fs = [], [], [], []
     cache = {}
     for q, k, idx, view in ref_queries(sample, ids, mask, spans, anchor, strict):
         if k not in cache:
@@ -1119,8 +1126,14 @@ def ref_targets(sample, ids, mask, r, spans, anchor, strict=False):
             qs.append(q)
             ts.append(pos[hit])
             gs.append(glb[hit])
+            f = np.zeros(2, dtype=np.uint8)
+            if len(idx) == 1:
+                ft = r["facts"][k] if "facts" in r else scenes.scene_facts(sc)
+                f[:] = ft[want[0], [scenes.FACT_PLACE, scenes.FACT_BIGGER]]
+            fs.append(f)
     order = np.argsort(qs, kind="stable")  # make_batch's queries ascend
-    return [qs[i] for i in order], [ts[i] for i in order], [gs[i] for i in order]
+    return ([qs[i] for i in order], [ts[i] for i in order], [gs[i] for i in order],
+            [fs[i] for i in order])
 
 
 class SceneStream(torch.utils.data.IterableDataset):
@@ -1154,8 +1167,8 @@ class SceneStream(torch.utils.data.IterableDataset):
             out = {"hd": r["hd"], "grid": r["grid"], "ids": ids, "mask": mask,
                    "atype": answer_types(s, mask)}
             if self.ref_anchor:
-                out["ref_q"], out["ref_t"], out["ref_g"] = ref_targets(s, ids, mask, r, spans,
-                                                                       self.ref_anchor)
+                out["ref_q"], out["ref_t"], out["ref_g"], out["ref_f"] = ref_targets(
+                    s, ids, mask, r, spans, self.ref_anchor)
         if self.aux:
             for k in ("lab", "tcol", "facts", "flags"):
                 out[k] = r[k]
@@ -1638,6 +1651,42 @@ def ref_loss(lm, hidden_states, bt, dev, layers, n_heads, n_global=0):
     return sum(losses) / len(losses), sum(masses) / len(masses)
 
 
+PROBE_NAMES = ["probe_loss", "probe_place_acc", "probe_bigger_acc"]
+
+
+class RefProbe(torch.nn.Module):
+    """Linear read-outs of the decoder's hidden state at each referent query,
+    after the last layer the referent loss teaches (--ref-probe-weight): the
+    referent's place bits (scenes.PLACE_BITS, a logit each) and its size rank
+    (FACT_BIGGER 1-4, four classes). They teach the lookup heads to bring a
+    shape's side and size rank to the word that names it, as they bring its
+    colour. Never exported."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.place = torch.nn.Linear(d, len(scenes.PLACE_BITS))
+        self.bigger = torch.nn.Linear(d, 4)
+
+
+def ref_probe_loss(probe, h, fact):
+    """h [Q, D]: hidden states at the queries; fact [Q, 2] uint8: place bits
+    and size rank 1-4 (0: the query names several shapes, left out). Returns
+    (binary cross-entropy over the bits + cross-entropy over the rank, place
+    bit accuracy, rank accuracy), means over the queries with one referent."""
+    fact = fact.long()
+    w = (fact[:, 1] > 0).float()
+    n = w.sum().clamp(min=1)
+    bits = ((fact[:, :1] >> torch.arange(len(scenes.PLACE_BITS), device=h.device)) & 1).float()
+    rank = (fact[:, 1] - 1).clamp(min=0)
+    pl, bl = probe.place(h).float(), probe.bigger(h).float()
+    l_place = F.binary_cross_entropy_with_logits(pl, bits, reduction="none").mean(1)
+    l_rank = F.cross_entropy(bl, rank, reduction="none")
+    acc_p = ((pl > 0).float() == bits).float().mean(1)
+    acc_b = (bl.argmax(1) == rank).float()
+    return (((l_place + l_rank) * w).sum() / n, (acc_p * w).sum().detach() / n,
+            (acc_b * w).sum().detach() / n)
+
+
 def check_ref_words(tok_json, anchor, n=200, seed=9):
     """The referent queries of n training samples with the run's tokenizer,
     strict (every word that names shapes has a token): run before training,
@@ -1655,7 +1704,7 @@ def check_ref_words(tok_json, anchor, n=200, seed=9):
         s["images"] = s["scenes"]
         spans = []
         ids, mask = conversation_ids(tok, render_turns(s), r["ntok"], end_id, spans=spans)
-        qs, ts, _ = ref_targets(s, ids, mask, r, spans, anchor, strict=True)
+        qs, ts, _, _ = ref_targets(s, ids, mask, r, spans, anchor, strict=True)
         n_s += 1
         n_q += len(qs)
         n_t += sum(len(t) for t in ts)
@@ -1727,9 +1776,11 @@ def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=
     after each sample's last token and attention is causal, so no real token
     sees it (and the fused causal kernel applies). Branched samples bring
     their mask (branch_mask) and position ids.
-    ref: (weight, layers, heads, global heads) of the referent loss (ref_loss), added to
-    the total and its stats (REF_NAMES) to the aux stats, where the batch has
-    referents (make_batch's ref_q).
+    ref: (weight, layers, heads, global heads[, probe, probe weight]) of the referent
+    loss (ref_loss), added to the total and its stats (REF_NAMES) to the aux
+    stats, where the batch has referents (make_batch's ref_q); with a probe
+    (RefProbe, or None) also ref_probe_loss at the queries, after the last of
+    the layers (PROBE_NAMES).
     by_type: a list to which the answer loss per question type of this batch
     is appended (loss_by_type: sums and counts on the device, no sync)."""
     aux, stats = None, None
@@ -1762,10 +1813,15 @@ def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=
         kw = {"attention_mask": branch_mask(bt["branch"].to(dev, non_blocking=True)),
               "position_ids": bt["pos"].to(dev, non_blocking=True)}
     refs = ref is not None and "ref_q" in bt and len(bt["ref_q"]) > 0
+    probe = ref[4] if ref is not None and len(ref) > 4 else None
     if refs:
         assert "branch" not in bt, "referents with branched samples"
         out = lm.model(inputs_embeds=x, use_cache=False, output_hidden_states=True, **kw)
         r_loss, r_mass = ref_loss(lm, out.hidden_states, bt, dev, ref[1], ref[2], ref[3])
+        if probe is not None:
+            hq = out.hidden_states[REF_HIDDEN[max(ref[1])] + 1]
+            hq = hq.reshape(B * L, -1).index_select(0, bt["ref_q"].to(dev, non_blocking=True))
+            p_stats = ref_probe_loss(probe, hq, bt["ref_fact"].to(dev, non_blocking=True))
         h = out.last_hidden_state
     else:
         h = lm.model(inputs_embeds=x, use_cache=False, **kw).last_hidden_state
@@ -1782,7 +1838,11 @@ def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=
     if ref is not None:
         zero = torch.zeros((), device=dev)
         total = total + ref[0] * (r_loss if refs else zero)
-        extra = torch.stack([r_loss.detach(), r_mass] if refs else [zero, zero])
+        extra = [r_loss.detach(), r_mass] if refs else [zero, zero]
+        if probe is not None:
+            total = total + ref[5] * (p_stats[0] if refs else zero)
+            extra += [p_stats[0].detach(), p_stats[1], p_stats[2]] if refs else [zero] * 3
+        extra = torch.stack(extra)
         stats = extra if stats is None else torch.cat([stats, extra])
     return total, loss, stats
 
@@ -2013,7 +2073,107 @@ def self_test():
     self_test_aux_loss()
     self_test_refs()
     self_test_ref_scores()
+    self_test_probe()
+    self_test_train_loss_refs()
     self_test_types()
+
+
+def self_test_probe():
+    """ref_probe_loss: an oracle probe scores every label (loss ~0, accuracy 1),
+    a zero probe gives log 2 a bit and log 4 for the rank, and queries that
+    name several shapes (rank 0) count for nothing."""
+    g = torch.Generator().manual_seed(8)
+    nb = len(scenes.PLACE_BITS)
+    Q = 64
+    fact = torch.stack([torch.randint(0, 1 << nb, (Q,), generator=g),
+                        torch.randint(0, 5, (Q,), generator=g)], 1).to(torch.uint8)
+    fact[:4, 1] = torch.tensor([1, 2, 3, 4], dtype=torch.uint8)
+    bits = ((fact[:, :1].long() >> torch.arange(nb)) & 1).float()
+    rank = (fact[:, 1].long() - 1).clamp(min=0)
+    # features: the bits as +-1, the rank one-hot, then noise
+    h = torch.cat([bits * 2 - 1, F.one_hot(rank, 4).float(), torch.randn(Q, 8, generator=g)], 1)
+    probe = RefProbe(h.shape[1])
+    with torch.no_grad():
+        probe.place.weight.zero_()
+        probe.place.weight[:, :nb] = torch.eye(nb) * 30
+        probe.place.bias.zero_()
+        probe.bigger.weight.zero_()
+        probe.bigger.weight[:, nb:nb + 4] = torch.eye(4) * 30
+        probe.bigger.bias.zero_()
+    loss, acc_p, acc_b = ref_probe_loss(probe, h, fact)
+    assert float(loss) < 1e-6 and float(acc_p) == 1 and float(acc_b) == 1, (loss, acc_p, acc_b)
+    several = fact[:, 1] == 0
+    assert several.any() and (~several).any()
+    h2 = h.clone()
+    h2[several] = -h2[several]  # wrong features where the labels do not count
+    loss2, acc_p2, acc_b2 = ref_probe_loss(probe, h2, fact)
+    assert float(loss2) < 1e-6 and float(acc_p2) == 1 and float(acc_b2) == 1
+    with torch.no_grad():
+        for lin in (probe.place, probe.bigger):
+            lin.weight.zero_()
+            lin.bias.zero_()
+    loss0 = float(ref_probe_loss(probe, h, fact)[0])
+    assert abs(loss0 - (math.log(2) + math.log(4))) < 1e-5, loss0
+    print("self-test: word probe: an oracle scores every place bit and size rank, a zero "
+          "probe gives log 2 + log 4, queries of several shapes count for nothing")
+
+
+def self_test_train_loss_refs():
+    """train_loss on a stand-in decoder (no images): the total is the answer
+    loss + the referent loss + the word probe's loss at their weights, its
+    stats are REF_NAMES + PROBE_NAMES in that order, the probe reads the
+    hidden state after the last taught layer and gets a gradient, and the
+    answer loss by type counts every supervised token."""
+    g = torch.Generator().manual_seed(21)
+    B, L, D, nh, hd, V = 2, 12, 16, 4, 4, 30
+    lm, _ = _standin_lm(g, D, nh, hd)
+    emb = torch.nn.Embedding(V, D).double()
+    mix = torch.nn.ModuleList([torch.nn.Linear(D, D) for _ in range(2)]).double()
+    lm.lm_head = torch.nn.Linear(D, V).double()
+    lm.get_input_embeddings = lambda: emb
+
+    def forward(inputs_embeds, use_cache=False, output_hidden_states=False):
+        hs = [inputs_embeds]
+        for lin in mix:
+            hs.append(hs[-1] + torch.tanh(lin(hs[-1])))
+        return type("Out", (), {"hidden_states": hs, "last_hidden_state": hs[-1]})()
+    lm.model.forward = forward
+    ids = torch.randint(1, V, (B, L), generator=g)
+    sel = torch.tensor([3, 4, L + 5, L + 9])
+    q_flat = torch.tensor([2, 6, L + 8])
+    tok = torch.tensor([0, 1, 3, L + 1, L + 4])
+    qid = torch.tensor([0, 0, 1, 2, 2])
+    bt = {"ids": ids, "n_crops": 0, "sel": sel, "tgt": ids.reshape(-1)[sel + 1],
+          "sel_type": torch.tensor([0, 0, 4, -1], dtype=torch.int8), "ref_q": q_flat,
+          "ref_tok": tok, "ref_qid": qid, "ref_glb": torch.zeros(len(tok), dtype=torch.bool),
+          "ref_fact": torch.tensor([[5, 2], [0, 0], [8, 1]], dtype=torch.uint8)}
+    bt["ref_slot"], bt["ref_qmax"] = ref_slots(q_flat, L)
+    probe = RefProbe(D).double()
+    kept = dict(REF_HIDDEN)
+    REF_HIDDEN.update({0: 0, 1: 1})
+    try:
+        by_type = []
+        total, ans, stats = train_loss(None, lm, None, bt, "cpu", ref=(0.7, [0, 1], 2, 0, probe,
+                                                                        0.3), by_type=by_type)
+        x = emb(ids)
+        hs = forward(x).hidden_states
+        ce = F.cross_entropy(lm.lm_head(hs[-1].reshape(B * L, -1)[sel]).float(), bt["tgt"])
+        r_loss, r_mass = ref_loss(lm, hs, bt, "cpu", [0, 1], 2, 0)
+        p = ref_probe_loss(probe, hs[2].reshape(B * L, -1)[q_flat], bt["ref_fact"])
+        want = float(ce) + 0.7 * float(r_loss) + 0.3 * float(p[0])
+        assert abs(float(total) - want) < 1e-5 and abs(float(ans) - float(ce)) < 1e-6
+        assert torch.allclose(stats.double(), torch.stack(
+            [r_loss, r_mass, p[0], p[1], p[2]]).double(), atol=1e-5)
+        total.backward()
+        assert probe.place.weight.grad.abs().sum() > 0 and probe.bigger.weight.grad.abs().sum() > 0
+        assert len(by_type) == 1 and by_type[0][1].tolist() == [
+            2 if i == 0 else 1 if i in (4, TYPE_NAMES.index("other")) else 0
+            for i in range(len(TYPE_NAMES))]
+    finally:
+        REF_HIDDEN.clear()
+        REF_HIDDEN.update(kept)
+    print("self-test: train_loss adds the referent loss and the word probe at their weights "
+          "(probe after the last taught layer, with a gradient) and counts answer tokens by type")
 
 
 def self_test_types(n=600):
@@ -2138,13 +2298,13 @@ def _self_test_ref_tokens(samples, tok, end_id, n_render, what, anchor):
     """ref_targets at anchor on rendered samples: the queries sit
     where the anchor says, every target token shows its shape's colour in
     its pixels, and make_batch carries them."""
-    batch, n_q, n_tok = [], 0, 0
+    batch, n_q, n_tok, n_one = [], 0, 0, 0
     for s in [x for x in samples if any(turn_refs(x))][:n_render]:
         r = render_sample(s, aux=True)
         s["images"] = s["scenes"]
         spans = []
         ids, mask = conversation_ids(tok, render_turns(s), r["ntok"], end_id, spans=spans)
-        qs, ts, gs = ref_targets(s, ids, mask, r, spans, anchor, strict=True)
+        qs, ts, gs, fs = ref_targets(s, ids, mask, r, spans, anchor, strict=True)
         by_q = {}
         for q, k, idx, view in ref_queries(s, ids, mask, spans, anchor):
             assert q not in by_q, "two queries at one position"
@@ -2152,9 +2312,17 @@ def _self_test_ref_tokens(samples, tok, end_id, n_render, what, anchor):
         tok_at = {j: (ptext, ts_, tf_) for ptext, toks in spans for ts_, tf_, j in toks}
         a = np.asarray(ids)
         m = np.asarray(mask, dtype=bool)
-        for q, t, gl in zip(qs, ts, gs):
+        for q, t, gl, f in zip(qs, ts, gs, fs):
             k, idx, view = by_q[q]
             sc = s["scenes"][k]
+            # the word probe's labels: the one referent's place bits and size rank
+            if len(idx) == 1:
+                sh = sc.shapes[idx[0]]
+                rank = 1 + sum(scenes._bigger(o, sh) is True for o in sc.shapes if o is not sh)
+                assert list(f) == [scenes.shape_place_bits(sc, idx[0]), rank], (f, idx)
+                n_one += 1
+            else:
+                assert list(f) == [0, 0], (f, idx)
             if anchor == "answer":
                 assert not m[q] and m[q + 1], "query %d is not the position before an answer" % q
             else:
@@ -2201,10 +2369,11 @@ def _self_test_ref_tokens(samples, tok, end_id, n_render, what, anchor):
             n_q += 1
             n_tok += len(t)
         batch.append({"hd": r["hd"], "grid": r["grid"], "ids": ids, "mask": mask, "ref_q": qs,
-                      "ref_t": ts, "ref_g": gs})
+                      "ref_t": ts, "ref_g": gs, "ref_f": fs})
     bt = make_batch(batch)
     L = bt["ids"].shape[1]
     assert len(bt["ref_q"]) == n_q and len(bt["ref_tok"]) == n_tok == len(bt["ref_glb"])
+    assert bt["ref_fact"].tolist() == [list(map(int, f)) for b in batch for f in b["ref_f"]]
     if anchor == "answer":
         assert set(bt["ref_q"].tolist()) <= set(bt["sel"].tolist())
     flat = bt["ids"].reshape(-1)
@@ -2212,8 +2381,9 @@ def _self_test_ref_tokens(samples, tok, end_id, n_render, what, anchor):
     assert (bt["ref_tok"] // L == bt["ref_q"][bt["ref_qid"]] // L).all()
     assert (bt["ref_tok"] < bt["ref_q"][bt["ref_qid"]]).all()
     print("self-test: referents anchored at the %s: %d queries, %d target tokens: each shows "
-          "its shape's colour in its pixels, before its query, in its own row (tokenizer: %s)"
-          % (anchor, n_q, n_tok, what))
+          "its shape's colour in its pixels, before its query, in its own row (tokenizer: %s); "
+          "%d queries of one shape carry its place bits and size rank"
+          % (anchor, n_q, n_tok, what, n_one))
 
 def _standin_lm(g, D, nh, hd):
     """Two decoder layers with what ref_scores reads (input norm, qkv_proj,
@@ -3244,6 +3414,11 @@ def main():
                     help="of the --ref-heads heads, how many (the last) are taught the "
                          "targets in the global view only: the view whose tokens carry sides, "
                          "extremes and size ranks (0: none; 2, the shipped model's)")
+    ap.add_argument("--ref-probe-weight", type=float, default=0.0,
+                    help="weight of the word probe (RefProbe): linear read-outs of the "
+                         "referent's place bits and size rank from the decoder's hidden state "
+                         "at each referent query, after the last --ref-layers layer (0: none, "
+                         "the shipped model's)")
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.vision_width % 32 or not 64 <= args.vision_width <= 256:
@@ -3260,6 +3435,8 @@ def main():
             ap.error("--ref-heads must be 1..%d" % LMCFG["num_attention_heads"])
         if not 0 <= args.ref_global_heads <= args.ref_heads:
             ap.error("--ref-global-heads must be 0..--ref-heads")
+    if args.ref_probe_weight > 0 and args.ref_weight <= 0:
+        ap.error("--ref-probe-weight reads at the referent queries: it needs --ref-weight > 0")
     if args.images == "after" and args.packed_mode == "branched":
         ap.error("--images after and --packed-mode branched: branches share the image "
                  "prefix, which the question first takes away")
@@ -3351,9 +3528,12 @@ def main():
     if args.ref_weight > 0:
         check_ref_words(tok_json, args.ref_anchor)
         check_ref_attention(lm, dev, ref_layers, args.ref_heads)
-        ref = (args.ref_weight, ref_layers, args.ref_heads, args.ref_global_heads)
+        probe = (RefProbe(LMCFG["hidden_size"]).to(dev).train()
+                 if args.ref_probe_weight > 0 else None)
+        ref = (args.ref_weight, ref_layers, args.ref_heads, args.ref_global_heads, probe,
+               args.ref_probe_weight)
     STAT_NAMES[0] = AUX_NAMES + (REL_NAMES if heads is not None and heads.rel else []) + (
-        REF_NAMES if ref else [])
+        REF_NAMES if ref else []) + (PROBE_NAMES if ref and ref[4] is not None else [])
     fwd_clip, fwd_lm = clip.forward, lm.model.forward
     if args.compile:
         clip.forward = torch.compile(fwd_clip, dynamic=True)
@@ -3365,6 +3545,10 @@ def main():
         print(f"aux heads: {sum(p.numel() for p in heads.parameters())} params (not exported), "
               f"weight {args.aux_weight} (char {args.char_weight}, relational "
               f"{args.rel_weight}), patch labels by {args.patch_label}", flush=True)
+    if ref is not None and ref[4] is not None:
+        params += list(ref[4].parameters())
+        print(f"word probe: {sum(p.numel() for p in ref[4].parameters())} params (not "
+              f"exported), weight {args.ref_probe_weight}", flush=True)
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01,
                             fused=args.step_impl == "fast")
     warm = args.warmup
@@ -3478,6 +3662,9 @@ def main():
                 if "ref_loss" in a:
                     print("  ref loss %.3f; attention mass on the referent %.3f"
                           % tuple(a[k] for k in REF_NAMES), flush=True)
+                if "probe_loss" in a:
+                    print("  word probe loss %.3f; acc place bits %.3f size rank %.3f"
+                          % tuple(a[k] for k in PROBE_NAMES), flush=True)
             if by_type:
                 log[-1]["by_type"] = type_means(sum(by_type))
                 by_type.clear()

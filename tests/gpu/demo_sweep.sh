@@ -17,6 +17,9 @@
 #   PHASE=heldout  answers the suites in HELDOUT (smoke/ and context/, as
 #                  reference/scenes.py writes them) with every run's model left
 #                  on the machine by PHASE=train; $OUT/NAME-heldout.tgz.
+# Runs side by side are slower than a run alone (four on four H200s: 3.7
+# steps/s against 6.0; docs/demo.md), so their results compare with one
+# another, not with a run made alone.
 # One line per run in $OUT/sweep.txt: the name, the exit status, what it
 # printed last. Exit status: the number of runs that failed.
 set -uo pipefail
@@ -34,8 +37,10 @@ ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
   echo "${#RUNS[@]} runs for $ngpu GPUs" >&2
   exit 2
 }
+# Data workers a run: SWEEP_WORKERS, else the cores shared out less one for
+# each main process, at most 15 (a run alone uses 15).
 cores=$(nproc)
-workers=$((cores / ${#RUNS[@]} - 1))
+workers=${SWEEP_WORKERS:-$((cores / ${#RUNS[@]} - 1))}
 [ "$workers" -gt 15 ] && workers=15
 [ "$workers" -lt 2 ] && workers=2
 

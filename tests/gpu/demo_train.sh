@@ -31,7 +31,8 @@
 # REF_WEIGHT (default 1, the shipped model's; 0: none) is its --ref-weight
 # (the referent loss), REF_LAYERS (default 0,1) its --ref-layers, REF_HEADS
 # (default 4) its --ref-heads, REF_ANCHOR (default word) its --ref-anchor,
-# REF_GLOBAL_HEADS (default 2) its --ref-global-heads.
+# REF_GLOBAL_HEADS (default 2) its --ref-global-heads, PROBE_WEIGHT
+# (default 0) its --ref-probe-weight (the word probe).
 # NOPE_PAIRS (default 0) is its --rope-nope-pairs. SEED (default 1) is its
 # --seed, WORKERS (default 15) its --workers (data worker processes).
 set -uo pipefail
@@ -64,13 +65,14 @@ train)
     --ref-weight "${REF_WEIGHT:-1}" --ref-layers "${REF_LAYERS:-0,1}" \
     --ref-heads "${REF_HEADS:-4}" --ref-anchor "${REF_ANCHOR:-word}" \
     --ref-global-heads "${REF_GLOBAL_HEADS:-2}" \
+    --ref-probe-weight "${PROBE_WEIGHT:-0}" \
     --rope-nope-pairs "${NOPE_PAIRS:-0}" \
     ${gen[@]+"${gen[@]}"} \
     --no-eval --out "$RUN" >"$OUT/train.txt" 2>&1
   rc=$?
   mkdir -p "$OUT/run"
   cp -r "$RUN/demo" "$RUN/train_log.json" "$RUN/loss.png" "$OUT/run/" 2>/dev/null
-  grep -E "check:|auto steps|^step [0-9]+ |rel loss|ref loss|trained|exported|total|Error" "$OUT/train.txt" |
+  grep -E "check:|auto steps|^step [0-9]+ |rel loss|ref loss|probe loss|by type|trained|exported|total|Error" "$OUT/train.txt" |
     tail -40
   exit $rc
   ;;
