@@ -303,9 +303,10 @@ static void test_demo_greedy(void **state) {
             assert_true(same >= DEMO_CASES - 1);
         }
         /* q4_0_all (the last degraded rung: every matrix 4-bit) still
-         * answers as native does on all but two prompts (the shipped model:
-         * smoke-004 "2" to "3", smoke-005 "left" to "right"; garbage logits
-         * match none; docs/planner.md) */
+         * answers as native does on all but two prompts (the shipped model
+         * changes none; the one before changed smoke-004 "2" to "3" and
+         * smoke-005 "left" to "right"; garbage logits match none;
+         * docs/planner.md) */
         if (p == 3) assert_true(same_answer >= DEMO_CASES - 2);
     }
 }
