@@ -1,0 +1,192 @@
+#!/usr/bin/python3
+"""Where does the demo model lose the side of the shape a question names?
+
+  /usr/bin/python3 reference/side_probe.py MODEL_DIR N WORK_DIR [VLMTEST]
+
+Draws N left-right position questions (scenes.q_position, seed 99), renders
+each image into WORK_DIR, takes the prompt's ids (and the last logits) from
+the C engine (`vlmtest eval-logits`, VLMTEST default build/vlmtest), and runs
+the model in plain PyTorch (reference/ops_ref.py's ops, the demo's config)
+keeping every representation on the way: the tower's features of the named
+shape's global-view patches, the glue rows of its global tokens, and the
+decoder's hidden state after each layer at the word that names the shape and
+at the answer position. A logistic-regression probe (5-fold) then says how
+well left and right can be read from each. The PyTorch forward must give the
+C engine's last logits (relative 2e-3), or the script stops. CPU only (no
+transformers or tokenizers needed); about 9 s a question on this VM.
+"""
+import json
+import os
+import random
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import ops_ref as O  # noqa: E402
+import phi3v_ref as R  # noqa: E402
+import scenes  # noqa: E402
+import train_demo as T  # noqa: E402
+
+if len(sys.argv) not in (4, 5):
+    print(__doc__, file=sys.stderr)
+    sys.exit(2)
+MODEL = sys.argv[1]
+N = int(sys.argv[2])
+WORK = sys.argv[3]
+VLMTEST = sys.argv[4] if len(sys.argv) == 5 else os.path.join(os.path.dirname(HERE), "build",
+                                                               "vlmtest")
+os.makedirs(WORK, exist_ok=True)
+torch.set_grad_enabled(False)
+
+cfg = json.load(open(os.path.join(MODEL, "config.json")))
+cfg["vision_config"]["layer_idx"] = -2
+O.CFG = cfg
+
+
+def load(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        hdr = json.loads(f.read(n))
+        data = f.read()
+    W = {}
+    for k, v in hdr.items():
+        if k == "__metadata__":
+            continue
+        a, b = v["data_offsets"]
+        raw = np.frombuffer(data[a:b], dtype=np.uint16 if v["dtype"] == "BF16" else np.float32)
+        if v["dtype"] == "BF16":
+            t = torch.from_numpy((raw.astype(np.uint32) << 16).view(np.float32).copy())
+        else:
+            t = torch.from_numpy(raw.copy())
+        W[k] = (t.reshape(v["shape"]),)
+    return W
+
+
+W = load(os.path.join(MODEL, "model.safetensors"))
+vocab = json.load(open(os.path.join(MODEL, "tokenizer.json")))["model"]["vocab"]
+inv = {i: t for t, i in vocab.items()}
+
+
+def layers(ids, img):
+    c = cfg
+    d, H, KV = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
+    hd, eps, L = d // H, c["rms_norm_eps"], len(ids)
+    ids_t = torch.tensor(ids)
+    x = W["model.embed_tokens.weight"][0][ids_t.clamp(min=0)]
+    neg = (ids_t < 0).nonzero().flatten()
+    x[neg] = img
+    cos, sin = O.rope_cos_sin(torch.arange(L), O.rope_inv_freq(
+        c["rope_scaling"]["short_factor"], hd, c["rope_theta"]), O.mscale())
+    hs = [x]
+    for li in range(c["num_hidden_layers"]):
+        p = f"model.layers.{li}."
+        w = lambda n: W[p + n][0]
+        h = O.rmsnorm(x, w("input_layernorm.weight"), eps)
+        qkv = h @ w("self_attn.qkv_proj.weight").T
+        q = qkv[:, : H * hd].reshape(L, H, hd).transpose(0, 1)
+        k = qkv[:, H * hd: (H + KV) * hd].reshape(L, KV, hd).transpose(0, 1)
+        v = qkv[:, (H + KV) * hd:].reshape(L, KV, hd).transpose(0, 1)
+        q = q * cos + O.rotate_half(q) * sin
+        k = k * cos + O.rotate_half(k) * sin
+        x = x + O.attention(q, k, v, True, 0) @ w("self_attn.o_proj.weight").T
+        h = O.rmsnorm(x, w("post_attention_layernorm.weight"), eps)
+        gate, up = (h @ w("mlp.gate_up_proj.weight").T).chunk(2, dim=-1)
+        x = x + (up * F.silu(gate)) @ w("mlp.down_proj.weight").T
+        hs.append(x)
+    logits = O.rmsnorm(x, W["model.norm.weight"][0], eps) @ W["lm_head.weight"][0].T
+    return hs, logits
+
+
+rng = random.Random(99)
+rows = []
+while len(rows) < N:
+    sc = scenes.make_shape_scene(rng)
+    if sc is None:
+        continue
+    qa = scenes.q_position(rng, sc)
+    if qa is None or qa[1] not in ("left", "right"):
+        continue
+    prompt, ans = qa
+    i = len(rows)
+    img = scenes.render(sc)
+    path = os.path.join(WORK, "%d.png" % i)
+    img.save(path)
+    subprocess.run([VLMTEST, "eval-logits", "-m", MODEL, "--image", path,
+                    "-p", prompt, "--out", os.path.join(WORK, "e%d" % i)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    meta = json.load(open(os.path.join(WORK, "e%d.json" % i)))
+    c_logits = np.fromfile(os.path.join(WORK, "e%d.f32" % i), dtype="<f4").reshape(
+        meta["n_tokens"], -1)[-1]
+    os.remove(os.path.join(WORK, "e%d.f32" % i))
+    ids = meta["ids"]
+    pv, size, ntok = R.preprocess(img, 4)
+    hc, wc = size[0] // 336, size[1] // 336
+    feats = O.clip_features(W, pv)
+    glue = O.hd_glue(W, feats, hc, wc)
+    hs, logits = layers(ids, glue)
+    # the C engine's last logits: the same forward
+    dlog = float(np.abs(logits[-1].numpy() - c_logits).max() / np.abs(c_logits).max())
+    assert dlog < 2e-3, dlog
+    s = {"scenes": [sc], "turns": [{"prompt": prompt, "answer": ans, "n_images_before": 1}]}
+    r = T.render_sample(s, aux=True)
+    assert tuple(r["grid"][0]) == (hc, wc)
+    # the named shape: the prompt's referent (turn_refs)
+    s["tag"] = "position"
+    ref = T.turn_refs(s)[0]
+    idx = ref[1][0]
+    cls = scenes.shape_class(sc.shapes[idx].kind, sc.shapes[idx].colour)
+    lab0 = r["lab"][0][0]  # global crop's patch labels [576]
+    tc = T.token_classes(r["lab"][0], hc, wc)
+    tmpl = T.template(hc, wc)
+    glb = (tmpl >= 0) & (tmpl < T.TOK_PER_CROP)
+    shape_rows = np.isin(tc, [cls]).any(1) & glb
+    img_pos = [j for j, t in enumerate(ids) if t < 0]
+    word = max(j for j, t in enumerate(ids) if j > img_pos[-1] and inv.get(t) == "\u2581on") - 1
+    f = {"tower": feats[0][torch.from_numpy(lab0 == cls)].mean(0),
+         "glue": glue[torch.from_numpy(shape_rows)].mean(0)}
+    for li in range(len(hs)):
+        f["word%d" % li] = hs[li][word]
+        f["ans%d" % li] = hs[li][-1]
+    pred = inv[int(logits[-1].argmax())].lstrip("\u2581")
+    rows.append((f, int(ans == "right"), pred == ans, inv.get(ids[word])))
+    if len(rows) % 50 == 0:
+        print(len(rows), "cases", flush=True)
+
+y = torch.tensor([r[1] for r in rows]).float()
+print("model right on %d of %d; words probed: %s" % (sum(r[2] for r in rows), len(rows),
+      sorted(set(r[3] for r in rows))[:12]))
+
+
+def probe(X, y, folds=5, wd=1e-2):
+    n = len(y)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    acc = []
+    for k in range(folds):
+        te = perm[k::folds]
+        tr = torch.tensor(sorted(set(perm.tolist()) - set(te.tolist())))
+        mu, sd = X[tr].mean(0), X[tr].std(0) + 1e-6
+        Xt, Xe = (X[tr] - mu) / sd, (X[te] - mu) / sd
+        w = torch.zeros(X.shape[1], requires_grad=True)
+        b = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=200)
+
+        def closure():
+            opt.zero_grad()
+            loss = F.binary_cross_entropy_with_logits(Xt @ w + b, y[tr]) + wd * (w * w).sum()
+            loss.backward()
+            return loss
+        with torch.enable_grad():
+            opt.step(closure)
+        acc.append(float((((Xe @ w + b) > 0).float() == y[te]).float().mean()))
+    return sum(acc) / len(acc)
+
+
+for key in rows[0][0]:
+    X = torch.stack([r[0][key] for r in rows]).float()
+    print("%-7s probe accuracy (left vs right, 5-fold) %.3f" % (key, probe(X, y)), flush=True)
