@@ -10,8 +10,9 @@ the model in plain PyTorch (reference/ops_ref.py's ops, the demo's config)
 keeping every representation on the way: the tower's features of the named
 shape's global-view patches, the glue rows of its global tokens, and the
 decoder's hidden state after each layer at the word that names the shape and
-at the answer position. A logistic-regression probe (5-fold) then says how
-well left and right can be read from each. The PyTorch forward must give the
+at the answer position. A linear probe (5-fold) then says how well left and
+right can be read from each, and, as a control, the shape's colour on the
+questions that do not say it (what the lookup demonstrably fetches). The PyTorch forward must give the
 C engine's last logits (relative 2e-3), or the script stops. CPU only (no
 transformers or tokenizers needed); about 9 s a question on this VM.
 """
@@ -154,7 +155,11 @@ while len(rows) < N:
         f["word%d" % li] = hs[li][word]
         f["ans%d" % li] = hs[li][-1]
     pred = inv[int(logits[-1].argmax())].lstrip("\u2581")
-    rows.append((f, int(ans == "right"), pred == ans, inv.get(ids[word])))
+    colour = sc.shapes[idx].colour
+    # the control: the named shape's colour, where the question does not say it
+    said = colour in prompt.lower()
+    rows.append((f, int(ans == "right"), pred == ans, inv.get(ids[word]),
+                 scenes.COLOUR_NAMES.index(colour), said))
     if len(rows) % 50 == 0:
         print(len(rows), "cases", flush=True)
 
@@ -164,7 +169,10 @@ print("model right on %d of %d; words probed: %s" % (sum(r[2] for r in rows), le
 
 
 def probe(X, y, folds=5, wd=1e-2):
+    """Mean held-out accuracy of a linear classifier (softmax over the labels'
+    classes; two classes: logistic regression) over `folds` folds."""
     n = len(y)
+    k_cls = int(y.max()) + 1
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
     acc = []
     for k in range(folds):
@@ -172,21 +180,29 @@ def probe(X, y, folds=5, wd=1e-2):
         tr = torch.tensor(sorted(set(perm.tolist()) - set(te.tolist())))
         mu, sd = X[tr].mean(0), X[tr].std(0) + 1e-6
         Xt, Xe = (X[tr] - mu) / sd, (X[te] - mu) / sd
-        w = torch.zeros(X.shape[1], requires_grad=True)
-        b = torch.zeros(1, requires_grad=True)
+        w = torch.zeros(X.shape[1], k_cls, requires_grad=True)
+        b = torch.zeros(k_cls, requires_grad=True)
         opt = torch.optim.LBFGS([w, b], max_iter=200)
 
         def closure():
             opt.zero_grad()
-            loss = F.binary_cross_entropy_with_logits(Xt @ w + b, y[tr]) + wd * (w * w).sum()
+            loss = F.cross_entropy(Xt @ w + b, y[tr].long()) + wd * (w * w).sum()
             loss.backward()
             return loss
         with torch.enable_grad():
             opt.step(closure)
-        acc.append(float((((Xe @ w + b) > 0).float() == y[te]).float().mean()))
+        acc.append(float(((Xe @ w + b).argmax(1) == y[te].long()).float().mean()))
     return sum(acc) / len(acc)
 
 
+quiet = [r for r in rows if not r[5]]
+yc = torch.tensor([r[4] for r in quiet]).float()
+print("control: the named shape's colour on the %d questions that do not say it (%d colours, "
+      "the most common %.2f)" % (len(quiet), len(set(yc.tolist())),
+                                 max(yc.tolist().count(v) for v in set(yc.tolist())) /
+                                 max(len(quiet), 1)))
 for key in rows[0][0]:
     X = torch.stack([r[0][key] for r in rows]).float()
-    print("%-7s probe accuracy (left vs right, 5-fold) %.3f" % (key, probe(X, y)), flush=True)
+    Xc = torch.stack([r[0][key] for r in quiet]).float()
+    print("%-7s probe accuracy (5-fold): left vs right %.3f, colour %.3f"
+          % (key, probe(X, y), probe(Xc, yc) if len(quiet) >= 10 else float("nan")), flush=True)
