@@ -208,15 +208,13 @@ def answer_types(sample, mask):
     whose answer the token is (mask 1: each turn's answer and its <|end|>,
     one run a turn, conversation_ids), -1 elsewhere."""
     m = np.asarray(mask, dtype=bool)
-    starts = np.nonzero(m & ~np.r_[False, m[:-1]])[0]
-    turns = sample["turns"]
-    assert len(starts) == len(turns), (len(starts), len(turns))
-    run = np.cumsum(m & ~np.r_[False, m[:-1]]) - 1  # the answer run of each token
-    other = TYPE_NAMES.index("other")
-    idx = np.array([TYPE_NAMES.index(t.get("type", sample["tag"]))
-                    if t.get("type", sample["tag"]) in TYPE_NAMES else other
-                    for t in turns], dtype=np.int8)
-    return np.where(m, idx[np.maximum(run, 0)], -1).astype(np.int8)
+    first = m & ~np.r_[False, m[:-1]]
+    names = [t.get("type", sample["tag"]) for t in sample["turns"]]
+    assert first.sum() == len(names), (first.sum(), len(names))
+    idx = np.array([TYPE_NAMES.index(n if n in TYPE_NAMES else "other") for n in names],
+                   dtype=np.int8)
+    run = np.maximum(np.cumsum(first) - 1, 0)  # the answer run of each token
+    return np.where(m, idx[run], -1).astype(np.int8)
 
 
 def loss_by_type(ce, types):
@@ -1127,9 +1125,8 @@ def ref_targets(sample, ids, mask, r, spans, anchor, strict=False):
             ts.append(pos[hit])
             gs.append(glb[hit])
             f = np.zeros(2, dtype=np.uint8)
-            if len(idx) == 1:
-                ft = r["facts"][k] if "facts" in r else scenes.scene_facts(sc)
-                f[:] = ft[want[0], [scenes.FACT_PLACE, scenes.FACT_BIGGER]]
+            if len(idx) == 1:  # r has the aux labels, so its fact tables
+                f[:] = r["facts"][k][want[0], [scenes.FACT_PLACE, scenes.FACT_BIGGER]]
             fs.append(f)
     order = np.argsort(qs, kind="stable")  # make_batch's queries ascend
     return ([qs[i] for i in order], [ts[i] for i in order], [gs[i] for i in order],
@@ -1776,7 +1773,7 @@ def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=
     after each sample's last token and attention is causal, so no real token
     sees it (and the fused causal kernel applies). Branched samples bring
     their mask (branch_mask) and position ids.
-    ref: (weight, layers, heads, global heads[, probe, probe weight]) of the referent
+    ref: (weight, layers, heads, global heads, probe, probe weight) of the referent
     loss (ref_loss), added to the total and its stats (REF_NAMES) to the aux
     stats, where the batch has referents (make_batch's ref_q); with a probe
     (RefProbe, or None) also ref_probe_loss at the queries, after the last of
@@ -1813,7 +1810,7 @@ def train_loss(clip, lm, glue, bt, dev, heads=None, aux_weight=0.0, char_weight=
         kw = {"attention_mask": branch_mask(bt["branch"].to(dev, non_blocking=True)),
               "position_ids": bt["pos"].to(dev, non_blocking=True)}
     refs = ref is not None and "ref_q" in bt and len(bt["ref_q"]) > 0
-    probe = ref[4] if ref is not None and len(ref) > 4 else None
+    probe = ref[4] if ref is not None else None
     if refs:
         assert "branch" not in bt, "referents with branched samples"
         out = lm.model(inputs_embeds=x, use_cache=False, output_hidden_states=True, **kw)
