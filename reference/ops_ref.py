@@ -45,6 +45,34 @@ def from_bf16_bits(b):
     return (b.astype(np.uint32) << 16).view(np.float32)
 
 
+def read_safetensors(path):
+    """{name: (float32 tensor (int32 for I32), dtype)} of a safetensors file:
+    the W layout the functions below read (W[name][0])."""
+    with open(path, "rb") as f:
+        buf = f.read()
+    (hl,) = struct.unpack("<Q", buf[:8])
+    header = json.loads(buf[8:8 + hl])
+    base, out = 8 + hl, {}
+    for name, e in header.items():
+        if name == "__metadata__":
+            continue
+        b, end = e["data_offsets"]
+        raw = buf[base + b: base + end]
+        dt = e["dtype"]
+        if dt == "F32":
+            a = np.frombuffer(raw, dtype="<f4")
+        elif dt == "F16":
+            a = np.frombuffer(raw, dtype="<f2").astype(np.float32)
+        elif dt == "BF16":
+            a = from_bf16_bits(np.frombuffer(raw, dtype="<u2"))
+        elif dt == "I32":
+            a = np.frombuffer(raw, dtype="<i4")
+        else:
+            raise ValueError(dt)
+        out[name] = (torch.from_numpy(a.reshape(e["shape"]).copy()), dt)
+    return out
+
+
 class Tensors:
     def __init__(self):
         self.items = {}
@@ -322,10 +350,11 @@ def mscale():
     return 1.0 if s <= 1 else math.sqrt(1 + math.log(s) / math.log(c["original_max_position_embeddings"]))
 
 
-def lm_logits(W, ids, img_feats, plain_rope=False):
+def lm_logits(W, ids, img_feats, plain_rope=False, hidden=None):
     """Full-sequence forward (no cache) of ids with image features spliced at
     the negative ids; LongRoPE factors by the total length (eager rule), or
-    plain RoPE (no rope_scaling: factors 1, no mscale)."""
+    plain RoPE (no rope_scaling: factors 1, no mscale). hidden: a list to
+    which the input embeddings and each layer's output are appended."""
     c = CFG
     d, H, KV = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
     hd, eps, L = d // H, c["rms_norm_eps"], len(ids)
@@ -339,6 +368,8 @@ def lm_logits(W, ids, img_feats, plain_rope=False):
         cos, sin = rope_cos_sin(torch.arange(L), rope_inv_freq([1.0] * (hd // 2), hd, c["rope_theta"]), 1.0)
     else:
         cos, sin = rope_cos_sin(torch.arange(L), rope_inv_freq(factors, hd, c["rope_theta"]), mscale())
+    if hidden is not None:
+        hidden.append(x)
     for l in range(c["num_hidden_layers"]):
         p = f"model.layers.{l}."
         w = lambda n: W[p + n][0]
@@ -353,6 +384,8 @@ def lm_logits(W, ids, img_feats, plain_rope=False):
         h = rmsnorm(x, w("post_attention_layernorm.weight"), eps)
         gate, up = (h @ w("mlp.gate_up_proj.weight").T).chunk(2, dim=-1)
         x = x + (up * F.silu(gate)) @ w("mlp.down_proj.weight").T
+        if hidden is not None:
+            hidden.append(x)
     x = rmsnorm(x, W["model.norm.weight"][0], eps)
     return x @ W["lm_head.weight"][0].T
 

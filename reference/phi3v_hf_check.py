@@ -17,7 +17,6 @@ differs by more than 1e-4 or the greedy ids differ. Runs on CPU or GPU.
 """
 import json
 import os
-import struct
 import sys
 
 import numpy as np
@@ -34,38 +33,12 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 DATA = os.path.join(ops_ref.ROOT, "tests", "data", "model_ref")
 
 
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        buf = f.read()
-    (hl,) = struct.unpack("<Q", buf[:8])
-    header = json.loads(buf[8:8 + hl])
-    base, out = 8 + hl, {}
-    for name, e in header.items():
-        if name == "__metadata__":
-            continue
-        b, end = e["data_offsets"]
-        raw = buf[base + b: base + end]
-        dt = e["dtype"]
-        if dt == "F32":
-            a = np.frombuffer(raw, dtype="<f4")
-        elif dt == "F16":
-            a = np.frombuffer(raw, dtype="<f2").astype(np.float32)
-        elif dt == "BF16":
-            a = ops_ref.from_bf16_bits(np.frombuffer(raw, dtype="<u2"))
-        elif dt == "I32":
-            a = np.frombuffer(raw, dtype="<i4")
-        else:
-            raise ValueError(dt)
-        out[name] = (torch.from_numpy(a.reshape(e["shape"]).copy()), dt)
-    return out
-
-
 def main():
     out_dir = sys.argv[1] if len(sys.argv) > 1 else "."
     os.makedirs(out_dir, exist_ok=True)
     cfg = json.load(open(os.path.join(DATA, "tiny", "config.json")))
-    W = read_safetensors(os.path.join(DATA, "tiny", "model.safetensors"))
-    E = {k: v[0] for k, v in read_safetensors(os.path.join(DATA, "expected.safetensors")).items()}
+    W = ops_ref.read_safetensors(os.path.join(DATA, "tiny", "model.safetensors"))
+    E = {k: v[0] for k, v in ops_ref.read_safetensors(os.path.join(DATA, "expected.safetensors")).items()}
     vc = cfg["vision_config"]
 
     # --- CLIP through transformers ------------------------------------------

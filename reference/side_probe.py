@@ -19,7 +19,6 @@ transformers or tokenizers needed); about 9 s a question on this VM.
 import json
 import os
 import random
-import struct
 import subprocess
 import sys
 
@@ -50,58 +49,9 @@ cfg["vision_config"]["layer_idx"] = -2
 O.CFG = cfg
 
 
-def load(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        hdr = json.loads(f.read(n))
-        data = f.read()
-    W = {}
-    for k, v in hdr.items():
-        if k == "__metadata__":
-            continue
-        a, b = v["data_offsets"]
-        raw = np.frombuffer(data[a:b], dtype=np.uint16 if v["dtype"] == "BF16" else np.float32)
-        if v["dtype"] == "BF16":
-            t = torch.from_numpy((raw.astype(np.uint32) << 16).view(np.float32).copy())
-        else:
-            t = torch.from_numpy(raw.copy())
-        W[k] = (t.reshape(v["shape"]),)
-    return W
-
-
-W = load(os.path.join(MODEL, "model.safetensors"))
+W = O.read_safetensors(os.path.join(MODEL, "model.safetensors"))
 vocab = json.load(open(os.path.join(MODEL, "tokenizer.json")))["model"]["vocab"]
 inv = {i: t for t, i in vocab.items()}
-
-
-def layers(ids, img):
-    c = cfg
-    d, H, KV = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
-    hd, eps, L = d // H, c["rms_norm_eps"], len(ids)
-    ids_t = torch.tensor(ids)
-    x = W["model.embed_tokens.weight"][0][ids_t.clamp(min=0)]
-    neg = (ids_t < 0).nonzero().flatten()
-    x[neg] = img
-    cos, sin = O.rope_cos_sin(torch.arange(L), O.rope_inv_freq(
-        c["rope_scaling"]["short_factor"], hd, c["rope_theta"]), O.mscale())
-    hs = [x]
-    for li in range(c["num_hidden_layers"]):
-        p = f"model.layers.{li}."
-        w = lambda n: W[p + n][0]
-        h = O.rmsnorm(x, w("input_layernorm.weight"), eps)
-        qkv = h @ w("self_attn.qkv_proj.weight").T
-        q = qkv[:, : H * hd].reshape(L, H, hd).transpose(0, 1)
-        k = qkv[:, H * hd: (H + KV) * hd].reshape(L, KV, hd).transpose(0, 1)
-        v = qkv[:, (H + KV) * hd:].reshape(L, KV, hd).transpose(0, 1)
-        q = q * cos + O.rotate_half(q) * sin
-        k = k * cos + O.rotate_half(k) * sin
-        x = x + O.attention(q, k, v, True, 0) @ w("self_attn.o_proj.weight").T
-        h = O.rmsnorm(x, w("post_attention_layernorm.weight"), eps)
-        gate, up = (h @ w("mlp.gate_up_proj.weight").T).chunk(2, dim=-1)
-        x = x + (up * F.silu(gate)) @ w("mlp.down_proj.weight").T
-        hs.append(x)
-    logits = O.rmsnorm(x, W["model.norm.weight"][0], eps) @ W["lm_head.weight"][0].T
-    return hs, logits
 
 
 rng = random.Random(99)
@@ -130,7 +80,8 @@ while len(rows) < N:
     hc, wc = size[0] // 336, size[1] // 336
     feats = O.clip_features(W, pv)
     glue = O.hd_glue(W, feats, hc, wc)
-    hs, logits = layers(ids, glue)
+    hs = []
+    logits = O.lm_logits(W, ids, glue, hidden=hs)
     # the C engine's last logits: the same forward
     dlog = float(np.abs(logits[-1].numpy() - c_logits).max() / np.abs(c_logits).max())
     assert dlog < 2e-3, dlog
