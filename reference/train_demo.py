@@ -1095,7 +1095,7 @@ def ref_queries(sample, ids, mask, spans, anchor, strict=True):
     return out
 
 
-def ref_targets(sample, ids, mask, r, spans, anchor, strict=False):
+def ref_targets(sample, ids, mask, r, spans, anchor, strict=False, probe_yesno=True):
     """The referent supervision of a rendered sample: (query positions, [target
     positions], [whether each target lies in the global view]) within its
     ids, the queries of ref_queries. A query's targets are the image tokens
@@ -1103,10 +1103,16 @@ def ref_targets(sample, ids, mask, r, spans, anchor, strict=False):
     in the global view only where the view is "global". Queries with no such
     token are left out. Also returns, per query, uint8 [2]: the place bits
     (scenes.PLACE_BITS) and the size rank (FACT_BIGGER, 1-4) of its referent
-    where it is one shape, else [0, 0] (the word probe's labels, ref_probe_loss)."""
+    where it is one shape, else [0, 0] (the word probe's labels, ref_probe_loss);
+    [0, 0] also in the turns answered yes or no unless probe_yesno."""
     a = np.asarray(ids)
     qs, ts, gs, fs = [], [], [], []
     cache = {}
+    # the turn of a query: the answers that start at or before it (a word
+    # query sits in its turn's question, an answer query just before it)
+    m = np.asarray(mask, dtype=bool)
+    starts = np.nonzero(m & ~np.r_[False, m[:-1]])[0]
+    yesno = [str(t["answer"]) in ("yes", "no") for t in sample["turns"]]
     for q, k, idx, view in ref_queries(sample, ids, mask, spans, anchor, strict):
         if k not in cache:
             hc, wc = r["grid"][k]
@@ -1125,7 +1131,9 @@ def ref_targets(sample, ids, mask, r, spans, anchor, strict=False):
             ts.append(pos[hit])
             gs.append(glb[hit])
             f = np.zeros(2, dtype=np.uint8)
-            if len(idx) == 1:  # r has the aux labels, so its fact tables
+            turn = int(np.searchsorted(starts, q, side="right"))
+            if len(idx) == 1 and (probe_yesno or not yesno[turn]):
+                # r has the aux labels, so its fact tables
                 f[:] = r["facts"][k][want[0], [scenes.FACT_PLACE, scenes.FACT_BIGGER]]
             fs.append(f)
     order = np.argsort(qs, kind="stable")  # make_batch's queries ascend
@@ -1139,12 +1147,12 @@ class SceneStream(torch.utils.data.IterableDataset):
     yielded in a shuffled order."""
 
     def __init__(self, seed, tok_json, batch, pool=4, aux=False, label_mode="cover",
-                 packed_rule=None, balanced_dialogues=None, ref_anchor=None):
+                 packed_rule=None, balanced_dialogues=None, ref_anchor=None, probe_yesno=True):
         self.seed, self.tok_json, self.batch, self.pool = seed, tok_json, batch, pool
         self.aux, self.label_mode = aux, label_mode
         # referent targets at that anchor (ref_targets; needs the aux
-        # labels), or None
-        self.ref_anchor = ref_anchor
+        # labels), or None; probe_yesno: the word probe's labels in yes/no turns
+        self.ref_anchor, self.probe_yesno = ref_anchor, probe_yesno
         self.mix = (packed_rule or PACKED_RULE,
                     BALANCED_DIALOGUES[0] if balanced_dialogues is None else balanced_dialogues,
                     PACKED_MODE[0], IMAGE_PLACE[0])
@@ -1165,7 +1173,7 @@ class SceneStream(torch.utils.data.IterableDataset):
                    "atype": answer_types(s, mask)}
             if self.ref_anchor:
                 out["ref_q"], out["ref_t"], out["ref_g"], out["ref_f"] = ref_targets(
-                    s, ids, mask, r, spans, self.ref_anchor)
+                    s, ids, mask, r, spans, self.ref_anchor, probe_yesno=self.probe_yesno)
         if self.aux:
             for k in ("lab", "tcol", "facts", "flags"):
                 out[k] = r[k]
@@ -2295,13 +2303,26 @@ def _self_test_ref_tokens(samples, tok, end_id, n_render, what, anchor):
     """ref_targets at anchor on rendered samples: the queries sit
     where the anchor says, every target token shows its shape's colour in
     its pixels, and make_batch carries them."""
-    batch, n_q, n_tok, n_one = [], 0, 0, 0
+    batch, n_q, n_tok, n_one, n_yn = [], 0, 0, 0, 0
     for s in [x for x in samples if any(turn_refs(x))][:n_render]:
         r = render_sample(s, aux=True)
         s["images"] = s["scenes"]
         spans = []
         ids, mask = conversation_ids(tok, render_turns(s), r["ntok"], end_id, spans=spans)
         qs, ts, gs, fs = ref_targets(s, ids, mask, r, spans, anchor, strict=True)
+        # --ref-probe-no-yesno: the same queries and targets, no probe labels
+        # in the turns answered yes or no (a word query's turn: the span that
+        # holds its token; an answer query's: the answer that starts after it)
+        qn, tn, gn, fn = ref_targets(s, ids, mask, r, spans, anchor, strict=True,
+                                     probe_yesno=False)
+        assert qn == qs and all(np.array_equal(x, y) for x, y in zip(tn + gn, ts + gs))
+        turn_at = {j: i for i, (_, toks) in enumerate(spans) for _, _, j in toks}
+        starts = list(np.nonzero(np.diff(np.r_[0, np.asarray(mask, dtype=np.int8)]) == 1)[0])
+        for q, f, g in zip(qs, fs, fn):
+            ti = turn_at[q] if anchor == "word" else starts.index(q + 1)
+            yn = str(s["turns"][ti]["answer"]) in ("yes", "no")
+            assert list(g) == ([0, 0] if yn else list(f)), (ti, s["turns"][ti], f, g)
+            n_yn += yn and any(f)
         by_q = {}
         for q, k, idx, view in ref_queries(s, ids, mask, spans, anchor):
             assert q not in by_q, "two queries at one position"
@@ -2379,8 +2400,10 @@ def _self_test_ref_tokens(samples, tok, end_id, n_render, what, anchor):
     assert (bt["ref_tok"] < bt["ref_q"][bt["ref_qid"]]).all()
     print("self-test: referents anchored at the %s: %d queries, %d target tokens: each shows "
           "its shape's colour in its pixels, before its query, in its own row (tokenizer: %s); "
-          "%d queries of one shape carry its place bits and size rank"
-          % (anchor, n_q, n_tok, what, n_one))
+          "%d queries of one shape carry its place bits and size rank, %d of them in yes/no "
+          "turns none with --ref-probe-no-yesno"
+          % (anchor, n_q, n_tok, what, n_one, n_yn))
+    assert n_yn > 0, "no yes/no turn with a probe label among the samples"
 
 def _standin_lm(g, D, nh, hd):
     """Two decoder layers with what ref_scores reads (input norm, qkv_proj,
@@ -3416,6 +3439,9 @@ def main():
                          "referent's place bits and size rank from the decoder's hidden state "
                          "at each referent query, after the last --ref-layers layer (0: none, "
                          "the shipped model's)")
+    ap.add_argument("--ref-probe-no-yesno", action="store_true",
+                    help="no word-probe labels in turns answered yes or no (the probe then "
+                         "reads only where a question's answer is a fact of the shape it names)")
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.vision_width % 32 or not 64 <= args.vision_width <= 256:
@@ -3567,7 +3593,8 @@ def main():
 
     dl = torch.utils.data.DataLoader(SceneStream(args.seed, tok_json, args.batch, args.pool,
                                                  aux_on, args.patch_label,
-                                                 ref_anchor=args.ref_anchor if ref else None),
+                                                 ref_anchor=args.ref_anchor if ref else None,
+                                                 probe_yesno=not args.ref_probe_no_yesno),
                                      batch_size=None, num_workers=args.workers,
                                      prefetch_factor=6, persistent_workers=True, pin_memory=True)
     if not torch.is_grad_enabled():

@@ -32,7 +32,8 @@
 # (the referent loss), REF_LAYERS (default 0,1) its --ref-layers, REF_HEADS
 # (default 4) its --ref-heads, REF_ANCHOR (default word) its --ref-anchor,
 # REF_GLOBAL_HEADS (default 2) its --ref-global-heads, PROBE_WEIGHT
-# (default 0) its --ref-probe-weight (the word probe).
+# (default 0) its --ref-probe-weight (the word probe); PROBE_NO_YESNO=1 adds
+# --ref-probe-no-yesno (no probe labels in yes/no turns).
 # NOPE_PAIRS (default 0) is its --rope-nope-pairs. SEED (default 1) is its
 # --seed, WORKERS (default 15) its --workers (data worker processes).
 set -uo pipefail
@@ -55,6 +56,7 @@ checks)
 train)
   gen=()
   [ "${BALANCED_DIALOGUES:-0}" = 1 ] && gen=(--balanced-dialogues)
+  [ "${PROBE_NO_YESNO:-0}" = 1 ] && gen+=(--ref-probe-no-yesno)
   python3 $T --steps 3300 --auto-steps --time-limit "${TIME_LIMIT:-500}" \
     --batch 128 --lr 2e-3 \
     --workers "${WORKERS:-15}" --compile --seed "${SEED:-1}" --char-weight 2 --rel-weight "${REL_WEIGHT:-1}" \
