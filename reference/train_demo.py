@@ -3434,11 +3434,12 @@ def main():
                     help="of the --ref-heads heads, how many (the last) are taught the "
                          "targets in the global view only: the view whose tokens carry sides, "
                          "extremes and size ranks (0: none; 2, the shipped model's)")
-    ap.add_argument("--ref-probe-weight", type=float, default=0.0,
+    ap.add_argument("--ref-probe-weight", type=float, default=None,
                     help="weight of the word probe (RefProbe): linear read-outs of the "
                          "referent's place bits and size rank from the decoder's hidden state "
-                         "at each referent query, after the last --ref-layers layer (0: none, "
-                         "the shipped model's)")
+                         "at each referent query, after the last --ref-layers layer (0: none; "
+                         "0.3, the shipped model's, where --ref-weight > 0, else 0; 1 and 3 kept yes/no at "
+                         "chance: docs/demo.md)")
     ap.add_argument("--ref-probe-no-yesno", action="store_true",
                     help="no word-probe labels in turns answered yes or no (the probe then "
                          "reads only where a question's answer is a fact of the shape it names)")
@@ -3458,6 +3459,8 @@ def main():
             ap.error("--ref-heads must be 1..%d" % LMCFG["num_attention_heads"])
         if not 0 <= args.ref_global_heads <= args.ref_heads:
             ap.error("--ref-global-heads must be 0..--ref-heads")
+    if args.ref_probe_weight is None:
+        args.ref_probe_weight = 0.3 if args.ref_weight > 0 else 0.0
     if args.ref_probe_weight > 0 and args.ref_weight <= 0:
         ap.error("--ref-probe-weight reads at the referent queries: it needs --ref-weight > 0")
     if args.images == "after" and args.packed_mode == "branched":

@@ -32,7 +32,8 @@
 # (the referent loss), REF_LAYERS (default 0,1) its --ref-layers, REF_HEADS
 # (default 4) its --ref-heads, REF_ANCHOR (default word) its --ref-anchor,
 # REF_GLOBAL_HEADS (default 2) its --ref-global-heads, PROBE_WEIGHT
-# (default 0) its --ref-probe-weight (the word probe); PROBE_NO_YESNO=1 adds
+# (unset: train_demo.py's default, 0.3 with the referent loss, the shipped
+# model's) its --ref-probe-weight (the word probe); PROBE_NO_YESNO=1 adds
 # --ref-probe-no-yesno (no probe labels in yes/no turns).
 # NOPE_PAIRS (default 0) is its --rope-nope-pairs. SEED (default 1) is its
 # --seed, WORKERS (default 15) its --workers (data worker processes).
@@ -67,7 +68,7 @@ train)
     --ref-weight "${REF_WEIGHT:-1}" --ref-layers "${REF_LAYERS:-0,1}" \
     --ref-heads "${REF_HEADS:-4}" --ref-anchor "${REF_ANCHOR:-word}" \
     --ref-global-heads "${REF_GLOBAL_HEADS:-2}" \
-    --ref-probe-weight "${PROBE_WEIGHT:-0}" \
+    ${PROBE_WEIGHT:+--ref-probe-weight "$PROBE_WEIGHT"} \
     --rope-nope-pairs "${NOPE_PAIRS:-0}" \
     ${gen[@]+"${gen[@]}"} \
     --no-eval --out "$RUN" >"$OUT/train.txt" 2>&1
