@@ -44,8 +44,14 @@ test-fast: build
 	ctest --test-dir $(BUILD) -LE gpu --output-on-failure -j $(JOBS)
 
 # Only the vlmtest program: the tests' programs are not needed to run the demo.
+# A fresh build folder gets the CUDA backend only where a GPU is visible (unless
+# CUDA= says otherwise): nvcc's two architectures are most of a fresh build
+# (about 100 s of 2 cores) for a backend that cannot run without a GPU. A
+# folder configured already keeps its setting.
+DEMO_CUDA_ARG = $(if $(CUDA),$(CUDA_ARG),$(if $(wildcard $(BUILD)/CMakeCache.txt),,$(if \
+  $(shell nvidia-smi -L 2>/dev/null | grep '^GPU'),-DVLM_CUDA=AUTO,-DVLM_CUDA=OFF)))
 demo: deps
-	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_ARGS) >/dev/null
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(DEMO_CUDA_ARG) $(CMAKE_ARGS) >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS) --target vlmtest
 	@scripts/demo.sh $(BUILD)
 

@@ -27,6 +27,10 @@ static inline v8f v8_load(const float *p) {
     return v;
 }
 
+static inline void v8_store(float *p, v8f v) {
+    memcpy(p, &v, sizeof v);
+}
+
 static inline float v8_sum(v8f v) {
     /* Fixed order: pairwise over the lanes. */
     return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
@@ -393,14 +397,21 @@ static inline float att_dot(const float *q, cpu_weight k, int64_t off, int hd) {
     return s;
 }
 
-/* o += p * v over hd values. */
+/* o += p * v over hd values: eight lanes, scalar tail. Each value is one
+ * fused multiply-add in either part, as in a scalar loop, so the lanes give
+ * the same result as one value at a time. (As a scalar loop this took 70% of
+ * the attention's time.) */
 static inline void att_axpy(float *o, float p, cpu_weight v, int64_t off, int hd) {
+    const v8f pv = {p, p, p, p, p, p, p, p};
+    int d8 = hd & ~7;
     if (v.dtype == VLM_DTYPE_BF16) {
         const uint16_t *vr = (const uint16_t *)v.data + off;
-        for (int d = 0; d < hd; d++) o[d] += p * vlm_bf16_to_f32(vr[d]);
+        for (int d = 0; d < d8; d += 8) v8_store(o + d, v8_load(o + d) + pv * v8_load_bf16(vr + d));
+        for (int d = d8; d < hd; d++) o[d] += p * vlm_bf16_to_f32(vr[d]);
     } else {
         const float *vr = (const float *)v.data + off;
-        for (int d = 0; d < hd; d++) o[d] += p * vr[d];
+        for (int d = 0; d < d8; d += 8) v8_store(o + d, v8_load(o + d) + pv * v8_load(vr + d));
+        for (int d = d8; d < hd; d++) o[d] += p * vr[d];
     }
 }
 
