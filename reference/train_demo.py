@@ -239,6 +239,9 @@ SINGLE_WEIGHTS = {"number": 5.0, "word": 3.5, "colour": 1.6, "position": 1.6, "e
                   "size": 1.6, "count_kind": 1.6, "count": 0.5, "shape": 1.5, "yesno": 1.0,
                   "name_then_colour": 1.5, "colour_then_shape": 1.5, "two_image_count": 1.2,
                   "two_image_text": 1.2, "count_then_detail": 1.0, "two_image_compare": 0.6}
+# The weights this process samples with: SINGLE_WEIGHTS, with --weight's
+# changes (set_mix).
+MIX_WEIGHTS = [dict(SINGLE_WEIGHTS)]
 # Packed samples: the order in which question types are tried, by weight
 # (a weighted shuffle), so the binding types come first and more often make
 # the first five. yes/no is asked only as the first turn (packed_sample),
@@ -552,9 +555,10 @@ TRAIN_DIALOGUES = {"count_then_detail": d_count_then_detail_balanced}
 BALANCED_DIALOGUES = [False]
 
 
-def set_mix(packed_rule, balanced_dialogues, packed_mode=None, image_place=None):
+def set_mix(packed_rule, balanced_dialogues, packed_mode=None, image_place=None, weights=None):
     """The mix options of the command line, for this process (the data
-    workers call it again: SceneStream)."""
+    workers call it again: SceneStream). weights: the type weights to sample
+    with (SINGLE_WEIGHTS where None)."""
     global PACKED_RULE
     assert packed_rule in PACKED_RULES, packed_rule
     PACKED_RULE = packed_rule
@@ -565,6 +569,26 @@ def set_mix(packed_rule, balanced_dialogues, packed_mode=None, image_place=None)
     if image_place is not None:
         assert image_place in IMAGE_PLACES, image_place
         IMAGE_PLACE[0] = image_place
+    MIX_WEIGHTS[0] = dict(SINGLE_WEIGHTS if weights is None else weights)
+
+
+def parse_weights(items):
+    """--weight TYPE=W items: SINGLE_WEIGHTS with those types' weights
+    changed; ValueError naming what is wrong."""
+    out = dict(SINGLE_WEIGHTS)
+    known = list(scenes.QUESTION_TYPES) + list(scenes.DIALOGUE_TYPES)
+    for item in items or []:
+        name, eq, val = item.partition("=")
+        if not eq or name not in known:
+            raise ValueError("--weight %r: TYPE=W with TYPE one of %s" % (item, ", ".join(known)))
+        try:
+            w = float(val)
+        except ValueError:
+            w = -1.0
+        if not 0 < w <= 100:
+            raise ValueError("--weight %r: W must be a number in (0, 100]" % item)
+        out[name] = w
+    return out
 
 
 def training_sample(rng, packed_rule=None):
@@ -576,7 +600,7 @@ def training_sample(rng, packed_rule=None):
         if PACKED_MODE[0] == "branched":
             return branched_sample(rng)
         return packed_sample(rng, packed_rule)
-    return scenes.sample_scenes(rng, p_dialogue=0.45, weights=SINGLE_WEIGHTS,
+    return scenes.sample_scenes(rng, p_dialogue=0.45, weights=MIX_WEIGHTS[0],
                                 dialogues=TRAIN_DIALOGUES if BALANCED_DIALOGUES[0] else None)
 
 
@@ -1155,7 +1179,7 @@ class SceneStream(torch.utils.data.IterableDataset):
         self.ref_anchor, self.probe_yesno = ref_anchor, probe_yesno
         self.mix = (packed_rule or PACKED_RULE,
                     BALANCED_DIALOGUES[0] if balanced_dialogues is None else balanced_dialogues,
-                    PACKED_MODE[0], IMAGE_PLACE[0])
+                    PACKED_MODE[0], IMAGE_PLACE[0], dict(MIX_WEIGHTS[0]))
 
     def sample(self, rng, tok, end_id):
         s = training_sample(rng)
@@ -2541,7 +2565,8 @@ def self_test_mix(n=1500):
     was never said, but alternatives were (the shortcut the new rule
     removes). The balanced count_then_detail answers agree with its scene."""
     from collections import Counter
-    kept = (PACKED_RULE, BALANCED_DIALOGUES[0])
+    kept = (PACKED_RULE, BALANCED_DIALOGUES[0], PACKED_MODE[0], IMAGE_PLACE[0],
+            dict(MIX_WEIGHTS[0]))
     try:
         for rule in PACKED_RULES:
             set_mix(rule, True)
@@ -2577,6 +2602,25 @@ def self_test_mix(n=1500):
             if rule == "answer":
                 assert c["alternative said"] > 0.2 * c["turns"]
             assert 0.4 < c["ctd yes"] / c["ctd"] < 0.6, c
+        # --weight: the changed weight reaches training_sample, and the data
+        # workers get it with the rest of the mix (SceneStream.mix)
+        w = parse_weights(["two_image_text=20"])
+        assert w["two_image_text"] == 20 and w["colour"] == SINGLE_WEIGHTS["colour"]
+        got = []
+        for weights in (None, w):
+            set_mix(PACKED_RULE, False, weights=weights)
+            assert SceneStream(1, "", 1).mix[4] == (weights or SINGLE_WEIGHTS)
+            rng = random.Random(11)
+            got.append(sum(training_sample(rng)["tag"] == "two_image_text" for _ in range(600)))
+        assert got[1] > 3 * max(got[0], 1), got
+        for bad in ("nope=2", "two_image_text", "two_image_text=0", "two_image_text=x"):
+            try:
+                parse_weights([bad])
+            except ValueError:
+                continue
+            raise AssertionError("--weight %r was taken" % bad)
+        print("self-test: --weight two_image_text=20: %d of 600 samples of that dialogue, "
+              "%d with the shipped weights; bad items are refused" % (got[1], got[0]))
     finally:
         set_mix(*kept)
 
@@ -3440,6 +3484,10 @@ def main():
                          "at each referent query, after the last --ref-layers layer (0: none; "
                          "0.3, the shipped model's, where --ref-weight > 0, else 0; 1 and 3 kept yes/no at "
                          "chance: docs/demo.md)")
+    ap.add_argument("--weight", action="append", metavar="TYPE=W",
+                    help="sample question or dialogue type TYPE at relative weight W in the "
+                         "single and dialogue samples (repeatable; the others keep "
+                         "SINGLE_WEIGHTS: the shipped model's)")
     ap.add_argument("--ref-probe-no-yesno", action="store_true",
                     help="no word-probe labels in turns answered yes or no (the probe then "
                          "reads only where a question's answer is a fact of the shape it names)")
@@ -3466,7 +3514,11 @@ def main():
     if args.images == "after" and args.packed_mode == "branched":
         ap.error("--images after and --packed-mode branched: branches share the image "
                  "prefix, which the question first takes away")
-    set_mix(args.packed_rule, args.balanced_dialogues, args.packed_mode, args.images)
+    try:
+        weights = parse_weights(args.weight)
+    except ValueError as e:
+        ap.error(str(e))
+    set_mix(args.packed_rule, args.balanced_dialogues, args.packed_mode, args.images, weights)
     if args.self_test:
         self_test()
         return

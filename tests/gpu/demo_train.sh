@@ -34,7 +34,9 @@
 # REF_GLOBAL_HEADS (default 2) its --ref-global-heads, PROBE_WEIGHT
 # (unset: train_demo.py's default, 0.3 with the referent loss, the shipped
 # model's) its --ref-probe-weight (the word probe); PROBE_NO_YESNO=1 adds
-# --ref-probe-no-yesno (no probe labels in yes/no turns).
+# --ref-probe-no-yesno (no probe labels in yes/no turns). WEIGHTS (default
+# none) is a list of TYPE=W, each its --weight (a question or dialogue type's
+# weight in the mix, e.g. WEIGHTS="two_image_count=2.5 two_image_text=2.5").
 # NOPE_PAIRS (default 0) is its --rope-nope-pairs. SEED (default 1) is its
 # --seed, WORKERS (default 15) its --workers (data worker processes).
 set -uo pipefail
@@ -58,6 +60,7 @@ train)
   gen=()
   [ "${BALANCED_DIALOGUES:-0}" = 1 ] && gen=(--balanced-dialogues)
   [ "${PROBE_NO_YESNO:-0}" = 1 ] && gen+=(--ref-probe-no-yesno)
+  for w in ${WEIGHTS:-}; do gen+=(--weight "$w"); done
   python3 $T --steps 3300 --auto-steps --time-limit "${TIME_LIMIT:-500}" \
     --batch 128 --lr 2e-3 \
     --workers "${WORKERS:-15}" --compile --seed "${SEED:-1}" --char-weight 2 --rel-weight "${REL_WEIGHT:-1}" \
