@@ -203,18 +203,24 @@ TYPE_NAMES = list(dict.fromkeys(SHAPE_QUESTIONS + ["number", "word"] + [
     "two_image_count", "two_image_text", "other"]))
 
 
+def answer_starts(mask):
+    """Where each turn's answer run starts in a sample's ids (mask 1: each
+    turn's answer and its <|end|>, one run a turn, conversation_ids)."""
+    m = np.asarray(mask, dtype=bool)
+    return np.nonzero(m & ~np.r_[False, m[:-1]])[0]
+
+
 def answer_types(sample, mask):
     """int8 per token of a sample's ids: the TYPE_NAMES index of the turn
-    whose answer the token is (mask 1: each turn's answer and its <|end|>,
-    one run a turn, conversation_ids), -1 elsewhere."""
-    m = np.asarray(mask, dtype=bool)
-    first = m & ~np.r_[False, m[:-1]]
+    whose answer the token is (answer_starts' runs), -1 elsewhere."""
+    starts = answer_starts(mask)
     names = [t.get("type", sample["tag"]) for t in sample["turns"]]
-    assert first.sum() == len(names), (first.sum(), len(names))
+    assert len(starts) == len(names), (len(starts), len(names))
     idx = np.array([TYPE_NAMES.index(n if n in TYPE_NAMES else "other") for n in names],
                    dtype=np.int8)
-    run = np.maximum(np.cumsum(first) - 1, 0)  # the answer run of each token
-    return np.where(m, idx[run], -1).astype(np.int8)
+    # the answer run of each token: the starts at or before it
+    run = np.maximum(np.searchsorted(starts, np.arange(len(mask)), side="right") - 1, 0)
+    return np.where(np.asarray(mask, dtype=bool), idx[run], -1).astype(np.int8)
 
 
 def loss_by_type(ce, types):
@@ -1090,8 +1096,7 @@ def ref_queries(sample, ids, mask, spans, anchor, strict=True):
     the word's last token (spans: conversation_ids'), so that the word itself
     looks up what it names. A word no token covers is an error where strict,
     else left out (the data workers: check_ref_words runs strict first)."""
-    m = np.asarray(mask, dtype=bool)
-    starts = np.nonzero(m & ~np.r_[False, m[:-1]])[0]
+    starts = answer_starts(mask)
     out = []
     if anchor == "answer":
         refs = turn_refs(sample)
@@ -1132,11 +1137,11 @@ def ref_targets(sample, ids, mask, r, spans, anchor, strict=False, probe_yesno=T
     a = np.asarray(ids)
     qs, ts, gs, fs = [], [], [], []
     cache = {}
-    # the turn of a query: the answers that start at or before it (a word
-    # query sits in its turn's question, an answer query just before it)
-    m = np.asarray(mask, dtype=bool)
-    starts = np.nonzero(m & ~np.r_[False, m[:-1]])[0]
-    yesno = [str(t["answer"]) in ("yes", "no") for t in sample["turns"]]
+    if not probe_yesno:
+        # the turn of a query: the answers that start at or before it (a word
+        # query sits in its turn's question, an answer query just before it)
+        starts = answer_starts(mask)
+        yesno = [str(t["answer"]) in ("yes", "no") for t in sample["turns"]]
     for q, k, idx, view in ref_queries(sample, ids, mask, spans, anchor, strict):
         if k not in cache:
             hc, wc = r["grid"][k]
@@ -1155,8 +1160,8 @@ def ref_targets(sample, ids, mask, r, spans, anchor, strict=False, probe_yesno=T
             ts.append(pos[hit])
             gs.append(glb[hit])
             f = np.zeros(2, dtype=np.uint8)
-            turn = int(np.searchsorted(starts, q, side="right"))
-            if len(idx) == 1 and (probe_yesno or not yesno[turn]):
+            if len(idx) == 1 and (probe_yesno or
+                                  not yesno[int(np.searchsorted(starts, q, side="right"))]):
                 # r has the aux labels, so its fact tables
                 f[:] = r["facts"][k][want[0], [scenes.FACT_PLACE, scenes.FACT_BIGGER]]
             fs.append(f)
@@ -3492,8 +3497,8 @@ def main():
                     help="weight of the word probe (RefProbe): linear read-outs of the "
                          "referent's place bits and size rank from the decoder's hidden state "
                          "at each referent query, after the last --ref-layers layer (0: none; "
-                         "0.3, the shipped model's, where --ref-weight > 0, else 0; 1 and 3 kept yes/no at "
-                         "chance: docs/demo.md)")
+                         "0.3, the shipped model's, where --ref-weight > 0, else 0; 1 and 3 "
+                         "kept yes/no at chance: docs/demo.md)")
     ap.add_argument("--weight", action="append", metavar="TYPE=W",
                     help="sample question or dialogue type TYPE at relative weight W in the "
                          "single and dialogue samples (repeatable; the others keep "
