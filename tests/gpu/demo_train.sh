@@ -18,7 +18,8 @@
 # seconds (--auto-steps lays the schedule over the steps that fit it).
 # REL_WEIGHT (default 1, the shipped model's) is train_demo.py's
 # --rel-weight (0: no relational heads). PACKED_RULE (default answer) is its --packed-rule;
-# BALANCED_DIALOGUES=1 adds --balanced-dialogues; PACKED_MODE (default turns)
+# BALANCED_DIALOGUES=1 adds --balanced-dialogues, RECALL_DIALOGUES=1
+# --recall-dialogues (more turns answered from the dialogue's text); PACKED_MODE (default turns)
 # is its --packed-mode (branched: the packed questions as branches, each
 # seeing the image and itself only). The defaults (PACKED_RULE answer, no
 # BALANCED_DIALOGUES, PACKED_MODE turns) are the shipped model's mix, sample
@@ -36,7 +37,8 @@
 # model's) its --ref-probe-weight (the word probe); PROBE_NO_YESNO=1 adds
 # --ref-probe-no-yesno (no probe labels in yes/no turns). WEIGHTS (default
 # none) is a list of TYPE=W, each its --weight (a question or dialogue type's
-# weight in the mix, e.g. WEIGHTS="two_image_count=2.5 two_image_text=2.5").
+# weight in the mix, e.g. WEIGHTS="two_image_count=2.5 two_image_text=2.5"; commas
+# also part them, for demo_sweep.sh's SWEEP, whose words are one VAR=val each).
 # NOPE_PAIRS (default 0) is its --rope-nope-pairs. SEED (default 1) is its
 # --seed, WORKERS (default 15) its --workers (data worker processes).
 set -uo pipefail
@@ -60,7 +62,9 @@ train)
   gen=()
   [ "${BALANCED_DIALOGUES:-0}" = 1 ] && gen=(--balanced-dialogues)
   [ "${PROBE_NO_YESNO:-0}" = 1 ] && gen+=(--ref-probe-no-yesno)
-  for w in ${WEIGHTS:-}; do gen+=(--weight "$w"); done
+  [ "${RECALL_DIALOGUES:-0}" = 1 ] && gen+=(--recall-dialogues)
+  ws=${WEIGHTS:-}
+  for w in ${ws//,/ }; do gen+=(--weight "$w"); done
   python3 $T --steps 3300 --auto-steps --time-limit "${TIME_LIMIT:-500}" \
     --batch 128 --lr 2e-3 \
     --workers "${WORKERS:-15}" --compile --seed "${SEED:-1}" --char-weight 2 --rel-weight "${REL_WEIGHT:-1}" \
