@@ -241,10 +241,13 @@ def _words(text):
 # bound to one named shape of several (colour, position, extreme, size,
 # count of one kind) and on reading (number, word); count (13/13) needs no
 # more than its share. Every type keeps a weight of at least 0.5.
+# The two-image dialogues carry 5.0 of the dialogues' 9.0 (they were 3.0 of
+# 7.0, 1.2 / 1.2 / 0.6, before the shipped model: docs/demo.md, "The
+# two-image dialogues weighted up").
 SINGLE_WEIGHTS = {"number": 5.0, "word": 3.5, "colour": 1.6, "position": 1.6, "extreme": 1.6,
                   "size": 1.6, "count_kind": 1.6, "count": 0.5, "shape": 1.5, "yesno": 1.0,
-                  "name_then_colour": 1.5, "colour_then_shape": 1.5, "two_image_count": 1.2,
-                  "two_image_text": 1.2, "count_then_detail": 1.0, "two_image_compare": 0.6}
+                  "name_then_colour": 1.5, "colour_then_shape": 1.5, "two_image_count": 2.0,
+                  "two_image_text": 2.0, "count_then_detail": 1.0, "two_image_compare": 1.0}
 # The weights this process samples with: SINGLE_WEIGHTS, with --weight's
 # changes (set_mix).
 MIX_WEIGHTS = [dict(SINGLE_WEIGHTS)]
@@ -560,9 +563,10 @@ def d_two_image_text_recall(rng):
     own text: a third turn that is not \"What was written in the first
     image?\" gets one after it half of the time, and one that is gets the
     other image's half of the time (recall in 70% of these dialogues, 40% in
-    the generator's). The shipped model answers 4 of 11 held-out recall turns:
-    a packed sample never asks what an earlier turn said (PACKED_RULES), and
-    those turns outnumber recall turns about 40 to 1."""
+    the generator's). The word-probe model answered 4 of 11 held-out recall
+    turns: a packed sample never asks what an earlier turn said (PACKED_RULES),
+    and those turns outnumbered recall turns about 40 to 1. Measured no better
+    than the weights alone (docs/demo.md); off in the shipped model's mix."""
     (s1, s2), turns = scenes.d_two_image_text(rng)
     m = re.match(r"What was written in the (\w+) image\?$", turns[2][1])
     if rng.random() < 0.5:
@@ -576,9 +580,9 @@ def d_two_image_text_recall(rng):
 def d_two_image_count_compare(rng):
     """scenes.d_two_image_count with, half of the time, the other form of
     its comparison asked right after the first (\"more\" after \"fewer\" and
-    back): both answer from the two counts just said, which the shipped model
-    compares at chance (11 of 20 held-out comparisons, 6 of its 9 misses
-    after two right counts)."""
+    back): both answer from the two counts just said, which
+    the word-probe model compared at chance (11 of 20 held-out comparisons, 6
+    of its 9 misses after two right counts)."""
     r = scenes.d_two_image_count(rng)
     if r is None:
         return None
@@ -2487,9 +2491,20 @@ def _self_test_ref_tokens(samples, tok, end_id, n_render, what, anchor):
                     blk = hd[:, i * CROP + ra * 28:i * CROP + (ra + 1) * 28,
                              j * CROP + cb * 28:j * CROP + (cb + 1) * 28]
                 px = blk.reshape(3, -1).T
-                near = (np.abs(px[:, None, :] - cols[None]).max(-1) <= 3).any(-1)
+                # the colour, or a blend of it with the background at least a
+                # quarter of the way to it: a small image scaled up to the HD
+                # frame blends a shape's edge over several pixels, and an
+                # edge patch can hold few pixels of the pure colour (a
+                # 177 x 149 scene: 9 of 784)
+                bg = np.asarray(sc.bg, dtype=np.float64)
+                d = cols - bg[None]
+                v = px - bg[None]
+                alpha = (v @ d.T) / (d * d).sum(-1)[None]
+                resid = np.abs(v[:, None, :] - alpha[:, :, None] * d[None]).max(-1)
+                near = ((np.abs(px[:, None, :] - cols[None]).max(-1) <= 3)
+                        | ((alpha >= 0.25) & (resid <= 8))).any(-1)
                 # a patch of four carries the class from a quarter of its
-                # samples; blended edge pixels are not within 3 of the colour
+                # samples
                 assert near.mean() >= 0.02, (q, k, idx, int(row), float(near.mean()))
             assert np.array_equal(gl, (rows >= 0) & (rows < TOK_PER_CROP)), "global flags"
             if view == "global":
@@ -2727,11 +2742,14 @@ def self_test_mix(n=1500):
                   % (rule, c["turns"], 100 * c["alternative said"] / c["turns"]))
             if rule == "answer":
                 assert c["alternative said"] > 0.2 * c["turns"]
-            assert 0.4 < c["ctd yes"] / c["ctd"] < 0.6, c
+            # balanced: yes about half the time (within three standard
+            # deviations of a fair coin over the dialogues drawn)
+            assert c["ctd"] >= 30, c
+            assert abs(c["ctd yes"] / c["ctd"] - 0.5) < 1.5 / c["ctd"] ** 0.5, c
         # --weight: the changed weight reaches training_sample, and the data
         # workers get it with the rest of the mix (SceneStream.mix)
-        w = parse_weights(["two_image_text=20"])
-        assert w["two_image_text"] == 20 and w["colour"] == SINGLE_WEIGHTS["colour"]
+        w = parse_weights(["two_image_text=50"])
+        assert w["two_image_text"] == 50 and w["colour"] == SINGLE_WEIGHTS["colour"]
         got = []
         for weights in (None, w):
             set_mix(PACKED_RULE, False, weights=weights)
@@ -2745,7 +2763,7 @@ def self_test_mix(n=1500):
             except ValueError:
                 continue
             raise AssertionError("--weight %r was taken" % bad)
-        print("self-test: --weight two_image_text=20: %d of 600 samples of that dialogue, "
+        print("self-test: --weight two_image_text=50: %d of 600 samples of that dialogue, "
               "%d with the shipped weights; bad items are refused" % (got[1], got[0]))
         self_test_recall_dialogues()
     finally:

@@ -14,7 +14,7 @@
 #                 held); $OUT/eval.txt, $OUT/run/{eval_stats.json,
 #                 pytorch_answers.jsonl}
 #   OUT=DIR PHASE=train bash tests/gpu/demo_train.sh
-# TIME_LIMIT (default 500, the shipped model's) is its --time-limit in
+# TIME_LIMIT (default 540, the shipped model's) is its --time-limit in
 # seconds (--auto-steps lays the schedule over the steps that fit it).
 # REL_WEIGHT (default 1, the shipped model's) is train_demo.py's
 # --rel-weight (0: no relational heads). PACKED_RULE (default answer) is its --packed-rule;
@@ -65,7 +65,7 @@ train)
   [ "${RECALL_DIALOGUES:-0}" = 1 ] && gen+=(--recall-dialogues)
   ws=${WEIGHTS:-}
   for w in ${ws//,/ }; do gen+=(--weight "$w"); done
-  python3 $T --steps 3300 --auto-steps --time-limit "${TIME_LIMIT:-500}" \
+  python3 $T --steps 3300 --auto-steps --time-limit "${TIME_LIMIT:-540}" \
     --batch 128 --lr 2e-3 \
     --workers "${WORKERS:-15}" --compile --seed "${SEED:-1}" --char-weight 2 --rel-weight "${REL_WEIGHT:-1}" \
     --packed-rule "${PACKED_RULE:-answer}" --packed-mode "${PACKED_MODE:-turns}" \
