@@ -849,6 +849,29 @@ def d_colour_then_shape(rng):
     return [sc], turns
 
 
+def count_comparison_turn(what, a, b, more):
+    """The turn that asks which of two images had more (more) or fewer
+    `what` (a plural: "shapes", "stars"), with a and b of them."""
+    if more:
+        return (2, "Which of the two images had more %s?" % what, ORDINALS[0 if a > b else 1],
+                "exact")
+    return (2, "Which image had fewer %s, the first or the second?" % what,
+            ORDINALS[0 if a < b else 1], "exact")
+
+
+def text_recall_turn(scenes, which):
+    """The turn that asks what image `which` (0, 1) of scenes said."""
+    sc = scenes[which]
+    return (2, "What was written in the %s image?" % ORDINALS[which], sc.text,
+            "number" if sc.text_is_number else "exact")
+
+
+def same_kind_turn(s1, s2):
+    """The turn that asks whether the one shapes of s1 and s2 share a kind."""
+    return (2, "Were the two shapes of the same kind?",
+            "yes" if s1.shapes[0].kind == s2.shapes[0].kind else "no", "yes_no")
+
+
 def d_two_image_count(rng):
     by_kind = rng.random() < 0.6
     if by_kind:
@@ -869,12 +892,7 @@ def d_two_image_count(rng):
         (2, rng.choice(["And how many %s are in this one?", "How many %s does this image have?"])
          % what, str(b), "number"),
     ]
-    if rng.random() < 0.5:
-        p3, ans3 = "Which of the two images had more %s?" % what, ORDINALS[0 if a > b else 1]
-    else:
-        p3, ans3 = "Which image had fewer %s, the first or the second?" % what, \
-            ORDINALS[0 if a < b else 1]
-    turns.append((2, p3, ans3, "exact"))
+    turns.append(count_comparison_turn(what, a, b, more=rng.random() < 0.5))
     if rng.random() < 0.5:
         which = rng.randrange(2)
         sc = (s1, s2)[which]
@@ -895,10 +913,7 @@ def d_two_image_text(rng):
     ]
     u = rng.random()
     if u < 0.4:
-        which = rng.randrange(2)
-        sc = (s1, s2)[which]
-        turns.append((2, "What was written in the %s image?" % ORDINALS[which], sc.text,
-                      "number" if sc.text_is_number else "exact"))
+        turns.append(text_recall_turn((s1, s2), rng.randrange(2)))
     elif u < 0.7:
         turns.append((2, "Which image showed a number, the first or the second?",
                       ORDINALS[0 if first_number else 1], "exact"))
@@ -943,8 +958,7 @@ def d_two_image_compare(rng):
     turns.append((2, "What shape was in the %s image?" % ORDINALS[which], (a, b)[which].kind,
                   "exact"))
     if rng.random() < 0.6:
-        turns.append((2, "Were the two shapes of the same kind?",
-                      "yes" if a.kind == b.kind else "no", "yes_no"))
+        turns.append(same_kind_turn(s1, s2))
     return [s1, s2], turns
 
 

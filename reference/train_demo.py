@@ -567,38 +567,30 @@ def d_two_image_text_recall(rng):
     turns: a packed sample never asks what an earlier turn said (PACKED_RULES),
     and those turns outnumbered recall turns about 40 to 1. Measured no better
     than the weights alone (docs/demo.md); off in the shipped model's mix."""
-    (s1, s2), turns = scenes.d_two_image_text(rng)
-    m = re.match(r"What was written in the (\w+) image\?$", turns[2][1])
+    images, turns = scenes.d_two_image_text(rng)
+    recalled = [w for w in (0, 1) if turns[2] == scenes.text_recall_turn(images, w)]
     if rng.random() < 0.5:
-        which = rng.randrange(2) if m is None else 1 - scenes.ORDINALS.index(m.group(1))
-        sc = (s1, s2)[which]
-        turns.append((2, "What was written in the %s image?" % scenes.ORDINALS[which], sc.text,
-                      "number" if sc.text_is_number else "exact"))
-    return [s1, s2], turns
+        which = 1 - recalled[0] if recalled else rng.randrange(2)
+        turns.append(scenes.text_recall_turn(images, which))
+    return images, turns
 
 
 def d_two_image_count_compare(rng):
     """scenes.d_two_image_count with, half of the time, the other form of
     its comparison asked right after the first (\"more\" after \"fewer\" and
-    back): both answer from the two counts just said, which
-    the word-probe model compared at chance (11 of 20 held-out comparisons, 6
-    of its 9 misses after two right counts)."""
+    back): both answer from the two counts just said, which the word-probe
+    model compared at chance (11 of 20 held-out comparisons, 6 of its 9
+    misses after two right counts)."""
     r = scenes.d_two_image_count(rng)
     if r is None:
         return None
     images, turns = r
     a, b = int(turns[0][2]), int(turns[1][2])
-    more = re.match(r"Which of the two images had more (\w+)\?$", turns[2][1])
-    fewer = re.match(r"Which image had fewer (\w+), the first or the second\?$", turns[2][1])
-    assert more or fewer, turns[2]
+    what = turns[0][1].split()[2]  # "How many <what> ...?"
+    forms = [m for m in (True, False) if turns[2] == scenes.count_comparison_turn(what, a, b, m)]
+    assert len(forms) == 1, turns
     if rng.random() < 0.5:
-        if more:
-            t = (2, "Which image had fewer %s, the first or the second?" % more.group(1),
-                 scenes.ORDINALS[0 if a < b else 1], "exact")
-        else:
-            t = (2, "Which of the two images had more %s?" % fewer.group(1),
-                 scenes.ORDINALS[0 if a > b else 1], "exact")
-        turns.insert(3, t)
+        turns.insert(3, scenes.count_comparison_turn(what, a, b, not forms[0]))
     return images, turns
 
 
@@ -608,12 +600,10 @@ def d_two_image_compare_kind(rng):
     r = scenes.d_two_image_compare(rng)
     if r is None:
         return None
-    (s1, s2), turns = r
+    images, turns = r
     if len(turns) == 3 and rng.random() < 0.6:
-        same = s1.shapes[0].kind == s2.shapes[0].kind
-        turns.append((2, "Were the two shapes of the same kind?", "yes" if same else "no",
-                      "yes_no"))
-    return [s1, s2], turns
+        turns.append(scenes.same_kind_turn(*images))
+    return images, turns
 
 
 # Training variants of scenes' dialogue generators (--balanced-dialogues,
